@@ -1,0 +1,35 @@
+"""A faithful, fault-injectable emulator of the Krea AI API (like stripe-mock or moto).
+
+It is an independent implementation of the contract in Krea's OpenAPI document: it reads the
+package data files (``krea_dagster/data``) and imports nothing from ``krea_dagster.api``, so the
+client and the emulator check each other. Layout (moto-style):
+
+- ``app.py``: the routes lists and the app factories (API + admin, and the CDN);
+- ``handlers.py`` / ``admin.py`` / ``cdn.py``: thin handlers;
+- ``state.py``: accounts, jobs, billing and time as an event simulation; ``lifecycle.py`` the
+  statuses and transitions as data; ``records.py`` the records; ``counters.py`` the stats;
+- ``validation.py``, ``pricing.py``, ``images.py``, ``assets.py``, ``faults.py``,
+  ``webhooks.py``, ``persistence.py``, ``config.py``, ``clock.py``, ``catalog.py``;
+- ``server.py`` (uvicorn, two origins), ``cli.py`` (``krea-emulator``), ``testing.py``
+  (``run_emulator``, ``spawn_emulator``) and ``pytest_plugin.py`` (the ``krea_emulator`` fixture).
+"""
+
+from krea_dagster.emulator.admin import DEFAULT_ADMIN_TOKEN
+from krea_dagster.emulator.app import create_app, create_cdn_app
+from krea_dagster.emulator.config import EmulatorConfig
+from krea_dagster.emulator.server import EmulatorServer
+from krea_dagster.emulator.state import DEMO_TOKEN, EmulatorState
+from krea_dagster.emulator.testing import EmulatorHandle, run_emulator, spawn_emulator
+
+__all__ = [
+    "DEFAULT_ADMIN_TOKEN",
+    "DEMO_TOKEN",
+    "EmulatorConfig",
+    "EmulatorHandle",
+    "EmulatorServer",
+    "EmulatorState",
+    "create_app",
+    "create_cdn_app",
+    "run_emulator",
+    "spawn_emulator",
+]

@@ -1,0 +1,63 @@
+"""Counters that tests and benchmarks read through ``GET /_emulator/stats``.
+
+``duplicate_submissions`` counts accepted jobs whose canonical request (model path plus the body
+after alias rewriting, keys sorted) the same account had already submitted: the double-pay
+detector. ``max_running_seen`` is the highest number of jobs holding a concurrency slot at the
+same time, over all accounts.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from krea_dagster.emulator.lifecycle import JobStatus
+
+
+@dataclass
+class Counters:
+    """Run counters (cleared by ``POST /_emulator/reset``)."""
+
+    jobs_created: int = 0
+    jobs_by_status: Counter[str] = field(default_factory=Counter)
+    jobs_billed: int = 0
+    billed_micros: int = 0
+    requests_by_route: Counter[str] = field(default_factory=Counter)
+    admin_requests_by_route: Counter[str] = field(default_factory=Counter)
+    cdn_downloads: int = 0
+    max_running_seen: int = 0
+    duplicate_submissions: int = 0
+    webhooks_sent: int = 0
+    webhook_attempts: int = 0
+    webhooks_failed: int = 0
+    faults_injected: Counter[str] = field(default_factory=Counter)
+
+    def to_record(self) -> dict[str, Any]:
+        """JSON-ready form (also the persisted form)."""
+        return {
+            "jobs_created": self.jobs_created,
+            "jobs_by_status": {s.value: self.jobs_by_status.get(s.value, 0) for s in JobStatus},
+            "jobs_billed": self.jobs_billed,
+            "billed_micros": self.billed_micros,
+            "requests_by_route": dict(sorted(self.requests_by_route.items())),
+            "admin_requests_by_route": dict(sorted(self.admin_requests_by_route.items())),
+            "cdn_downloads": self.cdn_downloads,
+            "max_running_seen": self.max_running_seen,
+            "duplicate_submissions": self.duplicate_submissions,
+            "webhooks_sent": self.webhooks_sent,
+            "webhook_attempts": self.webhook_attempts,
+            "webhooks_failed": self.webhooks_failed,
+            "faults_injected": dict(sorted(self.faults_injected.items())),
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Counters:
+        """Counters from their persisted form (missing keys start at zero)."""
+        counters = cls()
+        for name, value in record.items():
+            if not hasattr(counters, name):
+                continue
+            current = getattr(counters, name)
+            setattr(counters, name, Counter(value) if isinstance(current, Counter) else value)
+        return counters

@@ -1,0 +1,108 @@
+"""Request validation: deprecated aliases first, then the model's verbatim JSON schema.
+
+Bodies are checked with ``jsonschema`` (Draft 2020-12, the dialect of OpenAPI 3.1) against the
+``request_schema`` the catalog copied from Krea's document, so ``additionalProperties: false``,
+enums, ranges, required fields and types are enforced exactly as written there. Formats are
+checked too; ``uri`` means an absolute URI (a scheme, then no whitespace), which is what RFC 3986
+requires and what Krea's validator accepts for public URLs, asset URLs and ``data:`` URIs.
+
+Deprecated camelCase aliases (``x-krea-deprecated-field-aliases``) are rewritten to their
+snake_case names strictly before their ``sunset_date`` (compared with the emulator's "today");
+on and after that date an alias is an unknown field like any other. An alias given together with
+its new name is rejected rather than silently dropping one of the two values.
+
+The 400 message names every failing field with the rule that failed, one clause per error,
+sorted by field, e.g. ``body.width: 4000 is greater than the maximum of 2368 (maximum); body.foo:
+unknown field 'foo' (additionalProperties: false)``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from datetime import date
+from functools import cache
+from typing import Any
+
+from jsonschema import Draft202012Validator, FormatChecker
+from jsonschema.exceptions import ValidationError
+
+from krea_dagster.emulator.catalog import ModelSpec, load_models
+from krea_dagster.emulator.errors import BadRequest
+
+MAX_CLAUSE_CHARS = 300
+_ABSOLUTE_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:[^\s]*$")
+
+FORMAT_CHECKER = FormatChecker()
+
+
+@FORMAT_CHECKER.checks("uri")
+def _is_uri(value: object) -> bool:
+    return not isinstance(value, str) or bool(_ABSOLUTE_URI.match(value))
+
+
+@cache
+def _validator(model_key: str) -> Draft202012Validator:
+    schema = load_models()[model_key].request_schema
+    return Draft202012Validator(schema, format_checker=FORMAT_CHECKER)
+
+
+def rewrite_aliases(spec: ModelSpec, body: dict[str, Any], today: date) -> dict[str, Any]:
+    """A copy of ``body`` with the aliases that are still accepted renamed."""
+    rewritten = dict(body)
+    for alias in spec.aliases:
+        if alias.old not in rewritten or today >= date.fromisoformat(alias.sunset_date):
+            continue
+        if alias.new in rewritten:
+            raise BadRequest(
+                f"body.{alias.old}: deprecated alias of '{alias.new}' given together with "
+                f"'{alias.new}'; send only '{alias.new}'"
+            )
+        rewritten[alias.new] = rewritten.pop(alias.old)
+    return rewritten
+
+
+def validate_body(spec: ModelSpec, body: Any, today: date) -> dict[str, Any]:
+    """The body with aliases rewritten, or BadRequest naming every failing field."""
+    if isinstance(body, dict):
+        body = rewrite_aliases(spec, body, today)
+    clauses = sorted(set(_clauses(spec, _validator(spec.key).iter_errors(body), today)))
+    if clauses:
+        raise BadRequest(f"invalid request body for {spec.path}: " + "; ".join(clauses))
+    assert isinstance(body, dict)  # the schema requires an object
+    return body
+
+
+def _location(error: ValidationError) -> str:
+    parts = ["body"]
+    for step in error.absolute_path:
+        parts.append(f"[{step}]" if isinstance(step, int) else f".{step}")
+    return "".join(parts)
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_CLAUSE_CHARS else text[: MAX_CLAUSE_CHARS - 3] + "..."
+
+
+def _clauses(spec: ModelSpec, errors: Iterable[ValidationError], today: date) -> Iterable[str]:
+    sunset = {a.old: a for a in spec.aliases if today >= date.fromisoformat(a.sunset_date)}
+    for error in errors:
+        where = _location(error)
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            schema = error.schema if isinstance(error.schema, dict) else {}
+            known = set(schema.get("properties", {}))
+            for name in sorted(set(error.instance) - known):
+                note = ""
+                if where == "body" and name in sunset:
+                    alias = sunset[name]
+                    note = f"; deprecated alias of '{alias.new}' removed on {alias.sunset_date}"
+                yield _clip(
+                    f"{where}.{name}: unknown field '{name}' (additionalProperties: false{note})"
+                )
+        elif error.validator == "required" and isinstance(error.instance, dict):
+            required: Any = error.validator_value
+            for name in required if isinstance(required, list) else []:
+                if name not in error.instance:
+                    yield f"{where}.{name}: required field '{name}' is missing (required)"
+        else:
+            yield _clip(f"{where}: {error.message} ({error.validator})")
