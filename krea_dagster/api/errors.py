@@ -1,0 +1,411 @@
+"""Exceptions raised by the Krea client.
+
+Every exception derives from one base, ``KreaError``::
+
+    KreaError
+    ├── APIError                         talking to the API went wrong
+    │   ├── APIStatusError               Krea answered with a non-2xx status
+    │   │   ├── BadRequestError          400
+    │   │   ├── AuthenticationError      401
+    │   │   ├── InsufficientCreditsError 402
+    │   │   ├── PermissionDeniedError    403
+    │   │   ├── NotFoundError            404
+    │   │   ├── UnprocessableEntityError 422
+    │   │   ├── RateLimitError           429
+    │   │   └── InternalServerError      5xx
+    │   ├── APIConnectionError           no HTTP answer at all
+    │   │   └── APITimeoutError
+    │   ├── AmbiguousSubmitError         a generation POST may or may not have created a job
+    │   └── MalformedPayloadError        a body that is not the documented shape
+    ├── RequestValidationError           the request breaks the model's schema; nothing was sent
+    ├── UnknownModelError                the model is not in the bundled catalog
+    ├── JobOutcomeError                  a job did not end as ``completed``
+    │   ├── JobFailedError
+    │   ├── JobCancelledError
+    │   └── JobTimeoutError
+    ├── DownloadError                    a result file could not be fetched or verified
+    └── ConfigurationError               the client is set up wrongly (token shape, base URL)
+
+Messages name the method, the path template, the status, Krea's own message and what to do.
+They never contain request headers, request bodies or the API token: exception text ends up in
+logs, Dagster event logs and bug reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from krea_dagster.api.catalog import Problem
+    from krea_dagster.api.models import Job
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AmbiguousSubmitError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ConfigurationError",
+    "DownloadError",
+    "InsufficientCreditsError",
+    "InternalServerError",
+    "JobCancelledError",
+    "JobFailedError",
+    "JobOutcomeError",
+    "JobTimeoutError",
+    "KreaError",
+    "MalformedPayloadError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "RequestValidationError",
+    "UnknownModelError",
+    "UnprocessableEntityError",
+    "error_class_for_status",
+    "make_status_error",
+    "server_message",
+]
+
+# Krea's own messages are shown to the user, but only so much of them: a gateway HTML page or a
+# huge validation dump would drown the useful part.
+_MAX_SERVER_MESSAGE = 300
+
+
+class KreaError(Exception):
+    """Base class of every error raised by krea_dagster.api."""
+
+    #: The client-side id minted by ``submit()``, when the error happened during a submission.
+    submission_id: str | None = None
+
+
+class APIError(KreaError):
+    """Something went wrong talking to the Krea API."""
+
+
+class APIStatusError(APIError):
+    """Krea answered with a non-success HTTP status."""
+
+    #: The default advice for this status; subclasses narrow it.
+    hint = "see https://docs.krea.ai/api-reference/introduction"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        method: str,
+        path_template: str,
+        body: object = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+        attempts: int = 1,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+        self.method = method
+        self.path_template = path_template
+        #: The parsed JSON body (or text) of the response; kept as evidence, never printed.
+        self.body = body
+        self.request_id = request_id
+        #: Seconds Krea asked us to wait (``Retry-After``), when it said so.
+        self.retry_after = retry_after
+        #: How many times the request was sent before giving up.
+        self.attempts = attempts
+
+    @property
+    def server_message(self) -> str | None:
+        """Krea's own message from the body (``error`` string or object, then ``message``)."""
+        return server_message(self.body)
+
+
+class BadRequestError(APIStatusError):
+    """400: Krea rejected the request body or query."""
+
+    hint = "fix the request; the message above names the problem"
+
+
+class AuthenticationError(APIStatusError):
+    """401: the API token is missing, malformed or revoked."""
+
+    hint = (
+        "check the API token: it is the 'id:secret' string created at "
+        "https://krea.ai/settings/api-tokens, sent as 'Authorization: Bearer id:secret'"
+    )
+
+
+class InsufficientCreditsError(APIStatusError):
+    """402: the workspace's API balance cannot pay for the job."""
+
+    hint = (
+        "top up the API balance (it is separate from any web subscription) at "
+        "https://krea.ai/settings/api-tokens; failed and cancelled jobs are not billed"
+    )
+
+
+class PermissionDeniedError(APIStatusError):
+    """403: the token's identity may not use this resource."""
+
+    hint = "the token's workspace is not allowed to use this resource; ask a workspace admin"
+
+
+class NotFoundError(APIStatusError):
+    """404: no such job, asset or style, or it belongs to another account."""
+
+    hint = "check the id; Krea answers 404 for objects created with another account's token"
+
+
+class UnprocessableEntityError(APIStatusError):
+    """422: Krea understood the request but refused an input (unknown key, unfetchable URL)."""
+
+    hint = "fix the rejected input (unknown fields, or input URLs Krea cannot fetch)"
+
+
+class RateLimitError(APIStatusError):
+    """429: the account reached its concurrent-job cap (or request rate)."""
+
+    hint = (
+        "the account is at its concurrency cap: wait for running jobs to finish, submit fewer "
+        "jobs at once, or raise the plan's limits"
+    )
+
+
+class InternalServerError(APIStatusError):
+    """5xx: Krea (or its gateway) failed; the request may or may not have been processed."""
+
+    hint = "a server-side failure; safe calls are retried automatically, try again later"
+
+
+_STATUS_CLASSES: Mapping[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    402: InsufficientCreditsError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    422: UnprocessableEntityError,
+    429: RateLimitError,
+}
+
+
+def error_class_for_status(status_code: int) -> type[APIStatusError]:
+    """The exception class for an HTTP status: the one place that maps statuses to classes."""
+    if status_code >= 500:
+        return InternalServerError
+    return _STATUS_CLASSES.get(status_code, APIStatusError)
+
+
+def server_message(body: object) -> str | None:
+    """Krea's own message: ``error`` (a string or ``{code, message}``), then ``message``."""
+    if isinstance(body, str):
+        text = body.strip()
+        return _shorten(text) if text and not text.startswith("<") else None
+    if not isinstance(body, Mapping):
+        return None
+    error = body.get("error")
+    if isinstance(error, str) and error.strip():
+        return _shorten(error.strip())
+    if isinstance(error, Mapping):
+        message = error.get("message")
+        code = error.get("code")
+        if isinstance(message, str) and message.strip():
+            prefix = f"[{code}] " if isinstance(code, str) and code else ""
+            return _shorten(prefix + message.strip())
+        if isinstance(code, str) and code:
+            return _shorten(code)
+    message = body.get("message")
+    if isinstance(message, str) and message.strip():
+        return _shorten(message.strip())
+    return None
+
+
+def make_status_error(
+    *,
+    status_code: int,
+    method: str,
+    path_template: str,
+    body: object,
+    request_id: str | None = None,
+    retry_after: float | None = None,
+    attempts: int = 1,
+    note: str | None = None,
+) -> APIStatusError:
+    """Build the typed error for a non-2xx answer, with a message that says what to do."""
+    cls = error_class_for_status(status_code)
+    parts = [f"{method} {path_template} returned {status_code}"]
+    krea_says = server_message(body)
+    if krea_says:
+        parts[0] += f": {krea_says}"
+    if attempts > 1:
+        parts.append(f"after {attempts} attempts")
+    if note:
+        parts.append(note)
+    if request_id:
+        parts.append(f"request id {request_id}")
+    message = "; ".join(parts) + f". What to do: {cls.hint}."
+    return cls(
+        message,
+        status_code=status_code,
+        method=method,
+        path_template=path_template,
+        body=body,
+        request_id=request_id,
+        retry_after=retry_after,
+        attempts=attempts,
+    )
+
+
+class APIConnectionError(APIError):
+    """No HTTP answer: the connection failed or broke before a response arrived."""
+
+    def __init__(self, message: str, *, method: str, path_template: str, attempts: int = 1):
+        super().__init__(message)
+        self.method = method
+        self.path_template = path_template
+        self.attempts = attempts
+
+
+class APITimeoutError(APIConnectionError):
+    """A connect, read, write or pool timeout expired."""
+
+
+class AmbiguousSubmitError(APIError):
+    """A generation POST failed after it may have reached Krea, so a job may exist and be billed."""
+
+    def __init__(
+        self,
+        *,
+        submission_id: str,
+        model: str,
+        kind: str,
+        submitted_at: datetime,
+        cause: BaseException | str,
+        request_timeout: float,
+    ) -> None:
+        self.submission_id = submission_id
+        self.model = model
+        self.kind = kind
+        #: Wall-clock time (aware, UTC) just before the ambiguous attempt was sent.
+        self.submitted_at = submitted_at
+        #: The transport exception or a short description of the status that made it ambiguous.
+        self.cause = cause
+        #: How long after ``submitted_at`` Krea could still have created the job.
+        self.request_timeout = request_timeout
+        what = type(cause).__name__ if isinstance(cause, BaseException) else cause
+        super().__init__(
+            f"POST /generate/{kind}/{model} may or may not have created a job ({what} after the "
+            f"request was sent; submission {submission_id}, sent at {submitted_at.isoformat()}). "
+            "Krea has no idempotency key, so it was not resent. What to do: call "
+            "client.reconcile_submission(error, known_job_ids=...) to look for the job in "
+            "GET /jobs before submitting again."
+        )
+
+
+class MalformedPayloadError(APIError, ValueError):
+    """A response or webhook body is not the documented shape (not JSON, not a job...)."""
+
+
+class RequestValidationError(KreaError, ValueError):
+    """The request breaks the model's schema; it was not sent, so nothing was billed."""
+
+    def __init__(self, model: str, problems: Sequence[Problem]) -> None:
+        self.model = model
+        self.problems = tuple(problems)
+        lines = "\n".join(f"  - {problem.message}" for problem in self.problems)
+        count = len(self.problems)
+        noun = "problem" if count == 1 else "problems"
+        super().__init__(f"{model}: {count} {noun} in the request, nothing was sent:\n{lines}")
+
+
+class UnknownModelError(KreaError, LookupError):
+    """The model path is not in the bundled catalog."""
+
+    def __init__(self, model: str, kind: str, close_matches: Sequence[str]) -> None:
+        self.model = model
+        self.kind = kind
+        self.close_matches = tuple(close_matches)
+        suggestion = (
+            f" Did you mean {', '.join(repr(m) for m in self.close_matches)}?"
+            if self.close_matches
+            else ""
+        )
+        super().__init__(
+            f"unknown {kind} model {model!r} (not in the bundled Krea catalog).{suggestion} "
+            "List them with krea_dagster.api.image_models()."
+        )
+
+
+class JobOutcomeError(KreaError):
+    """A job did not end as ``completed`` (it failed, was cancelled, or the wait ran out)."""
+
+
+class JobFailedError(JobOutcomeError):
+    """The job ended with status ``failed``; ``code`` and ``message`` come from Krea."""
+
+    def __init__(self, job: Job, code: str | None, message: str | None) -> None:
+        self.job = job
+        self.code = code
+        self.message = message
+        detail = message or "no error details"
+        if code:
+            detail = f"[{code}] {detail}"
+        super().__init__(f"job {job.job_id} failed: {detail} (failed jobs are not billed)")
+
+
+class JobCancelledError(JobOutcomeError):
+    """The job ended with status ``cancelled`` (by a user or by Krea)."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        super().__init__(f"job {job.job_id} was cancelled (cancelled jobs are not billed)")
+
+
+class JobTimeoutError(JobOutcomeError):
+    """``wait()`` reached its deadline before the job became terminal."""
+
+    def __init__(
+        self,
+        job_id: str,
+        last_status: str | None,
+        elapsed: float,
+        *,
+        cancel_requested: bool = False,
+    ) -> None:
+        self.job_id = job_id
+        self.last_status = last_status
+        self.elapsed = elapsed
+        self.cancel_requested = cancel_requested
+        action = (
+            "a cancel was requested (DELETE /jobs/{id})"
+            if cancel_requested
+            else "the job may still complete (and be billed); wait again or cancel it"
+        )
+        super().__init__(
+            f"job {job_id} not terminal after {elapsed:.1f} s (last status "
+            f"{last_status or 'unknown'}); {action}"
+        )
+
+
+class DownloadError(KreaError):
+    """A result file could not be downloaded or failed verification; nothing was written."""
+
+    def __init__(self, message: str, *, url: str, status_code: int | None = None) -> None:
+        super().__init__(f"{message} (downloading {url})")
+        self.reason = message
+        #: The URL without its query string (signed CDN URLs carry credentials there).
+        self.url = url
+        self.status_code = status_code
+
+
+class ConfigurationError(KreaError, ValueError):
+    """The client is configured wrongly (missing or malformed token, bad base URL)."""
+
+
+def _shorten(text: str) -> str:
+    text = " ".join(text.split())
+    if len(text) <= _MAX_SERVER_MESSAGE:
+        return text
+    return text[: _MAX_SERVER_MESSAGE - 1] + "…"
