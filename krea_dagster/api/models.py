@@ -1,0 +1,265 @@
+"""Typed records of the Krea API: jobs, job lists, assets, downloaded files.
+
+Each record is a frozen dataclass built by one ``from_api`` classmethod, so raw
+``Mapping[str, Any]`` never travels past the client. Shapes follow Krea's OpenAPI document
+(``GET /jobs/{id}``, ``GET /jobs``, ``POST /assets``) and stay tolerant where Krea's own
+documents disagree: the failure details moved from ``result.error`` to a top-level ``error``
+object, ``completed_at`` is ``null`` on fresh jobs, and statuses may be added later.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from krea_dagster.api.errors import MalformedPayloadError
+
+__all__ = [
+    "TERMINAL_STATUSES",
+    "Asset",
+    "DownloadedFile",
+    "Job",
+    "JobError",
+    "JobList",
+    "JobStatus",
+    "parse_datetime",
+]
+
+
+class JobStatus(StrEnum):
+    """The status of a Krea job; an unknown future status parses and keeps its raw string."""
+
+    BACKLOGGED = "backlogged"
+    QUEUED = "queued"
+    SCHEDULED = "scheduled"
+    PROCESSING = "processing"
+    SAMPLING = "sampling"
+    INTERMEDIATE_COMPLETE = "intermediate-complete"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @classmethod
+    def _missing_(cls, value: object) -> JobStatus | None:
+        # A status Krea adds later must not crash a poller; it becomes a pseudo-member named
+        # UNKNOWN whose value is the raw string, and it is never terminal (only the three
+        # documented outcomes end a wait).
+        if not isinstance(value, str) or not value:
+            return None
+        member = str.__new__(cls, value)
+        member._name_ = "UNKNOWN"
+        member._value_ = value
+        return member
+
+    @property
+    def is_known(self) -> bool:
+        """Whether the status is one of the nine documented values."""
+        return self._name_ != "UNKNOWN"
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the job can no longer change (completed, failed or cancelled)."""
+        return self in TERMINAL_STATUSES
+
+
+#: The only statuses after which a job never changes again.
+TERMINAL_STATUSES: frozenset[JobStatus] = frozenset(
+    {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED}
+)
+
+# Python 3.11's fromisoformat accepts "Z" but at most 6 fractional digits; some servers send 9.
+_FRACTION = re.compile(r"(\.\d{6})\d+")
+
+
+def parse_datetime(value: object, *, what: str = "timestamp") -> datetime:
+    """An aware datetime from an ISO 8601 string (naive values are taken as UTC)."""
+    if isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, str) and value:
+        try:
+            parsed = datetime.fromisoformat(_FRACTION.sub(r"\1", value.strip()))
+        except ValueError:
+            raise MalformedPayloadError(f"{what} {value!r} is not an ISO 8601 date-time") from None
+    else:
+        raise MalformedPayloadError(f"{what} is missing or not a string")
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def _optional_datetime(value: object, *, what: str) -> datetime | None:
+    return None if value is None or value == "" else parse_datetime(value, what=what)
+
+
+@dataclass(frozen=True)
+class JobError:
+    """Why a job failed: Krea's ``code`` (e.g. ``safety_filter``) and human ``message``."""
+
+    code: str | None
+    message: str | None
+
+    @classmethod
+    def from_api(cls, job: Mapping[str, Any]) -> JobError | None:
+        """Read ``error`` (object or string), then ``result.error``, then a failed job's ``message``."""
+        found = _error_from(job.get("error"))
+        if found is None and isinstance(job.get("result"), Mapping):
+            found = _error_from(job["result"].get("error"))
+        if found is None and job.get("status") == JobStatus.FAILED.value:
+            found = _error_from(job.get("message"))
+        return found
+
+
+def _error_from(value: object) -> JobError | None:
+    if isinstance(value, str) and value.strip():
+        return JobError(code=None, message=value.strip())
+    if isinstance(value, Mapping):
+        code, message = value.get("code"), value.get("message")
+        code = str(code) if code not in (None, "") else None
+        message = str(message) if message not in (None, "") else None
+        if code or message:
+            return JobError(code=code, message=message)
+    return None
+
+
+@dataclass(frozen=True)
+class Job:
+    """One Krea job as returned by ``POST /generate/...``, ``GET /jobs/{id}`` or a webhook."""
+
+    job_id: str
+    status: JobStatus
+    created_at: datetime
+    completed_at: datetime | None = None
+    result_urls: tuple[str, ...] = ()
+    #: Set on completed LoRA-training jobs (``POST /styles/train``).
+    style_id: str | None = None
+    error: JobError | None = None
+    #: The body as received; kept for fields this record does not model.
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_api(cls, data: object) -> Job:
+        """Build a job from its JSON object; a body that is not a job raises MalformedPayloadError."""
+        if not isinstance(data, Mapping):
+            raise MalformedPayloadError(f"expected a Krea job object, got {type(data).__name__}")
+        missing = [name for name in ("job_id", "status", "created_at") if not data.get(name)]
+        if missing:
+            raise MalformedPayloadError(
+                f"not a Krea job: missing {', '.join(missing)} (keys present: "
+                f"{', '.join(sorted(map(str, data))) or 'none'})"
+            )
+        status = data["status"]
+        if not isinstance(status, str):
+            raise MalformedPayloadError(f"job status must be a string, got {type(status).__name__}")
+        result = data.get("result")
+        result = result if isinstance(result, Mapping) else {}
+        urls = result.get("urls") or ()
+        if not isinstance(urls, list | tuple) or not all(isinstance(u, str) for u in urls):
+            raise MalformedPayloadError("job result.urls must be a list of strings")
+        style_id = result.get("style_id")
+        return cls(
+            job_id=str(data["job_id"]),
+            status=JobStatus(status),
+            created_at=parse_datetime(data["created_at"], what="created_at"),
+            completed_at=_optional_datetime(data.get("completed_at"), what="completed_at"),
+            result_urls=tuple(urls),
+            style_id=str(style_id) if style_id else None,
+            error=JobError.from_api(data),
+            raw=dict(data),
+        )
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the job can no longer change."""
+        return self.status.is_terminal
+
+    @property
+    def is_completed(self) -> bool:
+        """Whether the job completed (and was billed)."""
+        return self.status is JobStatus.COMPLETED
+
+    @property
+    def is_failed(self) -> bool:
+        """Whether the job failed (not billed)."""
+        return self.status is JobStatus.FAILED
+
+    @property
+    def is_cancelled(self) -> bool:
+        """Whether the job was cancelled (not billed)."""
+        return self.status is JobStatus.CANCELLED
+
+    @property
+    def is_pending(self) -> bool:
+        """Whether the job may still change, including under a status unknown to this client."""
+        return not self.status.is_terminal
+
+    @property
+    def dedupe_key(self) -> tuple[str, str]:
+        """``(job_id, status)``: Krea may deliver a webhook twice, handle each key once."""
+        return (self.job_id, self.status.value)
+
+
+@dataclass(frozen=True)
+class JobList:
+    """One page of ``GET /jobs``: newest first; ``next_cursor`` is None on the last page."""
+
+    items: tuple[Job, ...]
+    next_cursor: str | None
+
+    @classmethod
+    def from_api(cls, data: object) -> JobList:
+        """Build a page from ``{items: Job[], next_cursor: string | null}``."""
+        if not isinstance(data, Mapping) or not isinstance(data.get("items"), list):
+            raise MalformedPayloadError("expected a job list object with an 'items' array")
+        cursor = data.get("next_cursor")
+        return cls(
+            items=tuple(Job.from_api(item) for item in data["items"]),
+            next_cursor=str(cursor) if cursor else None,
+        )
+
+
+@dataclass(frozen=True)
+class Asset:
+    """An uploaded asset (``POST /assets``); ``image_url`` is what generation inputs take."""
+
+    id: str
+    image_url: str
+    uploaded_at: datetime
+    width: float | None = None
+    height: float | None = None
+    size_bytes: int | None = None
+    mime_type: str | None = None
+    description: str | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_api(cls, data: object) -> Asset:
+        """Build an asset from its JSON object."""
+        if not isinstance(data, Mapping) or not data.get("id") or not data.get("image_url"):
+            raise MalformedPayloadError("not a Krea asset: 'id' and 'image_url' are required")
+        size = data.get("size_bytes")
+        return cls(
+            id=str(data["id"]),
+            image_url=str(data["image_url"]),
+            uploaded_at=parse_datetime(data.get("uploaded_at"), what="uploaded_at"),
+            width=data.get("width"),
+            height=data.get("height"),
+            size_bytes=int(size) if isinstance(size, int | float) else None,
+            mime_type=data.get("mime_type"),
+            description=data.get("description"),
+            raw=dict(data),
+        )
+
+
+@dataclass(frozen=True)
+class DownloadedFile:
+    """A verified result file written atomically by ``download()``."""
+
+    path: Path
+    size: int
+    sha256: str
+    content_type: str
+    width: int | None
+    height: int | None
