@@ -73,7 +73,7 @@ create_bucket() {
 }
 
 start_locked() {
-    local py pid
+    local py pid import_error
     if ours_alive && server_up; then
         bucket_exists || create_bucket
         log "already running on $S3_ENDPOINT"
@@ -83,8 +83,8 @@ start_locked() {
         die "port $S3_PORT is taken by another process; pick another with KREA_TEST_S3_PORT=<port>"
     fi
     py="$(pick_python)"
-    if ! "$py" -c 'import moto.server, flask, flask_cors' 2>/dev/null; then
-        log "$py cannot import moto's server mode"
+    if ! import_error="$("$py" -c 'import moto.server, flask, flask_cors' 2>&1)"; then
+        log "$py cannot import moto's server mode: $(printf '%s' "$import_error" | tail -n1)"
         log "install it with:  $py -m pip install 'moto[server]>=5'  (or set KREA_PYTHON to the test venv's python)"
         exit "$EXIT_MISSING_PACKAGE"
     fi
