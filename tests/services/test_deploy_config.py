@@ -9,8 +9,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fixtures_services import REPO_ROOT, service_unavailable
 from sqlalchemy.engine import make_url
+
+# pytest's default import mode puts tests/ on sys.path for tests/conftest.py when tests/ has no
+# __init__.py; with a tests package the module is tests.fixtures_services instead.
+try:
+    from fixtures_services import REPO_ROOT, service_unavailable
+except ImportError:  # pragma: no cover - depends on how tests/ is laid out
+    from tests.fixtures_services import REPO_ROOT, service_unavailable
 
 pytestmark = pytest.mark.system
 

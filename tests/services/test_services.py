@@ -13,7 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fixtures_services import REPO_ROOT, SERVICES_SCRIPTS, PostgresServer, S3Server
+
+# pytest's default import mode puts tests/ on sys.path for tests/conftest.py when tests/ has no
+# __init__.py; with a tests package the module is tests.fixtures_services instead.
+try:
+    from fixtures_services import REPO_ROOT, SERVICES_SCRIPTS, PostgresServer, S3Server
+except ImportError:  # pragma: no cover - depends on how tests/ is laid out
+    from tests.fixtures_services import REPO_ROOT, SERVICES_SCRIPTS, PostgresServer, S3Server
 
 pytestmark = pytest.mark.system
 
