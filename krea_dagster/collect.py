@@ -1,0 +1,294 @@
+"""Collect a batch's results: poll what is pending, then download, verify and store each image.
+
+Polling and downloading overlap: an image is fetched as soon as a poll sees its job completed,
+so the last image lands moments after Krea finishes the last job. Polls go through the
+client's ``poll_many`` (one ``GET /jobs`` page for up to 1000 pending jobs), never one request
+per job per round. Downloads stream to a local staging file (hashed while streaming, never held
+in memory), are decoded and size-checked, and are then moved into the content-addressed store
+in one step; the ledger records the URI, hash and size. Memory stays flat however large the
+batch: at most ``max_downloads`` files are in flight and only a few dozen thumbnails are kept.
+"""
+
+import asyncio
+import base64
+import io
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from krea_dagster.api import AsyncKreaClient, DownloadError, Job, KreaError
+from krea_dagster.ledger import Ledger, Submission, SubmissionState
+from krea_dagster.prompts import expected_aspect_ratio, expected_size
+from krea_dagster.store import ImageStore
+from krea_dagster.submit import job_update
+
+__all__ = [
+    "BatchCollector",
+    "CollectReport",
+    "ImageCheckError",
+    "Thumbnail",
+    "thumbnail_data_uri",
+    "verify_image",
+]
+
+THUMBNAIL_PIXELS = 64
+ASPECT_TOLERANCE = 0.02
+PROGRESS_EVERY_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Thumbnail:
+    """A small JPEG of a stored image, for the gallery in the asset's metadata."""
+
+    prompt_key: str
+    caption: str
+    data_uri: str
+
+
+@dataclass
+class CollectReport:
+    polls: int = 0
+    downloaded: int = 0
+    already_stored: int = 0
+    image_errors: int = 0
+    timed_out: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+    thumbnails: list[Thumbnail] = field(default_factory=list)
+    elapsed: float = 0.0
+
+
+class ImageCheckError(ValueError):
+    """A downloaded file is not the image that was asked for."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def verify_image(
+    path: Path, request: dict[str, Any], *, thumbnail: bool
+) -> tuple[int, int, str | None]:
+    """Decode the whole image, check its size against the request; optional thumbnail data URI."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            width, height = image.size
+            preview = thumbnail_data_uri(image) if thumbnail else None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ImageCheckError(
+            "invalid_image", f"the result does not decode as an image: {error}"
+        ) from None
+    wanted = expected_size(request)
+    if wanted is not None and (width, height) != wanted:
+        raise ImageCheckError(
+            "wrong_size",
+            f"the image is {width}x{height}, the request asked for {wanted[0]}x{wanted[1]}",
+        )
+    ratio = expected_aspect_ratio(request)
+    if (
+        wanted is None
+        and ratio is not None
+        and not math.isclose(width / height, ratio, rel_tol=ASPECT_TOLERANCE)
+    ):
+        raise ImageCheckError(
+            "wrong_aspect_ratio",
+            f"the image is {width}x{height} ({width / height:.3f}), the request asked for "
+            f"{request.get('aspect_ratio')} ({ratio:.3f})",
+        )
+    return width, height, preview
+
+
+def thumbnail_data_uri(image: Image.Image) -> str:
+    """A JPEG thumbnail of at most 64x64 as a data URI (about 1-2 KB)."""
+    small = image.convert("RGB")
+    small.thumbnail((THUMBNAIL_PIXELS, THUMBNAIL_PIXELS))
+    buffer = io.BytesIO()
+    small.save(buffer, format="JPEG", quality=60, optimize=True)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+class BatchCollector:
+    """Waits for a batch generation's jobs and stores their images."""
+
+    def __init__(
+        self,
+        client: AsyncKreaClient,
+        ledger: Ledger,
+        store: ImageStore,
+        *,
+        prefix: str,
+        batch: str,
+        poll_interval: float,
+        poll_timeout: float,
+        max_downloads: int = 8,
+        thumbnails: int = 24,
+        cancel_on_timeout: bool = False,
+        log: logging.Logger | Any = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.ledger = ledger
+        self.store = store
+        self.prefix = prefix
+        self.batch = batch
+        self.poll_interval = poll_interval
+        self.poll_timeout = poll_timeout
+        self.max_downloads = max(1, max_downloads)
+        self.thumbnail_budget = thumbnails
+        self.cancel_on_timeout = cancel_on_timeout
+        self.log = log or logging.getLogger("krea_dagster")
+        self.clock = clock
+        self.report = CollectReport()
+        self._captions: dict[str, str] = {}
+
+    async def run(self, rows: Iterable[Submission], captions: dict[str, str]) -> CollectReport:
+        """Poll pending rows and store every completed row's image; returns what happened."""
+        started = self.clock()
+        self._captions = captions
+        rows = list(rows)
+        self._downloads: asyncio.Queue[Submission | None] = asyncio.Queue()
+        workers = [asyncio.create_task(self._download_worker()) for _ in range(self.max_downloads)]
+        for row in rows:
+            if row.state == SubmissionState.COMPLETED:
+                await self._downloads.put(row)
+        try:
+            await self._poll(row for row in rows if row.is_pending_at_krea)
+        finally:
+            for _ in workers:
+                await self._downloads.put(None)
+            await asyncio.gather(*workers, return_exceptions=False)
+        self.report.elapsed = self.clock() - started
+        return self.report
+
+    async def _poll(self, rows: Iterable[Submission]) -> None:
+        pending = {row.job_id: row for row in rows if row.job_id}
+        deadline = self.clock() + self.poll_timeout
+        last_progress = self.clock()
+        while pending:
+            created = [row.krea_created_at for row in pending.values() if row.krea_created_at]
+            jobs = await self.client.poll_many(
+                list(pending), created_after=min(created) if created else None
+            )
+            self.report.polls += 1
+            changed = await asyncio.to_thread(
+                self.ledger.update_jobs, [job_update(job) for job in jobs]
+            )
+            for row in changed:
+                if row.is_terminal:
+                    pending.pop(row.job_id or "", None)
+                if row.state == SubmissionState.COMPLETED:
+                    await self._downloads.put(row)
+            for job in jobs:
+                if job.is_terminal:
+                    pending.pop(job.job_id, None)
+            if not pending:
+                break
+            now = self.clock()
+            if now - last_progress >= PROGRESS_EVERY_SECONDS:
+                self.log.info(
+                    f"{self.batch}: {len(pending)} job(s) still rendering, "
+                    f"{self.report.downloaded} image(s) stored"
+                )
+                last_progress = now
+            if now >= deadline:
+                await self._timed_out(list(pending))
+                return
+            await asyncio.sleep(min(self.poll_interval, max(deadline - now, 0)))
+
+    async def _timed_out(self, job_ids: list[str]) -> None:
+        self.report.timed_out = job_ids
+        if not self.cancel_on_timeout:
+            self.log.warning(
+                f"{self.batch}: {len(job_ids)} job(s) still pending after poll_timeout "
+                f"({self.poll_timeout:.0f} s); they stay recorded and a later run collects them"
+            )
+            return
+        for job_id in job_ids:
+            job = await self._cancel(job_id)
+            if job is not None:
+                await asyncio.to_thread(self.ledger.update_jobs, [job_update(job)])
+                self.report.cancelled.append(job_id)
+        self.log.warning(
+            f"{self.batch}: cancelled {len(self.report.cancelled)} job(s) after poll_timeout"
+        )
+
+    async def _cancel(self, job_id: str) -> Job | None:
+        try:
+            await self.client.cancel_job(job_id)
+            return await self.client.get_job(job_id)
+        except KreaError as error:
+            self.log.warning(f"could not cancel job {job_id}: {error}")
+            return None
+
+    async def _download_worker(self) -> None:
+        while True:
+            row = await self._downloads.get()
+            if row is None:
+                return
+            try:
+                await self._store_one(row)
+            except (KreaError, OSError) as error:
+                # One bad download or store write is recorded on its row; the batch goes on.
+                await self._image_error(row, "store_failed", f"{type(error).__name__}: {error}")
+
+    async def _store_one(self, row: Submission) -> None:
+        if row.image_uri and await asyncio.to_thread(self.store.exists, row.image_uri):
+            self.report.already_stored += 1
+            return
+        url = row.result_url
+        if url is None:
+            job = await self.client.get_job(row.job_id or "")
+            url = job.result_urls[0] if job.result_urls else None
+        if url is None:
+            await self._image_error(
+                row, "no_result", "Krea reported the job completed without a result URL"
+            )
+            return
+        staging = await asyncio.to_thread(self.store.staging_dir)
+        try:
+            downloaded = await self.client.download(url, staging)
+        except DownloadError as error:
+            await self._image_error(row, "download_failed", str(error))
+            return
+        want_thumbnail = len(self.report.thumbnails) < self.thumbnail_budget
+        try:
+            width, height, preview = await asyncio.to_thread(
+                verify_image, downloaded.path, row.request, thumbnail=want_thumbnail
+            )
+        except ImageCheckError as error:
+            Path(downloaded.path).unlink(missing_ok=True)
+            await self._image_error(row, error.code, str(error))
+            return
+        uri = await asyncio.to_thread(
+            self.store.put,
+            self.prefix,
+            Path(downloaded.path),
+            downloaded.sha256,
+            downloaded.content_type or "image/png",
+        )
+        await asyncio.to_thread(
+            self.ledger.record_image,
+            row.submission_id,
+            uri=uri,
+            sha256=downloaded.sha256,
+            width=width,
+            height=height,
+            size_bytes=downloaded.size,
+        )
+        self.report.downloaded += 1
+        if preview is not None and len(self.report.thumbnails) < self.thumbnail_budget:
+            caption = self._captions.get(row.prompt_key, row.prompt_key)
+            self.report.thumbnails.append(Thumbnail(row.prompt_key, caption, preview))
+
+    async def _image_error(self, row: Submission, code: str, message: str) -> None:
+        self.report.image_errors += 1
+        self.log.warning(f"job {row.job_id} (prompt {row.prompt_key}): {message}")
+        await asyncio.to_thread(
+            self.ledger.record_image_error, row.submission_id, code=code, message=message
+        )

@@ -1,0 +1,157 @@
+"""``KreaResource``: the Krea account, its settings, and the clients built from them.
+
+Declare it once per Krea account (the assets find it under the key you give the builder,
+``"krea"`` by default)::
+
+    import dagster as dg
+    from krea_dagster import KreaResource
+
+    krea = KreaResource(api_key=dg.EnvVar("KREA_API_KEY"))
+
+Use ``dg.EnvVar`` for the token: Dagster then stores and displays the variable's *name*, never
+its value. The resource's repr, its errors and everything it logs leave the token out.
+
+Clients are built lazily, when an asset or a sensor first needs one, so loading a code location
+never needs the token.
+"""
+
+from collections.abc import Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, Literal
+
+import dagster as dg
+from pydantic import Field, PrivateAttr
+
+from krea_dagster.api import (
+    DEFAULT_BASE_URL,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_READ_TIMEOUT,
+    DEFAULT_SUBMIT_429_BUDGET,
+    DEFAULT_WRITE_TIMEOUT,
+    AsyncKreaClient,
+    KreaClient,
+    SubmitRateLimitPolicy,
+    Timeouts,
+)
+
+__all__ = ["KreaResource"]
+
+
+class KreaResource(dg.ConfigurableResource):
+    """A Krea API account and how krea-dagster uses it.
+
+    Example::
+
+        KreaResource(api_key=dg.EnvVar("KREA_API_KEY"), max_concurrent_submits=50)
+    """
+
+    api_key: str = Field(
+        description=(
+            "Krea API token `id:secret` from krea.ai/settings/api-tokens. Pass "
+            'dg.EnvVar("KREA_API_KEY") so only the variable name is stored.'
+        ),
+        repr=False,
+    )
+    base_url: str = Field(
+        default=DEFAULT_BASE_URL,
+        description="API base URL; point it at a krea-emulator for tests and demos.",
+    )
+    connect_timeout: float = Field(default=DEFAULT_CONNECT_TIMEOUT, description="Seconds.")
+    read_timeout: float = Field(default=DEFAULT_READ_TIMEOUT, description="Seconds.")
+    write_timeout: float = Field(default=DEFAULT_WRITE_TIMEOUT, description="Seconds.")
+    max_retries: int = Field(
+        default=DEFAULT_MAX_RETRIES,
+        description="Retries of safe calls (GET, DELETE) on 408/409/429/5xx and transport errors.",
+    )
+    rate_limit_budget: float = Field(
+        default=DEFAULT_SUBMIT_429_BUDGET,
+        description="Seconds one submission may spend waiting out 429 (concurrency cap) answers.",
+    )
+    max_inflight_submits: int = Field(
+        default=1,
+        ge=1,
+        description=(
+            "POST requests in flight at once. Also the most submissions a crash can leave "
+            "with an unknown outcome; with 1, reconciliation is always exact."
+        ),
+    )
+    max_concurrent_submits: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Most jobs of one batch kept live (submitted, not finished) at Krea at once; "
+            "0 submits everything and lets Krea backlog the excess. Set it below your "
+            "account's backlog size to avoid 429s."
+        ),
+    )
+    poll_interval: float = Field(
+        default=2.0, gt=0, description="Seconds between polls of pending jobs (Krea advises 2-5)."
+    )
+    poll_timeout: float = Field(
+        default=0.0,
+        ge=0,
+        description=(
+            "Seconds the images asset waits for pending jobs; 0 means the model's default "
+            "(a margin beyond Krea's 3-minute limit for Krea-hosted models, 2 hours for others)."
+        ),
+    )
+    on_poll_timeout: Literal["report", "cancel"] = Field(
+        default="report",
+        description="Jobs still pending after poll_timeout: report them, or cancel them (unbilled).",
+    )
+    cancel_on_termination: bool = Field(
+        default=True,
+        description="Cancel the run's pending Krea jobs when the Dagster run is terminated.",
+    )
+    max_concurrent_downloads: int = Field(default=8, ge=1, description="Parallel downloads.")
+
+    _client: KreaClient | None = PrivateAttr(default=None)
+
+    def __repr__(self) -> str:
+        return f"KreaResource(base_url={self.base_url!r})"
+
+    __str__ = __repr__
+
+    @classmethod
+    def _is_dagster_maintained(cls) -> bool:
+        return False
+
+    def _client_kwargs(self) -> dict[str, Any]:
+        return {
+            "api_key": self.api_key,
+            "base_url": self.base_url,
+            "timeout": Timeouts(
+                connect=self.connect_timeout, read=self.read_timeout, write=self.write_timeout
+            ),
+            "max_retries": self.max_retries,
+            "submit_rate_limit": SubmitRateLimitPolicy(budget=self.rate_limit_budget),
+        }
+
+    @property
+    def request_window(self) -> float:
+        """Longest a POST can be in flight: bounds the creation window of an unknown row."""
+        return self.connect_timeout + self.write_timeout + self.read_timeout
+
+    def get_client(self) -> KreaClient:
+        """A synchronous client, built on first use and reused (sensors, scripts)."""
+        if self._client is None:
+            self._client = KreaClient(**self._client_kwargs())
+        return self._client
+
+    @contextmanager
+    def client(self) -> Iterator[KreaClient]:
+        """A fresh synchronous client, closed on exit."""
+        with KreaClient(**self._client_kwargs()) as client:
+            yield client
+
+    @asynccontextmanager
+    async def async_client(self) -> Any:
+        """A fresh asynchronous client for one event loop (httpx pools are per loop)."""
+        async with AsyncKreaClient(**self._client_kwargs()) as client:
+            yield client
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
