@@ -104,10 +104,10 @@ def verify_image(
     return width, height, preview
 
 
-def thumbnail_data_uri(image: Image.Image) -> str:
-    """A JPEG thumbnail of at most 64x64 as a data URI (about 1-2 KB)."""
+def thumbnail_data_uri(image: Image.Image, size: int = THUMBNAIL_PIXELS) -> str:
+    """A JPEG thumbnail of at most ``size`` pixels a side as a data URI (about 1-2 KB at 64)."""
     small = image.convert("RGB")
-    small.thumbnail((THUMBNAIL_PIXELS, THUMBNAIL_PIXELS))
+    small.thumbnail((size, size))
     buffer = io.BytesIO()
     small.save(buffer, format="JPEG", quality=60, optimize=True)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
@@ -252,7 +252,8 @@ class BatchCollector:
             return
         staging = await asyncio.to_thread(self.store.staging_dir)
         try:
-            downloaded = await self.client.download(url, staging)
+            # One staging file per submission: two prompts may render identical bytes.
+            downloaded = await self.client.download(url, staging / f"{row.submission_id}.part")
         except DownloadError as error:
             await self._image_error(row, "download_failed", str(error))
             return

@@ -117,12 +117,18 @@ class KreaImagePipeline:
         )
 
     def plan(self, prompts: pd.DataFrame, generation: int) -> list[PlannedPrompt]:
-        """The request of every prompt for a generation; later generations get new seeds."""
+        """The request of every prompt for a generation.
+
+        A prompt without its own seed gets one derived from its key and generation when it
+        has a variant or belongs to a regenerated generation: otherwise the request would be
+        byte-identical to its twin's and Krea would be paid for the same image twice.
+        """
         planned = []
         seeded = "seed" in self.spec.fields
         for row in prompts.to_dict(orient="records"):
             request = json.loads(row["request_json"])
-            if generation > 1 and seeded and "seed" not in request:
+            derive = generation > 1 or bool(row["variant"])
+            if derive and seeded and "seed" not in request:
                 digest = hashlib.sha256(f"{row['prompt_key']}:{generation}".encode()).digest()
                 request["seed"] = int.from_bytes(digest[:8], "big") % SEED_MODULUS
             estimated = row["estimated_usd"]

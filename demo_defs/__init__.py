@@ -1,0 +1,1 @@
+"""The demo's `dg` defs folder: component instances defined in YAML (loaded by definitions.py)."""

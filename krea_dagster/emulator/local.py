@@ -1,0 +1,146 @@
+"""One shared local emulator for a project directory (the demo's "no token needed" backend).
+
+Dagster runs code in several processes (the webserver's code server, the daemon, one process
+per run), and they must all talk to the same "Krea", or a job submitted by a run would be
+unknown to the sensor that polls it. ``ensure_local_emulator`` starts ``krea-emulator`` once as
+a detached background process on fixed ports, with its state in a SQLite file, and every later
+caller (any process) finds it running and reuses it. ``stop_local_emulator`` ends it.
+"""
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+__all__ = [
+    "DEFAULT_CDN_PORT",
+    "DEFAULT_PORT",
+    "LocalEmulator",
+    "ensure_local_emulator",
+    "stop_local_emulator",
+]
+
+DEFAULT_PORT = 8760
+DEFAULT_CDN_PORT = 8761
+STARTUP_TIMEOUT_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class LocalEmulator:
+    """Where the shared emulator listens."""
+
+    base_url: str
+    cdn_url: str
+    token: str
+    admin_token: str
+    pid: int
+
+
+def _info_file(state_dir: Path) -> Path:
+    return state_dir / "emulator.json"
+
+
+def _running(info: dict[str, object]) -> bool:
+    try:
+        response = httpx.get(f"{info['base_url']}/openapi.json", timeout=2.0)
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200
+
+
+def ensure_local_emulator(
+    state_dir: str | Path,
+    *,
+    port: int = DEFAULT_PORT,
+    cdn_port: int = DEFAULT_CDN_PORT,
+    extra_args: tuple[str, ...] = (),
+) -> LocalEmulator:
+    """The emulator serving ``state_dir``, started in the background if it is not running."""
+    directory = Path(state_dir).resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / "emulator.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one starter at a time across processes
+        info_path = _info_file(directory)
+        if info_path.exists():
+            info = json.loads(info_path.read_text(encoding="utf-8"))
+            if _running(info):
+                return LocalEmulator(**info)
+        command = [
+            sys.executable,
+            "-m",
+            "krea_dagster.emulator",
+            "serve",
+            "--port",
+            str(port),
+            "--cdn-port",
+            str(cdn_port),
+            "--state-file",
+            str(directory / "emulator.db"),
+            *extra_args,
+        ]
+        with (directory / "emulator.log").open("ab") as log:
+            process = subprocess.Popen(
+                command,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # outlives the process that started it
+                text=True,
+            )
+        assert process.stdout is not None
+        line = _read_first_line(process)
+        process.stdout.close()  # the emulator prints nothing after its first line
+        details = json.loads(line)
+        emulator = LocalEmulator(
+            base_url=details["base_url"],
+            cdn_url=details["cdn_url"],
+            token=details["token"],
+            admin_token=details["admin_token"],
+            pid=process.pid,
+        )
+        info_path.write_text(json.dumps(emulator.__dict__), encoding="utf-8")
+        return emulator
+
+
+def _read_first_line(process: subprocess.Popen[str]) -> str:
+    assert process.stdout is not None
+    deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+    os.set_blocking(process.stdout.fileno(), False)
+    buffer = ""
+    while time.monotonic() < deadline:
+        with contextlib.suppress(BlockingIOError, TypeError):
+            chunk = process.stdout.readline()
+            if chunk:
+                buffer += chunk
+                if buffer.endswith("\n"):
+                    return buffer
+        if process.poll() is not None:
+            break
+        time.sleep(0.02)
+    process.kill()
+    raise RuntimeError(
+        "krea-emulator did not start; see emulator.log in the state directory "
+        "(is the port taken? set KREA_EMULATOR_PORT)"
+    )
+
+
+def stop_local_emulator(state_dir: str | Path) -> bool:
+    """Stop the emulator of ``state_dir``; False when none was running."""
+    info_path = _info_file(Path(state_dir))
+    if not info_path.exists():
+        return False
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    info_path.unlink()
+    try:
+        os.kill(int(info["pid"]), signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    return True

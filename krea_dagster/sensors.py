@@ -1,0 +1,409 @@
+"""Sensors: new prompt batches start on their own, and no run holds a worker while Krea renders.
+
+``build_krea_sensors`` makes, per instance (named from its prefix):
+
+- ``<prefix>_batch_discovery``: scans the prompt source; a new batch becomes a dynamic
+  partition and a run, a changed batch (its content hash moved) a run again (prompt keys make it
+  pay only for new or changed rows), a removed batch is reported in the tick and deleted only
+  when ``delete_removed_batches`` is set. Partitions and runs come back in one ``SensorResult``;
+  the run key is ``<batch>:<content hash>`` so no tick launches the same work twice.
+- ``<prefix>_completion``: the deferred path (Airflow's deferrable operator, done with a
+  sensor). It reads the pending jobs from the ledger, polls them with ``poll_many`` (about one
+  request per 1000 pending jobs) inside a time budget well under Dagster's 60 s sensor deadline,
+  records every status change, reports progress per batch as runless observations of the jobs
+  asset, and requests the images run of a batch once all its jobs are terminal. It never
+  sleeps; its cursor is a small serialized record, and everything else it needs is in the
+  ledger, so a daemon restart loses and repeats nothing.
+"""
+
+import json
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import dagster as dg
+
+from krea_dagster.api import KreaError
+from krea_dagster.assets import KreaImageAssets
+from krea_dagster.ledger import Submission, SubmissionState, utcnow
+from krea_dagster.resource import KreaResource
+from krea_dagster.submit import job_update
+
+__all__ = [
+    "CompletionCursor",
+    "DiscoveryCursor",
+    "build_krea_sensors",
+    "completion_tick",
+    "discovery_tick",
+]
+
+DEFAULT_TICK_BUDGET_SECONDS = 20.0
+# One poll_many call at most this many ids; the next tick resumes with the rest (rotation).
+POLL_CHUNK = 20_000
+CURSOR_VERSION = 1
+
+
+@dataclass
+class DiscoveryCursor:
+    """The content hash of every batch the discovery sensor has launched."""
+
+    hashes: dict[str, str] = field(default_factory=dict)
+    version: int = CURSOR_VERSION
+
+    def serialize(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def parse(cls, text: str | None, log: Any = None) -> "DiscoveryCursor":
+        return _parse(cls, text, log)
+
+
+@dataclass
+class CompletionCursor:
+    """The images run last requested per batch, and where the next tick starts polling."""
+
+    requested: dict[str, str] = field(default_factory=dict)
+    offset: int = 0
+    version: int = CURSOR_VERSION
+
+    def serialize(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def parse(cls, text: str | None, log: Any = None) -> "CompletionCursor":
+        return _parse(cls, text, log)
+
+
+def _parse(cls: Any, text: str | None, log: Any) -> Any:
+    """A cursor from its JSON; an unreadable one starts fresh (run keys still dedupe)."""
+    if not text:
+        return cls()
+    try:
+        data = json.loads(text)
+        if data.get("version") != CURSOR_VERSION:
+            raise ValueError(f"cursor version {data.get('version')}")
+        return cls(**data)
+    except (ValueError, TypeError, AttributeError) as error:
+        if log is not None:
+            log.warning(f"ignoring an unreadable sensor cursor ({error}); starting fresh")
+        return cls()
+
+
+# -- discovery ----------------------------------------------------------------------------------
+
+
+def discovery_tick(
+    context: dg.SensorEvaluationContext,
+    assets: KreaImageAssets,
+    *,
+    delete_removed: bool,
+    run_asset_keys: Sequence[dg.AssetKey],
+) -> dg.SensorResult:
+    """One evaluation of the discovery sensor (pure function of the source, partitions, cursor)."""
+    cursor = DiscoveryCursor.parse(context.cursor, context.log)
+    batches, problems = assets.pipeline.source.scan()
+    partitions_name = assets.partitions_def.name or ""
+    existing = set(context.instance.get_dynamic_partitions(partitions_name))
+    new = sorted(set(batches) - existing)
+    changed = sorted(
+        batch
+        for batch, info in batches.items()
+        if batch in existing and cursor.hashes.get(batch) != info.content_hash
+    )
+    removed = sorted((existing | set(cursor.hashes)) - set(batches))
+    run_requests = [
+        dg.RunRequest(
+            partition_key=batch,
+            run_key=f"{batch}:{batches[batch].content_hash}",
+            asset_selection=list(run_asset_keys),
+            tags={"krea/batch": batch, "krea/content_hash": batches[batch].content_hash},
+        )
+        for batch in [*new, *changed]
+    ]
+    observations = [
+        dg.AssetObservation(
+            asset_key=assets.source.key,
+            partition=batch,
+            metadata={
+                "files": dg.MetadataValue.json(list(batches[batch].files)),
+                "rows": batches[batch].rows,
+                "content_hash": batches[batch].content_hash,
+            },
+            tags={"dagster/data_version": batches[batch].content_hash},
+        )
+        for batch in [*new, *changed]
+    ]
+    partition_requests: list[Any] = []
+    if new:
+        partition_requests.append(assets.partitions_def.build_add_request(new))
+    if removed and delete_removed:
+        partition_requests.append(
+            assets.partitions_def.build_delete_request([b for b in removed if b in existing])
+        )
+    for problem in problems:
+        context.log.warning(f"prompt source: {problem.file}: {problem.message}")
+    if removed:
+        verb = "deleting" if delete_removed else "kept (set delete_removed_batches to delete)"
+        context.log.warning(f"batches no longer in the source: {', '.join(removed)}; {verb}")
+    hashes = {batch: info.content_hash for batch, info in batches.items()}
+    summary = _discovery_summary(new, changed, removed, problems, delete_removed)
+    return dg.SensorResult(
+        run_requests=run_requests,
+        dynamic_partitions_requests=partition_requests,
+        asset_events=observations,
+        cursor=DiscoveryCursor(hashes=hashes).serialize(),
+        skip_reason=None if run_requests else summary,
+    )
+
+
+def _discovery_summary(
+    new: list[str], changed: list[str], removed: list[str], problems: list[Any], delete: bool
+) -> str:
+    parts = []
+    if removed:
+        parts.append(
+            f"removed from the source: {', '.join(removed)}" + ("" if delete else " (kept)")
+        )
+    if problems:
+        parts.append("unusable files: " + "; ".join(f"{p.file}: {p.message}" for p in problems))
+    if not (new or changed):
+        parts.insert(0, "no new or changed prompt batches")
+    return ". ".join(parts)
+
+
+# -- completion ---------------------------------------------------------------------------------
+
+
+def completion_tick(
+    context: dg.SensorEvaluationContext,
+    assets: KreaImageAssets,
+    krea: KreaResource,
+    *,
+    budget_seconds: float,
+    run_asset_keys: Sequence[dg.AssetKey],
+) -> dg.SensorResult:
+    """One evaluation of the completion sensor."""
+    started = time.monotonic()
+    pipeline = assets.pipeline
+    cursor = CompletionCursor.parse(context.cursor, context.log)
+    pending = pipeline.ledger.pending(pipeline.scope)
+    pending.sort(key=lambda row: row.krea_created_at or row.intent_at, reverse=True)
+    polled = 0
+    changed_batches: set[str] = set()
+    offset = cursor.offset if cursor.offset < len(pending) else 0
+    order = pending[offset:] + pending[:offset]
+    client = krea.get_client()
+    while polled < len(order) and time.monotonic() - started < budget_seconds:
+        chunk = order[polled : polled + POLL_CHUNK]
+        created = [row.krea_created_at for row in chunk if row.krea_created_at]
+        try:
+            jobs = client.poll_many(
+                [row.job_id for row in chunk if row.job_id],
+                created_after=min(created) if created else None,
+            )
+        except KreaError as error:
+            context.log.warning(f"polling Krea failed, next tick retries: {error}")
+            break
+        for row in pipeline.ledger.update_jobs([job_update(job) for job in jobs]):
+            changed_batches.add(row.batch)
+        polled += len(chunk)
+    if polled < len(order):
+        context.log.info(
+            f"tick budget ({budget_seconds:.0f} s) spent after {polled} of {len(order)} "
+            "pending jobs; the next tick continues from there"
+        )
+    next_offset = (offset + polled) % len(order) if order and polled < len(order) else 0
+    timed_out = _handle_poll_timeouts(context, assets, krea)
+    changed_batches |= timed_out
+
+    run_requests: list[dg.RunRequest] = []
+    observations: list[dg.AssetObservation] = []
+    requested = dict(cursor.requested)
+    for batch, generation in pipeline.ledger.batches(pipeline.scope):
+        rows = list(pipeline.latest(batch, generation).values())
+        if not rows:
+            continue
+        counts = Counter(_progress_state(row) for row in rows)
+        if batch in changed_batches:
+            observations.append(
+                dg.AssetObservation(
+                    asset_key=assets.jobs.key,
+                    partition=batch,
+                    metadata={
+                        "generation": generation,
+                        "pending": counts["pending"],
+                        "completed": counts["completed"],
+                        "failed": counts["failed"],
+                        "unresolved": counts["unresolved"],
+                    },
+                )
+            )
+        if counts["pending"] or counts["unresolved"]:
+            continue
+        if not any(
+            row.state == SubmissionState.COMPLETED and not row.image_uri for row in rows
+        ) and (batch not in changed_batches):
+            continue  # nothing new to collect for this batch
+        watermark = max(row.updated_at for row in rows).strftime("%Y%m%dT%H%M%S%f")
+        run_key = f"{batch}:g{generation}:{watermark}"
+        if requested.get(batch) == run_key:
+            continue
+        requested[batch] = run_key
+        run_requests.append(
+            dg.RunRequest(
+                partition_key=batch,
+                run_key=run_key,
+                asset_selection=list(run_asset_keys),
+                tags={"krea/batch": batch, "krea/generation": str(generation)},
+            )
+        )
+    summary = (
+        f"{len(pending)} pending job(s), polled {polled} in {time.monotonic() - started:.1f} s, "
+        f"{len(run_requests)} images run(s) requested"
+    )
+    context.log.info(summary)
+    return dg.SensorResult(
+        run_requests=run_requests,
+        asset_events=observations,
+        cursor=CompletionCursor(requested=requested, offset=next_offset).serialize(),
+        skip_reason=None if run_requests else summary,
+    )
+
+
+def _progress_state(row: Submission) -> str:
+    if row.is_unresolved:
+        return "unresolved"
+    if row.state in (SubmissionState.COMPLETED,):
+        return "completed"
+    if row.is_terminal:
+        return "failed"
+    return "pending"
+
+
+def _handle_poll_timeouts(
+    context: dg.SensorEvaluationContext, assets: KreaImageAssets, krea: KreaResource
+) -> set[str]:
+    """Jobs pending longer than poll_timeout: cancelled or reported, per the resource."""
+    pipeline = assets.pipeline
+    timeout = timedelta(seconds=krea.poll_timeout or pipeline.spec.default_wait_timeout)
+    now = utcnow()
+    overdue = [
+        row
+        for row in pipeline.ledger.pending(pipeline.scope)
+        if now - (row.krea_created_at or row.intent_at) > timeout
+    ]
+    if not overdue:
+        return set()
+    if krea.on_poll_timeout != "cancel":
+        context.log.warning(
+            f"{len(overdue)} job(s) pending longer than {timeout}: "
+            + ", ".join(row.job_id or "?" for row in overdue[:20])
+        )
+        return set()
+    client = krea.get_client()
+    batches: set[str] = set()
+    for row in overdue:
+        try:
+            client.cancel_job(row.job_id or "")
+            job = client.get_job(row.job_id or "")
+        except KreaError as error:
+            context.log.warning(f"could not cancel overdue job {row.job_id}: {error}")
+            continue
+        pipeline.ledger.update_jobs([job_update(job)])
+        batches.add(row.batch)
+    context.log.warning(f"cancelled {len(overdue)} job(s) pending longer than {timeout}")
+    return batches
+
+
+# -- builder ------------------------------------------------------------------------------------
+
+
+def build_krea_sensors(
+    assets: KreaImageAssets,
+    *,
+    discovery: bool = True,
+    completion: bool = True,
+    deferred: bool = True,
+    discovery_target: Sequence[Any] | None = None,
+    completion_target: Sequence[Any] | None = None,
+    discovery_interval_seconds: int = 30,
+    completion_interval_seconds: int = 10,
+    tick_budget_seconds: float = DEFAULT_TICK_BUDGET_SECONDS,
+    delete_removed_batches: bool = False,
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
+) -> list[dg.SensorDefinition]:
+    """The discovery and completion sensors of one instance.
+
+    Args:
+        deferred: discovery launches prompts + jobs and the completion sensor launches images
+            (no run waits for Krea). With False, discovery launches the whole chain and images
+            polls inline.
+        discovery_target / completion_target: what those runs materialize, to add your own
+            downstream assets (defaults: the krea assets only).
+        tick_budget_seconds: time a completion tick may spend polling (Dagster's sensor
+            deadline is 60 s).
+    """
+    prefix = assets.prefix
+    chain = (
+        [assets.prompts, assets.jobs] if deferred else [assets.prompts, assets.jobs, assets.images]
+    )
+    discovery_assets = list(discovery_target or chain)
+    completion_assets = list(completion_target or [assets.images])
+    sensors: list[dg.SensorDefinition] = []
+    if discovery:
+        discovery_keys = _keys(discovery_assets)
+
+        @dg.sensor(
+            name=f"{prefix}_batch_discovery",
+            minimum_interval_seconds=discovery_interval_seconds,
+            default_status=default_status,
+            target=discovery_assets,
+            description=f"Adds a partition and launches a run for each new or changed batch in {assets.pipeline.source.directory}.",
+        )
+        def batch_discovery(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+            return discovery_tick(
+                context,
+                assets,
+                delete_removed=delete_removed_batches,
+                run_asset_keys=discovery_keys,
+            )
+
+        sensors.append(batch_discovery)
+    if completion:
+        completion_keys = _keys(completion_assets)
+
+        @dg.sensor(
+            name=f"{prefix}_completion",
+            minimum_interval_seconds=completion_interval_seconds,
+            default_status=default_status,
+            target=completion_assets,
+            required_resource_keys={assets.resource_key},
+            description="Polls pending Krea jobs from the ledger and launches the images run of each finished batch.",
+        )
+        def completion_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+            krea: KreaResource = getattr(context.resources, assets.resource_key)
+            return completion_tick(
+                context,
+                assets,
+                krea,
+                budget_seconds=tick_budget_seconds,
+                run_asset_keys=completion_keys,
+            )
+
+        sensors.append(completion_sensor)
+    return sensors
+
+
+def _keys(targets: Sequence[Any]) -> list[dg.AssetKey]:
+    keys: list[dg.AssetKey] = []
+    for target in targets:
+        if isinstance(target, dg.AssetsDefinition):
+            keys.extend(target.keys)
+        elif isinstance(target, dg.AssetSpec):
+            keys.append(target.key)
+        else:
+            keys.append(dg.AssetKey.from_coercible(target))
+    return keys
