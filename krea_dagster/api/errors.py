@@ -37,6 +37,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from krea_dagster.api.redaction import redact
+
 if TYPE_CHECKING:
     from krea_dagster.api.catalog import Problem
     from krea_dagster.api.models import Job
@@ -405,7 +407,8 @@ class ConfigurationError(KreaError, ValueError):
 
 
 def _shorten(text: str) -> str:
-    text = " ".join(text.split())
+    # A gateway may quote the rejected Authorization header back; never let it into a message.
+    text = redact(" ".join(text.split()))
     if len(text) <= _MAX_SERVER_MESSAGE:
         return text
     return text[: _MAX_SERVER_MESSAGE - 1] + "…"

@@ -25,8 +25,10 @@ REDACTED = "[REDACTED]"
 
 _PATTERNS = (
     # "Authorization: Bearer x", "'authorization': 'x'", "authorization=x"
-    re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?)(?:bearer\s+)?[^\s'\",}\]]+"),
-    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=:\-]+"),
+    re.compile(
+        r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?)(?!\[REDACTED\])(?:bearer\s+)?[^\s'\",}\]]+"
+    ),
+    re.compile(r"(?i)(bearer\s+)(?!\[REDACTED\])[A-Za-z0-9._~+/=:\-]+"),
     # Krea tokens are "<uuid>:<secret>".
     re.compile(
         r"()\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
@@ -47,13 +49,13 @@ def register_secret(secret: str) -> None:
 
 def redact(text: str) -> str:
     """``text`` with tokens and authorization values replaced by ``[REDACTED]``."""
+    for pattern in _PATTERNS:
+        text = pattern.sub(lambda match: match.group(1) + REDACTED, text)
     with _lock:
         secrets = sorted(_secrets, key=len, reverse=True)
     for secret in secrets:
         if secret in text:
             text = text.replace(secret, REDACTED)
-    for pattern in _PATTERNS:
-        text = pattern.sub(lambda match: match.group(1) + REDACTED, text)
     return text
 
 
