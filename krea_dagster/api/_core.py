@@ -1,0 +1,809 @@
+"""The request core shared by ``KreaClient`` and ``AsyncKreaClient`` (sans-I/O).
+
+Every operation is a generator, a *flow*, that yields actions and receives their results:
+``Send(request)`` -> ``httpx.Response``, ``Stream(request, sink)`` -> a streamed response,
+``Sleep(seconds)``, ``Notify(callback, job)`` and ``Offload(function)`` (blocking file work).
+Transport exceptions are thrown back into the flow at its ``yield``, so the flow reads like
+straight-line code. Request building, response interpretation, the retry loop and backoff live
+here once; the two clients only perform actions (``run_flow`` / ``run_flow_async``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from krea_dagster.api import catalog
+from krea_dagster.api.config import (
+    RETRY_COUNT_HEADER,
+    Clock,
+    DownloadSettings,
+    RetryPolicy,
+    SubmitRateLimitPolicy,
+    Timeouts,
+)
+from krea_dagster.api.errors import (
+    AmbiguousSubmitError,
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    ConfigurationError,
+    KreaError,
+    MalformedPayloadError,
+    RequestValidationError,
+    make_status_error,
+)
+from krea_dagster.api.models import Job, JobList, JobStatus
+from krea_dagster.api.retries import (
+    RequestKind,
+    Verdict,
+    backoff_delay,
+    decide,
+    parse_retry_after,
+    retry_after_from_body,
+)
+
+if TYPE_CHECKING:
+    import random
+
+    from krea_dagster.api._download import DownloadSink
+
+__all__: list[str] = []
+
+logger = logging.getLogger("krea_dagster.api")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Send:
+    """Send a request and read the whole response."""
+
+    request: httpx.Request
+
+
+@dataclass(frozen=True)
+class Stream:
+    """Send a request and, for a 2xx answer, stream its body into ``sink``."""
+
+    request: httpx.Request
+    sink: DownloadSink
+
+
+@dataclass(frozen=True)
+class Sleep:
+    """Wait (the client's injectable sleep)."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Notify:
+    """Call a user callback with a job (awaited when it returns an awaitable)."""
+
+    callback: Callable[[Job], object]
+    job: Job
+
+
+@dataclass(frozen=True)
+class Offload:
+    """Run blocking file work (fsync, image verification); async clients use a thread."""
+
+    function: Callable[[], Any]
+
+
+Action: TypeAlias = Send | Stream | Sleep | Notify | Offload
+Flow: TypeAlias = Generator[Action, Any, T]
+
+
+def run_flow(flow: Flow[T], perform: Callable[[Action], Any]) -> T:
+    """Drive a flow with a blocking ``perform``; exceptions go back into the flow."""
+    value: Any = None
+    error: Exception | None = None
+    try:
+        while True:
+            try:
+                action = flow.throw(error) if error is not None else flow.send(value)
+            except StopIteration as stop:
+                return stop.value
+            value, error = None, None
+            try:
+                value = perform(action)
+            except Exception as exc:  # handed to the flow, which decides what it means
+                error = exc
+    finally:
+        flow.close()  # runs the flow's cleanup (temp files) if we leave early
+
+
+async def run_flow_async(flow: Flow[T], perform: Callable[[Action], Awaitable[Any]]) -> T:
+    """Drive a flow with an awaitable ``perform``; the twin of ``run_flow``."""
+    value: Any = None
+    error: Exception | None = None
+    try:
+        while True:
+            try:
+                action = flow.throw(error) if error is not None else flow.send(value)
+            except StopIteration as stop:
+                return stop.value
+            value, error = None, None
+            try:
+                value = await perform(action)
+            except Exception as exc:
+                error = exc
+    finally:
+        flow.close()
+
+
+class Secret:
+    """A string that never shows itself in ``repr``/``str`` (the API token)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret itself; only for the Authorization header."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __reduce__(self) -> Any:
+        raise TypeError("the Krea API token cannot be pickled")
+
+
+def check_api_key(value: str | None) -> Secret:
+    """The token as a Secret; its shape is checked (``id:secret``) without ever echoing it."""
+    where = "pass api_key=... or set KREA_API_KEY"
+    origin = "create one at https://krea.ai/settings/api-tokens"
+    if value is None or not value.strip():
+        raise ConfigurationError(f"no Krea API token: {where} ({origin})")
+    token = value.strip()
+    if token.lower().startswith("bearer "):
+        raise ConfigurationError("the Krea API token starts with 'Bearer '; pass the token alone")
+    if not token.isascii() or not token.isprintable() or any(c.isspace() for c in token):
+        raise ConfigurationError(
+            "the Krea API token contains whitespace or non-ASCII characters; copy it again "
+            f"({origin})"
+        )
+    key_id, sep, secret = token.partition(":")
+    if not sep or not key_id or not secret:
+        raise ConfigurationError(
+            f"the Krea API token (length {len(token)}) does not have the shape 'id:secret'; "
+            f"{origin} and use the whole string"
+        )
+    return Secret(token)
+
+
+def check_base_url(value: str) -> str:
+    """The base URL without a trailing slash; it must be an absolute http(s) URL."""
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(
+            f"base_url must be an absolute http(s) URL such as https://api.krea.ai, got {value!r}"
+        )
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigurationError("base_url must not carry credentials, a query or a fragment")
+    return value.strip().rstrip("/")
+
+
+def origin_of(url: str | httpx.URL) -> tuple[str, str, int]:
+    """(scheme, host, port) with default ports filled in, to compare origins."""
+    parsed = httpx.URL(str(url))
+    default = {"http": 80, "https": 443}.get(parsed.scheme, 0)
+    return (parsed.scheme, parsed.host.lower(), parsed.port or default)
+
+
+def display_url(url: str | httpx.URL) -> str:
+    """A URL safe to log or show: no query string (signed CDN URLs carry credentials there)."""
+    parsed = urlsplit(str(url))
+    return f"{parsed.scheme}://{parsed.netloc.rpartition('@')[2]}{parsed.path}"
+
+
+class ClientStats:
+    """Counters of what the client sent, so callers can report API usage.
+
+    ``requests`` counts HTTP requests by ``"METHOD /path/{template}"`` (every attempt counts),
+    ``retries`` the repeated requests, ``ambiguous_submits`` the generation POSTs whose outcome
+    is unknown, ``rate_limited_waits`` the 429 waits of ``submit()``, ``jobs_submitted`` the
+    jobs Krea accepted.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests: Counter[str] = Counter()
+        self.retries = 0
+        self.ambiguous_submits = 0
+        self.rate_limited_waits = 0
+        self.jobs_submitted = 0
+
+    def record_request(self, method: str, path_template: str) -> None:
+        with self._lock:
+            self.requests[f"{method} {path_template}"] += 1
+
+    def increment(self, name: str) -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + 1)
+
+    @property
+    def total_requests(self) -> int:
+        """Every HTTP request sent, retries included."""
+        return sum(self.requests.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        """A plain snapshot (for metadata and logs)."""
+        with self._lock:
+            return {
+                "requests": dict(self.requests),
+                "total_requests": sum(self.requests.values()),
+                "retries": self.retries,
+                "ambiguous_submits": self.ambiguous_submits,
+                "rate_limited_waits": self.rate_limited_waits,
+                "jobs_submitted": self.jobs_submitted,
+            }
+
+    def __repr__(self) -> str:
+        return f"ClientStats({self.as_dict()})"
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Everything the core needs to build and judge requests; immutable, copied by with_options."""
+
+    base_url: str
+    api_key: Secret = field(repr=False)
+    timeouts: Timeouts
+    max_retries: int
+    retry_policy: RetryPolicy
+    submit_rate_limit: SubmitRateLimitPolicy
+    download: DownloadSettings
+    user_agent: str
+
+    def replace(self, **changes: Any) -> ClientConfig:
+        return replace(self, **changes)
+
+
+class RequestCore:
+    """Builds requests, runs the retry loops and interprets answers; performs no I/O."""
+
+    def __init__(
+        self, config: ClientConfig, *, clock: Clock, rng: random.Random, stats: ClientStats
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.rng = rng
+        self.stats = stats
+        self._api_origin = origin_of(config.base_url)
+
+    # -- building -------------------------------------------------------------------------
+
+    def url_for(self, path_template: str, path_params: Mapping[str, str] | None = None) -> str:
+        """The absolute URL; path parameters are percent-encoded so an id cannot add segments."""
+        path = path_template
+        for name, value in (path_params or {}).items():
+            if not value:
+                raise ValueError(f"{name} must be a non-empty string")
+            path = path.replace("{" + name + "}", quote(str(value), safe=""))
+        return self.config.base_url + path
+
+    def is_api_origin(self, url: str | httpx.URL) -> bool:
+        """Whether ``url`` is on the API's origin: the only place the token may go."""
+        return origin_of(url) == self._api_origin
+
+    def build_request(
+        self,
+        method: str,
+        url: str,
+        *,
+        timeout: httpx.Timeout,
+        params: Mapping[str, Any] | None = None,
+        json_body: Any = None,
+        extra_headers: Mapping[str, str] | None = None,
+        retries_taken: int = 0,
+        accept: str = "application/json",
+    ) -> httpx.Request:
+        """One request with an explicit timeout; the bearer token only on the API's origin."""
+        headers = {
+            "Accept": accept,
+            "User-Agent": self.config.user_agent,
+            RETRY_COUNT_HEADER: str(retries_taken),
+        }
+        if self.is_api_origin(url):
+            headers["Authorization"] = f"Bearer {self.config.api_key.reveal()}"
+        headers.update(extra_headers or {})
+        query = {key: value for key, value in (params or {}).items() if value is not None}
+        return httpx.Request(
+            method,
+            url,
+            params=query or None,
+            json=json_body,
+            headers=headers,
+            extensions={"timeout": timeout.as_dict()},
+        )
+
+    # -- interpreting ---------------------------------------------------------------------
+
+    def status_error(
+        self,
+        response: httpx.Response,
+        method: str,
+        path_template: str,
+        *,
+        attempts: int,
+        note: str | None = None,
+        retry_after: float | None = None,
+    ) -> APIStatusError:
+        return make_status_error(
+            status_code=response.status_code,
+            method=method,
+            path_template=path_template,
+            body=decode_body(response),
+            request_id=request_id_of(response),
+            retry_after=retry_after,
+            attempts=attempts,
+            note=note,
+        )
+
+    @staticmethod
+    def connection_error(
+        exc: BaseException, method: str, path_template: str, *, attempts: int, note: str = ""
+    ) -> APIConnectionError:
+        cls = APITimeoutError if isinstance(exc, httpx.TimeoutException) else APIConnectionError
+        what = "timed out" if cls is APITimeoutError else "failed"
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        suffix = f"; {note}" if note else ""
+        return cls(
+            f"{method} {path_template} {what} ({detail}){suffix}",
+            method=method,
+            path_template=path_template,
+            attempts=attempts,
+        )
+
+    def parse(
+        self, build: Callable[[Any], T], response: httpx.Response, method: str, path_template: str
+    ) -> T:
+        """Decode JSON and build a record; a wrong shape names the call that returned it."""
+        try:
+            return build(response.json())
+        except (ValueError, MalformedPayloadError) as exc:
+            raise MalformedPayloadError(
+                f"{method} {path_template} returned {response.status_code} with an unexpected "
+                f"body: {exc}"
+            ) from exc
+
+    def max_retries_for(self, override: int | None) -> int:
+        value = self.config.max_retries if override is None else override
+        if value < 0:
+            raise ValueError("max_retries must be >= 0")
+        return value
+
+    # -- the safe-request loop ------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path_template: str,
+        *,
+        path_params: Mapping[str, str] | None = None,
+        params: Mapping[str, Any] | None = None,
+        max_retries: int | None = None,
+    ) -> Flow[httpx.Response]:
+        """A GET or DELETE, retried per ``retries.decide`` (a safe request cannot bill twice)."""
+        url = self.url_for(path_template, path_params)
+        allowed = self.max_retries_for(max_retries)
+        retries = 0
+        while True:
+            request = self.build_request(
+                method,
+                url,
+                params=params,
+                timeout=self.config.timeouts.for_json(),
+                retries_taken=retries,
+            )
+            self.stats.record_request(method, path_template)
+            outcome: httpx.Response | Exception
+            try:
+                outcome = yield Send(request)
+            except httpx.TransportError as exc:
+                outcome = exc
+            decision = decide(RequestKind.SAFE, outcome)
+            if decision.verdict is Verdict.DONE:
+                if isinstance(outcome, httpx.Response) and outcome.is_success:
+                    logger.debug("%s %s -> %s", method, path_template, outcome.status_code)
+                    return outcome
+                raise self.final_error(outcome, method, path_template, retries + 1, decision.reason)
+            delay = self.retry_delay(
+                outcome, method, path_template, retries, allowed, decision.reason
+            )
+            yield Sleep(delay)
+            retries += 1
+
+    def final_error(
+        self,
+        outcome: httpx.Response | BaseException,
+        method: str,
+        path_template: str,
+        attempts: int,
+        reason: str,
+        note: str | None = None,
+    ) -> KreaError:
+        """The error that ends a call, logged once with its reason."""
+        if isinstance(outcome, httpx.Response):
+            logger.warning(
+                "%s %s -> %s, not retried: %s",
+                method,
+                path_template,
+                outcome.status_code,
+                note or reason,
+                extra={"krea_status": outcome.status_code, "krea_attempts": attempts},
+            )
+            return self.status_error(outcome, method, path_template, attempts=attempts, note=note)
+        logger.warning(
+            "%s %s failed, not retried: %s",
+            method,
+            path_template,
+            note or reason,
+            extra={"krea_attempts": attempts},
+        )
+        error = self.connection_error(
+            outcome, method, path_template, attempts=attempts, note=note or ""
+        )
+        error.__cause__ = outcome
+        return error
+
+    def retry_delay(
+        self,
+        outcome: httpx.Response | BaseException,
+        method: str,
+        path_template: str,
+        retries: int,
+        allowed: int,
+        reason: str,
+    ) -> float:
+        """Seconds to wait before retrying a safe request, or the final error when giving up."""
+        if retries >= allowed:
+            note = f"gave up after {retries} retries ({reason})" if retries else None
+            raise self.final_error(outcome, method, path_template, retries + 1, reason, note)
+        retry_after = None
+        if isinstance(outcome, httpx.Response):
+            retry_after = parse_retry_after(outcome.headers, now=self.clock.now())
+            ceiling = self.config.retry_policy.max_retry_after
+            if retry_after is not None and retry_after > ceiling:
+                note = (
+                    f"Krea asked to wait {retry_after:.0f} s (Retry-After), more than the "
+                    f"{ceiling:.0f} s this client waits, so it did not retry early"
+                )
+                logger.warning("%s %s -> %s: %s", method, path_template, outcome.status_code, note)
+                raise self.status_error(
+                    outcome,
+                    method,
+                    path_template,
+                    attempts=retries + 1,
+                    note=note,
+                    retry_after=retry_after,
+                )
+        policy = self.config.retry_policy
+        delay = (
+            retry_after
+            if retry_after is not None
+            else backoff_delay(
+                retries,
+                initial=policy.initial_backoff,
+                maximum=policy.max_backoff,
+                jitter=policy.jitter,
+                rng=self.rng,
+            )
+        )
+        source = "Retry-After" if retry_after is not None else "backoff"
+        logger.info(
+            "retrying %s %s in %.2f s (%s; retry %d of %d): %s",
+            method,
+            path_template,
+            delay,
+            source,
+            retries + 1,
+            allowed,
+            reason,
+            extra={"krea_retry": retries + 1},
+        )
+        self.stats.increment("retries")
+        return delay
+
+    # -- operations -----------------------------------------------------------------------
+
+    def get_job(self, job_id: str, *, max_retries: int | None = None) -> Flow[Job]:
+        response = yield from self.request(
+            "GET", "/jobs/{id}", path_params={"id": job_id}, max_retries=max_retries
+        )
+        return self.parse(Job.from_api, response, "GET", "/jobs/{id}")
+
+    def list_jobs(
+        self,
+        *,
+        cursor: str | datetime | None = None,
+        limit: int = 100,
+        status: JobStatus | str | None = None,
+        types: Sequence[str] | str | None = None,
+        max_retries: int | None = None,
+    ) -> Flow[JobList]:
+        if not 1 <= limit <= 1000:
+            raise ValueError(f"limit must be between 1 and 1000, got {limit}")
+        params = {
+            "limit": limit,
+            "cursor": cursor.isoformat() if isinstance(cursor, datetime) else cursor,
+            "status": JobStatus(status).value if status is not None else None,
+            "types": types if isinstance(types, str) or types is None else ",".join(types),
+        }
+        response = yield from self.request("GET", "/jobs", params=params, max_retries=max_retries)
+        return self.parse(JobList.from_api, response, "GET", "/jobs")
+
+    def cancel_job(self, job_id: str, *, max_retries: int | None = None) -> Flow[Job | None]:
+        response = yield from self.request(
+            "DELETE", "/jobs/{id}", path_params={"id": job_id}, max_retries=max_retries
+        )
+        logger.info("cancel requested for job %s", job_id, extra={"krea_job_id": job_id})
+        # The spec documents no body for a 200; some deployments return the job.
+        body = decode_body(response)
+        if isinstance(body, Mapping) and body.get("job_id") and body.get("status"):
+            return Job.from_api(body)
+        return None
+
+    # -- the create loop ------------------------------------------------------------------
+
+    def submit(
+        self,
+        model: str,
+        params: Mapping[str, Any],
+        *,
+        kind: str = "image",
+        webhook_url: str | None = None,
+        validate: bool = True,
+        today: date | None = None,
+        max_retries: int | None = None,
+    ) -> Flow[Job]:
+        """POST /generate/<kind>/<model>: validated first, never resent once it may have arrived."""
+        submission_id = str(uuid.uuid4())
+        try:
+            path, body = self._submission_body(model, params, kind, validate, today)
+        except KreaError as error:
+            error.submission_id = submission_id
+            raise
+        extra_headers = {"X-Webhook-URL": webhook_url} if webhook_url else {}
+        allowed = self.max_retries_for(max_retries)
+        policy = self.config.submit_rate_limit
+        log_extra = {"krea_submission_id": submission_id, "krea_path": path}
+        logger.info("submitting %s (submission %s)", path, submission_id, extra=log_extra)
+        started = self.clock.monotonic()
+        attempts = connect_retries = capacity_waits = 0
+        while True:
+            attempts += 1
+            submitted_at = self.clock.now()
+            request = self.build_request(
+                "POST",
+                self.config.base_url + path,
+                json_body=body,
+                extra_headers=extra_headers,
+                timeout=self.config.timeouts.for_json(),
+                retries_taken=attempts - 1,
+            )
+            self.stats.record_request("POST", path)
+            outcome: httpx.Response | Exception
+            try:
+                outcome = yield Send(request)
+            except httpx.TransportError as exc:
+                outcome = exc
+            decision = decide(RequestKind.CREATE, outcome)
+            try:
+                if decision.verdict is Verdict.DONE:
+                    return self._accepted_job(
+                        outcome,
+                        path,
+                        attempts,
+                        decision.reason,
+                        submission_id,
+                        submitted_at,
+                        model,
+                        kind,
+                    )
+                if decision.verdict is Verdict.AMBIGUOUS:
+                    raise self._ambiguous(
+                        outcome, submission_id, model, kind, submitted_at, path, decision.reason
+                    )
+                if decision.verdict is Verdict.RETRY:  # never reached Krea: resending is safe
+                    delay = self.retry_delay(
+                        outcome, "POST", path, connect_retries, allowed, decision.reason
+                    )
+                    connect_retries += 1
+                else:  # Verdict.RETRY_CAPACITY
+                    assert isinstance(outcome, httpx.Response)
+                    delay = self._capacity_delay(
+                        outcome, path, policy, capacity_waits, attempts, started
+                    )
+                    capacity_waits += 1
+            except KreaError as error:
+                error.submission_id = submission_id
+                raise
+            yield Sleep(delay)
+
+    def _submission_body(
+        self,
+        model: str,
+        params: Mapping[str, Any],
+        kind: str,
+        validate: bool,
+        today: date | None,
+    ) -> tuple[str, dict[str, Any]]:
+        if not validate:
+            # For models newer than the bundled catalog: the caller takes the risk.
+            return f"/generate/{kind}/{model.strip('/')}", dict(params)
+        spec = catalog.get_model(model, kind)
+        result = catalog.validate(
+            spec.model, params, kind=spec.kind, today=today or self.clock.now().date()
+        )
+        for warning in result.warnings:
+            logger.warning(
+                "%s: deprecated field %s (%s)",
+                spec.path,
+                warning.field,
+                warning.rule,
+                extra={"krea_path": spec.path},
+            )
+        if result.problems:
+            raise RequestValidationError(spec.key, result.problems)
+        return spec.path, dict(result.params)
+
+    def _accepted_job(
+        self,
+        outcome: httpx.Response | BaseException,
+        path: str,
+        attempts: int,
+        reason: str,
+        submission_id: str,
+        submitted_at: datetime,
+        model: str,
+        kind: str,
+    ) -> Job:
+        if not (isinstance(outcome, httpx.Response) and outcome.is_success):
+            raise self.final_error(outcome, "POST", path, attempts, reason)
+        try:
+            job = Job.from_api(outcome.json())
+        except (ValueError, MalformedPayloadError) as exc:
+            # A 2xx means Krea created a job, but we cannot read its id: that is ambiguous too.
+            raise self._ambiguous(
+                f"unreadable {outcome.status_code} body",
+                submission_id,
+                model,
+                kind,
+                submitted_at,
+                path,
+                f"the 2xx body is not a job ({exc})",
+            ) from exc
+        self.stats.increment("jobs_submitted")
+        logger.info(
+            "POST %s -> %s: job %s (%s, submission %s)",
+            path,
+            outcome.status_code,
+            job.job_id,
+            job.status.value,
+            submission_id,
+            extra={"krea_job_id": job.job_id, "krea_submission_id": submission_id},
+        )
+        return job
+
+    def _ambiguous(
+        self,
+        cause: httpx.Response | BaseException | str,
+        submission_id: str,
+        model: str,
+        kind: str,
+        submitted_at: datetime,
+        path: str,
+        reason: str,
+    ) -> AmbiguousSubmitError:
+        self.stats.increment("ambiguous_submits")
+        logger.error(
+            "POST %s outcome unknown, not resent (submission %s): %s",
+            path,
+            submission_id,
+            reason,
+            extra={"krea_submission_id": submission_id},
+        )
+        if isinstance(cause, httpx.Response):
+            cause = f"status {cause.status_code}"
+        error = AmbiguousSubmitError(
+            submission_id=submission_id,
+            model=model,
+            kind=kind,
+            submitted_at=submitted_at,
+            cause=cause,
+            request_timeout=self.config.timeouts.request_window or float("inf"),
+        )
+        if isinstance(cause, BaseException):
+            error.__cause__ = cause
+        return error
+
+    def _capacity_delay(
+        self,
+        response: httpx.Response,
+        path: str,
+        policy: SubmitRateLimitPolicy,
+        waits: int,
+        attempts: int,
+        started: float,
+    ) -> float:
+        """How long to wait out a 429 on a create, or RateLimitError when the budget is spent."""
+        retry_after = parse_retry_after(response.headers, now=self.clock.now())
+        if retry_after is None:
+            retry_after = retry_after_from_body(decode_body(response))
+        delay = (
+            retry_after
+            if retry_after is not None
+            else backoff_delay(
+                waits,
+                initial=policy.initial_delay,
+                maximum=policy.max_delay,
+                multiplier=policy.multiplier,
+                jitter=policy.jitter,
+                rng=self.rng,
+            )
+        )
+        elapsed = self.clock.monotonic() - started
+        if elapsed + delay > policy.budget:
+            note = (
+                f"still at the concurrency cap after {attempts} attempts over {elapsed:.0f} s "
+                f"(the 429 budget is {policy.budget:.0f} s)"
+            )
+            logger.warning("POST %s -> 429, giving up: %s", path, note)
+            raise self.status_error(
+                response, "POST", path, attempts=attempts, note=note, retry_after=retry_after
+            )
+        logger.info(
+            "POST %s -> 429 (concurrency cap), waiting %.1f s (%s) before attempt %d",
+            path,
+            delay,
+            "Retry-After" if retry_after is not None else "backoff",
+            attempts + 1,
+        )
+        self.stats.increment("rate_limited_waits")
+        return delay
+
+
+def decode_body(response: httpx.Response) -> Any:
+    """The response body as JSON when it is JSON, else text (None when empty)."""
+    try:
+        content = response.content
+    except httpx.ResponseNotRead:  # a streamed error response whose body we chose not to read
+        return None
+    if not content:
+        return None
+    try:
+        return json.loads(content)
+    except ValueError:
+        return content.decode("utf-8", errors="replace")
+
+
+def request_id_of(response: httpx.Response) -> str | None:
+    """A request id header, when the server or its gateway sends one."""
+    for name in ("x-request-id", "request-id", "cf-ray"):
+        if value := response.headers.get(name):
+            return value
+    return None
