@@ -1,0 +1,172 @@
+"""Finding out whether an ambiguous submission created a job, without ever resubmitting.
+
+After an ``AmbiguousSubmitError`` a job may exist (and will be billed if it completes). Krea has
+no idempotency key and jobs do not echo the request, so the only evidence is ``GET /jobs``: a
+job created in the submission's time window that the caller does not already know. This module
+holds the window, the outcome, and the pure decision; the clients do the listing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from krea_dagster.api.errors import AmbiguousSubmitError
+from krea_dagster.api.models import Job
+
+__all__ = [
+    "Reconciliation",
+    "ReconciliationOutcome",
+    "SubmissionWindow",
+    "decide_reconciliation",
+]
+
+
+@dataclass(frozen=True)
+class SubmissionWindow:
+    """When a possibly-created job could have been created.
+
+    ``start`` is ``submitted_at - skew``; ``end`` is ``submitted_at + request_timeout + skew``
+    (the server cannot create it after the client gave up waiting, give or take clock skew),
+    or None when the request had no timeout, in which case the window never closes.
+    """
+
+    submitted_at: datetime
+    start: datetime
+    end: datetime | None
+    model: str | None = None
+    kind: str = "image"
+    submission_id: str | None = None
+
+    @classmethod
+    def from_submission(
+        cls,
+        submitted_at: datetime,
+        *,
+        request_timeout: float | None,
+        skew: float,
+        model: str | None = None,
+        kind: str = "image",
+        submission_id: str | None = None,
+    ) -> SubmissionWindow:
+        """The window of a submission sent at ``submitted_at``."""
+        margin = timedelta(seconds=skew)
+        end = None
+        if request_timeout is not None and math.isfinite(request_timeout):
+            end = submitted_at + timedelta(seconds=request_timeout) + margin
+        return cls(submitted_at, submitted_at - margin, end, model, kind, submission_id)
+
+    @classmethod
+    def from_error(cls, error: AmbiguousSubmitError, *, skew: float) -> SubmissionWindow:
+        """The window of the submission behind an ``AmbiguousSubmitError``."""
+        return cls.from_submission(
+            error.submitted_at,
+            request_timeout=error.request_timeout,
+            skew=skew,
+            model=error.model,
+            kind=error.kind,
+            submission_id=error.submission_id,
+        )
+
+    def contains(self, moment: datetime) -> bool:
+        """Whether a job created at ``moment`` could be the submission's."""
+        return self.start <= moment and (self.end is None or moment <= self.end)
+
+    def is_closed(self, now: datetime) -> bool:
+        """Whether no job of this submission can appear any more."""
+        return self.end is not None and now > self.end
+
+
+class ReconciliationOutcome(StrEnum):
+    """What reconciliation concluded."""
+
+    FOUND = "found"
+    NOT_CREATED = "not_created"
+    UNDECIDABLE = "undecidable"
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    """The outcome, the job when found, the candidates seen, and why."""
+
+    outcome: ReconciliationOutcome
+    job: Job | None
+    candidates: tuple[Job, ...]
+    reason: str
+    window: SubmissionWindow | None = None
+
+    @classmethod
+    def found(
+        cls, job: Job, reason: str = "", window: SubmissionWindow | None = None
+    ) -> Reconciliation:
+        """Exactly one unknown job was created in the window: it is the submission's."""
+        return cls(ReconciliationOutcome.FOUND, job, (job,), reason, window)
+
+    @classmethod
+    def not_created(
+        cls, reason: str = "", window: SubmissionWindow | None = None
+    ) -> Reconciliation:
+        """The window has closed without an unknown job: submitting again is safe."""
+        return cls(ReconciliationOutcome.NOT_CREATED, None, (), reason, window)
+
+    @classmethod
+    def undecidable(
+        cls, candidates: Iterable[Job], reason: str, window: SubmissionWindow | None = None
+    ) -> Reconciliation:
+        """The evidence does not say; ``reason`` explains, ``candidates`` lists what was seen."""
+        return cls(ReconciliationOutcome.UNDECIDABLE, None, tuple(candidates), reason, window)
+
+    @property
+    def is_found(self) -> bool:
+        return self.outcome is ReconciliationOutcome.FOUND
+
+    @property
+    def is_not_created(self) -> bool:
+        return self.outcome is ReconciliationOutcome.NOT_CREATED
+
+    @property
+    def is_undecidable(self) -> bool:
+        return self.outcome is ReconciliationOutcome.UNDECIDABLE
+
+
+def decide_reconciliation(
+    window: SubmissionWindow,
+    candidates: Iterable[Job],
+    *,
+    now: datetime,
+    complete: bool = True,
+) -> Reconciliation:
+    """Decide from the unknown jobs created in the window (``complete``: every page was read)."""
+    found = tuple(candidates)
+    span = f"{window.start.isoformat()} .. {window.end.isoformat() if window.end else 'now'}"
+    if len(found) == 1:
+        return Reconciliation.found(
+            found[0], f"exactly one unknown job was created in {span}", window
+        )
+    if len(found) > 1:
+        ids = ", ".join(job.job_id for job in found)
+        return Reconciliation.undecidable(
+            found,
+            f"{len(found)} jobs unknown to the caller were created in {span} ({ids}); any of "
+            "them could be the submission's. Add the ids you own to known_job_ids, or cancel "
+            "the ones that are not yours while they are pending",
+            window,
+        )
+    if not complete:
+        return Reconciliation.undecidable(
+            (), f"the job list could not be read back to {window.start.isoformat()}", window
+        )
+    if not window.is_closed(now):
+        until = window.end.isoformat() if window.end else "never (the request had no timeout)"
+        return Reconciliation.undecidable(
+            (),
+            f"no unknown job in {span} yet, but the window is still open until {until}: "
+            "Krea could still create it; reconcile again after that",
+            window,
+        )
+    return Reconciliation.not_created(
+        f"no unknown job was created in {span} and the window has closed", window
+    )
