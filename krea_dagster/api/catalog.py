@@ -135,6 +135,11 @@ class FieldSpec:
         """Whether the schema declares a default."""
         return self.default is not _MISSING
 
+    @property
+    def has_const(self) -> bool:
+        """Whether the schema pins the field to one value."""
+        return self.const is not _MISSING
+
 
 @dataclass(frozen=True)
 class Alias:

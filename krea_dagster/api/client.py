@@ -1,0 +1,735 @@
+"""``KreaClient`` and ``AsyncKreaClient``: the Krea API on httpx.
+
+Both are thin: each public method builds a flow from the shared core (``_core``, ``_jobs``,
+``_download``) and runs it, performing the flow's actions with httpx and a sleep function. So
+the two clients cannot drift: they differ only in how they send, stream, sleep and call back.
+
+    with KreaClient() as krea:                       # KREA_API_KEY from the environment
+        job = krea.submit("openai/gpt-image-2", {"prompt": "a lighthouse at dusk"})
+        job = krea.wait(job.job_id, model="openai/gpt-image-2")
+        krea.download(job.result_urls[0], "out/")    # -> out/<sha256>.png, verified
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import inspect
+import logging
+import os
+import random
+import time
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from datetime import datetime
+from typing import Any, TypeVar
+
+import httpx
+
+from krea_dagster.api import _download, _jobs
+from krea_dagster.api._core import (
+    Action,
+    ClientConfig,
+    ClientStats,
+    Flow,
+    Notify,
+    Offload,
+    RequestCore,
+    Send,
+    Sleep,
+    Stream,
+    check_api_key,
+    check_base_url,
+    run_flow,
+    run_flow_async,
+)
+from krea_dagster.api.config import (
+    API_KEY_ENV,
+    BASE_URL_ENV,
+    DEFAULT_BASE_URL,
+    DEFAULT_CLOCK_SKEW,
+    DEFAULT_LIMITS,
+    DEFAULT_MAX_POLL_INTERVAL,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_POLL_BACKOFF_FACTOR,
+    DEFAULT_POLL_INTERVAL,
+    DEFAULT_TIMEOUTS,
+    Clock,
+    DownloadSettings,
+    RetryPolicy,
+    SubmitRateLimitPolicy,
+    SystemClock,
+    Timeouts,
+)
+from krea_dagster.api.errors import AmbiguousSubmitError
+from krea_dagster.api.models import DownloadedFile, Job, JobList, JobStatus
+from krea_dagster.api.reconcile import Reconciliation, SubmissionWindow
+from krea_dagster.api.redaction import install_redaction, register_secret
+from krea_dagster.api.webhooks import parse_webhook
+from krea_dagster.version import __version__
+
+__all__ = ["DEFAULT_USER_AGENT", "AsyncKreaClient", "ClientStats", "KreaClient"]
+
+logger = logging.getLogger("krea_dagster.api")
+install_redaction()
+
+DEFAULT_USER_AGENT = f"krea-dagster/{__version__}"
+
+T = TypeVar("T")
+_KEEP: Any = object()  # "not given" for with_options, where None means "no timeouts"
+
+
+class _BaseClient:
+    """Configuration shared by both clients: token, base URL, timeouts, policies, counters."""
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        timeout: Timeouts | float | None = DEFAULT_TIMEOUTS,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        retry_policy: RetryPolicy | None = None,
+        submit_rate_limit: SubmitRateLimitPolicy | None = None,
+        download_settings: DownloadSettings | None = None,
+        user_agent: str | None = None,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        secret = check_api_key(api_key if api_key is not None else os.environ.get(API_KEY_ENV))
+        register_secret(secret.reveal())
+        if max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        if timeout is None:
+            logger.warning("Krea client created with timeout=None: requests may hang forever")
+        config = ClientConfig(
+            base_url=check_base_url(base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL),
+            api_key=secret,
+            timeouts=Timeouts.coerce(timeout),
+            max_retries=max_retries,
+            retry_policy=retry_policy or RetryPolicy(),
+            submit_rate_limit=submit_rate_limit or SubmitRateLimitPolicy(),
+            download=download_settings or DownloadSettings(),
+            user_agent=user_agent or DEFAULT_USER_AGENT,
+        )
+        self._core = RequestCore(
+            config, clock=clock or SystemClock(), rng=rng or random.Random(), stats=ClientStats()
+        )
+        self._owns_http = True
+
+    @property
+    def base_url(self) -> str:
+        """The API's base URL (the only origin that ever receives the token)."""
+        return self._core.config.base_url
+
+    @property
+    def timeouts(self) -> Timeouts:
+        return self._core.config.timeouts
+
+    @property
+    def max_retries(self) -> int:
+        return self._core.config.max_retries
+
+    @property
+    def stats(self) -> ClientStats:
+        """Counters: requests by path template, retries, ambiguous submits, 429 waits, jobs."""
+        return self._core.stats
+
+    def _copy_with(
+        self,
+        *,
+        timeout: Any,
+        max_retries: int | None,
+        retry_policy: RetryPolicy | None,
+        submit_rate_limit: SubmitRateLimitPolicy | None,
+        download_settings: DownloadSettings | None,
+    ) -> Any:
+        config = self._core.config
+        changes: dict[str, Any] = {}
+        if timeout is not _KEEP:
+            changes["timeouts"] = Timeouts.coerce(timeout)
+        if max_retries is not None:
+            changes["max_retries"] = max_retries
+        if retry_policy is not None:
+            changes["retry_policy"] = retry_policy
+        if submit_rate_limit is not None:
+            changes["submit_rate_limit"] = submit_rate_limit
+        if download_settings is not None:
+            changes["download"] = download_settings
+        clone = copy.copy(self)
+        clone._core = RequestCore(
+            config.replace(**changes), clock=self._core.clock, rng=self._core.rng, stats=self.stats
+        )
+        clone._owns_http = False  # the pool belongs to the original client
+        return clone
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r})"
+
+
+def _http_timeout(config: ClientConfig) -> httpx.Timeout:
+    return config.timeouts.for_json()
+
+
+class KreaClient(_BaseClient):
+    """The synchronous Krea client; use it as a context manager to close its connection pool."""
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        timeout: Timeouts | float | None = DEFAULT_TIMEOUTS,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        retry_policy: RetryPolicy | None = None,
+        submit_rate_limit: SubmitRateLimitPolicy | None = None,
+        download_settings: DownloadSettings | None = None,
+        user_agent: str | None = None,
+        transport: httpx.BaseTransport | None = None,
+        http_client: httpx.Client | None = None,
+        limits: httpx.Limits = DEFAULT_LIMITS,
+        clock: Clock | None = None,
+        sleep: Callable[[float], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__(
+            api_key,
+            base_url=base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+            retry_policy=retry_policy,
+            submit_rate_limit=submit_rate_limit,
+            download_settings=download_settings,
+            user_agent=user_agent,
+            clock=clock,
+            rng=rng,
+        )
+        self._sleep = sleep or time.sleep
+        if http_client is not None:
+            self._http = http_client
+            self._owns_http = False  # the caller manages its lifetime
+        else:
+            self._http = httpx.Client(
+                transport=transport,
+                limits=limits,
+                timeout=_http_timeout(self._core.config),
+                follow_redirects=False,
+            )
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _run(self, flow: Flow[T]) -> T:
+        return run_flow(flow, self._perform)
+
+    def _perform(self, action: Action) -> Any:
+        if isinstance(action, Send):
+            # auth=None: a user-supplied http_client's own auth must never reach other origins.
+            return self._http.send(action.request, auth=None, follow_redirects=False)
+        if isinstance(action, Stream):
+            response = self._http.send(
+                action.request, stream=True, auth=None, follow_redirects=False
+            )
+            try:
+                if action.sink.accepts_body(response):
+                    for chunk in response.iter_bytes(self._core.config.download.chunk_size):
+                        action.sink.write(chunk)
+            finally:
+                response.close()
+            return response
+        if isinstance(action, Sleep):
+            if action.seconds > 0:
+                self._sleep(action.seconds)
+            return None
+        if isinstance(action, Notify):
+            action.callback(action.job)
+            return None
+        if isinstance(action, Offload):
+            return action.function()
+        raise TypeError(f"unknown action {action!r}")
+
+    def close(self) -> None:
+        """Close the connection pool (unless it was passed in as ``http_client``)."""
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> KreaClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def with_options(
+        self,
+        *,
+        timeout: Timeouts | float | None = _KEEP,
+        max_retries: int | None = None,
+        retry_policy: RetryPolicy | None = None,
+        submit_rate_limit: SubmitRateLimitPolicy | None = None,
+        download_settings: DownloadSettings | None = None,
+    ) -> KreaClient:
+        """A client with other settings sharing this one's pool and counters."""
+        clone: KreaClient = self._copy_with(
+            timeout=timeout,
+            max_retries=max_retries,
+            retry_policy=retry_policy,
+            submit_rate_limit=submit_rate_limit,
+            download_settings=download_settings,
+        )
+        return clone
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    def submit(
+        self,
+        model: str,
+        params: Mapping[str, Any],
+        *,
+        kind: str = "image",
+        webhook_url: str | None = None,
+        validate: bool = True,
+        max_retries: int | None = None,
+    ) -> Job:
+        """Validate and ``POST /generate/<kind>/<model>``; never resent once it may have arrived.
+
+        Raises RequestValidationError (nothing sent), AmbiguousSubmitError (a job may exist:
+        reconcile, do not resubmit), RateLimitError (still at the concurrency cap after the
+        429 budget), or the status error of a refusal (402, 401, ...). ``validate=False`` is
+        only for models newer than the bundled catalog.
+        """
+        return self._run(
+            self._core.submit(
+                model,
+                params,
+                kind=kind,
+                webhook_url=webhook_url,
+                validate=validate,
+                max_retries=max_retries,
+            )
+        )
+
+    def get_job(self, job_id: str, *, max_retries: int | None = None) -> Job:
+        """``GET /jobs/{id}``."""
+        return self._run(self._core.get_job(job_id, max_retries=max_retries))
+
+    def list_jobs(
+        self,
+        *,
+        cursor: str | datetime | None = None,
+        limit: int = 100,
+        status: JobStatus | str | None = None,
+        types: Sequence[str] | str | None = None,
+        max_retries: int | None = None,
+    ) -> JobList:
+        """One page of ``GET /jobs`` (newest first; pass ``next_cursor`` for older jobs)."""
+        return self._run(
+            self._core.list_jobs(
+                cursor=cursor, limit=limit, status=status, types=types, max_retries=max_retries
+            )
+        )
+
+    def iter_jobs(
+        self,
+        *,
+        limit: int = 1000,
+        status: JobStatus | str | None = None,
+        types: Sequence[str] | str | None = None,
+        created_after: datetime | None = None,
+        max_retries: int | None = None,
+    ) -> Iterator[Job]:
+        """Every job, newest first, page by page; stops at jobs older than ``created_after``."""
+        pager = _jobs.JobPager(limit=limit, status=status, types=types, created_after=created_after)
+        while not pager.done:
+            page = self._run(pager.next_page(self._core, max_retries))
+            yield from pager.accept(page)
+
+    def cancel_job(self, job_id: str, *, max_retries: int | None = None) -> Job | None:
+        """``DELETE /jobs/{id}``; the job when Krea returns it, else None."""
+        return self._run(self._core.cancel_job(job_id, max_retries=max_retries))
+
+    def wait(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        model: str | None = None,
+        kind: str = "image",
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        max_interval: float = DEFAULT_MAX_POLL_INTERVAL,
+        backoff_factor: float = DEFAULT_POLL_BACKOFF_FACTOR,
+        on_update: Callable[[Job], object] | None = None,
+        cancel_on_timeout: bool = False,
+        raise_on_failure: bool = True,
+        max_retries: int | None = None,
+    ) -> Job:
+        """Poll until the job is terminal, on a monotonic deadline.
+
+        ``timeout`` defaults to Krea's automatic-failure limit for ``model`` plus a margin
+        (5 min for Krea-hosted models, 2 h 10 min for external providers and unknown models).
+        ``on_update(job)`` runs on every status change. Raises JobTimeoutError at the deadline
+        (after a best-effort ``DELETE`` when ``cancel_on_timeout``), and JobFailedError or
+        JobCancelledError for those outcomes unless ``raise_on_failure=False``.
+        """
+        return self._run(
+            _jobs.wait(
+                self._core,
+                job_id,
+                timeout=timeout,
+                model=model,
+                kind=kind,
+                poll_interval=poll_interval,
+                max_interval=max_interval,
+                backoff_factor=backoff_factor,
+                on_update=on_update,
+                cancel_on_timeout=cancel_on_timeout,
+                raise_on_failure=raise_on_failure,
+                max_retries=max_retries,
+            )
+        )
+
+    def poll_many(
+        self,
+        job_ids: Iterable[str],
+        *,
+        created_after: datetime | None = None,
+        max_retries: int | None = None,
+    ) -> list[Job]:
+        """The current state of every job in ``job_ids`` (in that order), at ~1 request / 1000."""
+        return self._run(
+            _jobs.poll_many(
+                self._core, job_ids, created_after=created_after, max_retries=max_retries
+            )
+        )
+
+    def reconcile_submission(
+        self,
+        error_or_window: AmbiguousSubmitError | SubmissionWindow,
+        *,
+        known_job_ids: Iterable[str] = (),
+        skew: float = DEFAULT_CLOCK_SKEW,
+        types: Sequence[str] | str | None = None,
+        max_retries: int | None = None,
+    ) -> Reconciliation:
+        """Look for the job an ambiguous submission may have created; it never resubmits."""
+        return self._run(
+            _jobs.reconcile(
+                self._core,
+                error_or_window,
+                known_job_ids=known_job_ids,
+                skew=skew,
+                types=types,
+                max_retries=max_retries,
+            )
+        )
+
+    def confirm_webhook(
+        self, raw_body: bytes | bytearray | str, *, max_retries: int | None = None
+    ) -> Job:
+        """Parse a webhook body and return the job as ``GET /jobs/{id}`` reports it."""
+        claimed = parse_webhook(raw_body)
+        return self._run(_jobs.confirm_webhook(self._core, claimed, max_retries))
+
+    # -- results --------------------------------------------------------------------------
+
+    def download(
+        self,
+        url: str,
+        dest: str | os.PathLike[str],
+        *,
+        max_bytes: int | None = None,
+        verify_image: bool = True,
+        max_retries: int | None = None,
+    ) -> DownloadedFile:
+        """Stream a result into ``dest`` (a file, or a directory: ``<sha256>.<ext>``), verified.
+
+        No token is sent unless ``url`` is on the API's own origin.
+        """
+        return self._run(
+            _download.download(
+                self._core,
+                url,
+                dest,
+                max_bytes=max_bytes,
+                verify_image=verify_image,
+                max_retries=max_retries,
+            )
+        )
+
+
+class AsyncKreaClient(_BaseClient):
+    """The asyncio twin of ``KreaClient``: same methods, awaited; ``async with`` closes the pool."""
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        timeout: Timeouts | float | None = DEFAULT_TIMEOUTS,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        retry_policy: RetryPolicy | None = None,
+        submit_rate_limit: SubmitRateLimitPolicy | None = None,
+        download_settings: DownloadSettings | None = None,
+        user_agent: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        http_client: httpx.AsyncClient | None = None,
+        limits: httpx.Limits = DEFAULT_LIMITS,
+        clock: Clock | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__(
+            api_key,
+            base_url=base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+            retry_policy=retry_policy,
+            submit_rate_limit=submit_rate_limit,
+            download_settings=download_settings,
+            user_agent=user_agent,
+            clock=clock,
+            rng=rng,
+        )
+        self._sleep = sleep or asyncio.sleep
+        if http_client is not None:
+            self._http = http_client
+            self._owns_http = False
+        else:
+            self._http = httpx.AsyncClient(
+                transport=transport,
+                limits=limits,
+                timeout=_http_timeout(self._core.config),
+                follow_redirects=False,
+            )
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    async def _run(self, flow: Flow[T]) -> T:
+        return await run_flow_async(flow, self._perform)
+
+    async def _perform(self, action: Action) -> Any:
+        if isinstance(action, Send):
+            return await self._http.send(action.request, auth=None, follow_redirects=False)
+        if isinstance(action, Stream):
+            response = await self._http.send(
+                action.request, stream=True, auth=None, follow_redirects=False
+            )
+            try:
+                if action.sink.accepts_body(response):
+                    async for chunk in response.aiter_bytes(self._core.config.download.chunk_size):
+                        action.sink.write(chunk)
+            finally:
+                await response.aclose()
+            return response
+        if isinstance(action, Sleep):
+            if action.seconds > 0:
+                await self._sleep(action.seconds)
+            return None
+        if isinstance(action, Notify):
+            result = action.callback(action.job)
+            if inspect.isawaitable(result):
+                await result
+            return None
+        if isinstance(action, Offload):
+            # fsync and image verification block; keep them off the event loop.
+            return await asyncio.to_thread(action.function)
+        raise TypeError(f"unknown action {action!r}")
+
+    async def close(self) -> None:
+        """Close the connection pool (unless it was passed in as ``http_client``)."""
+        if self._owns_http:
+            await self._http.aclose()
+
+    aclose = close
+
+    async def __aenter__(self) -> AsyncKreaClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def with_options(
+        self,
+        *,
+        timeout: Timeouts | float | None = _KEEP,
+        max_retries: int | None = None,
+        retry_policy: RetryPolicy | None = None,
+        submit_rate_limit: SubmitRateLimitPolicy | None = None,
+        download_settings: DownloadSettings | None = None,
+    ) -> AsyncKreaClient:
+        """A client with other settings sharing this one's pool and counters."""
+        clone: AsyncKreaClient = self._copy_with(
+            timeout=timeout,
+            max_retries=max_retries,
+            retry_policy=retry_policy,
+            submit_rate_limit=submit_rate_limit,
+            download_settings=download_settings,
+        )
+        return clone
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        model: str,
+        params: Mapping[str, Any],
+        *,
+        kind: str = "image",
+        webhook_url: str | None = None,
+        validate: bool = True,
+        max_retries: int | None = None,
+    ) -> Job:
+        """See ``KreaClient.submit``."""
+        return await self._run(
+            self._core.submit(
+                model,
+                params,
+                kind=kind,
+                webhook_url=webhook_url,
+                validate=validate,
+                max_retries=max_retries,
+            )
+        )
+
+    async def get_job(self, job_id: str, *, max_retries: int | None = None) -> Job:
+        """``GET /jobs/{id}``."""
+        return await self._run(self._core.get_job(job_id, max_retries=max_retries))
+
+    async def list_jobs(
+        self,
+        *,
+        cursor: str | datetime | None = None,
+        limit: int = 100,
+        status: JobStatus | str | None = None,
+        types: Sequence[str] | str | None = None,
+        max_retries: int | None = None,
+    ) -> JobList:
+        """One page of ``GET /jobs``."""
+        return await self._run(
+            self._core.list_jobs(
+                cursor=cursor, limit=limit, status=status, types=types, max_retries=max_retries
+            )
+        )
+
+    async def iter_jobs(
+        self,
+        *,
+        limit: int = 1000,
+        status: JobStatus | str | None = None,
+        types: Sequence[str] | str | None = None,
+        created_after: datetime | None = None,
+        max_retries: int | None = None,
+    ) -> AsyncIterator[Job]:
+        """Every job, newest first; stops at jobs older than ``created_after``."""
+        pager = _jobs.JobPager(limit=limit, status=status, types=types, created_after=created_after)
+        while not pager.done:
+            page = await self._run(pager.next_page(self._core, max_retries))
+            for job in pager.accept(page):
+                yield job
+
+    async def cancel_job(self, job_id: str, *, max_retries: int | None = None) -> Job | None:
+        """``DELETE /jobs/{id}``."""
+        return await self._run(self._core.cancel_job(job_id, max_retries=max_retries))
+
+    async def wait(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        model: str | None = None,
+        kind: str = "image",
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        max_interval: float = DEFAULT_MAX_POLL_INTERVAL,
+        backoff_factor: float = DEFAULT_POLL_BACKOFF_FACTOR,
+        on_update: Callable[[Job], object] | None = None,
+        cancel_on_timeout: bool = False,
+        raise_on_failure: bool = True,
+        max_retries: int | None = None,
+    ) -> Job:
+        """See ``KreaClient.wait``; ``on_update`` may be a coroutine function."""
+        return await self._run(
+            _jobs.wait(
+                self._core,
+                job_id,
+                timeout=timeout,
+                model=model,
+                kind=kind,
+                poll_interval=poll_interval,
+                max_interval=max_interval,
+                backoff_factor=backoff_factor,
+                on_update=on_update,
+                cancel_on_timeout=cancel_on_timeout,
+                raise_on_failure=raise_on_failure,
+                max_retries=max_retries,
+            )
+        )
+
+    async def poll_many(
+        self,
+        job_ids: Iterable[str],
+        *,
+        created_after: datetime | None = None,
+        max_retries: int | None = None,
+    ) -> list[Job]:
+        """See ``KreaClient.poll_many``."""
+        return await self._run(
+            _jobs.poll_many(
+                self._core, job_ids, created_after=created_after, max_retries=max_retries
+            )
+        )
+
+    async def reconcile_submission(
+        self,
+        error_or_window: AmbiguousSubmitError | SubmissionWindow,
+        *,
+        known_job_ids: Iterable[str] = (),
+        skew: float = DEFAULT_CLOCK_SKEW,
+        types: Sequence[str] | str | None = None,
+        max_retries: int | None = None,
+    ) -> Reconciliation:
+        """See ``KreaClient.reconcile_submission``."""
+        return await self._run(
+            _jobs.reconcile(
+                self._core,
+                error_or_window,
+                known_job_ids=known_job_ids,
+                skew=skew,
+                types=types,
+                max_retries=max_retries,
+            )
+        )
+
+    async def confirm_webhook(
+        self, raw_body: bytes | bytearray | str, *, max_retries: int | None = None
+    ) -> Job:
+        """See ``KreaClient.confirm_webhook``."""
+        claimed = parse_webhook(raw_body)
+        return await self._run(_jobs.confirm_webhook(self._core, claimed, max_retries))
+
+    # -- results --------------------------------------------------------------------------
+
+    async def download(
+        self,
+        url: str,
+        dest: str | os.PathLike[str],
+        *,
+        max_bytes: int | None = None,
+        verify_image: bool = True,
+        max_retries: int | None = None,
+    ) -> DownloadedFile:
+        """See ``KreaClient.download``."""
+        return await self._run(
+            _download.download(
+                self._core,
+                url,
+                dest,
+                max_bytes=max_bytes,
+                verify_image=verify_image,
+                max_retries=max_retries,
+            )
+        )
