@@ -51,6 +51,13 @@ class Counters:
             "faults_injected": dict(sorted(self.faults_injected.items())),
         }
 
+    def without_job_counts(self) -> Counters:
+        """These counters with the job-derived ones zeroed (they are rebuilt from the jobs)."""
+        self.jobs_created = self.jobs_billed = self.billed_micros = 0
+        self.duplicate_submissions = 0
+        self.jobs_by_status.clear()
+        return self
+
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Counters:
         """Counters from their persisted form (missing keys start at zero)."""

@@ -2,8 +2,9 @@
 
 Every handler takes ``(request, state)``; ``app.py`` wraps it with request counting, fault
 injection and error rendering. Query-string errors are 400s worded like body errors, e.g.
-``query.limit: 0 is less than the minimum of 1 (minimum)``. Unknown query parameters are
-ignored, as most HTTP APIs do.
+``query.limit: 0 is less than the minimum of 1 (minimum)``. Unknown query parameters are a
+400 as well (``query.limits: unknown query parameter 'limits'``): Krea documents none, and a
+silently ignored typo such as ``statuses=`` would return unfiltered pages to a client.
 """
 
 from __future__ import annotations
@@ -52,6 +53,15 @@ def authenticate(request: Request, state: EmulatorState) -> Account:
     if account is None:
         raise Unauthorized("invalid API token")
     return account
+
+
+def check_query(request: Request, allowed: tuple[str, ...]) -> None:
+    """400 naming every query parameter the operation does not document."""
+    unknown = sorted(set(request.query_params) - set(allowed))
+    if unknown:
+        raise BadRequest(
+            "; ".join(f"query.{name}: unknown query parameter {name!r} (additionalProperties: false)" for name in unknown)
+        )
 
 
 def parse_limit(request: Request) -> int:
@@ -115,6 +125,9 @@ async def generate(request: Request, state: EmulatorState) -> Response:
         raise NotFound(f"unknown model '{model_key}': no such path /generate/{model_key}")
     webhook_url = _webhook_url(request)
     raw = await request.body()
+    if not raw.strip():
+        required = ", ".join(spec.request_schema.get("required", []))
+        raise BadRequest(f"request body is missing: send a JSON object (required fields: {required})")
     try:
         body: Any = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as error:
@@ -140,6 +153,7 @@ async def delete_job(request: Request, state: EmulatorState) -> Response:
 async def list_jobs(request: Request, state: EmulatorState) -> Response:
     """``GET /jobs``: newest first, time cursor, ``limit``, ``status`` and ``types`` filters."""
     account = authenticate(request, state)
+    check_query(request, ("cursor", "limit", "types", "status"))
     limit, cursor = parse_limit(request), parse_cursor(request)
     raw_status = request.query_params.get("status")
     if raw_status is not None and raw_status not in STATUS_VALUES:
@@ -177,6 +191,7 @@ async def upload_asset(request: Request, state: EmulatorState) -> Response:
 async def list_assets(request: Request, state: EmulatorState) -> Response:
     """``GET /assets``: newest first with a time cursor."""
     account = authenticate(request, state)
+    check_query(request, ("cursor", "limit"))
     page, next_cursor = assets.list_page(
         state, account, parse_cursor(request), parse_limit(request)
     )

@@ -101,8 +101,9 @@ class EmulatorState:
     def _load(self) -> None:
         self._clear()
         snapshot = self.store.load()
-        self.counters = Counters.from_record(snapshot.counters)
-        self.counters.jobs_by_status.clear()  # recomputed from the jobs below
+        # Job counters are recomputed from the jobs (exact even after a kill -9); the others
+        # (requests, webhooks, faults, max_running_seen) are as last flushed.
+        self.counters = Counters.from_record(snapshot.counters).without_job_counts()
         self.faults.counts = self.counters.faults_injected
         for account in snapshot.accounts:
             self._register(account)
@@ -119,11 +120,18 @@ class EmulatorState:
 
     def _index_job(self, job: Job) -> None:
         account = self.accounts[job.account_id]
+        counters = self.counters
         self.jobs[job.id] = job
         account.job_ids.append(job.id)
         account.job_created.append(job.created_us)
+        if job.request_hash in account.seen_requests:
+            counters.duplicate_submissions += 1
         account.seen_requests.add(job.request_hash)
-        self.counters.jobs_by_status[job.status.value] += 1
+        counters.jobs_created += 1
+        counters.jobs_by_status[job.status.value] += 1
+        if job.status is JobStatus.COMPLETED:
+            counters.jobs_billed += 1
+            counters.billed_micros += job.price_micros
         if job.status in lifecycle.TERMINAL_STATUSES:
             return
         account.reserved_micros += job.price_micros
@@ -272,6 +280,7 @@ class EmulatorState:
         self.counters.jobs_by_status[job.status.value] -= 1
         self.counters.jobs_by_status[status.value] += 1
         job.status = status
+        self._mark_counters_dirty()
 
     def _start(self, job: Job, at: float) -> None:
         account = self.accounts[job.account_id]
@@ -349,7 +358,6 @@ class EmulatorState:
             )
         job = self._new_job(account, spec, body, price, webhook_url, now)
         self._index_job(job)
-        self.counters.jobs_created += 1
         if account.running < account.concurrency:
             account.backlog.pop()  # _index_job queued it; it starts at once instead
             account.backlogged -= 1
@@ -370,8 +378,6 @@ class EmulatorState:
     ) -> Job:
         canonical = json.dumps([spec.path, body], sort_keys=True, separators=(",", ":"))
         request_hash = hashlib.sha256(canonical.encode()).hexdigest()
-        if request_hash in account.seen_requests:
-            self.counters.duplicate_submissions += 1
         created_us = max(to_micros(now), account.last_created_us + 1)
         account.last_created_us = created_us
         config = self.config
@@ -488,13 +494,17 @@ class EmulatorState:
         (self.counters.admin_requests_by_route if admin else self.counters.requests_by_route)[
             route
         ] += 1
+        self._mark_counters_dirty()
+
+    def _mark_counters_dirty(self) -> None:
         if self._counters_dirty_since is None:
             self._counters_dirty_since = time.monotonic()
 
     def flush_counters(self, force: bool = False) -> None:
-        """Persist the counters if they changed more than COUNTER_FLUSH_SECONDS ago."""
+        """Persist the counters (always when forced, else if dirty for a flush period)."""
         since = self._counters_dirty_since
-        if since is not None and (force or time.monotonic() - since >= COUNTER_FLUSH_SECONDS):
+        due = since is not None and time.monotonic() - since >= COUNTER_FLUSH_SECONDS
+        if force or due:
             self.store.save_counters(self.counters.to_record())
             self._counters_dirty_since = None
 

@@ -1,0 +1,68 @@
+"""The CLI in a subprocess: first JSON line, clean shutdown, and restart with --state-file."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import httpx
+from conftest import TEST_MODEL_PATH, make_body
+
+from krea_dagster.emulator.cli import build_parser, config_from_args
+from krea_dagster.emulator.state import DEMO_TOKEN
+from krea_dagster.emulator.testing import spawn_emulator
+
+
+def test_cli_prints_urls_and_tokens_then_stops_cleanly_on_sigterm() -> None:
+    """The first stdout line is the JSON handle; SIGTERM exits 0."""
+    with spawn_emulator("--render-seconds", "0.01") as emulator:
+        assert emulator.token == DEMO_TOKEN
+        assert emulator.base_url.startswith("http://127.0.0.1:")
+        assert emulator.cdn_url != emulator.base_url
+        with emulator.client() as api:
+            assert api.post(TEST_MODEL_PATH, json=make_body()).status_code == 200
+        emulator.process.send_signal(signal.SIGTERM)
+        assert emulator.process.wait(timeout=10) == 0
+
+
+def test_config_file_then_flags_take_precedence(tmp_path: Path) -> None:
+    """Knobs come from defaults, then --config, then flags."""
+    config_file = tmp_path / "knobs.json"
+    config_file.write_text(json.dumps({"error_5xx_rate": 0.2, "latency_ms": 10, "seed": 4}))
+    args = build_parser().parse_args(
+        ["--config", str(config_file), "--latency-ms", "25", "--error-5xx-routes", "POST /generate",
+         "--job-failures", "nsfw=flagged"]
+    )  # fmt: skip
+    config = config_from_args(args)
+    assert (config.error_5xx_rate, config.latency_ms, config.seed) == (0.2, 25.0, 4)
+    assert config.error_5xx_routes == ["POST /generate"]
+    assert config.job_failures == [["nsfw", "flagged"]]
+
+
+def test_state_file_survives_a_kill_and_jobs_keep_rendering(tmp_path: Path) -> None:
+    """kill -9, restart on the same ports: jobs, balance and counters are back and progressed."""
+    state_file = tmp_path / "krea.sqlite"
+    args = ("--state-file", str(state_file), "--render-seconds", "0.5", "--concurrency", "1")
+    with spawn_emulator(*args) as emulator:
+        with emulator.client() as api:
+            ids = [
+                api.post(TEST_MODEL_PATH, json=make_body(prompt=f"p{i}")).json()["job_id"]
+                for i in range(2)
+            ]
+            assert api.get(f"/jobs/{ids[1]}").json()["status"] == "backlogged"
+        emulator.kill()
+        time.sleep(0.3)  # "Krea" keeps rendering while the emulator process is down
+        emulator.restart()
+        with emulator.client() as api:
+            assert api.get(f"/jobs/{ids[0]}").json()["status"] == "completed"
+            final = emulator.wait_for_job(ids[1], timeout=10)
+            assert final["status"] == "completed"
+            assert [j["job_id"] for j in api.get("/jobs").json()["items"]] == ids[::-1]
+        stats = emulator.stats()
+        assert (stats["jobs_created"], stats["jobs_billed"]) == (2, 2)
+        main = next(a for a in emulator.accounts() if a["account"] == emulator.account)
+        assert main["balance_usd"] == 100 - 2 * 0.007
+        url = final["result"]["urls"][0]
+        assert httpx.get(url).status_code == 200
