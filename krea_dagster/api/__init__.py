@@ -101,6 +101,7 @@ from krea_dagster.api.models import (
     JobError,
     JobList,
     JobStatus,
+    as_aware,
     parse_datetime,
 )
 from krea_dagster.api.reconcile import (
@@ -220,6 +221,7 @@ __all__ = [
     "Verdict",
     "aconfirm_webhook",
     "all_models",
+    "as_aware",
     "backoff_delay",
     "confirm_webhook",
     "decide",

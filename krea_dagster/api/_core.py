@@ -43,7 +43,7 @@ from krea_dagster.api.errors import (
     RequestValidationError,
     make_status_error,
 )
-from krea_dagster.api.models import Job, JobList, JobStatus
+from krea_dagster.api.models import Job, JobList, JobStatus, as_aware
 from krea_dagster.api.retries import (
     RequestKind,
     Verdict,
@@ -549,7 +549,7 @@ class RequestCore:
             raise ValueError(f"limit must be between 1 and 1000, got {limit}")
         params = {
             "limit": limit,
-            "cursor": cursor.isoformat() if isinstance(cursor, datetime) else cursor,
+            "cursor": as_aware(cursor).isoformat() if isinstance(cursor, datetime) else cursor,
             "status": JobStatus(status).value if status is not None else None,
             "types": types if isinstance(types, str) or types is None else ",".join(types),
         }

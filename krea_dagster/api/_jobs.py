@@ -25,7 +25,7 @@ from krea_dagster.api.errors import (
     KreaError,
     UnknownModelError,
 )
-from krea_dagster.api.models import Job, JobList, JobStatus
+from krea_dagster.api.models import Job, JobList, JobStatus, as_aware
 from krea_dagster.api.reconcile import Reconciliation, SubmissionWindow, decide_reconciliation
 
 __all__: list[str] = []
@@ -157,7 +157,8 @@ class JobPager:
         self.limit = limit
         self.status = status
         self.types = types
-        self.created_after = created_after
+        # Naive datetimes are taken as UTC so they compare with Krea's aware created_at.
+        self.created_after = as_aware(created_after) if created_after is not None else None
         self.cursor = cursor
         self.pages = 0
         self.done = False
@@ -206,7 +207,11 @@ def poll_many(
     seen: dict[str, Job] = {}
     wanted = set(order)
     if len(wanted) > POLL_MANY_DIRECT_THRESHOLD:
-        floor = created_after - timedelta(seconds=DEFAULT_CLOCK_SKEW) if created_after else None
+        floor = (
+            as_aware(created_after) - timedelta(seconds=DEFAULT_CLOCK_SKEW)
+            if created_after is not None
+            else None
+        )
         pager = JobPager(limit=POLL_MANY_PAGE_SIZE, created_after=floor)
         while not pager.done:
             missing = len(wanted) - len(seen)

@@ -178,6 +178,13 @@ def _http_timeout(config: ClientConfig) -> httpx.Timeout:
     return config.timeouts.for_json()
 
 
+def _check_transport_choice(transport: object, http_client: object) -> None:
+    if transport is not None and http_client is not None:
+        raise ValueError(
+            "pass transport= or http_client=, not both (set the transport on the client)"
+        )
+
+
 class KreaClient(_BaseClient):
     """The synchronous Krea client; use it as a context manager to close its connection pool."""
 
@@ -212,6 +219,7 @@ class KreaClient(_BaseClient):
             rng=rng,
         )
         self._sleep = sleep or time.sleep
+        _check_transport_choice(transport, http_client)
         if http_client is not None:
             self._http = http_client
             self._owns_http = False  # the caller manages its lifetime
@@ -496,6 +504,7 @@ class AsyncKreaClient(_BaseClient):
             rng=rng,
         )
         self._sleep = sleep or asyncio.sleep
+        _check_transport_choice(transport, http_client)
         if http_client is not None:
             self._http = http_client
             self._owns_http = False

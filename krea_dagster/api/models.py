@@ -27,6 +27,7 @@ __all__ = [
     "JobError",
     "JobList",
     "JobStatus",
+    "as_aware",
     "parse_datetime",
 ]
 
@@ -87,7 +88,12 @@ def parse_datetime(value: object, *, what: str = "timestamp") -> datetime:
             raise MalformedPayloadError(f"{what} {value!r} is not an ISO 8601 date-time") from None
     else:
         raise MalformedPayloadError(f"{what} is missing or not a string")
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    return as_aware(parsed)
+
+
+def as_aware(moment: datetime) -> datetime:
+    """``moment`` with a timezone: naive datetimes are taken as UTC (Krea's timestamps are UTC)."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _optional_datetime(value: object, *, what: str) -> datetime | None:

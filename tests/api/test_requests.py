@@ -385,3 +385,19 @@ def test_base_url_may_carry_a_path_prefix(fake: FakeKrea, clock: FakeClock) -> N
         krea.get_job(TEST_JOB_ID)
         assert krea.base_url == f"{TEST_BASE_URL}/krea"
     assert fake.requests[0].url.path == f"/krea{JOB_PATH}"
+
+
+def test_naive_datetimes_are_taken_as_utc(fake: FakeKrea, clock: FakeClock) -> None:
+    """A naive created_after or cursor is read as UTC instead of failing to compare."""
+    fake.jobs = [make_job("recent", created_at=datetime(2026, 6, 1, 12, 0, tzinfo=UTC))]
+    with make_client(fake, clock) as krea:
+        recent = list(krea.iter_jobs(created_after=datetime(2026, 6, 1, 11, 0)))
+        krea.list_jobs(cursor=datetime(2026, 6, 1, 13, 0))
+    assert [job.job_id for job in recent] == ["recent"]
+    assert fake.requests[-1].url.params["cursor"] == "2026-06-01T13:00:00+00:00"
+
+
+def test_transport_and_http_client_are_exclusive(fake: FakeKrea, clock: FakeClock) -> None:
+    """Passing both a transport and an http_client is refused rather than ignoring one."""
+    with pytest.raises(ValueError, match="not both"):
+        make_client(fake, clock, http_client=httpx.Client())
