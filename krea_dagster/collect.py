@@ -23,6 +23,7 @@ from typing import Any
 from PIL import Image
 
 from krea_dagster.api import AsyncKreaClient, DownloadError, Job, KreaError
+from krea_dagster.crashpoints import crash_point
 from krea_dagster.ledger import Ledger, Submission, SubmissionState
 from krea_dagster.prompts import expected_aspect_ratio, expected_size
 from krea_dagster.store import ImageStore
@@ -257,6 +258,7 @@ class BatchCollector:
         except DownloadError as error:
             await self._image_error(row, "download_failed", str(error))
             return
+        crash_point("collect.after_download")
         want_thumbnail = len(self.report.thumbnails) < self.thumbnail_budget
         try:
             width, height, preview = await asyncio.to_thread(

@@ -40,6 +40,9 @@ __all__ = ["BudgetExceededError", "KreaImagePipeline", "ReconcileReport", "Submi
 SEED_MODULUS = 2**31 - 1
 # How long a dead worker's intent row may still be "in flight" when we cannot tell otherwise.
 DEFAULT_STALE_AFTER = timedelta(minutes=10)
+# Rounds of one run: the first submits, later ones re-send only what reconciliation proved
+# was never created (a 5xx before the job existed, a dropped connection before the request).
+MAX_SUBMIT_ROUNDS = 5
 # Reconciliation waits at most this long for the windows of this run's unknown rows to close.
 MAX_RECONCILE_WAIT_SECONDS = 120.0
 
@@ -178,7 +181,11 @@ class KreaImagePipeline:
         )
         planned = self.plan(prompts, generation)
         async with krea.async_client() as client:
-            reconciled = [await self.reconcile(client, krea, run_is_active=run_is_active)]
+            # Settle: a prompt whose POST a dead worker may have sent is resolved before
+            # anything is submitted again (waits at most one request window, once).
+            reconciled = [
+                await self.reconcile(client, krea, run_is_active=run_is_active, settle=True)
+            ]
             todo = await asyncio.to_thread(self.needs_submission, planned, batch, generation)
             estimate = sum(p.estimated_usd or 0.0 for p in todo)
             if self.max_usd_per_run is not None and estimate > self.max_usd_per_run:
@@ -192,8 +199,8 @@ class KreaImagePipeline:
                 f"{len(todo)} to submit, estimated ${estimate:.4f}"
             )
             rounds: list[SubmitReport] = []
-            # A second round re-submits prompts whose first POST provably created nothing.
-            for _ in range(2):
+            # Later rounds re-submit prompts whose POST provably created nothing.
+            for _ in range(MAX_SUBMIT_ROUNDS):
                 if not todo:
                     break
                 submitter = BatchSubmitter(

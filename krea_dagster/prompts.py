@@ -76,7 +76,8 @@ class PromptProblem:
         if self.column is not None:
             where.append(f"column {self.column!r}")
         location = ", ".join(where) or "table"
-        return f"{location}: {self.message} ({self.rule})"
+        rule = "" if self.message.endswith(f"({self.rule})") else f" ({self.rule})"
+        return f"{location}: {self.message}{rule}"
 
 
 class PromptValidationError(ValueError):
@@ -166,7 +167,8 @@ def prepare_batch(
 
     base = dict(defaults or {})
     default_problems = catalog.validate(model, {PROMPT_COLUMN: "x", **base}).problems
-    for problem in default_problems:
+    # Required fields may come from the rows; each row is checked for them below.
+    for problem in (p for p in default_problems if p.rule != "required"):
         problems.append(
             PromptProblem(None, problem.field, problem.rule, f"in the defaults: {problem.message}")
         )

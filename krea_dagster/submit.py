@@ -50,6 +50,7 @@ from krea_dagster.api import (
     RequestValidationError,
     UnprocessableEntityError,
 )
+from krea_dagster.crashpoints import crash_point
 from krea_dagster.ledger import JobUpdate, Ledger, Submission
 
 __all__ = ["BatchSubmitter", "PlannedPrompt", "SubmitReport", "job_update"]
@@ -193,6 +194,7 @@ class BatchSubmitter:
 
     async def _send(self, row: Submission, prompt: PlannedPrompt) -> None:
         report = self._report
+        crash_point("submit.after_intent")
         try:
             job = await self.client.submit(self.model, prompt.request)
         except AmbiguousSubmitError as error:
@@ -226,6 +228,7 @@ class BatchSubmitter:
             )
             raise
         else:
+            crash_point("submit.after_post")
             await asyncio.to_thread(
                 self.ledger.mark_submitted,
                 row.submission_id,

@@ -1,0 +1,133 @@
+"""Fixtures for the Dagster layer: a real emulator over HTTP, temporary stores, ledgers and instances."""
+
+import csv
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+
+from krea_dagster import KreaResource, build_krea_image_assets
+from krea_dagster.assets import KreaImageAssets
+from krea_dagster.emulator.testing import EmulatorHandle, run_emulator
+
+TEST_MODEL = "bfl/flux-1-dev"
+# Emulator time: Flux's ~7 s average becomes ~35 ms, so a batch renders in well under a second.
+TEST_TIME_SCALE = 0.005
+
+
+@pytest.fixture(scope="session")
+def emulator_session() -> Iterator[EmulatorHandle]:
+    with run_emulator(time_scale=TEST_TIME_SCALE, seed=7) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def emulator(emulator_session: EmulatorHandle) -> EmulatorHandle:
+    """The session emulator, reset (jobs, counters, knobs, balances) for this test."""
+    emulator_session.reset(config=True, accounts=True)
+    emulator_session.configure(time_scale=TEST_TIME_SCALE, seed=7)
+    return emulator_session
+
+
+@pytest.fixture
+def krea(emulator: EmulatorHandle) -> KreaResource:
+    return make_resource(emulator)
+
+
+def make_resource(emulator: EmulatorHandle, **overrides: Any) -> KreaResource:
+    settings: dict[str, Any] = {
+        "api_key": emulator.token,
+        "base_url": emulator.base_url,
+        "poll_interval": 0.05,
+        "connect_timeout": 1.0,
+        "write_timeout": 1.0,
+        "read_timeout": 2.0,
+        "rate_limit_budget": 2.0,
+    }
+    settings.update(overrides)
+    return KreaResource(**settings)
+
+
+@pytest.fixture
+def prompts_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "prompts"
+    directory.mkdir()
+    return directory
+
+
+def write_batch(directory: Path, name: str, rows: Sequence[dict[str, Any]]) -> Path:
+    """A CSV batch file with the union of the rows' columns (prompt first)."""
+    columns: list[str] = ["prompt"]
+    for row in rows:
+        columns.extend(key for key in row if key not in columns)
+    path = directory / f"{name}.csv"
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row)
+    return path
+
+
+def prompt_rows(count: int, **params: Any) -> list[dict[str, Any]]:
+    return [{"prompt": f"test prompt number {index}", **params} for index in range(count)]
+
+
+@pytest.fixture
+def build(tmp_path: Path, prompts_dir: Path) -> Callable[..., KreaImageAssets]:
+    def factory(prefix: str = "krea_test", **kwargs: Any) -> KreaImageAssets:
+        kwargs.setdefault("prompts", prompts_dir)
+        kwargs.setdefault("model", TEST_MODEL)
+        kwargs.setdefault("store", tmp_path / "store")
+        kwargs.setdefault("ledger", f"sqlite:///{tmp_path / 'ledger.db'}")
+        return build_krea_image_assets(prefix, **kwargs)
+
+    return factory
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+def materialize(
+    assets: KreaImageAssets,
+    batch: str,
+    *,
+    instance: dg.DagsterInstance,
+    krea: KreaResource,
+    roles: Sequence[str] = ("prompts", "jobs", "images"),
+    tags: dict[str, str] | None = None,
+    run_config: Any = None,
+    raise_on_error: bool = False,
+) -> dg.ExecuteInProcessResult:
+    """Materialize a batch through the chosen assets (upstream ones are loaded, not rerun)."""
+    name = assets.partitions_def.name or ""
+    if not instance.has_dynamic_partition(name, batch):
+        instance.add_dynamic_partitions(name, [batch])
+    selected = {"prompts": assets.prompts, "jobs": assets.jobs, "images": assets.images}
+    selection = [selected[role] for role in roles]
+    return dg.materialize(
+        [assets.source, *selected.values()],
+        selection=selection,
+        partition_key=batch,
+        instance=instance,
+        resources={assets.resource_key: krea},
+        tags=tags,
+        run_config=run_config,
+        raise_on_error=raise_on_error,
+    )
+
+
+def manifest_of(result: dg.ExecuteInProcessResult, assets: KreaImageAssets) -> Any:
+    return result.output_for_node(assets.images.node_def.name)
+
+
+def check_results(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
+    return {
+        evaluation.check_name: evaluation.passed
+        for evaluation in result.get_asset_check_evaluations()
+    }
