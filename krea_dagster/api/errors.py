@@ -124,6 +124,15 @@ class APIStatusError(APIError):
         """Krea's own message from the body (``error`` string or object, then ``message``)."""
         return server_message(self.body)
 
+    @property
+    def code(self) -> str | None:
+        """A machine-readable code from the body (``error.code`` or ``code``), when Krea sends one."""
+        if not isinstance(self.body, Mapping):
+            return None
+        error = self.body.get("error")
+        code = error.get("code") if isinstance(error, Mapping) else self.body.get("code")
+        return str(code) if isinstance(code, str | int) and code != "" else None
+
 
 class BadRequestError(APIStatusError):
     """400: Krea rejected the request body or query."""

@@ -157,6 +157,22 @@ def test_status_error_keeps_the_evidence() -> None:
     assert "req-123" in str(error)
 
 
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"error": {"code": "zdr_requires_data_uri", "message": "x"}}, "zdr_requires_data_uri"),
+        ({"error": "plain", "code": "rate_limited"}, "rate_limited"),
+        ({"error": "plain"}, None),
+        ("text", None),
+    ],
+    ids=["error-object", "top-level", "none", "text-body"],
+)
+def test_status_error_code(body: object, code: str | None) -> None:
+    """A code in the error body is exposed as ``code``."""
+    error = make_status_error(status_code=422, method="POST", path_template="/x", body=body)
+    assert error.code == code
+
+
 def test_long_server_messages_are_shortened() -> None:
     """A huge body does not become a huge exception message."""
     error = make_status_error(
