@@ -25,6 +25,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from krea_dagster.emulator import views
 from krea_dagster.emulator.errors import BadRequest, Unauthorized
 from krea_dagster.emulator.lifecycle import JobStatus
 from krea_dagster.emulator.pricing import micros_to_usd
@@ -98,13 +99,13 @@ async def create_account(request: Request, state: EmulatorState) -> Response:
         backlog=_optional(data, "backlog", int),
         balance_usd=_optional(data, "balance_usd", (int, float)),
     )
-    return JSONResponse(state.account_json(account))
+    return JSONResponse(views.account_json(account))
 
 
 async def list_accounts(request: Request, state: EmulatorState) -> Response:
     """Every account."""
     state.advance()
-    return JSONResponse({"items": [state.account_json(a) for a in state.accounts.values()]})
+    return JSONResponse({"items": [views.account_json(a) for a in state.accounts.values()]})
 
 
 async def patch_account(request: Request, state: EmulatorState) -> Response:
@@ -120,7 +121,7 @@ async def patch_account(request: Request, state: EmulatorState) -> Response:
         concurrency=_optional(data, "concurrency", int),
         backlog=_optional(data, "backlog", int),
     )
-    return JSONResponse(state.account_json(account))
+    return JSONResponse(views.account_json(account))
 
 
 async def get_job(request: Request, state: EmulatorState) -> Response:
@@ -129,7 +130,7 @@ async def get_job(request: Request, state: EmulatorState) -> Response:
     job = state.jobs.get(request.path_params["id"])
     if job is None:
         return JSONResponse({"error": "job not found"}, 404)
-    data = state.job_json(job)
+    data = views.job_json(job, state.cdn_url)
     data.update(
         account=job.account_id,
         model=job.model_key,
@@ -145,7 +146,7 @@ async def get_job(request: Request, state: EmulatorState) -> Response:
 async def complete_job(request: Request, state: EmulatorState) -> Response:
     """Force a job to complete now (billed like any completed job)."""
     job = state.force(request.path_params["id"], JobStatus.COMPLETED, "", "")
-    return JSONResponse(state.job_json(job))
+    return JSONResponse(views.job_json(job, state.cdn_url))
 
 
 async def fail_job(request: Request, state: EmulatorState) -> Response:
@@ -154,4 +155,4 @@ async def fail_job(request: Request, state: EmulatorState) -> Response:
     code = str(data.get("code") or "internal_error")
     message = str(data.get("message") or "Job failed (forced through the emulator admin API).")
     job = state.force(request.path_params["id"], JobStatus.FAILED, code, message)
-    return JSONResponse(state.job_json(job))
+    return JSONResponse(views.job_json(job, state.cdn_url))

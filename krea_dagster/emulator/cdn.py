@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from krea_dagster.emulator import views
 from krea_dagster.emulator.errors import NotFound
 from krea_dagster.emulator.images import RenderCache, render_mp4_placeholder
 from krea_dagster.emulator.lifecycle import JobStatus
@@ -26,7 +27,7 @@ async def result_file(request: Request, state: EmulatorState, cache: RenderCache
     if (
         job is None
         or job.status is not JobStatus.COMPLETED
-        or not state.result_url(job).endswith(f"/{name}")
+        or not views.result_url(job, state.cdn_url).endswith(f"/{name}")
     ):
         raise NotFound("no such file")
     prompt = str(job.body.get("prompt", job.body.get("image_url", "")))

@@ -17,7 +17,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from krea_dagster.emulator import assets
+from krea_dagster.emulator import assets, views
 from krea_dagster.emulator.catalog import openapi_text
 from krea_dagster.emulator.clock import format_micros, parse_timestamp
 from krea_dagster.emulator.errors import (
@@ -60,7 +60,10 @@ def check_query(request: Request, allowed: tuple[str, ...]) -> None:
     unknown = sorted(set(request.query_params) - set(allowed))
     if unknown:
         raise BadRequest(
-            "; ".join(f"query.{name}: unknown query parameter {name!r} (additionalProperties: false)" for name in unknown)
+            "; ".join(
+                f"query.{name}: unknown query parameter {name!r} (additionalProperties: false)"
+                for name in unknown
+            )
         )
 
 
@@ -127,7 +130,9 @@ async def generate(request: Request, state: EmulatorState) -> Response:
     raw = await request.body()
     if not raw.strip():
         required = ", ".join(spec.request_schema.get("required", []))
-        raise BadRequest(f"request body is missing: send a JSON object (required fields: {required})")
+        raise BadRequest(
+            f"request body is missing: send a JSON object (required fields: {required})"
+        )
     try:
         body: Any = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as error:
@@ -135,19 +140,23 @@ async def generate(request: Request, state: EmulatorState) -> Response:
     job = state.submit(account, spec, body, webhook_url)
     if state.faults.drop_after_accept():
         raise DropConnection(job.id)
-    return JSONResponse(state.created_json(job))
+    return JSONResponse(views.created_json(job))
 
 
 async def get_job(request: Request, state: EmulatorState) -> Response:
     """``GET /jobs/{id}``."""
     account = authenticate(request, state)
-    return JSONResponse(state.job_json(state.own_job(account, request.path_params["id"])))
+    return JSONResponse(
+        views.job_json(state.own_job(account, request.path_params["id"]), state.cdn_url)
+    )
 
 
 async def delete_job(request: Request, state: EmulatorState) -> Response:
     """``DELETE /jobs/{id}``: cancel (a no-op answering the job on a terminal one)."""
     account = authenticate(request, state)
-    return JSONResponse(state.job_json(state.cancel(account, request.path_params["id"])))
+    return JSONResponse(
+        views.job_json(state.cancel(account, request.path_params["id"]), state.cdn_url)
+    )
 
 
 async def list_jobs(request: Request, state: EmulatorState) -> Response:
@@ -164,7 +173,7 @@ async def list_jobs(request: Request, state: EmulatorState) -> Response:
     page, next_cursor = state.list_jobs(account, cursor, limit, status, types or None)
     return JSONResponse(
         {
-            "items": [state.job_json(job) for job in page],
+            "items": [views.job_json(job, state.cdn_url) for job in page],
             "next_cursor": format_micros(next_cursor) if next_cursor is not None else None,
         }
     )

@@ -23,9 +23,7 @@ Rules where Krea's documents are silent or contradictory (krea-api.md sections 5
 - ``created_at`` is unique and strictly increasing per account at microsecond resolution (a
   job created in the same microsecond as the previous one gets the next microsecond), so paging
   ``GET /jobs`` by the time cursor never loses or repeats a job.
-- Job JSON follows the GET schema: ``completed_at`` is omitted until the job is terminal (the
-  schema makes it a non-nullable, optional date-time), ``result`` appears only on completed
-  jobs and ``error`` only on failed and cancelled ones.
+- The job JSON rules (``completed_at`` omitted while pending...) are in ``views.py``.
 """
 
 from __future__ import annotations
@@ -43,9 +41,9 @@ from collections.abc import Iterable
 from datetime import date
 from typing import Any
 
-from krea_dagster.emulator import lifecycle
+from krea_dagster.emulator import lifecycle, views
 from krea_dagster.emulator.catalog import ModelSpec, load_models
-from krea_dagster.emulator.clock import Clock, format_micros, to_micros, utc_date
+from krea_dagster.emulator.clock import Clock, to_micros, utc_date
 from krea_dagster.emulator.config import EmulatorConfig
 from krea_dagster.emulator.counters import Counters
 from krea_dagster.emulator.errors import BadRequest, NotFound, PaymentRequired, TooManyRequests
@@ -206,21 +204,6 @@ class EmulatorState:
         self.store.save_account(account)
         return account
 
-    def account_json(self, account: Account) -> dict[str, Any]:
-        """Admin view of an account."""
-        return {
-            "account": account.id,
-            "token": account.token,
-            "concurrency": account.concurrency,
-            "backlog": account.backlog_limit,
-            "balance_usd": micros_to_usd(account.balance_micros),
-            "reserved_usd": micros_to_usd(account.reserved_micros),
-            "running": account.running,
-            "backlogged": account.backlogged,
-            "jobs": len(account.job_ids),
-            "max_running_seen": account.max_running_seen,
-        }
-
     # -- time -------------------------------------------------------------------------------
 
     def advance(self, now: float | None = None) -> None:
@@ -325,7 +308,7 @@ class EmulatorState:
             self.store.save_account(account)
         self.store.save_job(job)
         if job.webhook_url:
-            self.outbox.append((job.webhook_url, self.job_json(job)))
+            self.outbox.append((job.webhook_url, views.job_json(job, self.cdn_url)))
 
     # -- jobs -------------------------------------------------------------------------------
 
@@ -455,37 +438,6 @@ class EmulatorState:
         more = len(found) > limit
         page = found[:limit]
         return page, (page[-1].created_us if more and page else None)
-
-    def result_url(self, job: Job) -> str:
-        """The CDN URL of a completed job's file."""
-        suffix = "mp4" if job.model_key.startswith("video/") else "png"
-        return f"{self.cdn_url}/results/{job.id}/{job.result_token}.{suffix}"
-
-    def job_json(self, job: Job) -> dict[str, Any]:
-        """The Job object of ``GET /jobs/{id}`` (see the module docstring)."""
-        data: dict[str, Any] = {
-            "job_id": job.id,
-            "status": job.status.value,
-            "created_at": format_micros(job.created_us),
-        }
-        if job.completed_us is not None:
-            data["completed_at"] = format_micros(job.completed_us)
-        if job.status is JobStatus.COMPLETED:
-            data["result"] = {"urls": [self.result_url(job)]}
-        if job.error:
-            data["error"] = {"code": job.error[0], "message": job.error[1]}
-        return data
-
-    @staticmethod
-    def created_json(job: Job) -> dict[str, Any]:
-        """The JobCreated object answered by ``POST /generate/...``."""
-        return {
-            "job_id": job.id,
-            "status": job.status.value,
-            "created_at": format_micros(job.created_us),
-            "completed_at": None,
-            "result": None,
-        }
 
     # -- admin ------------------------------------------------------------------------------
 

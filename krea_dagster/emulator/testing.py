@@ -190,7 +190,10 @@ class EmulatorHandle:
             time.sleep(interval)
 
     def wait_until(
-        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0, interval: float = 0.005
+        self,
+        predicate: Callable[[dict[str, Any]], bool],
+        timeout: float = 10.0,
+        interval: float = 0.005,
     ) -> dict[str, Any]:
         """Poll the stats until ``predicate(stats)`` holds; returns those stats (or TimeoutError)."""
         deadline = time.monotonic() + timeout
@@ -199,7 +202,9 @@ class EmulatorHandle:
             if predicate(stats):
                 return stats
             if time.monotonic() > deadline:
-                raise TimeoutError(f"stats never satisfied the condition within {timeout} s: {stats}")
+                raise TimeoutError(
+                    f"stats never satisfied the condition within {timeout} s: {stats}"
+                )
             time.sleep(interval)
 
     def close(self) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,3 +46,24 @@ def test_emulator_imports_nothing_from_the_client(path: Path) -> None:
 def test_modules_stay_small(path: Path) -> None:
     """Each module stays about one screenful of concepts (well under starlette's routing.py)."""
     assert len(path.read_text(encoding="utf-8").splitlines()) <= MAX_MODULE_LINES
+
+
+def test_emulator_runs_without_the_client_or_dagster_loaded() -> None:
+    """Importing every emulator module under a bare krea_dagster package loads no client code."""
+    modules = " ".join(
+        f"krea_dagster.emulator.{path.stem}" for path in MODULES if path.stem != "__main__"
+    )
+    code = f"""
+import importlib, importlib.util, sys, types
+spec = importlib.util.find_spec("krea_dagster")
+package = types.ModuleType("krea_dagster")
+package.__path__ = list(spec.submodule_search_locations)
+sys.modules["krea_dagster"] = package
+for name in "{modules}".split():
+    importlib.import_module(name)
+print(sorted(m for m in sys.modules if m.startswith(("krea_dagster.api", "dagster"))))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"

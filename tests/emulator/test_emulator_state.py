@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from krea_dagster.emulator import views
 from krea_dagster.emulator.clock import ManualClock, format_micros
 from krea_dagster.emulator.config import EmulatorConfig
 from krea_dagster.emulator.errors import BadRequest, PaymentRequired, TooManyRequests
@@ -157,7 +158,9 @@ def test_cancel_frees_the_slot_advances_the_backlog_and_is_not_charged() -> None
     assert (running.status, waiting.status) == (JobStatus.CANCELLED, JobStatus.QUEUED)
     assert running.error is not None and running.error[0] == "cancelled"
     assert account.balance_micros == account.initial_balance_micros
-    assert state.job_json(running)["completed_at"] == format_micros(round((START + 3) * 1e6))
+    assert views.job_json(running, state.cdn_url)["completed_at"] == format_micros(
+        round((START + 3) * 1e6)
+    )
 
 
 def test_cancel_of_a_backlogged_job_keeps_fifo_for_the_others() -> None:
@@ -176,8 +179,8 @@ def test_cancel_of_a_terminal_job_is_a_noop() -> None:
     state = make_state(clock, render_seconds=1)
     job = submit(state)
     status_at(state, clock, job, 5)
-    before = state.job_json(job)
-    assert state.job_json(state.cancel(state.by_token[DEMO_TOKEN], job.id)) == before
+    before = views.job_json(job, state.cdn_url)
+    assert views.job_json(state.cancel(state.by_token[DEMO_TOKEN], job.id), state.cdn_url) == before
 
 
 @pytest.mark.parametrize(
