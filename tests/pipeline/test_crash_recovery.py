@@ -1,0 +1,53 @@
+"""kill -9 of the run worker at the worst moments, then a re-run: nothing paid twice, nothing lost."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from krea_dagster.crashpoints import CRASH_ENV
+
+from .conftest import check_results, manifest_of, materialize, prompt_rows, write_batch
+
+DRIVER = Path(__file__).with_name("crash_driver.py")
+
+
+@pytest.mark.parametrize(
+    "crash_at",
+    ["submit.after_intent", "submit.after_post", "collect.after_download"],
+    ids=["before-post", "between-post-and-ledger", "while-downloading"],
+)
+def test_kill_9_then_rerun_pays_once_and_finishes(crash_at, tmp_path, build, emulator, krea, prompts_dir):
+    """A worker killed at a crash point leaves a ledger the next run completes without a duplicate job."""
+    write_batch(prompts_dir, "b1", prompt_rows(6))
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    store, ledger = tmp_path / "store", f"sqlite:///{tmp_path / 'ledger.db'}"
+    assets = build("crash", store=store, ledger=ledger)
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
+        instance.add_dynamic_partitions(assets.partitions_def.name, ["b1"])
+        env = {**os.environ, "DAGSTER_HOME": str(home), CRASH_ENV: crash_at}
+        worker = subprocess.run(
+            [sys.executable, str(DRIVER), str(prompts_dir), str(store), ledger, emulator.base_url, emulator.token, "b1"],
+            env=env,
+            capture_output=True,
+            timeout=300,
+        )
+        assert worker.returncode == -signal.SIGKILL, worker.stderr.decode()[-3000:]
+        crashed = emulator.stats()
+        result = materialize(assets, "b1", instance=instance, krea=krea)
+        assert result.success
+        stats = emulator.stats()
+        assert stats["duplicate_submissions"] == 0
+        assert stats["jobs_created"] == 6
+        assert stats["jobs_billed"] == 6
+        assert set(manifest_of(result, assets)["status"]) == {"completed"}
+        assert check_results(result)["no_duplicate_paid_jobs"] is True
+        if crash_at == "submit.after_intent":
+            assert crashed["jobs_created"] == 0
+        if crash_at == "submit.after_post":
+            assert crashed["jobs_created"] == 1
