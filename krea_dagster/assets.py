@@ -11,7 +11,7 @@ soon as everything is submitted and the sensor launches ``images`` when the batc
 """
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -450,7 +450,7 @@ def _images_asset(
         automation_condition=automation_condition,
         retry_policy=retry_policy,
     )
-    def images(context: dg.AssetExecutionContext, prompts: pd.DataFrame):  # type: ignore[no-untyped-def]
+    def images(context: dg.AssetExecutionContext, prompts: pd.DataFrame) -> Iterator[Any]:
         krea: KreaResource = getattr(context.resources, resource_key)
         batch = context.partition_key
         generation = pipeline.ledger.current_generation(pipeline.scope, batch)

@@ -239,9 +239,11 @@ class BatchCollector:
                 await self._image_error(row, "store_failed", f"{type(error).__name__}: {error}")
 
     async def _store_one(self, row: Submission) -> None:
-        if row.image_uri and await asyncio.to_thread(self.store.exists, row.image_uri):
-            self.report.already_stored += 1
-            return
+        if row.image_uri is not None:
+            stored = await asyncio.to_thread(self.store.exists, row.image_uri)
+            if stored:
+                self.report.already_stored += 1
+                return
         url = row.result_url
         if url is None:
             job = await self.client.get_job(row.job_id or "")

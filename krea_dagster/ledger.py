@@ -196,7 +196,7 @@ class Submission:
     updated_at: datetime
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> "Submission":
+    def from_row(cls, row: Mapping[Any, Any]) -> "Submission":
         values = {name: row[name] for name in cls.__dataclass_fields__}
         for name in (
             "intent_at",

@@ -140,7 +140,9 @@ def facts_prices(facts_md: str) -> dict[str, dict[str, Any]]:
     return prices
 
 
-def price_entry(cu_rows: list[dict[str, Any]], known: dict[str, Any] | None) -> dict[str, Any] | None:
+def price_entry(
+    cu_rows: list[dict[str, Any]], known: dict[str, Any] | None
+) -> dict[str, Any] | None:
     if known is None:
         return None
     values: list[float] = known["values"]
@@ -241,10 +243,16 @@ def main(argv: list[str] | None = None) -> int:
         DATA / "krea-openapi.json": openapi_text,
         DATA / "krea_models.json": json.dumps(catalog, indent=1, sort_keys=False) + "\n",
     }
-    stale = [path for path, text in outputs.items() if not path.exists() or path.read_text(encoding="utf-8") != text]
+    stale = [
+        path
+        for path, text in outputs.items()
+        if not path.exists() or path.read_text(encoding="utf-8") != text
+    ]
     if args.check:
         for path in stale:
-            print(f"stale: {path.relative_to(ROOT)} (run scripts/build_catalog.py)", file=sys.stderr)
+            print(
+                f"stale: {path.relative_to(ROOT)} (run scripts/build_catalog.py)", file=sys.stderr
+            )
         return 1 if stale else 0
     DATA.mkdir(parents=True, exist_ok=True)
     for path, text in outputs.items():

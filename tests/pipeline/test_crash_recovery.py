@@ -21,7 +21,9 @@ DRIVER = Path(__file__).with_name("crash_driver.py")
     ["submit.after_intent", "submit.after_post", "collect.after_download"],
     ids=["before-post", "between-post-and-ledger", "while-downloading"],
 )
-def test_kill_9_then_rerun_pays_once_and_finishes(crash_at, tmp_path, build, emulator, krea, prompts_dir):
+def test_kill_9_then_rerun_pays_once_and_finishes(
+    crash_at, tmp_path, build, emulator, krea, prompts_dir
+):
     """A worker killed at a crash point leaves a ledger the next run completes without a duplicate job."""
     write_batch(prompts_dir, "b1", prompt_rows(6))
     home = tmp_path / "dagster_home"
@@ -32,7 +34,16 @@ def test_kill_9_then_rerun_pays_once_and_finishes(crash_at, tmp_path, build, emu
         instance.add_dynamic_partitions(assets.partitions_def.name, ["b1"])
         env = {**os.environ, "DAGSTER_HOME": str(home), CRASH_ENV: crash_at}
         worker = subprocess.run(
-            [sys.executable, str(DRIVER), str(prompts_dir), str(store), ledger, emulator.base_url, emulator.token, "b1"],
+            [
+                sys.executable,
+                str(DRIVER),
+                str(prompts_dir),
+                str(store),
+                ledger,
+                emulator.base_url,
+                emulator.token,
+                "b1",
+            ],
             env=env,
             capture_output=True,
             timeout=300,
