@@ -2,9 +2,11 @@
 
 Jobs, accounts and assets are written through on every change, in WAL mode with
 ``synchronous=NORMAL``: a commit survives the emulator process being killed (only an operating
-system crash can lose the last commits), at a cost of tens of microseconds per write. Counters
-change on every request, so they are written at most every half second by the background tick
-and at shutdown; a ``kill -9`` can lose the last half second of request counts, never a job.
+system crash can lose the last commits), at a cost of tens of microseconds per write. The job
+counters (created, by status, billed, duplicates) are rebuilt from the jobs on load, so they are
+always exact; the other counters change on every request, so they are written at most every
+half second by the background tick and at shutdown: a ``kill -9`` can lose the last half second
+of request, webhook and fault counts, never a job.
 
 Without ``--state-file`` the :class:`MemoryStore` keeps nothing. Fault random streams are not
 persisted: a restarted emulator draws faults from the seed again.

@@ -18,10 +18,12 @@ jobs, assets and counters cleared, knobs restored, run-time accounts removed.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
-from krea_dagster.emulator.testing import EmulatorHandle, run_emulator
+if TYPE_CHECKING:  # the server code is imported only when a test asks for the fixture
+    from krea_dagster.emulator.testing import EmulatorHandle
 
 FAST_TIME_SCALE = 0.001
 FAST_WEBHOOK_RETRY_SECONDS = 0.02
@@ -30,6 +32,8 @@ FAST_WEBHOOK_RETRY_SECONDS = 0.02
 @pytest.fixture(scope="session")
 def krea_emulator_session() -> Iterator[EmulatorHandle]:
     """One emulator for the whole session (prefer ``krea_emulator``, which resets it)."""
+    from krea_dagster.emulator.testing import run_emulator
+
     with run_emulator(
         time_scale=FAST_TIME_SCALE, webhook_retry_seconds=FAST_WEBHOOK_RETRY_SECONDS
     ) as emulator:

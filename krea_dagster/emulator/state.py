@@ -19,7 +19,9 @@ Rules where Krea's documents are silent or contradictory (krea-api.md sections 5
   ``error = {code: "cancelled", message: ...}``, not billed, slot freed, backlog advanced). On a
   terminal job it is a no-op answering 200 with the job unchanged.
 - Timeouts count from the moment the job leaves the backlog (a job waiting for a slot has not
-  been sent to a provider yet).
+  been sent to a provider yet). A job whose fate is an injected failure (``job_failure_rate``)
+  fails at the moment it would have completed; a stuck one (``stuck_rate``) stays in
+  ``sampling`` until its timeout.
 - ``created_at`` is unique and strictly increasing per account at microsecond resolution (a
   job created in the same microsecond as the previous one gets the next microsecond), so paging
   ``GET /jobs`` by the time cursor never loses or repeats a job.

@@ -96,3 +96,12 @@ def test_cdn_refuses_a_guessed_url(krea_emulator: EmulatorHandle, api: httpx.Cli
     job_id = api.post(TEST_MODEL_PATH, json=make_body()).json()["job_id"]
     url = krea_emulator.wait_for_job(job_id)["result"]["urls"][0]
     assert httpx.get(url.rsplit("/", 1)[0] + "/0000000000000000.png").status_code == 404
+
+
+def test_video_jobs_get_an_mp4_placeholder(krea_emulator: EmulatorHandle, api: httpx.Client) -> None:
+    """Video results are .mp4 URLs served as video/mp4 (an ftyp box, not a playable video)."""
+    response = api.post("/generate/video/google/veo-3", json={"prompt": "waves", "duration": 4})
+    url = krea_emulator.wait_for_job(response.json()["job_id"])["result"]["urls"][0]
+    download = httpx.get(url)
+    assert url.endswith(".mp4") and download.headers["content-type"] == "video/mp4"
+    assert download.content[4:8] == b"ftyp"
