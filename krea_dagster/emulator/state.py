@@ -82,6 +82,7 @@ class EmulatorState:
         self.initial_tokens = list(tokens)
         self.faults = FaultInjector(self.config)
         self.outbox: list[tuple[str, dict[str, Any]]] = []  # (url, job JSON) to deliver
+        self.resets = 0  # deliveries started before a reset stop (tests stay isolated)
         self._load()
 
     # -- setup ------------------------------------------------------------------------------
@@ -485,6 +486,7 @@ class EmulatorState:
         self.store.clear_activity()
         self._clear()
         self.outbox.clear()
+        self.resets += 1
         self.faults.reseed()
         for old in kept:
             if accounts and old.token not in self.initial_tokens:

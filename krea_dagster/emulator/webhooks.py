@@ -5,7 +5,8 @@ documents no retry schedule. The emulator retries a failed delivery (transport e
 up to ``webhook_max_attempts`` times in all, waiting ``webhook_retry_seconds`` and doubling. Fault
 knobs: ``webhook_duplicate_rate`` delivers a job twice (the second POST right after the first
 one ends) and ``webhook_delay_seconds`` holds every delivery back by that many real seconds.
-Requests carry no Authorization header. Deliveries pending at shutdown are dropped.
+Requests carry no Authorization header. Deliveries pending at shutdown or at a reset of the
+emulator are dropped (a late delivery must not count in the next test's stats).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class WebhookDispatcher:
             copies = 2 if self.state.faults.webhook_duplicate() else 1
             delay = self.state.faults.webhook_delay()
             task = asyncio.get_running_loop().create_task(
-                self._deliver(url, payload, copies, delay)
+                self._deliver(url, payload, copies, delay, self.state.resets)
             )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -55,17 +56,21 @@ class WebhookDispatcher:
             self._client = httpx.AsyncClient(trust_env=False, headers={"User-Agent": USER_AGENT})
         return self._client
 
-    async def _deliver(self, url: str, payload: dict[str, Any], copies: int, delay: float) -> None:
+    async def _deliver(
+        self, url: str, payload: dict[str, Any], copies: int, delay: float, epoch: int
+    ) -> None:
         if delay > 0:
             await asyncio.sleep(delay)
         for _ in range(copies):
-            await self._post_with_retries(url, payload)
+            await self._post_with_retries(url, payload, epoch)
 
-    async def _post_with_retries(self, url: str, payload: dict[str, Any]) -> None:
+    async def _post_with_retries(self, url: str, payload: dict[str, Any], epoch: int) -> None:
         config = self.state.config
         for attempt in range(max(1, config.webhook_max_attempts)):
             if attempt:
                 await asyncio.sleep(config.webhook_retry_seconds * 2 ** (attempt - 1))
+            if self.state.resets != epoch:
+                return
             self.state.counters.webhook_attempts += 1
             try:
                 response = await self._http().post(
@@ -73,6 +78,8 @@ class WebhookDispatcher:
                 )
             except httpx.HTTPError:
                 continue
+            if self.state.resets != epoch:
+                return
             if 200 <= response.status_code < 300:
                 self.state.counters.webhooks_sent += 1
                 return

@@ -189,3 +189,16 @@ def test_unknown_or_invalid_knobs_are_rejected(krea_emulator: EmulatorHandle) ->
     with pytest.raises(RuntimeError, match="probability"):
         krea_emulator.configure(latency_ms=5, error_5xx_rate=2)
     assert krea_emulator.config()["latency_ms"] == 0
+
+
+def test_cdn_faults_apply_only_when_scoped_explicitly(
+    krea_emulator: EmulatorHandle, api: httpx.Client
+) -> None:
+    """error_5xx_routes=["CDN"] fails downloads while the API answers normally."""
+    job_id = api.post(TEST_MODEL_PATH, json=make_body()).json()["job_id"]
+    url = krea_emulator.wait_for_job(job_id)["result"]["urls"][0]
+    krea_emulator.configure(error_5xx_rate=1.0)
+    assert httpx.get(url).status_code == 200  # unscoped faults never touch the CDN
+    krea_emulator.configure(error_5xx_routes=["CDN"])
+    assert httpx.get(url).status_code >= 500
+    assert api.get(f"/jobs/{job_id}").status_code == 200

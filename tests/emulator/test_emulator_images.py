@@ -98,7 +98,9 @@ def test_cdn_refuses_a_guessed_url(krea_emulator: EmulatorHandle, api: httpx.Cli
     assert httpx.get(url.rsplit("/", 1)[0] + "/0000000000000000.png").status_code == 404
 
 
-def test_video_jobs_get_an_mp4_placeholder(krea_emulator: EmulatorHandle, api: httpx.Client) -> None:
+def test_video_jobs_get_an_mp4_placeholder(
+    krea_emulator: EmulatorHandle, api: httpx.Client
+) -> None:
     """Video results are .mp4 URLs served as video/mp4 (an ftyp box, not a playable video)."""
     response = api.post("/generate/video/google/veo-3", json={"prompt": "waves", "duration": 4})
     url = krea_emulator.wait_for_job(response.json()["job_id"])["result"]["urls"][0]
