@@ -196,7 +196,8 @@ def completion_tick(
     offset = cursor.offset if cursor.offset < len(pending) else 0
     order = pending[offset:] + pending[:offset]
     client = krea.get_client()
-    while polled < len(order) and time.monotonic() - started < budget_seconds:
+    # At least one chunk per tick, so every tick makes progress whatever the budget.
+    while polled < len(order) and (polled == 0 or time.monotonic() - started < budget_seconds):
         chunk = order[polled : polled + POLL_CHUNK]
         created = [row.krea_created_at for row in chunk if row.krea_created_at]
         try:

@@ -328,7 +328,7 @@ def test_poll_timeout_reports_pending_jobs_and_the_check_fails(
     build, emulator, instance, prompts_dir
 ):
     """Jobs still rendering after poll_timeout stay recorded as pending and fail the resolved check."""
-    emulator.configure(render_seconds=30.0)
+    emulator.configure(render_seconds=30.0, time_scale=1.0)
     write_batch(prompts_dir, "b1", prompt_rows(2))
     assets = build()
     krea = make_resource(emulator, poll_timeout=0.3)
@@ -340,7 +340,7 @@ def test_poll_timeout_reports_pending_jobs_and_the_check_fails(
 
 def test_poll_timeout_can_cancel_unbilled(build, emulator, instance, prompts_dir):
     """With on_poll_timeout=cancel, overdue jobs are cancelled and nothing is billed."""
-    emulator.configure(render_seconds=30.0)
+    emulator.configure(render_seconds=30.0, time_scale=1.0)
     write_batch(prompts_dir, "b1", prompt_rows(2))
     assets = build()
     krea = make_resource(emulator, poll_timeout=0.3, on_poll_timeout="cancel")
