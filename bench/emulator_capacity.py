@@ -13,7 +13,8 @@ Prints one JSON object with the parameters and the figures measured in this run:
   ``cdn_png_per_second``: downloads of distinct 1024 x 1024 results per second from the CDN.
 
 Jobs render for ``--render-seconds`` (default 600 s) so that they stay live during the run while
-their phase changes still fire events. Each figure is the median of ``--rounds`` rounds.
+their phase changes still fire events. The 10-job and the 10,000-job emulators run side by side
+and the rounds alternate between them; each figure is the median of ``--rounds`` rounds.
 """
 
 from __future__ import annotations
@@ -118,32 +119,35 @@ def run_loop(coroutine: Any) -> Any:
 
 
 def bench_get_job_rate(args: argparse.Namespace) -> dict[str, Any]:
-    """GET /jobs/{id} at 10 and at ``--live`` live jobs, on one subprocess emulator."""
+    """GET /jobs/{id} on two subprocess emulators, one with 10 and one with ``--live`` jobs.
+
+    Rounds alternate between the two so that a change in machine load during the run touches
+    both figures alike.
+    """
     cli = ["--render-seconds", str(args.render_seconds), "--concurrency", str(args.live + 100),
            "--backlog", "0", "--balance-usd", "1000000", "--seed", str(SEED)]  # fmt: skip
-    with spawn_emulator(*cli) as emulator:
-        few = run_loop(create_jobs(emulator, 10, args.clients, 0))
-        small = [
-            run_loop(get_jobs(emulator, few, args.requests, args.clients))
-            for _ in range(args.rounds)
-        ]
+    with spawn_emulator(*cli) as small, spawn_emulator(*cli) as large:
+        few = run_loop(create_jobs(small, 10, args.clients, 0))
         started = time.perf_counter()
-        many = few + run_loop(create_jobs(emulator, args.live - 10, args.clients, 10))
+        many = run_loop(create_jobs(large, args.live, args.clients, 0))
         post_seconds = time.perf_counter() - started
-        live = emulator.stats()["live_jobs"]
-        large = [
-            run_loop(get_jobs(emulator, many, args.requests, args.clients))
-            for _ in range(args.rounds)
-        ]
-    t_small, t_large = statistics.median(small), statistics.median(large)
+        live = (small.stats()["live_jobs"], large.stats()["live_jobs"])
+        times: dict[str, list[float]] = {"small": [], "large": []}
+        for _ in range(args.rounds):
+            times["small"].append(run_loop(get_jobs(small, few, args.requests, args.clients)))
+            times["large"].append(run_loop(get_jobs(large, many, args.requests, args.clients)))
+    t_small, t_large = statistics.median(times["small"]), statistics.median(times["large"])
     return {
-        "live_jobs_measured": live,
-        "post_generate_rps": round((args.live - 10) / post_seconds),
+        "live_jobs_measured": list(live),
+        "post_generate_rps": round(args.live / post_seconds),
         "get_job_rps_at_10": round(args.requests / t_small),
         "get_job_rps_at_10k": round(args.requests / t_large),
         "ms_per_get_at_10": round(t_small / args.requests * 1000, 4),
         "ms_per_get_at_10k": round(t_large / args.requests * 1000, 4),
         "ratio_10k_over_10": round(t_large / t_small, 3),
+        "ratio_per_round": [
+            round(b / a, 3) for a, b in zip(times["small"], times["large"], strict=True)
+        ],
     }
 
 
@@ -164,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=20_000, help="GET /jobs/{id} per round")
     parser.add_argument("--clients", type=int, default=16, help="concurrent connections")
     parser.add_argument("--live", type=int, default=10_000, help="live jobs of the large case")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--render-seconds", type=float, default=600.0)
     parser.add_argument("--images", type=int, default=500, help="distinct PNGs downloaded")
     args = parser.parse_args(argv)

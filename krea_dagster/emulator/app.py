@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.applications import Starlette
@@ -80,16 +79,6 @@ class DroppedResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = [(b"content-type", b"application/json"), (b"content-length", b"4096")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-
-
-class _DropNoise(logging.Filter):
-    """Hide uvicorn's complaint about the response the drop fault leaves incomplete."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "without completing response" not in record.getMessage()
-
-
-logging.getLogger("uvicorn.error").addFilter(_DropNoise())
 
 
 def _error_response(error: EmulatorError) -> Response:

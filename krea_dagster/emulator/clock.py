@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 
 Clock = Callable[[], float]
 
@@ -40,6 +41,7 @@ def to_micros(seconds: float) -> int:
     return round(seconds * 1_000_000)
 
 
+@lru_cache(maxsize=65_536)  # the same created_at is written on every poll of a job
 def format_micros(micros: int) -> str:
     """Integer epoch microseconds to ISO 8601 UTC with a ``Z``."""
     moment = EPOCH + timedelta(microseconds=micros)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import logging
 import socket
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, Literal
@@ -40,6 +41,20 @@ def url_of(sock: socket.socket) -> str:
     """``http://host:port`` of a bound socket."""
     host, port = sock.getsockname()[:2]
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+class DropNoiseFilter(logging.Filter):
+    """Hide uvicorn's complaint about the response the accept-then-drop fault leaves unfinished."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "without completing response" not in record.getMessage()
+
+
+def quiet_dropped_responses() -> None:
+    """Install :class:`DropNoiseFilter` on uvicorn's error logger (once)."""
+    error_logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, DropNoiseFilter) for f in error_logger.filters):
+        error_logger.addFilter(DropNoiseFilter())
 
 
 class _Server(uvicorn.Server):
@@ -81,6 +96,7 @@ class EmulatorServer:
     ) -> None:
         self.state = state
         self.admin_token = admin_token
+        quiet_dropped_responses()
         self._api_socket, self._cdn_socket = bind(host, port), bind(host, cdn_port)
         self.base_url, self.cdn_url = url_of(self._api_socket), url_of(self._cdn_socket)
         state.cdn_url = self.cdn_url
