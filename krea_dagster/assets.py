@@ -104,7 +104,7 @@ def build_krea_image_assets(
     max_attempts: int = 3,
     thumbnails: int = 24,
     io_manager_key: str = "io_manager",
-    images_automation_condition: dg.AutomationCondition | None = None,
+    automation_condition: dg.AutomationCondition | None = None,
     retry_policy: dg.RetryPolicy | None = None,
 ) -> KreaImageAssets:
     """Build the four assets of one krea-dagster instance.
@@ -127,8 +127,9 @@ def build_krea_image_assets(
             failed (failed jobs are not billed).
         thumbnails: how many thumbnails the images asset shows (tiny JPEGs in metadata).
         io_manager_key: IO manager of the prompts and manifest tables.
-        images_automation_condition: e.g. ``dg.AutomationCondition.eager()`` to regenerate
-            images whenever a batch's prompts change.
+        automation_condition: put on prompts, jobs and images; e.g.
+            ``dg.AutomationCondition.eager()`` refreshes a batch whenever the discovery sensor
+            observes a new version of its prompt file (paying only for changed rows).
         retry_policy: retry policy of the jobs and images steps.
     """
     if not name_prefix.replace("_", "").isalnum():
@@ -162,10 +163,16 @@ def build_krea_image_assets(
         metadata={**specs["prompt_source"].metadata, "dagster/uri": source.directory},
     )
     prompts_asset = _prompts_asset(
-        pipeline, specs["prompts"], source_spec, partitions, io_manager_key
+        pipeline, specs["prompts"], source_spec, partitions, io_manager_key, automation_condition
     )
     jobs_asset = _jobs_asset(
-        pipeline, specs["jobs"], prompts_asset.key, partitions, resource_key, retry_policy
+        pipeline,
+        specs["jobs"],
+        prompts_asset.key,
+        partitions,
+        resource_key,
+        retry_policy,
+        automation_condition,
     )
     images_asset = _images_asset(
         pipeline,
@@ -175,7 +182,7 @@ def build_krea_image_assets(
         partitions,
         resource_key,
         io_manager_key,
-        images_automation_condition,
+        automation_condition,
         retry_policy,
     )
     return KreaImageAssets(
@@ -210,12 +217,14 @@ def _prompts_asset(
     source: dg.AssetSpec,
     partitions: dg.DynamicPartitionsDefinition,
     io_manager_key: str,
+    automation_condition: dg.AutomationCondition | None,
 ) -> dg.AssetsDefinition:
     @dg.asset(
         **_asset_kwargs(spec),
         deps=[source],
         partitions_def=partitions,
         io_manager_key=io_manager_key,
+        automation_condition=automation_condition,
     )
     def prompts(context: dg.AssetExecutionContext) -> dg.Output[pd.DataFrame]:
         batch = context.partition_key
@@ -321,6 +330,7 @@ def _jobs_asset(
     partitions: dg.DynamicPartitionsDefinition,
     resource_key: str,
     retry_policy: dg.RetryPolicy | None,
+    automation_condition: dg.AutomationCondition | None,
 ) -> dg.AssetsDefinition:
     @dg.asset(
         **_asset_kwargs(spec),
@@ -329,6 +339,7 @@ def _jobs_asset(
         pool="krea",
         required_resource_keys={resource_key},
         retry_policy=retry_policy,
+        automation_condition=automation_condition,
     )
     def jobs(
         context: dg.AssetExecutionContext, config: KreaJobsConfig, prompts: pd.DataFrame

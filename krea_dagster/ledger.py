@@ -21,7 +21,8 @@ through ``GET /jobs`` before anything is submitted again.
 The ledger is SQLAlchemy Core on any URL: ``sqlite:///path/ledger.db`` by default,
 ``postgresql+psycopg://…`` for deployments where several run workers share it. The schema is
 created and versioned here; every change is one transaction. Two workers racing to claim the
-same prompt are serialized by the unique key ``(scope, prompt_key, generation, attempt)``.
+same prompt are serialized by the unique key
+``(scope, batch, prompt_key, generation, attempt)``: a prompt is one deliverable of one batch.
 """
 
 import json
@@ -142,7 +143,9 @@ submissions_table = sa.Table(
     sa.Column("krea_created_at", sa.DateTime(timezone=True)),
     sa.Column("completed_at", sa.DateTime(timezone=True)),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-    sa.UniqueConstraint("scope", "prompt_key", "generation", "attempt", name="uq_krea_attempt"),
+    sa.UniqueConstraint(
+        "scope", "batch", "prompt_key", "generation", "attempt", name="uq_krea_attempt"
+    ),
     sa.Index("ix_krea_submissions_batch", "scope", "batch", "generation"),
     sa.Index("ix_krea_submissions_state", "scope", "state"),
     sa.Index("ix_krea_submissions_created", "krea_created_at"),
@@ -432,7 +435,7 @@ class Ledger:
         now = utcnow()
         try:
             with self.transaction() as conn:
-                previous = self._attempts(conn, scope, prompt_key, generation)
+                previous = self._attempts(conn, scope, batch, prompt_key, generation)
                 if any(not row.is_terminal or row.is_paid for row in previous):
                     return None
                 # Attempts Krea never received (or refused for the balance, the rate, the
@@ -469,12 +472,13 @@ class Ledger:
 
     @staticmethod
     def _attempts(
-        conn: Connection, scope: str, prompt_key: str, generation: int
+        conn: Connection, scope: str, batch: str, prompt_key: str, generation: int
     ) -> list[Submission]:
         rows = conn.execute(
             sa.select(submissions_table)
             .where(
                 submissions_table.c.scope == scope,
+                submissions_table.c.batch == batch,
                 submissions_table.c.prompt_key == prompt_key,
                 submissions_table.c.generation == generation,
             )

@@ -3,7 +3,7 @@
 ``build_krea_sensors`` makes, per instance (named from its prefix):
 
 - ``<prefix>_batch_discovery``: scans the prompt source; a new batch becomes a dynamic
-  partition and a run, a changed batch (its content hash moved) a run again (prompt keys make it
+  partition and a run (and a runless materialization of the prompt_source partition), a changed batch (its content hash moved) a run again (prompt keys make it
   pay only for new or changed rows), a removed batch is reported in the tick and deleted only
   when ``delete_removed_batches`` is set. Partitions and runs come back in one ``SensorResult``;
   the run key is ``<batch>:<content hash>`` so no tick launches the same work twice.
@@ -123,8 +123,10 @@ def discovery_tick(
         )
         for batch in [*new, *changed]
     ]
+    # The prompt file is an external asset: a new version of it is reported as a runless
+    # materialization, which is what lineage, staleness and eager() automation react to.
     observations = [
-        dg.AssetObservation(
+        dg.AssetMaterialization(
             asset_key=assets.source.key,
             partition=batch,
             metadata={

@@ -71,8 +71,10 @@ def write_batch(directory: Path, name: str, rows: Sequence[dict[str, Any]]) -> P
     return path
 
 
-def prompt_rows(count: int, **params: Any) -> list[dict[str, Any]]:
-    return [{"prompt": f"test prompt number {index}", **params} for index in range(count)]
+def prompt_rows(
+    count: int, text: str = "test prompt number", **params: Any
+) -> list[dict[str, Any]]:
+    return [{"prompt": f"{text} {index}", **params} for index in range(count)]
 
 
 @pytest.fixture
