@@ -9,6 +9,8 @@ Prints one JSON object with the parameters and the figures measured in this run:
   little of the 2-core budget the server shares with it);
 - ``ratio_10k_over_10``: time per request at 10,000 live jobs over time per request at 10 (the
   event heap means it should stay near 1: requests never scan the jobs);
+  ``cpu_ratio_10k_over_10`` compares the server processes' own CPU time per request (from
+  psutil), which other load on the machine does not distort the way it distorts wall time;
 - ``png_ms_1024``: milliseconds to render one 1024 x 1024 result PNG (no cache), and
   ``cdn_png_per_second``: downloads of distinct 1024 x 1024 results per second from the CDN.
 
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -133,10 +136,15 @@ def bench_get_job_rate(args: argparse.Namespace) -> dict[str, Any]:
         post_seconds = time.perf_counter() - started
         live = (small.stats()["live_jobs"], large.stats()["live_jobs"])
         times: dict[str, list[float]] = {"small": [], "large": []}
+        cpu: dict[str, list[float]] = {"small": [], "large": []}
         for _ in range(args.rounds):
-            times["small"].append(run_loop(get_jobs(small, few, args.requests, args.clients)))
-            times["large"].append(run_loop(get_jobs(large, many, args.requests, args.clients)))
+            for name, emulator, ids in (("small", small, few), ("large", large, many)):
+                process = psutil.Process(emulator.pid)
+                before = sum(process.cpu_times()[:2])
+                times[name].append(run_loop(get_jobs(emulator, ids, args.requests, args.clients)))
+                cpu[name].append(sum(process.cpu_times()[:2]) - before)
     t_small, t_large = statistics.median(times["small"]), statistics.median(times["large"])
+    c_small, c_large = statistics.median(cpu["small"]), statistics.median(cpu["large"])
     return {
         "live_jobs_measured": list(live),
         "post_generate_rps": round(args.live / post_seconds),
@@ -148,6 +156,10 @@ def bench_get_job_rate(args: argparse.Namespace) -> dict[str, Any]:
         "ratio_per_round": [
             round(b / a, 3) for a, b in zip(times["small"], times["large"], strict=True)
         ],
+        # get_jobs sends each round's requests twice (warm-up, then timed): CPU covers both.
+        "server_cpu_us_per_get_at_10": round(c_small / (2 * args.requests) * 1e6, 1),
+        "server_cpu_us_per_get_at_10k": round(c_large / (2 * args.requests) * 1e6, 1),
+        "cpu_ratio_10k_over_10": round(c_large / c_small, 3),
     }
 
 
