@@ -98,6 +98,7 @@ def test_reset_clears_activity_and_restores_balances(
 
 def test_accounts_can_be_created_listed_and_changed(krea_emulator: EmulatorHandle) -> None:
     """Accounts get their own token, concurrency, backlog and balance."""
+    krea_emulator.configure(render_seconds=30)
     created = krea_emulator.add_account(
         token="acct-1:secret", concurrency=1, backlog=0, balance_usd=5
     )

@@ -29,12 +29,9 @@ def test_latency_is_added_to_scoped_routes_only(
     job_id = api.post(TEST_MODEL_PATH, json=make_body()).json()["job_id"]
     started = time.perf_counter()
     api.get(f"/jobs/{job_id}")
-    slow = time.perf_counter() - started
-    started = time.perf_counter()
+    assert time.perf_counter() - started >= 0.08
     api.get("/jobs")
-    fast = time.perf_counter() - started
-    assert slow >= 0.08 > fast
-    assert krea_emulator.stats()["faults_injected"]["latency"] == 1
+    assert krea_emulator.stats()["faults_injected"]["latency"] == 1  # not on the other routes
 
 
 def test_5xx_faults_happen_before_any_state_change(
@@ -136,9 +133,9 @@ def test_job_failure_rate_fails_jobs_with_listed_codes(
 
 def test_stuck_job_fails_with_timeout(krea_emulator: EmulatorHandle, api: httpx.Client) -> None:
     """stuck_rate=1 leaves a hosted job in sampling until the scaled 3-minute timeout."""
-    krea_emulator.configure(stuck_rate=1.0)  # time_scale 0.001: timeout after 0.18 s
+    krea_emulator.configure(stuck_rate=1.0, time_scale=0.01)  # sampling at 28 ms, timeout 1.8 s
     job_id = api.post(TEST_MODEL_PATH, json=make_body()).json()["job_id"]
-    time.sleep(0.05)
+    time.sleep(0.1)
     assert api.get(f"/jobs/{job_id}").json()["status"] == "sampling"
     job = krea_emulator.wait_for_job(job_id, timeout=5)
     assert (job["status"], job["error"]["code"]) == ("failed", "timeout")
@@ -161,7 +158,7 @@ def test_webhook_delay_holds_deliveries_back(
     krea_emulator: EmulatorHandle, api: httpx.Client, webhook_sink: WebhookSink
 ) -> None:
     """webhook_delay_seconds delivers late: after the job is already terminal when polled."""
-    krea_emulator.configure(webhook_delay_seconds=0.3)
+    krea_emulator.configure(webhook_delay_seconds=1.0)
     job_id = api.post(
         TEST_MODEL_PATH, json=make_body(), headers={"X-Webhook-URL": webhook_sink.url}
     ).json()["job_id"]
@@ -179,7 +176,7 @@ def test_render_seconds_fixes_the_render_time(
     job_id = api.post(TEST_MODEL_PATH, json=make_body()).json()["job_id"]
     started = time.perf_counter()
     krea_emulator.wait_for_job(job_id)
-    assert 0.1 < time.perf_counter() - started < 2.0
+    assert 0.1 < time.perf_counter() - started < 5.0
 
 
 def test_unknown_or_invalid_knobs_are_rejected(krea_emulator: EmulatorHandle) -> None:

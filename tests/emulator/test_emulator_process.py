@@ -11,6 +11,7 @@ import httpx
 from conftest import TEST_MODEL_PATH, make_body
 
 from krea_dagster.emulator.cli import build_parser, config_from_args
+from krea_dagster.emulator.clock import parse_timestamp
 from krea_dagster.emulator.state import DEMO_TOKEN
 from krea_dagster.emulator.testing import spawn_emulator
 
@@ -44,7 +45,7 @@ def test_config_file_then_flags_take_precedence(tmp_path: Path) -> None:
 def test_state_file_survives_a_kill_and_jobs_keep_rendering(tmp_path: Path) -> None:
     """kill -9, restart on the same ports: jobs, balance and counters are back and progressed."""
     state_file = tmp_path / "krea.sqlite"
-    args = ("--state-file", str(state_file), "--render-seconds", "0.5", "--concurrency", "1")
+    args = ("--state-file", str(state_file), "--render-seconds", "1", "--concurrency", "1")
     with spawn_emulator(*args) as emulator:
         with emulator.client() as api:
             ids = [
@@ -53,16 +54,18 @@ def test_state_file_survives_a_kill_and_jobs_keep_rendering(tmp_path: Path) -> N
             ]
             assert api.get(f"/jobs/{ids[1]}").json()["status"] == "backlogged"
         emulator.kill()
-        time.sleep(0.3)  # "Krea" keeps rendering while the emulator process is down
+        time.sleep(1.2)  # "Krea" keeps rendering while the emulator process is down
         emulator.restart()
         with emulator.client() as api:
-            assert api.get(f"/jobs/{ids[0]}").json()["status"] == "completed"
-            final = emulator.wait_for_job(ids[1], timeout=10)
-            assert final["status"] == "completed"
+            first = api.get(f"/jobs/{ids[0]}").json()
+            assert first["status"] == "completed"  # finished while the process was down
+            second = emulator.wait_for_job(ids[1], timeout=10)
             assert [j["job_id"] for j in api.get("/jobs").json()["items"]] == ids[::-1]
+        # The backlogged job started the instant the first one finished, down time or not.
+        started = parse_timestamp(first["completed_at"])
+        assert parse_timestamp(second["completed_at"]) == started + 1_000_000
         stats = emulator.stats()
         assert (stats["jobs_created"], stats["jobs_billed"]) == (2, 2)
         main = next(a for a in emulator.accounts() if a["account"] == emulator.account)
         assert main["balance_usd"] == 100 - 2 * 0.007
-        url = final["result"]["urls"][0]
-        assert httpx.get(url).status_code == 200
+        assert httpx.get(second["result"]["urls"][0]).status_code == 200
