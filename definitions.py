@@ -1,4 +1,5 @@
-"""The krea-dagster demo code location: prompt files in data/prompts -> Krea images -> contact sheets.
+"""The krea-dagster demo code location: prompt files in data/prompts -> Krea images -> contact sheets,
+plus a second instance defined in YAML (demo_defs/banners/defs.yaml).
 
 Backend: with ``KREA_BASE_URL`` and ``KREA_API_KEY`` set, a real Krea account (or an emulator
 you started elsewhere); without them, a local krea-emulator that the first process needing it
@@ -122,6 +123,17 @@ krea_demo_job = dg.define_asset_job(
 defs = dg.Definitions(
     assets=[*demo.assets, contact_sheet],
     jobs=[krea_demo_job],
-    sensors=build_krea_sensors(demo, completion_target=[demo.images, contact_sheet]),
+    # Running by default: with `dg dev`, a CSV dropped into data/prompts becomes images with no
+    # manual launch (discovery runs prompts + jobs; completion runs images + contact sheet).
+    sensors=build_krea_sensors(
+        demo,
+        completion_target=[demo.images, contact_sheet],
+        discovery_interval_seconds=10,
+        completion_interval_seconds=5,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+    ),
     resources={"krea": krea_resource()},
 )
+
+# demo_defs/ holds YAML component instances (banners: KreaImagesComponent).
+defs = dg.Definitions.merge(defs, dg.load_from_defs_folder(project_root=ROOT))

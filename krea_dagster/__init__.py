@@ -16,8 +16,10 @@ from krea_dagster.assets import (
     KreaJobsConfig,
     build_krea_image_assets,
 )
+from krea_dagster.component import KreaImagesComponent
 from krea_dagster.ledger import Ledger
 from krea_dagster.resource import KreaResource
+from krea_dagster.schedules import build_krea_regeneration_schedule
 from krea_dagster.sensors import build_krea_sensors
 from krea_dagster.source import PromptSource
 from krea_dagster.store import ImageStore
@@ -31,6 +33,7 @@ __all__ = [
     "ImageStore",
     "KreaAssetProps",
     "KreaImageAssets",
+    "KreaImagesComponent",
     "KreaJobsConfig",
     "KreaResource",
     "KreaTranslator",
@@ -38,5 +41,6 @@ __all__ = [
     "PromptSource",
     "__version__",
     "build_krea_image_assets",
+    "build_krea_regeneration_schedule",
     "build_krea_sensors",
 ]

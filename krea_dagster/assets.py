@@ -2,8 +2,10 @@
 
 Everything is named from ``name_prefix`` (asset keys, the partitions definition, sensors), so
 two instances, say two models or two prompt sources, live side by side in one code location.
-The assets need one resource, a ``KreaResource`` under ``resource_key`` (``"krea"``); several
-instances may share it.
+The assets need one ``KreaResource``: under ``resource_key`` (``"krea"``), which several
+instances may share, or embedded with ``krea=`` (what the YAML component does, so two
+instances never collide on a key and a token resolved from YAML never shows up as resource
+config in the UI).
 
 One partition is one prompt batch. A run that materializes ``jobs`` and ``images`` together
 polls inline; with the completion sensor (``build_krea_sensors``) the ``jobs`` run returns as
@@ -32,6 +34,7 @@ __all__ = [
     "REGENERATE_TAG",
     "KreaImageAssets",
     "KreaJobsConfig",
+    "KreaSource",
     "build_krea_image_assets",
 ]
 
@@ -49,6 +52,24 @@ class KreaJobsConfig(dg.Config):
 
 
 @dataclass(frozen=True)
+class KreaSource:
+    """Where the assets and sensors of an instance get their ``KreaResource``."""
+
+    key: str
+    embedded: KreaResource | None = None
+
+    @property
+    def required_keys(self) -> set[str]:
+        return set() if self.embedded is not None else {self.key}
+
+    def get(self, context: Any) -> KreaResource:
+        if self.embedded is not None:
+            return self.embedded
+        resource: KreaResource = getattr(context.resources, self.key)
+        return resource
+
+
+@dataclass(frozen=True)
 class KreaImageAssets:
     """Everything ``build_krea_image_assets`` made for one prefix."""
 
@@ -58,11 +79,16 @@ class KreaImageAssets:
     prompts: dg.AssetsDefinition
     jobs: dg.AssetsDefinition
     images: dg.AssetsDefinition
-    resource_key: str
+    krea: KreaSource
 
     @property
     def prefix(self) -> str:
         return self.pipeline.prefix
+
+    @property
+    def resource_key(self) -> str:
+        """The resource key the assets read their ``KreaResource`` from (unless embedded)."""
+        return self.krea.key
 
     @property
     def assets(self) -> list[dg.AssetSpec | dg.AssetsDefinition]:
@@ -99,6 +125,7 @@ def build_krea_image_assets(
     defaults: Mapping[str, Any] | None = None,
     carry_columns: Sequence[str] = (),
     resource_key: str = "krea",
+    krea: KreaResource | None = None,
     translator: KreaTranslator | None = None,
     max_usd_per_run: float | None = None,
     max_attempts: int = 3,
@@ -120,6 +147,7 @@ def build_krea_image_assets(
         carry_columns: extra columns to keep in the manifest even when their name looks like
             a request field.
         resource_key: where the assets find their ``KreaResource``.
+        krea: a ``KreaResource`` to embed instead (no resource key involved).
         translator: customizes keys, groups, owners, tags and descriptions.
         max_usd_per_run: refuse (before any call) a batch whose new submissions are
             estimated above this many USD.
@@ -150,6 +178,7 @@ def build_krea_image_assets(
         max_usd_per_run=max_usd_per_run,
         thumbnails=thumbnails,
     )
+    krea_source = KreaSource(resource_key, krea)
     translator = translator or KreaTranslator()
     specs = {
         role: translator.get_asset_spec(
@@ -170,7 +199,7 @@ def build_krea_image_assets(
         specs["jobs"],
         prompts_asset.key,
         partitions,
-        resource_key,
+        krea_source,
         retry_policy,
         automation_condition,
     )
@@ -180,7 +209,7 @@ def build_krea_image_assets(
         prompts_asset.key,
         jobs_asset.key,
         partitions,
-        resource_key,
+        krea_source,
         io_manager_key,
         automation_condition,
         retry_policy,
@@ -192,7 +221,7 @@ def build_krea_image_assets(
         prompts=prompts_asset,
         jobs=jobs_asset,
         images=images_asset,
-        resource_key=resource_key,
+        krea=krea_source,
     )
 
 
@@ -328,7 +357,7 @@ def _jobs_asset(
     spec: dg.AssetSpec,
     prompts_key: dg.AssetKey,
     partitions: dg.DynamicPartitionsDefinition,
-    resource_key: str,
+    krea_source: KreaSource,
     retry_policy: dg.RetryPolicy | None,
     automation_condition: dg.AutomationCondition | None,
 ) -> dg.AssetsDefinition:
@@ -337,14 +366,14 @@ def _jobs_asset(
         ins={"prompts": dg.AssetIn(prompts_key)},
         partitions_def=partitions,
         pool="krea",
-        required_resource_keys={resource_key},
+        required_resource_keys=krea_source.required_keys,
         retry_policy=retry_policy,
         automation_condition=automation_condition,
     )
     def jobs(
         context: dg.AssetExecutionContext, config: KreaJobsConfig, prompts: pd.DataFrame
     ) -> dg.MaterializeResult:
-        krea: KreaResource = getattr(context.resources, resource_key)
+        krea = krea_source.get(context)
         batch = context.partition_key
         regenerate = config.regenerate or context.run.tags.get(REGENERATE_TAG, "").lower() in (
             "1",
@@ -427,7 +456,7 @@ def _images_asset(
     prompts_key: dg.AssetKey,
     jobs_key: dg.AssetKey,
     partitions: dg.DynamicPartitionsDefinition,
-    resource_key: str,
+    krea_source: KreaSource,
     io_manager_key: str,
     automation_condition: dg.AutomationCondition | None,
     retry_policy: dg.RetryPolicy | None,
@@ -455,14 +484,14 @@ def _images_asset(
         ins={"prompts": dg.AssetIn(prompts_key)},
         deps=[jobs_key],
         partitions_def=partitions,
-        required_resource_keys={resource_key},
+        required_resource_keys=krea_source.required_keys,
         io_manager_key=io_manager_key,
         check_specs=check_specs,
         automation_condition=automation_condition,
         retry_policy=retry_policy,
     )
     def images(context: dg.AssetExecutionContext, prompts: pd.DataFrame) -> Iterator[Any]:
-        krea: KreaResource = getattr(context.resources, resource_key)
+        krea = krea_source.get(context)
         batch = context.partition_key
         generation = pipeline.ledger.current_generation(pipeline.scope, batch)
         if generation == 0:

@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Literal
 
 import dagster as dg
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, model_validator
 
 from krea_dagster.api import (
     DEFAULT_BASE_URL,
@@ -70,7 +70,6 @@ class KreaResource(dg.ConfigurableResource):
     )
     max_inflight_submits: int = Field(
         default=1,
-        ge=1,
         description=(
             "POST requests in flight at once. Also the most submissions a crash can leave "
             "with an unknown outcome; with 1, reconciliation is always exact."
@@ -78,7 +77,6 @@ class KreaResource(dg.ConfigurableResource):
     )
     max_concurrent_submits: int = Field(
         default=0,
-        ge=0,
         description=(
             "Most jobs of one batch kept live (submitted, not finished) at Krea at once; "
             "0 submits everything and lets Krea backlog the excess. Set it below your "
@@ -86,11 +84,10 @@ class KreaResource(dg.ConfigurableResource):
         ),
     )
     poll_interval: float = Field(
-        default=2.0, gt=0, description="Seconds between polls of pending jobs (Krea advises 2-5)."
+        default=2.0, description="Seconds between polls of pending jobs (Krea advises 2-5)."
     )
     poll_timeout: float = Field(
         default=0.0,
-        ge=0,
         description=(
             "Seconds the images asset waits for pending jobs; 0 means the model's default "
             "(a margin beyond Krea's 3-minute limit for Krea-hosted models, 2 hours for others)."
@@ -104,9 +101,30 @@ class KreaResource(dg.ConfigurableResource):
         default=True,
         description="Cancel the run's pending Krea jobs when the Dagster run is terminated.",
     )
-    max_concurrent_downloads: int = Field(default=8, ge=1, description="Parallel downloads.")
+    max_concurrent_downloads: int = Field(default=8, description="Parallel downloads.")
 
     _client: KreaClient | None = PrivateAttr(default=None)
+
+    # Ranges are checked here rather than with Field(ge=...): constrained (Annotated) field
+    # types cannot be embedded in a YAML component's schema.
+    @model_validator(mode="after")
+    def _check_ranges(self) -> "KreaResource":
+        minimums = {
+            "max_inflight_submits": 1,
+            "max_concurrent_submits": 0,
+            "max_concurrent_downloads": 1,
+            "max_retries": 0,
+            "poll_timeout": 0,
+        }
+        for name, minimum in minimums.items():
+            if getattr(self, name) < minimum:
+                raise ValueError(f"{name} must be at least {minimum}, got {getattr(self, name)}")
+        for name in ("poll_interval", "connect_timeout", "read_timeout", "write_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(
+                    f"{name} must be a positive number of seconds, got {getattr(self, name)}"
+                )
+        return self
 
     def __repr__(self) -> str:
         return f"KreaResource(base_url={self.base_url!r})"

@@ -383,11 +383,11 @@ def build_krea_sensors(
             minimum_interval_seconds=completion_interval_seconds,
             default_status=default_status,
             target=completion_assets,
-            required_resource_keys={assets.resource_key},
+            required_resource_keys=assets.krea.required_keys,
             description="Polls pending Krea jobs from the ledger and launches the images run of each finished batch.",
         )
         def completion_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-            krea: KreaResource = getattr(context.resources, assets.resource_key)
+            krea = assets.krea.get(context)
             return completion_tick(
                 context,
                 assets,

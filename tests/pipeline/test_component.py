@@ -1,0 +1,149 @@
+"""KreaImagesComponent from YAML: env-var token, two instances side by side, scaffolding, a real run."""
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from dagster.components.testing import create_defs_folder_sandbox
+
+from krea_dagster import KreaImagesComponent
+from krea_dagster.api import ConfigurationError
+
+from .conftest import prompt_rows, write_batch
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_instance(
+    defs_folder: Path, name: str, tmp_path: Path, model: str = "bfl/flux-1-dev", extra: str = ""
+) -> Path:
+    """A defs.yaml for one instance, its prompts in a folder next to it."""
+    folder = defs_folder / name
+    (folder / "prompts").mkdir(parents=True)
+    (folder / "defs.yaml").write_text(
+        textwrap.dedent(
+            f"""
+            type: krea_dagster.KreaImagesComponent
+            attributes:
+              name_prefix: {name}
+              prompts: prompts
+              image_model: {model}
+              store: images
+              ledger: sqlite:///{tmp_path / (name + ".db")}
+              defaults: {{width: 512, height: 512}}
+              krea:
+                api_key: "{{{{ env.KREA_API_KEY }}}}"
+                base_url: "{{{{ env('KREA_BASE_URL', 'https://api.krea.ai') }}}}"
+                poll_interval: 0.05
+            """
+        )
+        + textwrap.indent(textwrap.dedent(extra), "  "),
+        encoding="utf-8",
+    )
+    return folder
+
+
+def test_two_yaml_instances_coexist_and_embed_their_krea_settings(tmp_path, monkeypatch):
+    """Two defs.yaml instances load into one code location with no resource key to collide on."""
+    monkeypatch.setenv("KREA_API_KEY", "11111111-2222-4333-8444-555555555555:yaml-secret")
+    with create_defs_folder_sandbox() as sandbox:
+        write_instance(sandbox.defs_folder_path, "posters", tmp_path)
+        write_instance(
+            sandbox.defs_folder_path,
+            "banners",
+            tmp_path,
+            extra="sensors: {default_status: running}\n",
+        )
+        with sandbox.build_all_defs() as defs:
+            dg.Definitions.validate_loadable(defs)
+            keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
+            assert {"posters/images", "banners/images", "posters/prompt_source"} <= keys
+            sensors = {sensor.name: sensor for sensor in defs.sensors}
+            assert set(sensors) == {
+                "posters_batch_discovery",
+                "posters_completion",
+                "banners_batch_discovery",
+                "banners_completion",
+            }
+            assert sensors["banners_completion"].default_status == dg.DefaultSensorStatus.RUNNING
+            assert sensors["posters_completion"].default_status == dg.DefaultSensorStatus.STOPPED
+            assert not defs.resources  # the token is not resource config anywhere in the UI
+
+
+def test_component_loads_without_the_api_key_and_fails_clearly_when_run(
+    tmp_path, monkeypatch, emulator
+):
+    """With KREA_API_KEY unset the location loads; running the jobs asset names the variable."""
+    monkeypatch.delenv("KREA_API_KEY", raising=False)
+    monkeypatch.setenv("KREA_BASE_URL", emulator.base_url)
+    with create_defs_folder_sandbox() as sandbox:
+        folder = write_instance(sandbox.defs_folder_path, "posters", tmp_path)
+        write_batch(folder / "prompts", "b1", prompt_rows(1))
+        with sandbox.load_component_and_build_defs(defs_path=folder) as (component, defs):
+            assert isinstance(component, KreaImagesComponent)
+            dg.Definitions.validate_loadable(defs)
+            with pytest.raises(ConfigurationError, match="KREA_API_KEY"):
+                component.krea.get_client()
+
+
+def test_yaml_instance_runs_a_batch_end_to_end(tmp_path, monkeypatch, emulator):
+    """An instance defined only in YAML validates, submits, downloads and writes its manifest."""
+    monkeypatch.setenv("KREA_API_KEY", emulator.token)
+    monkeypatch.setenv("KREA_BASE_URL", emulator.base_url)
+    with create_defs_folder_sandbox() as sandbox:
+        folder = write_instance(sandbox.defs_folder_path, "posters", tmp_path)
+        write_batch(folder / "prompts", "b1", prompt_rows(2))
+        with sandbox.build_all_defs() as defs, dg.instance_for_test() as instance:
+            instance.add_dynamic_partitions("posters_batches", ["b1"])
+            job = defs.resolve_implicit_global_asset_job_def()
+            result = job.execute_in_process(partition_key="b1", instance=instance)
+            assert result.success
+            manifest = result.output_for_node("posters__images")
+            assert manifest["status"].tolist() == ["completed", "completed"]
+            assert Path(manifest["uri"][0]).is_relative_to(folder / "images")
+    assert emulator.stats()["jobs_created"] == 2
+
+
+def test_schedule_block_adds_a_regeneration_schedule(tmp_path, monkeypatch):
+    """A schedule: block in YAML becomes the regeneration schedule of that instance."""
+    monkeypatch.setenv("KREA_API_KEY", "11111111-2222-4333-8444-555555555555:yaml-secret")
+    with create_defs_folder_sandbox() as sandbox:
+        write_instance(
+            sandbox.defs_folder_path,
+            "posters",
+            tmp_path,
+            extra="schedule: {cron: '0 3 * * *', mode: all}\n",
+        )
+        with sandbox.build_all_defs() as defs:
+            (schedule,) = defs.schedules
+            assert schedule.name == "posters_regenerate_all"
+            assert schedule.cron_schedule == "0 3 * * *"
+
+
+def test_scaffolder_writes_a_defs_yaml_that_loads(monkeypatch):
+    """dg scaffold's output (env-var token, a prompts folder with an example) loads as is."""
+    monkeypatch.delenv("KREA_API_KEY", raising=False)
+    with create_defs_folder_sandbox() as sandbox:
+        path = sandbox.scaffold_component(component_cls=KreaImagesComponent, defs_path="my_images")
+        text = (path / "defs.yaml").read_text()
+        assert "{{ env.KREA_API_KEY }}" in text
+        assert (path / "prompts" / "example.csv").exists()
+        with sandbox.load_component_and_build_defs(defs_path=path) as (_, defs):
+            dg.Definitions.validate_loadable(defs)
+
+
+def test_dg_lists_the_component():
+    """The entry point registers the component, so `dg list components` shows it."""
+    dg_cli = Path(sys.executable).with_name("dg")
+    listed = subprocess.run(
+        [str(dg_cli), "list", "components", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert "krea_dagster.KreaImagesComponent" in listed.stdout
