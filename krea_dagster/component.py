@@ -74,7 +74,7 @@ class KreaSettings(dg.Model):
 
 def resolve_krea(context: dg.ResolutionContext, settings: KreaSettings) -> KreaResource:
     """The ``krea:`` block, templates rendered, as a ``KreaResource`` to embed."""
-    values: dict[str, Any] = context.resolve_value(settings.model_dump())
+    values = dict(context.resolve_value(settings.model_dump()))
     api_key = values.pop("api_key", None)
     # A missing variable renders as None (or "None" through a string template): keep loading,
     # fail at first use with a message naming KREA_API_KEY.
