@@ -7,8 +7,8 @@ client and the emulator check each other. Layout (moto-style):
 - ``app.py``: the routes lists and the app factories (API + admin, and the CDN);
 - ``handlers.py`` / ``admin.py`` / ``cdn.py``: thin handlers;
 - ``state.py``: accounts, jobs, billing and time as an event simulation; ``views.py`` the JSON
-  shapes; ``lifecycle.py`` the
-  statuses and transitions as data; ``records.py`` the records; ``counters.py`` the stats;
+  shapes; ``lifecycle.py`` the statuses and transitions as data; ``records.py`` the records;
+  ``counters.py`` the stats;
 - ``validation.py``, ``pricing.py``, ``images.py``, ``assets.py``, ``faults.py``,
   ``webhooks.py``, ``persistence.py``, ``config.py``, ``clock.py``, ``catalog.py``;
 - ``server.py`` (uvicorn, two origins), ``cli.py`` (``krea-emulator``), ``testing.py``
