@@ -69,7 +69,9 @@ class EmulatorConfig:
     render_seconds: float | None = None
     # The emulator's "today" (ISO date) for alias sunsets; None = the clock's UTC date.
     today: str | None = None
-    # Settings of accounts created without explicit values (the CLI --token account included).
+    # Settings of accounts created without explicit values (the CLI --token accounts included);
+    # changing them at run time affects accounts created afterwards (and the startup accounts
+    # on a reset with accounts=true); PATCH /_emulator/accounts/{account} changes an existing one.
     concurrency: int = 8
     backlog: int = 64
     balance_usd: float = 100.0

@@ -11,7 +11,10 @@ import pytest
 from conftest import TEST_MODEL_PATH, TEST_SLOW_MODEL_PATH, make_body
 
 from krea_dagster.emulator.catalog import load_models, openapi_text
-from krea_dagster.emulator.testing import EmulatorHandle
+from krea_dagster.emulator.clock import ManualClock
+from krea_dagster.emulator.config import EmulatorConfig
+from krea_dagster.emulator.state import DEMO_TOKEN, EmulatorState
+from krea_dagster.emulator.testing import EmulatorHandle, run_emulator
 
 
 def submit(api: httpx.Client, path: str = TEST_MODEL_PATH, **changes: Any) -> dict[str, Any]:
@@ -275,3 +278,31 @@ def test_unknown_routes_answer_json_404(krea_emulator: EmulatorHandle, api: http
     response = api.get("/nothing/here")
     assert response.status_code == 404 and "error" in response.json()
     assert krea_emulator.stats()["requests_by_route"]["unmatched"] == 1
+
+
+def test_http_paging_over_2500_jobs_created_in_one_instant_never_loses_or_repeats() -> None:
+    """GET /jobs with next_cursor visits 2,500 same-microsecond jobs exactly once, newest first."""
+    clock = ManualClock()
+    config = EmulatorConfig(render_seconds=600.0, concurrency=3000, backlog=0, balance_usd=1000.0)
+    state = EmulatorState(config, clock=clock)
+    account, spec = state.by_token[DEMO_TOKEN], state.models["image/bfl/flux-1-dev"]
+    ids = [state.submit(account, spec, {"prompt": f"p{i}"}).id for i in range(2500)]
+    seen: list[str] = []
+    with run_emulator(state=state) as emulator, emulator.client() as client:
+        params: dict[str, Any] = {"limit": 100}
+        while True:
+            page = client.get("/jobs", params=params).json()
+            seen += [job["job_id"] for job in page["items"]]
+            if page["next_cursor"] is None:
+                break
+            params["cursor"] = page["next_cursor"]
+    assert seen == ids[::-1]
+
+
+def test_default_account_settings_apply_to_accounts_created_afterwards(
+    krea_emulator: EmulatorHandle,
+) -> None:
+    """configure(concurrency=..., backlog=..., balance_usd=...) sets the defaults of new accounts."""
+    krea_emulator.configure(concurrency=3, backlog=5, balance_usd=2.5)
+    created = krea_emulator.add_account()
+    assert (created["concurrency"], created["backlog"], created["balance_usd"]) == (3, 5, 2.5)
