@@ -167,8 +167,8 @@ def prepare_batch(
 
     base = dict(defaults or {})
     default_problems = catalog.validate(model, {PROMPT_COLUMN: "x", **base}).problems
-    # Required fields may come from the rows; each row is checked for them below.
-    for problem in (p for p in default_problems if p.rule != "required"):
+    # Only the defaults' own fields: required ones may come from the rows, checked per row.
+    for problem in (p for p in default_problems if p.field.split(".")[0].split("[")[0] in base):
         problems.append(
             PromptProblem(None, problem.field, problem.rule, f"in the defaults: {problem.message}")
         )

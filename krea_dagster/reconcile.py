@@ -12,10 +12,13 @@ did get an answer: such a job was created between our intent time and our answer
 ``created_at - submitted_at <= offset <= created_at - intent_at``; intersecting those bounds
 over recent rows gives a tight offset without trusting either clock.
 
-Matching is unique or nothing:
+Matching is unique or nothing. It rests on one assumption, stated here because everything
+depends on it: the account's API jobs are submitted through this ledger, so a job nobody knows
+that was created inside a window was created by one of the unresolved rows.
 
-- a candidate job inside exactly one window, whose window holds no other candidate, belongs to
-  that row (repeated until nothing changes);
+- a row whose window holds exactly one candidate that no other window holds gets it; a
+  candidate that only one window holds goes to that row when it is the row's only such
+  candidate (each row created at most one job); repeated until nothing changes;
 - a window that closed with no candidate proves nothing was created: the row is
   ``not_created`` and its prompt may be submitted again;
 - whatever is left is ambiguous: its candidates are cancelled while still pending (Krea does
@@ -157,19 +160,31 @@ def match_windows(
             owners[job_id].add(submission_id)
 
     found: dict[str, Candidate] = {}
+
+    def assign(submission_id: str, job_id: str) -> None:
+        found[submission_id] = by_job[job_id]
+        for other in inside.pop(submission_id):
+            owners[other].discard(submission_id)
+        for other in owners.pop(job_id):
+            inside[other].discard(job_id)
+
     changed = True
     while changed:
         changed = False
         for submission_id, jobs in list(inside.items()):
-            if len(jobs) != 1:
+            # The row's only candidate, wanted by no other row.
+            if len(jobs) == 1 and owners[next(iter(jobs))] == {submission_id}:
+                assign(submission_id, next(iter(jobs)))
+                changed = True
+        for job_id, rows in list(owners.items()):
+            # A job only one row could have created; that row has no other such job.
+            if job_id not in owners or len(rows) != 1:
                 continue
-            (job_id,) = jobs
-            if owners[job_id] != {submission_id}:
-                continue
-            found[submission_id] = by_job[job_id]
-            del inside[submission_id]
-            del owners[job_id]
-            changed = True
+            (submission_id,) = rows
+            exclusive = [job for job in inside[submission_id] if owners[job] == {submission_id}]
+            if exclusive == [job_id]:
+                assign(submission_id, job_id)
+                changed = True
 
     by_window = {w.submission_id: w for w in windows}
     result = Matching(found={k: v for k, v in found.items() if by_window[k].resolvable})
