@@ -1,0 +1,117 @@
+"""Every fixed count and knob of a bench run, recorded as is in ``latest.json``.
+
+Times are scaled from a real workload to a short render so the whole bench runs in minutes: Krea's
+gpt-image-2 renders for about 55 s and Krea advises polling every few seconds (3 s here), so at
+the emulator's 1 s render a poll interval of 3/55 s (0.055 s) is the same habit. Every client in
+the comparison, ours and the baselines, polls at that interval; the completion sensor ticks at its
+builder default (10 s) scaled the same way.
+"""
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SEED = 1234
+MODEL = "bfl/flux-1-dev"
+MODEL_PATH = f"/generate/image/{MODEL}"
+# The real job the times are scaled from, and the habits of a user running it.
+REFERENCE_RENDER_SECONDS = 55.0  # gpt-image-2
+REFERENCE_POLL_SECONDS = 3.0  # Krea: "poll every few seconds"
+REFERENCE_SENSOR_SECONDS = 10.0  # build_krea_sensors(completion_interval_seconds=10)
+
+
+@dataclass(frozen=True)
+class BenchParams:
+    """One bench configuration (``FULL`` or ``SMOKE``)."""
+
+    mode: str
+    seed: int = SEED
+    model: str = MODEL
+    width: int = 1024
+    height: int = 1024
+    # Emulator (fixed at start; scenarios that need other settings change them at run time
+    # through the admin API and say so).
+    concurrency: int = 8
+    render_seconds: float = 1.0
+    backlog: int = 20_000
+    balance_usd: float = 1_000_000.0
+    # 1. throughput
+    throughput_sizes: tuple[int, ...] = (50, 100, 200)
+    sequential_sizes: tuple[int, ...] = (10, 30)
+    parallel_workers: int = 8
+    deferred_size: int = 200
+    # 3. completion-sensor tick
+    sensor_pending: tuple[int, ...] = (1_000, 10_000)
+    sensor_ticks: int = 3
+    # 4./5. images step memory and CPU
+    memory_sizes: tuple[int, int] = (100, 5_000)
+    # 6. emulator capacity (bench/emulator_capacity.py)
+    capacity_requests: int = 5_000
+    capacity_clients: int = 16
+    capacity_live: int = 10_000
+    capacity_rounds: int = 3
+    capacity_images: int = 200
+    # 7. crash cost
+    crash_size: int = 24
+    crash_after: int = 12  # the k-th pass through the crash point kills the worker
+    crash_points: tuple[str, ...] = ("submit.after_post", "collect.after_download")
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def poll_interval(self) -> float:
+        """Seconds between polls, for every client: Krea's advice scaled to the render time."""
+        return self.render_seconds * REFERENCE_POLL_SECONDS / REFERENCE_RENDER_SECONDS
+
+    @property
+    def sensor_interval(self) -> float:
+        """Seconds between completion-sensor ticks (the builder default, scaled)."""
+        return self.render_seconds * REFERENCE_SENSOR_SECONDS / REFERENCE_RENDER_SECONDS
+
+    @property
+    def headline_size(self) -> int:
+        return max(self.throughput_sizes)
+
+    def ideal_seconds(self, size: int) -> float:
+        """Wall time of ``size`` jobs at the account's concurrency: whole waves of renders."""
+        return math.ceil(size / self.concurrency) * self.render_seconds
+
+    def emulator_args(self) -> list[str]:
+        return [
+            "--seed", str(self.seed),
+            "--concurrency", str(self.concurrency),
+            "--backlog", str(self.backlog),
+            "--balance-usd", str(self.balance_usd),
+            "--render-seconds", str(self.render_seconds),
+        ]  # fmt: skip
+
+    def to_record(self) -> dict[str, Any]:
+        record = asdict(self)
+        record.update(
+            poll_interval=round(self.poll_interval, 6),
+            sensor_interval=round(self.sensor_interval, 6),
+            reference_render_seconds=REFERENCE_RENDER_SECONDS,
+            reference_poll_seconds=REFERENCE_POLL_SECONDS,
+            reference_sensor_seconds=REFERENCE_SENSOR_SECONDS,
+            emulator_args=self.emulator_args(),
+        )
+        return record
+
+
+FULL = BenchParams(mode="full")
+SMOKE = BenchParams(
+    mode="smoke",
+    render_seconds=0.1,
+    throughput_sizes=(8,),
+    sequential_sizes=(2,),
+    deferred_size=8,
+    sensor_pending=(20, 50),
+    sensor_ticks=1,
+    memory_sizes=(4, 12),
+    capacity_requests=200,
+    capacity_clients=4,
+    capacity_live=50,
+    capacity_rounds=1,
+    capacity_images=10,
+    crash_size=6,
+    crash_after=3,
+)
