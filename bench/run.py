@@ -1,0 +1,132 @@
+"""The bench command: start the emulator, run every scenario, write and print the results.
+
+``python -m bench`` (full, about 10 minutes on 2 cores) or ``python -m bench --smoke`` (tiny
+counts, seconds). Results go to ``bench/results/`` unless ``--out`` says otherwise.
+"""
+
+import argparse
+import datetime
+import logging
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from bench import report, scenarios
+from bench.params import FULL, SMOKE, BenchParams
+from krea_dagster.emulator.testing import spawn_emulator
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _say(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def run_all(params: BenchParams, scratch: Path) -> dict[str, Any]:
+    """Every scenario against one emulator subprocess; the raw results."""
+    results: dict[str, Any] = {}
+    with spawn_emulator(*params.emulator_args()) as emulator:
+        bench = scenarios.Bench(params, emulator, scratch)
+        results["inline"] = {}
+        results["naive_parallel"] = {}
+        for size in params.throughput_sizes:
+            _say(f"1. throughput, N = {size}: krea-dagster inline")
+            results["inline"][str(size)] = scenarios.time_inline_batch(bench, size)
+            _say(f"1. throughput, N = {size}: naive parallel")
+            results["naive_parallel"][str(size)] = scenarios.time_naive_parallel(bench, size)
+        _say(f"1. throughput, N = {params.deferred_size}: krea-dagster deferred")
+        results["deferred"] = scenarios.time_deferred_batch(bench, params.deferred_size)
+        results["naive_sequential"] = {}
+        for size in params.sequential_sizes:
+            _say(f"1. throughput, N = {size}: naive sequential")
+            results["naive_sequential"][str(size)] = scenarios.time_naive_sequential(bench, size)
+        points = [(int(s), r["seconds"]) for s, r in results["naive_sequential"].items()]
+        n = params.headline_size
+        measured = str(n) in results["naive_sequential"]
+        at_n = scenarios.extrapolate(points, n)
+        slope = scenarios.extrapolate(points, 1) - scenarios.extrapolate(points, 0)
+        results["naive_sequential_fit"] = {
+            "intercept": scenarios.extrapolate(points, 0),
+            "slope": slope,
+        }
+        results["naive_sequential_at_headline"] = {
+            "size": n,
+            "seconds": results["naive_sequential"][str(n)]["seconds"] if measured else at_n,
+            "extrapolated": not measured,
+            "from_sizes": list(params.sequential_sizes),
+        }
+        results["sensor"] = {}
+        for pending in params.sensor_pending:
+            _say(f"3. completion-sensor tick, {pending} pending jobs")
+            results["sensor"][str(pending)] = scenarios.time_completion_tick(bench, pending)
+        results["images_step"] = {}
+        for size in params.memory_sizes:
+            _say(f"4./5. images step alone, N = {size} (subprocess)")
+            results["images_step"][str(size)] = scenarios.measure_images_step(bench, size)
+        _say("7. crash cost: clean reference run")
+        clean = scenarios.time_clean_crash_batch(bench)
+        points_run = []
+        for point in params.crash_points:
+            _say(f"7. crash cost: kill -9 at {point} #{params.crash_after}, then re-run")
+            points_run.append(scenarios.count_crash_cost(bench, point, clean))
+        results["crash"] = {"clean": clean, "points": points_run}
+    _say("6. emulator capacity (its own emulators)")
+    results["emulator_capacity"] = scenarios.measure_emulator_capacity(bench)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny counts: seconds, not minutes")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="directory for latest.*")
+    parser.add_argument(
+        "--scratch",
+        type=Path,
+        default=None,
+        help="where work directories (ledgers, stores, Dagster instances) go; default: the "
+        "system temporary directory",
+    )
+    args = parser.parse_args(argv)
+    params = SMOKE if args.smoke else FULL
+    # Dagster's per-event DEBUG lines and experimental warnings would drown the progress lines.
+    logging.getLogger("dagster").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore")
+    started = time.perf_counter()
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="krea-bench-", dir=args.scratch) as scratch:
+        results = run_all(params, Path(scratch))
+    values = report.figures(params, results)
+    bad = [key for key, value in values.items() if not math.isfinite(value)]
+    if bad:
+        raise RuntimeError(f"non-finite figures: {bad}")
+    record: dict[str, Any] = {
+        **values,
+        "goals": report.goal_table(params, values),
+        "params": params.to_record(),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            # Other work on the machine skews the absolute times (the ratios less so).
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        },
+        "generated_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "bench_seconds": time.perf_counter() - started,
+        "scenarios": results,
+    }
+    table = report.markdown(params, values, results)
+    report.write(args.out, record, table, params, results)
+    print(table)
+    _say(f"done in {record['bench_seconds']:.0f} s; results in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
