@@ -62,3 +62,47 @@ def test_kill_9_then_rerun_pays_once_and_finishes(
             assert crashed["jobs_created"] == 0
         if crash_at == "submit.after_post":
             assert crashed["jobs_created"] == 1
+
+
+def test_terminating_the_run_cancels_its_pending_jobs(tmp_path, build, emulator, prompts_dir):
+    """An interrupted run (SIGINT, what terminating a run delivers) cancels its jobs still rendering at Krea."""
+    import time
+
+    emulator.configure(render_seconds=120.0, time_scale=1.0)
+    write_batch(prompts_dir, "b1", prompt_rows(3))
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    store, ledger = tmp_path / "store", f"sqlite:///{tmp_path / 'ledger.db'}"
+    assets = build("crash", store=store, ledger=ledger)
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
+        instance.add_dynamic_partitions(assets.partitions_def.name, ["b1"])
+        env = {**os.environ, "DAGSTER_HOME": str(home)}
+        worker = subprocess.Popen(
+            [
+                sys.executable,
+                str(DRIVER),
+                str(prompts_dir),
+                str(store),
+                ledger,
+                emulator.base_url,
+                emulator.token,
+                "b1",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while emulator.stats()["jobs_created"] < 3 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(2.0)  # the images step is now polling the rendering jobs
+            worker.send_signal(signal.SIGINT)
+            worker.wait(timeout=60)
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+        stats = emulator.stats()
+        assert stats["jobs_by_status"]["cancelled"] == 3, worker.stderr.read().decode()[-2000:]
+        assert stats["jobs_billed"] == 0
+        assert {row.state for row in assets.pipeline.ledger.rows("crash", "b1")} == {"cancelled"}
