@@ -3,10 +3,13 @@
 Polling and downloading overlap: an image is fetched as soon as a poll sees its job completed,
 so the last image lands moments after Krea finishes the last job. Polls go through the
 client's ``poll_many`` (one ``GET /jobs`` page for up to 1000 pending jobs), never one request
-per job per round. Downloads stream to a local staging file (hashed while streaming, never held
-in memory), are decoded and size-checked, and are then moved into the content-addressed store
-in one step; the ledger records the URI, hash and size. Memory stays flat however large the
-batch: at most ``max_downloads`` files are in flight and only a few dozen thumbnails are kept.
+per job per round, and no more rounds than the batch needs: while many jobs are pending the wait
+between rounds grows with the time they still need (see ``REMAINING_FRACTION``), so a batch
+costs about one request per image, POST included. Downloads stream to a local staging file
+(hashed while streaming, never held in memory), are decoded and size-checked, and are then
+moved into the content-addressed store in one step; the ledger records the URI, hash and size.
+Memory stays flat however large the batch: at most ``max_downloads`` files are in flight and
+only a few dozen thumbnails are kept.
 """
 
 import asyncio
@@ -22,7 +25,7 @@ from typing import Any
 
 from PIL import Image
 
-from krea_dagster.api import AsyncKreaClient, DownloadError, Job, KreaError
+from krea_dagster.api import AsyncKreaClient, DownloadError, Job, JobStatus, KreaError
 from krea_dagster.crashpoints import crash_point
 from krea_dagster.ledger import Ledger, Submission, SubmissionState
 from krea_dagster.prompts import expected_aspect_ratio, expected_size
@@ -41,6 +44,15 @@ __all__ = [
 THUMBNAIL_PIXELS = 64
 ASPECT_TOLERANCE = 0.02
 PROGRESS_EVERY_SECONDS = 5.0
+# A batch at the account's concurrency finishes at a steady rate, and between two polls only the
+# jobs that finished matter: polling all of them every poll_interval while hundreds are still
+# pending buys nothing but requests. So the wait before the next poll is this fraction of the
+# time the pending jobs still need at the completion rate seen so far (before any completion,
+# of the time already waited, while jobs are backlogged), never below poll_interval and never
+# above MAX_WAIT_FACTOR poll intervals (the rate can change: concurrency raised, other work
+# done). As the batch drains the wait shrinks back to poll_interval.
+REMAINING_FRACTION = 0.5
+MAX_WAIT_FACTOR = 30
 
 
 @dataclass(frozen=True)
@@ -152,6 +164,7 @@ class BatchCollector:
         """Poll pending rows and store every completed row's image; returns what happened."""
         started = self.clock()
         self._captions = captions
+        await asyncio.to_thread(self.store.sweep_staging)
         rows = list(rows)
         self._downloads: asyncio.Queue[Submission | None] = asyncio.Queue()
         workers = [asyncio.create_task(self._download_worker()) for _ in range(self.max_downloads)]
@@ -171,12 +184,15 @@ class BatchCollector:
         pending = {row.job_id: row for row in rows if row.job_id}
         deadline = self.clock() + self.poll_timeout
         last_progress = self.clock()
+        first_poll: float | None = None
+        finished = 0  # jobs seen turning terminal after the first poll
         while pending:
             created = [row.krea_created_at for row in pending.values() if row.krea_created_at]
             jobs = await self.client.poll_many(
                 list(pending), created_after=min(created) if created else None
             )
             self.report.polls += 1
+            before = len(pending)
             changed = await asyncio.to_thread(
                 self.ledger.update_jobs, [job_update(job) for job in jobs]
             )
@@ -191,6 +207,10 @@ class BatchCollector:
             if not pending:
                 break
             now = self.clock()
+            if first_poll is None:
+                first_poll = now
+            else:
+                finished += before - len(pending)
             if now - last_progress >= PROGRESS_EVERY_SECONDS:
                 self.log.info(
                     f"{self.batch}: {len(pending)} job(s) still rendering, "
@@ -200,7 +220,19 @@ class BatchCollector:
             if now >= deadline:
                 await self._timed_out(list(pending))
                 return
-            await asyncio.sleep(min(self.poll_interval, max(deadline - now, 0)))
+            backlogged = sum(1 for job in jobs if job.status == JobStatus.BACKLOGGED)
+            wait = self._next_wait(len(pending), finished, now - first_poll, backlogged)
+            await asyncio.sleep(min(wait, max(deadline - now, 0)))
+
+    def _next_wait(self, pending: int, finished: int, elapsed: float, backlogged: int) -> float:
+        """Seconds until the next poll (see ``REMAINING_FRACTION``)."""
+        if finished:
+            guess = REMAINING_FRACTION * elapsed * pending / finished
+        elif backlogged:
+            guess = REMAINING_FRACTION * elapsed
+        else:
+            guess = 0.0  # every job is running: the batch may end any moment
+        return min(max(self.poll_interval, guess), MAX_WAIT_FACTOR * self.poll_interval)
 
     async def _timed_out(self, job_ids: list[str]) -> None:
         self.report.timed_out = job_ids

@@ -17,8 +17,10 @@ Layout::
 ``storage_options``).
 """
 
+import contextlib
 import os
 import shutil
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -110,6 +112,18 @@ class ImageStore:
             directory = (base or Path(os.environ.get("TMPDIR", "/tmp"))) / "krea-dagster-staging"
         directory.mkdir(parents=True, exist_ok=True)
         return directory
+
+    def sweep_staging(self, older_than_seconds: float = 3600.0) -> int:
+        """Delete staging files a killed worker left behind; returns how many."""
+        directory = self.staging_dir()
+        cutoff = time.time() - older_than_seconds
+        removed = 0
+        for leftover in directory.glob("*.part*"):
+            with contextlib.suppress(OSError):
+                if leftover.stat().st_mtime < cutoff:
+                    leftover.unlink()
+                    removed += 1
+        return removed
 
     def batch_uri(self, prefix: str) -> str:
         return self.uri(self._path(prefix, "images"))

@@ -78,11 +78,13 @@ def test_accept_then_drop_then_reconcile_bills_exactly_one_job(emulator):
 
 def test_errors_from_the_emulator_map_to_the_client_classes(emulator):
     """401, 402, 400 (after local validation is skipped) and 404 become their typed errors."""
-    with KreaClient(
-        api_key="00000000-0000-4000-8000-00000000dead:wrong", base_url=emulator.base_url
-    ) as bad:
-        with pytest.raises(AuthenticationError, match="id:secret"):
-            bad.get_job("00000000-0000-4000-8000-000000000001")
+    with (
+        KreaClient(
+            api_key="00000000-0000-4000-8000-00000000dead:wrong", base_url=emulator.base_url
+        ) as bad,
+        pytest.raises(AuthenticationError, match="id:secret"),
+    ):
+        bad.get_job("00000000-0000-4000-8000-000000000001")
     with KreaClient(api_key=emulator.token, base_url=emulator.base_url) as client:
         with pytest.raises(BadRequestError, match="width"):
             client.submit("bfl/flux-1-dev", {"prompt": "a", "width": 99999}, validate=False)

@@ -185,11 +185,11 @@ def test_unreadable_files_say_what_to_do(tmp_path):
     (tmp_path / "latin.csv").write_bytes("prompt\ncaf\xe9\n".encode("latin-1"))
     (tmp_path / "empty.csv").write_text("")
     (tmp_path / "broken.parquet").write_bytes(b"not parquet")
-    with pytest.raises(PromptSourceError, match="not valid UTF-8.*save the file as UTF-8"):
+    with pytest.raises(PromptSourceError, match=r"not valid UTF-8.*save the file as UTF-8"):
         read_table(tmp_path / "latin.csv")
     with pytest.raises(PromptSourceError, match="empty"):
         read_table(tmp_path / "empty.csv")
-    with pytest.raises(PromptSourceError, match="broken.parquet: cannot be read"):
+    with pytest.raises(PromptSourceError, match=r"broken\.parquet: cannot be read"):
         read_table(tmp_path / "broken.parquet")
 
 
