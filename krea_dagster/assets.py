@@ -505,7 +505,13 @@ def _images_asset(
             krea,
             context,
             lambda: asyncio.run(
-                pipeline.collect(krea, prompts, batch=batch, generation=generation)
+                pipeline.collect(
+                    krea,
+                    prompts,
+                    batch=batch,
+                    generation=generation,
+                    run_is_active=_run_is_active(context),
+                )
             ),
         )
         carried = [c for c in prompts.columns if c not in PROMPTS_TABLE_COLUMNS]

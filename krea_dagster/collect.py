@@ -18,6 +18,7 @@ import io
 import logging
 import math
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from PIL import Image
 
 from krea_dagster.api import AsyncKreaClient, DownloadError, Job, JobStatus, KreaError
 from krea_dagster.crashpoints import crash_point
-from krea_dagster.ledger import Ledger, Submission, SubmissionState
+from krea_dagster.ledger import Ledger, Submission
 from krea_dagster.prompts import expected_aspect_ratio, expected_size
 from krea_dagster.store import ImageStore
 from krea_dagster.submit import job_update
@@ -169,7 +170,7 @@ class BatchCollector:
         self._downloads: asyncio.Queue[Submission | None] = asyncio.Queue()
         workers = [asyncio.create_task(self._download_worker()) for _ in range(self.max_downloads)]
         for row in rows:
-            if row.state == SubmissionState.COMPLETED:
+            if row.state == JobStatus.COMPLETED:
                 await self._downloads.put(row)
         try:
             await self._poll(row for row in rows if row.is_pending_at_krea)
@@ -199,7 +200,7 @@ class BatchCollector:
             for row in changed:
                 if row.is_terminal:
                     pending.pop(row.job_id or "", None)
-                if row.state == SubmissionState.COMPLETED:
+                if row.state == JobStatus.COMPLETED:
                     await self._downloads.put(row)
             for job in jobs:
                 if job.is_terminal:
@@ -287,8 +288,10 @@ class BatchCollector:
             return
         staging = await asyncio.to_thread(self.store.staging_dir)
         try:
-            # One staging file per submission: two prompts may render identical bytes.
-            downloaded = await self.client.download(url, staging / f"{row.submission_id}.part")
+            # One staging file per download: two prompts may render identical bytes, and two
+            # workers of one batch may download the same submission into a shared staging dir.
+            name = f"{row.submission_id}.{uuid.uuid4().hex[:12]}.part"
+            downloaded = await self.client.download(url, staging / name)
         except DownloadError as error:
             await self._image_error(row, "download_failed", str(error))
             return

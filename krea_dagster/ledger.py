@@ -39,8 +39,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from krea_dagster.api.models import TERMINAL_STATUSES, JobStatus
+
 __all__ = [
-    "LIVE_STATES",
     "PAID_STATES",
     "SCHEMA_VERSION",
     "TERMINAL_STATES",
@@ -55,34 +56,22 @@ SCHEMA_VERSION = 1
 
 
 class SubmissionState(StrEnum):
-    """Where a submission stands; Krea's own statuses are stored verbatim."""
+    """The ledger's own states, before a row has (or instead of) a Krea status.
+
+    Once Krea answers, a row's state is the job's status (``JobStatus``), stored verbatim, so a
+    status Krea adds later is kept too.
+    """
 
     INTENT = "intent"
     UNKNOWN = "unknown"
     NOT_CREATED = "not_created"
-    BACKLOGGED = "backlogged"
-    QUEUED = "queued"
-    SCHEDULED = "scheduled"
-    PROCESSING = "processing"
-    SAMPLING = "sampling"
-    INTERMEDIATE_COMPLETE = "intermediate-complete"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
 
 
 TERMINAL_STATES = frozenset(
-    {
-        SubmissionState.COMPLETED,
-        SubmissionState.FAILED,
-        SubmissionState.CANCELLED,
-        SubmissionState.NOT_CREATED,
-    }
+    {*(status.value for status in TERMINAL_STATUSES), SubmissionState.NOT_CREATED.value}
 )
-PAID_STATES = frozenset({SubmissionState.COMPLETED})
-# Everything that is not terminal is live, including Krea statuses this version does not know.
-LIVE_STATES = frozenset(set(SubmissionState) - TERMINAL_STATES)
-UNRESOLVED_STATES = frozenset({SubmissionState.INTENT, SubmissionState.UNKNOWN})
+PAID_STATES = frozenset({JobStatus.COMPLETED.value})
+UNRESOLVED_STATES = frozenset({SubmissionState.INTENT.value, SubmissionState.UNKNOWN.value})
 
 
 class LedgerSchemaError(RuntimeError):
@@ -525,7 +514,7 @@ class Ledger:
         """An unresolved row whose possible jobs were all cancelled before being billed."""
         self._update(
             submission_id,
-            state=SubmissionState.CANCELLED.value,
+            state=JobStatus.CANCELLED.value,
             error_code="unattributed",
             error_message=message,
         )
@@ -575,7 +564,7 @@ class Ledger:
                         values["completed_at"] = update.completed_at
                     if update.created_at is not None and current.krea_created_at is None:
                         values["krea_created_at"] = update.created_at
-                    if update.status == SubmissionState.COMPLETED:
+                    if update.status == JobStatus.COMPLETED:
                         # Krea does not report the charge per job; the catalog price is it.
                         values["cost_usd"] = current.estimated_usd
                     conn.execute(
@@ -669,8 +658,8 @@ class Ledger:
             submissions_table.c.scope == scope,
             submissions_table.c.job_id.is_not(None),
             # Unknown future Krea statuses are live too: select by "not terminal".
-            submissions_table.c.state.not_in([s.value for s in TERMINAL_STATES]),
-            submissions_table.c.state.not_in([s.value for s in UNRESOLVED_STATES]),
+            submissions_table.c.state.not_in(sorted(TERMINAL_STATES)),
+            submissions_table.c.state.not_in(sorted(UNRESOLVED_STATES)),
         )
         if batch is not None:
             query = query.where(submissions_table.c.batch == batch)
@@ -681,7 +670,7 @@ class Ledger:
     def unresolved(self, scope: str | None = None) -> list[Submission]:
         """Rows whose outcome at Krea is not known (intent written, answer never recorded)."""
         query = sa.select(submissions_table).where(
-            submissions_table.c.state.in_([s.value for s in UNRESOLVED_STATES])
+            submissions_table.c.state.in_(sorted(UNRESOLVED_STATES))
         )
         if scope is not None:
             query = query.where(submissions_table.c.scope == scope)

@@ -22,6 +22,7 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
+from krea_dagster.api import JobStatus
 from krea_dagster.collect import Thumbnail
 from krea_dagster.ledger import Submission, SubmissionState
 
@@ -71,11 +72,14 @@ def row_status(row: Submission | None) -> str:
         return ManifestStatus.NOT_SUBMITTED
     if row.is_unresolved:
         return ManifestStatus.UNRESOLVED
-    if row.state == SubmissionState.COMPLETED:
-        return ManifestStatus.COMPLETED if row.image_uri else ManifestStatus.IMAGE_ERROR
-    if row.state == SubmissionState.FAILED:
+    if row.state == JobStatus.COMPLETED:
+        if row.image_uri:
+            return ManifestStatus.COMPLETED
+        # Storing the image failed (the collector records why), or nobody stored it yet.
+        return ManifestStatus.IMAGE_ERROR if row.error_code else ManifestStatus.PENDING
+    if row.state == JobStatus.FAILED:
         return ManifestStatus.FAILED
-    if row.state == SubmissionState.CANCELLED:
+    if row.state == JobStatus.CANCELLED:
         return ManifestStatus.CANCELLED
     return ManifestStatus.PENDING
 
@@ -118,7 +122,11 @@ def build_manifest(
             )
         elif status == ManifestStatus.PENDING:
             record["error_code"] = record["error_code"] or "pending"
-            record["error_message"] = record["error_message"] or f"job is {row.state} at Krea"
+            record["error_message"] = record["error_message"] or (
+                "job completed at Krea; its image is not stored yet"
+                if row.is_paid
+                else f"job is {row.state} at Krea"
+            )
         for column in carried_columns:
             record[column] = prompt.get(column)
         records.append(record)

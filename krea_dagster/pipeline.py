@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -382,32 +383,92 @@ class KreaImagePipeline:
         *,
         batch: str,
         generation: int,
+        run_is_active: Callable[[str], bool] | None = None,
     ) -> CollectReport:
-        """Wait for pending jobs and store every completed job's image."""
+        """Wait for pending jobs and store every completed job's image.
+
+        Prompts that another live worker of the same batch is still submitting or storing (two
+        runs launched at once, a retry overlapping its original) are waited for as well, within
+        the same poll timeout: this run's manifest then shows their images too instead of
+        calling them missing.
+        """
         keys = set(prompts["prompt_key"])
         rows = [row for key, row in self.latest(batch, generation).items() if key in keys]
         captions = dict(zip(prompts["prompt_key"], prompts["prompt"], strict=True))
         poll_timeout = krea.poll_timeout or self.spec.default_wait_timeout
+        deadline = time.monotonic() + poll_timeout
         async with krea.async_client() as client:
-            collector = BatchCollector(
-                client,
-                self.ledger,
-                self.store,
-                prefix=self.prefix,
-                batch=batch,
-                poll_interval=krea.poll_interval,
-                poll_timeout=poll_timeout,
-                max_downloads=krea.max_concurrent_downloads,
-                thumbnails=self.thumbnails,
-                cancel_on_timeout=krea.on_poll_timeout == "cancel",
-                log=self.log,
-            )
-            report = await collector.run(rows, captions)
+            report = await self._collector(client, krea, batch, poll_timeout).run(rows, captions)
+            while waiting := await asyncio.to_thread(
+                self._in_progress_elsewhere, batch, generation, keys, run_is_active
+            ):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                await asyncio.sleep(min(krea.poll_interval, remaining))
+                more = await self._collector(client, krea, batch, remaining).run(waiting, captions)
+                report.polls += more.polls
+                report.downloaded += more.downloaded
+                report.already_stored += more.already_stored
+                report.image_errors += more.image_errors
+                report.thumbnails.extend(
+                    more.thumbnails[: self.thumbnails - len(report.thumbnails)]
+                )
         if len(report.thumbnails) < self.thumbnails:
+            stored = [row for key, row in self.latest(batch, generation).items() if key in keys]
             report.thumbnails.extend(
-                await asyncio.to_thread(self._stored_thumbnails, rows, captions, report.thumbnails)
+                await asyncio.to_thread(
+                    self._stored_thumbnails, stored, captions, report.thumbnails
+                )
             )
         return report
+
+    def _collector(
+        self, client: AsyncKreaClient, krea: KreaResource, batch: str, poll_timeout: float
+    ) -> BatchCollector:
+        return BatchCollector(
+            client,
+            self.ledger,
+            self.store,
+            prefix=self.prefix,
+            batch=batch,
+            poll_interval=krea.poll_interval,
+            poll_timeout=poll_timeout,
+            max_downloads=krea.max_concurrent_downloads,
+            thumbnails=self.thumbnails,
+            cancel_on_timeout=krea.on_poll_timeout == "cancel",
+            log=self.log,
+        )
+
+    def _in_progress_elsewhere(
+        self,
+        batch: str,
+        generation: int,
+        keys: set[str],
+        run_is_active: Callable[[str], bool] | None,
+    ) -> list[Submission]:
+        """Rows still moving after this run's collection: submitted by a live worker and not
+        answered yet, rendering at Krea, or completed with the image not stored yet."""
+        now = utcnow()
+        moving = []
+        for key, row in self.latest(batch, generation).items():
+            if key not in keys:
+                continue
+            if (
+                row.is_pending_at_krea
+                or (row.is_paid and row.image_uri is None and row.error_code is None)
+                or (
+                    row.is_unresolved
+                    and owner_is_alive(
+                        row,
+                        run_is_active=run_is_active,
+                        stale_after=DEFAULT_STALE_AFTER,
+                        now=now,
+                    )
+                )
+            ):
+                moving.append(row)
+        return moving
 
     def _stored_thumbnails(
         self, rows: Sequence[Submission], captions: Mapping[str, str], have: Sequence[Thumbnail]

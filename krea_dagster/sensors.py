@@ -26,9 +26,9 @@ from typing import Any
 
 import dagster as dg
 
-from krea_dagster.api import KreaError
+from krea_dagster.api import JobStatus, KreaError
 from krea_dagster.assets import KreaImageAssets
-from krea_dagster.ledger import Submission, SubmissionState, utcnow
+from krea_dagster.ledger import Submission, utcnow
 from krea_dagster.resource import KreaResource
 from krea_dagster.submit import job_update
 
@@ -246,9 +246,9 @@ def completion_tick(
             )
         if counts["pending"] or counts["unresolved"]:
             continue
-        if not any(
-            row.state == SubmissionState.COMPLETED and not row.image_uri for row in rows
-        ) and (batch not in changed_batches):
+        if not any(row.state == JobStatus.COMPLETED and not row.image_uri for row in rows) and (
+            batch not in changed_batches
+        ):
             continue  # nothing new to collect for this batch
         watermark = max(row.updated_at for row in rows).strftime("%Y%m%dT%H%M%S%f")
         run_key = f"{batch}:g{generation}:{watermark}"
@@ -279,7 +279,7 @@ def completion_tick(
 def _progress_state(row: Submission) -> str:
     if row.is_unresolved:
         return "unresolved"
-    if row.state in (SubmissionState.COMPLETED,):
+    if row.state in (JobStatus.COMPLETED,):
         return "completed"
     if row.is_terminal:
         return "failed"

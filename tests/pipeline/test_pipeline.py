@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from krea_dagster import KreaTranslator
-from krea_dagster.ledger import SubmissionState
+from krea_dagster.api import JobStatus
 
 from .conftest import (
     check_results,
@@ -372,7 +372,7 @@ def test_ledger_rows_record_the_whole_story(build, emulator, krea, instance, pro
     assets = build()
     materialize(assets, "b1", instance=instance, krea=krea)
     for row in assets.pipeline.ledger.rows(assets.prefix, "b1"):
-        assert row.state == SubmissionState.COMPLETED
+        assert row.state == JobStatus.COMPLETED
         assert row.job_id and row.result_url and row.image_uri and row.sha256
         assert (row.width, row.height) == (512, 512)
         assert row.cost_usd == pytest.approx(0.007)
