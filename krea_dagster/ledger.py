@@ -546,10 +546,10 @@ class Ledger:
                     sa.select(submissions_table).where(submissions_table.c.job_id.in_(chunk))
                 ).mappings()
                 for row in rows:
+                    update = by_id[row["job_id"] or ""]
+                    if row["state"] == update.status and row["result_url"] == update.result_url:
+                        continue  # unchanged, like most rows of a big poll: no record to build
                     current = Submission.from_row(row)
-                    update = by_id[current.job_id or ""]
-                    if current.state == update.status and current.result_url == update.result_url:
-                        continue
                     if current.is_terminal and update.status not in TERMINAL_STATES:
                         continue  # never move backwards (a stale page after a fresher GET)
                     values: dict[str, Any] = {
