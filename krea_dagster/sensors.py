@@ -194,6 +194,7 @@ def completion_tick(
     pending = pipeline.ledger.pending(pipeline.scope)
     pending.sort(key=lambda row: row.krea_created_at or row.intent_at, reverse=True)
     polled = 0
+    finished: set[str] = set()  # job ids this tick saw terminal
     changed_batches: set[str] = set()
     offset = cursor.offset if cursor.offset < len(pending) else 0
     order = pending[offset:] + pending[:offset]
@@ -212,6 +213,7 @@ def completion_tick(
             break
         for row in pipeline.ledger.update_jobs([job_update(job) for job in jobs]):
             changed_batches.add(row.batch)
+        finished.update(job.job_id for job in jobs if job.is_terminal)
         polled += len(chunk)
     if polled < len(order):
         context.log.info(
@@ -219,7 +221,8 @@ def completion_tick(
             "pending jobs; the next tick continues from there"
         )
     next_offset = (offset + polled) % len(order) if order and polled < len(order) else 0
-    timed_out = _handle_poll_timeouts(context, assets, krea)
+    still_pending = [row for row in pending if row.job_id not in finished]
+    timed_out = _handle_poll_timeouts(context, assets, krea, still_pending)
     changed_batches |= timed_out
 
     run_requests: list[dg.RunRequest] = []
@@ -287,17 +290,20 @@ def _progress_state(row: Submission) -> str:
 
 
 def _handle_poll_timeouts(
-    context: dg.SensorEvaluationContext, assets: KreaImageAssets, krea: KreaResource
+    context: dg.SensorEvaluationContext,
+    assets: KreaImageAssets,
+    krea: KreaResource,
+    pending: Sequence[Submission],
 ) -> set[str]:
-    """Jobs pending longer than poll_timeout: cancelled or reported, per the resource."""
+    """Jobs pending longer than poll_timeout: cancelled or reported, per the resource.
+
+    ``pending`` is the tick's own list minus what its polls saw finish: reading every pending
+    row from the ledger a second time was a quarter of a 10,000-job tick.
+    """
     pipeline = assets.pipeline
     timeout = timedelta(seconds=krea.poll_timeout or pipeline.spec.default_wait_timeout)
     now = utcnow()
-    overdue = [
-        row
-        for row in pipeline.ledger.pending(pipeline.scope)
-        if now - (row.krea_created_at or row.intent_at) > timeout
-    ]
+    overdue = [row for row in pending if now - (row.krea_created_at or row.intent_at) > timeout]
     if not overdue:
         return set()
     if krea.on_poll_timeout != "cancel":
