@@ -53,6 +53,8 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
+# PostgreSQL advisory lock key that serializes schema creation (any constant 64-bit integer).
+_SCHEMA_LOCK = 0x6B726561_6C656467  # "krealedg"
 
 
 class SubmissionState(StrEnum):
@@ -296,6 +298,11 @@ class Ledger:
 
     def _migrate(self, engine: Engine) -> None:
         with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Workers that share a fresh ledger all create its schema on first use; two
+                # concurrent CREATE TABLEs fail (DuplicateTable, or UniqueViolation on pg_type).
+                # Taking turns makes the later ones see the tables and create nothing.
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
             metadata.create_all(conn)
             version = conn.execute(
                 sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version")
