@@ -400,10 +400,24 @@ class Ledger:
         current = self.current_generation(scope, batch)
         if current:
             return current
+        # Insert generation 1 itself, not through start_generation: when two workers start a
+        # new batch at the same moment, the loser's retry there would open generation 2 (and
+        # then 3, 4...) and every worker would pay for the whole batch again.
         try:
-            return self.start_generation(scope, batch, reason="first", run_id=run_id)
-        except RuntimeError:
-            return self.current_generation(scope, batch)
+            with self.transaction() as conn:
+                conn.execute(
+                    generations_table.insert().values(
+                        scope=scope,
+                        batch=batch,
+                        generation=1,
+                        reason="first",
+                        run_id=run_id,
+                        started_at=utcnow(),
+                    )
+                )
+            return 1
+        except sa.exc.IntegrityError:
+            return self.current_generation(scope, batch)  # a concurrent worker opened it
 
     # -- the submission protocol -----------------------------------------------------------
 
