@@ -40,8 +40,13 @@ def deployment(
     token: str | None = None,
     webserver: bool = False,
     location_env: Mapping[str, str] | None = None,
+    start: bool = True,
 ) -> Iterator[Deployment]:
-    """A started ``Deployment`` with its own databases, S3 prefix and emulator; all torn down."""
+    """A ``Deployment`` with its own databases, S3 prefix and emulator; all torn down.
+
+    With ``start=False`` no Dagster process is started: the instance, ledger, store and emulator
+    are ready for run workers the test starts itself.
+    """
     suffix = secrets.token_hex(5)
     dagster_db = f"krea_sys_dagster_{suffix}"
     ledger_db = f"krea_sys_ledger_{suffix}"
@@ -65,7 +70,8 @@ def deployment(
             api_key=token,
             location_env=location_env,
         )
-        deployed.start(webserver=webserver)
+        if start:
+            deployed.start(webserver=webserver)
         yield deployed
     finally:
         try:

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -186,6 +186,8 @@ def instance_yaml(dagster_db_url: str) -> dict[str, Any]:
     # queued runs in parallel, but on 2 cores two run workers importing at once are slower
     # than one after the other: measured 52 s against 40 s for the end-to-end test.)
     config["run_coordinator"]["config"]["dequeue_interval_seconds"] = 1
+    # A killed worker's pool slot comes back after 2 s instead of a minute or two.
+    config["run_monitoring"].update(poll_interval_seconds=2, free_slots_after_run_end_seconds=2)
     return config
 
 
@@ -433,6 +435,20 @@ class Deployment:
             if run.asset_selection and IMAGES_KEY in run.asset_selection
         ]
 
+    def latest_metadata(self, key: dg.AssetKey, batch: str) -> dict[str, Any]:
+        """Metadata values of the latest materialization of ``key`` for ``batch``."""
+        result = self.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[batch]), limit=1
+        )
+        (record,) = result.records
+        materialization = record.asset_materialization
+        assert materialization is not None
+        return {name: value.value for name, value in materialization.metadata.items()}
+
+    def materialized_for(self, batch: str) -> set[str]:
+        """Which of images and the downstream report are materialized for ``batch``."""
+        return {key.path[-1] for key in (IMAGES_KEY, REPORT_KEY) if batch in self.materialized(key)}
+
     def batch_done(self, batches: Iterable[str]) -> bool:
         """images and the downstream report are materialized for every batch."""
         wanted = set(batches)
@@ -532,3 +548,19 @@ def store_text(store_uri: str) -> dict[str, bytes]:
 def hits(blobs: Mapping[str, bytes], needles: Sequence[bytes]) -> list[str]:
     """Names of the blobs that contain any of ``needles``."""
     return [name for name, blob in blobs.items() if any(needle in blob for needle in needles)]
+
+
+@contextlib.contextmanager
+def s3_environment(deployed: Deployment) -> Iterator[None]:
+    """The deployment's AWS_* variables in this process, for s3fs."""
+    names = [name for name in deployed.base_env if name.startswith("AWS_")]
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update({name: deployed.base_env[name] for name in names})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -7,10 +7,7 @@ the emulator (``safety_filter``) so the UI has a failure to show and the checks 
 recorded failure as resolved.
 """
 
-import contextlib
-import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +26,7 @@ from .harness import (
     database_text,
     files_text,
     hits,
+    s3_environment,
     store_text,
     wait_for,
     write_prompts,
@@ -273,19 +271,3 @@ def test_token_appears_nowhere_the_deployment_writes(topology, finished):
     assert hits(environ, needles) == ["code server"]
     for process in (topology.daemon, topology.webserver):
         assert token not in Path(f"/proc/{process.pid}/environ").read_bytes()
-
-
-@contextlib.contextmanager
-def s3_environment(deployed: Deployment) -> Iterator[None]:
-    """The deployment's AWS_* variables in this process, for s3fs."""
-    names = [name for name in deployed.base_env if name.startswith("AWS_")]
-    saved = {name: os.environ.get(name) for name in names}
-    os.environ.update({name: deployed.base_env[name] for name in names})
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
