@@ -114,4 +114,5 @@ SMOKE = BenchParams(
     capacity_images=10,
     crash_size=6,
     crash_after=3,
+    crash_points=("submit.after_post",),
 )

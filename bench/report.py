@@ -45,7 +45,7 @@ def figures(params: BenchParams, results: dict[str, Any]) -> dict[str, float]:
     small, large = (results["sensor"][str(p)] for p in params.sensor_pending)
     few, many = (results["images_step"][str(s)] for s in params.memory_sizes)
     capacity = results["emulator_capacity"]
-    crashes = results["crash"]["points"]
+    crashes = results["crash"]
     marginal_cpu = (many["cpu_seconds"] - few["cpu_seconds"]) / max(
         many["images"] - few["images"], 1
     )
@@ -92,6 +92,7 @@ def figures(params: BenchParams, results: dict[str, Any]) -> dict[str, float]:
         "crash_duplicate_submissions": sum(c["duplicate_submissions"] for c in crashes),
         "crash_extra_posts": sum(c["extra_posts"] for c in crashes),
         "crash_extra_requests": sum(c["extra_requests"] for c in crashes),
+        "crash_extra_cdn_downloads": sum(c["extra_cdn_downloads"] for c in crashes),
     }
 
 
@@ -109,9 +110,11 @@ def _fmt(value: float, digits: int = 2) -> str:
 
 
 def markdown(params: BenchParams, values: dict[str, float], results: dict[str, Any]) -> str:
-    """The figures table, then the per-client comparison at the headline batch size."""
+    """The figures table, then throughput per client and batch size."""
     n = params.headline_size
     checked = goal_table(params, values)
+    small, large = params.memory_sizes
+    few, many = (_fmt(p) for p in params.sensor_pending)
     seq_sizes = ", ".join(str(s) for s in params.sequential_sizes)
     seq_label = (
         f"extrapolated from N = {seq_sizes}"
@@ -119,65 +122,80 @@ def markdown(params: BenchParams, values: dict[str, float], results: dict[str, A
         else "measured"
     )
     rows = [
-        ("1", "wall / ideal, inline (`wall_over_ideal`)", values["wall_over_ideal"], "wall_over_ideal"),
-        ("1", "wall / ideal, deferred (sensor)", values["deferred_wall_over_ideal"], None),
-        ("1", f"naive sequential / ours ({seq_label})", values["naive_sequential_over_ours"], None),
-        ("1", "naive parallel (8 threads) / ours", values["naive_parallel_over_ours"], None),
-        ("2", "API requests per image, inline", values["requests_per_image"], "requests_per_image"),
-        ("2", "API requests per image, deferred", values["deferred_requests_per_image"], None),
-        ("2", "API requests per image, naive sequential", values["naive_sequential_requests_per_image"], None),
-        ("2", "API requests per image, naive parallel", values["naive_parallel_requests_per_image"], None),
-        ("3", f"sensor tick, {_fmt(values['sensor_tick_1k_pending'])} pending: s", values["sensor_tick_1k_seconds"], None),
-        ("3", f"sensor tick, {_fmt(values['sensor_tick_1k_pending'])} pending: requests", values["sensor_tick_1k_requests"], None),
-        ("3", f"sensor tick, {_fmt(values['sensor_tick_10k_pending'])} pending: s", values["sensor_tick_10k_seconds"], "sensor_tick_10k_seconds"),
-        ("3", f"sensor tick, {_fmt(values['sensor_tick_10k_pending'])} pending: requests", values["sensor_tick_10k_requests"], "sensor_tick_10k_requests"),
-        ("4", f"images step peak RSS, N = {params.memory_sizes[0]} (MB)", values["rss_peak_100_mb"], None),
-        ("4", f"images step peak RSS, N = {params.memory_sizes[1]} (MB)", values["rss_peak_5000_mb"], None),
-        ("4", "peak RSS ratio, large / small", values["rss_ratio_5000_over_100"], "rss_ratio_5000_over_100"),
-        ("5", f"CPU per image, images step, N = {params.memory_sizes[1]} (ms)", values["cpu_ms_per_image"], "cpu_ms_per_image"),
-        ("5", "CPU per image, marginal (large - small) (ms)", values["cpu_ms_per_image_marginal"], None),
-        ("6", "emulator GET /jobs/{id} per second, 10 live jobs", values["emulator_requests_per_second"], None),
-        ("6", "emulator ms per request, 10 / 10k live jobs", values["emulator_ms_per_request_at_10"], None),
-        ("6", "", values["emulator_ms_per_request_at_10k"], None),
-        ("7", "crash: extra billed jobs (all crash points)", values["crash_extra_billed_jobs"], "crash_extra_billed_jobs"),
-        ("7", "crash: extra API requests (all crash points)", values["crash_extra_requests"], None),
+        ("1", f"wall / ideal, inline, N = {n}", "wall_over_ideal"),
+        ("1", f"wall / ideal, deferred (sensor), N = {params.deferred_size}", "deferred_wall_over_ideal"),
+        ("1", f"naive sequential / ours ({seq_label})", "naive_sequential_over_ours"),
+        ("1", "naive parallel (8 threads) / ours", "naive_parallel_over_ours"),
+        ("2", "API requests per image, inline", "requests_per_image"),
+        ("2", "API requests per image, deferred", "deferred_requests_per_image"),
+        ("2", "API requests per image, naive sequential", "naive_sequential_requests_per_image"),
+        ("2", "API requests per image, naive parallel", "naive_parallel_requests_per_image"),
+        ("3", f"sensor tick, {few} pending: seconds", "sensor_tick_1k_seconds"),
+        ("3", f"sensor tick, {few} pending: requests", "sensor_tick_1k_requests"),
+        ("3", f"sensor tick, {many} pending: seconds", "sensor_tick_10k_seconds"),
+        ("3", f"sensor tick, {many} pending: requests", "sensor_tick_10k_requests"),
+        ("4", f"images step peak RSS, N = {small} (MB)", "rss_peak_100_mb"),
+        ("4", f"images step peak RSS, N = {large} (MB)", "rss_peak_5000_mb"),
+        ("4", f"peak RSS ratio, N = {large} / N = {small}", "rss_ratio_5000_over_100"),
+        ("4", f"RSS growth during the step, N = {small} / {large} (MB)", "rss_growth_100_mb", "rss_growth_5000_mb"),
+        ("5", f"CPU per image, images step, N = {large} (ms)", "cpu_ms_per_image"),
+        ("5", f"CPU per extra image, (N = {large}) - (N = {small}) (ms)", "cpu_ms_per_image_marginal"),
+        ("6", "emulator GET /jobs/{id} per second, 10 live jobs", "emulator_requests_per_second"),
+        ("6", f"emulator ms per request, 10 / {params.capacity_live:,} live jobs", "emulator_ms_per_request_at_10", "emulator_ms_per_request_at_10k"),
+        ("7", "crash: extra billed jobs (all crash points)", "crash_extra_billed_jobs"),
+        ("7", "crash: duplicate submissions / extra POSTs", "crash_duplicate_submissions", "crash_extra_posts"),
+        ("7", "crash: extra API requests on the re-run", "crash_extra_requests"),
     ]  # fmt: skip
     lines = [
         f"# krea-dagster bench ({params.mode})",
         "",
         f"Emulator: concurrency {params.concurrency}, render {params.render_seconds:g} s, "
-        f"seed {params.seed}; every client polls every {params.poll_interval:.3f} s, "
-        f"the completion sensor ticks every {params.sensor_interval:.3f} s "
-        f"(3 s and 10 s of a 55 s render, scaled). Batch N = {n}, ideal "
-        f"ceil(N / {params.concurrency}) x {params.render_seconds:g} s = "
-        f"{params.ideal_seconds(n):g} s.",
+        f"seed {params.seed}. Every client polls every {params.poll_interval:.3f} s and the "
+        f"completion sensor ticks every {params.sensor_interval:.3f} s (3 s and 10 s of a 55 s "
+        f"render, scaled). Ideal at N = {n}: ceil(N / {params.concurrency}) x "
+        f"{params.render_seconds:g} s = {params.ideal_seconds(n):g} s. See bench/README.md.",
         "",
         "| # | figure | measured | goal | met |",
         "|---|---|---:|---|---|",
     ]
-    for number, label, value, key in rows:
-        goal = checked[key]["goal"] if key else ""
-        met = ("yes" if checked[key]["met"] else "**no**") if key else ""
-        if not label:
-            label = "&nbsp;&nbsp;(at 10k live jobs)"
-        lines.append(f"| {number} | {label} | {_fmt(value, 3)} | {goal} | {met} |")
+    for number, label, *keys in rows:
+        shown = " / ".join(_fmt(values[key], 3) for key in keys)
+        goal = checked[keys[0]]["goal"] if keys[0] in checked else ""
+        met = ("yes" if checked[keys[0]]["met"] else "**no**") if keys[0] in checked else ""
+        lines.append(f"| {number} | {label} | {shown} | {goal} | {met} |")
     lines += [
         "",
-        f"Per client at N = {n} (wall = submit to last image stored):",
+        "Throughput (wall: jobs step start to manifest stored for krea-dagster; first POST to "
+        "last file written for the baselines):",
         "",
-        "| client | wall (s) | wall / ideal | API requests per image |",
-        "|---|---:|---:|---:|",
+        "| client | N | wall (s) | wall / ideal | API requests per image |",
+        "|---|---:|---:|---:|---:|",
     ]
-    clients = [
-        ("ideal", params.ideal_seconds(n), 1.0, math.nan),
-        ("krea-dagster, inline", values["ours_seconds"], values["wall_over_ideal"], values["requests_per_image"]),
-        ("krea-dagster, deferred", values["deferred_seconds"], values["deferred_wall_over_ideal"], values["deferred_requests_per_image"]),
-        ("naive parallel (8 threads)", values["naive_parallel_seconds"], values["naive_parallel_wall_over_ideal"], values["naive_parallel_requests_per_image"]),
-        (f"naive sequential ({seq_label})", values["naive_sequential_seconds"], values["naive_sequential_seconds"] / params.ideal_seconds(n), values["naive_sequential_requests_per_image"]),
-    ]  # fmt: skip
-    for name, wall, ratio, per_image in clients:
-        shown = "" if math.isnan(per_image) else _fmt(per_image, 2)
-        lines.append(f"| {name} | {wall:,.2f} | {ratio:.3f} | {shown} |")
+    table = [
+        ("krea-dagster, inline", results["inline"]),
+        ("krea-dagster, deferred", {str(params.deferred_size): results["deferred"]}),
+        ("naive parallel (8 threads)", results["naive_parallel"]),
+        ("naive sequential", results["naive_sequential"]),
+    ]
+    for name, by_size in table:
+        for size, run in sorted(by_size.items(), key=lambda item: int(item[0])):
+            lines.append(
+                f"| {name} | {size} | {run['seconds']:,.2f} | {run['over_ideal']:.3f} "
+                f"| {run['requests_per_image']:.2f} |"
+            )
+    if values["naive_sequential_extrapolated"]:
+        lines.append(
+            f"| naive sequential ({seq_label}) | {n} | {values['naive_sequential_seconds']:,.2f} "
+            f"| {values['naive_sequential_seconds'] / params.ideal_seconds(n):.3f} | |"
+        )
+    inline = results["inline"][str(n)]
+    lines += [
+        "",
+        f"krea-dagster inline, N = {n}: {inline['before_first_job_seconds']:.2f} s before the "
+        f"first job existed at Krea, {inline['krea_span_seconds']:.2f} s from the first job "
+        f"created to the last completed (the account's concurrency at work), "
+        f"{inline['after_last_job_seconds']:.2f} s from there to the manifest.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -219,12 +237,13 @@ def plot(
     seq_x, seq_y = series("naive_sequential")
     left.plot(seq_x, seq_y, "v", color="tab:red", label="naive sequential (measured)")
     line = results["naive_sequential_fit"]
+    reach = list(range(min(seq_x), max(sizes) + 1))
     left.plot(
-        [0, max(sizes)],
-        [line["intercept"], line["intercept"] + line["slope"] * max(sizes)],
+        reach,
+        [line["intercept"] + line["slope"] * size for size in reach],
         "--",
         color="tab:red",
-        label="naive sequential (extrapolated)",
+        label="naive sequential (extrapolated, linear fit)",
     )
     left.set_yscale("log")
     left.set_xlabel("batch size N (prompts)")

@@ -69,13 +69,10 @@ def run_all(params: BenchParams, scratch: Path) -> dict[str, Any]:
         for size in params.memory_sizes:
             _say(f"4./5. images step alone, N = {size} (subprocess)")
             results["images_step"][str(size)] = scenarios.measure_images_step(bench, size)
-        _say("7. crash cost: clean reference run")
-        clean = scenarios.time_clean_crash_batch(bench)
-        points_run = []
+        results["crash"] = []
         for point in params.crash_points:
             _say(f"7. crash cost: kill -9 at {point} #{params.crash_after}, then re-run")
-            points_run.append(scenarios.count_crash_cost(bench, point, clean))
-        results["crash"] = {"clean": clean, "points": points_run}
+            results["crash"].append(scenarios.count_crash_cost(bench, point))
     _say("6. emulator capacity (its own emulators)")
     results["emulator_capacity"] = scenarios.measure_emulator_capacity(bench)
     return results

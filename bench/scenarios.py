@@ -30,6 +30,7 @@ from bench.workload import (
     api_requests,
     build_assets,
     diff_requests,
+    krea_span,
     make_resource,
     materialize,
     post_jobs,
@@ -78,6 +79,17 @@ def dagster_instance(workdir: Path) -> Iterator[dg.DagsterInstance]:
         yield instance
 
 
+def _breakdown(bench: Bench, start: float, end: float) -> dict[str, float]:
+    """Where a krea-dagster wall goes: before the first job exists at Krea, Krea's own span
+    (first job created to last job completed: the account's concurrency at work), and after."""
+    first_created, last_completed = krea_span(bench.emulator.base_url, bench.emulator.token)
+    return {
+        "before_first_job_seconds": first_created - start,
+        "krea_span_seconds": last_completed - first_created,
+        "after_last_job_seconds": end - last_completed,
+    }
+
+
 def _per_image(requests: dict[str, int], images: int) -> float:
     return total_requests(requests) / images if images else math.nan
 
@@ -106,12 +118,14 @@ def time_inline_batch(bench: Bench, size: int, tag: str = "inline") -> dict[str,
         times = step_times(instance, result.run_id)
         manifest = result.output_for_node(step_key(assets, "images"))
     jobs, images = step_key(assets, "jobs"), step_key(assets, "images")
-    seconds = times[f"{images}:ASSET_MATERIALIZATION"] - times[f"{jobs}:STEP_START"]
+    start, end = times[f"{jobs}:STEP_START"], times[f"{images}:ASSET_MATERIALIZATION"]
+    seconds = end - start
     requests = bench.requests()
     done = int((manifest["status"] == "completed").sum())
     return {
         "size": size,
         "seconds": seconds,
+        **_breakdown(bench, start, end),
         "run_seconds": run_seconds,
         "jobs_step_seconds": times[f"{jobs}:STEP_SUCCESS"] - times[f"{jobs}:STEP_START"],
         "images": done,
@@ -164,12 +178,15 @@ def time_deferred_batch(bench: Bench, size: int) -> dict[str, Any]:
         images_times = step_times(instance, images_run.run_id)
         manifest = images_run.output_for_node(step_key(assets, "images"))
     jobs, images = step_key(assets, "jobs"), step_key(assets, "images")
-    seconds = images_times[f"{images}:ASSET_MATERIALIZATION"] - jobs_times[f"{jobs}:STEP_START"]
+    start = jobs_times[f"{jobs}:STEP_START"]
+    end = images_times[f"{images}:ASSET_MATERIALIZATION"]
+    seconds = end - start
     requests = bench.requests()
     done = int((manifest["status"] == "completed").sum())
     return {
         "size": size,
         "seconds": seconds,
+        **_breakdown(bench, start, end),
         "ticks": ticks,
         "tick_seconds_median": statistics.median(tick_seconds),
         "images_step_seconds": images_times[f"{images}:STEP_SUCCESS"]
@@ -361,13 +378,20 @@ def measure_emulator_capacity(bench: Bench) -> dict[str, Any]:
 # -- 7. crash cost ------------------------------------------------------------------------------
 
 
-def count_crash_cost(bench: Bench, point: str, clean: dict[str, Any]) -> dict[str, Any]:
+def count_crash_cost(bench: Bench, point: str) -> dict[str, Any]:
     """kill -9 of the run worker at the ``crash_after``-th pass through ``point``, then a re-run.
 
-    ``extra_billed_jobs``: jobs billed beyond one per prompt. ``extra_requests``: API requests
-    of the killed run plus the re-run, minus those of the clean run of the same batch
-    (``clean``, measured just before): what the crash cost in calls (reconciliation listing,
-    polls repeated by the re-run).
+    The worker (``bench/crash_driver.py``) materializes prompts, jobs and images in a
+    subprocess and is SIGKILLed mid-batch. The re-run is the jobs run, then the images run, in
+    this process, so the counters can be read in between:
+
+    - ``extra_billed_jobs``: jobs billed beyond one per prompt (the goal: 0), with
+      ``duplicate_submissions`` (the emulator's same-body detector) and ``extra_posts``;
+    - ``extra_requests``: what the re-run's jobs run asked Krea beyond the POSTs still owed
+      (prompts the killed worker never submitted): reconciliation's ``GET /jobs`` listing and
+      any ``GET /jobs/{id}``, plus any POST sent twice;
+    - ``rerun_images_requests``: the images run's polls (work the killed run left undone, not
+      extra); ``extra_cdn_downloads``: images downloaded twice.
     """
     bench.fresh_emulator()
     params = bench.params
@@ -397,28 +421,28 @@ def count_crash_cost(bench: Bench, point: str, clean: dict[str, Any]) -> dict[st
             raise RuntimeError(f"the worker was not killed at {point}: {worker.stderr[-3000:]}")
         crashed = bench.emulator.stats()
         started = time.perf_counter()
-        result = materialize(assets, instance, krea)
+        materialize(assets, instance, krea, roles=("prompts", "jobs"))
+        after_jobs = bench.emulator.stats()
+        result = materialize(assets, instance, krea, roles=("images",))
         rerun_seconds = time.perf_counter() - started
         manifest = result.output_for_node(step_key(assets, "images"))
     stats = bench.emulator.stats()
-    requests = api_requests(stats)
+    owed = size - crashed["jobs_created"]
+    rerun_jobs = diff_requests(api_requests(after_jobs), api_requests(crashed))
     return {
         "point": point,
         "size": size,
         "crash_after": params.crash_after,
         "jobs_created_before_crash": crashed["jobs_created"],
         "requests_before_crash": api_requests(crashed),
-        "rerun_requests": diff_requests(requests, api_requests(crashed)),
+        "rerun_jobs_requests": rerun_jobs,
+        "rerun_images_requests": diff_requests(api_requests(stats), api_requests(after_jobs)),
         "rerun_seconds": rerun_seconds,
         "images": int((manifest["status"] == "completed").sum()),
         "jobs_billed": stats["jobs_billed"],
         "extra_billed_jobs": stats["jobs_billed"] - size,
         "duplicate_submissions": stats["duplicate_submissions"],
-        "extra_posts": requests.get(POST_ROUTE, 0) - size,
-        "extra_requests": total_requests(requests) - total_requests(clean["requests"]),
+        "extra_posts": api_requests(stats).get(POST_ROUTE, 0) - size,
+        "extra_requests": total_requests(rerun_jobs) - owed,
+        "extra_cdn_downloads": stats["cdn_downloads"] - size,
     }
-
-
-def time_clean_crash_batch(bench: Bench) -> dict[str, Any]:
-    """The crash scenario's batch without a crash: the reference for its extra requests."""
-    return time_inline_batch(bench, bench.params.crash_size, tag="crash-reference")

@@ -10,14 +10,16 @@ sequential ledger round trips would.
 import asyncio
 import csv
 import json
+import math
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import dagster as dg
+import httpx
 
 from bench.params import BenchParams
 from krea_dagster import KreaResource, build_krea_image_assets
@@ -126,6 +128,33 @@ def diff_requests(after: Mapping[str, int], before: Mapping[str, int]) -> dict[s
     }
 
 
+def krea_span(base_url: str, token: str) -> tuple[float, float]:
+    """(first ``created_at``, last ``completed_at``) of the account's jobs, as epoch seconds.
+
+    Read after the scenario's counters: these ``GET /jobs`` pages are the bench's, not the
+    client's.
+    """
+    first, last = math.inf, -math.inf
+    cursor: str | None = None
+    with httpx.Client(
+        base_url=base_url, headers={"Authorization": f"Bearer {token}"}, trust_env=False
+    ) as client:
+        while True:
+            params: dict[str, Any] = {"limit": 1000, **({"cursor": cursor} if cursor else {})}
+            page = client.get("/jobs", params=params).raise_for_status().json()
+            for job in page["items"]:
+                first = min(first, _epoch(job["created_at"]))
+                if job.get("completed_at"):
+                    last = max(last, _epoch(job["completed_at"]))
+            cursor = page.get("next_cursor")
+            if not cursor or not page["items"]:
+                return first, last
+
+
+def _epoch(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
 # -- shortcuts for thousands of pending jobs ----------------------------------------------------
 
 
@@ -192,7 +221,7 @@ def record_submitted(
                 "job_id": job["job_id"],
                 "intent_at": now,
                 "submitted_at": now,
-                "krea_created_at": datetime.fromisoformat(job["created_at"].replace("Z", "+00:00")),
+                "krea_created_at": datetime.fromtimestamp(_epoch(job["created_at"]), UTC),
                 "updated_at": now,
             }
         )
