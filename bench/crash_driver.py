@@ -9,6 +9,7 @@ and lets the point fire only on pass ``crash_after`` (SIGKILL: nothing flushed, 
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
@@ -20,7 +21,8 @@ from bench.workload import build_assets, make_resource, materialize
 from krea_dagster.crashpoints import CRASH_ENV, crash_point
 
 
-def counted_crash_point(crash_after: int):  # type: ignore[no-untyped-def]
+def counted_crash_point(crash_after: int) -> Callable[[str], None]:
+    """A stand-in for ``crash_point`` that fires on the ``crash_after``-th pass only."""
     passes: dict[str, int] = {}
 
     def point(name: str) -> None:

@@ -223,7 +223,9 @@ def plot(
         points = sorted((int(s), r["seconds"]) for s, r in results[name].items())
         return [p[0] for p in points], [p[1] for p in points]
 
-    left.plot(*series("inline"), "o-", color="tab:blue", label="krea-dagster, inline")
+    left.plot(
+        *series("inline"), "o-", color="tab:blue", label="krea-dagster, inline", zorder=3, lw=2
+    )
     left.plot(
         [params.deferred_size],
         [values["deferred_seconds"]],
@@ -267,7 +269,8 @@ def plot(
         values["naive_sequential_requests_per_image"],
     ]
     bars = right.bar(names, per_image, color=["tab:blue", "tab:cyan", "tab:orange", "tab:red"])
-    right.bar_label(bars, fmt="%.2f")
+    right.bar_label(bars, fmt="%.2f", padding=3)
+    right.set_ylim(0, max(per_image) * 1.12)
     right.axhline(1.2, color="black", linestyle=":", label="goal 1.2")
     right.set_ylabel("Krea API requests per image (CDN excluded)")
     right.set_title(f"API requests per image, N = {params.headline_size}")
