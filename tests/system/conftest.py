@@ -76,6 +76,11 @@ def deployment(
     finally:
         try:
             if deployed is not None:
+                # Logs and the run list of every deployment land in test-artifacts/system/<name>/
+                # (git-ignored): what a failure in CI is diagnosed from.
+                kept = keep_logs(deployed, root.name)
+                with contextlib.suppress(Exception):
+                    (kept / "runs.txt").write_text(deployed.diagnostics(), encoding="utf-8")
                 deployed.stop()
         finally:
             if emulator is not None:

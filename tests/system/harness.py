@@ -450,9 +450,14 @@ class Deployment:
         return {key.path[-1] for key in (IMAGES_KEY, REPORT_KEY) if batch in self.materialized(key)}
 
     def batch_done(self, batches: Iterable[str]) -> bool:
-        """images and the downstream report are materialized for every batch."""
+        """images and the downstream report are materialized for every batch, and every run of
+        those batches has finished (a run is still STARTED for a moment after its last asset)."""
         wanted = set(batches)
-        return wanted <= self.materialized(IMAGES_KEY) and wanted <= self.materialized(REPORT_KEY)
+        if not (
+            wanted <= self.materialized(IMAGES_KEY) and wanted <= self.materialized(REPORT_KEY)
+        ):
+            return False
+        return all(run.is_finished for batch in wanted for run in self.runs(batch))
 
     def timeline(self, since: float) -> str:
         """When each run was created, started and ended, in seconds after ``since`` (epoch)."""

@@ -195,7 +195,9 @@ def test_ui_shows_gallery_failures_and_lineage(topology, finished, browser, arti
 
 def dismiss_first_visit_dialogs(page: Any) -> None:
     """Close a first-visit dialog (community / what's new) if one shows; nux is off in dagster.yaml."""
-    page.wait_for_load_state("networkidle")
+    # The navigation is drawn once the app has loaded (the UI keeps polling, so "network idle"
+    # is not a reliable signal).
+    page.get_by_role("link", name="Runs").first.wait_for()
     for name in ("Skip", "Dismiss", "Got it", "Not now"):
         button = page.get_by_role("button", name=name, exact=True)
         if button.count() and button.first.is_visible():
