@@ -257,6 +257,8 @@ def completion_tick(
         run_key = f"{batch}:g{generation}:{watermark}"
         if requested.get(batch) == run_key:
             continue
+        if batch not in changed_batches and _still_running(context, requested.get(batch)):
+            continue  # the images run requested earlier is storing these very images
         requested[batch] = run_key
         run_requests.append(
             dg.RunRequest(
@@ -277,6 +279,26 @@ def completion_tick(
         cursor=CompletionCursor(requested=requested, offset=next_offset).serialize(),
         skip_reason=None if run_requests else summary,
     )
+
+
+_UNFINISHED_RUN_STATUSES = [
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+
+
+def _still_running(context: dg.SensorEvaluationContext, run_key: str | None) -> bool:
+    """Whether the run this sensor requested under ``run_key`` has not finished yet."""
+    if not run_key:
+        return False
+    runs = context.instance.get_runs(
+        filters=dg.RunsFilter(tags={"dagster/run_key": run_key}, statuses=_UNFINISHED_RUN_STATUSES),
+        limit=1,
+    )
+    return bool(runs)
 
 
 def _progress_state(row: Submission) -> str:
