@@ -267,6 +267,7 @@ def test_token_appears_nowhere_the_deployment_writes(topology, finished):
     assert any(name.endswith(".err") for name in hits(home, [b"valid prompt(s)"]))
     assert len(store) >= PROMPT_COUNT - 1
     assert hits(logs, [b"system_batch_discovery"])
+    assert "code-server.log" in hits(logs, [b"valid prompt(s)"])  # run workers' own output
     # ...and the same grep does find the token where it legitimately is: the code server's
     # environment (the only process given KREA_API_KEY).
     environ = {"code server": Path(f"/proc/{topology.code_server.pid}/environ").read_bytes()}
