@@ -116,7 +116,6 @@ def contact_sheet(
 krea_demo_job = dg.define_asset_job(
     "krea_demo_job",
     selection=dg.AssetSelection.assets(demo.prompts, demo.jobs, demo.images, contact_sheet),
-    partitions_def=demo.partitions_def,
     description="Validate a batch's prompts, submit them to Krea, store the images, draw the contact sheet.",
 )
 
@@ -136,4 +135,4 @@ defs = dg.Definitions(
 )
 
 # demo_defs/ holds YAML component instances (banners: KreaImagesComponent).
-defs = dg.Definitions.merge(defs, dg.load_from_defs_folder(project_root=ROOT))
+defs = dg.Definitions.merge(defs, dg.load_from_defs_folder(path_within_project=ROOT))

@@ -13,10 +13,11 @@ soon as everything is submitted and the sensor launches ``images`` when the batc
 """
 
 import asyncio
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import dagster as dg
 import pandas as pd
@@ -39,6 +40,7 @@ __all__ = [
 ]
 
 REGENERATE_TAG = "krea/regenerate"
+T = TypeVar("T")
 MAX_JOB_IDS_IN_METADATA = 200
 PREVIEW_ROWS = 10
 
@@ -334,6 +336,21 @@ def _run_is_active(context: dg.AssetExecutionContext) -> Callable[[str], bool]:
     return is_active
 
 
+def run_coroutine(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from a step, whatever the calling thread is doing.
+
+    A step usually runs on a thread without an event loop, where ``asyncio.run`` is all it
+    takes. When a loop already runs on this thread (``dg.materialize`` from a Jupyter notebook,
+    or next to Playwright's sync API), the coroutine gets a fresh loop on a worker thread.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="krea-dagster") as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
 def _interruptible(
     pipeline: KreaImagePipeline,
     krea: KreaResource,
@@ -386,7 +403,7 @@ def _jobs_asset(
                 pipeline,
                 krea,
                 context,
-                lambda: asyncio.run(
+                lambda: run_coroutine(
                     pipeline.submit(
                         krea,
                         prompts,
@@ -504,7 +521,7 @@ def _images_asset(
             pipeline,
             krea,
             context,
-            lambda: asyncio.run(
+            lambda: run_coroutine(
                 pipeline.collect(
                     krea,
                     prompts,

@@ -377,3 +377,18 @@ def test_ledger_rows_record_the_whole_story(build, emulator, krea, instance, pro
         assert (row.width, row.height) == (512, 512)
         assert row.cost_usd == pytest.approx(0.007)
         assert row.intent_at <= row.submitted_at
+
+
+def test_materializing_from_a_running_event_loop_works(build, emulator, krea, instance, prompts_dir):
+    """dg.materialize called where an event loop already runs (a notebook cell) still submits and collects."""
+    import asyncio
+
+    write_batch(prompts_dir, "b1", prompt_rows(2))
+    assets = build()
+
+    async def notebook_cell():
+        return materialize(assets, "b1", instance=instance, krea=krea)
+
+    result = asyncio.run(notebook_cell())
+    assert result.success
+    assert set(manifest_of(result, assets)["status"]) == {"completed"}
