@@ -6,27 +6,33 @@
   run it unattended; ``KreaImagesComponent`` builds it all from YAML.
 - ``krea_dagster.api``: the Krea HTTP client on its own (no Dagster import).
 - ``krea_dagster.emulator``: a Krea API emulator for demos, tests and CI (``krea-emulator``).
+
+The names above are imported on first use, so ``import krea_dagster.api`` (a script using only
+the client) and the ``krea-emulator`` command do not pay for importing Dagster. The Dagster
+layer registers the library with ``DagsterLibraryRegistry`` when it is imported
+(``krea_dagster/resource.py``, which every asset, sensor and component module imports).
 """
 
-from dagster import DagsterLibraryRegistry
+import importlib
+from typing import Any
 
-from krea_dagster.assets import (
-    REGENERATE_TAG,
-    KreaImageAssets,
-    KreaJobsConfig,
-    build_krea_image_assets,
-)
-from krea_dagster.component import KreaImagesComponent
-from krea_dagster.ledger import Ledger
-from krea_dagster.resource import KreaResource
-from krea_dagster.schedules import build_krea_regeneration_schedule
-from krea_dagster.sensors import build_krea_sensors
-from krea_dagster.source import PromptSource
-from krea_dagster.store import ImageStore
-from krea_dagster.translator import KreaAssetProps, KreaTranslator
 from krea_dagster.version import __version__
 
-DagsterLibraryRegistry.register("krea-dagster", __version__, is_dagster_package=False)
+_EXPORTS = {
+    "REGENERATE_TAG": "krea_dagster.assets",
+    "ImageStore": "krea_dagster.store",
+    "KreaAssetProps": "krea_dagster.translator",
+    "KreaImageAssets": "krea_dagster.assets",
+    "KreaImagesComponent": "krea_dagster.component",
+    "KreaJobsConfig": "krea_dagster.assets",
+    "KreaResource": "krea_dagster.resource",
+    "KreaTranslator": "krea_dagster.translator",
+    "Ledger": "krea_dagster.ledger",
+    "PromptSource": "krea_dagster.source",
+    "build_krea_image_assets": "krea_dagster.assets",
+    "build_krea_regeneration_schedule": "krea_dagster.schedules",
+    "build_krea_sensors": "krea_dagster.sensors",
+}
 
 __all__ = [
     "REGENERATE_TAG",
@@ -44,3 +50,16 @@ __all__ = [
     "build_krea_regeneration_schedule",
     "build_krea_sensors",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'krea_dagster' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

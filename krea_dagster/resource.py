@@ -22,7 +22,12 @@ from typing import Any, Literal
 import dagster as dg
 from pydantic import Field, PrivateAttr, model_validator
 
-from krea_dagster.api import (
+from krea_dagster.version import __version__
+
+# The Dagster layer of krea-dagster starts here: tell Dagster which library version it runs with.
+dg.DagsterLibraryRegistry.register("krea-dagster", __version__, is_dagster_package=False)
+
+from krea_dagster.api import (  # noqa: E402
     DEFAULT_BASE_URL,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_MAX_RETRIES,

@@ -42,3 +42,23 @@ def test_catalog_is_derived_from_the_bundled_openapi_copy():
     images = [entry for entry in catalog.values() if entry["kind"] == "image"]
     assert len(images) == 22
     assert all(entry["price"] for entry in images if entry["model"] != "bytedance/seededit")
+
+
+def test_the_client_and_the_emulator_import_without_dagster():
+    """A script using only the client, and the krea-emulator command, do not import Dagster."""
+    probe = "import sys, krea_dagster, krea_dagster.api, krea_dagster.emulator.cli; print('dagster' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"
+
+
+def test_top_level_exports_resolve_and_register_the_library():
+    """Every name in krea_dagster.__all__ resolves, and using the Dagster layer registers the library."""
+    import dagster as dg
+
+    import krea_dagster
+
+    for name in krea_dagster.__all__:
+        assert getattr(krea_dagster, name) is not None
+    assert dg.DagsterLibraryRegistry.get()["krea-dagster"] == krea_dagster.__version__
