@@ -379,7 +379,9 @@ def test_ledger_rows_record_the_whole_story(build, emulator, krea, instance, pro
         assert row.intent_at <= row.submitted_at
 
 
-def test_materializing_from_a_running_event_loop_works(build, emulator, krea, instance, prompts_dir):
+def test_materializing_from_a_running_event_loop_works(
+    build, emulator, krea, instance, prompts_dir
+):
     """dg.materialize called where an event loop already runs (a notebook cell) still submits and collects."""
     import asyncio
 
