@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -16,6 +17,20 @@ from .conftest import check_results, manifest_of, materialize, prompt_rows, writ
 DRIVER = Path(__file__).with_name("crash_driver.py")
 
 
+@contextmanager
+def worker_setup(tmp_path, build, emulator):
+    """The assets, a persistent instance, and the command of a separate run-worker process."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    store, ledger = tmp_path / "store", f"sqlite:///{tmp_path / 'ledger.db'}"
+    assets = build("crash", store=store, ledger=ledger)
+    command = [sys.executable, str(DRIVER), str(tmp_path / "prompts"), str(store), ledger]
+    command += [emulator.base_url, emulator.token, "b1"]
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
+        instance.add_dynamic_partitions(assets.partitions_def.name, ["b1"])
+        yield assets, instance, command, {**os.environ, "DAGSTER_HOME": str(home)}
+
+
 @pytest.mark.parametrize(
     "crash_at",
     ["submit.after_intent", "submit.after_post", "collect.after_download"],
@@ -26,28 +41,9 @@ def test_kill_9_then_rerun_pays_once_and_finishes(
 ):
     """A worker killed at a crash point leaves a ledger the next run completes without a duplicate job."""
     write_batch(prompts_dir, "b1", prompt_rows(6))
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    store, ledger = tmp_path / "store", f"sqlite:///{tmp_path / 'ledger.db'}"
-    assets = build("crash", store=store, ledger=ledger)
-    with dg.instance_for_test(temp_dir=str(home)) as instance:
-        instance.add_dynamic_partitions(assets.partitions_def.name, ["b1"])
-        env = {**os.environ, "DAGSTER_HOME": str(home), CRASH_ENV: crash_at}
-        worker = subprocess.run(
-            [
-                sys.executable,
-                str(DRIVER),
-                str(prompts_dir),
-                str(store),
-                ledger,
-                emulator.base_url,
-                emulator.token,
-                "b1",
-            ],
-            env=env,
-            capture_output=True,
-            timeout=300,
-        )
+    with worker_setup(tmp_path, build, emulator) as (assets, instance, command, env):
+        env[CRASH_ENV] = crash_at
+        worker = subprocess.run(command, env=env, capture_output=True, timeout=300)
         assert worker.returncode == -signal.SIGKILL, worker.stderr.decode()[-3000:]
         crashed = emulator.stats()
         result = materialize(assets, "b1", instance=instance, krea=krea)
@@ -70,27 +66,9 @@ def test_terminating_the_run_cancels_its_pending_jobs(tmp_path, build, emulator,
 
     emulator.configure(render_seconds=120.0, time_scale=1.0)
     write_batch(prompts_dir, "b1", prompt_rows(3))
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    store, ledger = tmp_path / "store", f"sqlite:///{tmp_path / 'ledger.db'}"
-    assets = build("crash", store=store, ledger=ledger)
-    with dg.instance_for_test(temp_dir=str(home)) as instance:
-        instance.add_dynamic_partitions(assets.partitions_def.name, ["b1"])
-        env = {**os.environ, "DAGSTER_HOME": str(home)}
+    with worker_setup(tmp_path, build, emulator) as (assets, _instance, command, env):
         worker = subprocess.Popen(
-            [
-                sys.executable,
-                str(DRIVER),
-                str(prompts_dir),
-                str(store),
-                ledger,
-                emulator.base_url,
-                emulator.token,
-                "b1",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
         try:
             deadline = time.monotonic() + 120
