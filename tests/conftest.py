@@ -1,6 +1,6 @@
 """Suite-wide fixtures: no test reaches the internet, and no test sees a real Krea token.
 
-Every outgoing connection is checked: loopback only. A test that tries to reach api.krea.ai
+Every outgoing connection is checked: loopback only. A test that tries to reach Krea's API
 (or any other host) fails at once with a message, instead of hanging or, worse, spending money.
 """
 

@@ -177,6 +177,7 @@ def test_environment_fallbacks(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize(
     "url",
+    # Refused while parsing the configuration: no request is ever made to these.
     ["ftp://api.krea.ai", "api.krea.ai", "https://user:pw@api.krea.ai", "https://api.krea.ai?x=1"],
     ids=["ftp", "no-scheme", "userinfo", "query"],
 )

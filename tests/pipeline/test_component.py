@@ -36,7 +36,7 @@ def write_instance(
               defaults: {{width: 512, height: 512}}
               krea:
                 api_key: "{{{{ env.KREA_API_KEY }}}}"
-                base_url: "{{{{ env('KREA_BASE_URL', 'https://api.krea.ai') }}}}"
+                base_url: "{{{{ env('KREA_BASE_URL', 'http://127.0.0.1:9') }}}}"
                 poll_interval: 0.05
             """
         )
