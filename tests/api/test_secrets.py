@@ -178,7 +178,7 @@ def test_environment_fallbacks(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     "url",
     # Refused while parsing the configuration: no request is ever made to these.
-    ["ftp://api.krea.ai", "api.krea.ai", "https://user:pw@api.krea.ai", "https://api.krea.ai?x=1"],
+    ["ftp://api.example.test", "api.example.test", "https://user:pw@api.example.test", "https://api.example.test?x=1"],
     ids=["ftp", "no-scheme", "userinfo", "query"],
 )
 def test_bad_base_urls_are_refused(url: str) -> None:
