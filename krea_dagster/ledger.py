@@ -43,6 +43,7 @@ from krea_dagster.api.models import TERMINAL_STATUSES, JobStatus
 
 __all__ = [
     "PAID_STATES",
+    "REJECTED",
     "SCHEMA_VERSION",
     "TERMINAL_STATES",
     "JobUpdate",
@@ -53,6 +54,8 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
+#: error_code of a submission Krea refused for its body (400/422): it counts as an attempt.
+REJECTED = "rejected"
 # PostgreSQL advisory lock key that serializes schema creation (any constant 64-bit integer).
 _SCHEMA_LOCK = 0x6B726561_6C656467  # "krealedg"
 
@@ -232,6 +235,22 @@ class Submission:
     @property
     def request(self) -> dict[str, Any]:
         return dict(json.loads(self.request_json))
+
+
+def may_submit(attempts: Iterable[Submission], max_attempts: int) -> bool:
+    """Whether a prompt with these earlier attempts (one generation) may be submitted again.
+
+    Not while one is live (maybe another worker is sending it right now) or paid. Attempts
+    Krea never received, or refused for the balance, the rate or the token, do not count
+    against ``max_attempts``; failed jobs and bodies Krea rejected do.
+    """
+    counted = 0
+    for row in attempts:
+        if row.is_live or row.is_paid:
+            return False
+        if row.state != SubmissionState.NOT_CREATED or row.error_code == REJECTED:
+            counted += 1
+    return counted < max_attempts
 
 
 @dataclass(frozen=True)
@@ -446,16 +465,7 @@ class Ledger:
         try:
             with self.transaction() as conn:
                 previous = self._attempts(conn, scope, batch, prompt_key, generation)
-                if any(not row.is_terminal or row.is_paid for row in previous):
-                    return None
-                # Attempts Krea never received (or refused for the balance, the rate, the
-                # token) do not count against the limit; a body Krea rejected does.
-                failures = [
-                    row
-                    for row in previous
-                    if row.state != SubmissionState.NOT_CREATED or row.error_code == "rejected"
-                ]
-                if len(failures) >= max_attempts:
+                if not may_submit(previous, max_attempts):
                     return None
                 values = {
                     "submission_id": submission_id,

@@ -21,7 +21,7 @@ from PIL import Image
 
 from krea_dagster.api import AsyncKreaClient, KreaError, catalog
 from krea_dagster.collect import BatchCollector, CollectReport, Thumbnail, thumbnail_data_uri
-from krea_dagster.ledger import Ledger, Submission, utcnow
+from krea_dagster.ledger import Ledger, Submission, may_submit, utcnow
 from krea_dagster.manifest import build_manifest
 from krea_dagster.prompts import PreparedBatch, prepare_batch, request_hash
 from krea_dagster.reconcile import (
@@ -153,16 +153,11 @@ class KreaImagePipeline:
         attempts: dict[str, list[Submission]] = {}
         for row in self.ledger.rows(self.scope, batch, generation):
             attempts.setdefault(row.prompt_key, []).append(row)
-        todo = []
-        for prompt in planned:
-            rows = attempts.get(prompt.prompt_key, [])
-            if any(row.is_live or row.is_paid for row in rows):
-                continue
-            failures = [r for r in rows if r.state != "not_created" or r.error_code == "rejected"]
-            if len(failures) >= self.max_attempts:
-                continue
-            todo.append(prompt)
-        return todo
+        return [
+            prompt
+            for prompt in planned
+            if may_submit(attempts.get(prompt.prompt_key, []), self.max_attempts)
+        ]
 
     # -- submit ----------------------------------------------------------------------------
 

@@ -51,7 +51,7 @@ from krea_dagster.api import (
     UnprocessableEntityError,
 )
 from krea_dagster.crashpoints import crash_point
-from krea_dagster.ledger import JobUpdate, Ledger, Submission
+from krea_dagster.ledger import REJECTED, JobUpdate, Ledger, Submission
 
 __all__ = ["BatchSubmitter", "PlannedPrompt", "SubmitReport", "job_update"]
 
@@ -205,7 +205,7 @@ class BatchSubmitter:
                 "unknown (will be reconciled through GET /jobs, never re-sent blindly)"
             )
         except (BadRequestError, UnprocessableEntityError, RequestValidationError) as error:
-            await self._not_created(row, "rejected", error)
+            await self._not_created(row, REJECTED, error)
         except InsufficientCreditsError as error:
             await self._not_created(row, "insufficient_credits", error, stop=True)
         except (AuthenticationError, PermissionDeniedError) as error:
