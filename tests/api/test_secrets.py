@@ -178,7 +178,12 @@ def test_environment_fallbacks(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     "url",
     # Refused while parsing the configuration: no request is ever made to these.
-    ["ftp://api.example.test", "api.example.test", "https://user:pw@api.example.test", "https://api.example.test?x=1"],
+    [
+        "ftp://api.example.test",
+        "api.example.test",
+        "https://user:pw@api.example.test",
+        "https://api.example.test?x=1",
+    ],
     ids=["ftp", "no-scheme", "userinfo", "query"],
 )
 def test_bad_base_urls_are_refused(url: str) -> None:
