@@ -327,8 +327,16 @@ class BatchCollector:
             self.report.thumbnails.append(Thumbnail(row.prompt_key, caption, preview))
 
     async def _image_error(self, row: Submission, code: str, message: str) -> None:
+        recorded = await asyncio.to_thread(
+            self.ledger.record_image_error,
+            row.submission_id,
+            seen_uri=row.image_uri,
+            code=code,
+            message=message,
+        )
+        if not recorded:
+            # Another worker stored this image while ours failed; its record stands.
+            self.report.already_stored += 1
+            return
         self.report.image_errors += 1
         self.log.warning(f"job {row.job_id} (prompt {row.prompt_key}): {message}")
-        await asyncio.to_thread(
-            self.ledger.record_image_error, row.submission_id, code=code, message=message
-        )

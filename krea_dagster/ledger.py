@@ -628,9 +628,37 @@ class Ledger:
             error_message=None,
         )
 
-    def record_image_error(self, submission_id: str, *, code: str, message: str) -> None:
-        """The job completed (and was paid) but its result could not be stored as a valid image."""
-        self._update(submission_id, image_uri=None, error_code=code, error_message=message)
+    def record_image_error(
+        self, submission_id: str, *, seen_uri: str | None, code: str, message: str
+    ) -> bool:
+        """The job completed (and was paid) but its result could not be stored as a valid image.
+
+        ``seen_uri`` is the row's ``image_uri`` when this worker read it. The error is recorded
+        only if nobody has stored a different image since: a worker whose download failed must
+        not erase a good image another worker of the same batch stored meanwhile. Returns
+        whether the error was recorded.
+        """
+        column = submissions_table.c.image_uri
+        unchanged = column.is_(None) if seen_uri is None else column == seen_uri
+        with self.transaction() as conn:
+            result = conn.execute(
+                submissions_table.update()
+                .where(submissions_table.c.submission_id == submission_id)
+                .where(sa.or_(column.is_(None), unchanged))
+                .values(image_uri=None, error_code=code, error_message=message, updated_at=utcnow())
+            )
+            if result.rowcount == 1:
+                return True
+            if (
+                conn.execute(
+                    sa.select(submissions_table.c.submission_id).where(
+                        submissions_table.c.submission_id == submission_id
+                    )
+                ).first()
+                is None
+            ):
+                raise KeyError(f"no ledger row for submission {submission_id}")
+            return False
 
     def _update(self, submission_id: str, **values: Any) -> None:
         values["updated_at"] = utcnow()

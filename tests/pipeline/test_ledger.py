@@ -118,6 +118,30 @@ def test_status_updates_never_move_a_terminal_row_backwards(ledger):
     assert ledger.get(row.submission_id).state == "completed"
 
 
+def test_a_failed_download_never_erases_an_image_another_worker_stored(ledger):
+    """Two workers download one completed job; the one that fails leaves the other's image."""
+    row = claim(ledger)
+    ledger.mark_submitted(row.submission_id, job_id="j1", status="queued", created_at=T0)
+    (seen,) = ledger.update_jobs([JobUpdate("j1", "completed", result_url="https://cdn/x.png")])
+    ledger.record_image(
+        seen.submission_id, uri="s3://b/x.png", sha256="ab", width=8, height=8, size_bytes=3
+    )
+    recorded = ledger.record_image_error(
+        seen.submission_id, seen_uri=seen.image_uri, code="download_failed", message="reset"
+    )
+    stored = ledger.get(seen.submission_id)
+    assert not recorded
+    assert (stored.image_uri, stored.error_code) == ("s3://b/x.png", None)
+    # A worker that saw this very image (say, gone from the store) and failed does record it.
+    assert ledger.record_image_error(
+        seen.submission_id, seen_uri="s3://b/x.png", code="download_failed", message="reset"
+    )
+    stored = ledger.get(seen.submission_id)
+    assert (stored.image_uri, stored.error_code) == (None, "download_failed")
+    with pytest.raises(KeyError):
+        ledger.record_image_error("nope", seen_uri=None, code="c", message="m")
+
+
 def test_unknown_future_statuses_are_kept_and_treated_as_pending(ledger):
     """A status this version does not know is stored verbatim and counts as pending."""
     row = claim(ledger)
