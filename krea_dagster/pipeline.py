@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
-from krea_dagster.api import AsyncKreaClient, KreaError, catalog
+from krea_dagster.api import AsyncKreaClient, Job, KreaClient, KreaError, catalog
 from krea_dagster.collect import BatchCollector, CollectReport, Thumbnail, thumbnail_data_uri
 from krea_dagster.ledger import Ledger, Submission, may_submit, utcnow
 from krea_dagster.manifest import build_manifest
@@ -507,17 +507,27 @@ class KreaImagePipeline:
     def cancel_run_jobs(self, krea: KreaResource, *, batch: str, run_id: str) -> list[str]:
         """Cancel the pending Krea jobs a run submitted (the run is being terminated)."""
         rows = [row for row in self.ledger.pending(self.scope, batch) if row.run_id == run_id]
-        cancelled: list[str] = []
         if not rows:
-            return cancelled
+            return []
         with krea.client() as client:
-            for row in rows:
-                try:
-                    client.cancel_job(row.job_id or "")
-                    job = client.get_job(row.job_id or "")
-                except KreaError as error:
-                    self.log.warning(f"could not cancel job {row.job_id}: {error}")
-                    continue
-                self.ledger.update_jobs([job_update(job)])
-                cancelled.append(job.job_id)
+            return [job.job_id for job in self.cancel_jobs(client, rows)]
+
+    def cancel_jobs(
+        self, client: KreaClient, rows: Sequence[Submission], *, log: Any = None
+    ) -> list[Job]:
+        """Cancel these rows' jobs at Krea and record what Krea then says of each.
+
+        A job that cannot be cancelled is logged and left pending; the rest are returned.
+        """
+        log = log or self.log
+        cancelled: list[Job] = []
+        for row in rows:
+            try:
+                client.cancel_job(row.job_id or "")
+                job = client.get_job(row.job_id or "")
+            except KreaError as error:
+                log.warning(f"could not cancel job {row.job_id}: {error}")
+                continue
+            self.ledger.update_jobs([job_update(job)])
+            cancelled.append(job)
         return cancelled

@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, Self
 
 import dagster as dg
 
@@ -47,49 +47,43 @@ CURSOR_VERSION = 1
 
 
 @dataclass
-class DiscoveryCursor:
-    """The content hash of every batch the discovery sensor has launched."""
+class _Cursor:
+    """A sensor cursor: a versioned dataclass stored as JSON."""
 
-    hashes: dict[str, str] = field(default_factory=dict)
     version: int = CURSOR_VERSION
 
     def serialize(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def parse(cls, text: str | None, log: Any = None) -> "DiscoveryCursor":
-        return _parse(cls, text, log)
+    def parse(cls, text: str | None, log: Any = None) -> Self:
+        """A cursor from its JSON; an unreadable one starts fresh (run keys still dedupe)."""
+        if not text:
+            return cls()
+        try:
+            data = json.loads(text)
+            if data.get("version") != CURSOR_VERSION:
+                raise ValueError(f"cursor version {data.get('version')}")
+            return cls(**data)
+        except (ValueError, TypeError, AttributeError) as error:
+            if log is not None:
+                log.warning(f"ignoring an unreadable sensor cursor ({error}); starting fresh")
+            return cls()
 
 
 @dataclass
-class CompletionCursor:
+class DiscoveryCursor(_Cursor):
+    """The content hash of every batch the discovery sensor has launched."""
+
+    hashes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class CompletionCursor(_Cursor):
     """The images run last requested per batch, and where the next tick starts polling."""
 
     requested: dict[str, str] = field(default_factory=dict)
     offset: int = 0
-    version: int = CURSOR_VERSION
-
-    def serialize(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def parse(cls, text: str | None, log: Any = None) -> "CompletionCursor":
-        return _parse(cls, text, log)
-
-
-def _parse(cls: Any, text: str | None, log: Any) -> Any:
-    """A cursor from its JSON; an unreadable one starts fresh (run keys still dedupe)."""
-    if not text:
-        return cls()
-    try:
-        data = json.loads(text)
-        if data.get("version") != CURSOR_VERSION:
-            raise ValueError(f"cursor version {data.get('version')}")
-        return cls(**data)
-    except (ValueError, TypeError, AttributeError) as error:
-        if log is not None:
-            log.warning(f"ignoring an unreadable sensor cursor ({error}); starting fresh")
-        return cls()
 
 
 # -- discovery ----------------------------------------------------------------------------------
@@ -334,19 +328,11 @@ def _handle_poll_timeouts(
             + ", ".join(row.job_id or "?" for row in overdue[:20])
         )
         return set()
-    client = krea.get_client()
-    batches: set[str] = set()
-    for row in overdue:
-        try:
-            client.cancel_job(row.job_id or "")
-            job = client.get_job(row.job_id or "")
-        except KreaError as error:
-            context.log.warning(f"could not cancel overdue job {row.job_id}: {error}")
-            continue
-        pipeline.ledger.update_jobs([job_update(job)])
-        batches.add(row.batch)
-    context.log.warning(f"cancelled {len(overdue)} job(s) pending longer than {timeout}")
-    return batches
+    cancelled = {
+        job.job_id for job in pipeline.cancel_jobs(krea.get_client(), overdue, log=context.log)
+    }
+    context.log.warning(f"cancelled {len(cancelled)} job(s) pending longer than {timeout}")
+    return {row.batch for row in overdue if row.job_id in cancelled}
 
 
 # -- builder ------------------------------------------------------------------------------------

@@ -161,6 +161,28 @@ def test_deferred_completion_requests_images_once_all_jobs_are_terminal(
     assert after.run_requests == []
 
 
+def test_completion_cancels_jobs_pending_past_poll_timeout_and_moves_on(
+    build, emulator, persistent_instance, prompts_dir
+):
+    """With on_poll_timeout=cancel, overdue jobs are cancelled (nothing billed), then images run."""
+    emulator.configure(render_seconds=60.0, time_scale=1.0)
+    write_batch(prompts_dir, "slow", prompt_rows(3))
+    assets = build()
+    krea = make_resource(emulator, poll_timeout=0.5, on_poll_timeout="cancel")
+    sensor = sensors_of(assets)["krea_test_completion"]
+    defs = dg.Definitions(assets=assets.assets, sensors=[sensor], resources={"krea": krea})
+    assert materialize(
+        assets, "slow", instance=persistent_instance, krea=krea, roles=("prompts", "jobs")
+    ).success
+    time.sleep(0.6)
+    result = tick(sensor, persistent_instance, defs)
+    assert [request.partition_key for request in result.run_requests] == ["slow"]
+    rows = assets.pipeline.ledger.rows(assets.pipeline.scope, "slow")
+    assert {row.state for row in rows} == {"cancelled"}
+    stats = emulator.stats()
+    assert (stats["jobs_created"], stats["jobs_billed"]) == (3, 0)
+
+
 def test_sensor_loop_end_to_end_drop_a_file_get_images(
     build, emulator, persistent_instance, prompts_dir
 ):
