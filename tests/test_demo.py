@@ -51,8 +51,9 @@ def test_demo_command_generates_every_batch_and_pays_once(tmp_path):
         "DAGSTER_HOME": str(tmp_path / "demo" / "home"),
         "KREA_EMULATOR_PORT": str(free_port()),
     }
-    try:
-        first = subprocess.run(
+
+    def run_demo() -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
             [sys.executable, "scripts/demo.py"],
             cwd=REPO,
             env=env,
@@ -60,22 +61,18 @@ def test_demo_command_generates_every_batch_and_pays_once(tmp_path):
             text=True,
             timeout=600,
         )
-        assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return done
+
+    try:
+        first = run_demo()
         assert "emulator: 10 jobs created, 10 billed, 0 duplicate submissions" in first.stdout
         assert sorted(p.name for p in (tmp_path / "demo" / "contact_sheets").iterdir()) == [
             "city.png",
             "ocean.png",
             "spring.png",
         ]
-        second = subprocess.run(
-            [sys.executable, "scripts/demo.py"],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert second.returncode == 0
+        second = run_demo()
         assert "emulator: 10 jobs created, 10 billed, 0 duplicate submissions" in second.stdout
         assert "dg dev" in second.stdout
     finally:
