@@ -25,6 +25,7 @@ from krea_dagster.api.client import (
     AsyncKreaClient,
     ClientStats,
     KreaClient,
+    SendAttempt,
 )
 from krea_dagster.api.config import (
     API_KEY_ENV,
@@ -211,6 +212,7 @@ __all__ = [
     "RetryDecision",
     "RetryPolicy",
     "SecretRedactingFilter",
+    "SendAttempt",
     "SubmissionWindow",
     "SubmitRateLimitPolicy",
     "SystemClock",

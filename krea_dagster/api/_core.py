@@ -2,7 +2,7 @@
 
 Every operation is a generator, a *flow*, that yields actions and receives their results:
 ``Send(request)`` -> ``httpx.Response``, ``Stream(request, sink)`` -> a streamed response,
-``Sleep(seconds)``, ``Notify(callback, job)`` and ``Offload(function)`` (blocking file work).
+``Sleep(seconds)``, ``Notify(callback, value)`` and ``Offload(function)`` (blocking file work).
 Transport exceptions are thrown back into the flow at its ``yield``, so the flow reads like
 straight-line code. Request building, response interpretation, the retry loop and backoff live
 here once; the two clients only perform actions (``run_flow`` / ``run_flow_async``).
@@ -89,10 +89,26 @@ class Sleep:
 
 @dataclass(frozen=True)
 class Notify:
-    """Call a user callback with a job (awaited when it returns an awaitable)."""
+    """Call a user callback with a value (awaited when it returns an awaitable)."""
 
-    callback: Callable[[Job], object]
-    job: Job
+    callback: Callable[[Any], object]
+    value: Any
+
+
+@dataclass(frozen=True)
+class SendAttempt:
+    """What ``submit`` is about to do with one POST: send it now, or first wait ``wait`` seconds.
+
+    ``submit(on_send=...)`` is called with one before each wait and each send, and the POST
+    goes out only after the callback returns: a caller that records ``sent_at`` durably knows
+    the window in which a job can have been created, however many 429 waits and connect
+    retries came first.
+    """
+
+    submission_id: str
+    attempt: int
+    sent_at: datetime
+    wait: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -579,9 +595,11 @@ class RequestCore:
         validate: bool = True,
         today: date | None = None,
         max_retries: int | None = None,
+        submission_id: str | None = None,
+        on_send: Callable[[SendAttempt], object] | None = None,
     ) -> Flow[Job]:
         """POST /generate/<kind>/<model>: validated first, never resent once it may have arrived."""
-        submission_id = str(uuid.uuid4())
+        submission_id = submission_id or str(uuid.uuid4())
         try:
             path, body = self._submission_body(model, params, kind, validate, today)
         except KreaError as error:
@@ -597,6 +615,8 @@ class RequestCore:
         while True:
             attempts += 1
             submitted_at = self.clock.now()
+            if on_send is not None:
+                yield Notify(on_send, SendAttempt(submission_id, attempts, submitted_at))
             request = self.build_request(
                 "POST",
                 self.config.base_url + path,
@@ -642,6 +662,9 @@ class RequestCore:
             except KreaError as error:
                 error.submission_id = submission_id
                 raise
+            if on_send is not None:
+                now = self.clock.now()
+                yield Notify(on_send, SendAttempt(submission_id, attempts + 1, now, delay))
             yield Sleep(delay)
 
     def _submission_body(

@@ -43,6 +43,7 @@ from krea_dagster.api._core import (
     Offload,
     RequestCore,
     Send,
+    SendAttempt,
     Sleep,
     Stream,
     check_api_key,
@@ -75,7 +76,7 @@ from krea_dagster.api.redaction import install_redaction, register_secret
 from krea_dagster.api.webhooks import parse_webhook
 from krea_dagster.version import __version__
 
-__all__ = ["DEFAULT_USER_AGENT", "AsyncKreaClient", "ClientStats", "KreaClient"]
+__all__ = ["DEFAULT_USER_AGENT", "AsyncKreaClient", "ClientStats", "KreaClient", "SendAttempt"]
 
 logger = logging.getLogger("krea_dagster.api")
 install_redaction()
@@ -256,7 +257,7 @@ class KreaClient(_BaseClient):
                 self._sleep(action.seconds)
             return None
         if isinstance(action, Notify):
-            action.callback(action.job)
+            action.callback(action.value)
             return None
         if isinstance(action, Offload):
             return action.function()
@@ -303,13 +304,17 @@ class KreaClient(_BaseClient):
         webhook_url: str | None = None,
         validate: bool = True,
         max_retries: int | None = None,
+        submission_id: str | None = None,
+        on_send: Callable[[SendAttempt], object] | None = None,
     ) -> Job:
         """Validate and ``POST /generate/<kind>/<model>``; never resent once it may have arrived.
 
         Raises RequestValidationError (nothing sent), AmbiguousSubmitError (a job may exist:
         reconcile, do not resubmit), RateLimitError (still at the concurrency cap after the
         429 budget), or the status error of a refusal (402, 401, ...). ``validate=False`` is
-        only for models newer than the bundled catalog.
+        only for models newer than the bundled catalog. ``submission_id`` names the
+        submission in logs and errors (a ledger passes its own); ``on_send`` is called with a
+        ``SendAttempt`` before every POST and every wait, and the POST waits for it.
         """
         return self._run(
             self._core.submit(
@@ -319,6 +324,8 @@ class KreaClient(_BaseClient):
                 webhook_url=webhook_url,
                 validate=validate,
                 max_retries=max_retries,
+                submission_id=submission_id,
+                on_send=on_send,
             )
         )
 
@@ -540,7 +547,7 @@ class AsyncKreaClient(_BaseClient):
                 await self._sleep(action.seconds)
             return None
         if isinstance(action, Notify):
-            result = action.callback(action.job)
+            result = action.callback(action.value)
             if inspect.isawaitable(result):
                 await result
             return None
@@ -592,6 +599,8 @@ class AsyncKreaClient(_BaseClient):
         webhook_url: str | None = None,
         validate: bool = True,
         max_retries: int | None = None,
+        submission_id: str | None = None,
+        on_send: Callable[[SendAttempt], object] | None = None,
     ) -> Job:
         """See ``KreaClient.submit``."""
         return await self._run(
@@ -602,6 +611,8 @@ class AsyncKreaClient(_BaseClient):
                 webhook_url=webhook_url,
                 validate=validate,
                 max_retries=max_retries,
+                submission_id=submission_id,
+                on_send=on_send,
             )
         )
 
