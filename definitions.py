@@ -24,9 +24,9 @@ from krea_dagster import (
     build_krea_image_assets,
     build_krea_sensors,
 )
-from krea_dagster.collect import thumbnail_data_uri
 from krea_dagster.emulator import DEMO_TOKEN
 from krea_dagster.emulator.local import ensure_local_emulator
+from krea_dagster.engine.collect import thumbnail_data_uri
 
 ROOT = Path(__file__).resolve().parent
 DEMO_DIR = Path(os.environ.get("KREA_DEMO_DIR", ROOT / ".demo"))

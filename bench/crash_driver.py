@@ -14,11 +14,11 @@ from pathlib import Path
 
 import dagster as dg
 
-import krea_dagster.collect
-import krea_dagster.submit
+import krea_dagster.engine.collect
+import krea_dagster.engine.submit
 from bench.params import FULL, SMOKE
 from bench.workload import build_assets, make_resource, materialize
-from krea_dagster.crashpoints import CRASH_ENV, crash_point
+from krea_dagster.engine.crashpoints import CRASH_ENV, crash_point
 
 
 def counted_crash_point(crash_after: int) -> Callable[[str], None]:
@@ -39,8 +39,8 @@ def main(argv: list[str]) -> int:
     spec = json.loads(argv[0])
     params = {"full": FULL, "smoke": SMOKE}[spec["mode"]]
     point = counted_crash_point(int(spec["crash_after"]))
-    krea_dagster.submit.crash_point = point  # type: ignore[attr-defined]
-    krea_dagster.collect.crash_point = point  # type: ignore[attr-defined]
+    krea_dagster.engine.submit.crash_point = point  # type: ignore[attr-defined]
+    krea_dagster.engine.collect.crash_point = point  # type: ignore[attr-defined]
     assets = build_assets(Path(spec["workdir"]), params)
     krea = make_resource(spec["base_url"], spec["token"], params)
     with dg.DagsterInstance.get() as instance:

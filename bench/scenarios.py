@@ -43,8 +43,8 @@ from bench.workload import (
     write_prompts,
 )
 from krea_dagster import build_krea_sensors
-from krea_dagster.crashpoints import CRASH_ENV
 from krea_dagster.emulator.testing import SpawnedEmulator
+from krea_dagster.engine.crashpoints import CRASH_ENV
 
 REPO = Path(__file__).resolve().parent.parent
 POST_ROUTE = "POST /generate/image/{provider}/{model}"

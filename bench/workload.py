@@ -24,8 +24,8 @@ import httpx
 from bench.params import BenchParams
 from krea_dagster import KreaResource, build_krea_image_assets
 from krea_dagster.assets import KreaImageAssets
-from krea_dagster.ledger import submissions_table, utcnow
-from krea_dagster.prompts import request_hash
+from krea_dagster.engine.ledger import submissions_table, utcnow
+from krea_dagster.engine.prompts import request_hash
 
 PREFIX = "bench"
 BATCH = "batch"

@@ -20,15 +20,15 @@ from krea_dagster.version import __version__
 
 _EXPORTS = {
     "REGENERATE_TAG": "krea_dagster.assets",
-    "ImageStore": "krea_dagster.store",
+    "ImageStore": "krea_dagster.engine.store",
     "KreaAssetProps": "krea_dagster.translator",
     "KreaImageAssets": "krea_dagster.assets",
     "KreaImagesComponent": "krea_dagster.component",
     "KreaJobsConfig": "krea_dagster.assets",
     "KreaResource": "krea_dagster.resource",
     "KreaTranslator": "krea_dagster.translator",
-    "Ledger": "krea_dagster.ledger",
-    "PromptSource": "krea_dagster.source",
+    "Ledger": "krea_dagster.engine.ledger",
+    "PromptSource": "krea_dagster.engine.source",
     "build_krea_image_assets": "krea_dagster.assets",
     "build_krea_regeneration_schedule": "krea_dagster.schedules",
     "build_krea_sensors": "krea_dagster.sensors",

@@ -22,13 +22,14 @@ from typing import Any, TypeVar
 import dagster as dg
 import pandas as pd
 
-from krea_dagster.ledger import Ledger
-from krea_dagster.manifest import ManifestStatus, column_schema, manifest_metadata
-from krea_dagster.pipeline import BudgetExceededError, KreaImagePipeline
-from krea_dagster.prompts import PROMPTS_TABLE_COLUMNS, PromptValidationError, expected_size
+from krea_dagster.engine.ledger import Ledger
+from krea_dagster.engine.manifest import ManifestStatus
+from krea_dagster.engine.pipeline import BudgetExceededError, KreaImagePipeline
+from krea_dagster.engine.prompts import PROMPTS_TABLE_COLUMNS, PromptValidationError, expected_size
+from krea_dagster.engine.source import PromptSource, PromptSourceError
+from krea_dagster.engine.store import ImageStore
+from krea_dagster.manifest import column_schema, manifest_metadata
 from krea_dagster.resource import KreaResource
-from krea_dagster.source import PromptSource, PromptSourceError
-from krea_dagster.store import ImageStore
 from krea_dagster.translator import KreaAssetProps, KreaTranslator
 
 __all__ = [

@@ -33,9 +33,9 @@ from typing import Any, Literal
 import dagster as dg
 
 from krea_dagster.assets import REGENERATE_TAG, KreaImageAssets
-from krea_dagster.pipeline import KreaImagePipeline
-from krea_dagster.prompts import PromptValidationError
-from krea_dagster.source import PromptSourceError
+from krea_dagster.engine.pipeline import KreaImagePipeline
+from krea_dagster.engine.prompts import PromptValidationError
+from krea_dagster.engine.source import PromptSourceError
 
 __all__ = ["BatchSelector", "build_krea_regeneration_schedule", "plan_regeneration"]
 

@@ -28,9 +28,9 @@ import dagster as dg
 
 from krea_dagster.api import JobStatus, KreaError
 from krea_dagster.assets import KreaImageAssets
-from krea_dagster.ledger import Submission, utcnow
+from krea_dagster.engine.ledger import Submission, utcnow
+from krea_dagster.engine.submit import job_update
 from krea_dagster.resource import KreaResource
-from krea_dagster.submit import job_update
 
 __all__ = [
     "CompletionCursor",

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 import dagster as dg  # noqa: E402
 
 import definitions  # noqa: E402
-from krea_dagster.manifest import ManifestStatus  # noqa: E402
+from krea_dagster.engine.manifest import ManifestStatus  # noqa: E402
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 

@@ -27,11 +27,11 @@ from typing import Any
 from PIL import Image
 
 from krea_dagster.api import AsyncKreaClient, DownloadError, Job, JobStatus, KreaError
-from krea_dagster.crashpoints import crash_point
-from krea_dagster.ledger import Ledger, Submission
-from krea_dagster.prompts import expected_aspect_ratio, expected_size
-from krea_dagster.store import ImageStore
-from krea_dagster.submit import job_update
+from krea_dagster.engine.crashpoints import crash_point
+from krea_dagster.engine.ledger import Ledger, Submission
+from krea_dagster.engine.prompts import expected_aspect_ratio, expected_size
+from krea_dagster.engine.store import ImageStore
+from krea_dagster.engine.submit import job_update
 
 __all__ = [
     "BatchCollector",

@@ -15,7 +15,7 @@ States of a row::
       └──outcome unknown───────▶ unknown ──reconciled──▶ <Krea status> | not_created
 
 ``intent`` and ``unknown`` rows are at most ``max_inflight_submits`` per worker: they are the
-only rows whose outcome at Krea is not known, and ``krea_dagster.reconcile`` resolves them
+only rows whose outcome at Krea is not known, and ``krea_dagster.engine.reconcile`` resolves them
 through ``GET /jobs`` before anything is submitted again.
 
 The ledger is SQLAlchemy Core on any URL: ``sqlite:///path/ledger.db`` by default,

@@ -20,21 +20,21 @@ import pandas as pd
 from PIL import Image
 
 from krea_dagster.api import AsyncKreaClient, Job, KreaClient, KreaError, catalog
-from krea_dagster.collect import BatchCollector, CollectReport, Thumbnail, thumbnail_data_uri
-from krea_dagster.ledger import Ledger, Submission, may_submit, utcnow
-from krea_dagster.manifest import build_manifest
-from krea_dagster.prompts import PreparedBatch, prepare_batch, request_hash
-from krea_dagster.reconcile import (
+from krea_dagster.engine.collect import BatchCollector, CollectReport, Thumbnail, thumbnail_data_uri
+from krea_dagster.engine.ledger import Ledger, Submission, may_submit, utcnow
+from krea_dagster.engine.manifest import build_manifest
+from krea_dagster.engine.prompts import PreparedBatch, prepare_batch, request_hash
+from krea_dagster.engine.reconcile import (
     Candidate,
     clock_bounds,
     match_windows,
     owner_is_alive,
     window_for,
 )
-from krea_dagster.resource import KreaResource
-from krea_dagster.source import PromptSource
-from krea_dagster.store import ImageStore
-from krea_dagster.submit import BatchSubmitter, PlannedPrompt, SubmitReport, job_update
+from krea_dagster.engine.settings import KreaAccount
+from krea_dagster.engine.source import PromptSource
+from krea_dagster.engine.store import ImageStore
+from krea_dagster.engine.submit import BatchSubmitter, PlannedPrompt, SubmitReport, job_update
 
 __all__ = ["BudgetExceededError", "KreaImagePipeline", "ReconcileReport", "SubmitSummary"]
 
@@ -163,7 +163,7 @@ class KreaImagePipeline:
 
     async def submit(
         self,
-        krea: KreaResource,
+        krea: KreaAccount,
         prompts: pd.DataFrame,
         *,
         batch: str,
@@ -251,7 +251,7 @@ class KreaImagePipeline:
     async def reconcile(
         self,
         client: AsyncKreaClient,
-        krea: KreaResource,
+        krea: KreaAccount,
         *,
         run_is_active: Callable[[str], bool] | None = None,
         settle: bool = False,
@@ -373,7 +373,7 @@ class KreaImagePipeline:
 
     async def collect(
         self,
-        krea: KreaResource,
+        krea: KreaAccount,
         prompts: pd.DataFrame,
         *,
         batch: str,
@@ -419,7 +419,7 @@ class KreaImagePipeline:
         return report
 
     def _collector(
-        self, client: AsyncKreaClient, krea: KreaResource, batch: str, poll_timeout: float
+        self, client: AsyncKreaClient, krea: KreaAccount, batch: str, poll_timeout: float
     ) -> BatchCollector:
         return BatchCollector(
             client,
@@ -504,7 +504,7 @@ class KreaImagePipeline:
 
     # -- termination -----------------------------------------------------------------------
 
-    def cancel_run_jobs(self, krea: KreaResource, *, batch: str, run_id: str) -> list[str]:
+    def cancel_run_jobs(self, krea: KreaAccount, *, batch: str, run_id: str) -> list[str]:
         """Cancel the pending Krea jobs a run submitted (the run is being terminated)."""
         rows = [row for row in self.ledger.pending(self.scope, batch) if row.run_id == run_id]
         if not rows:

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from krea_dagster.ledger import Submission
+from krea_dagster.engine.ledger import Submission
 
 __all__ = [
     "Candidate",

@@ -50,8 +50,8 @@ from krea_dagster.api import (
     RequestValidationError,
     UnprocessableEntityError,
 )
-from krea_dagster.crashpoints import crash_point
-from krea_dagster.ledger import REJECTED, JobUpdate, Ledger, Submission
+from krea_dagster.engine.crashpoints import crash_point
+from krea_dagster.engine.ledger import REJECTED, JobUpdate, Ledger, Submission
 
 __all__ = ["BatchSubmitter", "PlannedPrompt", "SubmitReport", "job_update"]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from krea_dagster.crashpoints import CRASH_ENV
+from krea_dagster.engine.crashpoints import CRASH_ENV
 
 from .conftest import check_results, manifest_of, materialize, prompt_rows, write_batch
 

@@ -7,8 +7,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from krea_dagster.ledger import JobUpdate, Ledger, LedgerSchemaError, SubmissionState, meta_table
-from krea_dagster.reconcile import (
+from krea_dagster.engine.ledger import (
+    JobUpdate,
+    Ledger,
+    LedgerSchemaError,
+    SubmissionState,
+    meta_table,
+)
+from krea_dagster.engine.reconcile import (
     Candidate,
     ClockBounds,
     Window,

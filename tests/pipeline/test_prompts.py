@@ -3,8 +3,8 @@
 import pandas as pd
 import pytest
 
-from krea_dagster.prompts import PromptValidationError, prepare_batch, prompt_key
-from krea_dagster.source import PromptSource, PromptSourceError, read_table
+from krea_dagster.engine.prompts import PromptValidationError, prepare_batch, prompt_key
+from krea_dagster.engine.source import PromptSource, PromptSourceError, read_table
 
 FLUX = "bfl/flux-1-dev"
 

@@ -12,7 +12,7 @@ from krea_dagster.emulator.clock import ManualClock
 from krea_dagster.emulator.config import EmulatorConfig
 from krea_dagster.emulator.state import DEMO_TOKEN, EmulatorState
 from krea_dagster.emulator.testing import run_emulator
-from krea_dagster.ledger import submissions_table, utcnow
+from krea_dagster.engine.ledger import submissions_table, utcnow
 from krea_dagster.sensors import CompletionCursor, DiscoveryCursor
 
 from .conftest import make_resource, manifest_of, materialize, prompt_rows, write_batch

@@ -24,7 +24,7 @@ import dagster as dg
 import pandas as pd
 
 from krea_dagster import KreaResource, build_krea_image_assets, build_krea_sensors
-from krea_dagster.crashpoints import CRASH_ENV
+from krea_dagster.engine.crashpoints import CRASH_ENV
 
 PREFIX = "system"
 SENSOR_INTERVAL_SECONDS = 2  # the daemon's sensor loop runs every 5 s; this never holds a tick back

@@ -1,0 +1,19 @@
+"""The engine: prompt batches to paid-once Krea jobs to verified images, with no Dagster import.
+
+The Dagster surface (resource, assets, checks, metadata, sensors, schedules, component) sits
+flat at the package root and calls into this package; this package never imports Dagster
+(``tests/test_layers.py`` fails if it does), so the same steps run in a run worker, in the
+sensor daemon, in scripts and in tests.
+
+- ``source``: prompt files of a folder, one batch per file (or per ``batch`` value).
+- ``prompts``: validation against the model catalog, ``prompt_key``, cost estimates.
+- ``settings``: what the engine reads of a Krea account (``KreaAccount``).
+- ``ledger``: the durable record of every submission (schema, records, queries).
+- ``submit``: claim, POST, record; each POST under the account's submit lease.
+- ``reconcile``: the only reconciliation of submissions whose outcome is unknown.
+- ``collect``: poll pending jobs, download, verify and store images.
+- ``store``: the content-addressed image store (local or ``s3://``).
+- ``manifest``: the manifest DataFrame of a batch generation.
+- ``pipeline``: one instance's steps, composed from the above.
+- ``crashpoints``: named places where the crash tests kill a worker.
+"""
