@@ -321,8 +321,7 @@ def measure_images_step(bench: Bench, size: int) -> dict[str, Any]:
     workdir = bench.workdir(f"images-{size}")
     write_prompts(workdir / "prompts", BATCH, prompt_texts(size, f"memory {size}"))
     assets = build_assets(workdir, params)
-    # Preparation only: overlapping POSTs make 5,000 submissions quicker to set up.
-    krea = make_resource(emulator.base_url, emulator.token, params, max_inflight_submits=8)
+    krea = make_resource(emulator.base_url, emulator.token, params)
     with dagster_instance(workdir) as instance:
         materialize(assets, instance, krea, roles=("prompts", "jobs"))
         home = instance.root_directory

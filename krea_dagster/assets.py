@@ -12,20 +12,20 @@ polls inline; with the completion sensor (``build_krea_sensors``) the ``jobs`` r
 soon as everything is submitted and the sensor launches ``images`` when the batch is done.
 """
 
-import asyncio
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import dagster as dg
 import pandas as pd
 
+from krea_dagster.engine.errors import BatchStoppedError, BudgetExceededError, LeaseUnavailableError
 from krea_dagster.engine.ledger import Ledger
 from krea_dagster.engine.manifest import ManifestStatus
-from krea_dagster.engine.pipeline import BudgetExceededError, KreaImagePipeline
+from krea_dagster.engine.pipeline import KreaImagePipeline
 from krea_dagster.engine.prompts import PROMPTS_TABLE_COLUMNS, PromptValidationError, expected_size
+from krea_dagster.engine.run import run_coroutine
 from krea_dagster.engine.source import PromptSource, PromptSourceError
 from krea_dagster.engine.store import ImageStore
 from krea_dagster.manifest import column_schema, manifest_metadata
@@ -34,6 +34,7 @@ from krea_dagster.translator import KreaAssetProps, KreaTranslator
 
 __all__ = [
     "REGENERATE_TAG",
+    "REGENERATION_ID_TAG",
     "KreaImageAssets",
     "KreaJobsConfig",
     "KreaSource",
@@ -41,7 +42,8 @@ __all__ = [
 ]
 
 REGENERATE_TAG = "krea/regenerate"
-T = TypeVar("T")
+#: Names one request to regenerate; retries and re-executions of its run carry it.
+REGENERATION_ID_TAG = "krea/regeneration_id"
 MAX_JOB_IDS_IN_METADATA = 200
 PREVIEW_ROWS = 10
 
@@ -329,27 +331,18 @@ def _problems_table(error: PromptValidationError) -> dg.TableMetadataValue:
 # -- jobs ---------------------------------------------------------------------------------------
 
 
-def _run_is_active(context: dg.AssetExecutionContext) -> Callable[[str], bool]:
-    def is_active(run_id: str) -> bool:
-        run = context.instance.get_run_by_id(run_id)
-        return run is not None and not run.is_finished
+def _regeneration_id(context: dg.AssetExecutionContext, config: "KreaJobsConfig") -> str | None:
+    """The id of the regeneration this run asks for, None when it asks for none.
 
-    return is_active
-
-
-def run_coroutine(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine to completion from a step, whatever the calling thread is doing.
-
-    A step usually runs on a thread without an event loop, where ``asyncio.run`` is all it
-    takes. When a loop already runs on this thread (``dg.materialize`` from a Jupyter notebook,
-    or next to Playwright's sync API), the coroutine gets a fresh loop on a worker thread.
+    A schedule tick or a launch mints it (the ``krea/regeneration_id`` tag); without one, the
+    run's root run id stands in. Run retries and re-executions copy the tags and share the root
+    run id, so a retried regeneration finds the generation its first run opened.
     """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coroutine)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="krea-dagster") as pool:
-        return pool.submit(asyncio.run, coroutine).result()
+    tags = context.run.tags
+    wanted = config.regenerate or tags.get(REGENERATE_TAG, "").lower() in ("1", "true", "yes")
+    if not wanted:
+        return None
+    return tags.get(REGENERATION_ID_TAG) or context.run.root_run_id or context.run.run_id
 
 
 def _interruptible(
@@ -364,7 +357,7 @@ def _interruptible(
     except (dg.DagsterExecutionInterruptedError, KeyboardInterrupt):
         if krea.cancel_on_termination:
             cancelled = pipeline.cancel_run_jobs(
-                krea, batch=context.partition_key, run_id=context.run.run_id
+                krea, batch=context.partition_key, run_id=context.run.run_id, log=context.log
             )
             context.log.warning(f"run terminated: cancelled {len(cancelled)} pending Krea job(s)")
         raise
@@ -393,12 +386,7 @@ def _jobs_asset(
     ) -> dg.MaterializeResult:
         krea = krea_source.get(context)
         batch = context.partition_key
-        regenerate = config.regenerate or context.run.tags.get(REGENERATE_TAG, "").lower() in (
-            "1",
-            "true",
-            "yes",
-        )
-        pipeline.log = context.log
+        regeneration_id = _regeneration_id(context, config)
         try:
             summary = _interruptible(
                 pipeline,
@@ -409,9 +397,9 @@ def _jobs_asset(
                         krea,
                         prompts,
                         batch=batch,
-                        regenerate=regenerate,
+                        regeneration_id=regeneration_id,
                         run_id=context.run.run_id,
-                        run_is_active=_run_is_active(context),
+                        log=context.log,
                     )
                 ),
             )
@@ -420,6 +408,11 @@ def _jobs_asset(
         rows = pipeline.latest(batch, summary.generation)
         metadata = _jobs_metadata(pipeline, summary, rows)
         stopped = summary.stopped_by
+        if isinstance(stopped, BatchStoppedError | LeaseUnavailableError) and stopped.transient:
+            # Rate limited or Krea unreachable: a retry policy resumes where this run stopped
+            # (everything submitted stays recorded, so the retry pays for nothing twice).
+            context.log.warning(f"batch {batch!r} paused: {stopped}")
+            raise dg.RetryRequested(max_retries=3, seconds_to_wait=60) from stopped
         if stopped is not None:
             raise dg.Failure(
                 description=(
@@ -454,9 +447,7 @@ def _jobs_metadata(
         "krea/status_counts": dg.MetadataValue.json(dict(sorted(counts.items()))),
         f"krea.{model}.jobs": submitted,
         f"krea.{model}.usd": round(submitted_usd, 6),
-        "krea/reconciled": sum(
-            r.attributed + r.not_created + r.cancelled for r in summary.reconciled
-        ),
+        "krea/reconciled": len(summary.reconciled),
         "krea/job_ids": dg.MetadataValue.json(job_ids[:MAX_JOB_IDS_IN_METADATA]),
     }
 
@@ -517,7 +508,6 @@ def _images_asset(
                 description=f"batch {batch!r} has no submissions yet: materialize the jobs asset first",
                 allow_retries=False,
             )
-        pipeline.log = context.log
         report = _interruptible(
             pipeline,
             krea,
@@ -528,7 +518,8 @@ def _images_asset(
                     prompts,
                     batch=batch,
                     generation=generation,
-                    run_is_active=_run_is_active(context),
+                    run_id=context.run.run_id,
+                    log=context.log,
                 )
             ),
         )

@@ -62,7 +62,6 @@ class KreaSettings(dg.Model):
     poll_interval: float = 2.0
     poll_timeout: float = 0.0
     on_poll_timeout: Literal["report", "cancel"] = "report"
-    max_inflight_submits: int = 1
     max_concurrent_submits: int = 0
     max_concurrent_downloads: int = 8
     cancel_on_termination: bool = True

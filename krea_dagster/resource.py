@@ -73,13 +73,6 @@ class KreaResource(dg.ConfigurableResource):
         default=DEFAULT_SUBMIT_429_BUDGET,
         description="Seconds one submission may spend waiting out 429 (concurrency cap) answers.",
     )
-    max_inflight_submits: int = Field(
-        default=1,
-        description=(
-            "POST requests in flight at once. Also the most submissions a crash can leave "
-            "with an unknown outcome; with 1, reconciliation is always exact."
-        ),
-    )
     max_concurrent_submits: int = Field(
         default=0,
         description=(
@@ -115,7 +108,6 @@ class KreaResource(dg.ConfigurableResource):
     @model_validator(mode="after")
     def _check_ranges(self) -> "KreaResource":
         minimums = {
-            "max_inflight_submits": 1,
             "max_concurrent_submits": 0,
             "max_concurrent_downloads": 1,
             "max_retries": 0,
@@ -150,6 +142,11 @@ class KreaResource(dg.ConfigurableResource):
             "max_retries": self.max_retries,
             "submit_rate_limit": SubmitRateLimitPolicy(budget=self.rate_limit_budget),
         }
+
+    @property
+    def account_id(self) -> str:
+        """The Krea account: the token's key id (before ``:``); the secret never leaves."""
+        return self.api_key.split(":", 1)[0].strip()
 
     @property
     def request_window(self) -> float:

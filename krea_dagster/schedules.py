@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 import dagster as dg
 
-from krea_dagster.assets import REGENERATE_TAG, KreaImageAssets
+from krea_dagster.assets import REGENERATE_TAG, REGENERATION_ID_TAG, KreaImageAssets
 from krea_dagster.engine.pipeline import KreaImagePipeline
 from krea_dagster.engine.prompts import PromptValidationError
 from krea_dagster.engine.source import PromptSourceError
@@ -130,6 +130,8 @@ def build_krea_regeneration_schedule(
             if mode == "all":
                 tags[REGENERATE_TAG] = "true"
                 run_key = f"{batch}:all:{tick}"
+                # One id per tick and batch: a retried run of this tick reuses its generation.
+                tags[REGENERATION_ID_TAG] = f"{assets.prefix}:{run_key}"
             else:
                 digest = hashlib.sha256(f"{batch}:{count}:{estimate}:{tick}".encode()).hexdigest()[
                     :12

@@ -328,9 +328,7 @@ def _handle_poll_timeouts(
             + ", ".join(row.job_id or "?" for row in overdue[:20])
         )
         return set()
-    cancelled = {
-        job.job_id for job in pipeline.cancel_jobs(krea.get_client(), overdue, log=context.log)
-    }
+    cancelled = {job.job_id for job in pipeline.cancel(krea, overdue, log=context.log)}
     context.log.warning(f"cancelled {len(cancelled)} job(s) pending longer than {timeout}")
     return {row.batch for row in overdue if row.job_id in cancelled}
 

@@ -248,20 +248,27 @@ def reconcile(
     )
     known = set(known_job_ids)
     now = core.clock.now()
-    # Start just after the window (a cursor returns jobs created before it) to skip newer jobs.
-    cursor = window.end + timedelta(milliseconds=1) if window.end is not None else None
+    # Start just after the window (a cursor returns jobs created before it) to skip newer jobs;
+    # the guard band widens the look on both sides.
+    cursor = window.end + window.guard + timedelta(milliseconds=1) if window.end else None
     pager = JobPager(
-        limit=POLL_MANY_PAGE_SIZE, types=types, created_after=window.start, cursor=cursor
+        limit=POLL_MANY_PAGE_SIZE,
+        types=types,
+        created_after=window.start - window.guard,
+        cursor=cursor,
     )
     candidates: list[Job] = []
+    neighbours: list[Job] = []
     while not pager.done:
         page = yield from pager.next_page(core, max_retries)
-        candidates.extend(
-            job
-            for job in pager.accept(page)
-            if job.job_id not in known and window.contains(job.created_at)
-        )
-    result = decide_reconciliation(window, candidates, now=now)
+        for job in pager.accept(page):
+            if job.job_id in known:
+                continue
+            if window.contains(job.created_at):
+                candidates.append(job)
+            elif window.is_guarded(job.created_at):
+                neighbours.append(job)
+    result = decide_reconciliation(window, candidates, now=now, neighbours=neighbours)
     logger.info(
         "reconciled submission %s: %s (%d candidates)",
         window.submission_id,

@@ -40,6 +40,9 @@ class SubmissionWindow:
     model: str | None = None
     kind: str = "image"
     submission_id: str | None = None
+    #: How far around the window to look for jobs the caller does not know. One there means
+    #: somebody else submits on this account, so a lone job in the window may be theirs.
+    guard: timedelta = timedelta(0)
 
     @classmethod
     def from_submission(
@@ -74,6 +77,14 @@ class SubmissionWindow:
     def contains(self, moment: datetime) -> bool:
         """Whether a job created at ``moment`` could be the submission's."""
         return self.start <= moment and (self.end is None or moment <= self.end)
+
+    def is_guarded(self, moment: datetime) -> bool:
+        """Whether ``moment`` is outside the window but inside its guard band."""
+        if self.contains(moment) or self.guard <= timedelta(0):
+            return False
+        after_start = moment >= self.start - self.guard
+        before_end = self.end is None or moment <= self.end + self.guard
+        return after_start and before_end
 
     def is_closed(self, now: datetime) -> bool:
         """Whether no job of this submission can appear any more."""
@@ -138,10 +149,26 @@ def decide_reconciliation(
     *,
     now: datetime,
     complete: bool = True,
+    neighbours: Iterable[Job] = (),
 ) -> Reconciliation:
-    """Decide from the unknown jobs created in the window (``complete``: every page was read)."""
+    """Decide from the unknown jobs created in the window (``complete``: every page was read).
+
+    ``neighbours`` are unknown jobs of the window's guard band: with any, a lone job in the
+    window proves nothing (another client submits on the account), so it is not attributed.
+    A window that closed empty still proves "not created": the job would be inside it.
+    """
     found = tuple(candidates)
+    others = tuple(neighbours)
     span = f"{window.start.isoformat()} .. {window.end.isoformat() if window.end else 'now'}"
+    if len(found) == 1 and others:
+        ids = ", ".join(job.job_id for job in others[:5])
+        return Reconciliation.undecidable(
+            (*found, *others),
+            f"one unknown job ({found[0].job_id}) was created in {span}, but {len(others)} "
+            f"more the caller does not know were created around it ({ids}): another client or "
+            "ledger submits on this Krea account, so the job may be theirs",
+            window,
+        )
     if len(found) == 1:
         return Reconciliation.found(
             found[0], f"exactly one unknown job was created in {span}", window

@@ -11,6 +11,9 @@ sensor daemon, in scripts and in tests.
 - ``ledger``: the durable record of every submission (schema, records, queries).
 - ``submit``: claim, POST, record; each POST under the account's submit lease.
 - ``reconcile``: the only reconciliation of submissions whose outcome is unknown.
+- ``cancel``: the only place that cancels jobs (termination, poll timeout).
+- ``errors``: the engine's exception tree and its error codes.
+- ``run``: run the engine's coroutines from synchronous code.
 - ``collect``: poll pending jobs, download, verify and store images.
 - ``store``: the content-addressed image store (local or ``s3://``).
 - ``manifest``: the manifest DataFrame of a batch generation.

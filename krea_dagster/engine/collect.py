@@ -26,7 +26,8 @@ from typing import Any
 
 from PIL import Image
 
-from krea_dagster.api import AsyncKreaClient, DownloadError, Job, JobStatus, KreaError
+from krea_dagster.api import AsyncKreaClient, DownloadError, JobStatus, KreaError
+from krea_dagster.engine.cancel import cancel_jobs
 from krea_dagster.engine.crashpoints import crash_point
 from krea_dagster.engine.ledger import Ledger, Submission
 from krea_dagster.engine.prompts import expected_aspect_ratio, expected_size
@@ -75,6 +76,20 @@ class CollectReport:
     cancelled: list[str] = field(default_factory=list)
     thumbnails: list[Thumbnail] = field(default_factory=list)
     elapsed: float = 0.0
+    #: Jobs that failed transiently and were submitted again in this run.
+    resubmitted: int = 0
+
+    def merge(self, other: "CollectReport", max_thumbnails: int) -> None:
+        """Add another collection pass of the same run to this report."""
+        self.polls += other.polls
+        self.downloaded += other.downloaded
+        self.already_stored += other.already_stored
+        self.image_errors += other.image_errors
+        self.timed_out = other.timed_out
+        self.cancelled.extend(other.cancelled)
+        self.thumbnails.extend(other.thumbnails[: max_thumbnails - len(self.thumbnails)])
+        self.elapsed += other.elapsed
+        self.resubmitted += other.resubmitted
 
 
 class ImageCheckError(ValueError):
@@ -243,22 +258,11 @@ class BatchCollector:
                 f"({self.poll_timeout:.0f} s); they stay recorded and a later run collects them"
             )
             return
-        for job_id in job_ids:
-            job = await self._cancel(job_id)
-            if job is not None:
-                await asyncio.to_thread(self.ledger.update_jobs, [job_update(job)])
-                self.report.cancelled.append(job_id)
+        cancelled = await cancel_jobs(self.client, self.ledger, job_ids, log=self.log)
+        self.report.cancelled.extend(job.job_id for job in cancelled)
         self.log.warning(
             f"{self.batch}: cancelled {len(self.report.cancelled)} job(s) after poll_timeout"
         )
-
-    async def _cancel(self, job_id: str) -> Job | None:
-        try:
-            await self.client.cancel_job(job_id)
-            return await self.client.get_job(job_id)
-        except KreaError as error:
-            self.log.warning(f"could not cancel job {job_id}: {error}")
-            return None
 
     async def _download_worker(self) -> None:
         while True:

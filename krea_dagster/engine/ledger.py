@@ -2,27 +2,36 @@
 
 Krea bills every completed job and has no idempotency key. The ledger is what makes a re-run,
 a crash or a second worker safe: the *intent* to submit is committed **before** the POST
-(``claim``), the job id right after it (``mark_submitted``), and every later fact about the job
-(status, error, result URL, the verified image) is written to the same row. A prompt is only
-submitted again when its latest row for the generation is terminal and not paid
-(failed, cancelled, or proven never created).
+(``claim``), the time of every attempt right before it is sent (``note_send``), the job id
+right after it (``mark_submitted``), and every later fact about the job (status, error, result
+URL, the verified image) is written to the same row. A prompt is only submitted again when its
+latest row for the generation is terminal and not paid (failed, cancelled, or proven never
+created).
 
 States of a row::
 
     intent ──POST answered──▶ <Krea status> ──poll──▶ completed | failed | cancelled
       │                          (backlogged … intermediate-complete)
       ├──refused / never sent──▶ not_created
-      └──outcome unknown───────▶ unknown ──reconciled──▶ <Krea status> | not_created
+      └──outcome unknown───────▶ unknown ──reconciled──▶ <Krea status> | not_created | reported
 
-``intent`` and ``unknown`` rows are at most ``max_inflight_submits`` per worker: they are the
-only rows whose outcome at Krea is not known, and ``krea_dagster.engine.reconcile`` resolves them
-through ``GET /jobs`` before anything is submitted again.
+**The submit lease.** ``intent`` and ``unknown`` rows are the only rows whose outcome at Krea is
+not known. A row becomes one only while it holds its account's lease (one row of
+``krea_submit_leases`` per Krea account), taken in the same transaction that writes the intent
+and given back in the same transaction that records the answer. So across every worker,
+instance and prefix that shares this database there is at most one unresolved submission per
+account at any moment, and ``krea_dagster.engine.reconcile`` decides it from one window. A
+lease expires (``expires_at``, pushed forward before every send and every wait): a worker that
+died, on this host or any other, holds nothing once it has expired, whatever Dagster says of
+its run.
+
+**Guarded writes.** Every state change is one SQL statement whose ``WHERE`` holds its guard
+(compare-and-set): a status never moves backwards and an answered row is never overwritten by a
+late writer, whatever the interleaving of workers on PostgreSQL.
 
 The ledger is SQLAlchemy Core on any URL: ``sqlite:///path/ledger.db`` by default,
 ``postgresql+psycopg://…`` for deployments where several run workers share it. The schema is
-created and versioned here; every change is one transaction. Two workers racing to claim the
-same prompt are serialized by the unique key
-``(scope, batch, prompt_key, generation, attempt)``: a prompt is one deliverable of one batch.
+created and versioned here (``SCHEMA_VERSION``; version 1 ledgers are upgraded in place).
 """
 
 import json
@@ -31,7 +40,7 @@ import socket
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -40,22 +49,24 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from krea_dagster.api.models import TERMINAL_STATUSES, JobStatus
+from krea_dagster.engine.errors import ErrorCode
 
 __all__ = [
     "PAID_STATES",
-    "REJECTED",
     "SCHEMA_VERSION",
     "TERMINAL_STATES",
+    "Claim",
     "JobUpdate",
+    "Lease",
     "Ledger",
     "LedgerSchemaError",
     "Submission",
     "SubmissionState",
+    "may_submit",
+    "utcnow",
 ]
 
-SCHEMA_VERSION = 1
-#: error_code of a submission Krea refused for its body (400/422): it counts as an attempt.
-REJECTED = "rejected"
+SCHEMA_VERSION = 2
 # PostgreSQL advisory lock key that serializes schema creation (any constant 64-bit integer).
 _SCHEMA_LOCK = 0x6B726561_6C656467  # "krealedg"
 
@@ -70,13 +81,35 @@ class SubmissionState(StrEnum):
     INTENT = "intent"
     UNKNOWN = "unknown"
     NOT_CREATED = "not_created"
+    #: Reconciliation could not tell whether the POST created a job: never re-sent on a guess;
+    #: the batch's check fails and names it until someone resolves it.
+    REPORTED = "reported"
 
 
 TERMINAL_STATES = frozenset(
-    {*(status.value for status in TERMINAL_STATUSES), SubmissionState.NOT_CREATED.value}
+    {
+        *(status.value for status in TERMINAL_STATUSES),
+        SubmissionState.NOT_CREATED.value,
+        SubmissionState.REPORTED.value,
+    }
 )
 PAID_STATES = frozenset({JobStatus.COMPLETED.value})
 UNRESOLVED_STATES = frozenset({SubmissionState.INTENT.value, SubmissionState.UNKNOWN.value})
+# Krea's statuses in the order a job moves through them; a write never lowers the rank.
+_STATUS_RANK = {
+    status.value: rank
+    for rank, status in enumerate(
+        [
+            JobStatus.BACKLOGGED,
+            JobStatus.QUEUED,
+            JobStatus.SCHEDULED,
+            JobStatus.PROCESSING,
+            JobStatus.SAMPLING,
+            JobStatus.INTERMEDIATE_COMPLETE,
+        ]
+    )
+}
+_UNRANKED = len(_STATUS_RANK)  # a status Krea adds later: after the known live ones
 
 
 class LedgerSchemaError(RuntimeError):
@@ -100,7 +133,11 @@ generations_table = sa.Table(
     sa.Column("generation", sa.Integer, primary_key=True),
     sa.Column("reason", sa.String(64), nullable=False),
     sa.Column("run_id", sa.String(64)),
+    # Who asked for this generation (a schedule tick, a launch): retries and re-executions
+    # carry the same id, so they find this generation instead of opening another.
+    sa.Column("request_id", sa.String(256)),
     sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("uq_krea_generation_request", "scope", "batch", "request_id", unique=True),
 )
 
 submissions_table = sa.Table(
@@ -118,9 +155,9 @@ submissions_table = sa.Table(
     sa.Column("request_json", sa.Text, nullable=False),
     sa.Column("state", sa.String(32), nullable=False),
     sa.Column("job_id", sa.String(64), unique=True),
+    sa.Column("account", sa.String(128)),
     sa.Column("run_id", sa.String(64)),
     sa.Column("owner_host", sa.String(255)),
-    sa.Column("owner_pid", sa.Integer),
     sa.Column("estimated_usd", sa.Float),
     sa.Column("cost_usd", sa.Float),
     sa.Column("error_code", sa.String(128)),
@@ -132,6 +169,8 @@ submissions_table = sa.Table(
     sa.Column("height", sa.Integer),
     sa.Column("size_bytes", sa.BigInteger),
     sa.Column("intent_at", sa.DateTime(timezone=True), nullable=False),
+    # When the last attempt of the POST was sent (owner_host's clock), null until one was.
+    sa.Column("sent_at", sa.DateTime(timezone=True)),
     sa.Column("ambiguous_at", sa.DateTime(timezone=True)),
     sa.Column("submitted_at", sa.DateTime(timezone=True)),
     sa.Column("krea_created_at", sa.DateTime(timezone=True)),
@@ -144,6 +183,32 @@ submissions_table = sa.Table(
     sa.Index("ix_krea_submissions_state", "scope", "state"),
     sa.Index("ix_krea_submissions_created", "krea_created_at"),
 )
+
+leases_table = sa.Table(
+    "krea_submit_leases",
+    metadata,
+    sa.Column("account", sa.String(128), primary_key=True),
+    sa.Column("submission_id", sa.String(36)),
+    sa.Column("expires_at", sa.DateTime(timezone=True)),
+    sa.Column("owner_host", sa.String(255)),
+    sa.Column("owner_pid", sa.Integer),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+accounts_table = sa.Table(
+    "krea_accounts",
+    metadata,
+    sa.Column("account", sa.String(128), primary_key=True),
+    sa.Column("first_seen_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("foreign_jobs_seen", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_foreign_job_id", sa.String(64)),
+)
+
+# Columns version 2 added to version 1 tables (upgraded in place by ``_migrate``).
+_ADDED_IN_2 = {
+    "krea_submissions": ("account", "sent_at"),
+    "krea_generations": ("request_id",),
+}
 
 
 def utcnow() -> datetime:
@@ -172,9 +237,9 @@ class Submission:
     request_json: str
     state: str
     job_id: str | None
+    account: str | None
     run_id: str | None
     owner_host: str | None
-    owner_pid: int | None
     estimated_usd: float | None
     cost_usd: float | None
     error_code: str | None
@@ -186,6 +251,7 @@ class Submission:
     height: int | None
     size_bytes: int | None
     intent_at: datetime
+    sent_at: datetime | None
     ambiguous_at: datetime | None
     submitted_at: datetime | None
     krea_created_at: datetime | None
@@ -195,15 +261,9 @@ class Submission:
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> "Submission":
         values = {name: row[name] for name in cls.__dataclass_fields__}
-        for name in (
-            "intent_at",
-            "ambiguous_at",
-            "submitted_at",
-            "krea_created_at",
-            "completed_at",
-            "updated_at",
-        ):
-            values[name] = _aware(values[name])
+        for name, value in values.items():
+            if isinstance(value, datetime):
+                values[name] = _aware(value)
         return cls(**values)
 
     @property
@@ -224,6 +284,11 @@ class Submission:
         return self.state in UNRESOLVED_STATES
 
     @property
+    def is_reported(self) -> bool:
+        """Reconciliation could not decide; a person has to."""
+        return self.state == SubmissionState.REPORTED
+
+    @property
     def is_pending_at_krea(self) -> bool:
         """A job exists at Krea and has not reached a terminal status yet."""
         return self.job_id is not None and not self.is_terminal and not self.is_unresolved
@@ -240,15 +305,16 @@ class Submission:
 def may_submit(attempts: Iterable[Submission], max_attempts: int) -> bool:
     """Whether a prompt with these earlier attempts (one generation) may be submitted again.
 
-    Not while one is live (maybe another worker is sending it right now) or paid. Attempts
-    Krea never received, or refused for the balance, the rate or the token, do not count
-    against ``max_attempts``; failed jobs and bodies Krea rejected do.
+    Not while one is live (maybe another worker is sending it right now), paid or reported
+    (nobody knows whether it created a job). Attempts Krea never received, or refused for the
+    balance, the rate or the token, do not count against ``max_attempts``; failed jobs and
+    bodies Krea rejected do.
     """
     counted = 0
     for row in attempts:
-        if row.is_live or row.is_paid:
+        if row.is_live or row.is_paid or row.is_reported:
             return False
-        if row.state != SubmissionState.NOT_CREATED or row.error_code == REJECTED:
+        if row.state != SubmissionState.NOT_CREATED or row.error_code == ErrorCode.REJECTED:
             counted += 1
     return counted < max_attempts
 
@@ -264,6 +330,74 @@ class JobUpdate:
     result_url: str | None = None
     completed_at: datetime | None = None
     created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Lease:
+    """The account's submit lease as held by one submission."""
+
+    holder: Submission
+    expires_at: datetime | None
+    owner_host: str | None
+    owner_pid: int | None
+
+    def is_expired(self, now: datetime) -> bool:
+        """Expired at ``expires_at``, or at once when its owner was a process of this host that
+        is gone (no waiting out a crashed local worker's lease)."""
+        if self.expires_at is None or self.expires_at <= now:
+            return True
+        if self.owner_host == socket.gethostname() and self.owner_pid is not None:
+            return not _process_alive(self.owner_pid)
+        return False
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What ``Ledger.claim`` did: wrote an intent (``row``), or why it did not.
+
+    ``covered``: the prompt must not be submitted (live, paid, reported or out of attempts).
+    ``lease``: another submission holds the account's lease; once it has expired, that row
+    must be reconciled before anything else is sent on the account. None of the three: a
+    concurrent claim raced this one; claim again.
+    """
+
+    row: Submission | None = None
+    covered: bool = False
+    lease: Lease | None = None
+
+
+def _status_rank(column: Any) -> Any:
+    """SQL: the rank of the status in ``column`` (see ``_STATUS_RANK``)."""
+    return sa.case(
+        *((column == status, rank) for status, rank in _STATUS_RANK.items()),
+        else_=_UNRANKED,
+    )
+
+
+def _state_values(status: str) -> dict[str, Any]:
+    """Column values that go with writing ``status``: a completed job carries its cost.
+
+    Krea does not report the charge per job; the catalog's price for the exact request is it,
+    however the row learnt that its job completed (a poll, the POST answer, reconciliation).
+    """
+    values: dict[str, Any] = {"state": status}
+    if status == JobStatus.COMPLETED:
+        values["cost_usd"] = sa.func.coalesce(
+            submissions_table.c.cost_usd, submissions_table.c.estimated_usd
+        )
+    return values
 
 
 class Ledger:
@@ -316,32 +450,63 @@ class Ledger:
         return engine
 
     def _migrate(self, engine: Engine) -> None:
-        with engine.begin() as conn:
+        with engine.connect().execution_options(krea_write=True) as conn, conn.begin():
             if conn.dialect.name == "postgresql":
                 # Workers that share a fresh ledger all create its schema on first use; two
                 # concurrent CREATE TABLEs fail (DuplicateTable, or UniqueViolation on pg_type).
                 # Taking turns makes the later ones see the tables and create nothing.
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
-            metadata.create_all(conn)
-            version = conn.execute(
-                sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version")
-            ).scalar_one_or_none()
-            if version is None:
-                try:
-                    with conn.begin_nested():
-                        conn.execute(
-                            meta_table.insert().values(
-                                key="schema_version", value=str(SCHEMA_VERSION)
-                            )
-                        )
-                except sa.exc.IntegrityError:
-                    pass  # another worker created it at the same moment
-            elif int(version) > SCHEMA_VERSION:
+            version = self._schema_version(conn)
+            if version is not None and version > SCHEMA_VERSION:
                 raise LedgerSchemaError(
                     f"the ledger at {self!r} has schema version {version}, newer than the "
                     f"{SCHEMA_VERSION} this krea-dagster understands: upgrade krea-dagster on "
                     "every worker that shares this ledger"
                 )
+            if version == 1:
+                self._upgrade_from_1(conn)
+            metadata.create_all(conn)
+            if version is None:
+                conn.execute(
+                    meta_table.insert().values(key="schema_version", value=str(SCHEMA_VERSION))
+                )
+
+    @staticmethod
+    def _schema_version(conn: Connection) -> int | None:
+        if not sa.inspect(conn).has_table(meta_table.name):
+            return None
+        value = conn.execute(
+            sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version")
+        ).scalar_one_or_none()
+        return None if value is None else int(value)
+
+    @staticmethod
+    def _upgrade_from_1(conn: Connection) -> None:
+        """Version 1 had no submit lease, no send times and no regeneration request ids."""
+        inspector = sa.inspect(conn)
+        for table_name, columns in _ADDED_IN_2.items():
+            if not inspector.has_table(table_name):
+                continue  # created whole by create_all
+            table = metadata.tables[table_name]
+            present = {column["name"] for column in sa.inspect(conn).get_columns(table_name)}
+            for name in columns:
+                if name in present:
+                    continue
+                column_type = table.c[name].type.compile(dialect=conn.dialect)
+                conn.execute(sa.text(f"ALTER TABLE {table_name} ADD COLUMN {name} {column_type}"))
+        # A version 1 row still unresolved was sent at the latest when its intent was written
+        # plus the waits it may have done; its window starts at the intent.
+        if inspector.has_table(submissions_table.name):
+            conn.execute(
+                submissions_table.update()
+                .where(submissions_table.c.state.in_(sorted(UNRESOLVED_STATES)))
+                .values(sent_at=submissions_table.c.intent_at)
+            )
+        conn.execute(
+            meta_table.update()
+            .where(meta_table.c.key == "schema_version")
+            .values(value=str(SCHEMA_VERSION))
+        )
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -353,6 +518,53 @@ class Ledger:
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
+
+    # -- accounts --------------------------------------------------------------------------
+
+    def register_account(self, account: str) -> None:
+        """Record that this ledger serves a Krea account (the token's key id, never the secret)."""
+        with self.transaction() as conn:
+            exists = conn.execute(
+                sa.select(accounts_table.c.account).where(accounts_table.c.account == account)
+            ).first()
+            if exists is None:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(
+                            accounts_table.insert().values(
+                                account=account, first_seen_at=utcnow(), foreign_jobs_seen=0
+                            )
+                        )
+                except sa.exc.IntegrityError:
+                    pass  # another worker registered it at the same moment
+
+    def accounts(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(sa.select(accounts_table.c.account)).scalars())
+
+    def note_foreign_jobs(self, account: str, job_ids: Sequence[str]) -> None:
+        """Jobs on the account that no submission of this ledger made (another ledger or tool)."""
+        if not job_ids:
+            return
+        self.register_account(account)
+        with self.transaction() as conn:
+            conn.execute(
+                accounts_table.update()
+                .where(accounts_table.c.account == account)
+                .values(
+                    foreign_jobs_seen=accounts_table.c.foreign_jobs_seen + len(job_ids),
+                    last_foreign_job_id=job_ids[-1],
+                )
+            )
+
+    def foreign_jobs_seen(self, account: str) -> int:
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                sa.select(accounts_table.c.foreign_jobs_seen).where(
+                    accounts_table.c.account == account
+                )
+            ).scalar_one_or_none()
+        return int(value or 0)
 
     # -- generations -----------------------------------------------------------------------
 
@@ -376,29 +588,28 @@ class Ledger:
         batch: str,
         *,
         reason: str,
+        request_id: str,
         run_id: str | None = None,
-        reuse_for_run: bool = False,
     ) -> int:
-        """Open generation ``current + 1`` of a batch (1 for a new batch) and return it.
+        """The generation opened for ``request_id``: found if it exists, else ``current + 1``.
 
-        With ``reuse_for_run``, a generation this run already opened is returned instead, so
-        a retried step does not regenerate twice.
+        ``request_id`` names one request to regenerate (a schedule tick, a launch). A retry or
+        a re-execution of that run carries it, so it finds this generation and pays for
+        nothing twice; the unique index makes two concurrent openers agree.
         """
-        for _ in range(5):
+        for _ in range(10):
             try:
                 with self.transaction() as conn:
-                    current = self._current_generation(conn, scope, batch)
-                    if reuse_for_run and current and run_id is not None:
-                        opener = conn.execute(
-                            sa.select(generations_table.c.run_id).where(
-                                generations_table.c.scope == scope,
-                                generations_table.c.batch == batch,
-                                generations_table.c.generation == current,
-                            )
-                        ).scalar_one()
-                        if opener == run_id:
-                            return current
-                    generation = current + 1
+                    found = conn.execute(
+                        sa.select(generations_table.c.generation).where(
+                            generations_table.c.scope == scope,
+                            generations_table.c.batch == batch,
+                            generations_table.c.request_id == request_id,
+                        )
+                    ).scalar_one_or_none()
+                    if found is not None:
+                        return int(found)
+                    generation = self._current_generation(conn, scope, batch) + 1
                     conn.execute(
                         generations_table.insert().values(
                             scope=scope,
@@ -406,12 +617,13 @@ class Ledger:
                             generation=generation,
                             reason=reason,
                             run_id=run_id,
+                            request_id=request_id,
                             started_at=utcnow(),
                         )
                     )
                     return generation
             except sa.exc.IntegrityError:
-                continue  # a concurrent worker opened the same generation; read again
+                continue  # a concurrent opener won (same request, or the same number); read again
         raise RuntimeError(f"could not open a new generation for batch {batch!r}")
 
     def ensure_generation(self, scope: str, batch: str, *, run_id: str | None = None) -> int:
@@ -420,8 +632,7 @@ class Ledger:
         if current:
             return current
         # Insert generation 1 itself, not through start_generation: when two workers start a
-        # new batch at the same moment, the loser's retry there would open generation 2 (and
-        # then 3, 4...) and every worker would pay for the whole batch again.
+        # new batch at the same moment, the loser must find generation 1, not open generation 2.
         try:
             with self.transaction() as conn:
                 conn.execute(
@@ -454,137 +665,241 @@ class Ledger:
         estimated_usd: float | None,
         run_id: str | None,
         max_attempts: int,
-    ) -> Submission | None:
-        """Write the intent to submit a prompt, or return None when it must not be submitted.
+        account: str,
+        lease_seconds: float,
+    ) -> Claim:
+        """Write the intent to submit a prompt and take the account's submit lease, or say why not.
 
-        None means another row already covers the prompt in this generation: it is live (maybe
-        another worker is submitting it right now), paid, or the prompt used up
-        ``max_attempts`` failed attempts.
+        Both happen in one transaction, so an unresolved row always holds the lease.
         """
         now = utcnow()
         try:
             with self.transaction() as conn:
                 previous = self._attempts(conn, scope, batch, prompt_key, generation)
                 if not may_submit(previous, max_attempts):
-                    return None
-                values = {
+                    return Claim(covered=True)
+                lease = conn.execute(
+                    sa.select(leases_table)
+                    .where(leases_table.c.account == account)
+                    .with_for_update()
+                ).first()
+                if lease is not None and lease.submission_id is not None:
+                    held = self._lease(conn, lease)
+                    if held is not None:
+                        return Claim(lease=held)
+                conn.execute(
+                    submissions_table.insert().values(
+                        submission_id=submission_id,
+                        scope=scope,
+                        batch=batch,
+                        generation=generation,
+                        prompt_key=prompt_key,
+                        attempt=(previous[-1].attempt if previous else 0) + 1,
+                        model=model,
+                        request_hash=request_hash,
+                        request_json=json.dumps(request, sort_keys=True),
+                        state=SubmissionState.INTENT.value,
+                        account=account,
+                        run_id=run_id,
+                        owner_host=socket.gethostname(),
+                        estimated_usd=estimated_usd,
+                        intent_at=now,
+                        updated_at=now,
+                    )
+                )
+                lease_values = {
                     "submission_id": submission_id,
-                    "scope": scope,
-                    "batch": batch,
-                    "generation": generation,
-                    "prompt_key": prompt_key,
-                    "attempt": (previous[-1].attempt if previous else 0) + 1,
-                    "model": model,
-                    "request_hash": request_hash,
-                    "request_json": json.dumps(request, sort_keys=True),
-                    "state": SubmissionState.INTENT.value,
-                    "run_id": run_id,
+                    "expires_at": now + timedelta(seconds=lease_seconds),
                     "owner_host": socket.gethostname(),
                     "owner_pid": os.getpid(),
-                    "estimated_usd": estimated_usd,
-                    "intent_at": now,
                     "updated_at": now,
                 }
-                conn.execute(submissions_table.insert().values(**values))
+                if lease is None:
+                    conn.execute(leases_table.insert().values(account=account, **lease_values))
+                else:
+                    conn.execute(
+                        leases_table.update()
+                        .where(leases_table.c.account == account)
+                        .values(**lease_values)
+                    )
         except sa.exc.IntegrityError:
-            return None  # a concurrent worker claimed the same attempt first
-        return self.get(submission_id)
+            # A concurrent worker claimed the same attempt, or created the lease row first.
+            covered = self._covered(scope, batch, prompt_key, generation, max_attempts)
+            return Claim(covered=covered)
+        return Claim(row=self.get(submission_id))
 
-    @staticmethod
-    def _attempts(
-        conn: Connection, scope: str, batch: str, prompt_key: str, generation: int
-    ) -> list[Submission]:
-        rows = conn.execute(
-            sa.select(submissions_table)
-            .where(
-                submissions_table.c.scope == scope,
-                submissions_table.c.batch == batch,
-                submissions_table.c.prompt_key == prompt_key,
-                submissions_table.c.generation == generation,
+    def _covered(
+        self, scope: str, batch: str, prompt_key: str, generation: int, max_attempts: int
+    ) -> bool:
+        with self.engine.connect() as conn:
+            return not may_submit(
+                self._attempts(conn, scope, batch, prompt_key, generation), max_attempts
             )
-            .order_by(submissions_table.c.attempt)
-        ).mappings()
-        return [Submission.from_row(row) for row in rows]
+
+    def note_send(self, submission_id: str, *, sent_at: datetime, lease_seconds: float) -> bool:
+        """The POST is about to go out (or to wait, then go): record when, extend the lease.
+
+        False when the row no longer holds a live lease (it expired and another worker took
+        over): the caller must not send.
+        """
+        now = utcnow()
+        with self.transaction() as conn:
+            kept = conn.execute(
+                leases_table.update()
+                .where(
+                    leases_table.c.submission_id == submission_id,
+                    leases_table.c.expires_at > now,
+                )
+                .values(expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
+            )
+            if kept.rowcount != 1:
+                return False
+            conn.execute(
+                submissions_table.update()
+                .where(
+                    submissions_table.c.submission_id == submission_id,
+                    submissions_table.c.state == SubmissionState.INTENT.value,
+                )
+                .values(sent_at=sent_at, updated_at=now)
+            )
+        return True
 
     def mark_submitted(
         self, submission_id: str, *, job_id: str, status: str, created_at: datetime | None
-    ) -> None:
-        """Krea answered the POST: the job exists and has an id."""
-        self._update(
+    ) -> bool:
+        """Krea answered the POST: the job exists and has an id. Gives the lease back."""
+        return self._resolve(
             submission_id,
             job_id=job_id,
-            state=status,
             krea_created_at=created_at,
             submitted_at=utcnow(),
+            **_state_values(status),
         )
 
-    def mark_unknown(self, submission_id: str, *, message: str) -> None:
-        """The POST may have created a job (connection lost after sending, 5xx, timeout)."""
-        self._update(
-            submission_id,
-            state=SubmissionState.UNKNOWN.value,
-            ambiguous_at=utcnow(),
-            error_code="ambiguous_submit",
-            error_message=message,
-        )
+    def mark_unknown(self, submission_id: str, *, message: str) -> bool:
+        """The POST may have created a job (connection lost after sending, 5xx, timeout).
 
-    def mark_not_created(self, submission_id: str, *, code: str, message: str) -> None:
+        The row keeps the lease: nothing else is sent on the account until it is reconciled.
+        """
+        now = utcnow()
+        with self.transaction() as conn:
+            result = conn.execute(
+                submissions_table.update()
+                .where(
+                    submissions_table.c.submission_id == submission_id,
+                    submissions_table.c.state == SubmissionState.INTENT.value,
+                )
+                .values(
+                    state=SubmissionState.UNKNOWN.value,
+                    ambiguous_at=now,
+                    error_code=ErrorCode.AMBIGUOUS_SUBMIT.value,
+                    error_message=message,
+                    updated_at=now,
+                )
+            )
+            return result.rowcount == 1
+
+    def mark_not_created(self, submission_id: str, *, code: str, message: str) -> bool:
         """Krea refused the POST or never received it: nothing was created, nothing is owed."""
-        self._update(
+        return self._resolve(
             submission_id,
             state=SubmissionState.NOT_CREATED.value,
             error_code=code,
             error_message=message,
         )
 
-    def note_unresolved(self, submission_id: str, *, message: str) -> None:
-        """Keep an unresolved row as it is, with the reason it could not be resolved."""
-        self._update(submission_id, error_message=message)
-
-    def mark_unattributed_cancelled(self, submission_id: str, *, message: str) -> None:
-        """An unresolved row whose possible jobs were all cancelled before being billed."""
-        self._update(
+    def mark_reported(self, submission_id: str, *, message: str) -> bool:
+        """Reconciliation could not decide: keep the prompt from being re-sent, free the lease."""
+        return self._resolve(
             submission_id,
-            state=JobStatus.CANCELLED.value,
-            error_code="unattributed",
+            state=SubmissionState.REPORTED.value,
+            error_code=ErrorCode.UNDECIDABLE.value,
             error_message=message,
         )
 
     def attribute(
         self, submission_id: str, *, job_id: str, status: str, created_at: datetime | None
-    ) -> None:
+    ) -> bool:
         """Reconciliation found the job an unresolved row created."""
-        self._update(
+        return self._resolve(
             submission_id,
             job_id=job_id,
-            state=status,
             krea_created_at=created_at,
             submitted_at=utcnow(),
             error_code=None,
             error_message=None,
+            **_state_values(status),
         )
 
+    def _resolve(self, submission_id: str, **values: Any) -> bool:
+        """Answer an unresolved row and give its lease back, in one transaction.
+
+        Guarded: only a row still unresolved is answered (two reconcilers of one dead worker's
+        row, or a late POST answer after a takeover, write once). Returns whether it was.
+        """
+        now = utcnow()
+        values["updated_at"] = now
+        with self.transaction() as conn:
+            result = conn.execute(
+                submissions_table.update()
+                .where(
+                    submissions_table.c.submission_id == submission_id,
+                    submissions_table.c.state.in_(sorted(UNRESOLVED_STATES)),
+                )
+                .values(**values)
+            )
+            conn.execute(
+                leases_table.update()
+                .where(leases_table.c.submission_id == submission_id)
+                .values(submission_id=None, expires_at=None, updated_at=now)
+            )
+            if result.rowcount == 1:
+                return True
+            if self._get(conn, submission_id) is None:
+                raise KeyError(f"no ledger row for submission {submission_id}")
+            return False
+
+    def lease(self, account: str) -> Lease | None:
+        """The account's submit lease, when a submission holds it."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(leases_table).where(leases_table.c.account == account)
+            ).first()
+            return None if row is None else self._lease(conn, row)
+
+    def _lease(self, conn: Connection, row: Any) -> Lease | None:
+        if row.submission_id is None:
+            return None
+        holder = self._get(conn, row.submission_id)
+        if holder is None or not holder.is_unresolved:
+            return None  # answered: the lease is free
+        return Lease(holder, _aware(row.expires_at), row.owner_host, row.owner_pid)
+
     def update_jobs(self, updates: Iterable[JobUpdate]) -> list[Submission]:
-        """Record job statuses; returns the rows whose state changed."""
+        """Record job statuses; returns the rows whose state changed.
+
+        Each write is guarded in SQL: a terminal row is never changed, and a live status never
+        replaces a later one (a stale page after a fresher GET, two pollers racing).
+        """
         by_id = {update.job_id: update for update in updates}
         if not by_id:
             return []
         changed: list[str] = []
         now = utcnow()
+        column = submissions_table.c
         with self.transaction() as conn:
             for chunk in _chunks(list(by_id), 500):
-                rows = conn.execute(
-                    sa.select(submissions_table).where(submissions_table.c.job_id.in_(chunk))
-                ).mappings()
-                for row in rows:
-                    update = by_id[row["job_id"] or ""]
-                    if row["state"] == update.status and row["result_url"] == update.result_url:
-                        continue  # unchanged, like most rows of a big poll: no record to build
-                    current = Submission.from_row(row)
-                    if current.is_terminal and update.status not in TERMINAL_STATES:
-                        continue  # never move backwards (a stale page after a fresher GET)
+                current = conn.execute(
+                    sa.select(column.job_id, column.state, column.result_url).where(
+                        column.job_id.in_(chunk)
+                    )
+                ).all()
+                for job_id, state, result_url in current:
+                    update = by_id[job_id]
+                    if state == update.status and result_url == update.result_url:
+                        continue  # unchanged, like most rows of a big poll
                     values: dict[str, Any] = {
-                        "state": update.status,
+                        **_state_values(update.status),
                         "updated_at": now,
                         "error_code": update.error_code,
                         "error_message": update.error_message,
@@ -593,17 +908,21 @@ class Ledger:
                         values["result_url"] = update.result_url
                     if update.completed_at is not None:
                         values["completed_at"] = update.completed_at
-                    if update.created_at is not None and current.krea_created_at is None:
-                        values["krea_created_at"] = update.created_at
-                    if update.status == JobStatus.COMPLETED:
-                        # Krea does not report the charge per job; the catalog price is it.
-                        values["cost_usd"] = current.estimated_usd
-                    conn.execute(
+                    if update.created_at is not None:
+                        values["krea_created_at"] = sa.func.coalesce(
+                            column.krea_created_at, update.created_at
+                        )
+                    guard = [column.job_id == job_id, column.state.not_in(sorted(TERMINAL_STATES))]
+                    if update.status not in TERMINAL_STATES:
+                        rank = _STATUS_RANK.get(update.status, _UNRANKED)
+                        guard.append(_status_rank(column.state) <= rank)
+                    result = conn.execute(
                         submissions_table.update()
-                        .where(submissions_table.c.submission_id == current.submission_id)
+                        .where(*guard)
                         .values(**values)
+                        .returning(column.submission_id)
                     )
-                    changed.append(current.submission_id)
+                    changed.extend(result.scalars())
         return self.get_many(changed)
 
     def record_image(
@@ -617,16 +936,26 @@ class Ledger:
         size_bytes: int,
     ) -> None:
         """The job's result is verified and stored."""
-        self._update(
-            submission_id,
-            image_uri=uri,
-            sha256=sha256,
-            width=width,
-            height=height,
-            size_bytes=size_bytes,
-            error_code=None,
-            error_message=None,
-        )
+        with self.transaction() as conn:
+            result = conn.execute(
+                submissions_table.update()
+                .where(
+                    submissions_table.c.submission_id == submission_id,
+                    submissions_table.c.state == JobStatus.COMPLETED.value,
+                )
+                .values(
+                    image_uri=uri,
+                    sha256=sha256,
+                    width=width,
+                    height=height,
+                    size_bytes=size_bytes,
+                    error_code=None,
+                    error_message=None,
+                    updated_at=utcnow(),
+                )
+            )
+            if result.rowcount != 1 and self._get(conn, submission_id) is None:
+                raise KeyError(f"no ledger row for submission {submission_id}")
 
     def record_image_error(
         self, submission_id: str, *, seen_uri: str | None, code: str, message: str
@@ -649,27 +978,38 @@ class Ledger:
             )
             if result.rowcount == 1:
                 return True
-            if (
-                conn.execute(
-                    sa.select(submissions_table.c.submission_id).where(
-                        submissions_table.c.submission_id == submission_id
-                    )
-                ).first()
-                is None
-            ):
+            if self._get(conn, submission_id) is None:
                 raise KeyError(f"no ledger row for submission {submission_id}")
             return False
 
-    def _update(self, submission_id: str, **values: Any) -> None:
-        values["updated_at"] = utcnow()
-        with self.transaction() as conn:
-            result = conn.execute(
-                submissions_table.update()
-                .where(submissions_table.c.submission_id == submission_id)
-                .values(**values)
+    @staticmethod
+    def _attempts(
+        conn: Connection, scope: str, batch: str, prompt_key: str, generation: int
+    ) -> list[Submission]:
+        rows = conn.execute(
+            sa.select(submissions_table)
+            .where(
+                submissions_table.c.scope == scope,
+                submissions_table.c.batch == batch,
+                submissions_table.c.prompt_key == prompt_key,
+                submissions_table.c.generation == generation,
             )
-            if result.rowcount != 1:
-                raise KeyError(f"no ledger row for submission {submission_id}")
+            .order_by(submissions_table.c.attempt)
+        ).mappings()
+        return [Submission.from_row(row) for row in rows]
+
+    @staticmethod
+    def _get(conn: Connection, submission_id: str) -> Submission | None:
+        row = (
+            conn.execute(
+                sa.select(submissions_table).where(
+                    submissions_table.c.submission_id == submission_id
+                )
+            )
+            .mappings()
+            .first()
+        )
+        return None if row is None else Submission.from_row(row)
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -737,14 +1077,16 @@ class Ledger:
             rows = conn.execute(query.order_by(submissions_table.c.id)).mappings()
             return [Submission.from_row(row) for row in rows]
 
-    def answered(self, limit: int = 200) -> list[Submission]:
-        """The most recent rows that got an answer from Krea (for clock-offset bounds)."""
+    def answered(self, host: str | None, limit: int = 200) -> list[Submission]:
+        """The most recent rows sent from ``host`` that got an answer (for clock-offset bounds)."""
         query = (
             sa.select(submissions_table)
             .where(
                 submissions_table.c.krea_created_at.is_not(None),
                 submissions_table.c.submitted_at.is_not(None),
+                submissions_table.c.sent_at.is_not(None),
                 submissions_table.c.ambiguous_at.is_(None),
+                submissions_table.c.owner_host == host,
             )
             .order_by(submissions_table.c.id.desc())
             .limit(limit)
@@ -752,17 +1094,27 @@ class Ledger:
         with self.engine.connect() as conn:
             return [Submission.from_row(row) for row in conn.execute(query).mappings()]
 
-    def known_job_ids(self, created_after: datetime) -> set[str]:
-        """Every job id the ledger knows (all scopes) created after a time, or not dated."""
+    def known_job_ids(self, start: datetime, end: datetime) -> set[str]:
+        """Every job id the ledger knows (all scopes) created between two times (Krea's clock)."""
         query = sa.select(submissions_table.c.job_id).where(
             submissions_table.c.job_id.is_not(None),
-            sa.or_(
-                submissions_table.c.krea_created_at.is_(None),
-                submissions_table.c.krea_created_at >= created_after,
-            ),
+            submissions_table.c.krea_created_at >= start,
+            submissions_table.c.krea_created_at <= end,
         )
         with self.engine.connect() as conn:
             return {job_id for (job_id,) in conn.execute(query)}
+
+    def reported(self, scope: str, batch: str | None = None) -> list[Submission]:
+        """Rows reconciliation could not decide, for the check that names them."""
+        query = sa.select(submissions_table).where(
+            submissions_table.c.scope == scope,
+            submissions_table.c.state == SubmissionState.REPORTED.value,
+        )
+        if batch is not None:
+            query = query.where(submissions_table.c.batch == batch)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.order_by(submissions_table.c.id)).mappings()
+            return [Submission.from_row(row) for row in rows]
 
     def paid_duplicates(self, scope: str, batch: str, generation: int) -> dict[str, list[str]]:
         """Prompt keys with more than one paid job in a generation, with their job ids."""

@@ -11,54 +11,35 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
 import pandas as pd
 from PIL import Image
 
-from krea_dagster.api import AsyncKreaClient, Job, KreaClient, KreaError, catalog
+from krea_dagster.api import AsyncKreaClient, Job, JobStatus, catalog
+from krea_dagster.engine.cancel import cancel_jobs
 from krea_dagster.engine.collect import BatchCollector, CollectReport, Thumbnail, thumbnail_data_uri
+from krea_dagster.engine.errors import BudgetExceededError, ErrorCode, is_transient_job_error
 from krea_dagster.engine.ledger import Ledger, Submission, may_submit, utcnow
 from krea_dagster.engine.manifest import build_manifest
 from krea_dagster.engine.prompts import PreparedBatch, prepare_batch, request_hash
-from krea_dagster.engine.reconcile import (
-    Candidate,
-    clock_bounds,
-    match_windows,
-    owner_is_alive,
-    window_for,
-)
+from krea_dagster.engine.reconcile import Outcome, reconcile
+from krea_dagster.engine.run import run_coroutine
 from krea_dagster.engine.settings import KreaAccount
 from krea_dagster.engine.source import PromptSource
 from krea_dagster.engine.store import ImageStore
-from krea_dagster.engine.submit import BatchSubmitter, PlannedPrompt, SubmitReport, job_update
+from krea_dagster.engine.submit import BatchSubmitter, PlannedPrompt, SubmitReport
 
-__all__ = ["BudgetExceededError", "KreaImagePipeline", "ReconcileReport", "SubmitSummary"]
+__all__ = ["KreaImagePipeline", "SubmitSummary"]
 
 SEED_MODULUS = 2**31 - 1
-# How long a dead worker's intent row may still be "in flight" when we cannot tell otherwise.
-DEFAULT_STALE_AFTER = timedelta(minutes=10)
 # Rounds of one run: the first submits, later ones re-send only what reconciliation proved
 # was never created (a 5xx before the job existed, a dropped connection before the request).
 MAX_SUBMIT_ROUNDS = 5
-# Reconciliation waits at most this long for the windows of this run's unknown rows to close.
-MAX_RECONCILE_WAIT_SECONDS = 120.0
-
-
-class BudgetExceededError(ValueError):
-    """The new submissions of a batch are estimated above ``max_usd_per_run``."""
-
-
-@dataclass
-class ReconcileReport:
-    attributed: int = 0
-    not_created: int = 0
-    cancelled: int = 0
-    waiting: int = 0
-    reported: list[str] = field(default_factory=list)
+# Seconds before resubmitting jobs that failed transiently (doubling each round).
+TRANSIENT_RETRY_BACKOFF = 2.0
 
 
 @dataclass
@@ -68,7 +49,7 @@ class SubmitSummary:
     to_submit: int
     estimated_usd: float
     rounds: list[SubmitReport]
-    reconciled: list[ReconcileReport]
+    reconciled: list[Outcome]
 
     @property
     def stopped_by(self) -> BaseException | None:
@@ -89,7 +70,6 @@ class KreaImagePipeline:
     max_attempts: int = 3
     max_usd_per_run: float | None = None
     thumbnails: int = 24
-    log: Any = field(default_factory=lambda: logging.getLogger("krea_dagster"))
 
     def __post_init__(self) -> None:
         self.spec = catalog.get_model(self.model)  # fails at load time on a misspelt model
@@ -113,11 +93,18 @@ class KreaImagePipeline:
 
     # -- generations and plans -------------------------------------------------------------
 
-    def open_generation(self, batch: str, *, regenerate: bool, run_id: str | None) -> int:
-        if not regenerate:
+    def open_generation(
+        self, batch: str, *, regeneration_id: str | None, run_id: str | None
+    ) -> int:
+        """The generation a run works on: the current one, or the one ``regeneration_id`` opened.
+
+        ``regeneration_id`` is minted once per request to regenerate (a schedule tick, a
+        launch) and carried by retries and re-executions, so they reuse its generation.
+        """
+        if regeneration_id is None:
             return self.ledger.ensure_generation(self.scope, batch, run_id=run_id)
         return self.ledger.start_generation(
-            self.scope, batch, reason="regenerate", run_id=run_id, reuse_for_run=True
+            self.scope, batch, reason="regenerate", request_id=regeneration_id, run_id=run_id
         )
 
     def plan(self, prompts: pd.DataFrame, generation: int) -> list[PlannedPrompt]:
@@ -167,21 +154,19 @@ class KreaImagePipeline:
         prompts: pd.DataFrame,
         *,
         batch: str,
-        regenerate: bool,
+        regeneration_id: str | None,
         run_id: str | None,
-        run_is_active: Callable[[str], bool] | None = None,
+        log: logging.Logger | Any,
     ) -> SubmitSummary:
-        """Reconcile, check the budget, submit what is missing, reconcile what is unknown."""
+        """Settle the account, check the budget, submit what is missing, re-send what provably
+        was not created."""
         generation = await asyncio.to_thread(
-            self.open_generation, batch, regenerate=regenerate, run_id=run_id
+            self.open_generation, batch, regeneration_id=regeneration_id, run_id=run_id
         )
         planned = self.plan(prompts, generation)
+        await asyncio.to_thread(self.ledger.register_account, krea.account_id)
         async with krea.async_client() as client:
-            # Settle: a prompt whose POST a dead worker may have sent is resolved before
-            # anything is submitted again (waits at most one request window, once).
-            reconciled = [
-                await self.reconcile(client, krea, run_is_active=run_is_active, settle=True)
-            ]
+            reconciled = await self.settle(client, krea, log=log)
             todo = await asyncio.to_thread(self.needs_submission, planned, batch, generation)
             estimate = sum(p.estimated_usd or 0.0 for p in todo)
             if self.max_usd_per_run is not None and estimate > self.max_usd_per_run:
@@ -190,45 +175,22 @@ class KreaImagePipeline:
                     f"${estimate:.4f}, above max_usd_per_run ${self.max_usd_per_run:.4f}; "
                     "nothing was submitted. Raise the cap or split the batch."
                 )
-            self.log.info(
+            log.info(
                 f"{batch}: generation {generation}, {len(planned)} prompt(s), "
                 f"{len(todo)} to submit, estimated ${estimate:.4f}"
             )
-            rounds: list[SubmitReport] = []
-            # Later rounds re-submit prompts whose POST provably created nothing.
-            for _ in range(MAX_SUBMIT_ROUNDS):
-                if not todo:
-                    break
-                submitter = BatchSubmitter(
-                    client,
-                    self.ledger,
-                    scope=self.scope,
-                    batch=batch,
-                    generation=generation,
-                    model=self.model,
-                    run_id=run_id,
-                    max_inflight=krea.max_inflight_submits,
-                    max_live=krea.max_concurrent_submits,
-                    max_attempts=self.max_attempts,
-                    poll_interval=krea.poll_interval,
-                    log=self.log,
-                )
-                report = await submitter.run(todo)
-                rounds.append(report)
-                if report.unknown:
-                    reconciled.append(
-                        await self.reconcile(client, krea, run_is_active=run_is_active, settle=True)
-                    )
-                if report.stopped:
-                    break
-                retry = await asyncio.to_thread(self._resolved_as_uncreated, batch, generation)
-                todo = [
-                    p
-                    for p in await asyncio.to_thread(
-                        self.needs_submission, planned, batch, generation
-                    )
-                    if p.prompt_key in retry
-                ]
+            rounds = await self._submit_rounds(
+                client,
+                krea,
+                todo,
+                planned,
+                batch=batch,
+                generation=generation,
+                run_id=run_id,
+                log=log,
+            )
+        for report in rounds:
+            reconciled.extend(report.reconciled)
         return SubmitSummary(
             generation,
             len(planned),
@@ -238,135 +200,83 @@ class KreaImagePipeline:
             reconciled,
         )
 
-    def _resolved_as_uncreated(self, batch: str, generation: int) -> set[str]:
-        """Prompts whose latest POST reconciliation proved unbilled: safe to send again now."""
-        return {
-            key
-            for key, row in self.latest(batch, generation).items()
-            if row.error_code in ("reconciled_not_created", "unattributed")
-        }
-
-    # -- reconcile -------------------------------------------------------------------------
-
-    async def reconcile(
+    async def _submit_rounds(
         self,
         client: AsyncKreaClient,
         krea: KreaAccount,
+        todo: list[PlannedPrompt],
+        planned: Sequence[PlannedPrompt],
         *,
-        run_is_active: Callable[[str], bool] | None = None,
-        settle: bool = False,
-    ) -> ReconcileReport:
-        """Resolve this scope's unresolved rows whose workers are gone (see ``reconcile``).
+        batch: str,
+        generation: int,
+        run_id: str | None,
+        log: logging.Logger | Any,
+        retry_codes: frozenset[str] = frozenset({ErrorCode.RECONCILED_NOT_CREATED}),
+    ) -> list[SubmitReport]:
+        """Submit ``todo``; then, up to ``MAX_SUBMIT_ROUNDS``, re-send the prompts whose latest
+        row ended with one of ``retry_codes`` (never created, or failed transiently)."""
+        rounds: list[SubmitReport] = []
+        for _ in range(MAX_SUBMIT_ROUNDS):
+            if not todo:
+                break
+            submitter = BatchSubmitter(
+                client,
+                self.ledger,
+                scope=self.scope,
+                batch=batch,
+                generation=generation,
+                model=self.model,
+                run_id=run_id,
+                account=krea.account_id,
+                request_window=krea.request_window,
+                max_live=krea.max_concurrent_submits,
+                max_attempts=self.max_attempts,
+                poll_interval=krea.poll_interval,
+                log=log,
+            )
+            report = await submitter.run(todo)
+            rounds.append(report)
+            if report.stopped:
+                break
+            latest = await asyncio.to_thread(self.latest, batch, generation)
+            again = {key for key, row in latest.items() if row.error_code in retry_codes}
+            todo = [
+                prompt
+                for prompt in await asyncio.to_thread(
+                    self.needs_submission, planned, batch, generation
+                )
+                if prompt.prompt_key in again
+            ]
+        return rounds
 
-        With ``settle``, waits (bounded) for open windows to close so that a POST that
-        created nothing is known as such in this run.
+    async def settle(
+        self, client: AsyncKreaClient, krea: KreaAccount, *, log: logging.Logger | Any
+    ) -> list[Outcome]:
+        """Reconcile this account's unresolved rows that no live worker is sending.
+
+        With the submit lease that is at most the one row of an expired lease (plus rows a
+        version 1 ledger left behind), each decided from its own window.
         """
-        report = ReconcileReport()
-        waited = 0.0
-        while True:
-            unresolved = await asyncio.to_thread(self.ledger.unresolved)
-            now = utcnow()
-            mine = [
-                row
-                for row in unresolved
-                if row.scope == self.scope
-                and not owner_is_alive(
-                    row, run_is_active=run_is_active, stale_after=DEFAULT_STALE_AFTER, now=now
+        outcomes: list[Outcome] = []
+        lease = await asyncio.to_thread(self.ledger.lease, krea.account_id)
+        live = lease.holder.submission_id if lease and not lease.is_expired(utcnow()) else None
+        for row in await asyncio.to_thread(self.ledger.unresolved):
+            if row.submission_id == live or row.account not in (None, krea.account_id):
+                continue
+            outcomes.append(
+                await reconcile(
+                    client, self.ledger, row, request_window=krea.request_window, log=log
                 )
-            ]
-            if not mine:
-                return report
-            bounds = clock_bounds(await asyncio.to_thread(self.ledger.answered))
-            resolvable = {row.submission_id for row in mine}
-            windows = [
-                window_for(
-                    row,
-                    bounds,
-                    max_request_seconds=krea.request_window,
-                    resolvable=row.submission_id in resolvable,
-                )
-                for row in unresolved
-            ]
-            start = min(w.start for w in windows)
-            end = max(w.end for w in windows)
-            listed: list[Candidate] = []
-            async for job in client.iter_jobs(created_after=start):
-                if start <= job.created_at <= end:
-                    listed.append(
-                        Candidate(job.job_id, job.created_at, str(job.status), job.is_terminal)
-                    )
-            known = await asyncio.to_thread(self.ledger.known_job_ids, start)
-            candidates = [c for c in listed if c.job_id not in known]
-            matching = match_windows(windows, candidates, now=utcnow())
-            await self._apply(client, matching, report)
-            if not (settle and matching.waiting) or waited >= MAX_RECONCILE_WAIT_SECONDS:
-                report.waiting = len(matching.waiting)
-                return report
-            pause = min(2.0, MAX_RECONCILE_WAIT_SECONDS - waited)
-            await asyncio.sleep(pause)
-            waited += pause
+            )
+        return outcomes
 
-    async def _apply(self, client: AsyncKreaClient, matching: Any, report: ReconcileReport) -> None:
-        for submission_id, candidate in matching.found.items():
-            await asyncio.to_thread(
-                self.ledger.attribute,
-                submission_id,
-                job_id=candidate.job_id,
-                status=candidate.status,
-                created_at=candidate.created_at,
-            )
-            report.attributed += 1
-            self.log.info(
-                f"reconciled submission {submission_id}: it created job {candidate.job_id}"
-            )
-        for submission_id in matching.not_created:
-            await asyncio.to_thread(
-                self.ledger.mark_not_created,
-                submission_id,
-                code="reconciled_not_created",
-                message="no job was created in the request's window (checked through GET /jobs)",
-            )
-            report.not_created += 1
-        for tangle in matching.tangles:
-            await self._untangle(client, tangle, report)
-
-    async def _untangle(
-        self, client: AsyncKreaClient, tangle: Any, report: ReconcileReport
-    ) -> None:
-        """Cancel pending jobs that cannot be attributed; report the ones already billed."""
-        outcomes: dict[str, str] = {}
-        for candidate in tangle.candidates:
-            status = candidate.status
-            if not candidate.is_terminal:
-                try:
-                    await client.cancel_job(candidate.job_id)
-                    status = str((await client.get_job(candidate.job_id)).status)
-                except KreaError as error:
-                    self.log.warning(
-                        f"could not cancel unattributable job {candidate.job_id}: {error}"
-                    )
-            outcomes[candidate.job_id] = status
-        listing = ", ".join(f"{job} ({status})" for job, status in outcomes.items())
-        if all(status in ("cancelled", "failed") for status in outcomes.values()):
-            for submission_id in tangle.submission_ids:
-                await asyncio.to_thread(
-                    self.ledger.mark_unattributed_cancelled,
-                    submission_id,
-                    message=f"could not tell which submission created which job; cancelled them unbilled: {listing}",
-                )
-            report.cancelled += len(tangle.submission_ids)
-            self.log.warning(f"cancelled unattributable jobs (not billed): {listing}")
-            return
-        for submission_id in tangle.submission_ids:
-            await asyncio.to_thread(
-                self.ledger.note_unresolved,
-                submission_id,
-                message=f"cannot attribute; candidate jobs already billed or running: {listing}",
-            )
-        report.reported.extend(outcomes)
-        self.log.error(
-            f"submissions {tangle.submission_ids} cannot be attributed to jobs {listing}; "
-            "they are not re-submitted. Inspect the jobs and resolve the rows by hand."
+    def _is_being_sent(self, row: Submission, account: str) -> bool:
+        """Whether a live worker holds the lease for this unresolved row right now."""
+        lease = self.ledger.lease(account)
+        return (
+            lease is not None
+            and lease.holder.submission_id == row.submission_id
+            and not lease.is_expired(utcnow())
         )
 
     # -- collect ---------------------------------------------------------------------------
@@ -378,37 +288,55 @@ class KreaImagePipeline:
         *,
         batch: str,
         generation: int,
-        run_is_active: Callable[[str], bool] | None = None,
+        run_id: str | None,
+        log: logging.Logger | Any,
     ) -> CollectReport:
         """Wait for pending jobs and store every completed job's image.
 
-        Prompts that another live worker of the same batch is still submitting or storing (two
-        runs launched at once, a retry overlapping its original) are waited for as well, within
-        the same poll timeout: this run's manifest then shows their images too instead of
-        calling them missing.
+        Jobs that failed for a transient reason (``internal_error``, ...) are submitted again
+        within the same run, with backoff, while ``max_attempts`` allows (failed jobs are not
+        billed); permanent failures never are. Prompts that another live worker of the same
+        batch is still submitting or storing are waited for too, within the same poll timeout,
+        so this run's manifest shows their images instead of calling them missing.
         """
         keys = set(prompts["prompt_key"])
-        rows = [row for key, row in self.latest(batch, generation).items() if key in keys]
         captions = dict(zip(prompts["prompt_key"], prompts["prompt"], strict=True))
         poll_timeout = krea.poll_timeout or self.spec.default_wait_timeout
         deadline = time.monotonic() + poll_timeout
+        report = CollectReport()
+        backoff = TRANSIENT_RETRY_BACKOFF
         async with krea.async_client() as client:
-            report = await self._collector(client, krea, batch, poll_timeout).run(rows, captions)
-            while waiting := await asyncio.to_thread(
-                self._in_progress_elsewhere, batch, generation, keys, run_is_active
-            ):
+            waiting = [row for key, row in self.latest(batch, generation).items() if key in keys]
+            while waiting:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                await asyncio.sleep(min(krea.poll_interval, remaining))
-                more = await self._collector(client, krea, batch, remaining).run(waiting, captions)
-                report.polls += more.polls
-                report.downloaded += more.downloaded
-                report.already_stored += more.already_stored
-                report.image_errors += more.image_errors
-                report.thumbnails.extend(
-                    more.thumbnails[: self.thumbnails - len(report.thumbnails)]
+                collector = self._collector(client, krea, batch, remaining, log)
+                report.merge(await collector.run(waiting, captions), self.thumbnails)
+                retry = await asyncio.to_thread(self._transient_failures, batch, generation, keys)
+                if retry:
+                    log.warning(
+                        f"{batch}: {len(retry)} job(s) failed transiently; submitting them "
+                        f"again in {backoff:.0f} s (failed jobs are not billed)"
+                    )
+                    await asyncio.sleep(min(backoff, max(remaining, 0)))
+                    backoff *= 2
+                    await self._submit_rounds(
+                        client,
+                        krea,
+                        [p for p in self.plan(prompts, generation) if p.prompt_key in retry],
+                        self.plan(prompts, generation),
+                        batch=batch,
+                        generation=generation,
+                        run_id=run_id,
+                        log=log,
+                    )
+                    report.resubmitted += len(retry)
+                waiting = await asyncio.to_thread(
+                    self._in_progress, batch, generation, keys, krea.account_id
                 )
+                if waiting and not retry:
+                    await asyncio.sleep(min(krea.poll_interval, max(remaining, 0)))
         if len(report.thumbnails) < self.thumbnails:
             stored = [row for key, row in self.latest(batch, generation).items() if key in keys]
             report.thumbnails.extend(
@@ -419,7 +347,12 @@ class KreaImagePipeline:
         return report
 
     def _collector(
-        self, client: AsyncKreaClient, krea: KreaAccount, batch: str, poll_timeout: float
+        self,
+        client: AsyncKreaClient,
+        krea: KreaAccount,
+        batch: str,
+        poll_timeout: float,
+        log: logging.Logger | Any,
     ) -> BatchCollector:
         return BatchCollector(
             client,
@@ -432,19 +365,28 @@ class KreaImagePipeline:
             max_downloads=krea.max_concurrent_downloads,
             thumbnails=self.thumbnails,
             cancel_on_timeout=krea.on_poll_timeout == "cancel",
-            log=self.log,
+            log=log,
         )
 
-    def _in_progress_elsewhere(
-        self,
-        batch: str,
-        generation: int,
-        keys: set[str],
-        run_is_active: Callable[[str], bool] | None,
+    def _transient_failures(self, batch: str, generation: int, keys: set[str]) -> set[str]:
+        """Prompts whose latest job failed transiently and that have attempts left."""
+        attempts: dict[str, list[Submission]] = {}
+        for row in self.ledger.rows(self.scope, batch, generation):
+            attempts.setdefault(row.prompt_key, []).append(row)
+        return {
+            key
+            for key, rows in attempts.items()
+            if key in keys
+            and rows[-1].state == JobStatus.FAILED
+            and is_transient_job_error(rows[-1].error_code)
+            and may_submit(rows, self.max_attempts)
+        }
+
+    def _in_progress(
+        self, batch: str, generation: int, keys: set[str], account: str
     ) -> list[Submission]:
-        """Rows still moving after this run's collection: submitted by a live worker and not
-        answered yet, rendering at Krea, or completed with the image not stored yet."""
-        now = utcnow()
+        """Rows still moving: being sent by a live worker, rendering at Krea, or completed
+        with the image not stored yet."""
         moving = []
         for key, row in self.latest(batch, generation).items():
             if key not in keys:
@@ -452,15 +394,7 @@ class KreaImagePipeline:
             if (
                 row.is_pending_at_krea
                 or (row.is_paid and row.image_uri is None and row.error_code is None)
-                or (
-                    row.is_unresolved
-                    and owner_is_alive(
-                        row,
-                        run_is_active=run_is_active,
-                        stale_after=DEFAULT_STALE_AFTER,
-                        now=now,
-                    )
-                )
+                or (row.is_unresolved and self._is_being_sent(row, account))
             ):
                 moving.append(row)
         return moving
@@ -504,30 +438,28 @@ class KreaImagePipeline:
 
     # -- termination -----------------------------------------------------------------------
 
-    def cancel_run_jobs(self, krea: KreaAccount, *, batch: str, run_id: str) -> list[str]:
+    def cancel_run_jobs(
+        self, krea: KreaAccount, *, batch: str, run_id: str, log: logging.Logger | Any
+    ) -> list[str]:
         """Cancel the pending Krea jobs a run submitted (the run is being terminated)."""
         rows = [row for row in self.ledger.pending(self.scope, batch) if row.run_id == run_id]
         if not rows:
             return []
-        with krea.client() as client:
-            return [job.job_id for job in self.cancel_jobs(client, rows)]
+        return [job.job_id for job in self.cancel(krea, rows, log=log)]
 
-    def cancel_jobs(
-        self, client: KreaClient, rows: Sequence[Submission], *, log: Any = None
+    def cancel(
+        self,
+        krea: KreaAccount,
+        rows: Sequence[Submission],
+        *,
+        log: logging.Logger | Any,
+        deadline: float | None = None,
     ) -> list[Job]:
-        """Cancel these rows' jobs at Krea and record what Krea then says of each.
+        """Cancel these rows' jobs (``krea_dagster.engine.cancel``) from synchronous code."""
 
-        A job that cannot be cancelled is logged and left pending; the rest are returned.
-        """
-        log = log or self.log
-        cancelled: list[Job] = []
-        for row in rows:
-            try:
-                client.cancel_job(row.job_id or "")
-                job = client.get_job(row.job_id or "")
-            except KreaError as error:
-                log.warning(f"could not cancel job {row.job_id}: {error}")
-                continue
-            self.ledger.update_jobs([job_update(job)])
-            cancelled.append(job)
-        return cancelled
+        async def work() -> list[Job]:
+            async with krea.async_client() as client:
+                job_ids = [row.job_id for row in rows if row.job_id]
+                return await cancel_jobs(client, self.ledger, job_ids, log=log, deadline=deadline)
+
+        return run_coroutine(work())

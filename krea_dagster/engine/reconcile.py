@@ -1,58 +1,58 @@
-"""Resolve submissions whose outcome is unknown, without guessing and without paying twice.
+"""Resolve a submission whose outcome is unknown: the only reconciliation there is.
 
 A POST that timed out, lost its connection, got a 5xx, or whose worker was killed between the
 POST and the ledger write, may or may not have created a (billable) job at Krea. Krea has no
-idempotency key and its job objects do not echo the request, so the only evidence is *time*:
-the job, if it exists, was created while the request was in flight. ``GET /jobs`` lists jobs
-with their ``created_at``; every job the ledger already knows is excluded, and what is left is
-matched to the unresolved rows by their time windows.
+idempotency key and its jobs do not echo the request, so the only evidence is *time*: the job,
+if it exists, was created while the last attempt of the request was in flight.
 
-Windows are in Krea's clock. The offset between our clock and Krea's is bounded from rows that
-did get an answer: such a job was created between our intent time and our answer time, so
-``created_at - submitted_at <= offset <= created_at - intent_at``; intersecting those bounds
-over recent rows gives a tight offset without trusting either clock.
+The submit lease (``krea_dagster.engine.ledger``) makes this simple: at most one submission per
+account is unresolved at any moment, so one window decides it.
 
-Matching is unique or nothing. It rests on one assumption, stated here because everything
-depends on it: the account's API jobs are submitted through this ledger, so a job nobody knows
-that was created inside a window was created by one of the unresolved rows.
+- no ``sent_at``: the worker stopped before sending (the time of every attempt is written
+  before it goes out): **not created**, at once;
+- the window is ``[sent_at, (ambiguous_at or sent_at + request_window)]``, in Krea's clock
+  through offset bounds taken from answered rows of the same host (``clock_bounds``);
+  contradictory bounds prove nothing, so the row is **reported**, never "not created";
+- once the window has closed, ``GET /jobs`` is read from the window's end back to its start
+  (never further: the look-back is bounded by the window), excluding every job the ledger
+  knows: none means **not created** (the prompt may be sent again); exactly one means **it is
+  ours** (attributed, with its cost when completed); more means **reported**;
+- jobs the ledger does not know in a guard band around the window mean somebody else submits
+  on this account (another ledger, a script): a lone job in the window may be theirs, so it is
+  **reported** too, and the account's foreign-job count is raised. Unknown jobs are never
+  cancelled.
 
-- a row whose window holds exactly one candidate that no other window holds gets it; a
-  candidate that only one window holds goes to that row when it is the row's only such
-  candidate (each row created at most one job); repeated until nothing changes;
-- a window that closed with no candidate proves nothing was created: the row is
-  ``not_created`` and its prompt may be submitted again;
-- whatever is left is ambiguous: its candidates are cancelled while still pending (Krea does
-  not bill cancelled jobs) and the rows become ``cancelled``; a candidate that already
-  completed is reported with its job id and its rows stay ``unknown``. Nothing is re-submitted
-  on a guess.
-
-Rows of workers that are still alive are contenders (their candidates are not taken from
-them) but are never resolved here.
+A reported row is terminal and unpaid, is never re-sent, and fails the batch's check with the
+candidate job ids in its message; a person decides.
 """
 
-import os
-import socket
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+import asyncio
+import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
 
-from krea_dagster.engine.ledger import Submission
+from krea_dagster.api import AsyncKreaClient, Reconciliation, SubmissionWindow
+from krea_dagster.engine.errors import ErrorCode
+from krea_dagster.engine.ledger import Ledger, Submission, utcnow
 
 __all__ = [
-    "Candidate",
+    "GUARD_BAND",
+    "LISTING_LAG",
     "ClockBounds",
-    "Matching",
-    "Tangle",
-    "Window",
+    "Outcome",
     "clock_bounds",
-    "match_windows",
-    "owner_is_alive",
+    "reconcile",
     "window_for",
 ]
 
+#: Offset allowed between our clock and Krea's when no answered row bounds it.
 DEFAULT_SKEW = timedelta(seconds=5)
-# A window whose end is this far in the past is closed: a job created in it would be listed.
+#: A window whose end is this far in the past is closed: a job created in it would be listed.
 LISTING_LAG = timedelta(seconds=2)
+#: How far around a window unknown jobs count as another submitter on the account.
+GUARD_BAND = timedelta(seconds=30)
 
 
 @dataclass(frozen=True)
@@ -62,202 +62,149 @@ class ClockBounds:
     low: timedelta
     high: timedelta
 
-    @classmethod
-    def unknown(cls, skew: timedelta = DEFAULT_SKEW) -> "ClockBounds":
-        return cls(-skew, skew)
 
+def clock_bounds(rows: list[Submission], skew: timedelta = DEFAULT_SKEW) -> ClockBounds | None:
+    """The tightest offset bounds answered rows allow; ``skew`` either way when there are none.
 
-@dataclass(frozen=True)
-class Window:
-    """When (in Krea's clock) the job of an unresolved row would have been created."""
-
-    submission_id: str
-    start: datetime
-    end: datetime
-    resolvable: bool  # False for rows of a live worker: contenders only
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A job at Krea that the ledger does not know."""
-
-    job_id: str
-    created_at: datetime
-    status: str
-    is_terminal: bool
-
-
-@dataclass
-class Tangle:
-    """Rows and candidates that fall in each other's windows with no certain pairing."""
-
-    submission_ids: list[str]
-    candidates: list[Candidate]
-
-
-@dataclass
-class Matching:
-    """The outcome of matching windows and candidates."""
-
-    found: dict[str, Candidate] = field(default_factory=dict)
-    not_created: list[str] = field(default_factory=list)
-    tangles: list[Tangle] = field(default_factory=list)
-    # Rows that must wait: their window is still open, or a live worker shares their candidates.
-    waiting: list[str] = field(default_factory=list)
-
-
-def clock_bounds(rows: Iterable[Submission], skew: timedelta = DEFAULT_SKEW) -> ClockBounds:
-    """Tightest offset bounds that answered rows allow; ``skew`` either way when there are none."""
+    A job answered by Krea was created after its last attempt was sent and before the answer
+    was recorded, so ``created_at - submitted_at <= offset <= created_at - sent_at``. None when
+    the rows contradict each other (a clock stepped): no bound can be trusted then.
+    """
     low, high = -skew, skew
     seen = False
     for row in rows:
-        if row.krea_created_at is None or row.submitted_at is None:
+        if row.krea_created_at is None or row.submitted_at is None or row.sent_at is None:
             continue
         row_low = row.krea_created_at - row.submitted_at
-        row_high = row.krea_created_at - row.intent_at
+        row_high = row.krea_created_at - row.sent_at
         low, high = (row_low, row_high) if not seen else (max(low, row_low), min(high, row_high))
         seen = True
-    if low > high:  # clocks moved (NTP step): fall back to the plain skew around the middle
-        middle = (low + high) / 2
-        return ClockBounds(middle - skew, middle + skew)
-    return ClockBounds(low, high)
+    if low > high:
+        return None
+    # A little slack either way: the bounds come from a finite sample.
+    margin = timedelta(milliseconds=250)
+    return ClockBounds(low - margin, high + margin)
 
 
 def window_for(
-    row: Submission,
-    bounds: ClockBounds,
-    *,
-    max_request_seconds: float,
-    resolvable: bool,
-) -> Window:
-    """The creation window of an unresolved row.
-
-    The request left after ``intent_at``; it ended when the client saw the failure
-    (``ambiguous_at``) or, for a worker that died, at the latest when its request would have
-    timed out.
-    """
-    end = row.ambiguous_at or row.intent_at + timedelta(seconds=max_request_seconds)
-    return Window(
-        submission_id=row.submission_id,
-        start=row.intent_at + bounds.low,
+    row: Submission, bounds: ClockBounds, *, request_window: float, guard: timedelta
+) -> SubmissionWindow:
+    """The creation window of a sent, unresolved row, in Krea's clock."""
+    assert row.sent_at is not None
+    end = row.ambiguous_at or row.sent_at + timedelta(seconds=request_window)
+    return SubmissionWindow(
+        submitted_at=row.sent_at,
+        start=row.sent_at + bounds.low,
         end=end + bounds.high,
-        resolvable=resolvable,
+        model=row.model,
+        submission_id=row.submission_id,
+        guard=guard,
     )
 
 
-def match_windows(
-    windows: Sequence[Window], candidates: Sequence[Candidate], *, now: datetime
-) -> Matching:
-    """Pair unresolved rows with unknown jobs where, and only where, the pairing is certain."""
-    inside: dict[str, set[str]] = {
-        w.submission_id: {c.job_id for c in candidates if w.start <= c.created_at <= w.end}
-        for w in windows
-    }
-    by_job = {c.job_id: c for c in candidates}
-    owners: dict[str, set[str]] = {c.job_id: set() for c in candidates}
-    for submission_id, jobs in inside.items():
-        for job_id in jobs:
-            owners[job_id].add(submission_id)
+class Outcome(StrEnum):
+    """What reconciling one row concluded."""
 
-    found: dict[str, Candidate] = {}
-
-    def assign(submission_id: str, job_id: str) -> None:
-        found[submission_id] = by_job[job_id]
-        for other in inside.pop(submission_id):
-            owners[other].discard(submission_id)
-        for other in owners.pop(job_id):
-            inside[other].discard(job_id)
-
-    changed = True
-    while changed:
-        changed = False
-        for submission_id, jobs in list(inside.items()):
-            # The row's only candidate, wanted by no other row.
-            if len(jobs) == 1 and owners[next(iter(jobs))] == {submission_id}:
-                assign(submission_id, next(iter(jobs)))
-                changed = True
-        for job_id, rows in list(owners.items()):
-            # A job only one row could have created; that row has no other such job.
-            if job_id not in owners or len(rows) != 1:
-                continue
-            (submission_id,) = rows
-            exclusive = [job for job in inside[submission_id] if owners[job] == {submission_id}]
-            if exclusive == [job_id]:
-                assign(submission_id, job_id)
-                changed = True
-
-    by_window = {w.submission_id: w for w in windows}
-    result = Matching(found={k: v for k, v in found.items() if by_window[k].resolvable})
-    seen: set[str] = set()
-    for submission_id, jobs in inside.items():
-        window = by_window[submission_id]
-        if submission_id in seen:
-            continue
-        if not jobs:
-            seen.add(submission_id)
-            if not window.resolvable:
-                continue
-            if window.end + LISTING_LAG < now:
-                result.not_created.append(submission_id)
-            else:
-                result.waiting.append(submission_id)
-            continue
-        rows, job_ids = _component(submission_id, inside, owners)
-        seen |= rows
-        resolvable_rows = sorted(row for row in rows if by_window[row].resolvable)
-        if len(resolvable_rows) != len(rows):
-            result.waiting.extend(resolvable_rows)  # a live worker may own these jobs
-        elif resolvable_rows:
-            result.tangles.append(
-                Tangle(
-                    resolvable_rows,
-                    sorted((by_job[job] for job in job_ids), key=lambda c: c.created_at),
-                )
-            )
-    return result
+    ATTRIBUTED = "attributed"
+    NOT_CREATED = "not_created"
+    REPORTED = "reported"
+    #: Somebody else resolved the row first (two reconcilers of one dead worker's row).
+    ALREADY_RESOLVED = "already_resolved"
 
 
-def _component(
-    start: str, inside: dict[str, set[str]], owners: dict[str, set[str]]
-) -> tuple[set[str], set[str]]:
-    """Rows and jobs connected to ``start`` through shared windows."""
-    rows, jobs = {start}, set()
-    frontier = [start]
-    while frontier:
-        row = frontier.pop()
-        for job in inside.get(row, ()):
-            if job in jobs:
-                continue
-            jobs.add(job)
-            for other in owners.get(job, ()):
-                if other not in rows:
-                    rows.add(other)
-                    frontier.append(other)
-    return rows, jobs
-
-
-def owner_is_alive(
+async def reconcile(
+    client: AsyncKreaClient,
+    ledger: Ledger,
     row: Submission,
     *,
-    run_is_active: Callable[[str], bool] | None = None,
-    stale_after: timedelta,
-    now: datetime,
-) -> bool:
-    """Whether the worker that wrote an unresolved row may still be sending its request.
+    request_window: float,
+    log: logging.Logger | Any,
+    guard: timedelta = GUARD_BAND,
+    now: Any = utcnow,
+) -> Outcome:
+    """Decide whether an unresolved row's POST created a job, and write the answer.
 
-    Same machine: the process id tells. Another machine: the Dagster run status when the
-    instance knows it, else the row's age.
+    Waits for the row's window to close first (at most the request window: the caller holds
+    the lease, or the lease has expired, so the window is at most that long).
     """
-    if row.owner_host == socket.gethostname() and row.owner_pid is not None:
-        if row.owner_pid == os.getpid():
-            return False  # our own earlier request: it has returned, we are past it
-        try:
-            os.kill(row.owner_pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return now - row.intent_at < stale_after
-    if run_is_active is not None and row.run_id:
-        return run_is_active(row.run_id)
-    return now - row.intent_at < stale_after
+    if row.sent_at is None:
+        return _written(
+            ledger.mark_not_created(
+                row.submission_id,
+                code=ErrorCode.RECONCILED_NOT_CREATED,
+                message="the worker stopped before sending the POST: no job was created",
+            ),
+            Outcome.NOT_CREATED,
+        )
+    bounds = clock_bounds(await asyncio.to_thread(ledger.answered, row.owner_host))
+    if bounds is None:
+        message = (
+            "the answered submissions of this host contradict each other on the offset between "
+            "its clock and Krea's (a clock was stepped), so the POST's window cannot be placed: "
+            "check GET /jobs around "
+            f"{row.sent_at.isoformat()} for a job with this request, then resolve the row"
+        )
+        log.error(f"submission {row.submission_id}: {message}")
+        return _written(ledger.mark_reported(row.submission_id, message=message), Outcome.REPORTED)
+    window = window_for(row, bounds, request_window=request_window, guard=guard)
+    assert window.end is not None
+    wait = (window.end + LISTING_LAG - _now(now)).total_seconds()
+    if wait > 0:
+        await asyncio.sleep(wait)
+    known = await asyncio.to_thread(ledger.known_job_ids, window.start - guard, window.end + guard)
+    result = await client.reconcile_submission(window, known_job_ids=known)
+    return await asyncio.to_thread(_apply, ledger, row, window, result, log)
+
+
+def _apply(
+    ledger: Ledger,
+    row: Submission,
+    window: SubmissionWindow,
+    result: Reconciliation,
+    log: logging.Logger | Any,
+) -> Outcome:
+    foreign = [job.job_id for job in result.candidates if not window.contains(job.created_at)]
+    if foreign and row.account:
+        ledger.note_foreign_jobs(row.account, foreign)
+        log.error(
+            f"{len(foreign)} job(s) on Krea account {row.account} were not made through this "
+            f"ledger ({', '.join(foreign[:5])}): another ledger or tool submits on this account. "
+            "Point every krea-dagster instance of one account at one ledger database."
+        )
+    if result.is_found and result.job is not None:
+        job = result.job
+        log.info(f"reconciled submission {row.submission_id}: it created job {job.job_id}")
+        return _written(
+            ledger.attribute(
+                row.submission_id,
+                job_id=job.job_id,
+                status=str(job.status),
+                created_at=job.created_at,
+            ),
+            Outcome.ATTRIBUTED,
+        )
+    if result.is_not_created:
+        return _written(
+            ledger.mark_not_created(
+                row.submission_id,
+                code=ErrorCode.RECONCILED_NOT_CREATED,
+                message=f"no job was created in the request's window: {result.reason}",
+            ),
+            Outcome.NOT_CREATED,
+        )
+    log.error(
+        f"submission {row.submission_id} (prompt {row.prompt_key}) is reported, not re-sent: "
+        f"{result.reason}"
+    )
+    return _written(
+        ledger.mark_reported(row.submission_id, message=result.reason), Outcome.REPORTED
+    )
+
+
+def _written(written: bool, outcome: Outcome) -> Outcome:
+    return outcome if written else Outcome.ALREADY_RESOLVED
+
+
+def _now(now: Any) -> datetime:
+    value: datetime = now()
+    return value

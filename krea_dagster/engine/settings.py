@@ -15,12 +15,16 @@ __all__ = ["KreaAccount"]
 class KreaAccount(Protocol):
     """A Krea account's clients and the settings the engine's steps read."""
 
-    max_inflight_submits: int
     max_concurrent_submits: int
     max_concurrent_downloads: int
     poll_interval: float
     poll_timeout: float
     on_poll_timeout: Literal["report", "cancel"]
+
+    @property
+    def account_id(self) -> str:
+        """The Krea account: the token's key id (the part before ``:``), never the secret."""
+        ...
 
     @property
     def request_window(self) -> float:

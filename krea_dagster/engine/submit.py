@@ -1,12 +1,12 @@
 """Submit a batch of prompts to Krea: each prompt at most once, as fast as the account allows.
 
-For every planned prompt the submitter writes the intent to the ledger, sends one POST, and
-records the job id (or what went wrong) right after. ``max_inflight_submits`` POSTs are in
-flight at once; those are the only rows whose outcome a crash can leave unknown, and with the
-default of 1 every unknown row has a creation window of its own, which makes reconciliation
-exact. One POST takes milliseconds to a fraction of a second while a job renders for seconds
-to minutes, and Krea starts backlogged jobs in order, so a single lane of POSTs is not what
-limits a batch: the account's concurrency is.
+For every planned prompt the submitter writes the intent to the ledger and takes the account's
+submit lease (one transaction), records the time of every attempt right before it is sent (the
+client's ``on_send``: 429 waits and connect retries included), and records the job id (or what
+went wrong) right after, giving the lease back. So at most one submission per account is ever
+unresolved, across workers, instances and prefixes sharing the ledger database. One POST takes
+milliseconds while a job renders for seconds to minutes, and Krea starts backlogged jobs in
+order, so one lane of POSTs is not what limits a batch: the account's concurrency is.
 
 ``max_concurrent_submits`` (0 = no limit) caps the jobs this batch keeps live at Krea; when it
 is reached the submitter polls its own live jobs (one ``GET /jobs`` page for up to 1000 jobs)
@@ -18,13 +18,13 @@ Outcomes per POST:
 what happened                           ledger row                    the batch
 ======================================  ============================  ======================
 200                                     Krea's status + job id        goes on
-connection lost after send, 5xx, read   ``unknown``                   goes on; reconciled
-timeout                                                               after the batch
+connection lost after send, 5xx, read   ``unknown``, then reconciled  goes on once the window
+timeout                                 at once (lease still held)    has closed
 400 / 422 (Krea refused the body)       ``not_created`` (rejected)    goes on
-402 (balance exhausted)                 ``not_created``               stops; Failure
-401 / 403                               ``not_created``               stops; Failure
-429 beyond the client's budget          ``not_created``               stops; Failure
-never reached Krea (connect errors)     ``not_created``               stops; Failure
+402 (balance exhausted)                 ``not_created``               stops
+401 / 403                               ``not_created``               stops
+429 beyond the client's budget          ``not_created``               stops (transient)
+never reached Krea (connect errors)     ``not_created``               stops (transient)
 ======================================  ============================  ======================
 """
 
@@ -48,14 +48,25 @@ from krea_dagster.api import (
     PermissionDeniedError,
     RateLimitError,
     RequestValidationError,
+    SendAttempt,
     UnprocessableEntityError,
 )
 from krea_dagster.engine.crashpoints import crash_point
-from krea_dagster.engine.ledger import REJECTED, JobUpdate, Ledger, Submission
+from krea_dagster.engine.errors import BatchStoppedError, ErrorCode, LeaseUnavailableError
+from krea_dagster.engine.ledger import JobUpdate, Ledger, Submission, utcnow
+from krea_dagster.engine.reconcile import Outcome, reconcile
 
 __all__ = ["BatchSubmitter", "PlannedPrompt", "SubmitReport", "job_update"]
 
 PROGRESS_EVERY_SECONDS = 5.0
+#: A lease outlives its send by this much, so clock noise never frees a live sender's lease.
+LEASE_MARGIN_SECONDS = 10.0
+#: How long a submitter waits for a live lease held by another worker before giving up.
+DEFAULT_LEASE_WAIT = 600.0
+
+
+class _LeaseLost(Exception):
+    """The lease expired before the send; nothing was sent."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +87,7 @@ class SubmitReport:
     submitted: int = 0
     skipped: int = 0
     not_created: int = 0
-    unknown: list[str] = field(default_factory=list)
+    reconciled: list[Outcome] = field(default_factory=list)
     submitted_usd: float = 0.0
     stopped_by: BaseException | None = None
     elapsed: float = 0.0
@@ -113,15 +124,15 @@ class BatchSubmitter:
         generation: int,
         model: str,
         run_id: str | None,
-        max_inflight: int = 1,
+        account: str,
+        request_window: float,
+        lease_wait: float = DEFAULT_LEASE_WAIT,
         max_live: int = 0,
         max_attempts: int = 3,
         poll_interval: float = 2.0,
         log: logging.Logger | Any = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if max_inflight < 1:
-            raise ValueError("max_inflight_submits must be at least 1")
         self.client = client
         self.ledger = ledger
         self.scope = scope
@@ -129,7 +140,9 @@ class BatchSubmitter:
         self.generation = generation
         self.model = model
         self.run_id = run_id
-        self.max_inflight = max_inflight
+        self.account = account
+        self.request_window = request_window
+        self.lease_wait = lease_wait
         self.max_live = max_live
         self.max_attempts = max_attempts
         self.poll_interval = poll_interval
@@ -138,10 +151,14 @@ class BatchSubmitter:
         self._live: dict[str, Submission] = {}
         self._report = SubmitReport()
 
+    @property
+    def lease_seconds(self) -> float:
+        """How long one send may hold the lease before others may take it over."""
+        return self.request_window + LEASE_MARGIN_SECONDS
+
     async def run(self, prompts: Sequence[PlannedPrompt]) -> SubmitReport:
         report = self._report = SubmitReport(planned=len(prompts))
         started = self.clock()
-        lanes = asyncio.Semaphore(self.max_inflight)
         progress = asyncio.create_task(self._log_progress(started))
         if self.max_live:
             self._live = {
@@ -149,29 +166,35 @@ class BatchSubmitter:
                 for row in await asyncio.to_thread(self.ledger.pending, self.scope, self.batch)
                 if row.job_id
             }
-        tasks: list[asyncio.Task[None]] = []
         try:
             for prompt in prompts:
                 if report.stopped:
                     break
-                await lanes.acquire()
-                if report.stopped:
-                    lanes.release()
-                    break
                 if self.max_live:
                     await self._wait_for_live_slot()
-                tasks.append(asyncio.create_task(self._submit_one(prompt, lanes)))
-            await asyncio.gather(*tasks)
+                await self._submit_one(prompt)
         finally:
             progress.cancel()
             report.elapsed = self.clock() - started
         return report
 
-    async def _submit_one(self, prompt: PlannedPrompt, lanes: asyncio.Semaphore) -> None:
-        report = self._report
-        try:
-            submission_id = str(uuid.uuid4())
-            claimed = await asyncio.to_thread(
+    async def _submit_one(self, prompt: PlannedPrompt) -> None:
+        claimed = await self._claim(prompt)
+        if claimed is None:
+            self._report.skipped += 1
+            return
+        await self._send(claimed, prompt)
+
+    async def _claim(self, prompt: PlannedPrompt) -> Submission | None:
+        """The intent row for ``prompt`` holding the lease, or None when it is covered.
+
+        While another submission holds the account's lease this waits for it (a POST takes
+        milliseconds); a lease that expired is a dead worker's, whose row is reconciled first.
+        """
+        deadline = self.clock() + self.lease_wait
+        pause = 0.005
+        while True:
+            claim = await asyncio.to_thread(
                 self.ledger.claim,
                 scope=self.scope,
                 batch=self.batch,
@@ -180,45 +203,73 @@ class BatchSubmitter:
                 model=self.model,
                 request=prompt.request,
                 request_hash=prompt.request_hash,
-                submission_id=submission_id,
+                submission_id=str(uuid.uuid4()),
                 estimated_usd=prompt.estimated_usd,
                 run_id=self.run_id,
                 max_attempts=self.max_attempts,
+                account=self.account,
+                lease_seconds=self.lease_seconds,
             )
-            if claimed is None:
-                report.skipped += 1
-                return
-            await self._send(claimed, prompt)
-        finally:
-            lanes.release()
+            if claim.row is not None:
+                return claim.row
+            if claim.covered:
+                return None
+            if claim.lease is not None and claim.lease.is_expired(utcnow()):
+                holder = claim.lease.holder
+                self.log.warning(
+                    f"submission {holder.submission_id} (prompt {holder.prompt_key} of "
+                    f"{holder.scope}/{holder.batch}) holds an expired submit lease: its worker "
+                    "is gone; reconciling it before sending anything else"
+                )
+                await self._reconcile(holder)
+                continue
+            if self.clock() > deadline:
+                raise LeaseUnavailableError(
+                    f"another submission has held the submit lease of Krea account "
+                    f"{self.account} for over {self.lease_wait:.0f} s; retry the run later"
+                )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.25)
 
     async def _send(self, row: Submission, prompt: PlannedPrompt) -> None:
         report = self._report
         crash_point("submit.after_intent")
         try:
-            job = await self.client.submit(self.model, prompt.request)
+            job = await self.client.submit(
+                self.model,
+                prompt.request,
+                submission_id=row.submission_id,
+                on_send=self._on_send,
+            )
         except AmbiguousSubmitError as error:
             await asyncio.to_thread(self.ledger.mark_unknown, row.submission_id, message=str(error))
-            report.unknown.append(row.submission_id)
             self.log.warning(
                 f"submission {row.submission_id} for prompt {prompt.prompt_key}: outcome "
-                "unknown (will be reconciled through GET /jobs, never re-sent blindly)"
+                "unknown; reconciling it through GET /jobs once its window closes (never "
+                "re-sent blindly)"
             )
+            outcome = await self._reconcile(
+                await asyncio.to_thread(self.ledger.get, row.submission_id)
+            )
+            report.reconciled.append(outcome)
         except (BadRequestError, UnprocessableEntityError, RequestValidationError) as error:
-            await self._not_created(row, REJECTED, error)
+            await self._not_created(row, ErrorCode.REJECTED, error)
         except InsufficientCreditsError as error:
-            await self._not_created(row, "insufficient_credits", error, stop=True)
+            await self._not_created(row, ErrorCode.INSUFFICIENT_CREDITS, error, stop=True)
         except (AuthenticationError, PermissionDeniedError) as error:
-            await self._not_created(row, "unauthorized", error, stop=True)
+            await self._not_created(row, ErrorCode.UNAUTHORIZED, error, stop=True)
         except RateLimitError as error:
-            await self._not_created(row, "rate_limited", error, stop=True)
+            await self._not_created(row, ErrorCode.RATE_LIMITED, error, stop=True, transient=True)
         except APIConnectionError as error:
-            await self._not_created(row, "not_sent", error, stop=True)
+            await self._not_created(row, ErrorCode.NOT_SENT, error, stop=True, transient=True)
         except APIStatusError as error:
             await self._not_created(row, f"http_{error.status_code}", error, stop=True)
+        except _LeaseLost as error:
+            # Nothing was sent: the lease had expired and another worker may own the row now.
+            report.stopped_by = LeaseUnavailableError(str(error))
         except BaseException as error:
             # Interrupted (run terminated) or a bug while the POST may be on the wire: the
-            # only honest state is "unknown"; reconciliation decides later.
+            # only honest state is "unknown"; the lease stays held until it is reconciled.
             await asyncio.shield(
                 asyncio.to_thread(
                     self.ledger.mark_unknown,
@@ -241,15 +292,44 @@ class BatchSubmitter:
             if self.max_live:
                 self._live[job.job_id] = row
 
+    async def _on_send(self, attempt: SendAttempt) -> None:
+        """Before every POST and every wait: record when, and keep the lease for that long."""
+        if attempt.wait:
+            crash_point("submit.during_429_wait")
+        kept = await asyncio.to_thread(
+            self.ledger.note_send,
+            attempt.submission_id,
+            sent_at=attempt.sent_at,
+            lease_seconds=attempt.wait + self.lease_seconds,
+        )
+        if not kept:
+            raise _LeaseLost(
+                f"submission {attempt.submission_id} lost the submit lease before sending "
+                "(it expired); nothing was sent"
+            )
+
+    async def _reconcile(self, row: Submission) -> Outcome:
+        return await reconcile(
+            self.client, self.ledger, row, request_window=self.request_window, log=self.log
+        )
+
     async def _not_created(
-        self, row: Submission, code: str, error: BaseException, *, stop: bool = False
+        self,
+        row: Submission,
+        code: str,
+        error: BaseException,
+        *,
+        stop: bool = False,
+        transient: bool = False,
     ) -> None:
         await asyncio.to_thread(
             self.ledger.mark_not_created, row.submission_id, code=code, message=str(error)
         )
         self._report.not_created += 1
         if stop and self._report.stopped_by is None:
-            self._report.stopped_by = error
+            self._report.stopped_by = BatchStoppedError(
+                f"stopping the batch: {error}", code=code, transient=transient
+            )
             self.log.error(f"stopping the batch: {error}")
 
     async def _wait_for_live_slot(self) -> None:
@@ -268,7 +348,7 @@ class BatchSubmitter:
         while True:
             await asyncio.sleep(PROGRESS_EVERY_SECONDS)
             report = self._report
-            done = report.submitted + report.skipped + report.not_created + len(report.unknown)
+            done = report.submitted + report.skipped + report.not_created + len(report.reconciled)
             elapsed = max(self.clock() - started, 1e-9)
             self.log.info(
                 f"{self.batch}: submitted {report.submitted}/{report.planned} "

@@ -1,4 +1,4 @@
-"""The ledger (claims, attempts, races, state changes) and reconciliation's matching rules."""
+"""The ledger: claims, attempts, the submit lease, guarded state changes, generations, schema."""
 
 import threading
 import uuid
@@ -14,14 +14,7 @@ from krea_dagster.engine.ledger import (
     SubmissionState,
     meta_table,
 )
-from krea_dagster.engine.reconcile import (
-    Candidate,
-    ClockBounds,
-    Window,
-    clock_bounds,
-    match_windows,
-    owner_is_alive,
-)
+from krea_dagster.engine.reconcile import clock_bounds
 
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
@@ -31,8 +24,17 @@ def ledger(tmp_path) -> Ledger:
     return Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
 
 
-def claim(
-    ledger: Ledger, key: str = "k1", batch: str = "b1", generation: int = 1, max_attempts: int = 3
+ACCOUNT = "key-id-1"
+
+
+def claim_result(
+    ledger: Ledger,
+    key: str = "k1",
+    batch: str = "b1",
+    generation: int = 1,
+    max_attempts: int = 3,
+    account: str = ACCOUNT,
+    lease_seconds: float = 60.0,
 ):
     return ledger.claim(
         scope="s",
@@ -46,7 +48,16 @@ def claim(
         estimated_usd=0.007,
         run_id="run",
         max_attempts=max_attempts,
+        account=account,
+        lease_seconds=lease_seconds,
     )
+
+
+def claim(ledger: Ledger, key: str = "k1", **kwargs):
+    """The intent row, or None when the prompt is covered (fails if the lease was busy)."""
+    result = claim_result(ledger, key, **kwargs)
+    assert result.lease is None, f"lease held by {result.lease}"
+    return result.row
 
 
 def test_a_live_or_paid_prompt_cannot_be_claimed_again(ledger):
@@ -87,7 +98,9 @@ def test_refusals_do_not_use_up_attempts_but_rejections_do(ledger):
 
 def test_same_prompt_in_two_batches_is_two_deliverables(ledger):
     """A prompt key is claimed per batch: the same text in two batches is generated for each."""
-    assert claim(ledger, batch="spring") is not None
+    spring = claim(ledger, batch="spring")
+    assert spring is not None
+    ledger.mark_submitted(spring.submission_id, job_id="j1", status="queued", created_at=T0)
     assert claim(ledger, batch="summer") is not None
 
 
@@ -157,22 +170,36 @@ def test_unknown_future_statuses_are_kept_and_treated_as_pending(ledger):
     assert pending.state == "upscaling" and pending.is_pending_at_krea
 
 
-def test_generations_are_opened_once_per_run(ledger):
-    """Regenerating opens generation n+1, and a retried step of the same run reuses it."""
+def test_generations_are_opened_once_per_regeneration_request(ledger):
+    """A regeneration request opens generation n+1 once; its retries and re-executions reuse it."""
     assert ledger.ensure_generation("s", "b1") == 1
-    assert (
-        ledger.start_generation("s", "b1", reason="regenerate", run_id="r1", reuse_for_run=True)
-        == 2
-    )
-    assert (
-        ledger.start_generation("s", "b1", reason="regenerate", run_id="r1", reuse_for_run=True)
-        == 2
-    )
-    assert (
-        ledger.start_generation("s", "b1", reason="regenerate", run_id="r2", reuse_for_run=True)
-        == 3
-    )
+    assert ledger.start_generation("s", "b1", reason="regenerate", request_id="tick-1") == 2
+    assert ledger.start_generation("s", "b1", reason="regenerate", request_id="tick-1") == 2
+    assert ledger.start_generation("s", "b1", reason="regenerate", request_id="tick-2") == 3
+    assert ledger.start_generation("s", "b1", reason="regenerate", request_id="tick-1") == 2
     assert ledger.batches("s") == [("b1", 3)]
+
+
+def test_concurrent_openers_of_one_regeneration_agree(tmp_path):
+    """Workers racing to open one regeneration request get one generation between them."""
+    url = f"sqlite:///{tmp_path / 'gen.db'}"
+    Ledger(url).ensure_generation("s", "b1")
+    opened: list[int] = []
+    barrier = threading.Barrier(6)
+
+    def worker() -> None:
+        mine = Ledger(url)
+        barrier.wait()
+        opened.append(mine.start_generation("s", "b1", reason="regenerate", request_id="r"))
+        mine.dispose()
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert opened == [2] * 6
+    assert Ledger(url).current_generation("s", "b1") == 2
 
 
 def test_paid_duplicates_are_detected(ledger):
@@ -207,115 +234,163 @@ def test_repr_hides_passwords():
     assert "hunter2" not in repr(Ledger("postgresql+psycopg://krea:hunter2@db/krea"))
 
 
-# -- reconciliation ---------------------------------------------------------------------------
+# -- the submit lease ---------------------------------------------------------------------------
 
 
-def window(name: str, start: float, end: float, resolvable: bool = True) -> Window:
-    return Window(name, T0 + timedelta(seconds=start), T0 + timedelta(seconds=end), resolvable)
+def test_an_unresolved_row_holds_the_account_lease_until_answered(ledger):
+    """While one prompt's POST is unresolved, no other prompt of the account can be claimed."""
+    first = claim(ledger, "k1")
+    busy = claim_result(ledger, "k2")
+    assert busy.row is None and busy.lease is not None
+    assert busy.lease.holder.submission_id == first.submission_id
+    assert not busy.lease.is_expired(datetime.now(UTC))
+    ledger.mark_submitted(first.submission_id, job_id="j1", status="queued", created_at=T0)
+    assert claim(ledger, "k2") is not None
 
 
-def candidate(job: str, at: float, terminal: bool = False) -> Candidate:
-    return Candidate(
-        job, T0 + timedelta(seconds=at), "completed" if terminal else "queued", terminal
-    )
+def test_the_lease_is_per_account(ledger):
+    """Another Krea account's submissions do not wait for this one's lease."""
+    claim(ledger, "k1", account="a")
+    assert claim(ledger, "k2", account="b") is not None
 
 
-LATER = T0 + timedelta(minutes=5)
+def test_an_ambiguous_row_keeps_the_lease_and_a_resolution_frees_it(ledger):
+    """mark_unknown keeps the lease; not_created, reported or attributed give it back."""
+    row = claim(ledger, "k1")
+    ledger.mark_unknown(row.submission_id, message="dropped")
+    assert claim_result(ledger, "k2").lease is not None
+    assert ledger.mark_reported(row.submission_id, message="two candidates")
+    assert claim(ledger, "k2") is not None
 
 
-@pytest.mark.parametrize(
-    ("windows", "candidates", "found", "not_created", "tangled", "waiting"),
-    [
-        ([window("u", 0, 1)], [], {}, ["u"], [], []),
-        ([window("u", 0, 1)], [candidate("j", 0.5)], {"u": "j"}, [], [], []),
-        ([window("u", 0, 1)], [candidate("j", 2)], {}, ["u"], [], []),
-        (
-            [window("u", 0, 1), window("v", 2, 3)],
-            [candidate("j", 0.5), candidate("k", 2.5)],
-            {"u": "j", "v": "k"},
-            [],
-            [],
-            [],
-        ),
-        (
-            [window("u", 0, 2), window("v", 1, 3)],
-            [candidate("j", 0.5), candidate("k", 1.5)],
-            {"u": "j", "v": "k"},
-            [],
-            [],
-            [],
-        ),
-        (
-            [window("u", 0, 2), window("v", 0, 2)],
-            [candidate("j", 1), candidate("k", 1.5)],
-            {},
-            [],
-            [["u", "v"]],
-            [],
-        ),
-        (
-            [window("u", 0, 2), window("w", 0, 2, resolvable=False)],
-            [candidate("j", 1)],
-            {},
-            [],
-            [],
-            ["u"],
-        ),
-    ],
-    ids=[
-        "nothing-created",
-        "one-candidate",
-        "candidate-outside-window",
-        "two-disjoint-windows",
-        "chain-resolved-by-elimination",
-        "two-overlapping-windows-two-jobs",
-        "shared-with-a-live-worker",
-    ],
-)
-def test_windows_are_matched_only_when_certain(
-    windows, candidates, found, not_created, tangled, waiting
-):
-    """Unique pairings are attributed, empty closed windows prove nothing was created, the rest is not guessed."""
-    matching = match_windows(windows, candidates, now=LATER)
-    assert {k: c.job_id for k, c in matching.found.items()} == found
-    assert matching.not_created == not_created
-    assert [t.submission_ids for t in matching.tangles] == tangled
-    assert matching.waiting == waiting
+def test_a_lease_of_another_host_expires_by_time_whatever_its_run_says(ledger):
+    """A worker on another host (its run maybe still STARTED) holds nothing past expires_at."""
+    row = claim(ledger, "k1", lease_seconds=60)
+    with ledger.transaction() as conn:
+        conn.execute(sa.text("UPDATE krea_submit_leases SET owner_host='elsewhere'"))
+    lease = ledger.lease(ACCOUNT)
+    assert lease is not None and lease.holder.submission_id == row.submission_id
+    assert not lease.is_expired(datetime.now(UTC))
+    assert lease.is_expired(datetime.now(UTC) + timedelta(seconds=61))
 
 
-def test_an_open_window_without_candidates_waits():
-    """A window that has not closed yet cannot prove that nothing was created."""
-    matching = match_windows([window("u", 0, 1)], [], now=T0 + timedelta(seconds=1.5))
-    assert matching.waiting == ["u"] and matching.not_created == []
+def test_a_lease_of_a_dead_local_process_expires_at_once(ledger):
+    """On this host a lease whose process is gone is expired without waiting out its time."""
+    claim(ledger, "k1", lease_seconds=600)
+    with ledger.transaction() as conn:
+        conn.execute(sa.text(f"UPDATE krea_submit_leases SET owner_pid={2**22 + 12345}"))
+    lease = ledger.lease(ACCOUNT)
+    assert lease is not None and lease.is_expired(datetime.now(UTC))
+
+
+def test_note_send_refuses_once_the_lease_has_expired(ledger):
+    """A sender whose lease expired (and may have been taken over) is told not to send."""
+    row = claim(ledger, "k1", lease_seconds=60)
+    assert ledger.note_send(row.submission_id, sent_at=datetime.now(UTC), lease_seconds=60)
+    assert ledger.get(row.submission_id).sent_at is not None
+    with ledger.transaction() as conn:
+        conn.execute(
+            sa.text("UPDATE krea_submit_leases SET expires_at=:t"),
+            {"t": datetime.now(UTC) - timedelta(seconds=1)},
+        )
+    assert not ledger.note_send(row.submission_id, sent_at=datetime.now(UTC), lease_seconds=60)
+
+
+def test_an_answer_after_a_takeover_is_written_once(ledger):
+    """Two resolvers of one row (late POST answer, a reconciler) write it once."""
+    row = claim(ledger, "k1")
+    ledger.mark_unknown(row.submission_id, message="dropped")
+    assert ledger.mark_not_created(row.submission_id, code="reconciled_not_created", message="")
+    assert not ledger.attribute(row.submission_id, job_id="j1", status="queued", created_at=T0)
+    assert ledger.get(row.submission_id).state == SubmissionState.NOT_CREATED
+
+
+def test_a_reported_prompt_is_never_claimed_again(ledger):
+    """Reconciliation could not decide: the prompt is not re-sent on a guess."""
+    row = claim(ledger, "k1")
+    ledger.mark_unknown(row.submission_id, message="dropped")
+    ledger.mark_reported(row.submission_id, message="two candidates")
+    assert claim(ledger, "k1") is None
+    assert [r.submission_id for r in ledger.reported("s")] == [row.submission_id]
+    assert ledger.unresolved() == []
+
+
+# -- guarded writes -------------------------------------------------------------------------------
+
+
+def test_live_statuses_never_move_backwards(ledger):
+    """'processing' after 'sampling' is a stale page: ignored; an unknown new status is kept."""
+    row = claim(ledger)
+    ledger.mark_submitted(row.submission_id, job_id="j1", status="queued", created_at=T0)
+    ledger.update_jobs([JobUpdate("j1", "sampling")])
+    assert ledger.update_jobs([JobUpdate("j1", "processing")]) == []
+    assert ledger.get(row.submission_id).state == "sampling"
+
+
+def test_every_completed_row_carries_its_cost_however_it_was_learnt(ledger):
+    """Completed by a poll, by the POST answer or by reconciliation: cost_usd is set."""
+    polled = claim(ledger, "k1")
+    ledger.mark_submitted(polled.submission_id, job_id="j1", status="queued", created_at=T0)
+    ledger.update_jobs([JobUpdate("j1", "completed")])
+    answered = claim(ledger, "k2")
+    ledger.mark_submitted(answered.submission_id, job_id="j2", status="completed", created_at=T0)
+    found = claim(ledger, "k3")
+    ledger.mark_unknown(found.submission_id, message="dropped")
+    ledger.attribute(found.submission_id, job_id="j3", status="completed", created_at=T0)
+    costs = [ledger.get(r.submission_id).cost_usd for r in (polled, answered, found)]
+    assert costs == [0.007, 0.007, 0.007]
 
 
 def test_clock_bounds_come_from_answered_rows(ledger):
-    """Answered rows bound Krea's clock offset; with none, the default skew either way."""
-    assert clock_bounds([]) == ClockBounds.unknown()
+    """Answered rows bound Krea's clock offset; contradictory rows give no bound at all."""
+    assert clock_bounds([]) is not None
     row = claim(ledger)
+    ledger.note_send(row.submission_id, sent_at=datetime.now(UTC), lease_seconds=60)
     ledger.mark_submitted(
         row.submission_id,
         job_id="j1",
         status="queued",
         created_at=datetime.now(UTC) + timedelta(seconds=10),
     )
-    bounds = clock_bounds([ledger.get(row.submission_id)])
+    answered = ledger.get(row.submission_id)
+    bounds = clock_bounds([answered])
+    assert bounds is not None
     assert timedelta(seconds=9) < bounds.low <= bounds.high < timedelta(seconds=11)
-
-
-def test_owner_liveness_uses_the_process_table_on_this_host(ledger):
-    """A row written by a dead process on this host is resolvable at once; a live one is not."""
-    row = claim(ledger)
-    now = datetime.now(UTC)
-    assert owner_is_alive(row, stale_after=timedelta(minutes=10), now=now) is False  # our own pid
     import dataclasses
-    import os
 
-    parent = dataclasses.replace(row, owner_pid=os.getppid())
-    assert owner_is_alive(parent, stale_after=timedelta(minutes=10), now=now) is True
-    dead = dataclasses.replace(row, owner_pid=2**22 + 12345)
-    assert owner_is_alive(dead, stale_after=timedelta(minutes=10), now=now) is False
-    remote = dataclasses.replace(row, owner_host="elsewhere", run_id="r")
-    assert owner_is_alive(
-        remote, run_is_active=lambda run: run == "r", stale_after=timedelta(minutes=10), now=now
+    stepped = dataclasses.replace(
+        answered, krea_created_at=answered.krea_created_at - timedelta(hours=1)
     )
+    assert clock_bounds([answered, stepped]) is None
+
+
+def test_a_version_1_ledger_is_upgraded_in_place(tmp_path):
+    """A ledger written by the previous schema gains the new columns and keeps its rows."""
+    url = f"sqlite:///{tmp_path / 'v1.db'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "CREATE TABLE krea_ledger_meta (key VARCHAR(64) PRIMARY KEY, value VARCHAR(256) NOT NULL)"
+            )
+        )
+        conn.execute(sa.text("INSERT INTO krea_ledger_meta VALUES ('schema_version', '1')"))
+        conn.execute(
+            sa.text(
+                "CREATE TABLE krea_generations (scope VARCHAR(128), batch VARCHAR(256), generation INTEGER, "
+                "reason VARCHAR(64) NOT NULL, run_id VARCHAR(64), started_at DATETIME NOT NULL, "
+                "PRIMARY KEY (scope, batch, generation))"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO krea_generations VALUES ('s', 'b1', 1, 'first', NULL, '2026-11-01 00:00:00')"
+            )
+        )
+    engine.dispose()
+    ledger = Ledger(url)
+    assert ledger.current_generation("s", "b1") == 1
+    assert ledger.start_generation("s", "b1", reason="regenerate", request_id="r") == 2
+    with ledger.engine.connect() as conn:
+        version = conn.execute(sa.select(meta_table.c.value)).scalar_one()
+    assert version == "2"

@@ -1,0 +1,91 @@
+"""The engine's error vocabulary: one exception tree, one set of error codes.
+
+Exceptions (the client's own, ``krea_dagster.api.errors``, sit beside this tree)::
+
+    EngineError                    something stopped a batch step; nothing was paid twice
+    ├── BudgetExceededError        the batch's estimate is above max_usd_per_run (nothing sent)
+    ├── BatchStoppedError          Krea refused to go on (balance, token, rate, unreachable)
+    │                              .transient: a retry later may succeed (rate, unreachable)
+    └── LeaseUnavailableError      another submission holds the account's submit lease too long
+
+``ErrorCode`` values are what the ledger's ``error_code`` column and the manifest's
+``error_code`` column hold for the engine's own outcomes; a failed Krea job keeps Krea's code
+(``safety_filter``, ``internal_error``, ...), which ``is_transient_job_error`` classifies.
+"""
+
+from enum import StrEnum
+
+__all__ = [
+    "PERMANENT_JOB_ERRORS",
+    "TRANSIENT_JOB_ERRORS",
+    "BatchStoppedError",
+    "BudgetExceededError",
+    "EngineError",
+    "ErrorCode",
+    "LeaseUnavailableError",
+    "is_transient_job_error",
+]
+
+
+class ErrorCode(StrEnum):
+    """Error codes the engine writes to the ledger and the manifest."""
+
+    #: Krea refused the request body (400/422); counts as an attempt.
+    REJECTED = "rejected"
+    INSUFFICIENT_CREDITS = "insufficient_credits"
+    UNAUTHORIZED = "unauthorized"
+    RATE_LIMITED = "rate_limited"
+    #: The POST never reached Krea (connect errors).
+    NOT_SENT = "not_sent"
+    #: The POST may have created a job; reconciliation decides.
+    AMBIGUOUS_SUBMIT = "ambiguous_submit"
+    #: Reconciliation proved no job was created; the prompt may be sent again.
+    RECONCILED_NOT_CREATED = "reconciled_not_created"
+    #: Reconciliation could not decide; reported, never re-sent on a guess.
+    UNDECIDABLE = "undecidable"
+    #: No submission for the prompt in this generation.
+    NOT_SUBMITTED = "not_submitted"
+    PENDING = "pending"
+    POLL_TIMEOUT = "poll_timeout"
+    #: A failed upstream row: the step downstream of it was not paid for.
+    UPSTREAM_FAILED = "upstream_failed"
+
+
+#: Krea job error codes worth another (unbilled) attempt: the provider or the platform failed.
+TRANSIENT_JOB_ERRORS = frozenset({"internal_error", "timeout", "provider_error", "server_error"})
+#: Codes that would fail again with the same request: never resubmitted.
+PERMANENT_JOB_ERRORS = frozenset(
+    {"safety_filter", "nsfw", "ip_detected", "validation_error", "invalid_request", "moderation"}
+)
+
+
+def is_transient_job_error(code: str | None) -> bool:
+    """Whether a failed job with this code may be resubmitted (within ``max_attempts``).
+
+    Unknown codes are permanent: paying again for a request that may fail the same way is the
+    costlier mistake.
+    """
+    return code in TRANSIENT_JOB_ERRORS
+
+
+class EngineError(Exception):
+    """Something stopped a batch step; nothing was paid twice."""
+
+
+class BudgetExceededError(EngineError, ValueError):
+    """The new submissions of a batch are estimated above ``max_usd_per_run``."""
+
+
+class BatchStoppedError(EngineError):
+    """Krea refused to go on with the batch (balance, token, rate limit, unreachable)."""
+
+    def __init__(self, message: str, *, code: str, transient: bool) -> None:
+        super().__init__(message)
+        self.code = code
+        self.transient = transient
+
+
+class LeaseUnavailableError(EngineError):
+    """Another submission holds the account's submit lease for longer than this step waits."""
+
+    transient = True
