@@ -552,12 +552,29 @@ def _check_results(
             [ManifestStatus.PENDING, ManifestStatus.UNRESOLVED, ManifestStatus.NOT_SUBMITTED]
         )
     ]
+    reported = pipeline.ledger.reported(pipeline.scope, batch)
     yield dg.AssetCheckResult(
         check_name=CHECK_RESOLVED,
         passed=unresolved.empty,
+        description=(
+            f"batch {batch}: {len(reported)} submission(s) reconciliation could not decide; "
+            "resolve them by hand (see reported)"
+            if reported
+            else None
+        ),
         metadata={
             "unresolved": len(unresolved),
             "prompt_keys": dg.MetadataValue.json(list(unresolved["prompt_key"].head(50))),
+            "reported": dg.MetadataValue.json(
+                [
+                    {
+                        "submission_id": r.submission_id,
+                        "prompt_key": r.prompt_key,
+                        "why": (r.error_message or "")[:500],
+                    }
+                    for r in reported[:20]
+                ]
+            ),
         },
     )
     rows = pipeline.latest(batch, generation)

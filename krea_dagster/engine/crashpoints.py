@@ -5,7 +5,8 @@ at the worst moment. These points let a test kill a real run worker at exactly t
 with SIGKILL (nothing flushed, no ``finally``), the way an OOM killer or a lost node would.
 Unset (always, outside such tests), a crash point is a dictionary lookup.
 
-Points: ``submit.after_intent`` (intent committed, POST not sent), ``submit.after_post``
+Points: ``submit.after_intent`` (intent committed, POST not sent), ``submit.during_429_wait``
+(a 429 answered, the next attempt not sent yet), ``submit.after_post``
 (Krea answered, job id not yet recorded), ``collect.after_download`` (image downloaded, not yet
 stored or recorded).
 """

@@ -10,7 +10,7 @@ it cost, and why it failed when it did. Its ``status`` column says, per prompt:
 ``cancelled``      the job was cancelled (by a user, by poll_timeout, or unattributable)
 ``image_error``    the job completed (and was paid) but its result is not a valid image
 ``pending``        the job is still rendering at Krea
-``unresolved``     a submission whose outcome is unknown and could not be reconciled
+``unresolved``     a submission whose outcome is unknown, or that reconciliation reported
 ``not_submitted``  no job: refused by Krea (balance, token, body) or the batch stopped
 =================  =====================================================================
 """
@@ -65,7 +65,7 @@ def row_status(row: Submission | None) -> str:
     """The manifest status of a prompt from its latest ledger row."""
     if row is None or row.state == SubmissionState.NOT_CREATED:
         return ManifestStatus.NOT_SUBMITTED
-    if row.is_unresolved:
+    if row.is_unresolved or row.is_reported:
         return ManifestStatus.UNRESOLVED
     if row.state == JobStatus.COMPLETED:
         if row.image_uri:

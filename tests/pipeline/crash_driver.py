@@ -2,8 +2,12 @@
 
 Usage: python crash_driver.py <prompts_dir> <store> <ledger_url> <base_url> <token> <batch>
 with DAGSTER_HOME set to the shared instance and, for a crash, KREA_DAGSTER_CRASH_AT.
+``KREA_DRIVER_TAGS`` (JSON) adds run tags (a regeneration, as a launcher would send it) and
+``KREA_DRIVER_PREFIX`` names the asset prefix (default ``crash``).
 """
 
+import json
+import os
 import sys
 
 import dagster as dg
@@ -13,8 +17,9 @@ from krea_dagster import KreaResource, build_krea_image_assets
 
 def main() -> int:
     prompts_dir, store, ledger, base_url, token, batch = sys.argv[1:7]
+    prefix = os.environ.get("KREA_DRIVER_PREFIX", "crash")
     assets = build_krea_image_assets(
-        "crash", prompts=prompts_dir, model="bfl/flux-1-dev", store=store, ledger=ledger
+        prefix, prompts=prompts_dir, model="bfl/flux-1-dev", store=store, ledger=ledger
     )
     krea = KreaResource(
         api_key=token,
@@ -30,6 +35,7 @@ def main() -> int:
         partition_key=batch,
         instance=instance,
         resources={"krea": krea},
+        tags=json.loads(os.environ.get("KREA_DRIVER_TAGS", "{}")),
         raise_on_error=False,
     )
     return 0 if result.success else 1

@@ -1,0 +1,371 @@
+"""The pay-once promise on the paths that used to break it (issue 14), each through real runs.
+
+Each test is one path: a retried regeneration, a crash after long 429 waits, two ledgers on one
+account, transient job failures, an old unresolved row, the cost of reconciled rows, and a
+worker on another host that died with its run still STARTED.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from krea_dagster.assets import (
+    REGENERATE_TAG,
+    REGENERATION_ID_TAG,
+    KreaJobsConfig,
+    _regeneration_id,
+)
+from krea_dagster.engine.crashpoints import CRASH_ENV
+from krea_dagster.engine.ledger import Ledger, SubmissionState
+
+from .conftest import (
+    check_results,
+    make_resource,
+    manifest_of,
+    materialize,
+    prompt_rows,
+    write_batch,
+)
+
+DRIVER = Path(__file__).with_name("crash_driver.py")
+PRICE = 0.007  # bfl/flux-1-dev at the default size
+
+
+def run_driver(tmp_path, emulator, *, prefix, ledger, store, crash_at=None, tags=None, wait=True):
+    """Run one batch (b1) in a separate run-worker process (killed at ``crash_at``)."""
+    home = tmp_path / "dagster_home"
+    home.mkdir(exist_ok=True)
+    env = {**os.environ, "DAGSTER_HOME": str(home), "KREA_DRIVER_PREFIX": prefix}
+    if crash_at:
+        env[CRASH_ENV] = crash_at
+    if tags:
+        env["KREA_DRIVER_TAGS"] = json.dumps(tags)
+    command = [sys.executable, str(DRIVER), str(tmp_path / "prompts"), str(store), ledger]
+    command += [emulator.base_url, emulator.token, "b1"]
+    if not wait:
+        return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.run(command, env=env, capture_output=True, timeout=300)
+
+
+@pytest.fixture
+def home_instance(tmp_path):
+    """The persistent instance the driver processes use too."""
+    home = tmp_path / "dagster_home"
+    home.mkdir(exist_ok=True)
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
+        yield instance
+
+
+def test_a_retried_regeneration_run_pays_for_the_batch_once(
+    tmp_path, build, emulator, krea, prompts_dir, home_instance
+):
+    """A regeneration run killed mid-batch and retried (same tags) pays N for it, not 2N."""
+    write_batch(prompts_dir, "b1", prompt_rows(4))
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    assets = build("crash", store=tmp_path / "store", ledger=ledger_url)
+    home_instance.add_dynamic_partitions(assets.partitions_def.name, ["b1"])
+    assert materialize(assets, "b1", instance=home_instance, krea=krea).success
+    tags = {REGENERATE_TAG: "true", REGENERATION_ID_TAG: "launch-1"}
+    killed = run_driver(
+        tmp_path,
+        emulator,
+        prefix="crash",
+        ledger=ledger_url,
+        store=tmp_path / "store",
+        crash_at="submit.after_post",
+        tags=tags,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
+    retry = materialize(assets, "b1", instance=home_instance, krea=krea, tags=tags)
+    assert retry.success
+    stats = emulator.stats()
+    assert stats["jobs_billed"] == 8  # 4 first + 4 regenerated, whatever was killed between
+    assert stats["jobs_created"] == 8
+    ledger = Ledger(ledger_url)
+    assert ledger.current_generation("crash", "b1") == 2
+    assert set(manifest_of(retry, assets)["generation"]) == {2}
+
+
+def test_the_regeneration_id_comes_from_the_tag_then_the_root_run():
+    """Retries and re-executions share the tag or the root run id; no regeneration, no id."""
+    plain = KreaJobsConfig()
+
+    def context(tags, root=None, run_id="run-2"):
+        return SimpleNamespace(run=SimpleNamespace(tags=tags, root_run_id=root, run_id=run_id))
+
+    assert _regeneration_id(context({}), plain) is None
+    assert _regeneration_id(context({REGENERATE_TAG: "true"}, root="run-1"), plain) == "run-1"
+    assert _regeneration_id(context({REGENERATE_TAG: "true"}), plain) == "run-2"
+    tagged = context({REGENERATE_TAG: "true", REGENERATION_ID_TAG: "tick-9"}, root="run-1")
+    assert _regeneration_id(tagged, plain) == "tick-9"
+    assert _regeneration_id(context({}), KreaJobsConfig(regenerate=True)) == "run-2"
+
+
+def test_a_crash_after_long_429_waits_is_reconciled_not_resent(
+    tmp_path, build, emulator, krea, prompts_dir, home_instance
+):
+    """A POST sent after 429 waits longer than the request window, then a kill: found, not re-sent."""
+    write_batch(prompts_dir, "b1", prompt_rows(1))
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    assets = build("crash", store=tmp_path / "store", ledger=ledger_url)
+    home_instance.add_dynamic_partitions(assets.partitions_def.name, ["b1"])
+    emulator.configure(burst_429_every=1, burst_429_length=1)  # every POST answers 429
+    worker = run_driver(
+        tmp_path,
+        emulator,
+        prefix="crash",
+        ledger=ledger_url,
+        store=tmp_path / "store",
+        crash_at="submit.after_post",
+        wait=False,
+    )
+    try:
+        emulator.wait_until(
+            lambda stats: stats["faults_injected"].get("burst_429", 0) >= 1, timeout=120
+        )
+        emulator.configure(burst_429_every=0, burst_429_length=0)  # the retry after ~10 s passes
+        worker.wait(timeout=120)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert worker.returncode == -signal.SIGKILL, worker.stderr.read().decode()[-2000:]
+    assert emulator.stats()["jobs_created"] == 1
+    result = materialize(assets, "b1", instance=home_instance, krea=krea)
+    assert result.success
+    stats = emulator.stats()
+    assert stats["jobs_created"] == 1 and stats["duplicate_submissions"] == 0
+    assert list(manifest_of(result, assets)["status"]) == ["completed"]
+
+
+@pytest.mark.parametrize(
+    "crash_at", ["submit.after_intent", "submit.after_post"], ids=["before-post", "after-post"]
+)
+def test_two_ledgers_on_one_account_never_take_or_cancel_each_others_jobs(
+    crash_at, tmp_path, build, emulator, krea, prompts_dir, home_instance
+):
+    """Instance A crashes; instance B (another ledger, same token) submits; A's re-run claims
+    none of B's jobs and cancels none of them."""
+    write_batch(prompts_dir, "b1", prompt_rows(3, text="instance A prompt"))
+    other_prompts = tmp_path / "other_prompts"
+    other_prompts.mkdir()
+    write_batch(other_prompts, "b1", prompt_rows(5, text="instance B prompt"))
+    emulator.configure(render_seconds=5.0, time_scale=1.0)  # B's jobs stay pending a while
+    ledger_a = f"sqlite:///{tmp_path / 'a.db'}"
+    a = build("ledger_a", store=tmp_path / "store_a", ledger=ledger_a)
+    b = build(
+        "ledger_b",
+        prompts=other_prompts,
+        store=tmp_path / "store_b",
+        ledger=f"sqlite:///{tmp_path / 'b.db'}",
+    )
+    home_instance.add_dynamic_partitions(a.partitions_def.name, ["b1"])
+    killed = run_driver(
+        tmp_path,
+        emulator,
+        prefix="ledger_a",
+        ledger=ledger_a,
+        store=tmp_path / "store_a",
+        crash_at=crash_at,
+    )
+    assert killed.returncode == -signal.SIGKILL
+    b_jobs = materialize(b, "b1", instance=home_instance, krea=krea, roles=("prompts", "jobs"))
+    assert b_jobs.success
+    b_job_ids = {row.job_id for row in b.pipeline.ledger.rows("ledger_b")}
+    result = materialize(
+        a, "b1", instance=home_instance, krea=make_resource(emulator, poll_timeout=60)
+    )
+    a_job_ids = {row.job_id for row in a.pipeline.ledger.rows("ledger_a") if row.job_id}
+    assert not a_job_ids & b_job_ids, "instance A attributed instance B's job to its own prompt"
+    stats = emulator.stats()
+    assert stats["jobs_by_status"].get("cancelled", 0) == 0, "A cancelled B's jobs"
+    assert stats["duplicate_submissions"] == 0
+    manifest = manifest_of(result, a)
+    assert not set(manifest["job_id"].dropna()) & b_job_ids
+    if crash_at == "submit.after_intent":
+        assert set(manifest["status"]) == {"completed"}
+
+
+def test_transient_job_failures_are_resubmitted_within_the_run_and_permanent_ones_never(
+    build, emulator, krea, instance, prompts_dir
+):
+    """internal_error jobs are sent again in the same run (unbilled failures); safety_filter never."""
+    write_batch(prompts_dir, "b1", prompt_rows(8))
+    emulator.configure(job_failure_rate=0.4, job_failures=[["internal_error", "provider failed"]])
+    assets = build(max_attempts=6)
+    result = materialize(assets, "b1", instance=instance, krea=krea)
+    assert result.success
+    manifest = manifest_of(result, assets)
+    assert set(manifest["status"]) == {"completed"}
+    stats = emulator.stats()
+    assert stats["jobs_created"] > 8 and stats["jobs_billed"] == 8
+    # Every repeated request is the resubmission of a failed (unbilled) job, nothing else.
+    assert stats["duplicate_submissions"] == stats["jobs_by_status"]["failed"]
+
+    write_batch(prompts_dir, "b2", prompt_rows(6, text="other"))
+    emulator.configure(job_failure_rate=1.0, job_failures=[["safety_filter", "blocked"]])
+    before = emulator.stats()["jobs_created"]
+    blocked = materialize(assets, "b2", instance=instance, krea=krea)
+    assert set(manifest_of(blocked, assets)["status"]) == {"failed"}
+    assert emulator.stats()["jobs_created"] - before == 6
+
+
+def test_an_old_unresolved_row_is_decided_once_and_never_pages_back_again(
+    tmp_path, build, emulator, krea, instance, prompts_dir
+):
+    """A row left unresolved a day ago is reconciled from its own window once; later runs list
+    nothing, and a reported row fails the check that names it."""
+    write_batch(prompts_dir, "b1", prompt_rows(2))
+    assets = build()
+    ledger = assets.pipeline.ledger
+    ledger.ensure_generation(assets.prefix, "b1")
+    day_ago = datetime.now(UTC) - timedelta(days=1)
+    prepared = assets.pipeline.prepare("b1").table
+    key = prepared["prompt_key"].iloc[0]
+    claim = ledger.claim(
+        scope=assets.prefix,
+        batch="b1",
+        generation=1,
+        prompt_key=key,
+        model=assets.pipeline.model,
+        request={"prompt": "x"},
+        request_hash="h",
+        submission_id=str(uuid.uuid4()),
+        estimated_usd=PRICE,
+        run_id="gone",
+        max_attempts=3,
+        account=krea.account_id,
+        lease_seconds=60,
+    )
+    assert claim.row is not None
+    with ledger.transaction() as conn:
+        conn.execute(
+            sa.text("UPDATE krea_submissions SET sent_at=:t, intent_at=:t"), {"t": day_ago}
+        )
+        conn.execute(sa.text("UPDATE krea_submit_leases SET expires_at=:t"), {"t": day_ago})
+    first = materialize(assets, "b1", instance=instance, krea=krea)
+    assert first.success
+    assert set(manifest_of(first, assets)["status"]) == {"completed"}
+    lists = emulator.stats()["requests_by_route"].get("GET /jobs", 0)
+    assert lists <= 1  # one page, read from the window's end
+    again = materialize(assets, "b1", instance=instance, krea=krea)
+    assert again.success
+    assert emulator.stats()["requests_by_route"].get("GET /jobs", 0) == lists
+
+    # A reported row: out of the unresolved set, named by the failing check.
+    write_batch(prompts_dir, "b2", prompt_rows(1, text="reported"))
+    ledger.ensure_generation(assets.prefix, "b2")
+    key2 = assets.pipeline.prepare("b2").table["prompt_key"].iloc[0]
+    row = ledger.claim(
+        scope=assets.prefix,
+        batch="b2",
+        generation=1,
+        prompt_key=key2,
+        model=assets.pipeline.model,
+        request={"prompt": "y"},
+        request_hash="h",
+        submission_id=str(uuid.uuid4()),
+        estimated_usd=PRICE,
+        run_id="gone",
+        max_attempts=3,
+        account=krea.account_id,
+        lease_seconds=60,
+    ).row
+    ledger.mark_unknown(row.submission_id, message="dropped")
+    ledger.mark_reported(row.submission_id, message="2 jobs in the window: j-a, j-b")
+    reported = materialize(assets, "b2", instance=instance, krea=krea)
+    assert ledger.unresolved() == []
+    assert check_results(reported)["every_prompt_resolved"] is False
+    (evaluation,) = [
+        e for e in reported.get_asset_check_evaluations() if e.check_name == "every_prompt_resolved"
+    ]
+    assert row.submission_id in json.dumps(evaluation.metadata["reported"].value)
+    assert emulator.stats()["jobs_created"] == 2  # the reported prompt was not re-sent
+
+
+def test_spend_is_complete_after_a_crash_between_post_and_ledger(
+    tmp_path, build, emulator, krea, prompts_dir, home_instance
+):
+    """The job a crashed worker created is attributed with its cost: the manifest sums what was billed."""
+    write_batch(prompts_dir, "b1", prompt_rows(5))
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    assets = build("crash", store=tmp_path / "store", ledger=ledger_url)
+    home_instance.add_dynamic_partitions(assets.partitions_def.name, ["b1"])
+    killed = run_driver(
+        tmp_path,
+        emulator,
+        prefix="crash",
+        ledger=ledger_url,
+        store=tmp_path / "store",
+        crash_at="submit.after_post",
+    )
+    assert killed.returncode == -signal.SIGKILL
+    time.sleep(0.5)  # let the orphaned job complete at Krea before it is reconciled
+    result = materialize(assets, "b1", instance=home_instance, krea=krea)
+    assert result.success
+    manifest = manifest_of(result, assets)
+    billed = emulator.stats()["jobs_billed"]
+    assert billed == 5
+    assert manifest["cost_usd"].sum() == pytest.approx(billed * PRICE)
+    rows = Ledger(ledger_url).rows("crash", "b1")
+    assert all(row.cost_usd == pytest.approx(PRICE) for row in rows if row.is_paid)
+
+
+def test_a_worker_that_died_on_another_host_is_not_trusted_forever(
+    tmp_path, build, emulator, krea, prompts_dir, home_instance
+):
+    """A row written on another host whose run is still STARTED is taken over once its lease
+    expires: the prompt is delivered, nobody waits out the poll timeout."""
+    write_batch(prompts_dir, "b1", prompt_rows(2))
+    assets = build()
+    ledger = assets.pipeline.ledger
+    ledger.ensure_generation(assets.prefix, "b1")
+    stuck_run = home_instance.create_run_for_job(
+        dg.Definitions(
+            jobs=[dg.JobDefinition(graph_def=dg.GraphDefinition("g", node_defs=[]), name="j")]
+        ).get_job_def("j"),
+        status=dg.DagsterRunStatus.STARTED,
+    )
+    key = assets.pipeline.prepare("b1").table["prompt_key"].iloc[0]
+    claim = ledger.claim(
+        scope=assets.prefix,
+        batch="b1",
+        generation=1,
+        prompt_key=key,
+        model=assets.pipeline.model,
+        request={"prompt": "x"},
+        request_hash="h",
+        submission_id=str(uuid.uuid4()),
+        estimated_usd=PRICE,
+        run_id=stuck_run.run_id,
+        max_attempts=3,
+        account=krea.account_id,
+        lease_seconds=60,
+    )
+    past = datetime.now(UTC) - timedelta(minutes=5)
+    with ledger.transaction() as conn:
+        conn.execute(
+            sa.text("UPDATE krea_submissions SET owner_host='elsewhere', sent_at=:t"), {"t": past}
+        )
+        conn.execute(
+            sa.text("UPDATE krea_submit_leases SET owner_host='elsewhere', expires_at=:t"),
+            {"t": past},
+        )
+    assert home_instance.get_run_by_id(stuck_run.run_id).status == dg.DagsterRunStatus.STARTED
+    result = materialize(
+        assets, "b1", instance=home_instance, krea=make_resource(emulator, poll_timeout=30)
+    )
+    assert result.success
+    assert set(manifest_of(result, assets)["status"]) == {"completed"}
+    assert ledger.get(claim.row.submission_id).state == SubmissionState.NOT_CREATED
+    assert emulator.stats()["jobs_created"] == 2
