@@ -17,10 +17,12 @@ PUBLIC_MODULES = [
     "client",
     "config",
     "errors",
+    "media",
     "models",
     "reconcile",
     "redaction",
     "retries",
+    "uploads",
     "webhooks",
 ]
 ALL_MODULES = sorted(path.stem for path in API_DIR.glob("*.py"))
