@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from krea_dagster.emulator import views
+from krea_dagster.emulator import inputs, views
 from krea_dagster.emulator.errors import NotFound
 from krea_dagster.emulator.images import RenderCache, render_mp4_placeholder
 from krea_dagster.emulator.lifecycle import JobStatus
@@ -33,9 +33,10 @@ async def result_file(request: Request, state: EmulatorState, cache: RenderCache
     prompt = str(job.body.get("prompt", job.body.get("image_url", "")))
     seed = job.body.get("seed", state.models[job.model_key].default("seed"))
     state.counters.cdn_downloads += 1
+    key = inputs.render_key(job.inputs)
     if name.endswith(".mp4"):
-        return Response(render_mp4_placeholder(prompt, seed), media_type="video/mp4")
-    data = await run_in_threadpool(cache.png, prompt, seed, job.width, job.height)
+        return Response(render_mp4_placeholder(prompt + key, seed), media_type="video/mp4")
+    data = await run_in_threadpool(cache.png, prompt, seed, job.width, job.height, key)
     return Response(
         data, media_type="image/png", headers={"Cache-Control": "public, max-age=86400"}
     )

@@ -43,7 +43,7 @@ from collections.abc import Iterable
 from datetime import date
 from typing import Any
 
-from krea_dagster.emulator import lifecycle, views
+from krea_dagster.emulator import inputs, lifecycle, views
 from krea_dagster.emulator.catalog import ModelSpec, load_models
 from krea_dagster.emulator.clock import Clock, to_micros, utc_date
 from krea_dagster.emulator.config import EmulatorConfig
@@ -362,6 +362,7 @@ class EmulatorState:
         webhook_url: str | None,
         now: float,
     ) -> Job:
+        media = inputs.describe(self, account, spec.request_schema, body)  # 422 before anything
         canonical = json.dumps([spec.path, body], sort_keys=True, separators=(",", ":"))
         request_hash = hashlib.sha256(canonical.encode()).hexdigest()
         created_us = max(to_micros(now), account.last_created_us + 1)
@@ -384,6 +385,7 @@ class EmulatorState:
             width=width,
             height=height,
             webhook_url=webhook_url,
+            inputs=media,
         )
 
     def own_job(self, account: Account, job_id: str) -> Job:
