@@ -147,6 +147,12 @@ from krea_dagster.api.uploads import (
     to_data_uri,
     upload_description,
 )
+from krea_dagster.api.video import (
+    VideoError,
+    VideoInfo,
+    inspect_video,
+    poster_frame,
+)
 from krea_dagster.api.webhooks import (
     aconfirm_webhook,
     confirm_webhook,
@@ -247,6 +253,8 @@ __all__ = [
     "UnprocessableEntityError",
     "ValidationResult",
     "Verdict",
+    "VideoError",
+    "VideoInfo",
     "aconfirm_webhook",
     "all_models",
     "as_aware",
@@ -261,6 +269,7 @@ __all__ = [
     "find_media",
     "get_model",
     "image_models",
+    "inspect_video",
     "install_redaction",
     "is_data_uri",
     "make_status_error",
@@ -268,6 +277,7 @@ __all__ = [
     "parse_datetime",
     "parse_retry_after",
     "parse_webhook",
+    "poster_frame",
     "read_upload_file",
     "redact",
     "register_secret",

@@ -26,6 +26,7 @@ Every exception derives from one base, ``KreaError``::
     │   ├── JobCancelledError
     │   └── JobTimeoutError
     ├── DownloadError                    a result file could not be fetched or verified
+    ├── VideoError                       a video file is not well-formed (api.video)
     └── ConfigurationError               the client is set up wrongly (token shape, base URL)
 
 Messages name the method, the path template, the status, Krea's own message and what to do.
@@ -320,8 +321,7 @@ class AmbiguousSubmitError(APIError):
 
 
 class AmbiguousUploadError(APIError):
-    """A ``POST /assets`` failed after it may have reached Krea, and ``GET /assets`` (so far)
-    shows no asset with its content hash: an asset may exist, or may still appear."""
+    """An upload that may have reached Krea, with no asset of its hash in ``GET /assets`` yet."""
 
     def __init__(
         self,

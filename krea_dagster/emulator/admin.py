@@ -141,6 +141,7 @@ async def get_job(request: Request, state: EmulatorState) -> Response:
         height=job.height,
         outcome=job.outcome.kind,
         inputs=job.inputs,
+        poster_url=views.poster_url(job, state.cdn_url) if job.result_token else None,
     )
     return JSONResponse(data)
 

@@ -1,4 +1,4 @@
-"""Result files: deterministic PNG images of the requested size (and a video placeholder).
+"""Result files: deterministic PNG images of the requested size (videos: see ``video.py``).
 
 Size rule (Krea documents none for the emulator to copy):
 
@@ -22,8 +22,7 @@ chunk, so a test can read which inputs reached the job from the downloaded file:
 a palette and a few shapes drawn from a SHA-256 of the inputs on a small canvas, upscaled with
 NEAREST, with the prompt written in a bar at the top. A palette ("P" mode) PNG at
 ``compress_level=1`` keeps a 1024 x 1024 image at about 6 ms and 10 KB; recent renders are
-cached. Video jobs get a ``.mp4`` placeholder: an MP4 ``ftyp`` box and a ``free`` box carrying
-the hash, enough for a content-type and size check, not a playable video.
+cached.
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-import struct
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -139,19 +137,6 @@ def render_png(prompt: str, seed: Any, width: int, height: int, inputs: str = ""
         info.add_text(INPUTS_TEXT_KEY, inputs)
     _draw(prompt, seed, width, height, inputs).save(buffer, "PNG", compress_level=1, pnginfo=info)
     return buffer.getvalue()
-
-
-def render_mp4_placeholder(prompt: str, seed: Any) -> bytes:
-    """A deterministic, non-playable MP4 container stub (``ftyp`` + ``free`` boxes)."""
-    ftyp = b"ftypisom" + struct.pack(">I", 512) + b"isomiso2mp41"
-    payload = _digest(prompt, seed, 0, 0) * 8
-    return (
-        struct.pack(">I", 4 + len(ftyp))
-        + ftyp
-        + struct.pack(">I", 8 + len(payload))
-        + b"free"
-        + payload
-    )
 
 
 class RenderCache:

@@ -23,6 +23,7 @@ PUBLIC_MODULES = [
     "redaction",
     "retries",
     "uploads",
+    "video",
     "webhooks",
 ]
 ALL_MODULES = sorted(path.stem for path in API_DIR.glob("*.py"))
