@@ -195,3 +195,28 @@ def test_an_s3_reference_is_read_through_upath(
     with pytest.raises(ImageReferenceError, match="no such file"):
         resolver.resolve(str(s3_path / "refs" / "missing.png"))
     assert emulator.stats()["uploads"] == 1
+
+
+def test_an_upload_whose_answer_is_lost_is_found_not_resent(
+    emulator: EmulatorHandle, client: KreaClient, refs: Path
+) -> None:
+    """The emulator stores the file and drops the answer: the client finds it in GET /assets."""
+    emulator.configure(upload_accept_then_drop_rate=1.0)
+    resolved = ReferenceResolver(client).resolve(str(refs / "red.png"))
+    assert resolved.how == "uploaded"
+    assert client.stats.ambiguous_uploads == 1 and client.stats.uploads_reconciled == 1
+    listed = client.list_assets().items
+    assert [asset.image_url for asset in listed] == [resolved.value]
+    assert emulator.stats()["uploads"] == 1
+
+
+def test_zero_data_retention_end_to_end(
+    emulator: EmulatorHandle, client: KreaClient, refs: Path
+) -> None:
+    """A ZDR request built by the resolver is accepted by the emulator with data: inputs."""
+    resolver = ReferenceResolver(client, zero_data_retention=True, base_dir=refs)
+    body, _ = resolver.resolve_request(MODEL, {"prompt": "p", "image_urls": ["green.jpg"]})
+    job = client.submit(MODEL, body, zero_data_retention=True)
+    inputs = emulator.job(job.job_id)["inputs"]
+    assert [(i["kind"], i["sha256"]) for i in inputs] == [("data", sha(GREEN))]
+    assert emulator.stats()["uploads"] == 0

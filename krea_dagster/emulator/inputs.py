@@ -11,7 +11,8 @@ string arrays named like media, such as gpt-image-2's ``image_urls``), walked th
 ``data`` (a ``data:`` URI, by the hash of its decoded bytes) or ``url`` (any other URL, by the
 hash of the URL string: the emulator does not fetch the internet). An asset URL of this
 emulator that names no asset (deleted, or another account's) is refused with 422 "Input file
-rejected", as Krea refuses inputs it cannot fetch. Results are rendered from the prompt *and*
+rejected", as Krea refuses inputs it cannot fetch; with ``X-Api-Zero-Data-Retention: 1`` any
+media input that is not a ``data:`` URI is a 422 (Krea's ZDR rule, krea-api.md section 3). Results are rendered from the prompt *and*
 these hashes, so a test can tell which inputs reached the job.
 """
 
@@ -73,6 +74,16 @@ def media_values(schema: dict[str, Any], body: dict[str, Any]) -> list[tuple[str
         if item not in found:
             found.append(item)
     return found
+
+
+def require_data_uris(schema: dict[str, Any], body: dict[str, Any]) -> None:
+    """422 unless every media input is a ``data:`` URI (``X-Api-Zero-Data-Retention: 1``)."""
+    others = [path for path, value in media_values(schema, body) if value[:5].lower() != "data:"]
+    if others:
+        raise InputRejected(
+            "Zero data retention requires all media inputs to be base64 data: URIs; not a data "
+            f"URI: {', '.join(others)}"
+        )
 
 
 def _data_bytes(value: str) -> bytes:

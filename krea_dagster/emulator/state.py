@@ -322,12 +322,19 @@ class EmulatorState:
         )
 
     def submit(
-        self, account: Account, spec: ModelSpec, raw_body: Any, webhook_url: str | None = None
+        self,
+        account: Account,
+        spec: ModelSpec,
+        raw_body: Any,
+        webhook_url: str | None = None,
+        zero_data_retention: bool = False,
     ) -> Job:
-        """Validate and accept a generation request (400, 402 or 429 otherwise)."""
+        """Validate and accept a generation request (400, 402, 422 or 429 otherwise)."""
         now = self.clock()
         self.advance(now)
         body = validate_body(spec, raw_body, self.today())
+        if zero_data_retention:
+            inputs.require_data_uris(spec.request_schema, body)
         price = price_micros(spec, body)
         available = account.balance_micros - account.reserved_micros
         if available < price:

@@ -156,3 +156,35 @@ def test_media_inputs_are_found_from_the_schema(model: str, expected: set[str]) 
     schema = load_models()[model].request_schema
     known = {key: value for key, value in body.items() if key in schema["properties"]}
     assert {path for path, _ in media_values(schema, known)} == expected
+
+
+def test_zero_data_retention_needs_data_uris(
+    krea_emulator: EmulatorHandle, api: httpx.Client
+) -> None:
+    """With X-Api-Zero-Data-Retention: 1 an asset URL is a 422; data: URIs are accepted."""
+    red = upload(api, RED)
+    zdr = {"X-Api-Zero-Data-Retention": "1"}
+    refused = api.post(
+        EDIT_PATH, json={"prompt": "p", "image_urls": [red["image_url"]]}, headers=zdr
+    )
+    assert refused.status_code == 422
+    assert "data: URIs" in refused.json()["error"] and "image_urls[0]" in refused.json()["error"]
+    inline = "data:image/png;base64," + base64.b64encode(RED).decode()
+    accepted = api.post(EDIT_PATH, json={"prompt": "p", "image_urls": [inline]}, headers=zdr)
+    assert accepted.status_code == 200, accepted.text
+    inputs = krea_emulator.job(accepted.json()["job_id"])["inputs"]
+    assert [(i["kind"], i["sha256"]) for i in inputs] == [("data", hashlib.sha256(RED).hexdigest())]
+
+
+def test_an_upload_can_be_stored_and_its_answer_lost(
+    krea_emulator: EmulatorHandle, api: httpx.Client
+) -> None:
+    """upload_accept_then_drop_rate stores the asset, then drops the connection unanswered."""
+    krea_emulator.configure(upload_accept_then_drop_rate=1.0)
+    with pytest.raises(httpx.TransportError):
+        api.post("/assets", files={"file": ("ref.png", RED, "image/png")})
+    krea_emulator.configure(upload_accept_then_drop_rate=0.0)
+    listed = api.get("/assets").json()["items"]
+    assert len(listed) == 1 and listed[0]["size_bytes"] == len(RED)
+    stats = krea_emulator.stats()
+    assert stats["uploads"] == 1 and stats["faults_injected"]["upload_accept_then_drop"] == 1
