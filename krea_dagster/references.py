@@ -20,6 +20,7 @@ No Dagster import: this module is engine-level.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -50,7 +51,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from krea_dagster.api.client import KreaClient
+    from krea_dagster.api.client import AsyncKreaClient, KreaClient
+    from krea_dagster.api.models import Asset
 
 logger = logging.getLogger("krea_dagster.references")
 
@@ -119,12 +121,13 @@ class ResolvedReference:
     """What one reference became: the string the request carries, and how it was obtained.
 
     ``how`` is ``kept`` (an http(s) URL, sent as is), ``uploaded`` (``POST /assets`` now),
-    ``cached`` (the same bytes were uploaded before) or ``inlined`` (a ``data:`` URI, ZDR).
+    ``cached`` (the same bytes were uploaded before, says the cache), ``found`` (an earlier
+    upload of the bytes found in ``GET /assets``) or ``inlined`` (a ``data:`` URI, ZDR).
     """
 
     source: str
     value: str
-    how: Literal["kept", "uploaded", "cached", "inlined"]
+    how: Literal["kept", "uploaded", "cached", "found", "inlined"]
     sha256: str | None = None
     size: int | None = None
     mime_type: str | None = None
@@ -263,13 +266,94 @@ def load_reference(
     return LoadedReference(source, data, hashlib.sha256(data).hexdigest(), mime_type)
 
 
-class ReferenceResolver:
+class _ResolverBase:
+    """What the sync and async resolvers share: the steps around the upload itself."""
+
+    def __init__(
+        self,
+        cache: UploadCache | None,
+        *,
+        zero_data_retention: bool,
+        base_dir: str | os.PathLike[str] | None,
+        storage_options: Mapping[str, Any] | None,
+        description: str | None,
+        search_assets: bool,
+    ) -> None:
+        self.cache: UploadCache = cache if cache is not None else MemoryUploadCache()
+        self.zero_data_retention = zero_data_retention
+        self.base_dir = base_dir
+        self.storage_options = dict(storage_options or {})
+        self.description = description
+        self.search_assets = search_assets
+        self.uploads = 0
+        self.cache_hits = 0
+
+    def _kept(self, reference: str) -> ResolvedReference | None:
+        """The result for an http(s) URL (kept as is), or None for a file reference."""
+        if reference_kind(reference) != "url":
+            return None
+        text = reference.strip()
+        if self.zero_data_retention:
+            raise ImageReferenceError(
+                "zero-data-retention requests accept only data: URIs; give the file as a "
+                "local path, an s3:// URI or a data: URI instead of a URL",
+                source=_display(text),
+            )
+        return ResolvedReference(text, text, "kept")
+
+    def _load(self, reference: str) -> LoadedReference:
+        return load_reference(
+            reference.strip(), base_dir=self.base_dir, storage_options=self.storage_options
+        )
+
+    def _without_upload(self, loaded: LoadedReference) -> ResolvedReference | None:
+        """Inlined (ZDR) or cached, when no upload is needed."""
+        facts = _facts(loaded)
+        if self.zero_data_retention:
+            return ResolvedReference(loaded.source, to_data_uri(loaded.data), "inlined", **facts)
+        cached = self.cache.get(loaded.sha256)
+        if cached is None:
+            return None
+        self.cache_hits += 1
+        logger.debug("reference %s: already uploaded (%s)", loaded.source, loaded.sha256[:12])
+        return ResolvedReference(loaded.source, cached, "cached", **facts)
+
+    def _record(self, loaded: LoadedReference, asset: Asset, how: str) -> ResolvedReference:
+        self.cache.put(loaded.sha256, asset.image_url, asset.id, loaded.size)
+        if how == "uploaded":
+            self.uploads += 1
+            logger.info(
+                "reference %s uploaded as asset %s (%d bytes)", loaded.source, asset.id, loaded.size
+            )
+        else:
+            logger.info("reference %s found as asset %s, not uploaded", loaded.source, asset.id)
+        return ResolvedReference(
+            loaded.source,
+            asset.image_url,
+            "uploaded" if how == "uploaded" else "found",
+            asset_id=asset.id,
+            **_facts(loaded),
+        )
+
+
+def _facts(loaded: LoadedReference) -> dict[str, Any]:
+    return {"sha256": loaded.sha256, "size": loaded.size, "mime_type": loaded.mime_type}
+
+
+def _in_request(item: MediaValue, error: ImageReferenceError) -> ImageReferenceError:
+    return ImageReferenceError(f"{item.path}: {error.reason}", source=error.source)
+
+
+class ReferenceResolver(_ResolverBase):
     """Turns references into request values, uploading each distinct file once.
 
     ``resolve(reference)`` handles one string; ``resolve_request(model, params)`` every media
     input of a request (found from the catalog), and returns the request to send plus what each
     reference became. ``zero_data_retention=True`` inlines files as ``data:`` URIs and refuses
     http(s) URLs (Krea's ZDR accepts only data URIs); nothing is uploaded then.
+    ``search_assets=True`` looks for the bytes in ``GET /assets`` (by the hash every upload's
+    description carries) before uploading on a cache miss: it reads the whole asset list, so
+    it suits accounts with few assets or a cold cache.
     """
 
     def __init__(
@@ -281,52 +365,35 @@ class ReferenceResolver:
         base_dir: str | os.PathLike[str] | None = None,
         storage_options: Mapping[str, Any] | None = None,
         description: str | None = None,
+        search_assets: bool = False,
     ) -> None:
+        super().__init__(
+            cache,
+            zero_data_retention=zero_data_retention,
+            base_dir=base_dir,
+            storage_options=storage_options,
+            description=description,
+            search_assets=search_assets,
+        )
         self.client = client
-        self.cache: UploadCache = cache if cache is not None else MemoryUploadCache()
-        self.zero_data_retention = zero_data_retention
-        self.base_dir = base_dir
-        self.storage_options = dict(storage_options or {})
-        self.description = description
-        self.uploads = 0
-        self.cache_hits = 0
 
     def resolve(self, reference: str) -> ResolvedReference:
         """What the request carries for ``reference`` (see the class docstring)."""
-        kind = reference_kind(reference)
-        text = reference.strip()
-        if kind == "url":
-            if self.zero_data_retention:
-                raise ImageReferenceError(
-                    "zero-data-retention requests accept only data: URIs; give the file as a "
-                    "local path, an s3:// URI or a data: URI instead of a URL",
-                    source=_display(text),
-                )
-            return ResolvedReference(text, text, "kept")
-        loaded = load_reference(text, base_dir=self.base_dir, storage_options=self.storage_options)
-        facts: dict[str, Any] = {
-            "sha256": loaded.sha256,
-            "size": loaded.size,
-            "mime_type": loaded.mime_type,
-        }
-        if self.zero_data_retention:
-            return ResolvedReference(loaded.source, to_data_uri(loaded.data), "inlined", **facts)
-        cached = self.cache.get(loaded.sha256)
-        if cached is not None:
-            self.cache_hits += 1
-            logger.debug("reference %s: already uploaded (%s)", loaded.source, loaded.sha256[:12])
-            return ResolvedReference(loaded.source, cached, "cached", **facts)
+        kept = self._kept(reference)
+        if kept is not None:
+            return kept
+        loaded = self._load(reference)
+        done = self._without_upload(loaded)
+        if done is not None:
+            return done
+        if self.search_assets:
+            found = self.client.find_asset(loaded.sha256, size=loaded.size)
+            if found is not None:
+                return self._record(loaded, found, "found")
         asset = self.client.upload_asset(
             loaded.data, filename=loaded.filename, description=self.description
         )
-        self.cache.put(loaded.sha256, asset.image_url, asset.id, loaded.size)
-        self.uploads += 1
-        logger.info(
-            "reference %s uploaded as asset %s (%d bytes)", loaded.source, asset.id, loaded.size
-        )
-        return ResolvedReference(
-            loaded.source, asset.image_url, "uploaded", asset_id=asset.id, **facts
-        )
+        return self._record(loaded, asset, "uploaded")
 
     def resolve_request(
         self, model: str | None, params: Mapping[str, Any], kind: str = "image"
@@ -336,19 +403,86 @@ class ReferenceResolver:
         The same reference string is resolved once per call; different strings naming the same
         bytes are uploaded once through the cache.
         """
-        media: list[MediaValue] = find_media(model, params, kind)
+        media = find_media(model, params, kind)
         by_reference: dict[str, ResolvedReference] = {}
-        resolved: list[ResolvedReference] = []
         for item in media:
             if item.value not in by_reference:
                 try:
                     by_reference[item.value] = self.resolve(item.value)
                 except ImageReferenceError as exc:
-                    raise ImageReferenceError(
-                        f"{item.path}: {exc.reason}", source=exc.source
-                    ) from None
-            resolved.append(by_reference[item.value])
-        new_params = replace_media(
-            params, {item.location: by_reference[item.value].value for item in media}, media
+                    raise _in_request(item, exc) from None
+        return _assemble(params, media, by_reference)
+
+
+class AsyncReferenceResolver(_ResolverBase):
+    """The asyncio twin of ``ReferenceResolver`` over an ``AsyncKreaClient``.
+
+    Files are read in a worker thread; concurrent ``resolve`` calls for the same bytes wait for
+    one another, so they upload once.
+    """
+
+    def __init__(
+        self,
+        client: AsyncKreaClient,
+        cache: UploadCache | None = None,
+        *,
+        zero_data_retention: bool = False,
+        base_dir: str | os.PathLike[str] | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+        description: str | None = None,
+        search_assets: bool = False,
+    ) -> None:
+        super().__init__(
+            cache,
+            zero_data_retention=zero_data_retention,
+            base_dir=base_dir,
+            storage_options=storage_options,
+            description=description,
+            search_assets=search_assets,
         )
-        return new_params, resolved
+        self.client = client
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def resolve(self, reference: str) -> ResolvedReference:
+        """See ``ReferenceResolver.resolve``."""
+        kept = self._kept(reference)
+        if kept is not None:
+            return kept
+        loaded = await asyncio.to_thread(self._load, reference)
+        lock = self._locks.setdefault(loaded.sha256, asyncio.Lock())
+        async with lock:
+            done = self._without_upload(loaded)
+            if done is not None:
+                return done
+            if self.search_assets:
+                found = await self.client.find_asset(loaded.sha256, size=loaded.size)
+                if found is not None:
+                    return self._record(loaded, found, "found")
+            asset = await self.client.upload_asset(
+                loaded.data, filename=loaded.filename, description=self.description
+            )
+            return self._record(loaded, asset, "uploaded")
+
+    async def resolve_request(
+        self, model: str | None, params: Mapping[str, Any], kind: str = "image"
+    ) -> tuple[dict[str, Any], list[ResolvedReference]]:
+        """See ``ReferenceResolver.resolve_request``."""
+        media = find_media(model, params, kind)
+        by_reference: dict[str, ResolvedReference] = {}
+        for item in media:
+            if item.value not in by_reference:
+                try:
+                    by_reference[item.value] = await self.resolve(item.value)
+                except ImageReferenceError as exc:
+                    raise _in_request(item, exc) from None
+        return _assemble(params, media, by_reference)
+
+
+def _assemble(
+    params: Mapping[str, Any], media: list[MediaValue], by_reference: dict[str, ResolvedReference]
+) -> tuple[dict[str, Any], list[ResolvedReference]]:
+    replacements = {item.location: by_reference[item.value].value for item in media}
+    return (
+        replace_media(params, replacements, media),
+        [by_reference[item.value] for item in media],
+    )

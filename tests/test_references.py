@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import io
@@ -12,9 +13,10 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from krea_dagster.api import MAX_UPLOAD_BYTES, KreaClient
+from krea_dagster.api import MAX_UPLOAD_BYTES, AsyncKreaClient, KreaClient
 from krea_dagster.emulator.testing import EmulatorHandle, run_emulator
 from krea_dagster.references import (
+    AsyncReferenceResolver,
     ImageReferenceError,
     MemoryUploadCache,
     ReferenceResolver,
@@ -220,3 +222,33 @@ def test_zero_data_retention_end_to_end(
     inputs = emulator.job(job.job_id)["inputs"]
     assert [(i["kind"], i["sha256"]) for i in inputs] == [("data", sha(GREEN))]
     assert emulator.stats()["uploads"] == 0
+
+
+def test_search_assets_reuses_an_upload_the_cache_does_not_know(
+    emulator: EmulatorHandle, client: KreaClient, refs: Path
+) -> None:
+    """With an empty cache, search_assets finds the earlier upload by its hash: no new upload."""
+    first = ReferenceResolver(client).resolve(str(refs / "red.png"))
+    cold = ReferenceResolver(client, MemoryUploadCache(), search_assets=True)
+    found = cold.resolve(str(refs / "red-copy.png"))
+    assert (found.how, found.value, found.asset_id) == ("found", first.value, first.asset_id)
+    assert cold.cache.get(sha(RED)) == first.value
+    assert emulator.stats()["uploads"] == 1
+
+
+def test_async_resolver_uploads_concurrent_copies_once(
+    emulator: EmulatorHandle, refs: Path
+) -> None:
+    """Concurrent async resolves of the same bytes wait for one another: one upload."""
+
+    async def scenario() -> list[str]:
+        async with AsyncKreaClient(emulator.token, base_url=emulator.base_url, timeout=5) as krea:
+            resolver = AsyncReferenceResolver(krea, base_dir=refs)
+            names = ["red.png", "red-copy.png"] * 3
+            results = await asyncio.gather(*(resolver.resolve(name) for name in names))
+            body, _ = await resolver.resolve_request(MODEL, {"prompt": "p", "image_urls": names})
+            assert set(body["image_urls"]) == {results[0].value}
+            return sorted(r.how for r in results)
+
+    assert asyncio.run(scenario()) == ["cached"] * 5 + ["uploaded"]
+    assert emulator.stats()["uploads_by_sha256"] == {sha(RED): 1}
