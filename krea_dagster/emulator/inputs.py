@@ -8,9 +8,11 @@ string arrays named like media, such as gpt-image-2's ``image_urls``), walked th
      "size_bytes": 1234}
 
 ``kind`` is ``asset`` (an upload of this emulator, identified by the SHA-256 of its bytes),
-``data`` (a ``data:`` URI, by the hash of its decoded bytes) or ``url`` (any other URL, by the
-hash of the URL string: the emulator does not fetch the internet). An asset URL of this
-emulator that names no asset (deleted, or another account's) is refused with 422 "Input file
+``result`` (the result file of an earlier completed job of this emulator, with its ``job_id``:
+how a chained step shows where its input came from), ``data`` (a ``data:`` URI, by the hash
+of its decoded bytes) or ``url`` (any other URL, by the hash of the URL string: the emulator
+does not fetch the internet). An asset or result URL of this emulator that names nothing
+(a deleted asset, another account's, a job not completed) is refused with 422 "Input file
 rejected", as Krea refuses inputs it cannot fetch; with ``X-Api-Zero-Data-Retention: 1`` any
 media input that is not a ``data:`` URI is a 422 (Krea's ZDR rule, krea-api.md section 3). Results are rendered from the prompt *and*
 these hashes, so a test can tell which inputs reached the job.
@@ -26,7 +28,9 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
+from krea_dagster.emulator import views
 from krea_dagster.emulator.errors import EmulatorError
+from krea_dagster.emulator.lifecycle import JobStatus
 
 if TYPE_CHECKING:
     from krea_dagster.emulator.records import Account
@@ -101,10 +105,23 @@ def describe(
 ) -> list[dict[str, Any]]:
     """The input records of a job (422 for an asset URL of this emulator that is gone)."""
     prefix = f"{state.cdn_url}/assets/"
+    results = f"{state.cdn_url}/results/"
     records: list[dict[str, Any]] = []
     for path, value in media_values(schema, body):
         record: dict[str, Any] = {"field": path}
-        if value.startswith(prefix):
+        if value.startswith(results):
+            job = state.jobs.get(value[len(results) :].split("/")[0])
+            if (
+                job is None
+                or job.account_id != account.id
+                or job.status is not JobStatus.COMPLETED
+                or value.split("?")[0] != views.result_url(job, state.cdn_url)
+            ):
+                raise InputRejected(f"Input file rejected: {path}: no such result {value!r}")
+            record.update(
+                kind="result", sha256=hashlib.sha256(value.encode()).hexdigest(), job_id=job.id
+            )
+        elif value.startswith(prefix):
             name = value[len(prefix) :].split("?")[0]
             asset = state.assets.get(name.split(".")[0])
             if asset is None or asset.account_id != account.id or asset.filename != name:

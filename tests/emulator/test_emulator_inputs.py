@@ -188,3 +188,23 @@ def test_an_upload_can_be_stored_and_its_answer_lost(
     assert len(listed) == 1 and listed[0]["size_bytes"] == len(RED)
     stats = krea_emulator.stats()
     assert stats["uploads"] == 1 and stats["faults_injected"]["upload_accept_then_drop"] == 1
+
+
+def test_an_earlier_result_as_input_names_its_job(
+    krea_emulator: EmulatorHandle, api: httpx.Client
+) -> None:
+    """A chained step's input that is an earlier job's result is recorded with that job's id."""
+    first = run_job(krea_emulator, api, {"prompt": "step one", "width": 64, "height": 64})
+    url = first["result"]["urls"][0]
+    second = run_job(krea_emulator, api, {"prompt": "step two", "image_urls": [url]})
+    assert second["inputs"] == [
+        {
+            "field": "image_urls[0]",
+            "kind": "result",
+            "sha256": hashlib.sha256(url.encode()).hexdigest(),
+            "job_id": first["job_id"],
+        }
+    ]
+    forged = url.rsplit("/", 1)[0] + "/0000000000000000.png"
+    response = api.post(EDIT_PATH, json={"prompt": "p", "image_urls": [forged]})
+    assert response.status_code == 422 and "no such result" in response.json()["error"]
