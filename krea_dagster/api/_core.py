@@ -592,11 +592,11 @@ class RequestCore:
         params: Mapping[str, Any],
         *,
         kind: str = "image",
+        zero_data_retention: bool = False,
         webhook_url: str | None = None,
         validate: bool = True,
         today: date | None = None,
         max_retries: int | None = None,
-        zero_data_retention: bool = False,
     ) -> Flow[Job]:
         """POST /generate/<kind>/<model>: validated first, never resent once it may have arrived."""
         submission_id = str(uuid.uuid4())

@@ -300,29 +300,31 @@ class KreaClient(_BaseClient):
         params: Mapping[str, Any],
         *,
         kind: str = "image",
+        zero_data_retention: bool = False,
         webhook_url: str | None = None,
         validate: bool = True,
         max_retries: int | None = None,
-        zero_data_retention: bool = False,
     ) -> Job:
         """Validate and ``POST /generate/<kind>/<model>``; never resent once it may have arrived.
+
+        ``zero_data_retention=True`` sends ``X-Api-Zero-Data-Retention: 1`` and refuses
+        (RequestValidationError, nothing sent) a media input that is not a ``data:`` URI, as
+        Krea would with a 422.
 
         Raises RequestValidationError (nothing sent), AmbiguousSubmitError (a job may exist:
         reconcile, do not resubmit), RateLimitError (still at the concurrency cap after the
         429 budget), or the status error of a refusal (402, 401, ...). ``validate=False`` is
-        only for models newer than the bundled catalog. ``zero_data_retention=True`` sends
-        ``X-Api-Zero-Data-Retention: 1`` and refuses (RequestValidationError, nothing sent) a
-        media input that is not a ``data:`` URI, as Krea would with a 422.
+        only for models newer than the bundled catalog.
         """
         return self._run(
             self._core.submit(
                 model,
                 params,
                 kind=kind,
+                zero_data_retention=zero_data_retention,
                 webhook_url=webhook_url,
                 validate=validate,
                 max_retries=max_retries,
-                zero_data_retention=zero_data_retention,
             )
         )
 
@@ -687,10 +689,10 @@ class AsyncKreaClient(_BaseClient):
         params: Mapping[str, Any],
         *,
         kind: str = "image",
+        zero_data_retention: bool = False,
         webhook_url: str | None = None,
         validate: bool = True,
         max_retries: int | None = None,
-        zero_data_retention: bool = False,
     ) -> Job:
         """See ``KreaClient.submit``."""
         return await self._run(
@@ -698,10 +700,10 @@ class AsyncKreaClient(_BaseClient):
                 model,
                 params,
                 kind=kind,
+                zero_data_retention=zero_data_retention,
                 webhook_url=webhook_url,
                 validate=validate,
                 max_retries=max_retries,
-                zero_data_retention=zero_data_retention,
             )
         )
 
