@@ -11,9 +11,9 @@ string arrays named like media, such as gpt-image-2's ``image_urls``), walked th
 ``result`` (the result file of an earlier completed job of this emulator, with its ``job_id``:
 how a chained step shows where its input came from), ``data`` (a ``data:`` URI, by the hash
 of its decoded bytes) or ``url`` (any other URL, by the hash of the URL string: the emulator
-does not fetch the internet). An asset or result URL of this emulator that names nothing
-(a deleted asset, another account's, a job not completed) is refused with 422 "Input file
-rejected", as Krea refuses inputs it cannot fetch; with ``X-Api-Zero-Data-Retention: 1`` any
+does not fetch the internet). CDN URLs need no token, so any account may use them; one that
+names nothing the CDN would serve (a deleted asset, a job not completed, a wrong key) is
+refused with 422 "Input file rejected", as Krea refuses inputs it cannot fetch; with ``X-Api-Zero-Data-Retention: 1`` any
 media input that is not a ``data:`` URI is a 422 (Krea's ZDR rule, krea-api.md section 3). Results are rendered from the prompt *and*
 these hashes, so a test can tell which inputs reached the job.
 """
@@ -33,7 +33,6 @@ from krea_dagster.emulator.errors import EmulatorError
 from krea_dagster.emulator.lifecycle import JobStatus
 
 if TYPE_CHECKING:
-    from krea_dagster.emulator.records import Account
     from krea_dagster.emulator.state import EmulatorState
 
 _MEDIA_NAME = re.compile(r"(^|_)(urls?|uri|images?|videos?|audio|mask)$")
@@ -101,7 +100,7 @@ def _data_bytes(value: str) -> bytes:
 
 
 def describe(
-    state: EmulatorState, account: Account, schema: dict[str, Any], body: dict[str, Any]
+    state: EmulatorState, schema: dict[str, Any], body: dict[str, Any]
 ) -> list[dict[str, Any]]:
     """The input records of a job (422 for an asset URL of this emulator that is gone)."""
     prefix = f"{state.cdn_url}/assets/"
@@ -113,7 +112,6 @@ def describe(
             job = state.jobs.get(value[len(results) :].split("/")[0])
             if (
                 job is None
-                or job.account_id != account.id
                 or job.status is not JobStatus.COMPLETED
                 or value.split("?")[0] != views.result_url(job, state.cdn_url)
             ):
@@ -124,7 +122,7 @@ def describe(
         elif value.startswith(prefix):
             name = value[len(prefix) :].split("?")[0]
             asset = state.assets.get(name.split(".")[0])
-            if asset is None or asset.account_id != account.id or asset.filename != name:
+            if asset is None or asset.filename != name:
                 raise InputRejected(f"Input file rejected: {path}: no such asset {value!r}")
             record.update(
                 kind="asset",

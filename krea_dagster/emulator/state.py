@@ -369,7 +369,7 @@ class EmulatorState:
         webhook_url: str | None,
         now: float,
     ) -> Job:
-        media = inputs.describe(self, account, spec.request_schema, body)  # 422 before anything
+        media = inputs.describe(self, spec.request_schema, body)  # 422 before anything
         canonical = json.dumps([spec.path, body], sort_keys=True, separators=(",", ":"))
         request_hash = hashlib.sha256(canonical.encode()).hexdigest()
         created_us = max(to_micros(now), account.last_created_us + 1)

@@ -208,3 +208,16 @@ def test_an_earlier_result_as_input_names_its_job(
     forged = url.rsplit("/", 1)[0] + "/0000000000000000.png"
     response = api.post(EDIT_PATH, json={"prompt": "p", "image_urls": [forged]})
     assert response.status_code == 422 and "no such result" in response.json()["error"]
+
+
+def test_another_account_may_use_a_cdn_url_as_input(
+    krea_emulator: EmulatorHandle, api: httpx.Client
+) -> None:
+    """CDN URLs need no token, so another account's job may take one as its input."""
+    red = upload(api, RED)
+    other = krea_emulator.add_account()
+    with krea_emulator.client(other["token"]) as other_api:
+        response = other_api.post(EDIT_PATH, json={"prompt": "p", "image_urls": [red["image_url"]]})
+    assert response.status_code == 200, response.text
+    inputs = krea_emulator.job(response.json()["job_id"])["inputs"]
+    assert [(i["kind"], i["asset_id"]) for i in inputs] == [("asset", red["id"])]
