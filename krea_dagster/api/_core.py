@@ -24,8 +24,10 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from krea_dagster.api import catalog
+from krea_dagster.api.catalog import Problem
 from krea_dagster.api.config import (
     RETRY_COUNT_HEADER,
+    ZDR_HEADER,
     Clock,
     DownloadSettings,
     RetryPolicy,
@@ -241,7 +243,9 @@ class ClientStats:
     ``requests`` counts HTTP requests by ``"METHOD /path/{template}"`` (every attempt counts),
     ``retries`` the repeated requests, ``ambiguous_submits`` the generation POSTs whose outcome
     is unknown, ``rate_limited_waits`` the 429 waits of ``submit()``, ``jobs_submitted`` the
-    jobs Krea accepted.
+    jobs Krea accepted. ``assets_uploaded`` counts the uploads Krea answered,
+    ``ambiguous_uploads`` the ones whose outcome was unknown and ``uploads_reconciled`` those
+    of them found again in ``GET /assets``.
     """
 
     def __init__(self) -> None:
@@ -251,6 +255,9 @@ class ClientStats:
         self.ambiguous_submits = 0
         self.rate_limited_waits = 0
         self.jobs_submitted = 0
+        self.assets_uploaded = 0
+        self.ambiguous_uploads = 0
+        self.uploads_reconciled = 0
 
     def record_request(self, method: str, path_template: str) -> None:
         with self._lock:
@@ -275,6 +282,9 @@ class ClientStats:
                 "ambiguous_submits": self.ambiguous_submits,
                 "rate_limited_waits": self.rate_limited_waits,
                 "jobs_submitted": self.jobs_submitted,
+                "assets_uploaded": self.assets_uploaded,
+                "ambiguous_uploads": self.ambiguous_uploads,
+                "uploads_reconciled": self.uploads_reconciled,
             }
 
     def __repr__(self) -> str:
@@ -336,8 +346,13 @@ class RequestCore:
         extra_headers: Mapping[str, str] | None = None,
         retries_taken: int = 0,
         accept: str = "application/json",
+        files: Mapping[str, Any] | None = None,
+        data: Mapping[str, str] | None = None,
     ) -> httpx.Request:
-        """One request with an explicit timeout; the bearer token only on the API's origin."""
+        """One request with an explicit timeout; the bearer token only on the API's origin.
+
+        ``files``/``data`` make a multipart body (``POST /assets``) instead of ``json_body``.
+        """
         headers = {
             "Accept": accept,
             "User-Agent": self.config.user_agent,
@@ -352,6 +367,8 @@ class RequestCore:
             url,
             params=query or None,
             json=json_body,
+            files=files,
+            data=data,
             headers=headers,
             extensions={"timeout": timeout.as_dict()},
         )
@@ -591,6 +608,7 @@ class RequestCore:
         params: Mapping[str, Any],
         *,
         kind: str = "image",
+        zero_data_retention: bool = False,
         webhook_url: str | None = None,
         validate: bool = True,
         today: date | None = None,
@@ -602,10 +620,14 @@ class RequestCore:
         submission_id = submission_id or str(uuid.uuid4())
         try:
             path, body = self._submission_body(model, params, kind, validate, today)
+            if zero_data_retention:
+                check_zero_data_retention(model if validate else None, body, kind)
         except KreaError as error:
             error.submission_id = submission_id
             raise
         extra_headers = {"X-Webhook-URL": webhook_url} if webhook_url else {}
+        if zero_data_retention:
+            extra_headers[ZDR_HEADER] = "1"
         allowed = self.max_retries_for(max_retries)
         policy = self.config.submit_rate_limit
         log_extra = {"krea_submission_id": submission_id, "krea_path": path}
@@ -808,6 +830,24 @@ class RequestCore:
         )
         self.stats.increment("rate_limited_waits")
         return delay
+
+
+def check_zero_data_retention(model: str | None, body: Mapping[str, Any], kind: str) -> None:
+    """RequestValidationError unless every media input is a ``data:`` URI (Krea answers 422)."""
+    from krea_dagster.api.media import find_media, is_data_uri
+
+    problems = [
+        Problem(
+            item.path,
+            "zero_data_retention",
+            f"{item.path}: zero-data-retention requests must carry media as data: URIs, not "
+            f"{display_url(item.value)!r}; resolve references with zero_data_retention=True",
+        )
+        for item in find_media(model, body, kind)
+        if not is_data_uri(item.value)
+    ]
+    if problems:
+        raise RequestValidationError(model or "(unvalidated model)", problems)
 
 
 def decode_body(response: httpx.Response) -> Any:

@@ -2,7 +2,9 @@
 
 A result is streamed into a temporary file next to its destination while it is hashed, its
 length is checked against ``Content-Length``, its first bytes must be a PNG, JPEG or WebP
-signature and Pillow must read its header and ``verify()`` it; only then is it renamed into
+signature and Pillow must read its header and ``verify()`` it (a video result, MP4 or MOV, must
+instead have a well-formed box structure with a video track: ``video.inspect_video``); only
+then is it renamed into
 place with ``os.replace``, so a destination holds a complete, verified file or nothing.
 Redirects are followed by hand so each hop is judged on its own: the bearer token goes only to
 the API's origin, never to a CDN or another host a redirect points at.
@@ -244,10 +246,13 @@ def _commit(
     assert sink.temp_path is not None
     detected = sniff_format(sink.head)
     width = height = None
+    if verify_image and detected is None and sink.head[4:8] == b"ftyp":
+        return _commit_video(sink, target, into_directory)
     if verify_image:
         if detected is None:
             raise DownloadError(
-                f"not a PNG, JPEG or WebP image (Content-Type {sink.content_type or 'missing'}, "
+                f"not a PNG, JPEG or WebP image nor an MP4/MOV video (Content-Type "
+                f"{sink.content_type or 'missing'}, "
                 f"first bytes {sink.head[:8]!r})",
                 url=sink.url,
             )
@@ -263,6 +268,31 @@ def _commit(
         content_type=content_type,
         width=width,
         height=height,
+    )
+
+
+def _commit_video(sink: DownloadSink, target: Path, into_directory: bool) -> DownloadedFile:
+    """Verify an MP4/MOV result's structure and rename it into place."""
+    from krea_dagster.api.video import VideoError, inspect_video
+
+    assert sink.temp_path is not None
+    try:
+        info = inspect_video(sink.temp_path)
+    except VideoError as exc:
+        raise DownloadError(f"not a well-formed video: {exc}", url=sink.url) from exc
+    extension, content_type = (
+        ("mov", "video/quicktime") if info.brand == "qt" else ("mp4", "video/mp4")
+    )
+    final = target / f"{sink.sha256}.{extension}" if into_directory else target
+    os.replace(sink.temp_path, final)
+    sink.committed = True
+    return DownloadedFile(
+        path=final,
+        size=sink.size,
+        sha256=sink.sha256,
+        content_type=content_type,
+        width=info.width,
+        height=info.height,
     )
 
 

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from krea_dagster.api import _download, _jobs
+from krea_dagster.api import _assets, _download, _jobs
 from krea_dagster.api._core import (
     Action,
     ClientConfig,
@@ -69,8 +69,8 @@ from krea_dagster.api.config import (
     SystemClock,
     Timeouts,
 )
-from krea_dagster.api.errors import AmbiguousSubmitError
-from krea_dagster.api.models import DownloadedFile, Job, JobList, JobStatus
+from krea_dagster.api.errors import AmbiguousSubmitError, AmbiguousUploadError
+from krea_dagster.api.models import Asset, AssetList, DownloadedFile, Job, JobList, JobStatus
 from krea_dagster.api.reconcile import Reconciliation, SubmissionWindow
 from krea_dagster.api.redaction import install_redaction, register_secret
 from krea_dagster.api.webhooks import parse_webhook
@@ -301,6 +301,7 @@ class KreaClient(_BaseClient):
         params: Mapping[str, Any],
         *,
         kind: str = "image",
+        zero_data_retention: bool = False,
         webhook_url: str | None = None,
         validate: bool = True,
         max_retries: int | None = None,
@@ -308,6 +309,10 @@ class KreaClient(_BaseClient):
         on_send: Callable[[SendAttempt], object] | None = None,
     ) -> Job:
         """Validate and ``POST /generate/<kind>/<model>``; never resent once it may have arrived.
+
+        ``zero_data_retention=True`` sends ``X-Api-Zero-Data-Retention: 1`` and refuses
+        (RequestValidationError, nothing sent) a media input that is not a ``data:`` URI, as
+        Krea would with a 422.
 
         Raises RequestValidationError (nothing sent), AmbiguousSubmitError (a job may exist:
         reconcile, do not resubmit), RateLimitError (still at the concurrency cap after the
@@ -321,6 +326,7 @@ class KreaClient(_BaseClient):
                 model,
                 params,
                 kind=kind,
+                zero_data_retention=zero_data_retention,
                 webhook_url=webhook_url,
                 validate=validate,
                 max_retries=max_retries,
@@ -449,6 +455,100 @@ class KreaClient(_BaseClient):
         """Parse a webhook body and return the job as ``GET /jobs/{id}`` reports it."""
         claimed = parse_webhook(raw_body)
         return self._run(_jobs.confirm_webhook(self._core, claimed, max_retries))
+
+    # -- assets ---------------------------------------------------------------------------
+
+    def upload_asset(
+        self,
+        file: bytes | str | os.PathLike[str],
+        *,
+        filename: str | None = None,
+        description: str | None = None,
+        skew: float = DEFAULT_CLOCK_SKEW,
+        max_retries: int | None = None,
+    ) -> Asset:
+        """``POST /assets`` the bytes (or the local file at a path); never resent blindly.
+
+        Checked first (InvalidUploadError, nothing sent: empty, over 75 MB, or not JPEG, PNG,
+        WebP, HEIC, MP4, MOV, WebM, GLB, WAV, MP3). The description starts with
+        ``sha256:<hex>`` of the bytes. A failure after the file may have reached Krea is
+        reconciled through ``GET /assets`` by that hash; when no asset is found it raises
+        AmbiguousUploadError (see ``reconcile_upload``).
+        """
+        return self._run(
+            _assets.upload_asset(
+                self._core,
+                file,
+                filename=filename,
+                description=description,
+                skew=skew,
+                max_retries=max_retries,
+            )
+        )
+
+    def list_assets(
+        self,
+        *,
+        cursor: str | datetime | None = None,
+        limit: int = 100,
+        max_retries: int | None = None,
+    ) -> AssetList:
+        """One page of ``GET /assets`` (newest first; pass ``next_cursor`` for older assets)."""
+        return self._run(
+            _assets.list_assets(self._core, cursor=cursor, limit=limit, max_retries=max_retries)
+        )
+
+    def iter_assets(
+        self,
+        *,
+        limit: int = 1000,
+        uploaded_after: datetime | None = None,
+        max_retries: int | None = None,
+    ) -> Iterator[Asset]:
+        """Every asset, newest first, page by page; stops at assets older than ``uploaded_after``."""
+        pager = _assets.AssetPager(limit=limit, uploaded_after=uploaded_after)
+        while not pager.done:
+            page = self._run(pager.next_page(self._core, max_retries))
+            yield from pager.accept(page)
+
+    def get_asset(self, asset_id: str, *, max_retries: int | None = None) -> Asset:
+        """``GET /assets/{id}``."""
+        return self._run(_assets.get_asset(self._core, asset_id, max_retries=max_retries))
+
+    def delete_asset(self, asset_id: str, *, max_retries: int | None = None) -> bool:
+        """``DELETE /assets/{id}``; Krea's ``success`` flag (a 404 raises NotFoundError)."""
+        return self._run(_assets.delete_asset(self._core, asset_id, max_retries=max_retries))
+
+    def find_asset(
+        self,
+        sha256: str,
+        *,
+        size: int | None = None,
+        uploaded_after: datetime | None = None,
+        max_retries: int | None = None,
+    ) -> Asset | None:
+        """The oldest asset uploaded by this client whose description carries ``sha256``."""
+        return self._run(
+            _assets.find_upload(
+                self._core,
+                sha256,
+                size=size,
+                uploaded_after=uploaded_after,
+                max_retries=max_retries,
+            )
+        )
+
+    def reconcile_upload(
+        self,
+        error: AmbiguousUploadError,
+        *,
+        skew: float = DEFAULT_CLOCK_SKEW,
+        max_retries: int | None = None,
+    ) -> Asset | None:
+        """Look again for the asset an ambiguous upload may have created; it never uploads."""
+        return self._run(
+            _assets.reconcile_upload(self._core, error, skew=skew, max_retries=max_retries)
+        )
 
     # -- results --------------------------------------------------------------------------
 
@@ -596,6 +696,7 @@ class AsyncKreaClient(_BaseClient):
         params: Mapping[str, Any],
         *,
         kind: str = "image",
+        zero_data_retention: bool = False,
         webhook_url: str | None = None,
         validate: bool = True,
         max_retries: int | None = None,
@@ -608,6 +709,7 @@ class AsyncKreaClient(_BaseClient):
                 model,
                 params,
                 kind=kind,
+                zero_data_retention=zero_data_retention,
                 webhook_url=webhook_url,
                 validate=validate,
                 max_retries=max_retries,
@@ -730,6 +832,94 @@ class AsyncKreaClient(_BaseClient):
         """See ``KreaClient.confirm_webhook``."""
         claimed = parse_webhook(raw_body)
         return await self._run(_jobs.confirm_webhook(self._core, claimed, max_retries))
+
+    # -- assets ---------------------------------------------------------------------------
+
+    async def upload_asset(
+        self,
+        file: bytes | str | os.PathLike[str],
+        *,
+        filename: str | None = None,
+        description: str | None = None,
+        skew: float = DEFAULT_CLOCK_SKEW,
+        max_retries: int | None = None,
+    ) -> Asset:
+        """See ``KreaClient.upload_asset`` (a path is read in a worker thread)."""
+        return await self._run(
+            _assets.upload_asset(
+                self._core,
+                file,
+                filename=filename,
+                description=description,
+                skew=skew,
+                max_retries=max_retries,
+            )
+        )
+
+    async def list_assets(
+        self,
+        *,
+        cursor: str | datetime | None = None,
+        limit: int = 100,
+        max_retries: int | None = None,
+    ) -> AssetList:
+        """One page of ``GET /assets``."""
+        return await self._run(
+            _assets.list_assets(self._core, cursor=cursor, limit=limit, max_retries=max_retries)
+        )
+
+    async def iter_assets(
+        self,
+        *,
+        limit: int = 1000,
+        uploaded_after: datetime | None = None,
+        max_retries: int | None = None,
+    ) -> AsyncIterator[Asset]:
+        """Every asset, newest first; stops at assets older than ``uploaded_after``."""
+        pager = _assets.AssetPager(limit=limit, uploaded_after=uploaded_after)
+        while not pager.done:
+            page = await self._run(pager.next_page(self._core, max_retries))
+            for asset in pager.accept(page):
+                yield asset
+
+    async def get_asset(self, asset_id: str, *, max_retries: int | None = None) -> Asset:
+        """``GET /assets/{id}``."""
+        return await self._run(_assets.get_asset(self._core, asset_id, max_retries=max_retries))
+
+    async def delete_asset(self, asset_id: str, *, max_retries: int | None = None) -> bool:
+        """See ``KreaClient.delete_asset``."""
+        return await self._run(_assets.delete_asset(self._core, asset_id, max_retries=max_retries))
+
+    async def find_asset(
+        self,
+        sha256: str,
+        *,
+        size: int | None = None,
+        uploaded_after: datetime | None = None,
+        max_retries: int | None = None,
+    ) -> Asset | None:
+        """See ``KreaClient.find_asset``."""
+        return await self._run(
+            _assets.find_upload(
+                self._core,
+                sha256,
+                size=size,
+                uploaded_after=uploaded_after,
+                max_retries=max_retries,
+            )
+        )
+
+    async def reconcile_upload(
+        self,
+        error: AmbiguousUploadError,
+        *,
+        skew: float = DEFAULT_CLOCK_SKEW,
+        max_retries: int | None = None,
+    ) -> Asset | None:
+        """See ``KreaClient.reconcile_upload``."""
+        return await self._run(
+            _assets.reconcile_upload(self._core, error, skew=skew, max_retries=max_retries)
+        )
 
     # -- results --------------------------------------------------------------------------
 

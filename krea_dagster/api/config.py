@@ -45,6 +45,7 @@ __all__ = [
     "POLL_MANY_DIRECT_THRESHOLD",
     "POLL_MANY_PAGE_SIZE",
     "RETRY_COUNT_HEADER",
+    "ZDR_HEADER",
     "Clock",
     "DownloadSettings",
     "RetryPolicy",
@@ -111,6 +112,9 @@ DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
 
 #: Sent on every attempt (0 on the first) so server logs can tell retries from new calls.
 RETRY_COUNT_HEADER = "X-Retry-Count"
+#: Krea's zero-data-retention switch (enterprise workspaces, Krea 2 models); media inputs must
+#: then be ``data:`` URIs.
+ZDR_HEADER = "X-Api-Zero-Data-Retention"
 
 
 @dataclass(frozen=True)

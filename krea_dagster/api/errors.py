@@ -16,14 +16,17 @@ Every exception derives from one base, ``KreaError``::
     │   ├── APIConnectionError           no HTTP answer at all
     │   │   └── APITimeoutError
     │   ├── AmbiguousSubmitError         a generation POST may or may not have created a job
+    │   ├── AmbiguousUploadError         an asset upload may or may not have created an asset
     │   └── MalformedPayloadError        a body that is not the documented shape
     ├── RequestValidationError           the request breaks the model's schema; nothing was sent
+    ├── InvalidUploadError               a file Krea would refuse (type, size); nothing was sent
     ├── UnknownModelError                the model is not in the bundled catalog
     ├── JobOutcomeError                  a job did not end as ``completed``
     │   ├── JobFailedError
     │   ├── JobCancelledError
     │   └── JobTimeoutError
     ├── DownloadError                    a result file could not be fetched or verified
+    ├── VideoError                       a video file is not well-formed (api.video)
     └── ConfigurationError               the client is set up wrongly (token shape, base URL)
 
 Messages name the method, the path template, the status, Krea's own message and what to do.
@@ -49,12 +52,14 @@ __all__ = [
     "APIStatusError",
     "APITimeoutError",
     "AmbiguousSubmitError",
+    "AmbiguousUploadError",
     "AuthenticationError",
     "BadRequestError",
     "ConfigurationError",
     "DownloadError",
     "InsufficientCreditsError",
     "InternalServerError",
+    "InvalidUploadError",
     "JobCancelledError",
     "JobFailedError",
     "JobOutcomeError",
@@ -315,6 +320,39 @@ class AmbiguousSubmitError(APIError):
         )
 
 
+class AmbiguousUploadError(APIError):
+    """An upload that may have reached Krea, with no asset of its hash in ``GET /assets`` yet."""
+
+    def __init__(
+        self,
+        *,
+        sha256: str,
+        size: int,
+        description: str,
+        sent_at: datetime,
+        cause: BaseException | str,
+        request_timeout: float,
+    ) -> None:
+        #: SHA-256 of the file's bytes, carried in the asset's ``description``.
+        self.sha256 = sha256
+        self.size = size
+        #: The description the upload was sent with (the reconciliation key).
+        self.description = description
+        #: Wall-clock time (aware, UTC) just before the ambiguous attempt was sent.
+        self.sent_at = sent_at
+        self.cause = cause
+        #: How long after ``sent_at`` Krea could still have stored the asset.
+        self.request_timeout = request_timeout
+        what = type(cause).__name__ if isinstance(cause, BaseException) else cause
+        super().__init__(
+            f"POST /assets of {size} bytes (sha256 {sha256[:12]}...) may or may not have created "
+            f"an asset ({what} after the request was sent at {sent_at.isoformat()}), and "
+            "GET /assets shows none with that hash yet, so it was not resent. What to do: call "
+            "client.reconcile_upload(error) again later; upload again only if a duplicate "
+            "asset is acceptable."
+        )
+
+
 class MalformedPayloadError(APIError, ValueError):
     """A response or webhook body is not the documented shape (not JSON, not a job...)."""
 
@@ -329,6 +367,17 @@ class RequestValidationError(KreaError, ValueError):
         count = len(self.problems)
         noun = "problem" if count == 1 else "problems"
         super().__init__(f"{model}: {count} {noun} in the request, nothing was sent:\n{lines}")
+
+
+class InvalidUploadError(KreaError, ValueError):
+    """A file Krea would refuse (empty, over 75 MB, a type it does not accept); nothing was sent."""
+
+    def __init__(self, message: str, *, source: str | None = None) -> None:
+        self.reason = message
+        #: Where the file came from (a path or URI, without query string), when known.
+        self.source = source
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}{message}; nothing was uploaded")
 
 
 class UnknownModelError(KreaError, LookupError):

@@ -22,6 +22,7 @@ from krea_dagster.api.errors import MalformedPayloadError
 __all__ = [
     "TERMINAL_STATUSES",
     "Asset",
+    "AssetList",
     "DownloadedFile",
     "Job",
     "JobError",
@@ -256,6 +257,25 @@ class Asset:
             mime_type=data.get("mime_type"),
             description=data.get("description"),
             raw=dict(data),
+        )
+
+
+@dataclass(frozen=True)
+class AssetList:
+    """One page of ``GET /assets``: newest first; ``next_cursor`` is None on the last page."""
+
+    items: tuple[Asset, ...]
+    next_cursor: str | None
+
+    @classmethod
+    def from_api(cls, data: object) -> AssetList:
+        """Build a page from ``{items: Asset[], next_cursor: string | null}``."""
+        if not isinstance(data, Mapping) or not isinstance(data.get("items"), list):
+            raise MalformedPayloadError("expected an asset list object with an 'items' array")
+        cursor = data.get("next_cursor")
+        return cls(
+            items=tuple(Asset.from_api(item) for item in data["items"]),
+            next_cursor=str(cursor) if cursor else None,
         )
 
 

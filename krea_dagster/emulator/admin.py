@@ -11,7 +11,8 @@ Routes (all JSON, ``Authorization: Bearer <admin_token>``; API tokens are refuse
   with its token; ``GET /_emulator/accounts`` -> ``{"items": [...]}``.
 - ``PATCH /_emulator/accounts/{account}`` ``{balance_usd?, add_usd?, concurrency?, backlog?}``
   (``account`` is the id part of the token).
-- ``GET /_emulator/jobs/{id}``: any account's job with its account, model, price and body.
+- ``GET /_emulator/jobs/{id}``: any account's job with its account, model, price, body and
+  ``inputs`` (each media input's field, kind and content hash, see ``inputs.py``).
 - ``POST /_emulator/jobs/{id}/complete`` and ``POST /_emulator/jobs/{id}/fail``
   ``{code?, message?}``: force the outcome of a non-terminal job now.
 """
@@ -139,6 +140,8 @@ async def get_job(request: Request, state: EmulatorState) -> Response:
         width=job.width,
         height=job.height,
         outcome=job.outcome.kind,
+        inputs=job.inputs,
+        poster_url=views.poster_url(job, state.cdn_url) if job.result_token else None,
     )
     return JSONResponse(data)
 

@@ -13,29 +13,35 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from krea_dagster.emulator import views
+from krea_dagster.emulator import inputs, views
 from krea_dagster.emulator.errors import NotFound
-from krea_dagster.emulator.images import RenderCache, render_mp4_placeholder
+from krea_dagster.emulator.images import RenderCache
 from krea_dagster.emulator.lifecycle import JobStatus
 from krea_dagster.emulator.state import EmulatorState
+from krea_dagster.emulator.video import poster_jpeg, render_mp4
 
 
 async def result_file(request: Request, state: EmulatorState, cache: RenderCache) -> Response:
-    """``GET /results/{job_id}/{name}``: the PNG (or video placeholder) of a completed job."""
+    """``GET /results/{job_id}/{name}``: the PNG, or the MP4 and its ``.jpg`` poster frame."""
     job = state.jobs.get(request.path_params["job_id"])
     name = request.path_params["name"]
-    if (
-        job is None
-        or job.status is not JobStatus.COMPLETED
-        or not views.result_url(job, state.cdn_url).endswith(f"/{name}")
-    ):
+    if job is None or job.status is not JobStatus.COMPLETED:
+        raise NotFound("no such file")
+    urls = (views.result_url(job, state.cdn_url), views.poster_url(job, state.cdn_url))
+    if not any(url and url.endswith(f"/{name}") for url in urls):
         raise NotFound("no such file")
     prompt = str(job.body.get("prompt", job.body.get("image_url", "")))
     seed = job.body.get("seed", state.models[job.model_key].default("seed"))
     state.counters.cdn_downloads += 1
-    if name.endswith(".mp4"):
-        return Response(render_mp4_placeholder(prompt, seed), media_type="video/mp4")
-    data = await run_in_threadpool(cache.png, prompt, seed, job.width, job.height)
+    key = inputs.render_key(job.inputs)
+    if name.endswith((".mp4", ".jpg")):
+        video_key = f"{prompt}\x00{seed}\x00{key}"
+        if name.endswith(".jpg"):
+            poster = await run_in_threadpool(poster_jpeg, video_key, job.width, job.height)
+            return Response(poster, media_type="image/jpeg")
+        data = await run_in_threadpool(render_mp4, video_key, job.width, job.height)
+        return Response(data, media_type="video/mp4")
+    data = await run_in_threadpool(cache.png, prompt, seed, job.width, job.height, key)
     return Response(
         data, media_type="image/png", headers={"Cache-Control": "public, max-age=86400"}
     )

@@ -28,6 +28,7 @@ DEFAULT_JOB_FAILURES: tuple[tuple[str, str], ...] = (
 RATE_KNOBS = (
     "error_5xx_rate",
     "accept_then_drop_rate",
+    "upload_accept_then_drop_rate",
     "error_429_rate",
     "job_failure_rate",
     "stuck_rate",
@@ -51,6 +52,8 @@ class EmulatorConfig:
     error_429_rate: float = 0.0
     burst_429_every: int = 0  # every N-th POST /generate starts a burst ...
     burst_429_length: int = 0  # ... of M answers 429 (that POST included)
+    # POST /assets only: store the upload, then drop the connection without an answer.
+    upload_accept_then_drop_rate: float = 0.0
     # Job outcomes, drawn when the job is created.
     job_failure_rate: float = 0.0
     job_failures: list[list[str]] = field(

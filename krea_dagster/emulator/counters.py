@@ -3,7 +3,10 @@
 ``duplicate_submissions`` counts accepted jobs whose canonical request (model path plus the body
 after alias rewriting, keys sorted) the same account had already submitted: the double-pay
 detector. ``max_running_seen`` is the highest number of jobs holding a concurrency slot at the
-same time, over all accounts.
+same time, over all accounts. ``uploads`` counts accepted ``POST /assets``, ``uploads_by_sha256``
+the same by the SHA-256 of the file, and ``duplicate_uploads`` the uploads of bytes already
+uploaded before (any account): the double-upload detector. Upload counters are saved at once,
+so they survive a kill -9 of the emulator.
 """
 
 from __future__ import annotations
@@ -32,6 +35,13 @@ class Counters:
     webhook_attempts: int = 0
     webhooks_failed: int = 0
     faults_injected: Counter[str] = field(default_factory=Counter)
+    uploads: int = 0
+    uploads_by_sha256: Counter[str] = field(default_factory=Counter)
+
+    def count_upload(self, sha256: str) -> None:
+        """Count one accepted upload of bytes with this hash."""
+        self.uploads += 1
+        self.uploads_by_sha256[sha256] += 1
 
     def to_record(self) -> dict[str, Any]:
         """JSON-ready form (also the persisted form)."""
@@ -49,6 +59,9 @@ class Counters:
             "webhook_attempts": self.webhook_attempts,
             "webhooks_failed": self.webhooks_failed,
             "faults_injected": dict(sorted(self.faults_injected.items())),
+            "uploads": self.uploads,
+            "uploads_by_sha256": dict(sorted(self.uploads_by_sha256.items())),
+            "duplicate_uploads": sum(n - 1 for n in self.uploads_by_sha256.values() if n > 1),
         }
 
     def without_job_counts(self) -> Counters:

@@ -5,7 +5,7 @@ reproducible for a given seed and request order, and enabling one fault does not
 draws of another. A draw happens only when the fault's rate is above zero.
 
 Kinds (the keys of ``faults_injected`` in the stats): ``latency``, ``error_5xx``, ``error_429``,
-``burst_429``, ``accept_then_drop``, ``job_failure``, ``stuck``, ``webhook_duplicate``,
+``burst_429``, ``accept_then_drop``, ``upload_accept_then_drop``, ``job_failure``, ``stuck``, ``webhook_duplicate``,
 ``webhook_delay``.
 """
 
@@ -94,6 +94,10 @@ class FaultInjector:
     def drop_after_accept(self) -> bool:
         """Whether to close the connection instead of answering this accepted POST."""
         return self._draw("accept_then_drop", self.config.accept_then_drop_rate)
+
+    def drop_after_upload(self) -> bool:
+        """Whether an accepted upload's answer is lost (the asset exists, the client never hears)."""
+        return self._draw("upload_accept_then_drop", self.config.upload_accept_then_drop_rate)
 
     def job_outcome(self) -> JobOutcome:
         """The fate of a new job."""

@@ -137,7 +137,8 @@ async def generate(request: Request, state: EmulatorState) -> Response:
         body: Any = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as error:
         raise BadRequest(f"request body is not valid JSON: {error}") from None
-    job = state.submit(account, spec, body, webhook_url)
+    zdr = request.headers.get("x-api-zero-data-retention", "").strip().lower() in ("1", "true")
+    job = state.submit(account, spec, body, webhook_url, zero_data_retention=zdr)
     if state.faults.drop_after_accept():
         raise DropConnection(job.id)
     return JSONResponse(views.created_json(job))
@@ -194,6 +195,8 @@ async def upload_asset(request: Request, state: EmulatorState) -> Response:
         data = await upload.read(assets.MAX_ASSET_BYTES + 1)
         text = description if isinstance(description, str) else None
         asset = assets.upload(state, account, data, upload.filename, text)
+    if state.faults.drop_after_upload():
+        raise DropConnection(asset.id)
     return JSONResponse(assets.asset_json(state, asset))
 
 

@@ -1,4 +1,4 @@
-"""Result files: deterministic PNG images of the requested size (and a video placeholder).
+"""Result files: deterministic PNG images of the requested size (videos: see ``video.py``).
 
 Size rule (Krea documents none for the emulator to copy):
 
@@ -14,12 +14,15 @@ Size rule (Krea documents none for the emulator to copy):
 Images larger than :data:`MAX_PIXELS` (the enhance models accept up to 32000 x 32000) are scaled
 down proportionally to fit, to keep the emulator's memory bounded.
 
-Rendering is deterministic in (prompt, seed, width, height) and visibly different per prompt:
+Rendering is deterministic in (prompt, seed, width, height, inputs) and visibly different per
+prompt and per input file (``inputs`` is the job's input key from ``inputs.render_key``: each
+media field with the SHA-256 of what it carried, so the same prompt with another reference
+image gives other pixels); the PNG also carries the key in a ``krea-emulator-inputs`` text
+chunk, so a test can read which inputs reached the job from the downloaded file:
 a palette and a few shapes drawn from a SHA-256 of the inputs on a small canvas, upscaled with
 NEAREST, with the prompt written in a bar at the top. A palette ("P" mode) PNG at
 ``compress_level=1`` keeps a 1024 x 1024 image at about 6 ms and 10 KB; recent renders are
-cached. Video jobs get a ``.mp4`` placeholder: an MP4 ``ftyp`` box and a ``free`` box carrying
-the hash, enough for a content-type and size check, not a playable video.
+cached.
 """
 
 from __future__ import annotations
@@ -27,12 +30,12 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-import struct
 import threading
 from collections import OrderedDict
 from typing import Any
 
 from PIL import Image, ImageDraw
+from PIL.PngImagePlugin import PngInfo
 
 from krea_dagster.emulator.catalog import ModelSpec
 
@@ -93,12 +96,17 @@ def output_size(spec: ModelSpec, body: dict[str, Any]) -> tuple[int, int]:
     return DEFAULT_SIZE
 
 
-def _digest(prompt: str, seed: Any, width: int, height: int) -> bytes:
-    return hashlib.sha256(f"{prompt}\x00{seed}\x00{width}x{height}".encode()).digest()
+#: The PNG text chunk that names the inputs a result was rendered from.
+INPUTS_TEXT_KEY = "krea-emulator-inputs"
 
 
-def _draw(prompt: str, seed: Any, width: int, height: int) -> Image.Image:
-    digest = _digest(prompt, seed, width, height)
+def _digest(prompt: str, seed: Any, width: int, height: int, inputs: str = "") -> bytes:
+    extra = f"\x00{inputs}" if inputs else ""  # no inputs: the same pixels as before
+    return hashlib.sha256(f"{prompt}\x00{seed}\x00{width}x{height}{extra}".encode()).digest()
+
+
+def _draw(prompt: str, seed: Any, width: int, height: int, inputs: str = "") -> Image.Image:
+    digest = _digest(prompt, seed, width, height, inputs)
     block = max(1, math.ceil(max(width, height) / SMALL_CANVAS))
     small_w, small_h = math.ceil(width / block), math.ceil(height / block)
     canvas = Image.new("P", (small_w, small_h), 0)
@@ -121,24 +129,14 @@ def _draw(prompt: str, seed: Any, width: int, height: int) -> Image.Image:
     return image
 
 
-def render_png(prompt: str, seed: Any, width: int, height: int) -> bytes:
-    """PNG bytes of the deterministic result image."""
+def render_png(prompt: str, seed: Any, width: int, height: int, inputs: str = "") -> bytes:
+    """PNG bytes of the deterministic result image (``inputs``: the job's input key)."""
     buffer = io.BytesIO()
-    _draw(prompt, seed, width, height).save(buffer, "PNG", compress_level=1)
+    info = PngInfo()
+    if inputs:
+        info.add_text(INPUTS_TEXT_KEY, inputs)
+    _draw(prompt, seed, width, height, inputs).save(buffer, "PNG", compress_level=1, pnginfo=info)
     return buffer.getvalue()
-
-
-def render_mp4_placeholder(prompt: str, seed: Any) -> bytes:
-    """A deterministic, non-playable MP4 container stub (``ftyp`` + ``free`` boxes)."""
-    ftyp = b"ftypisom" + struct.pack(">I", 512) + b"isomiso2mp41"
-    payload = _digest(prompt, seed, 0, 0) * 8
-    return (
-        struct.pack(">I", 4 + len(ftyp))
-        + ftyp
-        + struct.pack(">I", 8 + len(payload))
-        + b"free"
-        + payload
-    )
 
 
 class RenderCache:
@@ -150,14 +148,14 @@ class RenderCache:
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def png(self, prompt: str, seed: Any, width: int, height: int) -> bytes:
+    def png(self, prompt: str, seed: Any, width: int, height: int, inputs: str = "") -> bytes:
         """The PNG for these inputs, rendered once while it stays in the cache."""
-        key = ("png", prompt, str(seed), width, height)
+        key = ("png", prompt, str(seed), width, height, inputs)
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        data = render_png(prompt, seed, width, height)
+        data = render_png(prompt, seed, width, height, inputs)
         with self._lock:
             if key not in self._items:
                 self._items[key] = data

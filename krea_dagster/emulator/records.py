@@ -86,6 +86,8 @@ class Job:
     completed_us: int | None = None
     error: tuple[str, str] | None = None
     result_token: str | None = None
+    # The media inputs (see inputs.py): field, kind, content hash; they shape the result.
+    inputs: list[dict[str, Any]] = field(default_factory=list)
     version: int = 0  # bumped on every reschedule; older heap entries are ignored
 
     def to_record(self) -> dict[str, Any]:
@@ -99,7 +101,8 @@ class Job:
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Job:
         """A job from its persisted form."""
-        values = {name: record[name] for name in _JOB_FIELDS}
+        # Fields added later (inputs) default when a state file predates them.
+        values = {name: record[name] for name in _JOB_FIELDS if name in record}
         values["status"] = JobStatus(record["status"])
         values["outcome"] = JobOutcome(*record["outcome"])
         values["error"] = tuple(record["error"]) if record["error"] else None

@@ -43,7 +43,7 @@ from collections.abc import Iterable
 from datetime import date
 from typing import Any
 
-from krea_dagster.emulator import lifecycle, views
+from krea_dagster.emulator import inputs, lifecycle, views
 from krea_dagster.emulator.catalog import ModelSpec, load_models
 from krea_dagster.emulator.clock import Clock, to_micros, utc_date
 from krea_dagster.emulator.config import EmulatorConfig
@@ -322,12 +322,19 @@ class EmulatorState:
         )
 
     def submit(
-        self, account: Account, spec: ModelSpec, raw_body: Any, webhook_url: str | None = None
+        self,
+        account: Account,
+        spec: ModelSpec,
+        raw_body: Any,
+        webhook_url: str | None = None,
+        zero_data_retention: bool = False,
     ) -> Job:
-        """Validate and accept a generation request (400, 402 or 429 otherwise)."""
+        """Validate and accept a generation request (400, 402, 422 or 429 otherwise)."""
         now = self.clock()
         self.advance(now)
         body = validate_body(spec, raw_body, self.today())
+        if zero_data_retention:
+            inputs.require_data_uris(spec.request_schema, body)
         price = price_micros(spec, body)
         available = account.balance_micros - account.reserved_micros
         if available < price:
@@ -362,6 +369,7 @@ class EmulatorState:
         webhook_url: str | None,
         now: float,
     ) -> Job:
+        media = inputs.describe(self, spec.request_schema, body)  # 422 before anything
         canonical = json.dumps([spec.path, body], sort_keys=True, separators=(",", ":"))
         request_hash = hashlib.sha256(canonical.encode()).hexdigest()
         created_us = max(to_micros(now), account.last_created_us + 1)
@@ -384,6 +392,7 @@ class EmulatorState:
             width=width,
             height=height,
             webhook_url=webhook_url,
+            inputs=media,
         )
 
     def own_job(self, account: Account, job_id: str) -> Job:

@@ -19,9 +19,16 @@ from krea_dagster.emulator.records import Account, Job
 
 
 def result_url(job: Job, cdn_url: str) -> str:
-    """The CDN URL of a completed job's file (``.mp4`` placeholder for video models)."""
+    """The CDN URL of a completed job's file (a ``.mp4`` for video models, else a ``.png``)."""
     suffix = "mp4" if job.model_key.startswith("video/") else "png"
     return f"{cdn_url}/results/{job.id}/{job.result_token}.{suffix}"
+
+
+def poster_url(job: Job, cdn_url: str) -> str | None:
+    """A video result's poster frame (its first frame as JPEG), beside the ``.mp4``."""
+    if not job.model_key.startswith("video/"):
+        return None
+    return f"{cdn_url}/results/{job.id}/{job.result_token}.jpg"
 
 
 def job_json(job: Job, cdn_url: str) -> dict[str, Any]:

@@ -17,10 +17,13 @@ PUBLIC_MODULES = [
     "client",
     "config",
     "errors",
+    "media",
     "models",
     "reconcile",
     "redaction",
     "retries",
+    "uploads",
+    "video",
     "webhooks",
 ]
 ALL_MODULES = sorted(path.stem for path in API_DIR.glob("*.py"))

@@ -26,6 +26,9 @@ STATS_KEYS = {
     "running",
     "backlogged",
     "live_jobs",
+    "uploads",
+    "uploads_by_sha256",
+    "duplicate_uploads",
 }
 
 

@@ -98,12 +98,19 @@ def test_cdn_refuses_a_guessed_url(krea_emulator: EmulatorHandle, api: httpx.Cli
     assert httpx.get(url.rsplit("/", 1)[0] + "/0000000000000000.png").status_code == 404
 
 
-def test_video_jobs_get_an_mp4_placeholder(
+def test_video_jobs_get_a_real_mp4_and_a_poster_frame(
     krea_emulator: EmulatorHandle, api: httpx.Client
 ) -> None:
-    """Video results are .mp4 URLs served as video/mp4 (an ftyp box, not a playable video)."""
+    """Video results are MP4 files (ftyp, mdat, moov) whose first frame is the .jpg poster."""
     response = api.post("/generate/video/google/veo-3", json={"prompt": "waves", "duration": 4})
-    url = krea_emulator.wait_for_job(response.json()["job_id"])["result"]["urls"][0]
+    job = krea_emulator.wait_for_job(response.json()["job_id"])
+    url = job["result"]["urls"][0]
     download = httpx.get(url)
     assert url.endswith(".mp4") and download.headers["content-type"] == "video/mp4"
-    assert download.content[4:8] == b"ftyp"
+    video = download.content
+    assert video[4:8] == b"ftyp" and b"moov" in video and b"mp4v" in video
+    poster = httpx.get(krea_emulator.job(job["job_id"])["poster_url"])
+    assert poster.headers["content-type"] == "image/jpeg"
+    assert poster.content in video  # byte for byte the first frame
+    with Image.open(io.BytesIO(poster.content)) as frame:
+        assert frame.format == "JPEG" and max(frame.size) <= 256

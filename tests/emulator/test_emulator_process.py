@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import time
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import httpx
 from conftest import TEST_MODEL_PATH, make_body
+from test_emulator_inputs import RED, upload
 
 from krea_dagster.emulator.cli import build_parser, config_from_args
 from krea_dagster.emulator.clock import parse_timestamp
@@ -69,3 +71,22 @@ def test_state_file_survives_a_kill_and_jobs_keep_rendering(tmp_path: Path) -> N
         main = next(a for a in emulator.accounts() if a["account"] == emulator.account)
         assert main["balance_usd"] == 100 - 2 * 0.007
         assert httpx.get(second["result"]["urls"][0]).status_code == 200
+
+
+def test_uploads_and_job_inputs_survive_a_kill(tmp_path: Path) -> None:
+    """kill -9 right after an upload: the asset, the upload counters and job inputs are back."""
+    state_file = tmp_path / "krea.sqlite"
+    with spawn_emulator("--state-file", str(state_file), "--render-seconds", "0.01") as emulator:
+        with emulator.client() as api:
+            asset = upload(api, RED)
+            body = {"prompt": "p", "image_urls": [asset["image_url"]]}
+            job_id = api.post("/generate/image/openai/gpt-image-2", json=body).json()["job_id"]
+        emulator.kill()  # no chance to flush anything lazily
+        emulator.restart()
+        stats = emulator.stats()
+        assert stats["uploads"] == 1
+        assert stats["uploads_by_sha256"] == {hashlib.sha256(RED).hexdigest(): 1}
+        with emulator.client() as api:
+            assert [a["id"] for a in api.get("/assets").json()["items"]] == [asset["id"]]
+        inputs = emulator.wait_for_job(job_id)["inputs"]
+        assert [(i["kind"], i["asset_id"]) for i in inputs] == [("asset", asset["id"])]

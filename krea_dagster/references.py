@@ -1,0 +1,488 @@
+"""Reference images from anywhere: resolve what a request names into what it carries.
+
+A media input of a request (``image_urls[]``, ``style_images[].url``, ``image_url``... found
+from the catalog by ``krea_dagster.api.media``) may be given as
+
+- an ``http(s)://`` URL: kept as is (a public URL, an asset URL, an earlier job's result);
+- a ``data:`` URI: decoded, checked, and uploaded like a file (or kept, for ZDR requests);
+- a local path (``refs/sku-42.png``, ``file:///...``), relative to ``base_dir`` when given;
+- an ``s3://`` URI (or another fsspec protocol), read through universal-pathlib.
+
+Files are read, hashed (SHA-256), checked (a type Krea accepts, recognised by its first bytes,
+images opened by Pillow; at most 75 MB) and uploaded once through ``POST /assets``: the
+``UploadCache`` maps a content hash to the asset URL, so the same bytes, under any name or
+from any source, are uploaded one time. ``MemoryUploadCache`` is the in-process cache; a
+ledger-backed one implements the same two methods. With zero data retention on, files become
+``data:`` URIs instead and nothing is uploaded (Krea requires it).
+
+No Dagster import: this module is engine-level.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import io
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from urllib.parse import unquote, urlsplit
+
+from krea_dagster.api.errors import InvalidUploadError
+from krea_dagster.api.media import MediaValue, find_media, media_paths, replace_media
+from krea_dagster.api.uploads import MAX_UPLOAD_BYTES, check_upload, to_data_uri
+
+__all__ = [
+    "ImageReferenceError",
+    "LoadedReference",
+    "MemoryUploadCache",
+    "ReferenceResolver",
+    "ResolvedReference",
+    "UploadCache",
+    "image_fields",
+    "load_reference",
+    "reference_kind",
+]
+
+if TYPE_CHECKING:
+    from krea_dagster.api.client import AsyncKreaClient, KreaClient
+    from krea_dagster.api.models import Asset
+
+logger = logging.getLogger("krea_dagster.references")
+
+ReferenceKind = Literal["url", "data", "local", "remote"]
+_PILLOW_TYPES = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}
+
+
+class ImageReferenceError(InvalidUploadError):
+    """A reference cannot be resolved (missing file, unknown scheme, refused type or size)."""
+
+
+@runtime_checkable
+class UploadCache(Protocol):
+    """Content hash -> uploaded asset; a ledger table implements it for every worker."""
+
+    def get(self, sha256: str) -> str | None:
+        """The asset URL already uploaded for these bytes, or None."""
+
+    def put(self, sha256: str, url: str, asset_id: str, size: int) -> None:
+        """Record that these bytes were uploaded as ``asset_id`` at ``url``."""
+
+
+class MemoryUploadCache:
+    """An ``UploadCache`` in a dict (one process; tests and single runs)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.entries: dict[str, tuple[str, str, int]] = {}  # sha256 -> (url, asset_id, size)
+
+    def get(self, sha256: str) -> str | None:
+        with self._lock:
+            entry = self.entries.get(sha256)
+        return entry[0] if entry else None
+
+    def put(self, sha256: str, url: str, asset_id: str, size: int) -> None:
+        with self._lock:
+            self.entries[sha256] = (url, asset_id, size)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+@dataclass(frozen=True)
+class LoadedReference:
+    """The checked bytes of a file reference."""
+
+    source: str
+    data: bytes
+    sha256: str
+    mime_type: str
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    @property
+    def filename(self) -> str:
+        """A file name for the upload (the source's last path segment, else from the hash)."""
+        name = os.path.basename(urlsplit(self.source).path) if ":" in self.source else ""
+        name = name or os.path.basename(self.source)
+        return name if name and not self.source.startswith("data:") else self.sha256[:16]
+
+
+@dataclass(frozen=True)
+class ResolvedReference:
+    """What one reference became: the string the request carries, and how it was obtained.
+
+    ``how`` is ``kept`` (an http(s) URL, sent as is), ``uploaded`` (``POST /assets`` now),
+    ``cached`` (the same bytes were uploaded before, says the cache), ``found`` (an earlier
+    upload of the bytes found in ``GET /assets``) or ``inlined`` (a ``data:`` URI, ZDR).
+    """
+
+    source: str
+    value: str
+    how: Literal["kept", "uploaded", "cached", "found", "inlined"]
+    sha256: str | None = None
+    size: int | None = None
+    mime_type: str | None = None
+    asset_id: str | None = None
+
+
+def image_fields(model: str, kind: str = "image") -> tuple[str, ...]:
+    """The media input paths of a model from the catalog (``image_urls[]``, ...)."""
+    return media_paths(model, kind)
+
+
+def reference_kind(reference: str) -> ReferenceKind:
+    """``url`` (http/https), ``data``, ``local`` (a path or ``file:``) or ``remote`` (s3, ...)."""
+    if not isinstance(reference, str) or not reference.strip():
+        raise ImageReferenceError("an image reference must be a non-empty string")
+    text = reference.strip()
+    scheme = urlsplit(text).scheme.lower()
+    if scheme in ("http", "https"):
+        return "url"
+    if scheme == "data":
+        return "data"
+    if scheme in ("", "file") or (len(scheme) == 1 and text[1:3] in (":\\", ":/")):
+        return "local"  # a one-letter "scheme" is a Windows drive
+    return "remote"
+
+
+def _display(reference: str) -> str:
+    if reference.startswith("data:"):
+        return reference[: min(len(reference), reference.find(",") + 1 or 40)] + "..."
+    parts = urlsplit(reference)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}" if parts.scheme else reference
+
+
+def _decode_data_uri(reference: str) -> bytes:
+    header, sep, payload = reference.partition(",")
+    if not sep:
+        raise ImageReferenceError(
+            "a data: URI needs a ',' before its payload", source=_display(reference)
+        )
+    if header.lower().endswith(";base64"):
+        try:
+            return base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise ImageReferenceError(
+                "the data: URI's base64 payload is invalid", source=_display(reference)
+            ) from None
+    return unquote(payload).encode("latin-1", errors="replace")
+
+
+def _read_path(path: Any, source: str) -> bytes:
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ImageReferenceError("no such file", source=source) from None
+    except OSError as exc:
+        raise ImageReferenceError(
+            f"cannot read it ({type(exc).__name__}: {exc})", source=source
+        ) from exc
+    if size > MAX_UPLOAD_BYTES:
+        raise ImageReferenceError(
+            f"the file is {size} bytes, over Krea's 75 MB limit ({MAX_UPLOAD_BYTES} bytes)",
+            source=source,
+        )
+    if not path.is_file():
+        raise ImageReferenceError("not a regular file", source=source)
+    try:
+        data: bytes = path.read_bytes()
+    except OSError as exc:
+        raise ImageReferenceError(
+            f"cannot read it ({type(exc).__name__}: {exc})", source=source
+        ) from exc
+    return data
+
+
+def _verify_image(data: bytes, mime_type: str, source: str) -> None:
+    expected = _PILLOW_TYPES.get(mime_type)
+    if expected is None:
+        return  # HEIC, video, audio: the signature check is all Pillow could add
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            found = image.format
+            image.verify()
+    except Exception as exc:  # Pillow raises many types
+        raise ImageReferenceError(
+            f"looks like {expected} but Pillow cannot read it ({type(exc).__name__}: {exc})",
+            source=source,
+        ) from exc
+    if found != expected:
+        raise ImageReferenceError(
+            f"the signature says {expected} but Pillow reads {found}", source=source
+        )
+
+
+def load_reference(
+    reference: str,
+    *,
+    base_dir: str | os.PathLike[str] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> LoadedReference:
+    """Read, check and hash a file reference (a local path, ``s3://...`` or a ``data:`` URI)."""
+    kind = reference_kind(reference)
+    text = reference.strip()
+    source = _display(text)
+    if kind == "url":
+        raise ImageReferenceError("an http(s) URL is sent as is, not read", source=source)
+    if kind == "data":
+        data = _decode_data_uri(text)
+    elif kind == "local":
+        local = (
+            Path(unquote(urlsplit(text).path)) if text.lower().startswith("file:") else Path(text)
+        )
+        local = local.expanduser()
+        if not local.is_absolute() and base_dir is not None:
+            local = Path(base_dir) / local
+        source = str(local)
+        data = _read_path(local, source)
+    else:
+        from upath import UPath
+
+        try:
+            path = UPath(text, **dict(storage_options or {}))
+        except (ValueError, ImportError) as exc:
+            raise ImageReferenceError(
+                f"unsupported reference scheme ({exc}); use an http(s) URL, a local path, an "
+                "s3:// URI or a data: URI",
+                source=source,
+            ) from exc
+        data = _read_path(path, source)
+    try:
+        mime_type = check_upload(data, source=source)
+    except InvalidUploadError as exc:
+        raise ImageReferenceError(exc.reason, source=source) from None
+    _verify_image(data, mime_type, source)
+    return LoadedReference(source, data, hashlib.sha256(data).hexdigest(), mime_type)
+
+
+class _ResolverBase:
+    """What the sync and async resolvers share: the steps around the upload itself."""
+
+    def __init__(
+        self,
+        cache: UploadCache | None,
+        *,
+        zero_data_retention: bool,
+        base_dir: str | os.PathLike[str] | None,
+        storage_options: Mapping[str, Any] | None,
+        description: str | None,
+        search_assets: bool,
+    ) -> None:
+        self.cache: UploadCache = cache if cache is not None else MemoryUploadCache()
+        self.zero_data_retention = zero_data_retention
+        self.base_dir = base_dir
+        self.storage_options = dict(storage_options or {})
+        self.description = description
+        self.search_assets = search_assets
+        self.uploads = 0
+        self.cache_hits = 0
+
+    def _kept(self, reference: str) -> ResolvedReference | None:
+        """The result for an http(s) URL (kept as is), or None for a file reference."""
+        if reference_kind(reference) != "url":
+            return None
+        text = reference.strip()
+        if self.zero_data_retention:
+            raise ImageReferenceError(
+                "zero-data-retention requests accept only data: URIs; give the file as a "
+                "local path, an s3:// URI or a data: URI instead of a URL",
+                source=_display(text),
+            )
+        return ResolvedReference(text, text, "kept")
+
+    def _load(self, reference: str) -> LoadedReference:
+        return load_reference(
+            reference.strip(), base_dir=self.base_dir, storage_options=self.storage_options
+        )
+
+    def _without_upload(self, loaded: LoadedReference) -> ResolvedReference | None:
+        """Inlined (ZDR) or cached, when no upload is needed."""
+        facts = _facts(loaded)
+        if self.zero_data_retention:
+            return ResolvedReference(loaded.source, to_data_uri(loaded.data), "inlined", **facts)
+        cached = self.cache.get(loaded.sha256)
+        if cached is None:
+            return None
+        self.cache_hits += 1
+        logger.debug("reference %s: already uploaded (%s)", loaded.source, loaded.sha256[:12])
+        return ResolvedReference(loaded.source, cached, "cached", **facts)
+
+    def _record(self, loaded: LoadedReference, asset: Asset, how: str) -> ResolvedReference:
+        self.cache.put(loaded.sha256, asset.image_url, asset.id, loaded.size)
+        if how == "uploaded":
+            self.uploads += 1
+            logger.info(
+                "reference %s uploaded as asset %s (%d bytes)", loaded.source, asset.id, loaded.size
+            )
+        else:
+            logger.info("reference %s found as asset %s, not uploaded", loaded.source, asset.id)
+        return ResolvedReference(
+            loaded.source,
+            asset.image_url,
+            "uploaded" if how == "uploaded" else "found",
+            asset_id=asset.id,
+            **_facts(loaded),
+        )
+
+
+def _facts(loaded: LoadedReference) -> dict[str, Any]:
+    return {"sha256": loaded.sha256, "size": loaded.size, "mime_type": loaded.mime_type}
+
+
+def _in_request(item: MediaValue, error: ImageReferenceError) -> ImageReferenceError:
+    return ImageReferenceError(f"{item.path}: {error.reason}", source=error.source)
+
+
+class ReferenceResolver(_ResolverBase):
+    """Turns references into request values, uploading each distinct file once.
+
+    ``resolve(reference)`` handles one string; ``resolve_request(model, params)`` every media
+    input of a request (found from the catalog), and returns the request to send plus what each
+    reference became. ``zero_data_retention=True`` inlines files as ``data:`` URIs and refuses
+    http(s) URLs (Krea's ZDR accepts only data URIs); nothing is uploaded then.
+    ``search_assets=True`` looks for the bytes in ``GET /assets`` (by the hash every upload's
+    description carries) before uploading on a cache miss: it reads the whole asset list, so
+    it suits accounts with few assets or a cold cache.
+    """
+
+    def __init__(
+        self,
+        client: KreaClient,
+        cache: UploadCache | None = None,
+        *,
+        zero_data_retention: bool = False,
+        base_dir: str | os.PathLike[str] | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+        description: str | None = None,
+        search_assets: bool = False,
+    ) -> None:
+        super().__init__(
+            cache,
+            zero_data_retention=zero_data_retention,
+            base_dir=base_dir,
+            storage_options=storage_options,
+            description=description,
+            search_assets=search_assets,
+        )
+        self.client = client
+
+    def resolve(self, reference: str) -> ResolvedReference:
+        """What the request carries for ``reference`` (see the class docstring)."""
+        kept = self._kept(reference)
+        if kept is not None:
+            return kept
+        loaded = self._load(reference)
+        done = self._without_upload(loaded)
+        if done is not None:
+            return done
+        if self.search_assets:
+            found = self.client.find_asset(loaded.sha256, size=loaded.size)
+            if found is not None:
+                return self._record(loaded, found, "found")
+        asset = self.client.upload_asset(
+            loaded.data, filename=loaded.filename, description=self.description
+        )
+        return self._record(loaded, asset, "uploaded")
+
+    def resolve_request(
+        self, model: str | None, params: Mapping[str, Any], kind: str = "image"
+    ) -> tuple[dict[str, Any], list[ResolvedReference]]:
+        """``params`` with every media input resolved, and the resolution of each one.
+
+        The same reference string is resolved once per call; different strings naming the same
+        bytes are uploaded once through the cache.
+        """
+        media = find_media(model, params, kind)
+        by_reference: dict[str, ResolvedReference] = {}
+        for item in media:
+            if item.value not in by_reference:
+                try:
+                    by_reference[item.value] = self.resolve(item.value)
+                except ImageReferenceError as exc:
+                    raise _in_request(item, exc) from None
+        return _assemble(params, media, by_reference)
+
+
+class AsyncReferenceResolver(_ResolverBase):
+    """The asyncio twin of ``ReferenceResolver`` over an ``AsyncKreaClient``.
+
+    Files are read in a worker thread; concurrent ``resolve`` calls for the same bytes wait for
+    one another, so they upload once.
+    """
+
+    def __init__(
+        self,
+        client: AsyncKreaClient,
+        cache: UploadCache | None = None,
+        *,
+        zero_data_retention: bool = False,
+        base_dir: str | os.PathLike[str] | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+        description: str | None = None,
+        search_assets: bool = False,
+    ) -> None:
+        super().__init__(
+            cache,
+            zero_data_retention=zero_data_retention,
+            base_dir=base_dir,
+            storage_options=storage_options,
+            description=description,
+            search_assets=search_assets,
+        )
+        self.client = client
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def resolve(self, reference: str) -> ResolvedReference:
+        """See ``ReferenceResolver.resolve``."""
+        kept = self._kept(reference)
+        if kept is not None:
+            return kept
+        loaded = await asyncio.to_thread(self._load, reference)
+        lock = self._locks.setdefault(loaded.sha256, asyncio.Lock())
+        async with lock:
+            done = self._without_upload(loaded)
+            if done is not None:
+                return done
+            if self.search_assets:
+                found = await self.client.find_asset(loaded.sha256, size=loaded.size)
+                if found is not None:
+                    return self._record(loaded, found, "found")
+            asset = await self.client.upload_asset(
+                loaded.data, filename=loaded.filename, description=self.description
+            )
+            return self._record(loaded, asset, "uploaded")
+
+    async def resolve_request(
+        self, model: str | None, params: Mapping[str, Any], kind: str = "image"
+    ) -> tuple[dict[str, Any], list[ResolvedReference]]:
+        """See ``ReferenceResolver.resolve_request``."""
+        media = find_media(model, params, kind)
+        by_reference: dict[str, ResolvedReference] = {}
+        for item in media:
+            if item.value not in by_reference:
+                try:
+                    by_reference[item.value] = await self.resolve(item.value)
+                except ImageReferenceError as exc:
+                    raise _in_request(item, exc) from None
+        return _assemble(params, media, by_reference)
+
+
+def _assemble(
+    params: Mapping[str, Any], media: list[MediaValue], by_reference: dict[str, ResolvedReference]
+) -> tuple[dict[str, Any], list[ResolvedReference]]:
+    replacements = {item.location: by_reference[item.value].value for item in media}
+    return (
+        replace_media(params, replacements, media),
+        [by_reference[item.value] for item in media],
+    )
