@@ -26,12 +26,15 @@ _EXPORTS = {
     "KreaImagesComponent": "krea_dagster.component",
     "KreaJobsConfig": "krea_dagster.assets",
     "KreaResource": "krea_dagster.resource",
+    "KreaStep": "krea_dagster.engine.nodes",
+    "KreaWorkflow": "krea_dagster.workflow",
     "KreaTranslator": "krea_dagster.translator",
     "Ledger": "krea_dagster.engine.ledger",
     "PromptSource": "krea_dagster.engine.source",
     "build_krea_image_assets": "krea_dagster.assets",
     "build_krea_regeneration_schedule": "krea_dagster.schedules",
     "build_krea_sensors": "krea_dagster.sensors",
+    "build_krea_workflow": "krea_dagster.workflow",
 }
 
 __all__ = [
@@ -42,13 +45,16 @@ __all__ = [
     "KreaImagesComponent",
     "KreaJobsConfig",
     "KreaResource",
+    "KreaStep",
     "KreaTranslator",
+    "KreaWorkflow",
     "Ledger",
     "PromptSource",
     "__version__",
     "build_krea_image_assets",
     "build_krea_regeneration_schedule",
     "build_krea_sensors",
+    "build_krea_workflow",
 ]
 
 

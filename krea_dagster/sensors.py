@@ -98,7 +98,7 @@ def discovery_tick(
 ) -> dg.SensorResult:
     """One evaluation of the discovery sensor (pure function of the source, partitions, cursor)."""
     cursor = DiscoveryCursor.parse(context.cursor, context.log)
-    batches, problems = assets.pipeline.source.scan()
+    batches, problems = assets.pipeline.files.scan()
     partitions_name = assets.partitions_def.name or ""
     existing = set(context.instance.get_dynamic_partitions(partitions_name))
     new = sorted(set(batches) - existing)
@@ -376,7 +376,7 @@ def build_krea_sensors(
             minimum_interval_seconds=discovery_interval_seconds,
             default_status=default_status,
             target=discovery_assets,
-            description=f"Adds a partition and launches a run for each new or changed batch in {assets.pipeline.source.directory}.",
+            description=f"Adds a partition and launches a run for each new or changed batch in {assets.pipeline.files.directory}.",
         )
         def batch_discovery(context: dg.SensorEvaluationContext) -> dg.SensorResult:
             return discovery_tick(

@@ -15,7 +15,7 @@ from PIL import Image
 
 from krea_dagster.api import MAX_UPLOAD_BYTES, AsyncKreaClient, KreaClient
 from krea_dagster.emulator.testing import EmulatorHandle, run_emulator
-from krea_dagster.references import (
+from krea_dagster.engine.references import (
     AsyncReferenceResolver,
     ImageReferenceError,
     MemoryUploadCache,

@@ -14,6 +14,9 @@ sensor daemon, in scripts and in tests.
 - ``cancel``: the only place that cancels jobs (termination, poll timeout).
 - ``errors``: the engine's exception tree and its error codes.
 - ``run``: run the engine's coroutines from synchronous code.
+- ``references``: reference images from anywhere, each file uploaded once.
+- ``template``: prompt templates over a table row's columns.
+- ``nodes``: workflow steps over the rows of a table, chained step to step.
 - ``collect``: poll pending jobs, download, verify and store images.
 - ``store``: the content-addressed image store (local or ``s3://``).
 - ``manifest``: the manifest DataFrame of a batch generation.

@@ -60,6 +60,7 @@ __all__ = [
     "Lease",
     "Ledger",
     "LedgerSchemaError",
+    "LedgerUploadCache",
     "Submission",
     "SubmissionState",
     "may_submit",
@@ -202,6 +203,18 @@ accounts_table = sa.Table(
     sa.Column("first_seen_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("foreign_jobs_seen", sa.Integer, nullable=False, server_default="0"),
     sa.Column("last_foreign_job_id", sa.String(64)),
+)
+
+uploads_table = sa.Table(
+    "krea_uploads",
+    metadata,
+    sa.Column("account", sa.String(128), primary_key=True),
+    sa.Column("sha256", sa.String(64), primary_key=True),
+    sa.Column("url", sa.Text),
+    sa.Column("asset_id", sa.String(128)),
+    sa.Column("size_bytes", sa.BigInteger),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("uploaded_at", sa.DateTime(timezone=True)),
 )
 
 # Columns version 2 added to version 1 tables (upgraded in place by ``_migrate``).
@@ -565,6 +578,12 @@ class Ledger:
                 )
             ).scalar_one_or_none()
         return int(value or 0)
+
+    # -- uploads (reference files, by content hash) -----------------------------------------
+
+    def upload_cache(self, account: str) -> "LedgerUploadCache":
+        """The ``UploadCache`` of an account: every worker and run sees every upload."""
+        return LedgerUploadCache(self, account)
 
     # -- generations -----------------------------------------------------------------------
 
@@ -1139,3 +1158,74 @@ class Ledger:
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+class LedgerUploadCache:
+    """Uploaded reference files of one account, by content hash, in the ledger database.
+
+    ``begin`` writes the intent before the upload (like a submission's): a worker killed during
+    an upload leaves it, and the next ``begin`` of the same bytes answers True, so the resolver
+    looks for the asset in ``GET /assets`` before uploading again. Nothing is uploaded twice.
+    """
+
+    def __init__(self, ledger: Ledger, account: str) -> None:
+        self.ledger = ledger
+        self.account = account
+
+    def get(self, sha256: str) -> str | None:
+        with self.ledger.engine.connect() as conn:
+            url = conn.execute(
+                sa.select(uploads_table.c.url).where(
+                    uploads_table.c.account == self.account,
+                    uploads_table.c.sha256 == sha256,
+                    uploads_table.c.url.is_not(None),
+                )
+            ).scalar_one_or_none()
+        return None if url is None else str(url)
+
+    def begin(self, sha256: str) -> bool:
+        with self.ledger.transaction() as conn:
+            started = conn.execute(
+                sa.select(uploads_table.c.started_at).where(
+                    uploads_table.c.account == self.account, uploads_table.c.sha256 == sha256
+                )
+            ).first()
+            if started is not None:
+                return True
+            conn.execute(
+                uploads_table.insert().values(
+                    account=self.account, sha256=sha256, started_at=utcnow()
+                )
+            )
+        return False
+
+    def put(self, sha256: str, url: str, asset_id: str, size: int) -> None:
+        with self.ledger.transaction() as conn:
+            done = conn.execute(
+                uploads_table.update()
+                .where(uploads_table.c.account == self.account, uploads_table.c.sha256 == sha256)
+                .values(url=url, asset_id=asset_id, size_bytes=size, uploaded_at=utcnow())
+            )
+            if done.rowcount == 0:
+                conn.execute(
+                    uploads_table.insert().values(
+                        account=self.account,
+                        sha256=sha256,
+                        url=url,
+                        asset_id=asset_id,
+                        size_bytes=size,
+                        started_at=utcnow(),
+                        uploaded_at=utcnow(),
+                    )
+                )
+
+    def uploads(self) -> int:
+        """How many distinct files this account has uploaded through the ledger."""
+        with self.ledger.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count()).where(
+                        uploads_table.c.account == self.account, uploads_table.c.url.is_not(None)
+                    )
+                ).scalar_one()
+            )

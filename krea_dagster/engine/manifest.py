@@ -12,6 +12,7 @@ it cost, and why it failed when it did. Its ``status`` column says, per prompt:
 ``pending``        the job is still rendering at Krea
 ``unresolved``     a submission whose outcome is unknown, or that reconciliation reported
 ``not_submitted``  no job: refused by Krea (balance, token, body) or the batch stopped
+``skipped``        a workflow step did not send the row: its previous step has no image
 =================  =====================================================================
 """
 
@@ -59,6 +60,8 @@ class ManifestStatus:
     PENDING = "pending"
     UNRESOLVED = "unresolved"
     NOT_SUBMITTED = "not_submitted"
+    #: A workflow step did not send the row: its previous step has no image for it.
+    SKIPPED = "skipped"
 
 
 def row_status(row: Submission | None) -> str:

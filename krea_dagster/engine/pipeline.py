@@ -61,7 +61,8 @@ class KreaImagePipeline:
     """Everything one instance needs to turn a batch of prompts into stored images."""
 
     prefix: str
-    source: PromptSource
+    #: The prompt files; None for a workflow step, whose rows come from an upstream table.
+    source: PromptSource | None
     model: str
     store: ImageStore
     ledger: Ledger
@@ -80,8 +81,15 @@ class KreaImagePipeline:
 
     # -- prompts ---------------------------------------------------------------------------
 
+    @property
+    def files(self) -> PromptSource:
+        """The prompt files of an instance built from a folder (not a workflow step)."""
+        if self.source is None:
+            raise ValueError(f"{self.prefix} has no prompt files: its rows come from a table")
+        return self.source
+
     def prepare(self, batch: str) -> PreparedBatch:
-        frame, origins = self.source.read_batch(batch)
+        frame, origins = self.files.read_batch(batch)
         return prepare_batch(
             frame,
             batch=batch,

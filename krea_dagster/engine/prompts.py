@@ -138,8 +138,11 @@ def prepare_batch(
     """Validate every row of a batch; raise ``PromptValidationError`` listing all problems."""
     spec = catalog.get_model(model)
     fields = spec.fields
+    prompt_required = PROMPT_COLUMN in spec.required
     problems: list[PromptProblem] = []
 
+    if PROMPT_COLUMN not in frame.columns and not prompt_required:
+        frame = frame.assign(**{PROMPT_COLUMN: ""})
     if PROMPT_COLUMN not in frame.columns:
         found = ", ".join(map(repr, frame.columns)) or "none"
         raise PromptValidationError(
@@ -179,14 +182,19 @@ def prepare_batch(
     unpriced = 0
     for index, row in enumerate(frame.to_dict(orient="records"), start=1):
         row_problems: list[PromptProblem] = []
-        prompt = _prompt_cell(row.get(PROMPT_COLUMN), index, row_problems)
+        raw_prompt = row.get(PROMPT_COLUMN)
+        if not prompt_required and (_is_missing(raw_prompt) or str(raw_prompt).strip() == ""):
+            prompt: str | None = ""  # the model takes no prompt (enhance): not set
+        else:
+            prompt = _prompt_cell(raw_prompt, index, row_problems)
         params: dict[str, Any] = dict(base)
         for column in parameter_columns:
             value = _coerce(row.get(column), fields[column], index, column, row_problems)
             if value is not _UNSET:
                 params[column] = value
         if prompt is not None:
-            params[PROMPT_COLUMN] = prompt
+            if prompt:
+                params[PROMPT_COLUMN] = prompt
             result = catalog.validate(model, params)
             for problem in result.problems:
                 if problem.field.split(".")[0].split("[")[0] in base and problem.field not in row:

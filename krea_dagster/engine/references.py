@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from krea_dagster.api.client import AsyncKreaClient, KreaClient
     from krea_dagster.api.models import Asset
 
-logger = logging.getLogger("krea_dagster.references")
+logger = logging.getLogger("krea_dagster.engine.references")
 
 ReferenceKind = Literal["url", "data", "local", "remote"]
 _PILLOW_TYPES = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}
@@ -74,6 +74,14 @@ class UploadCache(Protocol):
     def put(self, sha256: str, url: str, asset_id: str, size: int) -> None:
         """Record that these bytes were uploaded as ``asset_id`` at ``url``."""
 
+    def begin(self, sha256: str) -> bool:
+        """Record that an upload of these bytes is about to start.
+
+        True when an earlier upload of the same bytes was started and never recorded (its
+        worker died, or its answer was lost): the asset may exist, so look for it in
+        ``GET /assets`` before uploading again.
+        """
+
 
 class MemoryUploadCache:
     """An ``UploadCache`` in a dict (one process; tests and single runs)."""
@@ -81,6 +89,7 @@ class MemoryUploadCache:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.entries: dict[str, tuple[str, str, int]] = {}  # sha256 -> (url, asset_id, size)
+        self._started: set[str] = set()
 
     def get(self, sha256: str) -> str | None:
         with self._lock:
@@ -90,6 +99,13 @@ class MemoryUploadCache:
     def put(self, sha256: str, url: str, asset_id: str, size: int) -> None:
         with self._lock:
             self.entries[sha256] = (url, asset_id, size)
+            self._started.discard(sha256)
+
+    def begin(self, sha256: str) -> bool:
+        with self._lock:
+            interrupted = sha256 in self._started
+            self._started.add(sha256)
+        return interrupted
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -386,7 +402,7 @@ class ReferenceResolver(_ResolverBase):
         done = self._without_upload(loaded)
         if done is not None:
             return done
-        if self.search_assets:
+        if self.cache.begin(loaded.sha256) or self.search_assets:
             found = self.client.find_asset(loaded.sha256, size=loaded.size)
             if found is not None:
                 return self._record(loaded, found, "found")
@@ -454,7 +470,8 @@ class AsyncReferenceResolver(_ResolverBase):
             done = self._without_upload(loaded)
             if done is not None:
                 return done
-            if self.search_assets:
+            interrupted = await asyncio.to_thread(self.cache.begin, loaded.sha256)
+            if interrupted or self.search_assets:
                 found = await self.client.find_asset(loaded.sha256, size=loaded.size)
                 if found is not None:
                     return self._record(loaded, found, "found")
