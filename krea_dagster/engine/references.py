@@ -36,6 +36,7 @@ from urllib.parse import unquote, urlsplit
 
 from krea_dagster.api.errors import InvalidUploadError
 from krea_dagster.api.media import MediaValue, find_media, media_paths, replace_media
+from krea_dagster.engine.crashpoints import crash_point
 from krea_dagster.api.uploads import MAX_UPLOAD_BYTES, check_upload, to_data_uri
 
 __all__ = [
@@ -409,6 +410,7 @@ class ReferenceResolver(_ResolverBase):
         asset = self.client.upload_asset(
             loaded.data, filename=loaded.filename, description=self.description
         )
+        crash_point("upload.after_post")
         return self._record(loaded, asset, "uploaded")
 
     def resolve_request(
@@ -478,7 +480,8 @@ class AsyncReferenceResolver(_ResolverBase):
             asset = await self.client.upload_asset(
                 loaded.data, filename=loaded.filename, description=self.description
             )
-            return self._record(loaded, asset, "uploaded")
+            crash_point("upload.after_post")
+        return self._record(loaded, asset, "uploaded")
 
     async def resolve_request(
         self, model: str | None, params: Mapping[str, Any], kind: str = "image"

@@ -233,7 +233,7 @@ class BatchSubmitter:
 
     async def _send(self, row: Submission, prompt: PlannedPrompt) -> None:
         report = self._report
-        crash_point("submit.after_intent")
+        crash_point("submit.after_intent", self.scope)
         try:
             job = await self.client.submit(
                 self.model,
@@ -279,7 +279,7 @@ class BatchSubmitter:
             )
             raise
         else:
-            crash_point("submit.after_post")
+            crash_point("submit.after_post", self.scope)
             await asyncio.to_thread(
                 self.ledger.mark_submitted,
                 row.submission_id,

@@ -236,3 +236,65 @@ def test_a_whole_cell_placeholder_keeps_the_cells_type():
     row = {"photos": ["a.png", "b.png"], "one": "c.png"}
     assert render_value("{photos}", row) == ["a.png", "b.png"]
     assert render_value(["{one}"], row) == ["c.png"]
+
+
+@pytest.mark.parametrize(
+    ("crash_at", "jobs_before_rerun"),
+    [("upload.after_post", 0), ("submit.after_post@catalog.scene", 3)],
+    ids=["during-an-upload", "during-a-step-2-submit"],
+)
+def test_kill_9_in_a_workflow_then_rerun_uploads_and_pays_once(
+    crash_at, jobs_before_rerun, tmp_path, emulator
+):
+    """A worker killed after an upload or a step-2 POST: the re-run uploads no file twice and
+    pays for no job twice."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from krea_dagster.engine.crashpoints import CRASH_ENV
+
+    from . import workflow_driver
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    table_csv = tmp_path / "products.csv"
+    pd.DataFrame(
+        {
+            "batch": ["b1"] * 3,
+            "sku": ["A1", "B2", "C3"],
+            "name": ["red sneaker", "blue boot", "green hat"],
+            "photo": [
+                str(photo(photos / f"{sku}.png", color))
+                for sku, color in (("a1", (200, 0, 0)), ("b2", (0, 0, 200)), ("c3", (0, 200, 0)))
+            ],
+        }
+    ).to_csv(table_csv, index=False)
+    store, ledger = str(tmp_path / "store"), f"sqlite:///{tmp_path / 'ledger.db'}"
+    home = tmp_path / "home"
+    home.mkdir()
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
+        products, workflow = workflow_driver.build(str(table_csv), store, ledger)
+        instance.add_dynamic_partitions(workflow.partitions_def.name, ["b1"])
+        env = {**os.environ, "DAGSTER_HOME": str(home), CRASH_ENV: crash_at}
+        command = [sys.executable, workflow_driver.__file__, str(table_csv), store, ledger]
+        command += [emulator.base_url, emulator.token, "b1"]
+        killed = subprocess.run(command, env=env, capture_output=True, timeout=300)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
+        assert emulator.stats()["jobs_created"] == jobs_before_rerun + (
+            1 if jobs_before_rerun else 0
+        )
+        result = dg.materialize(
+            [products, *workflow.assets],
+            partition_key="b1",
+            instance=instance,
+            resources={"krea": make_resource(emulator, poll_timeout=60)},
+        )
+        assert result.success
+        scene = result.output_for_node("catalog__scene")
+        assert set(scene["status"]) == {"completed"}
+    stats = emulator.stats()
+    assert stats["duplicate_uploads"] == 0 and stats["uploads"] == 6  # 3 photos + 3 edits
+    assert stats["duplicate_submissions"] == 0
+    assert stats["jobs_created"] == stats["jobs_billed"] == 6

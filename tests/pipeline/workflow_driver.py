@@ -1,0 +1,63 @@
+"""Run the test catalog workflow for one batch in a separate process (the worker crash tests kill).
+
+Usage: python workflow_driver.py <table_csv> <store> <ledger_url> <base_url> <token> <batch>
+with DAGSTER_HOME set to the shared instance and, for a crash, KREA_DAGSTER_CRASH_AT.
+"""
+
+import sys
+
+import dagster as dg
+import pandas as pd
+
+from krea_dagster import KreaResource, KreaStep, build_krea_workflow
+
+STEPS = [
+    KreaStep(
+        "edit",
+        model="openai/gpt-image-2",
+        prompt="Studio photo of a {name} on white",
+        inputs={"image_urls": ["{photo}"]},
+    ),
+    KreaStep(
+        "scene",
+        model="openai/gpt-image-2",
+        prompt="The {name} on a beach at dusk",
+        inputs={"image_urls": ["{previous}"]},
+    ),
+]
+
+
+def build(table_csv: str, store: str, ledger: str) -> tuple[dg.AssetsDefinition, object]:
+    @dg.asset
+    def products() -> pd.DataFrame:
+        return pd.read_csv(table_csv, dtype=str)
+
+    workflow = build_krea_workflow(
+        "catalog", table=products, key_column="sku", steps=STEPS, store=store, ledger=ledger
+    )
+    return products, workflow
+
+
+def main() -> int:
+    table_csv, store, ledger, base_url, token, batch = sys.argv[1:7]
+    products, workflow = build(table_csv, store, ledger)
+    krea = KreaResource(
+        api_key=token,
+        base_url=base_url,
+        poll_interval=0.05,
+        connect_timeout=1.0,
+        write_timeout=1.0,
+        read_timeout=2.0,
+    )
+    result = dg.materialize(
+        [products, *workflow.assets],  # type: ignore[attr-defined]
+        partition_key=batch,
+        instance=dg.DagsterInstance.get(),
+        resources={"krea": krea},
+        raise_on_error=False,
+    )
+    return 0 if result.success else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
