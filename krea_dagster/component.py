@@ -45,8 +45,10 @@ __all__ = [
     "KreaImagesComponent",
     "KreaImagesScaffolder",
     "KreaSettings",
+    "KreaWorkflowComponent",
     "ScheduleOptions",
     "SensorOptions",
+    "StepOptions",
 ]
 
 MISSING_KEY = ""
@@ -226,3 +228,91 @@ def _sqlite_relative(base: Path, url: str) -> str:
     if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
         return prefix + str((base / url[len(prefix) :]).resolve())
     return url
+
+
+class StepOptions(dg.Model):
+    """One ``steps:`` entry of a ``KreaWorkflowComponent`` (the fields of ``KreaStep``)."""
+
+    name: str = Field(description="The step's name: its asset key is [name_prefix, name].")
+    model: str = Field(
+        description=(
+            "Model path after /generate/image/ (openai/gpt-image-2), or a catalog key for other "
+            "kinds (enhance/topaz/standard-enhance, video/kling/kling-2.6)."
+        )
+    )
+    prompt: str | None = Field(
+        default=None, description="Prompt template over the row's columns, e.g. 'Photo of {name}'."
+    )
+    inputs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Request fields rendered per row; '{previous}' is the previous step's image.",
+    )
+    defaults: dict[str, Any] = Field(default_factory=dict, description="Constant request fields.")
+
+
+class KreaWorkflowComponent(dg.Component, dg.Model, dg.Resolvable):
+    """Chained Krea steps over the rows of a table asset, from YAML.
+
+    .. code-block:: yaml
+
+        type: krea_dagster.KreaWorkflowComponent
+        attributes:
+          name_prefix: catalog
+          table: products                  # the upstream asset's key
+          key_column: sku
+          store: ../../.demo/catalog       # relative to this defs.yaml, or s3://...
+          ledger: sqlite:///../../.demo/ledger.db
+          steps:
+            - name: edit
+              model: openai/gpt-image-2
+              prompt: "Studio photo of a {name} on white"
+              inputs: {image_urls: ["{photo}"]}
+            - name: upscale
+              model: enhance/topaz/standard-enhance
+              inputs: {image_url: "{previous}"}
+              defaults: {model: Standard V2, width: 2048, height: 2048}
+          krea:
+            api_key: "{{ env.KREA_API_KEY }}"
+
+    Relative reference paths in the table are read from this file's folder.
+    """
+
+    name_prefix: str = Field(description="Names asset keys, partitions and ledger scopes.")
+    table: str = Field(description="The upstream table asset's key, e.g. products or a/b.")
+    steps: list[StepOptions] = Field(description="The Krea steps, in order.")
+    store: str = Field(description="Image store: a directory (relative to this file) or s3://...")
+    ledger: str = Field(description="Ledger database URL (relative sqlite paths: to this file).")
+    key_column: str | None = Field(default=None, description="The column naming each row.")
+    batch_column: str = Field(default="batch", description="The column naming each row's batch.")
+    max_usd_per_run: float | None = None
+    max_attempts: int = 3
+    krea: Annotated[
+        KreaResource,
+        dg.Resolver(
+            resolve_krea,
+            model_field_type=KreaSettings,
+            description="The Krea account; its api_key from {{ env.KREA_API_KEY }}.",
+        ),
+    ]
+
+    def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
+        from krea_dagster.engine.nodes import KreaStep
+        from krea_dagster.workflow import build_krea_workflow
+
+        workflow = build_krea_workflow(
+            self.name_prefix,
+            table=dg.AssetKey.from_user_string(self.table),
+            steps=[
+                KreaStep(s.name, s.model, prompt=s.prompt, inputs=s.inputs, defaults=s.defaults)
+                for s in self.steps
+            ],
+            store=_local_or_url(context.path, self.store),
+            ledger=_sqlite_relative(context.path, self.ledger),
+            key_column=self.key_column,
+            batch_column=self.batch_column,
+            base_dir=context.path,
+            krea=self.krea,
+            max_usd_per_run=self.max_usd_per_run,
+            max_attempts=self.max_attempts,
+        )
+        return dg.Definitions(assets=workflow.assets)

@@ -36,8 +36,8 @@ from urllib.parse import unquote, urlsplit
 
 from krea_dagster.api.errors import InvalidUploadError
 from krea_dagster.api.media import MediaValue, find_media, media_paths, replace_media
-from krea_dagster.engine.crashpoints import crash_point
 from krea_dagster.api.uploads import MAX_UPLOAD_BYTES, check_upload, to_data_uri
+from krea_dagster.engine.crashpoints import crash_point
 
 __all__ = [
     "ImageReferenceError",

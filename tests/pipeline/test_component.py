@@ -147,3 +147,76 @@ def test_dg_lists_the_component():
     )
     assert listed.returncode == 0, listed.stderr
     assert "krea_dagster.KreaImagesComponent" in listed.stdout
+
+
+def test_a_yaml_workflow_chains_steps_over_a_table_asset(tmp_path, monkeypatch, emulator):
+    """KreaWorkflowComponent: a Python table asset and two YAML steps, run end to end."""
+    from PIL import Image
+
+    monkeypatch.setenv("KREA_API_KEY", emulator.token)
+    monkeypatch.setenv("KREA_BASE_URL", emulator.base_url)
+    with create_defs_folder_sandbox() as sandbox:
+        tables = sandbox.defs_folder_path / "tables"
+        tables.mkdir()
+        (tables / "products.py").write_text(
+            textwrap.dedent(
+                """
+                import dagster as dg
+                import pandas as pd
+
+                @dg.asset
+                def products() -> pd.DataFrame:
+                    return pd.DataFrame({"batch": ["b1"], "sku": ["A1"], "name": ["red sneaker"],
+                                         "photo": ["photos/a1.png"]})
+                """
+            ),
+            encoding="utf-8",
+        )
+        folder = sandbox.defs_folder_path / "catalog"
+        (folder / "photos").mkdir(parents=True)
+        Image.new("RGB", (32, 32), (200, 0, 0)).save(folder / "photos" / "a1.png")
+        (folder / "defs.yaml").write_text(
+            textwrap.dedent(
+                f"""
+                type: krea_dagster.KreaWorkflowComponent
+                attributes:
+                  name_prefix: catalog
+                  table: products
+                  key_column: sku
+                  store: images
+                  ledger: sqlite:///{tmp_path / "catalog.db"}
+                  steps:
+                    - name: edit
+                      model: openai/gpt-image-2
+                      prompt: "Studio photo of a {{name}} on white"
+                      inputs: {{image_urls: ["{{photo}}"]}}
+                    - name: upscale
+                      model: enhance/topaz/standard-enhance
+                      inputs: {{image_url: "{{previous}}"}}
+                      defaults: {{model: Standard V2, width: 2048, height: 2048}}
+                  krea:
+                    api_key: "{{{{ env.KREA_API_KEY }}}}"
+                    base_url: "{{{{ env.KREA_BASE_URL }}}}"
+                    poll_interval: 0.05
+                """
+            ),
+            encoding="utf-8",
+        )
+        with sandbox.build_all_defs() as defs, dg.instance_for_test() as instance:
+            instance.add_dynamic_partitions("catalog_batches", ["b1"])
+            products = defs.resolve_assets_def("products")
+            dg.materialize([products], instance=instance)
+            job = defs.resolve_implicit_global_asset_job_def()
+            result = job.execute_in_process(
+                partition_key="b1",
+                instance=instance,
+                asset_selection=[
+                    dg.AssetKey(["catalog", "edit"]),
+                    dg.AssetKey(["catalog", "upscale"]),
+                ],
+            )
+            assert result.success
+            manifest = result.output_for_node("catalog__upscale")
+            assert manifest["status"].tolist() == ["completed"]
+            assert (manifest["width"][0], manifest["height"][0]) == (2048, 2048)
+    assert emulator.stats()["uploads"] == 2  # the photo, then the edit
