@@ -21,16 +21,16 @@ from bench.workload import build_assets, make_resource, materialize
 from krea_dagster.engine.crashpoints import CRASH_ENV, crash_point
 
 
-def counted_crash_point(crash_after: int) -> Callable[[str], None]:
+def counted_crash_point(crash_after: int) -> Callable[..., None]:
     """A stand-in for ``crash_point`` that fires on the ``crash_after``-th pass only."""
     passes: dict[str, int] = {}
 
-    def point(name: str) -> None:
+    def point(name: str, where: str | None = None) -> None:
         if os.environ.get(CRASH_ENV) != name:
             return
         passes[name] = passes.get(name, 0) + 1
         if passes[name] >= crash_after:
-            crash_point(name)
+            crash_point(name, where)
 
     return point
 
