@@ -58,6 +58,30 @@ def run_driver(tmp_path, emulator, *, prefix, ledger, store, crash_at=None, tags
     return subprocess.run(command, env=env, capture_output=True, timeout=300)
 
 
+def intent_of_first_prompt(assets, krea, batch: str, run_id: str):
+    """An intent row for the batch's first prompt, as a worker that then vanished left it."""
+    ledger = assets.pipeline.ledger
+    ledger.ensure_generation(assets.prefix, batch)
+    key = assets.pipeline.prepare(batch).table["prompt_key"].iloc[0]
+    claim = ledger.claim(
+        scope=assets.prefix,
+        batch=batch,
+        generation=1,
+        prompt_key=key,
+        model=assets.pipeline.model,
+        request={"prompt": key},
+        request_hash="h",
+        submission_id=str(uuid.uuid4()),
+        estimated_usd=PRICE,
+        run_id=run_id,
+        max_attempts=3,
+        account=krea.account_id,
+        lease_seconds=60,
+    )
+    assert claim.row is not None
+    return claim.row
+
+
 @pytest.fixture
 def home_instance(tmp_path):
     """The persistent instance the driver processes use too."""
@@ -228,26 +252,8 @@ def test_an_old_unresolved_row_is_decided_once_and_never_pages_back_again(
     write_batch(prompts_dir, "b1", prompt_rows(2))
     assets = build()
     ledger = assets.pipeline.ledger
-    ledger.ensure_generation(assets.prefix, "b1")
     day_ago = datetime.now(UTC) - timedelta(days=1)
-    prepared = assets.pipeline.prepare("b1").table
-    key = prepared["prompt_key"].iloc[0]
-    claim = ledger.claim(
-        scope=assets.prefix,
-        batch="b1",
-        generation=1,
-        prompt_key=key,
-        model=assets.pipeline.model,
-        request={"prompt": "x"},
-        request_hash="h",
-        submission_id=str(uuid.uuid4()),
-        estimated_usd=PRICE,
-        run_id="gone",
-        max_attempts=3,
-        account=krea.account_id,
-        lease_seconds=60,
-    )
-    assert claim.row is not None
+    intent_of_first_prompt(assets, krea, "b1", run_id="gone")
     with ledger.transaction() as conn:
         conn.execute(
             sa.text("UPDATE krea_submissions SET sent_at=:t, intent_at=:t"), {"t": day_ago}
@@ -264,23 +270,7 @@ def test_an_old_unresolved_row_is_decided_once_and_never_pages_back_again(
 
     # A reported row: out of the unresolved set, named by the failing check.
     write_batch(prompts_dir, "b2", prompt_rows(1, text="reported"))
-    ledger.ensure_generation(assets.prefix, "b2")
-    key2 = assets.pipeline.prepare("b2").table["prompt_key"].iloc[0]
-    row = ledger.claim(
-        scope=assets.prefix,
-        batch="b2",
-        generation=1,
-        prompt_key=key2,
-        model=assets.pipeline.model,
-        request={"prompt": "y"},
-        request_hash="h",
-        submission_id=str(uuid.uuid4()),
-        estimated_usd=PRICE,
-        run_id="gone",
-        max_attempts=3,
-        account=krea.account_id,
-        lease_seconds=60,
-    ).row
+    row = intent_of_first_prompt(assets, krea, "b2", run_id="gone")
     ledger.mark_unknown(row.submission_id, message="dropped")
     ledger.mark_reported(row.submission_id, message="2 jobs in the window: j-a, j-b")
     reported = materialize(assets, "b2", instance=instance, krea=krea)
@@ -329,29 +319,13 @@ def test_a_worker_that_died_on_another_host_is_not_trusted_forever(
     write_batch(prompts_dir, "b1", prompt_rows(2))
     assets = build()
     ledger = assets.pipeline.ledger
-    ledger.ensure_generation(assets.prefix, "b1")
     stuck_run = home_instance.create_run_for_job(
         dg.Definitions(
             jobs=[dg.JobDefinition(graph_def=dg.GraphDefinition("g", node_defs=[]), name="j")]
         ).get_job_def("j"),
         status=dg.DagsterRunStatus.STARTED,
     )
-    key = assets.pipeline.prepare("b1").table["prompt_key"].iloc[0]
-    claim = ledger.claim(
-        scope=assets.prefix,
-        batch="b1",
-        generation=1,
-        prompt_key=key,
-        model=assets.pipeline.model,
-        request={"prompt": "x"},
-        request_hash="h",
-        submission_id=str(uuid.uuid4()),
-        estimated_usd=PRICE,
-        run_id=stuck_run.run_id,
-        max_attempts=3,
-        account=krea.account_id,
-        lease_seconds=60,
-    )
+    row = intent_of_first_prompt(assets, krea, "b1", run_id=stuck_run.run_id)
     past = datetime.now(UTC) - timedelta(minutes=5)
     with ledger.transaction() as conn:
         conn.execute(
@@ -367,5 +341,5 @@ def test_a_worker_that_died_on_another_host_is_not_trusted_forever(
     )
     assert result.success
     assert set(manifest_of(result, assets)["status"]) == {"completed"}
-    assert ledger.get(claim.row.submission_id).state == SubmissionState.NOT_CREATED
+    assert ledger.get(row.submission_id).state == SubmissionState.NOT_CREATED
     assert emulator.stats()["jobs_created"] == 2

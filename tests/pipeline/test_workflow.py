@@ -11,6 +11,7 @@ from krea_dagster import KreaResource, KreaStep, build_krea_workflow
 from krea_dagster.engine.nodes import ROW_KEY
 from krea_dagster.engine.template import TemplateError, render, render_value
 
+from . import workflow_driver
 from .conftest import make_resource
 
 UPSCALE = {"model": "Standard V2", "width": 2048, "height": 2048}
@@ -48,18 +49,7 @@ def catalog_setup(tmp_path):
         table=products,
         key_column="sku",
         steps=[
-            KreaStep(
-                "edit",
-                model="openai/gpt-image-2",
-                prompt="Studio photo of a {name} on white",
-                inputs={"image_urls": ["{photo}"]},
-            ),
-            KreaStep(
-                "scene",
-                model="openai/gpt-image-2",
-                prompt="The {name} on a beach at dusk",
-                inputs={"image_urls": ["{previous}"]},
-            ),
+            *workflow_driver.STEPS,
             KreaStep(
                 "upscale",
                 model="enhance/topaz/standard-enhance",
@@ -254,8 +244,6 @@ def test_kill_9_in_a_workflow_then_rerun_uploads_and_pays_once(
     import sys
 
     from krea_dagster.engine.crashpoints import CRASH_ENV
-
-    from . import workflow_driver
 
     photos = tmp_path / "photos"
     photos.mkdir()
