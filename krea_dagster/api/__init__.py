@@ -18,6 +18,7 @@ from krea_dagster.api.catalog import (
     estimate_cost,
     get_model,
     image_models,
+    shorten,
     validate,
 )
 from krea_dagster.api.client import (
@@ -239,5 +240,6 @@ __all__ = [
     "register_secret",
     "retry_after_from_body",
     "server_message",
+    "shorten",
     "validate",
 ]

@@ -40,7 +40,6 @@ __all__ = [
     "get_model",
     "image_models",
     "shorten",
-    "show_value",
     "validate",
 ]
 
@@ -576,6 +575,3 @@ def _show(value: Any) -> str:
     if isinstance(value, Mapping):
         return "an object"
     return f"a {type(value).__name__}"
-
-
-show_value = _show

@@ -25,13 +25,7 @@ from krea_dagster.api.models import Job
 if TYPE_CHECKING:
     from krea_dagster.api.client import AsyncKreaClient, KreaClient
 
-__all__ = [
-    "MAX_WEBHOOK_BYTES",
-    "MAX_WEBHOOK_DEPTH",
-    "aconfirm_webhook",
-    "confirm_webhook",
-    "parse_webhook",
-]
+__all__ = ["aconfirm_webhook", "confirm_webhook", "parse_webhook"]
 
 #: Deepest JSON nesting accepted; a job body is about four levels deep.
 MAX_WEBHOOK_DEPTH = 32
