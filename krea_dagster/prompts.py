@@ -33,6 +33,7 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
@@ -214,7 +215,16 @@ def prepare_batch(
         )
     if frame.empty:
         raise PromptValidationError(
-            batch, [PromptProblem(None, None, "minItems", "the batch has no rows")], origin
+            batch,
+            [
+                PromptProblem(
+                    None,
+                    None,
+                    "minItems",
+                    "the batch has no rows; add one prompt per line under the header",
+                )
+            ],
+            origin,
         )
 
     parameter_columns, carried, column_problems = _classify_columns(
@@ -495,6 +505,8 @@ def _coerce(value: Any, spec: Any, row: int, column: str, problems: list[PromptP
     if _is_missing(value):
         return _UNSET
     types = set(spec.types)
+    if isinstance(value, Decimal):
+        value = str(value)  # a Parquet decimal column: read as exactly as its text
     if isinstance(value, str):
         text = value.strip()
         if "array" in types or "object" in types:

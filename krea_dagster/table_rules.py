@@ -113,7 +113,13 @@ def parse_number_text(text: str) -> tuple[int | float | None, str | None]:
         return None, f"{quoted(text)} is outside every field's range"
     if number == number.to_integral_value():
         return int(number), None
-    return float(number), None
+    result = float(number)
+    if Decimal(repr(result)) != number:
+        return None, (
+            f"{quoted(text)} has more significant digits than a number keeps exactly "
+            f"(it would be sent as {result!r}); round it"
+        )
+    return result, None
 
 
 def exact_float(value: float) -> tuple[int | float | None, str | None]:
