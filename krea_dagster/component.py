@@ -11,6 +11,7 @@
       store: "{{ env.KREA_STORE }}"
       ledger: sqlite:///posters-ledger.db
       max_usd_per_run: 25
+      # price_usd: 0.02           # USD per request; needed with a cap when the catalog has no price
       krea:
         api_key: "{{ env.KREA_API_KEY }}"
         poll_interval: 2
