@@ -793,3 +793,27 @@ def test_parquet_decimal_and_struct_cells_are_plain_values(tmp_path):
     request = prepared.table["request_json"].iloc[0]
     assert '"seed":4294967295' in request
     assert '"style_images":[{"strength":0.5,"url":"https://example.com/s.png"}]' in request
+
+
+def test_discovery_tick_stays_short_and_names_bad_rows(build, krea, instance, prompts_dir):
+    """A huge batch value and many broken files give a tick message of a few KB naming lines."""
+    write_files(
+        prompts_dir,
+        {
+            "huge.csv": csv_text(["prompt", "batch"], ["a", "b" * HUGE]),
+            "shifted.csv": "prompt,width\na, with a comma,512\n",
+            **{f"broken{i:03}.csv": "prompt,width\na,1,2\n" for i in range(200)},
+        },
+    )
+    assets = build()
+    sensor = next(s for s in build_krea_sensors(assets) if s.name.endswith("batch_discovery"))
+    defs = dg.Definitions(assets=assets.assets, sensors=[sensor], resources={"krea": krea})
+    with dg.build_sensor_context(
+        instance_ref=instance.get_ref(), definitions=defs, resources=defs.resources
+    ) as context:
+        result = sensor.evaluate_tick(context)
+    message = result.skip_message
+    assert result.run_requests == []
+    assert len(message) < MAX_MESSAGE_CHARS, len(message)
+    assert "broken000.csv: 1 row(s) do not have as many fields as the header" in message
+    assert "and 192 more" in message
