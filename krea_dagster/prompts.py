@@ -121,7 +121,7 @@ class PromptValidationError(ValueError):
         )
         head = (
             f"prompt batch {quoted(batch)}{source} has {len(self.problems)} problem(s); nothing "
-            f"was submitted. {numbering}"
+            f"was submitted. Fix them in the file and materialize the batch again. {numbering}"
         )
         lines: list[str] = []
         size = len(head)
