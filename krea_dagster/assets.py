@@ -20,6 +20,7 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
+from krea_dagster.api.catalog import shorten
 from krea_dagster.engine.errors import BatchStoppedError, BudgetExceededError, LeaseUnavailableError
 from krea_dagster.engine.ledger import Ledger
 from krea_dagster.engine.manifest import ManifestStatus
@@ -133,6 +134,7 @@ def build_krea_image_assets(
     krea: KreaResource | None = None,
     translator: KreaTranslator | None = None,
     max_usd_per_run: float | None = None,
+    price_usd: float | None = None,
     max_attempts: int = 3,
     thumbnails: int = 24,
     io_manager_key: str = "io_manager",
@@ -155,7 +157,10 @@ def build_krea_image_assets(
         krea: a ``KreaResource`` to embed instead (no resource key involved).
         translator: customizes keys, groups, owners, tags and descriptions.
         max_usd_per_run: refuse (before any call) a batch whose new submissions are
-            estimated above this many USD.
+            estimated above this many USD. A batch with a prompt whose price is unknown (a
+            model the catalog has no price for) is refused too, unless ``price_usd`` is given.
+        price_usd: USD per request of ``model``, used for every estimate instead of the
+            catalog's price (required with ``max_usd_per_run`` for a model without one).
         max_attempts: Krea failures tolerated per prompt and generation before it is left
             failed (failed jobs are not billed).
         thumbnails: how many thumbnails the images asset shows (tiny JPEGs in metadata).
@@ -170,6 +175,13 @@ def build_krea_image_assets(
             f"name_prefix {name_prefix!r} must use only letters, digits and '_' "
             "(it names asset keys, partitions and sensors)"
         )
+    for name, value in (("max_usd_per_run", max_usd_per_run), ("price_usd", price_usd)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0
+        ):
+            raise ValueError(f"{name} must be a number of USD, 0 or more, got {value!r}")
+        if value is not None and value == float("inf"):
+            raise ValueError(f"{name} must be a finite number of USD, got {value!r}")
     source = prompts if isinstance(prompts, PromptSource) else PromptSource(prompts)
     pipeline = KreaImagePipeline(
         prefix=name_prefix,
@@ -181,6 +193,7 @@ def build_krea_image_assets(
         carry_columns=tuple(carry_columns),
         max_attempts=max_attempts,
         max_usd_per_run=max_usd_per_run,
+        price_usd=price_usd,
         thumbnails=thumbnails,
     )
     krea_source = KreaSource(resource_key, krea)
@@ -262,6 +275,9 @@ def _prompts_asset(
     )
     def prompts(context: dg.AssetExecutionContext) -> dg.Output[pd.DataFrame]:
         batch = context.partition_key
+        skipped = pipeline.files.skipped()
+        for entry in skipped:
+            context.log.warning(f"prompt source: {entry.file}: {entry.message}")
         try:
             prepared = pipeline.prepare(batch)
         except PromptSourceError as error:
@@ -285,6 +301,9 @@ def _prompts_asset(
                 "krea/estimated_usd": prepared.estimated_usd,
                 "krea/unpriced_prompts": prepared.unpriced_rows,
                 "krea/model": pipeline.model,
+                "krea/skipped_files": dg.MetadataValue.json(
+                    {entry.file: entry.message for entry in skipped[:50]}
+                ),
                 "preview": dg.MetadataValue.md(_markdown_preview(table)),
             },
         )
@@ -310,9 +329,10 @@ def _problems_table(error: PromptValidationError) -> dg.TableMetadataValue:
             dg.TableRecord(
                 {
                     "row": problem.row if problem.row is not None else 0,
-                    "column": problem.column or "",
+                    "location": problem.location or "",
+                    "column": shorten(str(problem.column or ""), 120),
                     "rule": problem.rule,
-                    "message": problem.message,
+                    "message": shorten(problem.message, 600),
                 }
             )
             for problem in error.problems[:200]
@@ -320,6 +340,7 @@ def _problems_table(error: PromptValidationError) -> dg.TableMetadataValue:
         schema=dg.TableSchema(
             columns=[
                 dg.TableColumn("row", "int"),
+                dg.TableColumn("location", "string"),
                 dg.TableColumn("column", "string"),
                 dg.TableColumn("rule", "string"),
                 dg.TableColumn("message", "string"),

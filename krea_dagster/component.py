@@ -11,6 +11,7 @@
       store: "{{ env.KREA_STORE }}"
       ledger: sqlite:///posters-ledger.db
       max_usd_per_run: 25
+      # price_usd: 0.02           # USD per request; needed with a cap when the catalog has no price
       krea:
         api_key: "{{ env.KREA_API_KEY }}"
         poll_interval: 2
@@ -149,6 +150,13 @@ class KreaImagesComponent(dg.Component, dg.Model, dg.Resolvable):
     defaults: dict[str, Any] = Field(default_factory=dict, description="Request defaults.")
     carry_columns: list[str] = Field(default_factory=list)
     max_usd_per_run: float | None = None
+    price_usd: float | None = Field(
+        default=None,
+        description=(
+            "USD per request of image_model, used instead of the catalog's price; needed with "
+            "max_usd_per_run when the catalog has no price for the model."
+        ),
+    )
     max_attempts: int = 3
     thumbnails: int = 24
     group_name: str | None = None
@@ -175,6 +183,7 @@ class KreaImagesComponent(dg.Component, dg.Model, dg.Resolvable):
             carry_columns=self.carry_columns,
             krea=self.krea,
             max_usd_per_run=self.max_usd_per_run,
+            price_usd=self.price_usd,
             max_attempts=self.max_attempts,
             thumbnails=self.thumbnails,
         )

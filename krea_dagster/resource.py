@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Literal
 
 import dagster as dg
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from krea_dagster.version import __version__
 
@@ -39,6 +39,7 @@ from krea_dagster.api import (  # noqa: E402
     SubmitRateLimitPolicy,
     Timeouts,
 )
+from krea_dagster.api._core import check_api_key  # noqa: E402
 
 __all__ = ["KreaResource"]
 
@@ -101,10 +102,27 @@ class KreaResource(dg.ConfigurableResource):
     )
     max_concurrent_downloads: int = Field(default=8, description="Parallel downloads.")
 
+    # A validation error must never quote the token back: pydantic's messages show the input.
+    model_config = ConfigDict(hide_input_in_errors=True)
+
     _client: KreaClient | None = PrivateAttr(default=None)
 
     # Ranges are checked here rather than with Field(ge=...): constrained (Annotated) field
     # types cannot be embedded in a YAML component's schema.
+    @model_validator(mode="before")
+    @classmethod
+    def _check_api_key_shape(cls, data: Any) -> Any:
+        """A malformed token fails here, when the resource is built, not in the jobs step.
+
+        A ``dg.EnvVar`` is checked once Dagster has read the variable (at resource
+        initialization, before any step uses it); an empty key is left for first use, where
+        the message names KREA_API_KEY (a YAML component whose variable is unset still loads).
+        """
+        api_key = data.get("api_key") if isinstance(data, dict) else None
+        if isinstance(api_key, str) and api_key and not isinstance(api_key, dg.EnvVar):
+            check_api_key(api_key)  # ConfigurationError; the message never shows the token
+        return data
+
     @model_validator(mode="after")
     def _check_ranges(self) -> "KreaResource":
         minimums = {

@@ -99,6 +99,7 @@ def discovery_tick(
     """One evaluation of the discovery sensor (pure function of the source, partitions, cursor)."""
     cursor = DiscoveryCursor.parse(context.cursor, context.log)
     batches, problems = assets.pipeline.files.scan()
+    skipped = assets.pipeline.files.skipped()
     partitions_name = assets.partitions_def.name or ""
     existing = set(context.instance.get_dynamic_partitions(partitions_name))
     new = sorted(set(batches) - existing)
@@ -139,13 +140,13 @@ def discovery_tick(
         partition_requests.append(
             assets.partitions_def.build_delete_request([b for b in removed if b in existing])
         )
-    for problem in problems:
+    for problem in [*problems, *skipped]:
         context.log.warning(f"prompt source: {problem.file}: {problem.message}")
     if removed:
         verb = "deleting" if delete_removed else "kept (set delete_removed_batches to delete)"
         context.log.warning(f"batches no longer in the source: {', '.join(removed)}; {verb}")
     hashes = {batch: info.content_hash for batch, info in batches.items()}
-    summary = _discovery_summary(new, changed, removed, problems, delete_removed)
+    summary = _discovery_summary(new, changed, removed, problems, delete_removed, skipped)
     return dg.SensorResult(
         run_requests=run_requests,
         dynamic_partitions_requests=partition_requests,
@@ -156,7 +157,12 @@ def discovery_tick(
 
 
 def _discovery_summary(
-    new: list[str], changed: list[str], removed: list[str], problems: list[Any], delete: bool
+    new: list[str],
+    changed: list[str],
+    removed: list[str],
+    problems: list[Any],
+    delete: bool,
+    skipped: Sequence[Any] = (),
 ) -> str:
     parts = []
     if removed:
@@ -164,10 +170,17 @@ def _discovery_summary(
             f"removed from the source: {', '.join(removed)}" + ("" if delete else " (kept)")
         )
     if problems:
-        parts.append("unusable files: " + "; ".join(f"{p.file}: {p.message}" for p in problems))
+        parts.append("unusable files: " + _listed(problems))
+    if skipped:
+        parts.append("not read: " + _listed(skipped))
     if not (new or changed):
         parts.insert(0, "no new or changed prompt batches")
     return ". ".join(parts)
+
+
+def _listed(entries: Sequence[Any], limit: int = 10) -> str:
+    text = "; ".join(f"{entry.file}: {entry.message}" for entry in entries[:limit])
+    return text + (f"; and {len(entries) - limit} more" if len(entries) > limit else "")
 
 
 # -- completion ---------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from krea_dagster.api.catalog import (
     estimate_cost,
     get_model,
     image_models,
+    shorten,
     validate,
 )
 from krea_dagster.api.client import (
@@ -286,6 +287,7 @@ __all__ = [
     "replace_media",
     "retry_after_from_body",
     "server_message",
+    "shorten",
     "sniff_upload_type",
     "to_data_uri",
     "upload_description",

@@ -23,6 +23,7 @@ from krea_dagster.api.errors import (
     JobFailedError,
     JobTimeoutError,
     KreaError,
+    MalformedPayloadError,
     UnknownModelError,
 )
 from krea_dagster.api.models import Job, JobList, JobStatus, as_aware
@@ -282,6 +283,11 @@ def reconcile(
 def confirm_webhook(core: RequestCore, claimed: Job, max_retries: int | None) -> Flow[Job]:
     """Re-fetch the job a webhook names; the API's answer is the truth, the post only a hint."""
     job = yield from core.get_job(claimed.job_id, max_retries=max_retries)
+    if job.job_id != claimed.job_id:
+        raise MalformedPayloadError(
+            f"GET /jobs/{catalog.shorten(claimed.job_id)} answered with another job "
+            f"({catalog.shorten(job.job_id)}); the webhook is not confirmed, do not act on it"
+        )
     if job.status.value != claimed.status.value:
         logger.warning(
             "webhook for job %s claimed %s but the API says %s; using the API's answer",

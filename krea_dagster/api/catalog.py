@@ -39,6 +39,7 @@ __all__ = [
     "estimate_cost",
     "get_model",
     "image_models",
+    "shorten",
     "validate",
 ]
 
@@ -541,16 +542,34 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
+#: How many characters of an echoed value a message shows.
+SHOWN_CHARS = 40
+
+
+def shorten(text: str, limit: int = SHOWN_CHARS) -> str:
+    """``text`` cut to ``limit`` characters (``...`` marks the cut, the full length is said).
+
+    Every message that echoes something the user wrote (a cell, a column name, a batch name)
+    goes through here, so no input, however large, makes a large message.
+    """
+    if len(text) <= limit:
+        return text
+    note = f"... ({len(text)} characters)"
+    return text[: max(limit - len(note), 8)] + note
+
+
 def _show(value: Any) -> str:
     """A short rendering of a value for messages (long strings and containers summarised)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, int) and len(str(abs(value))) > SHOWN_CHARS:
+        return f"an integer of {len(str(abs(value)))} digits"
     if _is_number(value):
         return _number(value) if math.isfinite(value) else repr(value)
     if isinstance(value, str):
-        return json.dumps(value if len(value) <= 40 else value[:37] + "...")
+        return json.dumps(shorten(value))
     if isinstance(value, list | tuple):
         return f"a list of {len(value)} items"
     if isinstance(value, Mapping):

@@ -9,7 +9,9 @@ signature, no secret and possibly more than once. So:
   the API's answer: the only authenticity check Krea allows. Never act on the posted body alone;
 - deliveries can repeat: handle each ``job.dedupe_key`` (``(job_id, status)``) once.
 
-Pass the raw request body (bytes or text), before any framework re-encodes it.
+Pass the raw request body (bytes or text), before any framework re-encodes it. A body nested
+deeper than ``MAX_WEBHOOK_DEPTH`` (a job object is a few levels deep) or larger than
+``MAX_WEBHOOK_BYTES`` is refused as malformed before it is parsed.
 """
 
 from __future__ import annotations
@@ -25,6 +27,36 @@ if TYPE_CHECKING:
 
 __all__ = ["aconfirm_webhook", "confirm_webhook", "parse_webhook"]
 
+#: Deepest JSON nesting accepted; a job body is about four levels deep.
+MAX_WEBHOOK_DEPTH = 32
+#: Largest body accepted (a job body is a few KB).
+MAX_WEBHOOK_BYTES = 1024 * 1024
+
+
+def _nesting_depth(text: str) -> int:
+    """Deepest ``[``/``{`` nesting of a JSON text, counted without recursion (strings skipped)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > MAX_WEBHOOK_DEPTH:
+                    return deepest
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
 
 def parse_webhook(raw_body: bytes | bytearray | str) -> Job:
     """The job a webhook body describes; MalformedPayloadError when it is not a Krea job."""
@@ -37,9 +69,17 @@ def parse_webhook(raw_body: bytes | bytearray | str) -> Job:
         text = raw_body
     else:
         raise TypeError(f"pass the raw webhook body as bytes or str, not {type(raw_body).__name__}")
+    if len(text) > MAX_WEBHOOK_BYTES:
+        raise MalformedPayloadError(
+            f"webhook body has {len(text)} characters, more than a Krea job ({MAX_WEBHOOK_BYTES})"
+        )
+    if _nesting_depth(text) > MAX_WEBHOOK_DEPTH:
+        raise MalformedPayloadError(
+            f"webhook body is nested deeper than {MAX_WEBHOOK_DEPTH} levels; not a Krea job"
+        )
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise MalformedPayloadError("webhook body is not JSON") from None
     if not isinstance(data, dict):
         raise MalformedPayloadError(

@@ -71,6 +71,9 @@ class KreaImagePipeline:
     max_attempts: int = 3
     max_usd_per_run: float | None = None
     thumbnails: int = 24
+    #: USD per request of this model, used instead of the catalog's price (needed for a budget
+    #: cap on a model the catalog has no price for).
+    price_usd: float | None = None
 
     def __post_init__(self) -> None:
         self.spec = catalog.get_model(self.model)  # fails at load time on a misspelt model
@@ -89,14 +92,17 @@ class KreaImagePipeline:
         return self.source
 
     def prepare(self, batch: str) -> PreparedBatch:
-        frame, origins = self.files.read_batch(batch)
+        rows = self.files.read_batch_rows(batch)
         return prepare_batch(
-            frame,
+            rows.frame,
             batch=batch,
             model=self.model,
             defaults=self.defaults,
             carry_columns=self.carry_columns,
-            origin=", ".join(origins),
+            origin=", ".join(dict.fromkeys(rows.files)),
+            locations=rows.locations,
+            price_usd=self.price_usd,
+            max_usd_per_run=self.max_usd_per_run,
         )
 
     # -- generations and plans -------------------------------------------------------------
@@ -177,6 +183,13 @@ class KreaImagePipeline:
             reconciled = await self.settle(client, krea, log=log)
             todo = await asyncio.to_thread(self.needs_submission, planned, batch, generation)
             estimate = sum(p.estimated_usd or 0.0 for p in todo)
+            unpriced = sum(p.estimated_usd is None for p in todo)
+            if self.max_usd_per_run is not None and unpriced:
+                raise BudgetExceededError(
+                    f"batch {batch!r}: {unpriced} new submission(s) have no known price, so "
+                    f"max_usd_per_run ${self.max_usd_per_run:.4f} cannot be enforced; nothing "
+                    "was submitted. Give price_usd (USD per request) or remove the cap."
+                )
             if self.max_usd_per_run is not None and estimate > self.max_usd_per_run:
                 raise BudgetExceededError(
                     f"batch {batch!r}: {len(todo)} new submission(s) estimated at "

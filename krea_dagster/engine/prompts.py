@@ -16,6 +16,12 @@ Columns:
 - anything else is carried into the manifest untouched, except a column that is a request
   field of another Krea model or looks like a misspelt field of this one: that is almost
   always a mistake, so it is reported (list it in ``carry_columns`` to keep it as data).
+  A column named like one the package writes (``prompt_key``, ``row``, ``request_json``,
+  ``estimated_usd``, ``status``, ...; see ``table_rules.RESERVED_COLUMNS``) is refused.
+
+Beyond the schema, the rules of ``krea_dagster.engine.table_rules`` apply (exact numbers, seed range,
+positive sizes, visible prompt text, fetchable image URLs). Problems name the file and its own
+line when the source gives them (``locations``); every echoed value is shortened.
 
 ``prompt_key`` is a hash of the model, the canonical request (parameters with the prompt) and
 the variant: reordering or adding rows does not change other rows' keys; changing anything
@@ -25,14 +31,25 @@ that is sent does.
 import difflib
 import hashlib
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from krea_dagster.api import catalog
+from krea_dagster.api.catalog import shorten
+from krea_dagster.engine.table_rules import (
+    RESERVED_COLUMNS,
+    exact_float,
+    image_reference_problems,
+    implied_bound_problems,
+    parse_number_text,
+    prompt_text_problem,
+    quoted,
+)
 
 __all__ = [
     "PROMPTS_TABLE_COLUMNS",
@@ -58,6 +75,11 @@ PROMPTS_TABLE_COLUMNS = (
     "estimated_usd",
 )
 MAX_LISTED_PROBLEMS = 200
+#: The error message lists at most this many problems (all of them are in ``problems``) ...
+MAX_PROBLEMS_IN_MESSAGE = 20
+#: ... and is never longer than this, whatever the table holds.
+MAX_MESSAGE_CHARS = 4000
+MAX_PROBLEM_CHARS = 600
 
 
 @dataclass(frozen=True)
@@ -68,16 +90,20 @@ class PromptProblem:
     column: str | None
     rule: str
     message: str
+    #: Where the row is in its file (``spring.csv line 7``), when the source knows.
+    location: str | None = None
 
     def __str__(self) -> str:
         where = []
-        if self.row is not None:
+        if self.location is not None:
+            where.append(self.location)
+        elif self.row is not None:
             where.append(f"row {self.row}")
         if self.column is not None:
-            where.append(f"column {self.column!r}")
+            where.append(f"column {quoted(self.column)}")
         location = ", ".join(where) or "table"
         rule = "" if self.message.endswith(f"({self.rule})") else f" ({self.rule})"
-        return f"{location}: {self.message}{rule}"
+        return shorten(f"{location}: {self.message}{rule}", MAX_PROBLEM_CHARS)
 
 
 class PromptValidationError(ValueError):
@@ -87,15 +113,31 @@ class PromptValidationError(ValueError):
         self.batch = batch
         self.problems = list(problems)
         self.origin = origin
-        listed = "\n".join(f"  - {problem}" for problem in self.problems[:MAX_LISTED_PROBLEMS])
-        more = len(self.problems) - MAX_LISTED_PROBLEMS
-        if more > 0:
-            listed += f"\n  ... and {more} more"
-        source = f" ({origin})" if origin else ""
-        super().__init__(
-            f"prompt batch {batch!r}{source} has {len(self.problems)} problem(s); nothing was "
-            f"submitted. Rows are numbered from 1 after the header.\n{listed}"
+        source = f" ({shorten(origin, 200)})" if origin else ""
+        numbering = (
+            "Lines are the file's own (the header is line 1)."
+            if any(problem.location for problem in self.problems)
+            else "Rows are numbered from 1 after the header."
         )
+        head = (
+            f"prompt batch {quoted(batch)}{source} has {len(self.problems)} problem(s); nothing "
+            f"was submitted. Fix them in the file and materialize the batch again. {numbering}"
+        )
+        lines: list[str] = []
+        size = len(head)
+        for problem in self.problems[:MAX_PROBLEMS_IN_MESSAGE]:
+            line = f"  - {problem}"
+            if size + len(line) > MAX_MESSAGE_CHARS - 200:
+                break
+            lines.append(line)
+            size += len(line) + 1
+        more = len(self.problems) - len(lines)
+        if more > 0:
+            lines.append(
+                f"  ... and {more} more (the step's 'problems' metadata lists up to "
+                f"{MAX_LISTED_PROBLEMS})"
+            )
+        super().__init__("\n".join([head, *lines]))
 
 
 @dataclass
@@ -134,17 +176,33 @@ def prepare_batch(
     defaults: Mapping[str, Any] | None = None,
     carry_columns: Sequence[str] = (),
     origin: str = "",
+    locations: Sequence[str] | None = None,
+    price_usd: float | None = None,
+    max_usd_per_run: float | None = None,
 ) -> PreparedBatch:
-    """Validate every row of a batch; raise ``PromptValidationError`` listing all problems."""
+    """Validate every row of a batch; raise ``PromptValidationError`` listing all problems.
+
+    ``locations`` names each row's place in its file (``spring.csv line 7``), in frame order.
+    ``price_usd`` is the USD price of one request, used instead of the catalog's price. With
+    ``max_usd_per_run`` set, a row whose price is unknown is a problem: no price, no budget.
+    """
     spec = catalog.get_model(model)
     fields = spec.fields
     prompt_required = PROMPT_COLUMN in spec.required
     problems: list[PromptProblem] = []
+    if locations is not None and len(locations) != len(frame):
+        raise ValueError(f"{len(locations)} locations for {len(frame)} rows")
+
+    def where(index: int) -> str | None:
+        return locations[index - 1] if locations is not None else None
 
     if PROMPT_COLUMN not in frame.columns and not prompt_required:
         frame = frame.assign(**{PROMPT_COLUMN: ""})
     if PROMPT_COLUMN not in frame.columns:
-        found = ", ".join(map(repr, frame.columns)) or "none"
+        shown = [quoted(column) for column in frame.columns[:20]]
+        if len(frame.columns) > 20:
+            shown.append(f"... {len(frame.columns) - 20} more")
+        found = ", ".join(shown) or "none"
         raise PromptValidationError(
             batch,
             [
@@ -160,7 +218,16 @@ def prepare_batch(
         )
     if frame.empty:
         raise PromptValidationError(
-            batch, [PromptProblem(None, None, "minItems", "the batch has no rows")], origin
+            batch,
+            [
+                PromptProblem(
+                    None,
+                    None,
+                    "minItems",
+                    "the batch has no rows; add one prompt per line under the header",
+                )
+            ],
+            origin,
         )
 
     parameter_columns, carried, column_problems = _classify_columns(
@@ -171,16 +238,26 @@ def prepare_batch(
     base = dict(defaults or {})
     default_problems = catalog.validate(model, {PROMPT_COLUMN: "x", **base}).problems
     # Only the defaults' own fields: required ones may come from the rows, checked per row.
-    for problem in (p for p in default_problems if p.field.split(".")[0].split("[")[0] in base):
+    default_references = dict(image_reference_problems(base))
+    for problem in (p for p in default_problems if _top_field(p.field) in base):
+        if problem.field in default_references and problem.rule == "format":
+            continue
         problems.append(
             PromptProblem(None, problem.field, problem.rule, f"in the defaults: {problem.message}")
         )
+    for name, rule, message in implied_bound_problems(base, fields):
+        problems.append(PromptProblem(None, name, rule, f"in the defaults: {message}"))
+    for path, message in default_references.items():
+        problems.append(PromptProblem(None, path, "imageReference", f"in the defaults: {message}"))
 
     records: list[dict[str, Any]] = []
     first_row_of_key: dict[str, int] = {}
     total = 0.0
     unpriced = 0
-    for index, row in enumerate(frame.to_dict(orient="records"), start=1):
+    first_unpriced: int | None = None
+    for index, raw_row in enumerate(frame.to_dict(orient="records"), start=1):
+        row = {name: _plain(value) for name, value in raw_row.items()}
+        location = where(index)
         row_problems: list[PromptProblem] = []
         raw_prompt = row.get(PROMPT_COLUMN)
         if not prompt_required and (_is_missing(raw_prompt) or str(raw_prompt).strip() == ""):
@@ -188,41 +265,63 @@ def prepare_batch(
         else:
             prompt = _prompt_cell(raw_prompt, index, row_problems)
         params: dict[str, Any] = dict(base)
+        own: set[str] = set()
         for column in parameter_columns:
             value = _coerce(row.get(column), fields[column], index, column, row_problems)
             if value is not _UNSET:
                 params[column] = value
+                own.add(column)
         if prompt is not None:
             if prompt:
                 params[PROMPT_COLUMN] = prompt
             result = catalog.validate(model, params)
+            # The image-reference rule says more than the schema's "format: uri" (and covers
+            # what that format lets through, such as Windows paths): it replaces that problem.
+            references = {
+                path: message
+                for path, message in image_reference_problems(result.params)
+                if _top_field(path) in own
+            }
             for problem in result.problems:
-                if problem.field.split(".")[0].split("[")[0] in base and problem.field not in row:
+                if _top_field(problem.field) in base and problem.field not in row:
                     continue  # already reported once for the defaults
+                if problem.field in references and problem.rule == "format":
+                    continue
                 row_problems.append(
                     PromptProblem(index, problem.field, problem.rule, problem.message)
                 )
             params = dict(result.params)
+            for name, rule, message in implied_bound_problems(params, fields):
+                if name in own:
+                    row_problems.append(PromptProblem(index, name, rule, message))
+            for path, message in references.items():
+                row_problems.append(PromptProblem(index, path, "imageReference", message))
         variant = _variant_cell(row.get(VARIANT_COLUMN))
-        problems.extend(row_problems)
+        problems.extend(
+            PromptProblem(p.row, p.column, p.rule, p.message, location) for p in row_problems
+        )
         if row_problems or prompt is None:
             continue
         key = prompt_key(model, params, variant)
         if key in first_row_of_key:
+            first = first_row_of_key[key]
             problems.append(
                 PromptProblem(
                     index,
                     None,
                     "unique",
-                    f"duplicate of row {first_row_of_key[key]} (same prompt and parameters); "
-                    "remove it, or give the rows different 'variant' values to generate both",
+                    f"duplicate of {where(first) or f'row {first}'} (same prompt and "
+                    "parameters); remove it, or give the rows different 'variant' values to "
+                    "generate both",
+                    location,
                 )
             )
             continue
         first_row_of_key[key] = index
-        cost = catalog.estimate_cost(model, params)
+        cost = price_usd if price_usd is not None else catalog.estimate_cost(model, params)
         if cost is None:
             unpriced += 1
+            first_unpriced = first_unpriced or index
         else:
             total += cost
         record = {
@@ -237,6 +336,19 @@ def prepare_batch(
             record[column] = row.get(column)
         records.append(record)
 
+    if max_usd_per_run is not None and first_unpriced is not None:
+        problems.append(
+            PromptProblem(
+                first_unpriced,
+                None,
+                "price",
+                f"no price is known for {model} ({unpriced} prompt(s) unpriced), so "
+                f"max_usd_per_run (${max_usd_per_run:g}) cannot be enforced: give price_usd=<USD "
+                "per request> to build_krea_image_assets (price_usd: in defs.yaml), or remove "
+                "max_usd_per_run",
+                where(first_unpriced),
+            )
+        )
     if problems:
         raise PromptValidationError(batch, problems, origin)
     table = pd.DataFrame.from_records(records, columns=[*PROMPTS_TABLE_COLUMNS, *carried])
@@ -291,7 +403,18 @@ def _classify_columns(
                 )
             )
             continue
-        if column in carry:
+        if column in RESERVED_COLUMNS and column not in model_fields:
+            problems.append(
+                PromptProblem(
+                    None,
+                    column,
+                    "reserved",
+                    f"{column!r} is a column krea-dagster writes itself (reserved: "
+                    f"{', '.join(sorted(RESERVED_COLUMNS))}); rename the column, e.g. "
+                    f"'my_{column}'",
+                )
+            )
+        elif column in carry:
             carried.append(column)
         elif column in model_fields:
             parameters.append(column)
@@ -301,7 +424,7 @@ def _classify_columns(
                     None,
                     column,
                     "additionalProperties",
-                    f"{column!r} is a request field of other Krea models but not of {model}; "
+                    f"{quoted(column)} is a request field of other Krea models but not of {model}; "
                     "remove the column, or list it in carry_columns to keep it as data",
                 )
             )
@@ -311,7 +434,7 @@ def _classify_columns(
                     None,
                     column,
                     "additionalProperties",
-                    f"unknown column {column!r}: did you mean {close[0]!r}? (or list it in "
+                    f"unknown column {quoted(column)}: did you mean {close[0]!r}? (or list it in "
                     "carry_columns to keep it as data)",
                 )
             )
@@ -323,6 +446,24 @@ def _classify_columns(
 # -- cells ----------------------------------------------------------------------------------
 
 _UNSET: Any = object()
+
+
+def _top_field(path: str) -> str:
+    """The request field a problem path is in: ``style_images[0].url`` -> ``style_images``."""
+    return path.split(".")[0].split("[")[0]
+
+
+def _plain(value: Any) -> Any:
+    """A cell as plain Python: numpy scalars and arrays (Parquet lists) become ints and lists."""
+    if isinstance(value, np.ndarray):
+        return [_plain(item) for item in value.tolist()]
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 def _is_missing(value: Any) -> bool:
@@ -344,7 +485,7 @@ def _prompt_cell(value: Any, row: int, problems: list[PromptProblem]) -> str | N
                 row,
                 PROMPT_COLUMN,
                 "type",
-                f"the prompt must be text, got {type(value).__name__} {value!r}",
+                f"the prompt must be text, got {type(value).__name__} {quoted(value)}",
             )
         )
         return None
@@ -352,6 +493,9 @@ def _prompt_cell(value: Any, row: int, problems: list[PromptProblem]) -> str | N
         problems.append(
             PromptProblem(row, PROMPT_COLUMN, "minLength", "the prompt is only whitespace")
         )
+        return None
+    if (problem := prompt_text_problem(value)) is not None:
+        problems.append(PromptProblem(row, PROMPT_COLUMN, "visibleText", problem))
         return None
     return value
 
@@ -369,55 +513,62 @@ def _coerce(value: Any, spec: Any, row: int, column: str, problems: list[PromptP
     if _is_missing(value):
         return _UNSET
     types = set(spec.types)
-    if hasattr(value, "item") and not isinstance(value, str):
-        value = value.item()  # numpy scalar from Parquet
+    if isinstance(value, Decimal):
+        value = str(value)  # a Parquet decimal column: read as exactly as its text
     if isinstance(value, str):
         text = value.strip()
         if "array" in types or "object" in types:
             try:
                 return json.loads(text)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 if "array" in types and "string" in _item_types(spec):
                     return [item.strip() for item in text.split(",") if item.strip()]
                 problems.append(
-                    PromptProblem(row, column, "type", f"{text!r} is not valid JSON for a list")
+                    PromptProblem(
+                        row, column, "type", f"{quoted(text)} is not valid JSON for a list"
+                    )
                 )
                 return _UNSET
         if types & {"number", "integer"}:
-            try:
-                number = float(text)
-            except ValueError:
+            number, problem = parse_number_text(text)
+            if problem is not None:
+                problems.append(PromptProblem(row, column, "type", problem))
+                return _UNSET
+            if number is None:
                 if "string" in types:
                     return text
-                problems.append(PromptProblem(row, column, "type", f"{text!r} is not a number"))
+                problems.append(
+                    PromptProblem(row, column, "type", f"{quoted(text)} is not a number")
+                )
                 return _UNSET
-            return _finite_number(number, types, row, column, problems)
+            return _whole_if_needed(number, types, row, column, problems)
         if "boolean" in types:
             lowered = text.lower()
             if lowered in ("true", "1", "yes"):
                 return True
             if lowered in ("false", "0", "no"):
                 return False
-            problems.append(PromptProblem(row, column, "type", f"{text!r} is not true or false"))
+            problems.append(
+                PromptProblem(row, column, "type", f"{quoted(text)} is not true or false")
+            )
             return _UNSET
         return text
     if isinstance(value, float | int) and not isinstance(value, bool):
         if types & {"number", "integer"}:
-            return _finite_number(float(value), types, row, column, problems)
+            number, problem = exact_float(value) if isinstance(value, float) else (value, None)
+            if problem is not None or number is None:
+                problems.append(PromptProblem(row, column, "type", problem or "not a number"))
+                return _UNSET
+            return _whole_if_needed(number, types, row, column, problems)
         if "string" in types:
             return _variant_cell(value)
     return value
 
 
-def _finite_number(
+def _whole_if_needed(
     number: float, types: set[str], row: int, column: str, problems: list[PromptProblem]
 ) -> Any:
-    if not math.isfinite(number):
-        problems.append(PromptProblem(row, column, "type", f"{number!r} is not a finite number"))
-        return _UNSET
-    if number.is_integer():
-        return int(number)
-    if "integer" in types and "number" not in types:
+    if isinstance(number, float) and "integer" in types and "number" not in types:
         problems.append(PromptProblem(row, column, "type", f"{number!r} is not a whole number"))
         return _UNSET
     return number

@@ -20,6 +20,12 @@ def run_coroutine(coroutine: Coroutine[Any, Any, T]) -> T:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
+        running = False
+    else:
+        running = True
+    if not running:
+        # Outside the except block, so an error of the coroutine is not chained to the
+        # "no running event loop" RuntimeError that only meant "use asyncio.run".
         return asyncio.run(coroutine)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="krea-dagster") as pool:
         return pool.submit(asyncio.run, coroutine).result()

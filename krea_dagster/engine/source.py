@@ -7,22 +7,57 @@ guessed at.
 
 Each batch has a content hash computed from its rows, so a discovery sensor can tell a changed
 batch from an unchanged one without looking at modification times.
+
+A CSV row with more or fewer fields than the header is refused (never shifted or padded), and
+so are duplicate column names; every row keeps its place in its file (``spring.csv line 7``,
+the header being line 1; ``x.parquet row 3``) so problems name it even when a ``batch`` column
+splits the file. Files that are not read (``notes.txt``, a spreadsheet, a folder) are listed by
+``skipped()`` with the reason.
 """
 
+import csv
 import hashlib
+import io
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from upath import UPath
 
-__all__ = ["BATCH_COLUMN", "BatchInfo", "PromptSource", "PromptSourceError"]
+from krea_dagster.api.catalog import shorten
+
+__all__ = [
+    "BATCH_COLUMN",
+    "BatchInfo",
+    "BatchRows",
+    "PromptSource",
+    "PromptSourceError",
+    "batch_name_problem",
+]
 
 BATCH_COLUMN = "batch"
 SUPPORTED_SUFFIXES = (".csv", ".parquet", ".pq")
 BATCH_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+SPREADSHEET_SUFFIXES = (".xlsx", ".xls", ".xlsm", ".ods", ".numbers")
+#: Most badly shaped lines one error lists (it counts the rest).
+MAX_LISTED_LINES = 10
+#: Largest CSV cell read (the csv module's default limit is 128 KiB).
+MAX_CELL_CHARS = 16 * 1024 * 1024
+
+
+def batch_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a batch (a dynamic partition key), or None when it can."""
+    if BATCH_KEY_RE.match(name):
+        return None
+    return (
+        f"batch name {shorten(name)!r} is not a valid partition key: use letters, digits, "
+        "'_', '-' or '.' (at most 128 characters, not starting with a symbol) in the file name "
+        "or batch column"
+    )
 
 
 class PromptSourceError(ValueError):
@@ -41,10 +76,19 @@ class BatchInfo:
 
 @dataclass(frozen=True)
 class BatchProblem:
-    """A file that could not become a batch, and why."""
+    """A file that could not become a batch (or was not read at all), and why."""
 
     file: str
     message: str
+
+
+@dataclass(frozen=True)
+class BatchRows:
+    """The rows of one batch, where each came from (``spring.csv line 7``), and the files."""
+
+    frame: pd.DataFrame
+    locations: tuple[str, ...]
+    files: tuple[str, ...]
 
 
 class PromptSource:
@@ -81,6 +125,34 @@ class PromptSource:
             key=lambda entry: entry.name,
         )
 
+    def skipped(self) -> list[BatchProblem]:
+        """Entries of the directory that are not read as prompt tables, each with the reason."""
+        root = self.path
+        if not root.exists():
+            return []
+        skipped = []
+        for entry in sorted(root.iterdir(), key=lambda entry: entry.name):
+            name = entry.name
+            suffix = entry.suffix.lower()
+            if entry.is_dir():
+                reason = "a folder: sub-folders are not read; move its files up to use them"
+            elif name.startswith("."):
+                reason = "a hidden file (its name starts with '.'): not read"
+            elif suffix in SUPPORTED_SUFFIXES:
+                continue
+            elif suffix in SPREADSHEET_SUFFIXES:
+                reason = (
+                    "a spreadsheet: not read; save it as 'CSV UTF-8' (or Parquet) in this folder "
+                    "to use it"
+                )
+            else:
+                reason = (
+                    f"not a prompt table: only {', '.join(SUPPORTED_SUFFIXES)} files are read; "
+                    "rename it if it is a CSV table, or move it out of the folder"
+                )
+            skipped.append(BatchProblem(shorten(name, 120), f"skipped, {reason}"))
+        return skipped
+
     def scan(self) -> tuple[dict[str, BatchInfo], list[BatchProblem]]:
         """Every batch in the source with its content hash, and the files that are not usable."""
         batches: dict[str, tuple[list[str], list[str], int]] = {}
@@ -92,15 +164,8 @@ class PromptSource:
                 problems.append(BatchProblem(file.name, str(error)))
                 continue
             for batch, part in self._split(file, frame):
-                if not BATCH_KEY_RE.match(batch):
-                    problems.append(
-                        BatchProblem(
-                            file.name,
-                            f"batch name {batch!r} is not a valid partition key: use letters, "
-                            "digits, '_', '-' or '.' (at most 128 characters, not starting "
-                            "with a symbol) in the file name or batch column",
-                        )
-                    )
+                if (problem := batch_name_problem(batch)) is not None:
+                    problems.append(BatchProblem(file.name, problem))
                     continue
                 files, digests, rows = batches.setdefault(batch, ([], [], 0))
                 files.append(file.name)
@@ -119,28 +184,53 @@ class PromptSource:
 
     def read_batch(self, batch: str) -> tuple[pd.DataFrame, tuple[str, ...]]:
         """The rows of one batch (in file order) and the files they came from."""
+        rows = self.read_batch_rows(batch)
+        return rows.frame, rows.files
+
+    def read_batch_rows(self, batch: str) -> BatchRows:
+        """The rows of one batch, each with its place in its file, and the files.
+
+        The batch name is checked by the rule discovery applies, so a partition added by hand
+        cannot bypass it.
+        """
+        if (problem := batch_name_problem(batch)) is not None:
+            raise PromptSourceError(
+                f"{problem}; rename the file (or the batch column's value) and add that "
+                "partition instead"
+            )
         parts: list[pd.DataFrame] = []
         origins: list[str] = []
+        locations: list[str] = []
         for file in self.files():
             frame = read_table(file)
+            unit = "line" if file.suffix.lower() == ".csv" else "row"
             for name, part in self._split(file, frame):
                 if name == batch:
                     parts.append(part.drop(columns=[self.batch_column], errors="ignore"))
                     origins.append(file.name)
+                    locations.extend(f"{file.name} {unit} {number}" for number in part.index)
         if not parts:
             raise PromptSourceError(
                 f"batch {batch!r} is not in {self.directory}: add {batch}.csv (or rows with "
                 f"{self.batch_column}={batch}) or remove the partition"
             )
-        return pd.concat(parts, ignore_index=True), tuple(origins)
+        return BatchRows(pd.concat(parts, ignore_index=True), tuple(locations), tuple(origins))
 
     def _split(self, file: UPath, frame: pd.DataFrame) -> Iterator[tuple[str, pd.DataFrame]]:
+        """The batches of one file; each part keeps the file's line numbers as its index."""
         if self.batch_column not in frame.columns:
             yield file.stem, frame
             return
         for value, part in frame.groupby(self.batch_column, sort=True, dropna=False):
-            name = "" if pd.isna(value) else str(value).strip()
-            yield name or file.stem, part.reset_index(drop=True)
+            name = "" if _is_missing(value) else str(value).strip()
+            yield name or file.stem, part
+
+
+def _is_missing(value: Any) -> bool:
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
 
 
 def read_table(file: UPath | Path) -> pd.DataFrame:
@@ -148,7 +238,9 @@ def read_table(file: UPath | Path) -> pd.DataFrame:
 
     CSV cells are read as text and empty cells as missing, so that "NaN" typed into a cell is
     reported as a bad value instead of silently meaning "no value"; typing happens during
-    validation, against the model's field types.
+    validation, against the model's field types. The index is each row's place in the file:
+    its line for CSV (the header is line 1; a quoted cell may span lines, the row's first line
+    counts), its 1-based row for Parquet.
     """
     suffix = file.suffix.lower()
     try:
@@ -162,29 +254,102 @@ def read_table(file: UPath | Path) -> pd.DataFrame:
                     f"{file.name}: not valid UTF-8 (byte {error.start}: {raw[error.start : error.start + 1]!r}); "
                     "save the file as UTF-8 (in Excel: 'CSV UTF-8')"
                 ) from None
-            import io
-
-            return pd.read_csv(
-                io.StringIO(text),
-                dtype=str,
-                keep_default_na=False,
-                na_values=[""],
-                skipinitialspace=False,
-            )
+            return _read_csv_text(text, file.name)
         with file.open("rb") as handle:
-            return pd.read_parquet(handle)
+            frame = pd.read_parquet(handle)
+        frame.index = pd.RangeIndex(1, len(frame) + 1)
+        return frame
     except PromptSourceError:
         raise
-    except pd.errors.EmptyDataError:
-        raise PromptSourceError(
-            f"{file.name}: the file is empty; add a header row with a 'prompt' column"
-        ) from None
-    except pd.errors.ParserError as error:
-        raise PromptSourceError(f"{file.name}: not a well-formed CSV table ({error})") from None
     except (OSError, ValueError) as error:
+        detail = shorten(f"{type(error).__name__}: {error}", 300)
+        raise PromptSourceError(f"{file.name}: cannot be read ({detail})") from None
+
+
+@contextmanager
+def _csv_cell_limit(limit: int) -> Iterator[None]:
+    previous = csv.field_size_limit(limit)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
+
+
+def _read_csv_text(text: str, name: str) -> pd.DataFrame:
+    """A CSV table whose every row has exactly the header's fields, indexed by file line."""
+    records: list[list[str]] = []
+    lines: list[int] = []
+    header: list[str] | None = None
+    bad: list[str] = []
+    bad_count = 0
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    with _csv_cell_limit(MAX_CELL_CHARS):
+        try:
+            while True:
+                start = reader.line_num + 1
+                try:
+                    fields = next(reader)
+                except StopIteration:
+                    break
+                if not fields:
+                    continue  # a blank line
+                if header is None:
+                    header = fields
+                    header_line = start
+                    continue
+                if len(fields) != len(header):
+                    bad_count += 1
+                    if len(bad) < MAX_LISTED_LINES:
+                        bad.append(
+                            f"line {start} has {len(fields)} field(s), the header "
+                            f"(line {header_line}) has {len(header)}"
+                        )
+                    continue
+                records.append(fields)
+                lines.append(start)
+        except csv.Error as error:
+            raise PromptSourceError(
+                f"{name}: not a well-formed CSV table at line {reader.line_num} "
+                f"({shorten(str(error), 200)}); check the quotes around that line (a cell "
+                'holding a quote is written "a ""quoted"" word")'
+            ) from None
+    if header is None:
         raise PromptSourceError(
-            f"{file.name}: cannot be read ({type(error).__name__}: {error})"
-        ) from None
+            f"{name}: the file is empty; add a header row with a 'prompt' column"
+        )
+    if bad_count:
+        more = f"; and {bad_count - len(bad)} more line(s)" if bad_count > len(bad) else ""
+        raise PromptSourceError(
+            f"{name}: {bad_count} row(s) do not have as many fields as the header: "
+            + "; ".join(bad)
+            + more
+            + '. Nothing of the file is used: quote cells that contain commas ("a, b"), and '
+            "give every row one field per column (an empty cell is fine: a,,c)"
+        )
+    seen: dict[str, int] = {}
+    for position, column in enumerate(header, start=1):
+        if column and column in seen:
+            raise PromptSourceError(
+                f"{name}: column {shorten(column)!r} appears twice in the header (columns "
+                f"{seen[column]} and {position}); rename or remove one"
+            )
+        seen[column] = position
+    frame = pd.DataFrame(records, columns=range(len(header)), index=lines, dtype=object)
+    frame = frame.where(frame != "", None)
+    keep = []
+    for position, column in enumerate(header):
+        if column.strip():
+            keep.append(position)
+            continue
+        values = frame[position].dropna()
+        if not values.empty:
+            raise PromptSourceError(
+                f"{name}: column {position + 1} has no name in the header but holds values "
+                f"(first at line {values.index[0]}); name it or delete it"
+            )
+    frame = frame[keep]
+    frame.columns = [header[position] for position in keep]
+    return frame
 
 
 def _frame_digest(frame: pd.DataFrame) -> str:

@@ -112,3 +112,72 @@ def test_duplicate_deliveries_share_a_dedupe_key() -> None:
     first = parse_webhook(json.dumps(SAMPLE_JOB_COMPLETED))
     second = parse_webhook(json.dumps(SAMPLE_JOB_COMPLETED).encode())
     assert first.dedupe_key == second.dedupe_key == (TEST_JOB_ID, "completed")
+
+
+def _nested_job(depth: int) -> str:
+    """A job body whose ``result.extra`` holds ``depth`` nested lists."""
+    job = json.dumps(make_job(status="completed"))
+    return job[:-1] + ', "extra": ' + "[" * depth + "]" * depth + "}"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "[" * 100_000,
+        "[" * 100_000 + "]" * 100_000,
+        '{"a":' * 50_000 + "1" + "}" * 50_000,
+        _nested_job(200),
+        _nested_job(5_000).encode(),
+    ],
+    ids=["unclosed-lists", "closed-lists", "objects", "job-200-deep", "job-5000-deep-bytes"],
+)
+def test_deeply_nested_webhook_bodies_are_malformed_not_a_recursion_error(raw: str | bytes) -> None:
+    """A body nested deeper than a job can be raises MalformedPayloadError, never RecursionError."""
+    with pytest.raises(MalformedPayloadError, match=r"nested deeper|not JSON") as raised:
+        parse_webhook(raw)
+    assert len(str(raised.value)) < 300
+
+
+def test_a_job_with_modest_nesting_still_parses() -> None:
+    """A job body with a few nested levels (well under the limit) parses as before."""
+    assert parse_webhook(_nested_job(10)).job_id == TEST_JOB_ID
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
+    """Brackets and escaped quotes inside JSON strings are text, not nesting."""
+    body = make_job(status="completed", error={"message": '[{"\\' * 5_000})
+    assert parse_webhook(json.dumps(body)).job_id == TEST_JOB_ID
+
+
+def test_an_oversized_webhook_body_is_malformed() -> None:
+    """A body far larger than any job is refused before parsing, with a short message."""
+    body = make_job(status="completed", error={"message": "x" * 2_000_000})
+    with pytest.raises(MalformedPayloadError, match="more than a Krea job") as raised:
+        parse_webhook(json.dumps(body))
+    assert len(str(raised.value)) < 300
+
+
+def test_confirm_webhook_refuses_an_answer_about_another_job(
+    fake: FakeKrea, clock: FakeClock
+) -> None:
+    """When GET /jobs/{id} answers with a different job id, the webhook is not confirmed."""
+    claimed = json.dumps(make_job(status="completed")).encode()
+    other = make_job("99999999-0000-4000-8000-000000000000", status="completed")
+    fake.on("GET", JOB_PATH, httpx.Response(200, json=other))
+    with (
+        make_client(fake, clock) as krea,
+        pytest.raises(MalformedPayloadError, match="answered with another job"),
+    ):
+        confirm_webhook(krea, claimed)
+
+
+@pytest.mark.anyio
+async def test_aconfirm_webhook_refuses_an_answer_about_another_job(
+    fake: FakeKrea, clock: FakeClock
+) -> None:
+    """The async twin compares the confirmed job's id with the claimed one too."""
+    other = make_job("99999999-0000-4000-8000-000000000000", status="completed")
+    fake.on("GET", JOB_PATH, httpx.Response(200, json=other))
+    async with make_async_client(fake, clock) as krea:
+        with pytest.raises(MalformedPayloadError, match="answered with another job"):
+            await aconfirm_webhook(krea, json.dumps(SAMPLE_JOB_COMPLETED))

@@ -220,3 +220,57 @@ def test_a_yaml_workflow_chains_steps_over_a_table_asset(tmp_path, monkeypatch, 
             assert manifest["status"].tolist() == ["completed"]
             assert (manifest["width"][0], manifest["height"][0]) == (2048, 2048)
     assert emulator.stats()["uploads"] == 2  # the photo, then the edit
+
+
+@pytest.mark.parametrize(
+    ("price_line", "succeeds"), [("", False), ("price_usd: 0.02", True)], ids=["no-price", "price"]
+)
+def test_yaml_price_usd_lets_a_capped_instance_use_an_unpriced_model(
+    tmp_path, monkeypatch, emulator, price_line, succeeds
+):
+    """Under max_usd_per_run, a model without a catalog price needs price_usd: in defs.yaml."""
+    monkeypatch.setenv("KREA_API_KEY", emulator.token)
+    with create_defs_folder_sandbox() as sandbox:
+        folder = sandbox.defs_folder_path / "edits"
+        (folder / "prompts").mkdir(parents=True)
+        (folder / "prompts" / "b1.csv").write_text(
+            "prompt,image_url\nsharper,https://example.com/a.png\n", encoding="utf-8"
+        )
+        (folder / "defs.yaml").write_text(
+            textwrap.dedent(
+                f"""
+                type: krea_dagster.KreaImagesComponent
+                attributes:
+                  name_prefix: edits
+                  prompts: prompts
+                  image_model: bytedance/seededit
+                  store: images
+                  ledger: sqlite:///{tmp_path / "edits.db"}
+                  max_usd_per_run: 1
+                  {price_line}
+                  krea:
+                    api_key: "{{{{ env.KREA_API_KEY }}}}"
+                    base_url: {emulator.base_url}
+                """
+            ),
+            encoding="utf-8",
+        )
+        with sandbox.build_all_defs() as defs, dg.instance_for_test() as instance:
+            instance.add_dynamic_partitions("edits_batches", ["b1"])
+            job = defs.resolve_implicit_global_asset_job_def()
+            result = job.execute_in_process(
+                partition_key="b1",
+                instance=instance,
+                asset_selection=[dg.AssetKey(["edits", "prompts"])],
+                raise_on_error=False,
+            )
+            assert result.success is succeeds
+            if not succeeds:
+                failure = result.get_step_failure_events()[0].step_failure_data
+                assert "no price is known for bytedance/seededit" in (
+                    failure.user_failure_data.description
+                )
+            else:
+                prompts = result.output_for_node("edits__prompts")
+                assert prompts["estimated_usd"].tolist() == [0.02]
+    assert emulator.stats()["requests_by_route"] == {}

@@ -94,7 +94,7 @@ def test_changed_batch_pays_only_for_new_and_changed_rows(
 def test_invalid_batch_makes_no_api_call_and_names_every_bad_row(
     build, emulator, krea, instance, prompts_dir
 ):
-    """A batch with bad rows fails in prompts, listing each row and rule, and Krea sees no request."""
+    """A batch with bad rows fails in prompts, listing each file line and rule, and Krea sees no request."""
     write_batch(
         prompts_dir,
         "bad",
@@ -111,10 +111,11 @@ def test_invalid_batch_makes_no_api_call_and_names_every_bad_row(
     assert not result.success
     failure = result.get_step_failure_events()[0].step_failure_data.user_failure_data
     message = failure.description
-    assert "row 2" in message and "the prompt is empty" in message
-    assert "row 3" in message and "maximum" in message
-    assert "row 4" in message and "maxLength" in message
-    assert "row 5" in message and "duplicate of row 1" in message
+    # The file's own lines: the header is line 1, so data row N is line N + 1.
+    assert "bad.csv line 3" in message and "the prompt is empty" in message
+    assert "bad.csv line 4" in message and "maximum" in message
+    assert "bad.csv line 5" in message and "maxLength" in message
+    assert "bad.csv line 6" in message and "duplicate of bad.csv line 2" in message
     assert emulator.stats()["requests_by_route"] == {}
 
 

@@ -1,0 +1,819 @@
+"""Bad prompt tables materialized against the emulator: refused with file, line and rule, no POST.
+
+Each class of issue 11 has cases here that go through the real asset path (``dg.materialize``
+of prompts, jobs and images against the emulator over HTTP): the run fails with a message that
+names where the problem is, which rule it breaks and what to do, and the emulator's counters
+show that no job was created. Odd but valid tables (Parquet lists, exact integers, a price
+override) are checked to be sent exactly as validated.
+"""
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+import pytest
+from dagster._serdes import serialize_value
+
+from krea_dagster import KreaResource, build_krea_sensors
+from krea_dagster.engine.manifest import MANIFEST_COLUMNS
+from krea_dagster.engine.prompts import (
+    PROMPTS_TABLE_COLUMNS,
+    PromptValidationError,
+    prepare_batch,
+)
+from krea_dagster.engine.source import PromptSource, PromptSourceError, read_table
+from krea_dagster.engine.table_rules import (
+    RESERVED_COLUMNS,
+    SEED_MAX,
+    check_image_reference,
+    parse_number_text,
+)
+
+from .conftest import manifest_of, materialize
+
+# "No message longer than a few KB, however large the input."
+MAX_MESSAGE_CHARS = 6_000
+NANO = "google/nano-banana"  # width/height without a minimum in the schema, image_urls[]
+SEEDEDIT = "bytedance/seededit"  # no price in the catalog
+HUGE = 100_000
+
+
+def csv_text(header: list[str], *rows: list[Any]) -> str:
+    """A CSV text written by the csv module (cells quoted as needed), one line per row."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_files(directory: Path, files: dict[str, Any]) -> None:
+    for name, content in files.items():
+        path = directory / name
+        if isinstance(content, pd.DataFrame):
+            content.to_parquet(path)
+        elif isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8", newline="")
+
+
+def posts(emulator) -> int:
+    """POST requests the emulator answered (generation requests are the only POSTs)."""
+    routes = emulator.stats()["requests_by_route"]
+    return sum(count for route, count in routes.items() if route.startswith("POST"))
+
+
+def failure_message(result: dg.ExecuteInProcessResult) -> tuple[str, str]:
+    """(step key, message) of the run's first failed step."""
+    failures = result.get_step_failure_events()
+    assert failures, "the run failed outside any step"
+    data = failures[0].step_failure_data
+    message = data.user_failure_data.description if data.user_failure_data else data.error.message
+    return failures[0].step_key, message
+
+
+def run_refused(build, emulator, krea, instance, prompts_dir, files, batch, **build_kwargs):
+    """Materialize a bad batch; assert the run fails with a short message and Krea saw no POST."""
+    write_files(prompts_dir, files)
+    assets = build(**build_kwargs)
+    result = materialize(assets, batch, instance=instance, krea=krea)
+    assert not result.success
+    step, message = failure_message(result)
+    assert posts(emulator) == 0
+    assert emulator.stats()["jobs_created"] == 0
+    assert len(message) < MAX_MESSAGE_CHARS, len(message)
+    assert "Traceback" not in message and "Error:" not in message.split("\n")[0]
+    return step, message, result
+
+
+CASES = [
+    # 1. a column named like one the package writes would replace the validated value
+    pytest.param(
+        {"b.csv": csv_text(["prompt", "prompt_key"], ["a cat", "deadbeef"])},
+        "b",
+        {},
+        ["column 'prompt_key'", "krea-dagster writes itself", "rename the column"],
+        id="1-reserved-prompt_key",
+    ),
+    pytest.param(
+        {"b.csv": csv_text(["prompt", "estimated_usd"], ["a cat", "0"], ["a dog", "0"])},
+        "b",
+        {"max_usd_per_run": 0.5},
+        ["column 'estimated_usd'", "(reserved)"],
+        id="1-reserved-estimated_usd-under-a-cap",
+    ),
+    pytest.param(
+        {"b.csv": csv_text(["prompt", "request_json"], ["a cat", '{"prompt": "a dog"}'])},
+        "b",
+        {},
+        ["column 'request_json'", "(reserved)"],
+        id="1-reserved-request_json",
+    ),
+    pytest.param(
+        {"b.csv": csv_text(["prompt", "row"], ["a cat", "7"])},
+        "b",
+        {},
+        ["column 'row'", "(reserved)"],
+        id="1-reserved-row",
+    ),
+    pytest.param(
+        {"b.csv": csv_text(["prompt", "status"], ["a cat", "ok"])},
+        "b",
+        {"carry_columns": ["status"]},
+        ["column 'status'", "(reserved)"],
+        id="1-reserved-even-in-carry_columns",
+    ),
+    pytest.param(
+        {"b.csv": "prompt,width,width\na cat,512,768\n"},
+        "b",
+        {},
+        ["b.csv", "'width' appears twice", "rename or remove one"],
+        id="1-duplicate-header-name",
+    ),
+    # 2. a row with more or fewer fields than the header is refused, naming its line
+    pytest.param(
+        {"b.csv": 'prompt,width\n"a cat, with a hat",512\na dog, with a bone,512\n'},
+        "b",
+        {},
+        ["b.csv", "line 3 has 3 field(s)", "header (line 1) has 2", "quote cells"],
+        id="2-one-field-too-many",
+    ),
+    pytest.param(
+        {"b.csv": "prompt,width\nx,a cat,512\ny,a dog,512\n"},
+        "b",
+        {},
+        ["line 2 has 3 field(s)", "line 3 has 3 field(s)"],
+        id="2-every-row-one-too-many",
+    ),
+    pytest.param(
+        {"b.csv": "prompt,width,height\na cat,512,512\na dog,512\n"},
+        "b",
+        {},
+        ["line 3 has 2 field(s)", "header (line 1) has 3"],
+        id="2-one-field-too-few",
+    ),
+    pytest.param(
+        {"b.csv": 'prompt,width\n"two\nlines",512\na cat,512,1\n'},
+        "b",
+        {},
+        ["line 4 has 3 field(s)"],
+        id="2-line-after-a-multiline-cell",
+    ),
+    # 3. errors name the file and its own line, also when a batch column splits the file
+    pytest.param(
+        {
+            "many.csv": csv_text(
+                ["prompt", "batch", "width"],
+                ["a", "b1", "512"],
+                ["b", "b2", "512"],
+                ["c", "b1", "512"],
+                ["d", "b2", "512"],
+                ["e", "b1", "99999"],
+            )
+        },
+        "b1",
+        {},
+        ["many.csv line 6, column 'width'", "maximum", "the header is line 1"],
+        id="3-batch-column-keeps-file-lines",
+    ),
+    pytest.param(
+        {"b.csv": "prompt,width\n\na cat,512\n\na dog,99999\n"},
+        "b",
+        {},
+        ["b.csv line 5, column 'width'"],
+        id="3-blank-lines-count",
+    ),
+    pytest.param(
+        {"many.csv": csv_text(["prompt", "batch"], ["x", "b1"], ["y", "b2"], ["x", "b1"])},
+        "b1",
+        {},
+        ["many.csv line 4: duplicate of many.csv line 2"],
+        id="3-duplicate-names-the-first-line",
+    ),
+    pytest.param(
+        {
+            "b1.csv": csv_text(["prompt"], ["fine"]),
+            "many.csv": csv_text(["prompt", "batch"], ["ok", "b2"], ["\x01\x02", "b1"]),
+        },
+        "b1",
+        {},
+        ["many.csv line 3, column 'prompt'", "no visible character"],
+        id="3-two-files-one-batch",
+    ),
+    # 4. Parquet lists are ordinary values (a bad item is refused by its rule, no crash)
+    pytest.param(
+        {
+            "b.parquet": pd.DataFrame(
+                {
+                    "prompt": ["a cat", "a dog"],
+                    "image_urls": [["https://example.com/a.png"], ["/home/me/dog.png"]],
+                }
+            )
+        },
+        "b",
+        {"model": NANO},
+        ["b.parquet row 2, column 'image_urls[0]'", "local path", "build_krea_workflow"],
+        id="4-parquet-list-with-a-local-path",
+    ),
+    pytest.param(
+        {"b.parquet": pd.DataFrame({"prompt": ["a cat"], "width": [[512, 512]]})},
+        "b",
+        {},
+        ["b.parquet row 1", "column 'width'", "is not of type number"],
+        id="4-parquet-list-in-a-number-field",
+    ),
+    # 5. echoed values are shortened, whatever their size
+    pytest.param(
+        {"b.csv": csv_text(["prompt", "width"], ["a cat", "9x" * (HUGE // 2)])},
+        "b",
+        {},
+        ["b.csv line 2, column 'width'", "(100000 characters)", "is not a number"],
+        id="5-huge-cell-in-a-number-column",
+    ),
+    pytest.param(
+        {"b.csv": csv_text(["prompt"], ["p" * HUGE])},
+        "b",
+        {},
+        ["b.csv line 2", "maxLength"],
+        id="5-huge-prompt",
+    ),
+    pytest.param(
+        {"b.csv": csv_text(["prompt", "image_urls"], ["a cat", "u" * HUGE])},
+        "b",
+        {"model": NANO},
+        ["b.csv line 2", "(100000 characters)", "is not an image URL"],
+        id="5-huge-image-reference",
+    ),
+    pytest.param(
+        {"b.csv": csv_text(["prompt", "width"], *[[f"p{i}", "wide"] for i in range(5_000)])},
+        "b",
+        {},
+        ["5000 problem(s)", "b.csv line 2, column 'width'", "more (the step's 'problems'"],
+        id="5-five-thousand-bad-rows",
+    ),
+    pytest.param(
+        {"b.csv": csv_text(["prompt", "style_images"], ["a cat", "[" * HUGE])},
+        "b",
+        {},
+        ["b.csv line 2, column 'style_images'", "not valid JSON"],
+        id="5-deeply-nested-json-cell",
+    ),
+    # 6. integers are exact and within what Krea accepts
+    pytest.param(
+        {"b.csv": csv_text(["prompt", "seed"], ["a cat", "12345678901234567"])},
+        "b",
+        {},
+        ["b.csv line 2, column 'seed'", "12345678901234567 is above 4294967295"],
+        id="6-seed-17-digits",
+    ),
+    pytest.param(
+        {"b.csv": csv_text(["prompt", "seed"], ["a cat", "9" * 300])},
+        "b",
+        {},
+        ["column 'seed'", "a number of 300 characters"],
+        id="6-seed-300-digits",
+    ),
+    pytest.param(
+        {"b.csv": csv_text(["prompt", "seed"], ["a cat", "-1"])},
+        "b",
+        {},
+        ["column 'seed'", "-1 is below 0", "Krea's seeds"],
+        id="6-seed-negative",
+    ),
+    pytest.param(
+        {"b.csv": csv_text(["prompt", "seed"], ["a cat", "1.5"])},
+        "b",
+        {},
+        ["column 'seed'", "1.5 is not a whole number"],
+        id="6-seed-fraction",
+    ),
+    pytest.param(
+        {"b.csv": csv_text(["prompt", "steps"], ["a cat", "1e400"])},
+        "b",
+        {},
+        ["column 'steps'", "outside every field's range"],
+        id="6-huge-exponent",
+    ),
+    pytest.param(
+        {"b.parquet": pd.DataFrame({"prompt": ["a cat"], "seed": [1e17]})},
+        "b",
+        {},
+        ["b.parquet row 1, column 'seed'", "float too large to hold a whole number exactly"],
+        id="6-parquet-float-seed",
+    ),
+    pytest.param(
+        {"b.parquet": pd.DataFrame({"prompt": ["a cat"], "seed": [2**40]})},
+        "b",
+        {},
+        ["b.parquet row 1, column 'seed'", f"{2**40} is above 4294967295"],
+        id="6-parquet-int-seed-out-of-range",
+    ),
+    pytest.param(
+        {"b.csv": csv_text(["prompt"], ["a cat"])},
+        "b",
+        {"defaults": {"seed": -3}},
+        ["column 'seed'", "in the defaults: -3 is below 0"],
+        id="6-seed-in-the-defaults",
+    ),
+    # 7. no price means no budget
+    pytest.param(
+        {"b.csv": csv_text(["prompt", "image_url"], ["a cat", "https://example.com/a.png"])},
+        "b",
+        {"model": SEEDEDIT, "max_usd_per_run": 1.0},
+        ["b.csv line 2", "no price is known for bytedance/seededit", "give price_usd="],
+        id="7-unpriced-model-under-a-cap",
+    ),
+    # 8. values Krea refuses or cannot use
+    pytest.param(
+        {"b.csv": csv_text(["prompt"], ["\x01\x02\x7f"])},
+        "b",
+        {},
+        ["b.csv line 2, column 'prompt'", "no visible character"],
+        id="8-control-character-prompt",
+    ),
+    pytest.param(
+        {"b.csv": csv_text(["prompt"], ["\u200b\u200b"])},
+        "b",
+        {},
+        ["no visible character"],
+        id="8-zero-width-space-prompt",
+    ),
+    pytest.param(
+        {"b.csv": csv_text(["prompt", "width", "height"], ["a cat", "0", "512"])},
+        "b",
+        {"model": NANO},
+        ["b.csv line 2, column 'width'", "0 is below 1", "positive whole number"],
+        id="8-zero-width-without-a-schema-bound",
+    ),
+    pytest.param(
+        {"b.csv": csv_text(["prompt", "width", "height"], ["a cat", "512", "-5"])},
+        "b",
+        {"model": NANO},
+        ["column 'height'", "-5 is below 1"],
+        id="8-negative-height-without-a-schema-bound",
+    ),
+    pytest.param(
+        {"b.csv": csv_text(["prompt", "width", "height"], ["a cat", "512.5", "512"])},
+        "b",
+        {"model": NANO},
+        ["column 'width'", "512.5 is not a whole number"],
+        id="8-fractional-width",
+    ),
+    pytest.param(
+        {"b.csv": csv_text(["prompt", "image_urls"], ["a cat", "s3://bucket/cat.png"])},
+        "b",
+        {"model": NANO},
+        ["column 'image_urls[0]'", "s3:// location", "build_krea_workflow"],
+        id="8-s3-uri",
+    ),
+    pytest.param(
+        {"b.csv": csv_text(["prompt", "image_urls"], ["a cat", "images/cat.png"])},
+        "b",
+        {"model": NANO},
+        ["column 'image_urls[0]'", "is a local path", "build_krea_workflow"],
+        id="8-relative-path",
+    ),
+    pytest.param(
+        {"b.csv": csv_text(["prompt", "image_url"], ["a cat", "C:\\images\\cat.png"])},
+        "b",
+        {},
+        ["column 'image_url'", "is a local path"],
+        id="8-windows-path-passes-format-uri",
+    ),
+    pytest.param(
+        {"b.csv": csv_text(["prompt", "image_url"], ["a cat", "file:///tmp/cat.png"])},
+        "b",
+        {},
+        ["column 'image_url'", "file:// location"],
+        id="8-file-uri",
+    ),
+    pytest.param(
+        {
+            "b.csv": csv_text(
+                ["prompt", "style_images"], ["a cat", '[{"url": "/tmp/s.png", "strength": 0.5}]']
+            )
+        },
+        "b",
+        {},
+        ["column 'style_images[0].url'", "is a local path"],
+        id="8-nested-style-image-path",
+    ),
+    pytest.param(
+        {"b.csv": csv_text(["prompt", "image_urls"], ["a cat", "not-a-url"])},
+        "b",
+        {"model": NANO},
+        ["column 'image_urls[0]'", "is not an image URL"],
+        id="8-not-a-url",
+    ),
+    pytest.param(
+        {"b.csv": csv_text(["prompt"], ["a cat"])},
+        "b",
+        {"defaults": {"image_url": "/srv/base.png"}},
+        ["in the defaults", "is a local path"],
+        id="8-local-path-in-the-defaults",
+    ),
+]
+
+
+@pytest.mark.parametrize(("files", "batch", "build_kwargs", "expected"), CASES)
+def test_bad_table_is_refused_before_any_post(
+    build, emulator, krea, instance, prompts_dir, files, batch, build_kwargs, expected
+):
+    """A bad table fails the prompts step with file, line, rule and fix; Krea sees no POST."""
+    step, message, _ = run_refused(
+        build, emulator, krea, instance, prompts_dir, files, batch, **build_kwargs
+    )
+    assert step.endswith("prompts"), (step, message)
+    for fragment in expected:
+        assert fragment in message, (fragment, message)
+
+
+def test_failure_events_stay_small_for_a_huge_cell(build, emulator, krea, instance, prompts_dir):
+    """A 100,000-character bad cell leaves a run whose whole event log is a few hundred KB at most."""
+    _, _, result = run_refused(
+        build,
+        emulator,
+        krea,
+        instance,
+        prompts_dir,
+        {"b.csv": csv_text(["prompt", "seed"], *[[f"p{i}", "7" * HUGE] for i in range(50)])},
+        "b",
+    )
+    records = instance.get_records_for_run(result.run_id).records
+    dumped = "".join(serialize_value(record.event_log_entry) for record in records)
+    assert len(dumped) < 300_000, len(dumped)
+
+
+def test_unpriced_model_with_a_price_override_is_budgeted(
+    build, emulator, krea, instance, prompts_dir
+):
+    """With price_usd given, the cap applies to that price: over it, the jobs step refuses, no POST."""
+    files = {
+        "b.csv": csv_text(
+            ["prompt", "image_url"],
+            ["a cat", "https://example.com/a.png"],
+            ["a dog", "https://example.com/b.png"],
+        )
+    }
+    step, message, _ = run_refused(
+        build,
+        emulator,
+        krea,
+        instance,
+        prompts_dir,
+        files,
+        "b",
+        model=SEEDEDIT,
+        max_usd_per_run=0.5,
+        price_usd=0.4,
+    )
+    assert step.endswith("jobs")
+    assert "estimated at $0.8000, above max_usd_per_run $0.5000" in message
+
+
+def test_price_override_lets_an_unpriced_model_run_under_its_cap(
+    build, emulator, krea, instance, prompts_dir
+):
+    """An unpriced model with price_usd and a cap it fits under is submitted and estimated at that price."""
+    write_files(
+        prompts_dir,
+        {"b.csv": csv_text(["prompt", "image_url"], ["a cat", "https://example.com/a.png"])},
+    )
+    assets = build(model=SEEDEDIT, max_usd_per_run=0.5, price_usd=0.25)
+    result = materialize(assets, "b", instance=instance, krea=krea, roles=("prompts", "jobs"))
+    assert result.success
+    prompts = result.output_for_node(assets.prompts.node_def.name)
+    assert prompts["estimated_usd"].tolist() == [0.25]
+    assert emulator.stats()["jobs_created"] == 1
+
+
+@pytest.mark.parametrize(
+    "price", [-1.0, float("nan"), float("inf")], ids=["negative", "nan", "inf"]
+)
+def test_price_override_must_be_a_usd_amount(build, price):
+    """price_usd is refused at build time unless it is a finite amount of 0 or more."""
+    with pytest.raises(ValueError, match="price_usd must be a"):
+        build(price_usd=price)
+
+
+def test_parquet_lists_are_sent_exactly_as_lists(build, emulator, krea, instance, prompts_dir):
+    """Parquet list cells (image_urls, an empty list, a carried list) are sent and kept as lists."""
+    urls = ["https://example.com/a.png", "https://example.com/b.png"]
+    frame = pd.DataFrame(
+        {
+            "prompt": ["two references", "no reference"],
+            "image_urls": [urls, []],
+            "tags": [["red", "blue"], []],
+        }
+    )
+    write_files(prompts_dir, {"b.parquet": frame})
+    assets = build(model=NANO)
+    result = materialize(assets, "b", instance=instance, krea=krea)
+    assert result.success
+    manifest = manifest_of(result, assets)
+    sent = [emulator.job(job_id)["request"] for job_id in manifest["job_id"]]
+    assert [body["image_urls"] for body in sent] == [urls, []]
+    assert [list(tags) for tags in manifest["tags"]] == [["red", "blue"], []]
+
+
+def test_integers_are_sent_exactly(build, emulator, krea, instance, prompts_dir):
+    """A seed at Krea's largest and numbers written 1e3 or 0042 reach Krea as the exact integers."""
+    write_files(
+        prompts_dir,
+        {
+            "b.csv": csv_text(
+                ["prompt", "seed", "width", "steps"],
+                ["largest seed", str(SEED_MAX), "1e3", "0042"],
+                ["smallest seed", "0", "512.0", "1"],
+            )
+        },
+    )
+    assets = build()
+    result = materialize(assets, "b", instance=instance, krea=krea, roles=("prompts", "jobs"))
+    assert result.success
+    prompts = result.output_for_node(assets.prompts.node_def.name)
+    job_ids = (
+        result.asset_materializations_for_node(assets.jobs.node_def.name)[0]
+        .metadata["krea/job_ids"]
+        .value
+    )
+    sent = {
+        emulator.job(job_id)["request"]["prompt"]: emulator.job(job_id)["request"]
+        for job_id in job_ids
+    }
+    assert sent["largest seed"]["seed"] == SEED_MAX and type(sent["largest seed"]["seed"]) is int
+    assert (sent["largest seed"]["width"], sent["largest seed"]["steps"]) == (1000, 42)
+    assert (sent["smallest seed"]["seed"], sent["smallest seed"]["width"]) == (0, 512)
+    assert '"width":1000' in prompts["request_json"].iloc[0]
+
+
+# -- 9. files the source does not read are reported ------------------------------------------
+
+
+def test_skipped_files_are_reported_in_the_discovery_tick(build, krea, instance, prompts_dir):
+    """notes.txt, a spreadsheet and a folder are named in the tick with the reason they are skipped."""
+    write_files(prompts_dir, {"notes.txt": "todo", "plan.xlsx": b"PK\x03\x04"})
+    (prompts_dir / "old").mkdir()
+    assets = build()
+    sensor = next(s for s in build_krea_sensors(assets) if s.name.endswith("batch_discovery"))
+    defs = dg.Definitions(assets=assets.assets, sensors=[sensor], resources={"krea": krea})
+    with dg.build_sensor_context(
+        instance_ref=instance.get_ref(), definitions=defs, resources=defs.resources
+    ) as context:
+        result = sensor.evaluate_tick(context)
+    message = result.skip_message
+    assert "notes.txt: skipped, not a prompt table" in message
+    assert "plan.xlsx: skipped, a spreadsheet" in message and "CSV UTF-8" in message
+    assert "old: skipped, a folder" in message
+
+
+def test_skipped_files_are_reported_in_the_prompts_step(
+    build, emulator, krea, instance, prompts_dir
+):
+    """The prompts step warns about unread files and lists them in its metadata."""
+    write_files(prompts_dir, {"b.csv": csv_text(["prompt"], ["a cat"]), "notes.txt": "todo"})
+    assets = build()
+    result = materialize(assets, "b", instance=instance, krea=krea, roles=("prompts",))
+    assert result.success
+    metadata = result.asset_materializations_for_node(assets.prompts.node_def.name)[0].metadata
+    skipped = metadata["krea/skipped_files"].value
+    assert list(skipped) == ["notes.txt"] and "not a prompt table" in skipped["notes.txt"]
+    logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert any("notes.txt: skipped" in text for text in logs)
+    assert posts(emulator) == 0
+
+
+# -- 10. a partition added by hand follows the batch-name rule -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("file", "partition"),
+    [("has space.csv", "has space"), ("-dash.csv", "-dash"), (f"{'n' * 140}.csv", "n" * 140)],
+    ids=["space", "leading-symbol", "too-long"],
+)
+def test_hand_added_partition_follows_the_batch_name_rule(
+    build, emulator, krea, instance, prompts_dir, file, partition
+):
+    """A partition key that breaks the batch-name rule fails the prompts step, even when its file exists."""
+    step, message, _ = run_refused(
+        build, emulator, krea, instance, prompts_dir, {file: csv_text(["prompt"], ["a"])}, partition
+    )
+    assert step.endswith("prompts")
+    assert "is not a valid partition key" in message and "rename the file" in message
+
+
+# -- 11. a malformed API key fails when the resource is built -------------------------------
+
+SECRET = "s3cr3t-value-9f8e7d"
+
+
+@pytest.mark.parametrize(
+    "key",
+    [f"no-colon-{SECRET}", f"Bearer abc:{SECRET}", f"abc: {SECRET}", f":{SECRET}"],
+    ids=["no-colon", "bearer-prefix", "whitespace", "empty-id"],
+)
+def test_malformed_api_key_fails_when_the_resource_is_built(key):
+    """KreaResource refuses a token not shaped id:secret at construction, without echoing it."""
+    with pytest.raises(ValueError) as raised:
+        KreaResource(api_key=key)
+    assert "token" in str(raised.value) and SECRET not in str(raised.value)
+
+
+def test_malformed_api_key_from_envvar_fails_before_any_step(
+    build, emulator, instance, prompts_dir, monkeypatch
+):
+    """A malformed key read from an EnvVar fails at resource init, with the id:secret rule, no request."""
+    monkeypatch.setenv("KREA_BAD_KEY", f"no-colon-{SECRET}")
+    write_files(prompts_dir, {"b.csv": csv_text(["prompt"], ["a cat"])})
+    assets = build()
+    krea = KreaResource(api_key=dg.EnvVar("KREA_BAD_KEY"), base_url=emulator.base_url)
+    result = materialize(assets, "b", instance=instance, krea=krea)
+    assert not result.success
+    records = instance.get_records_for_run(result.run_id).records
+    dumped = "".join(serialize_value(record.event_log_entry) for record in records)
+    assert "id:secret" in dumped and SECRET not in dumped
+    assert "no running event loop" not in dumped
+    assert emulator.stats()["requests_by_route"] == {}
+
+
+def test_resource_errors_never_quote_the_token():
+    """Any validation error of the resource (here a bad setting) leaves the token out."""
+    with pytest.raises(ValueError) as raised:
+        KreaResource(api_key=f"abc:{SECRET}", max_retries=-1)
+    text = str(raised.value)
+    # pydantic abbreviates a quoted input in the middle: no piece of the token may show.
+    assert "max_retries" in text and SECRET[:8] not in text and "input_value" not in text
+
+
+def test_empty_key_and_envvar_still_build():
+    """An unset key (a YAML component without its variable) and an EnvVar build; they are checked later."""
+    assert KreaResource(api_key="").base_url
+    assert KreaResource(api_key=dg.EnvVar("KREA_API_KEY")).base_url
+
+
+# -- the rules, one by one --------------------------------------------------------------------
+
+
+def test_reserved_columns_cover_every_column_the_package_writes():
+    """Every prompts-table and manifest column except prompt and variant is reserved."""
+    written = set(PROMPTS_TABLE_COLUMNS) | set(MANIFEST_COLUMNS)
+    assert written - {"prompt", "variant"} <= RESERVED_COLUMNS
+
+
+def test_a_model_field_named_like_a_manifest_column_is_a_parameter():
+    """width is reserved as data but, as a request field of the model, it is a parameter."""
+    table = pd.DataFrame({"prompt": ["a"], "width": ["640"]})
+    prepared = prepare_batch(table, batch="b", model="bfl/flux-1-dev")
+    assert '"width":640' in prepared.table["request_json"].iloc[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("12345678901234567", 12345678901234567),
+        ("9007199254740993", 9007199254740993),  # 2**53 + 1: float() would round it
+        ("-0", 0),
+        ("1e3", 1000),
+        ("512.0", 512),
+        ("0.25", 0.25),
+        ("+7", 7),
+    ],
+)
+def test_numbers_are_parsed_exactly(text, expected):
+    """Numeric text becomes the exact int (or, for a true fraction, the float) it denotes."""
+    value, problem = parse_number_text(text)
+    assert problem is None and value == expected and type(value) is type(expected)
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("https://example.com/a.png", None),
+        ("data:image/png;base64,iVBORw0KGgo=", None),
+        ("/tmp/a.png", "local path"),
+        ("~/a.png", "local path"),
+        ("..\\a.png", "local path"),
+        ("D:/a.png", "local path"),
+        ("cat.jpeg", "local path"),
+        ("gs://bucket/a.png", "gs:// location"),
+        ("https://", "no host name"),
+        (" https://example.com/a.png", "contains spaces"),
+        ("data:text/plain;base64,AAAA", "not an image"),
+        ("ftp://example.com/a.png", "not an image URL"),
+    ],
+)
+def test_image_references_have_one_rule(value, fragment):
+    """check_image_reference accepts http(s) and data:image URIs and says why it refuses the rest."""
+    problem = check_image_reference(value)
+    assert (problem is None) if fragment is None else (fragment in (problem or ""))
+
+
+def test_source_errors_name_the_line_and_stay_short(tmp_path):
+    """Badly shaped rows are listed by line (ten at most), with a count of the rest."""
+    rows = "".join(f"p{i},1,2\n" for i in range(500))
+    (tmp_path / "b.csv").write_text("prompt,width\n" + rows)
+    with pytest.raises(PromptSourceError) as raised:
+        read_table(tmp_path / "b.csv")
+    text = str(raised.value)
+    assert "line 2 has 3 field(s)" in text and "and 490 more line(s)" in text
+    assert len(text) < 2_000
+
+
+def test_unnamed_empty_columns_are_dropped_and_unnamed_values_refused(tmp_path):
+    """Trailing commas (an unnamed, empty column) are harmless; an unnamed column with values is not."""
+    (tmp_path / "ok.csv").write_text("prompt,\na,\nb,\n")
+    assert list(read_table(tmp_path / "ok.csv").columns) == ["prompt"]
+    (tmp_path / "bad.csv").write_text("prompt,\na,\nb,x\n")
+    with pytest.raises(PromptSourceError, match=r"column 2 has no name.*line 3"):
+        read_table(tmp_path / "bad.csv")
+
+
+def test_read_batch_rows_locates_every_row(tmp_path):
+    """Rows of a batch split across files keep their file and line (CSV) or row (Parquet)."""
+    (tmp_path / "x.csv").write_text("prompt\n\nfirst\n")
+    pd.DataFrame({"prompt": ["a", "b", "c"], "batch": ["y", "x", "x"]}).to_parquet(
+        tmp_path / "many.parquet"
+    )
+    rows = PromptSource(tmp_path).read_batch_rows("x")
+    assert rows.locations == ("many.parquet row 2", "many.parquet row 3", "x.csv line 3")
+    assert rows.frame["prompt"].tolist() == ["b", "c", "first"]
+
+
+def test_validation_error_message_is_bounded_for_any_number_of_problems():
+    """Ten thousand bad rows give an error of a few KB that still counts them all."""
+    table = pd.DataFrame(
+        {"prompt": [f"p{i}" for i in range(10_000)], "width": ["x" * 1000] * 10_000}
+    )
+    with pytest.raises(PromptValidationError) as raised:
+        prepare_batch(table, batch="b", model="bfl/flux-1-dev")
+    assert len(raised.value.problems) == 10_000
+    assert len(str(raised.value)) < MAX_MESSAGE_CHARS and "10000 problem(s)" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("1.0000000000000000001", "more significant digits than a number keeps exactly"),
+        ("1_000", None),
+        ("0x10", None),
+        ("\u0661\u0662", None),  # Arabic-Indic digits: not a number in a request
+    ],
+    ids=["too-many-digits", "underscore", "hex", "non-ascii-digits"],
+)
+def test_numbers_that_cannot_be_sent_exactly_are_not_numbers(text, fragment):
+    """Text that float() or int() would bend into a number is refused or left as text."""
+    value, problem = parse_number_text(text)
+    assert value is None
+    assert (problem is None) if fragment is None else (fragment in problem)
+
+
+def test_crlf_and_bare_cr_files_count_lines_like_an_editor(tmp_path):
+    """Windows (CRLF) and old Mac (CR) line endings give the same line numbers as LF."""
+    for name, ending in (("crlf.csv", "\r\n"), ("cr.csv", "\r")):
+        (tmp_path / name).write_bytes(ending.join(["prompt", "a", "", "b", ""]).encode())
+        assert read_table(tmp_path / name).index.tolist() == [2, 4]
+
+
+def test_parquet_decimal_and_struct_cells_are_plain_values(tmp_path):
+    """A Parquet decimal seed is the exact integer; a list of structs is a list of objects."""
+    from decimal import Decimal
+
+    frame = pd.DataFrame(
+        {
+            "prompt": ["a"],
+            "seed": [Decimal("4294967295")],
+            "style_images": [[{"url": "https://example.com/s.png", "strength": 0.5}]],
+        }
+    )
+    prepared = prepare_batch(frame, batch="b", model="bfl/flux-1-dev")
+    request = prepared.table["request_json"].iloc[0]
+    assert '"seed":4294967295' in request
+    assert '"style_images":[{"strength":0.5,"url":"https://example.com/s.png"}]' in request
+
+
+def test_discovery_tick_stays_short_and_names_bad_rows(build, krea, instance, prompts_dir):
+    """A huge batch value and many broken files give a tick message of a few KB naming lines."""
+    write_files(
+        prompts_dir,
+        {
+            "huge.csv": csv_text(["prompt", "batch"], ["a", "b" * HUGE]),
+            "shifted.csv": "prompt,width\na, with a comma,512\n",
+            **{f"broken{i:03}.csv": "prompt,width\na,1,2\n" for i in range(200)},
+        },
+    )
+    assets = build()
+    sensor = next(s for s in build_krea_sensors(assets) if s.name.endswith("batch_discovery"))
+    defs = dg.Definitions(assets=assets.assets, sensors=[sensor], resources={"krea": krea})
+    with dg.build_sensor_context(
+        instance_ref=instance.get_ref(), definitions=defs, resources=defs.resources
+    ) as context:
+        result = sensor.evaluate_tick(context)
+    message = result.skip_message
+    assert result.run_requests == []
+    assert len(message) < MAX_MESSAGE_CHARS, len(message)
+    assert "broken000.csv: 1 row(s) do not have as many fields as the header" in message
+    assert "and 192 more" in message
