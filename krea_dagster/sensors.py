@@ -20,7 +20,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import timedelta
 from typing import Any, Self
 
@@ -30,6 +30,7 @@ from krea_dagster.api import JobStatus, KreaError
 from krea_dagster.assets import KreaImageAssets
 from krea_dagster.ledger import Submission, utcnow
 from krea_dagster.resource import KreaResource
+from krea_dagster.source import FileScan
 from krea_dagster.submit import job_update
 
 __all__ = [
@@ -64,7 +65,10 @@ class _Cursor:
             data = json.loads(text)
             if data.get("version") != CURSOR_VERSION:
                 raise ValueError(f"cursor version {data.get('version')}")
-            return cls(**data)
+            # Fields this version does not know are dropped; missing ones take their default
+            # (a cursor written before a field existed still parses).
+            known = {item.name for item in fields(cls)}
+            return cls(**{key: value for key, value in data.items() if key in known})
         except (ValueError, TypeError, AttributeError) as error:
             if log is not None:
                 log.warning(f"ignoring an unreadable sensor cursor ({error}); starting fresh")
@@ -73,9 +77,18 @@ class _Cursor:
 
 @dataclass
 class DiscoveryCursor(_Cursor):
-    """The content hash of every batch the discovery sensor has launched."""
+    """The content hash of every batch the discovery sensor has launched, and what each file
+    held under its fingerprint (``FileScan.to_json``), so an unchanged file is not read again."""
 
     hashes: dict[str, str] = field(default_factory=dict)
+    files: dict[str, Any] = field(default_factory=dict)
+
+    def file_scans(self) -> dict[str, FileScan]:
+        """The recorded file scans; an entry that does not parse is read again."""
+        if not isinstance(self.files, dict):
+            return {}
+        scans = {name: FileScan.from_json(data) for name, data in self.files.items()}
+        return {name: scan for name, scan in scans.items() if scan is not None}
 
 
 @dataclass
@@ -98,7 +111,10 @@ def discovery_tick(
 ) -> dg.SensorResult:
     """One evaluation of the discovery sensor (pure function of the source, partitions, cursor)."""
     cursor = DiscoveryCursor.parse(context.cursor, context.log)
-    batches, problems = assets.pipeline.source.scan()
+    source = assets.pipeline.source
+    # Only files whose fingerprint moved are read; gone files drop out of the cursor.
+    scans = source.scan_files(cursor.file_scans())
+    batches, problems = source.batches_from(scans)
     partitions_name = assets.partitions_def.name or ""
     existing = set(context.instance.get_dynamic_partitions(partitions_name))
     new = sorted(set(batches) - existing)
@@ -150,7 +166,9 @@ def discovery_tick(
         run_requests=run_requests,
         dynamic_partitions_requests=partition_requests,
         asset_events=observations,
-        cursor=DiscoveryCursor(hashes=hashes).serialize(),
+        cursor=DiscoveryCursor(
+            hashes=hashes, files={name: scan.to_json() for name, scan in scans.items()}
+        ).serialize(),
         skip_reason=None if run_requests else summary,
     )
 
