@@ -19,7 +19,14 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
-from krea_dagster.api import AsyncKreaClient, Job, KreaClient, KreaError, catalog
+from krea_dagster.api import (
+    AsyncKreaClient,
+    DeadlineExceededError,
+    Job,
+    KreaClient,
+    KreaError,
+    catalog,
+)
 from krea_dagster.collect import BatchCollector, CollectReport, Thumbnail, thumbnail_data_uri
 from krea_dagster.ledger import Ledger, Submission, may_submit, utcnow
 from krea_dagster.manifest import build_manifest
@@ -513,18 +520,31 @@ class KreaImagePipeline:
             return [job.job_id for job in self.cancel_jobs(client, rows)]
 
     def cancel_jobs(
-        self, client: KreaClient, rows: Sequence[Submission], *, log: Any = None
+        self,
+        client: KreaClient,
+        rows: Sequence[Submission],
+        *,
+        log: Any = None,
+        deadline: float | None = None,
     ) -> list[Job]:
         """Cancel these rows' jobs at Krea and record what Krea then says of each.
 
         A job that cannot be cancelled is logged and left pending; the rest are returned.
+        ``deadline`` (``time.monotonic()`` seconds) stops the loop when it passes: the rows not
+        reached stay pending for the next caller.
         """
         log = log or self.log
         cancelled: list[Job] = []
-        for row in rows:
+        for index, row in enumerate(rows):
             try:
-                client.cancel_job(row.job_id or "")
-                job = client.get_job(row.job_id or "")
+                client.cancel_job(row.job_id or "", deadline=deadline)
+                job = client.get_job(row.job_id or "", deadline=deadline)
+            except DeadlineExceededError:
+                log.warning(
+                    f"deadline reached after {len(cancelled)} cancel(s); {len(rows) - index} "
+                    "job(s) left for the next tick"
+                )
+                break
             except KreaError as error:
                 log.warning(f"could not cancel job {row.job_id}: {error}")
                 continue

@@ -17,6 +17,7 @@
 """
 
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -42,6 +43,8 @@ __all__ = [
 ]
 
 DEFAULT_TICK_BUDGET_SECONDS = 20.0
+# Dagster abandons a sensor evaluation after this long unless its environment says otherwise.
+DAGSTER_SENSOR_TIMEOUT_SECONDS = 60.0
 # One poll_many call at most this many ids; the next tick resumes with the rest (rotation).
 POLL_CHUNK = 20_000
 CURSOR_VERSION = 1
@@ -201,6 +204,7 @@ def completion_tick(
 ) -> dg.SensorResult:
     """One evaluation of the completion sensor."""
     started = time.monotonic()
+    deadline = tick_deadline(budget_seconds, started=started)
     pipeline = assets.pipeline
     cursor = CompletionCursor.parse(context.cursor, context.log)
     pending = pipeline.ledger.pending(pipeline.scope)
@@ -211,14 +215,20 @@ def completion_tick(
     offset = cursor.offset if cursor.offset < len(pending) else 0
     order = pending[offset:] + pending[:offset]
     client = krea.get_client()
-    # At least one chunk per tick, so every tick makes progress whatever the budget.
-    while polled < len(order) and (polled == 0 or time.monotonic() - started < budget_seconds):
+    # The deadline reaches every request (poll_many clips their timeouts and stops sending
+    # when it passes), so one slow page cannot carry the tick past Dagster's deadline.
+    while polled < len(order) and time.monotonic() < deadline:
         chunk = order[polled : polled + POLL_CHUNK]
-        created = [row.krea_created_at for row in chunk if row.krea_created_at]
+        ids = [row.job_id for row in chunk if row.job_id]
+        created = [row.krea_created_at for row in chunk if row.job_id and row.krea_created_at]
         try:
             jobs = client.poll_many(
-                [row.job_id for row in chunk if row.job_id],
+                ids,
                 created_after=min(created) if created else None,
+                # Pages start above the newest of these jobs: a tick resumes where the last
+                # one stopped, not at the account's newest (already polled) jobs.
+                created_before=max(created) if created and len(created) == len(ids) else None,
+                deadline=deadline,
             )
         except KreaError as error:
             context.log.warning(f"polling Krea failed, next tick retries: {error}")
@@ -226,15 +236,18 @@ def completion_tick(
         for row in pipeline.ledger.update_jobs([job_update(job) for job in jobs]):
             changed_batches.add(row.batch)
         finished.update(job.job_id for job in jobs if job.is_terminal)
-        polled += len(chunk)
+        reached = _reached(chunk, {job.job_id for job in jobs})
+        polled += reached
+        if reached < len(chunk):
+            break  # the deadline stopped poll_many part way
     if polled < len(order):
         context.log.info(
-            f"tick budget ({budget_seconds:.0f} s) spent after {polled} of {len(order)} "
-            "pending jobs; the next tick continues from there"
+            f"tick deadline ({deadline - started:.1f} s) reached after {polled} of "
+            f"{len(order)} pending jobs; the next tick continues from there"
         )
     next_offset = (offset + polled) % len(order) if order and polled < len(order) else 0
     still_pending = [row for row in pending if row.job_id not in finished]
-    timed_out = _handle_poll_timeouts(context, assets, krea, still_pending)
+    timed_out = _handle_poll_timeouts(context, assets, krea, still_pending, deadline)
     changed_batches |= timed_out
 
     run_requests: list[dg.RunRequest] = []
@@ -293,6 +306,42 @@ def completion_tick(
     )
 
 
+def tick_deadline(budget_seconds: float, *, started: float | None = None) -> float:
+    """The ``time.monotonic()`` by which a completion tick stops calling Krea.
+
+    ``started + budget_seconds``, but never later than half of Dagster's own sensor deadline
+    (``DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS``, else ``DAGSTER_GRPC_TIMEOUT_SECONDS``, else 60 s):
+    the other half is for the ledger work after polling and the answer's trip to the daemon.
+    """
+    start = time.monotonic() if started is None else started
+    return start + min(budget_seconds, dagster_sensor_timeout() / 2)
+
+
+def dagster_sensor_timeout() -> float:
+    """Seconds Dagster gives a sensor evaluation before it abandons the tick (its gRPC deadline)."""
+    for name in ("DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS", "DAGSTER_GRPC_TIMEOUT_SECONDS"):
+        value = os.environ.get(name)
+        if value:
+            try:
+                seconds = float(value)
+            except ValueError:
+                raise ValueError(
+                    f"{name}={value!r} is not a number of seconds; set it to an integer such "
+                    "as 60 or unset it"
+                ) from None
+            if seconds > 0:
+                return seconds
+    return DAGSTER_SENSOR_TIMEOUT_SECONDS
+
+
+def _reached(chunk: Sequence[Submission], polled_ids: set[str]) -> int:
+    """How many leading rows of ``chunk`` were polled: the next poll starts after them."""
+    for index, row in enumerate(chunk):
+        if row.job_id and row.job_id not in polled_ids:
+            return index
+    return len(chunk)
+
+
 _UNFINISHED_RUN_STATUSES = [
     dg.DagsterRunStatus.NOT_STARTED,
     dg.DagsterRunStatus.QUEUED,
@@ -328,8 +377,11 @@ def _handle_poll_timeouts(
     assets: KreaImageAssets,
     krea: KreaResource,
     pending: Sequence[Submission],
+    deadline: float | None = None,
 ) -> set[str]:
     """Jobs pending longer than poll_timeout: cancelled or reported, per the resource.
+
+    The cancels stop at ``deadline`` (monotonic); the rest wait for the next tick.
 
     ``pending`` is the tick's own list minus what its polls saw finish: reading every pending
     row from the ledger a second time was a quarter of a 10,000-job tick.
@@ -347,7 +399,10 @@ def _handle_poll_timeouts(
         )
         return set()
     cancelled = {
-        job.job_id for job in pipeline.cancel_jobs(krea.get_client(), overdue, log=context.log)
+        job.job_id
+        for job in pipeline.cancel_jobs(
+            krea.get_client(), overdue, log=context.log, deadline=deadline
+        )
     }
     context.log.warning(f"cancelled {len(cancelled)} job(s) pending longer than {timeout}")
     return {row.batch for row in overdue if row.job_id in cancelled}
@@ -378,9 +433,16 @@ def build_krea_sensors(
             polls inline.
         discovery_target / completion_target: what those runs materialize, to add your own
             downstream assets (defaults: the krea assets only).
-        tick_budget_seconds: time a completion tick may spend polling (Dagster's sensor
-            deadline is 60 s).
+        tick_budget_seconds: time a completion tick may spend calling Krea (polls and
+            poll-timeout cancels), capped at half of Dagster's sensor deadline (60 s unless
+            ``DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS`` says otherwise). Every request of the
+            tick is bounded by it.
     """
+    if not tick_budget_seconds > 0:
+        raise ValueError(
+            f"tick_budget_seconds must be a positive number of seconds, got "
+            f"{tick_budget_seconds!r}; the default is {DEFAULT_TICK_BUDGET_SECONDS:g}"
+        )
     prefix = assets.prefix
     chain = (
         [assets.prompts, assets.jobs] if deferred else [assets.prompts, assets.jobs, assets.images]
