@@ -177,7 +177,13 @@ def _merge_only(
         # The figures of these groups come from a later run than the rest: said here.
         "partial_runs": [*previous.get("partial_runs", []), partial],
     }
-    return record, report.markdown(params, values, merged), merged
+    table = report.markdown(params, values, merged)
+    table += (
+        f"\nFigures of {', '.join(groups)} from a later `--only` run "
+        f"({partial['generated_at']}, load average {partial['machine']['load_average_before']}"
+        f" before); the others from {previous.get('generated_at', 'no earlier run')}.\n"
+    )
+    return record, table, merged
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -201,3 +201,25 @@ def test_file_scans_round_trip_and_bad_entries_are_read_again():
     assert FileScan.from_json("garbage") is None
     cursor = DiscoveryCursor(files={"a.csv": scan.to_json(), "b.csv": {"parts": 1}})
     assert DiscoveryCursor.parse(cursor.serialize()).file_scans() == {"a.csv": scan}
+
+
+@pytest.mark.system
+def test_an_s3_source_is_fingerprinted_by_etag_and_sees_new_objects(s3_prefix, use_s3_env, reads):
+    """On S3 (moto), the listing's ETags decide: unchanged objects are not read, a rewritten or new one is."""
+    s3fs = pytest.importorskip("s3fs")
+    s3_path = UPath(s3_prefix)
+    (s3_path / "a.csv").write_text("prompt\none\n")
+    (s3_path / "b.csv").write_text("prompt\ntwo\n")
+    source = PromptSource(s3_prefix)
+    first = source.scan_files()
+    assert all(":etag:" in (scan.fingerprint or "") for scan in first.values())
+    second = source.scan_files(first)
+    assert sorted(reads) == ["a.csv", "b.csv"] and second == first
+    # Another writer (its own filesystem object): the source's listing cache must not hide it.
+    other = s3fs.S3FileSystem(skip_instance_cache=True)
+    other.pipe(f"{s3_path.path}/b.csv", b"prompt\nthree\n")  # same size, new ETag
+    other.pipe(f"{s3_path.path}/c.csv", b"prompt\nfour\n")
+    third = source.scan_files(second)
+    assert sorted(reads) == ["a.csv", "b.csv", "b.csv", "c.csv"]
+    assert set(third) == {"a.csv", "b.csv", "c.csv"}
+    assert third["b.csv"].parts != first["b.csv"].parts
