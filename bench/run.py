@@ -1,7 +1,9 @@
 """The bench command: start the emulator, run every scenario, write and print the results.
 
-``python -m bench`` (full, about 10 minutes on 2 cores) or ``python -m bench --smoke`` (tiny
+``python -m bench`` (full, about 13 minutes on 2 cores) or ``python -m bench --smoke`` (tiny
 counts, seconds). Results go to ``bench/results/`` unless ``--out`` says otherwise.
+``--only discovery,end_to_end`` runs just those groups and merges their figures into the
+``latest.json`` already in ``--out``.
 """
 
 import argparse
