@@ -6,11 +6,13 @@
   partition and a run (and a runless materialization of the prompt_source partition), a changed batch (its content hash moved) a run again (prompt keys make it
   pay only for new or changed rows), a removed batch is reported in the tick and deleted only
   when ``delete_removed_batches`` is set. Partitions and runs come back in one ``SensorResult``;
-  the run key is ``<batch>:<content hash>`` so no tick launches the same work twice.
+  the run key is ``<batch>:<content hash>`` so no tick launches the same work twice. A file
+  is read only when its size and mtime (an object store's ETag) move: the cursor keeps each
+  file's fingerprint and what it held, so an unchanged file costs a ``stat``.
 - ``<prefix>_completion``: the deferred path (Airflow's deferrable operator, done with a
   sensor). It reads the pending jobs from the ledger, polls them with ``poll_many`` (about one
-  request per 1000 pending jobs) inside a time budget well under Dagster's 60 s sensor deadline,
-  records every status change, reports progress per batch as runless observations of the jobs
+  request per 1000 pending jobs) until a deadline (its budget, at most half of Dagster's sensor
+  deadline) that every request and cancel of the tick obeys, records every status change, reports progress per batch as runless observations of the jobs
   asset, and requests the images run of a batch once all its jobs are terminal. It never
   sleeps; its cursor is a small serialized record, and everything else it needs is in the
   ledger, so a daemon restart loses and repeats nothing.
