@@ -15,6 +15,7 @@ Every exception derives from one base, ``KreaError``::
     │   │   └── InternalServerError      5xx
     │   ├── APIConnectionError           no HTTP answer at all
     │   │   └── APITimeoutError
+    │   │       └── DeadlineExceededError  the caller's deadline ran out first
     │   ├── AmbiguousSubmitError         a generation POST may or may not have created a job
     │   ├── AmbiguousUploadError         an asset upload may or may not have created an asset
     │   └── MalformedPayloadError        a body that is not the documented shape
@@ -56,6 +57,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "ConfigurationError",
+    "DeadlineExceededError",
     "DownloadError",
     "InsufficientCreditsError",
     "InternalServerError",
@@ -286,6 +288,13 @@ class APIConnectionError(APIError):
 
 class APITimeoutError(APIConnectionError):
     """A connect, read, write or pool timeout expired."""
+
+
+class DeadlineExceededError(APITimeoutError):
+    """The caller's ``deadline`` (monotonic seconds) ran out before the call could finish."""
+
+    # Raised instead of sending (or retrying) a request with no time left; ``__cause__`` is
+    # the failure of the last attempt, if any. ``poll_many`` catches it and returns what it has.
 
 
 class AmbiguousSubmitError(APIError):

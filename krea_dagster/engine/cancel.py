@@ -7,11 +7,10 @@ ledger does not know is reported by reconciliation, never cancelled.
 """
 
 import logging
-import time
 from collections.abc import Sequence
 from typing import Any
 
-from krea_dagster.api import AsyncKreaClient, Job, KreaError
+from krea_dagster.api import AsyncKreaClient, DeadlineExceededError, Job, KreaError
 from krea_dagster.engine.ledger import Ledger
 from krea_dagster.engine.submit import job_update
 
@@ -29,16 +28,20 @@ async def cancel_jobs(
     """Cancel these jobs at Krea and record each one's status after the cancel.
 
     A job that cannot be cancelled is logged and left as it is; the rest are returned. With a
-    ``deadline`` (monotonic seconds), stops when it passes and returns what it did so far.
+    ``deadline`` (``time.monotonic()`` seconds), every request is clipped to the time left and
+    the loop stops when it passes: the jobs not reached stay pending for the next caller.
     """
     cancelled: list[Job] = []
-    for job_id in job_ids:
-        if deadline is not None and time.monotonic() >= deadline:
-            log.warning(f"stopped cancelling at the deadline: {len(job_ids) - len(cancelled)} left")
-            break
+    for index, job_id in enumerate(job_ids):
         try:
-            await client.cancel_job(job_id)
-            job = await client.get_job(job_id)
+            await client.cancel_job(job_id, deadline=deadline)
+            job = await client.get_job(job_id, deadline=deadline)
+        except DeadlineExceededError:
+            log.warning(
+                f"deadline reached after {len(cancelled)} cancel(s); {len(job_ids) - index} "
+                "job(s) left for the next caller"
+            )
+            break
         except KreaError as error:
             log.warning(f"could not cancel job {job_id}: {error}")
             continue
