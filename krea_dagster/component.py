@@ -58,7 +58,10 @@ class KreaSettings(dg.Model):
     api_key: str | None = Field(
         default=None, description='The id:secret token; use "{{ env.KREA_API_KEY }}".'
     )
-    base_url: str = DEFAULT_BASE_URL
+    base_url: str | None = Field(
+        default=None,
+        description=f"API base URL; default: $KREA_BASE_URL when set, else {DEFAULT_BASE_URL}.",
+    )
     poll_interval: float = 2.0
     poll_timeout: float = 0.0
     on_poll_timeout: Literal["report", "cancel"] = "report"
