@@ -8,7 +8,7 @@
       prompts: prompts            # relative to this defs.yaml, or absolute, or a URL
       image_model: bfl/flux-1-dev
       defaults: {width: 1024, height: 1024}
-      store: "{{ env.KREA_STORE }}"
+      store: "{{ env.KREA_STORE }}"  # relative paths: to the project root
       ledger: sqlite:///posters-ledger.db
       max_usd_per_run: 25
       krea:
@@ -121,8 +121,9 @@ class KreaImagesScaffolder(dg.Scaffolder):
                 "prompts": "prompts",
                 "image_model": "bfl/flux-1-dev",
                 "defaults": {"width": 1024, "height": 1024},
-                "store": "images",
-                "ledger": f"sqlite:///{prefix}-ledger.db",
+                # Relative to the project root (never inside defs/): one folder of outputs.
+                "store": "krea-output/images",
+                "ledger": "sqlite:///krea-output/ledger.db",
                 "max_usd_per_run": 5.0,
                 "krea": {"api_key": "{{ env.KREA_API_KEY }}"},
                 "sensors": {"default_status": "stopped"},
@@ -144,9 +145,13 @@ class KreaImagesComponent(dg.Component, dg.Model, dg.Resolvable):
     image_model: str = Field(
         description="Krea model path after /generate/image/, e.g. bfl/flux-1-dev."
     )
-    store: str = Field(description="Image store: a directory (relative to this file) or s3://...")
+    store: str = Field(
+        description="Image store: a directory (relative to the project root, the folder of "
+        "pyproject.toml, or $KREA_DAGSTER_ROOT) or s3://..."
+    )
     ledger: str = Field(
-        description="Ledger database URL (sqlite:///file.db or postgresql+psycopg://...)."
+        description="Ledger database URL (sqlite:///file.db, relative to the project root; or "
+        "postgresql+psycopg://...)."
     )
     defaults: dict[str, Any] = Field(default_factory=dict, description="Request defaults.")
     carry_columns: list[str] = Field(default_factory=list)
@@ -171,8 +176,11 @@ class KreaImagesComponent(dg.Component, dg.Model, dg.Resolvable):
             self.name_prefix,
             prompts=_local_or_url(context.path, self.prompts),
             model=self.image_model,
-            store=_local_or_url(context.path, self.store),
-            ledger=_sqlite_relative(context.path, self.ledger),
+            # Outputs resolve against the project root (the folder of the dg project's
+            # pyproject.toml, or $KREA_DAGSTER_ROOT), never inside the defs/ package.
+            store=self.store,
+            ledger=self.ledger,
+            root=context.project_root,
             defaults=self.defaults,
             carry_columns=self.carry_columns,
             krea=self.krea,
@@ -222,11 +230,3 @@ def _local_or_url(base: Path, value: str) -> str:
         return value
     path = Path(value).expanduser()
     return str(path if path.is_absolute() else (base / path).resolve())
-
-
-def _sqlite_relative(base: Path, url: str) -> str:
-    """``sqlite:///name.db`` relative to the defs.yaml folder; other URLs unchanged."""
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
-        return prefix + str((base / url[len(prefix) :]).resolve())
-    return url
