@@ -139,7 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--" + field.name.replace("_", "-")
         # The parser's default stays None ("not given"), so a --config file is not overridden;
         # the help shows EmulatorConfig's default.
-        text = f"{KNOB_HELP[field.name]} (default: {_default_of(field)})".replace("%", "%%")
+        text = KNOB_HELP[field.name]
+        if field.default is not None:  # knobs whose default is None describe it themselves
+            text += f" (default: {_default_of(field)})"
+        text = text.replace("%", "%%")
         if field.name in LIST_KNOBS:
             knobs.add_argument(flag, action="append", dest=field.name, default=None, help=text)
         else:
