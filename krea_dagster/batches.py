@@ -65,20 +65,22 @@ class BatchRegistration:
 def recorded_source_versions(
     instance: dg.DagsterInstance, assets: "KreaImageAssets", batches: list[str]
 ) -> dict[str, str | None]:
-    """The content hash each batch's ``prompt_source`` was last recorded with (None: never)."""
-    versions: dict[str, str | None] = {}
-    for batch in batches:
-        records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=assets.source.key, asset_partitions=[batch]), limit=1
-        ).records
-        event = records[0].event_log_entry if records else None
-        materialization = event.asset_materialization if event is not None else None
-        versions[batch] = (
-            materialization.tags.get("dagster/data_version")
-            if materialization is not None and materialization.tags
-            else None
-        )
-    return versions
+    """The content hash each batch's ``prompt_source`` was last recorded with (None: never).
+
+    One query for all batches (the data-version tag of each partition's latest
+    materialization), so a discovery tick over many partitions stays cheap.
+    """
+    if not batches:
+        return {}
+    from dagster._core.events import DagsterEventType
+
+    tags = instance.event_log_storage.get_latest_tags_by_partition(
+        assets.source.key,
+        DagsterEventType.ASSET_MATERIALIZATION,
+        tag_keys=["dagster/data_version"],
+        asset_partitions=list(batches),
+    )
+    return {batch: tags.get(batch, {}).get("dagster/data_version") for batch in batches}
 
 
 def register_batches(

@@ -1,7 +1,8 @@
 """Every code block of the README runs as written (or the table below says which test covers it).
 
 Bash blocks run from the command line with a temporary ``DAGSTER_HOME``: the quickstart in a new
-project folder, the demo's commands in a copy of this repository. The one change made to a
+project folder, the demo's commands (``dg check``, ``dg launch``, ...; marker ``system``, about a
+minute) in a copy of this repository. The one change made to a
 block: the emulator's well-known port 8760 becomes a free port, so a test never talks to (or
 collides with) an emulator a developer left running.
 """
@@ -211,6 +212,7 @@ def repo_copy(tmp_path: Path) -> Path:
     return copy
 
 
+@pytest.mark.system
 def test_readme_demo_commands_run_in_a_copy_of_the_repository(tmp_path):
     """dg check/list, register-batches, both dg launch forms, dg scaffold and the pool command succeed."""
     require_console_scripts("krea-dagster", "dg", "dagster")
