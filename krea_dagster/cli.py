@@ -51,6 +51,10 @@ def _target(args: argparse.Namespace) -> tuple[str, str, Path]:
             module = project.get("code_location_target_module") or (
                 f"{project['root_module']}.definitions"
             )
+            top = module.split(".")[0]
+            src = pyproject.parent / "src"  # the create-dagster layout
+            if (src / top).is_dir() or (src / f"{top}.py").is_file():
+                return "module", module, src
             return "module", module, pyproject.parent
     if (cwd / "definitions.py").is_file():
         return "file", str(cwd / "definitions.py"), cwd
@@ -67,6 +71,7 @@ def load_code_location(kind: str, target: str, working_directory: Path) -> Any:
         DefinitionsLoadType,
     )
     from dagster._core.definitions.reconstruct import repository_def_from_target_def
+    from dagster._core.errors import DagsterImportError
     from dagster._core.workspace.autodiscovery import (
         loadable_targets_from_python_file,
         loadable_targets_from_python_module,
@@ -79,10 +84,13 @@ def load_code_location(kind: str, target: str, working_directory: Path) -> Any:
     )
     if str(working_directory) not in sys.path:
         sys.path.insert(0, str(working_directory))
-    if kind == "file":
-        targets = loadable_targets_from_python_file(target, str(working_directory))
-    else:
-        targets = loadable_targets_from_python_module(target, str(working_directory))
+    try:
+        if kind == "file":
+            targets = loadable_targets_from_python_file(target, str(working_directory))
+        else:
+            targets = loadable_targets_from_python_module(target, str(working_directory))
+    except DagsterImportError as error:
+        raise UsageError(f"cannot load {target}: {str(error).splitlines()[0]}") from None
     if not targets:
         raise UsageError(f"{target}: no Definitions found in it")
     return [repository_def_from_target_def(t.target_definition) for t in targets]

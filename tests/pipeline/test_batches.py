@@ -90,3 +90,42 @@ def test_cli_registers_the_batches_of_a_code_location(tmp_path):
     assert unknown.returncode == 2
     assert "no krea-dagster instance named nope" in unknown.stderr
     assert "banners, demo" in unknown.stderr
+
+
+def test_cli_registers_a_yaml_instance_of_a_create_dagster_style_project(tmp_path):
+    """In a src/-layout dg project with lazy @dg.definitions, the command finds the YAML instance."""
+    project = tmp_path / "my-project"
+    package = project / "src" / "my_project"
+    instance_dir = package / "defs" / "posters"
+    (instance_dir / "prompts").mkdir(parents=True)
+    (project / "pyproject.toml").write_text(
+        '[project]\nname = "my-project"\n\n[tool.dg]\ndirectory_type = "project"\n\n'
+        '[tool.dg.project]\nroot_module = "my_project"\n'
+    )
+    (package / "__init__.py").write_text("")
+    (package / "defs" / "__init__.py").write_text("")
+    (package / "definitions.py").write_text(
+        "from pathlib import Path\n\nimport dagster as dg\n\n\n@dg.definitions\n"
+        "def defs():\n    return dg.load_from_defs_folder(path_within_project=Path(__file__).parent)\n"
+    )
+    (instance_dir / "defs.yaml").write_text(
+        "type: krea_dagster.KreaImagesComponent\nattributes:\n  name_prefix: posters\n"
+        "  prompts: prompts\n  image_model: bfl/flux-1-dev\n  store: krea-output/images\n"
+        "  ledger: sqlite:///krea-output/ledger.db\n"
+        '  krea:\n    api_key: "{{ env.KREA_API_KEY }}"\n'
+    )
+    write_batch(instance_dir / "prompts", "example", prompt_rows(1))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KREA_")}
+    env |= {"DAGSTER_HOME": str(tmp_path / "home"), "PYTHONPATH": str(REPO)}
+    (tmp_path / "home").mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "krea_dagster", "register-batches"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "posters: 1 batch(es) added (example), 0 already registered" in done.stdout
+    assert not (package / "defs" / "posters" / "krea-output").exists()
