@@ -67,7 +67,7 @@ def test_yaml_instance_follows_the_demo_port_and_folder(tmp_path):
     assert done.stdout.split() == [
         "http://127.0.0.1:12345",
         str(demo / "banners"),
-        f"sqlite:///{demo / 'banners-ledger.db'}",
+        f"sqlite:///{demo / 'ledger.db'}",  # shared with the Python instance
     ]
 
 
