@@ -25,7 +25,7 @@ from krea_dagster import (
     build_krea_sensors,
 )
 from krea_dagster.emulator import DEMO_TOKEN
-from krea_dagster.emulator.local import ensure_local_emulator
+from krea_dagster.emulator.local import LocalEmulator, ensure_local_emulator
 from krea_dagster.engine.collect import thumbnail_data_uri
 
 ROOT = Path(__file__).resolve().parent
@@ -33,17 +33,22 @@ DEMO_DIR = Path(os.environ.get("KREA_DEMO_DIR", ROOT / ".demo"))
 EMULATOR_PORT = int(os.environ.get("KREA_EMULATOR_PORT", "8760"))
 
 
+def start_local_emulator() -> LocalEmulator:
+    """The demo's shared emulator on KREA_EMULATOR_PORT (+1 for its CDN), started if needed."""
+    return ensure_local_emulator(
+        DEMO_DIR / "emulator",
+        port=EMULATOR_PORT,
+        cdn_port=EMULATOR_PORT + 1,
+        # Flux renders in ~7 s on Krea; a fifth of that keeps the demo snappy but visible.
+        extra_args=("--time-scale", "0.2"),
+    )
+
+
 class LocalEmulatorKreaResource(KreaResource):
     """KreaResource that starts (or reuses) the demo's shared local emulator on first use."""
 
     def _client_kwargs(self) -> dict[str, Any]:
-        emulator = ensure_local_emulator(
-            DEMO_DIR / "emulator",
-            port=EMULATOR_PORT,
-            cdn_port=EMULATOR_PORT + 1,
-            # Flux renders in ~7 s on Krea; a fifth of that keeps the demo snappy but visible.
-            extra_args=("--time-scale", "0.2"),
-        )
+        emulator = start_local_emulator()
         return {
             **super()._client_kwargs(),
             "base_url": emulator.base_url,
@@ -53,7 +58,7 @@ class LocalEmulatorKreaResource(KreaResource):
 
 def krea_resource() -> KreaResource:
     if os.environ.get("KREA_BASE_URL"):
-        return KreaResource(api_key=dg.EnvVar("KREA_API_KEY"), base_url=dg.EnvVar("KREA_BASE_URL"))
+        return KreaResource()  # KREA_API_KEY and KREA_BASE_URL from the environment
     return LocalEmulatorKreaResource(
         api_key=DEMO_TOKEN, base_url=f"http://127.0.0.1:{EMULATOR_PORT}", poll_interval=0.5
     )
@@ -117,6 +122,9 @@ krea_demo_job = dg.define_asset_job(
     "krea_demo_job",
     selection=dg.AssetSelection.assets(demo.prompts, demo.jobs, demo.images, contact_sheet),
     description="Validate a batch's prompts, submit them to Krea, store the images, draw the contact sheet.",
+    # All steps in the run's own process: a one-prompt run starts in seconds instead of paying
+    # a code-location load per step (the multiprocess default).
+    executor_def=dg.in_process_executor,
 )
 
 defs = dg.Definitions(
@@ -132,6 +140,7 @@ defs = dg.Definitions(
         default_status=dg.DefaultSensorStatus.RUNNING,
     ),
     resources={"krea": krea_resource()},
+    executor=dg.in_process_executor,  # for runs launched from the UI or `dg launch --assets`
 )
 
 # demo_defs/ holds YAML component instances (banners: KreaImagesComponent).

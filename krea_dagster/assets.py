@@ -140,6 +140,7 @@ def build_krea_image_assets(
     io_manager_key: str = "io_manager",
     automation_condition: dg.AutomationCondition | None = None,
     retry_policy: dg.RetryPolicy | None = None,
+    root: str | Path | None = None,
 ) -> KreaImageAssets:
     """Build the four assets of one krea-dagster instance.
 
@@ -169,6 +170,9 @@ def build_krea_image_assets(
             ``dg.AutomationCondition.eager()`` refreshes a batch whenever the discovery sensor
             observes a new version of its prompt file (paying only for changed rows).
         retry_policy: retry policy of the jobs and images steps.
+        root: what relative ``prompts``, ``store`` and ``sqlite:///`` ledger paths are resolved
+            against (``$KREA_DAGSTER_ROOT`` wins; default: the project folder of the calling
+            file, see ``krea_dagster.engine.paths``), never the current directory.
     """
     if not name_prefix.replace("_", "").isalnum():
         raise ValueError(
@@ -182,13 +186,17 @@ def build_krea_image_assets(
             raise ValueError(f"{name} must be a number of USD, 0 or more, got {value!r}")
         if value is not None and value == float("inf"):
             raise ValueError(f"{name} must be a finite number of USD, got {value!r}")
-    source = prompts if isinstance(prompts, PromptSource) else PromptSource(prompts)
+    from krea_dagster.batches import remember
+    from krea_dagster.engine.paths import InstancePaths
+
+    paths = InstancePaths.resolve(prompts, store, ledger, root)
+    source = prompts if isinstance(prompts, PromptSource) else PromptSource(paths.prompts)
     pipeline = KreaImagePipeline(
         prefix=name_prefix,
         source=source,
         model=model,
-        store=store if isinstance(store, ImageStore) else ImageStore(store),
-        ledger=ledger if isinstance(ledger, Ledger) else Ledger(ledger),
+        store=store if isinstance(store, ImageStore) else ImageStore(paths.store),
+        ledger=ledger if isinstance(ledger, Ledger) else Ledger(paths.ledger),
         defaults=dict(defaults or {}),
         carry_columns=tuple(carry_columns),
         max_attempts=max_attempts,
@@ -232,7 +240,7 @@ def build_krea_image_assets(
         automation_condition,
         retry_policy,
     )
-    return KreaImageAssets(
+    built = KreaImageAssets(
         pipeline=pipeline,
         partitions_def=partitions,
         source=source_spec,
@@ -241,6 +249,8 @@ def build_krea_image_assets(
         images=images_asset,
         krea=krea_source,
     )
+    remember(built)  # so `krea-dagster register-batches <prefix>` finds it
+    return built
 
 
 def _asset_kwargs(spec: dg.AssetSpec) -> dict[str, Any]:
@@ -306,9 +316,18 @@ def _prompts_asset(
                 ),
                 "preview": dg.MetadataValue.md(_markdown_preview(table)),
             },
+            # Same table, same version: re-validating an unchanged file leaves jobs and images
+            # in sync (a random version per run would mark them "Unsynced").
+            data_version=_table_version(table),
         )
 
     return prompts
+
+
+def _table_version(table: pd.DataFrame) -> dg.DataVersion:
+    import hashlib
+
+    return dg.DataVersion(hashlib.sha256(table.to_csv(index=False).encode()).hexdigest()[:24])
 
 
 def _markdown_preview(table: pd.DataFrame) -> str:
@@ -408,6 +427,13 @@ def _jobs_asset(
         krea = krea_source.get(context)
         batch = context.partition_key
         regeneration_id = _regeneration_id(context, config)
+        from krea_dagster.engine.continuity import forgotten_images_warning
+
+        forgotten = forgotten_images_warning(
+            pipeline.ledger, pipeline.store, pipeline.scope, pipeline.prefix
+        )
+        if forgotten:
+            context.log.warning(forgotten)
         try:
             summary = _interruptible(
                 pipeline,
@@ -444,9 +470,17 @@ def _jobs_asset(
                 metadata=metadata,
                 allow_retries=False,
             )
-        return dg.MaterializeResult(metadata=metadata)
+        return dg.MaterializeResult(metadata=metadata, data_version=_jobs_version(summary, rows))
 
     return jobs
+
+
+def _jobs_version(summary: Any, rows: Mapping[str, Any]) -> dg.DataVersion:
+    """The generation and its job ids: a re-run that submits nothing keeps the version."""
+    import hashlib
+
+    text = f"{summary.generation}:" + ",".join(f"{k}={rows[k].job_id}" for k in sorted(rows))
+    return dg.DataVersion(hashlib.sha256(text.encode()).hexdigest()[:24])
 
 
 def _jobs_metadata(

@@ -8,7 +8,7 @@
       prompts: prompts            # relative to this defs.yaml, or absolute, or a URL
       image_model: bfl/flux-1-dev
       defaults: {width: 1024, height: 1024}
-      store: "{{ env.KREA_STORE }}"
+      store: "{{ env.KREA_STORE }}"  # relative paths: to the project root
       ledger: sqlite:///posters-ledger.db
       max_usd_per_run: 25
       # price_usd: 0.02           # USD per request; needed with a cap when the catalog has no price
@@ -61,7 +61,10 @@ class KreaSettings(dg.Model):
     api_key: str | None = Field(
         default=None, description='The id:secret token; use "{{ env.KREA_API_KEY }}".'
     )
-    base_url: str = DEFAULT_BASE_URL
+    base_url: str | None = Field(
+        default=None,
+        description=f"API base URL; default: $KREA_BASE_URL when set, else {DEFAULT_BASE_URL}.",
+    )
     poll_interval: float = 2.0
     poll_timeout: float = 0.0
     on_poll_timeout: Literal["report", "cancel"] = "report"
@@ -120,8 +123,9 @@ class KreaImagesScaffolder(dg.Scaffolder):
                 "prompts": "prompts",
                 "image_model": "bfl/flux-1-dev",
                 "defaults": {"width": 1024, "height": 1024},
-                "store": "images",
-                "ledger": f"sqlite:///{prefix}-ledger.db",
+                # Relative to the project root (never inside defs/): one folder of outputs.
+                "store": "krea-output/images",
+                "ledger": "sqlite:///krea-output/ledger.db",
                 "max_usd_per_run": 5.0,
                 "krea": {"api_key": "{{ env.KREA_API_KEY }}"},
                 "sensors": {"default_status": "stopped"},
@@ -143,9 +147,13 @@ class KreaImagesComponent(dg.Component, dg.Model, dg.Resolvable):
     image_model: str = Field(
         description="Krea model path after /generate/image/, e.g. bfl/flux-1-dev."
     )
-    store: str = Field(description="Image store: a directory (relative to this file) or s3://...")
+    store: str = Field(
+        description="Image store: a directory (relative to the project root, the folder of "
+        "pyproject.toml, or $KREA_DAGSTER_ROOT) or s3://..."
+    )
     ledger: str = Field(
-        description="Ledger database URL (sqlite:///file.db or postgresql+psycopg://...)."
+        description="Ledger database URL (sqlite:///file.db, relative to the project root; or "
+        "postgresql+psycopg://...)."
     )
     defaults: dict[str, Any] = Field(default_factory=dict, description="Request defaults.")
     carry_columns: list[str] = Field(default_factory=list)
@@ -177,8 +185,11 @@ class KreaImagesComponent(dg.Component, dg.Model, dg.Resolvable):
             self.name_prefix,
             prompts=_local_or_url(context.path, self.prompts),
             model=self.image_model,
-            store=_local_or_url(context.path, self.store),
-            ledger=_sqlite_relative(context.path, self.ledger),
+            # Outputs resolve against the project root (the folder of the dg project's
+            # pyproject.toml, or $KREA_DAGSTER_ROOT), never inside the defs/ package.
+            store=self.store,
+            ledger=self.ledger,
+            root=context.project_root,
             defaults=self.defaults,
             carry_columns=self.carry_columns,
             krea=self.krea,
@@ -231,14 +242,6 @@ def _local_or_url(base: Path, value: str) -> str:
     return str(path if path.is_absolute() else (base / path).resolve())
 
 
-def _sqlite_relative(base: Path, url: str) -> str:
-    """``sqlite:///name.db`` relative to the defs.yaml folder; other URLs unchanged."""
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
-        return prefix + str((base / url[len(prefix) :]).resolve())
-    return url
-
-
 class StepOptions(dg.Model):
     """One ``steps:`` entry of a ``KreaWorkflowComponent`` (the fields of ``KreaStep``)."""
 
@@ -269,8 +272,8 @@ class KreaWorkflowComponent(dg.Component, dg.Model, dg.Resolvable):
           name_prefix: catalog
           table: products                  # the upstream asset's key
           key_column: sku
-          store: ../../.demo/catalog       # relative to this defs.yaml, or s3://...
-          ledger: sqlite:///../../.demo/ledger.db
+          store: krea-output/catalog       # relative to the project root, or s3://...
+          ledger: sqlite:///krea-output/ledger.db
           steps:
             - name: edit
               model: openai/gpt-image-2
@@ -283,14 +286,16 @@ class KreaWorkflowComponent(dg.Component, dg.Model, dg.Resolvable):
           krea:
             api_key: "{{ env.KREA_API_KEY }}"
 
-    Relative reference paths in the table are read from this file's folder.
+    Relative ``store`` and ``ledger`` paths resolve against the project root (as for
+    ``KreaImagesComponent``); relative reference paths in the table are read from this file's
+    folder.
     """
 
     name_prefix: str = Field(description="Names asset keys, partitions and ledger scopes.")
     table: str = Field(description="The upstream table asset's key, e.g. products or a/b.")
     steps: list[StepOptions] = Field(description="The Krea steps, in order.")
-    store: str = Field(description="Image store: a directory (relative to this file) or s3://...")
-    ledger: str = Field(description="Ledger database URL (relative sqlite paths: to this file).")
+    store: str = Field(description="Image store: a directory (relative to the project) or s3://")
+    ledger: str = Field(description="Ledger database URL (relative sqlite paths: to the project).")
     key_column: str | None = Field(default=None, description="The column naming each row.")
     batch_column: str = Field(default="batch", description="The column naming each row's batch.")
     max_usd_per_run: float | None = None
@@ -315,8 +320,9 @@ class KreaWorkflowComponent(dg.Component, dg.Model, dg.Resolvable):
                 KreaStep(s.name, s.model, prompt=s.prompt, inputs=s.inputs, defaults=s.defaults)
                 for s in self.steps
             ],
-            store=_local_or_url(context.path, self.store),
-            ledger=_sqlite_relative(context.path, self.ledger),
+            store=self.store,
+            ledger=self.ledger,
+            root=context.project_root,
             key_column=self.key_column,
             batch_column=self.batch_column,
             base_dir=context.path,

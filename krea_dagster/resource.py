@@ -8,13 +8,16 @@ Declare it once per Krea account (the assets find it under the key you give the 
 
     krea = KreaResource(api_key=dg.EnvVar("KREA_API_KEY"))
 
-Use ``dg.EnvVar`` for the token: Dagster then stores and displays the variable's *name*, never
-its value. The resource's repr, its errors and everything it logs leave the token out.
+With no ``api_key`` and no ``base_url``, the client reads ``KREA_API_KEY`` and ``KREA_BASE_URL``
+from the environment of the process that calls Krea (``KreaResource()`` is enough). If you pass
+the token, use ``dg.EnvVar``: Dagster then stores and displays the variable's *name*, never its
+value. The resource's repr, its errors and everything it logs leave the token out.
 
 Clients are built lazily, when an asset or a sensor first needs one, so loading a code location
 never needs the token.
 """
 
+import os
 from collections.abc import Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Literal
@@ -28,6 +31,7 @@ from krea_dagster.version import __version__
 dg.DagsterLibraryRegistry.register("krea-dagster", __version__, is_dagster_package=False)
 
 from krea_dagster.api import (  # noqa: E402
+    BASE_URL_ENV,
     DEFAULT_BASE_URL,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_MAX_RETRIES,
@@ -40,6 +44,7 @@ from krea_dagster.api import (  # noqa: E402
     Timeouts,
 )
 from krea_dagster.api._core import check_api_key  # noqa: E402
+from krea_dagster.api.config import API_KEY_ENV  # noqa: E402
 
 __all__ = ["KreaResource"]
 
@@ -52,16 +57,21 @@ class KreaResource(dg.ConfigurableResource):
         KreaResource(api_key=dg.EnvVar("KREA_API_KEY"), max_concurrent_submits=50)
     """
 
-    api_key: str = Field(
+    api_key: str | None = Field(
+        default=None,
         description=(
-            "Krea API token `id:secret` from krea.ai/settings/api-tokens. Pass "
-            'dg.EnvVar("KREA_API_KEY") so only the variable name is stored.'
+            "Krea API token `id:secret` from krea.ai/settings/api-tokens. Default: the "
+            "KREA_API_KEY environment variable of the process that calls Krea. If you pass "
+            'it, pass dg.EnvVar("KREA_API_KEY") so only the variable name is stored.'
         ),
         repr=False,
     )
-    base_url: str = Field(
-        default=DEFAULT_BASE_URL,
-        description="API base URL; point it at a krea-emulator for tests and demos.",
+    base_url: str | None = Field(
+        default=None,
+        description=(
+            "API base URL. Default: the KREA_BASE_URL environment variable when set, else "
+            f"{DEFAULT_BASE_URL}; point it at a krea-emulator for tests and demos."
+        ),
     )
     connect_timeout: float = Field(default=DEFAULT_CONNECT_TIMEOUT, description="Seconds.")
     read_timeout: float = Field(default=DEFAULT_READ_TIMEOUT, description="Seconds.")
@@ -141,8 +151,13 @@ class KreaResource(dg.ConfigurableResource):
                 )
         return self
 
+    @property
+    def effective_base_url(self) -> str:
+        """The API this resource calls: ``base_url``, else ``$KREA_BASE_URL``, else Krea's."""
+        return self.base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+
     def __repr__(self) -> str:
-        return f"KreaResource(base_url={self.base_url!r})"
+        return f"KreaResource(base_url={self.effective_base_url!r})"
 
     __str__ = __repr__
 
@@ -164,7 +179,8 @@ class KreaResource(dg.ConfigurableResource):
     @property
     def account_id(self) -> str:
         """The Krea account: the token's key id (before ``:``); the secret never leaves."""
-        return self.api_key.split(":", 1)[0].strip()
+        key = self.api_key or os.environ.get(API_KEY_ENV, "")
+        return key.split(":", 1)[0].strip()
 
     @property
     def request_window(self) -> float:

@@ -124,10 +124,17 @@ def discovery_tick(
     partitions_name = assets.partitions_def.name or ""
     existing = set(context.instance.get_dynamic_partitions(partitions_name))
     new = sorted(set(batches) - existing)
+    # A batch this sensor has not seen yet but that was registered elsewhere (krea-dagster
+    # register-batches, scripts/demo) is compared with the version recorded for its file, so
+    # a first tick does not re-run batches that are already up to date.
+    from krea_dagster.batches import recorded_source_versions
+
+    unseen = [batch for batch in batches if batch in existing and batch not in cursor.hashes]
+    known = {**recorded_source_versions(context.instance, assets, unseen), **cursor.hashes}
     changed = sorted(
         batch
         for batch, info in batches.items()
-        if batch in existing and cursor.hashes.get(batch) != info.content_hash
+        if batch in existing and known.get(batch) != info.content_hash
     )
     removed = sorted((existing | set(cursor.hashes)) - set(batches))
     run_requests = [

@@ -50,6 +50,7 @@ from krea_dagster.engine.nodes import (
     skipped_manifest_rows,
     step_rows,
 )
+from krea_dagster.engine.paths import InstancePaths, caller_root
 from krea_dagster.engine.pipeline import KreaImagePipeline
 from krea_dagster.engine.prompts import PROMPTS_TABLE_COLUMNS, PromptValidationError, prepare_batch
 from krea_dagster.engine.references import AsyncReferenceResolver, ImageReferenceError
@@ -91,6 +92,7 @@ def build_krea_workflow(
     batch_column: str = "batch",
     partitions_def: dg.PartitionsDefinition | None = None,
     base_dir: str | Path | None = None,
+    root: str | Path | None = None,
     resource_key: str = "krea",
     krea: KreaResource | None = None,
     max_usd_per_run: float | None = None,
@@ -110,8 +112,11 @@ def build_krea_workflow(
         key_column: the column that identifies a row (default: a hash of the whole row).
         batch_column: the column naming each row's batch when ``table`` is unpartitioned.
         partitions_def: the batches (default: a dynamic ``<prefix>_batches``).
-        base_dir: the folder relative reference paths are read from (default: the current
-            directory of the run worker; set it, e.g. to your project's root).
+        base_dir: the folder relative reference paths in the table are read from (default:
+            the root below).
+        root: what relative ``store`` and ``sqlite:///`` ledger paths (and references, without
+            ``base_dir``) resolve against: ``$KREA_DAGSTER_ROOT``, else this, else the project
+            root of the calling file (see "Where files go" in the README).
     """
     if not steps:
         raise ValueError("a workflow needs at least one step")
@@ -119,8 +124,10 @@ def build_krea_workflow(
     if len(set(names)) != len(names):
         raise ValueError(f"step names must be unique, got {names}")
     partitions = partitions_def or dg.DynamicPartitionsDefinition(name=f"{name_prefix}_batches")
-    store = store if isinstance(store, ImageStore) else ImageStore(store)
-    ledger = ledger if isinstance(ledger, Ledger) else Ledger(ledger)
+    paths = InstancePaths.resolve(None, store, ledger, root)
+    store = store if isinstance(store, ImageStore) else ImageStore(paths.store)
+    ledger = ledger if isinstance(ledger, Ledger) else Ledger(paths.ledger)
+    references_root = base_dir if base_dir is not None else (paths.root or caller_root())
     source = KreaSource(resource_key, krea)
     table_key = _key_of(table)
     pipelines = {
@@ -150,7 +157,7 @@ def build_krea_workflow(
                 source=source,
                 key_column=key_column,
                 batch_column=batch_column,
-                base_dir=Path(base_dir) if base_dir is not None else None,
+                base_dir=Path(references_root) if references_root is not None else None,
                 io_manager_key=io_manager_key,
                 retry_policy=retry_policy,
             )

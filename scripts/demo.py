@@ -4,6 +4,8 @@ KREA_BASE_URL and KREA_API_KEY are set), with progress in the terminal.
 Runs the demo job of definitions.py once per batch on the Dagster instance in
 .demo/dagster_home, so `dg dev` shows the same runs, images and checks afterwards. Running it
 again pays for nothing: every prompt already has its job in the ledger.
+
+`scripts/demo --stop` stops the background emulator (it outlives the demo so `dg dev` can use it).
 """
 
 import os
@@ -23,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 import dagster as dg  # noqa: E402
 
 import definitions  # noqa: E402
+from krea_dagster.batches import register_batches  # noqa: E402
 from krea_dagster.engine.manifest import ManifestStatus  # noqa: E402
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -44,18 +47,39 @@ def progress(batch: str, stop: threading.Event) -> None:
             shown = line
 
 
+def stop_emulator() -> int:
+    from krea_dagster.emulator.local import stop_local_emulator
+
+    state = DEMO_DIR / "emulator"
+    if stop_local_emulator(state):
+        print(f"stopped the demo's emulator ({state})")
+    else:
+        print(f"the demo's emulator was not running ({state})")
+    return 0
+
+
 def main() -> int:
+    if sys.argv[1:] == ["--stop"]:
+        return stop_emulator()
+    if sys.argv[1:]:
+        print("usage: scripts/demo [--stop]", file=sys.stderr)
+        return 2
     started = time.monotonic()
     backend = os.environ.get("KREA_BASE_URL") or "the bundled krea-emulator (no token needed)"
     print(f"krea-dagster demo: Krea backend = {backend}")
+    if not os.environ.get("KREA_BASE_URL"):
+        try:
+            emulator = definitions.start_local_emulator()
+        except RuntimeError as error:
+            print(f"krea-dagster demo: {error}", file=sys.stderr)
+            return 3
+        print(f"  emulator at {emulator.base_url} (stop it with ./scripts/demo --stop)")
     instance = dg.DagsterInstance.get()
-    batches, problems = definitions.demo.pipeline.source.scan()
-    for problem in problems:
-        print(f"  skipping {problem.file}: {problem.message}")
-    partitions = definitions.demo.partitions_def.name or ""
-    new = [b for b in batches if not instance.has_dynamic_partition(partitions, b)]
-    if new:
-        instance.add_dynamic_partitions(partitions, new)
+    # The same command users run: krea-dagster register-batches demo
+    registration = register_batches(definitions.demo, instance)
+    for problem in registration.problems:
+        print(f"  skipping {problem}")
+    batches = registration.added + registration.existing
     job = definitions.defs.resolve_job_def("krea_demo_job")
     failed = 0
     summaries = []
@@ -92,7 +116,9 @@ def main() -> int:
     print(
         "\nOpen the UI (runs, images, checks, lineage):\n"
         f"  DAGSTER_HOME={DAGSTER_HOME} .venv/bin/dg dev\n"
-        "then open http://127.0.0.1:3000 (asset group 'demo')."
+        "then open http://127.0.0.1:3000 (asset group 'demo').\n"
+        "The emulator keeps running in the background for the UI; stop it with "
+        "./scripts/demo --stop"
     )
     return 1 if failed else 0
 

@@ -13,14 +13,35 @@ client and the emulator check each other. Layout (moto-style):
   ``webhooks.py``, ``persistence.py``, ``config.py``, ``clock.py``, ``catalog.py``;
 - ``server.py`` (uvicorn, two origins), ``cli.py`` (``krea-emulator``), ``testing.py``
   (``run_emulator``, ``spawn_emulator``) and ``pytest_plugin.py`` (the ``krea_emulator`` fixture).
+
+The server stack (starlette, uvicorn, python-multipart, jsonschema) comes with the ``emulator``
+extra: ``pip install 'krea-dagster[emulator]'``. The names below are imported on first use, so
+``krea-emulator`` can say so when it is missing instead of failing on import.
 """
 
-from krea_dagster.emulator.admin import DEFAULT_ADMIN_TOKEN
-from krea_dagster.emulator.app import create_app, create_cdn_app
-from krea_dagster.emulator.config import EmulatorConfig
-from krea_dagster.emulator.server import EmulatorServer
-from krea_dagster.emulator.state import DEMO_TOKEN, EmulatorState
-from krea_dagster.emulator.testing import EmulatorHandle, run_emulator, spawn_emulator
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from krea_dagster.emulator.admin import DEFAULT_ADMIN_TOKEN
+    from krea_dagster.emulator.app import create_app, create_cdn_app
+    from krea_dagster.emulator.config import EmulatorConfig
+    from krea_dagster.emulator.server import EmulatorServer
+    from krea_dagster.emulator.state import DEMO_TOKEN, EmulatorState
+    from krea_dagster.emulator.testing import EmulatorHandle, run_emulator, spawn_emulator
+
+_EXPORTS = {
+    "DEFAULT_ADMIN_TOKEN": "krea_dagster.emulator.admin",
+    "DEMO_TOKEN": "krea_dagster.emulator.state",
+    "EmulatorConfig": "krea_dagster.emulator.config",
+    "EmulatorHandle": "krea_dagster.emulator.testing",
+    "EmulatorServer": "krea_dagster.emulator.server",
+    "EmulatorState": "krea_dagster.emulator.state",
+    "create_app": "krea_dagster.emulator.app",
+    "create_cdn_app": "krea_dagster.emulator.app",
+    "run_emulator": "krea_dagster.emulator.testing",
+    "spawn_emulator": "krea_dagster.emulator.testing",
+}
 
 __all__ = [
     "DEFAULT_ADMIN_TOKEN",
@@ -34,3 +55,12 @@ __all__ = [
     "run_emulator",
     "spawn_emulator",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'krea_dagster.emulator' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value

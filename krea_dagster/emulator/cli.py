@@ -3,6 +3,8 @@
 ``krea-emulator serve [options]`` (``serve`` may be omitted) binds the API and the CDN, prints
 one JSON line ``{"base_url", "cdn_url", "token", "admin_token"}`` as the first line of standard
 output, then serves until SIGINT or SIGTERM and shuts down cleanly. Logs go to standard error.
+``krea-emulator stop --state-dir DIR`` stops the background emulator that the demo (or
+``krea_dagster.emulator.local.ensure_local_emulator``) started for DIR.
 
 Every knob of ``EmulatorConfig`` is a flag (``error_5xx_rate`` -> ``--error-5xx-rate``; list
 knobs repeat: ``--error-5xx-routes "POST /generate"``; ``--job-failures CODE=MESSAGE``);
@@ -11,26 +13,68 @@ precedence is defaults < ``--config FILE`` (a JSON object of knobs) < flags.
 Without ``--token`` the emulator serves the fixed demo account ``DEMO_TOKEN``
 (``00000000-0000-4000-8000-000000000000:krea-emulator-demo-secret``), so the demo needs no
 account; the admin token defaults to ``krea-emulator-admin``.
+
+The server needs the ``emulator`` extra (starlette, uvicorn, python-multipart, jsonschema);
+without it the command says which extra to install instead of failing with a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
+import errno
+import importlib.util
 import json
-import signal
 import sys
 from typing import Any
 
-from krea_dagster.emulator.admin import DEFAULT_ADMIN_TOKEN
 from krea_dagster.emulator.config import EmulatorConfig
 from krea_dagster.emulator.errors import BadRequest
-from krea_dagster.emulator.persistence import MemoryStore, SqliteStore
-from krea_dagster.emulator.server import EmulatorServer, run
-from krea_dagster.emulator.state import DEMO_TOKEN, EmulatorState
 
 LIST_KNOBS = {"latency_routes", "error_5xx_routes", "job_failures"}
+# The emulator's server stack: import name -> distribution (all in the `emulator` extra).
+SERVER_STACK = {
+    "starlette": "starlette",
+    "uvicorn": "uvicorn",
+    "multipart": "python-multipart",
+    "jsonschema": "jsonschema",
+}
+INSTALL_HINT = "pip install 'krea-dagster[emulator]'"
+# Kept equal to admin.DEFAULT_ADMIN_TOKEN and state.DEMO_TOKEN (a test checks), so --help
+# works without importing the server stack.
+DEFAULT_ADMIN_TOKEN = "krea-emulator-admin"
+DEMO_TOKEN = "00000000-0000-4000-8000-000000000000:krea-emulator-demo-secret"
+
+# One line per knob of EmulatorConfig (a test checks that every knob has one).
+KNOB_HELP = {
+    "seed": "seed of every fault's random stream: a run is reproducible per seed and request order",
+    "latency_ms": "added latency per request of the public API, in milliseconds",
+    "latency_routes": "limit the latency to these routes (route key or prefix, e.g. "
+    "'POST /generate'; repeatable; none = every public route)",
+    "error_5xx_rate": "probability that a public API request is answered 500/502/503",
+    "error_5xx_routes": "limit the 5xx faults to these routes (repeatable; none = every route)",
+    "accept_then_drop_rate": "probability that POST /generate creates the job, then drops "
+    "the connection without answering",
+    "error_429_rate": "probability that POST /generate is answered 429",
+    "burst_429_every": "every N-th POST /generate starts a burst of 429s (0 = off)",
+    "burst_429_length": "how many answers (that POST included) a 429 burst lasts",
+    "job_failure_rate": "probability that a new job ends failed (failed jobs are not billed)",
+    "job_failures": "failure CODE=MESSAGE drawn for failed jobs (repeatable)",
+    "stuck_rate": "probability that a new job never finishes (until Krea's automatic timeout)",
+    "webhook_duplicate_rate": "probability that a webhook is delivered twice",
+    "webhook_delay_seconds": "delay before each webhook delivery, in seconds",
+    "webhook_max_attempts": "delivery attempts per webhook",
+    "webhook_retry_seconds": "first retry backoff of a webhook, in seconds (doubles each attempt)",
+    "webhook_timeout_seconds": "timeout of one webhook delivery, in seconds",
+    "time_scale": "multiplies every render time and Krea's automatic timeouts (0.1 = 10x faster)",
+    "render_seconds": "fixed render time of every job, in seconds (default: the model's average "
+    "time x time-scale)",
+    "today": "the emulator's date (ISO, e.g. 2026-06-18) for deprecated-alias sunsets "
+    "(default: today in UTC)",
+    "concurrency": "jobs an account renders at once (more are backlogged)",
+    "backlog": "jobs an account may have waiting; beyond it POST /generate gets 429",
+    "balance_usd": "starting USD balance of an account; once spent POST /generate gets 402",
+}
 
 
 def _knob_type(field: dataclasses.Field[Any]) -> Any:
@@ -41,28 +85,75 @@ def _knob_type(field: dataclasses.Field[Any]) -> Any:
     return int
 
 
+def _default_of(field: dataclasses.Field[Any]) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    assert field.default_factory is not dataclasses.MISSING
+    value = field.default_factory()
+    if field.name == "job_failures":
+        return ", ".join(code for code, _message in value)
+    return value or "none"
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except for options whose help already names theirs (default None)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``krea-emulator serve``."""
     parser = argparse.ArgumentParser(
-        prog="krea-emulator serve", description=__doc__.split("\n\n")[0]
+        prog="krea-emulator serve",
+        description=__doc__.split("\n\n")[0].replace("``", ""),
+        epilog="Also: `krea-emulator stop --state-dir DIR` stops a background emulator.",
+        formatter_class=_HelpFormatter,
     )
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind")
     parser.add_argument("--port", type=int, default=0, help="API port (0 = a free port)")
     parser.add_argument("--cdn-port", type=int, default=0, help="CDN port (0 = a free port)")
     parser.add_argument(
-        "--token", action="append", default=[], help="account token id:secret (repeatable)"
+        "--token",
+        action="append",
+        default=None,
+        help=f"account token id:secret (repeatable; none = the demo account {DEMO_TOKEN})",
     )
-    parser.add_argument("--admin-token", default=DEFAULT_ADMIN_TOKEN)
-    parser.add_argument("--state-file", help="SQLite file that keeps state across restarts")
-    parser.add_argument("--config", help="JSON file of knobs")
-    parser.add_argument("--log-level", default="warning")
-    knobs = parser.add_argument_group("knobs (see EmulatorConfig)")
+    parser.add_argument(
+        "--admin-token", default=DEFAULT_ADMIN_TOKEN, help="bearer token of /_emulator routes"
+    )
+    parser.add_argument(
+        "--state-file", help="SQLite file that keeps state across restarts (none = in memory)"
+    )
+    parser.add_argument("--config", help="JSON file of knobs (flags override it)")
+    parser.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["critical", "error", "warning", "info", "debug", "trace"],
+        help="uvicorn log level (logs go to standard error)",
+    )
+    knobs = parser.add_argument_group("knobs (also settable at run time: PATCH /_emulator/config)")
     for field in dataclasses.fields(EmulatorConfig):
         flag = "--" + field.name.replace("_", "-")
+        # The parser's default stays None ("not given"), so a --config file is not overridden;
+        # the help shows EmulatorConfig's default.
+        text = KNOB_HELP[field.name]
+        if field.default is not None:  # knobs whose default is None describe it themselves
+            text += f" (default: {_default_of(field)})"
+        text = text.replace("%", "%%")
         if field.name in LIST_KNOBS:
-            knobs.add_argument(flag, action="append", dest=field.name, default=None)
+            knobs.add_argument(flag, action="append", dest=field.name, default=None, help=text)
         else:
-            knobs.add_argument(flag, type=_knob_type(field), dest=field.name, default=None)
+            knobs.add_argument(
+                flag,
+                type=_knob_type(field),
+                dest=field.name,
+                default=None,
+                help=text,
+                metavar=field.name.upper(),
+            )
     return parser
 
 
@@ -80,21 +171,68 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
     return config
 
 
-async def _serve(server: EmulatorServer, token: str) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, server.stop)
-    sys.stdout.write(json.dumps(server.info(token)) + "\n")
-    sys.stdout.flush()
-    await server.serve()
+def missing_server_stack() -> list[str]:
+    """Distributions of the server stack that are not installed."""
+    return [
+        dist for module, dist in SERVER_STACK.items() if importlib.util.find_spec(module) is None
+    ]
+
+
+def _stop(argv: list[str]) -> int:
+    from krea_dagster.emulator.local import stop_local_emulator
+
+    parser = argparse.ArgumentParser(
+        prog="krea-emulator stop",
+        description="Stop the background emulator started for a state directory.",
+    )
+    parser.add_argument(
+        "--state-dir",
+        default=".demo/emulator",
+        help="state directory of the emulator (default: .demo/emulator, the demo's)",
+    )
+    args = parser.parse_args(argv)
+    if stop_local_emulator(args.state_dir):
+        print(f"krea-emulator: stopped the emulator of {args.state_dir}")
+    else:
+        print(f"krea-emulator: no emulator was running for {args.state_dir}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``krea-emulator`` script."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "stop":
+        return _stop(argv[1:])
     if argv and argv[0] == "serve":
         argv = argv[1:]
     args = build_parser().parse_args(argv)
+    missing = missing_server_stack()
+    if missing:
+        print(
+            f"krea-emulator: the emulator's server stack is not installed (missing: "
+            f"{', '.join(missing)}); install it with: {INSTALL_HINT}",
+            file=sys.stderr,
+        )
+        return 2
+    return _serve_from_args(args)
+
+
+def _serve_from_args(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from krea_dagster.emulator.persistence import MemoryStore, SqliteStore
+    from krea_dagster.emulator.server import EmulatorServer, run
+    from krea_dagster.emulator.state import EmulatorState
+
+    async def serve(server: EmulatorServer, token: str) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, server.stop)
+        sys.stdout.write(json.dumps(server.info(token)) + "\n")
+        sys.stdout.flush()
+        await server.serve()
+
     try:
         config = config_from_args(args)
         tokens = args.token or [DEMO_TOKEN]
@@ -103,16 +241,46 @@ def main(argv: list[str] | None = None) -> int:
     except BadRequest as error:
         print(f"krea-emulator: {error.message}", file=sys.stderr)
         return 2
-    server = EmulatorServer(
-        state,
-        host=args.host,
-        port=args.port,
-        cdn_port=args.cdn_port,
-        admin_token=args.admin_token,
-        log_level=args.log_level,
-    )
-    run(lambda: _serve(server, tokens[0]))
+    try:
+        server = EmulatorServer(
+            state,
+            host=args.host,
+            port=args.port,
+            cdn_port=args.cdn_port,
+            admin_token=args.admin_token,
+            log_level=args.log_level,
+        )
+    except OSError as error:
+        state.close()
+        if error.errno != errno.EADDRINUSE:
+            print(f"krea-emulator: cannot listen on {args.host}: {error}", file=sys.stderr)
+            return 2
+        taken = _taken_ports(args.host, (args.port, args.cdn_port))
+        print(
+            f"krea-emulator: port {' and '.join(map(str, taken))} on {args.host} "
+            f"{'is' if len(taken) == 1 else 'are'} already in use (another krea-emulator? stop it with `krea-emulator stop --state-dir DIR`, or "
+            "choose other ports with --port/--cdn-port; the demo reads KREA_EMULATOR_PORT)",
+            file=sys.stderr,
+        )
+        return 3
+    run(lambda: serve(server, tokens[0]))
     return 0
+
+
+def _taken_ports(host: str, ports: tuple[int, ...]) -> list[int]:
+    import socket
+
+    taken = []
+    for port in ports:
+        if port == 0:
+            continue
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError:
+                taken.append(port)
+    return taken or [port for port in ports if port]
 
 
 if __name__ == "__main__":

@@ -96,7 +96,7 @@ def ensure_local_emulator(
                 text=True,
             )
         assert process.stdout is not None
-        line = _read_first_line(process)
+        line = _read_first_line(process, directory / "emulator.log")
         process.stdout.close()  # the emulator prints nothing after its first line
         details = json.loads(line)
         emulator = LocalEmulator(
@@ -110,7 +110,7 @@ def ensure_local_emulator(
         return emulator
 
 
-def _read_first_line(process: subprocess.Popen[str]) -> str:
+def _read_first_line(process: subprocess.Popen[str], log: Path) -> str:
     assert process.stdout is not None
     deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
     os.set_blocking(process.stdout.fileno(), False)
@@ -126,10 +126,18 @@ def _read_first_line(process: subprocess.Popen[str]) -> str:
             break
         time.sleep(0.02)
     process.kill()
-    raise RuntimeError(
-        "krea-emulator did not start; see emulator.log in the state directory "
-        "(is the port taken? set KREA_EMULATOR_PORT)"
-    )
+    process.wait()
+    reason = _last_line(log) or "see emulator.log in the state directory"
+    raise RuntimeError(f"krea-emulator did not start: {reason}")
+
+
+def _last_line(log: Path) -> str:
+    """The emulator's last complaint (it writes one line when, say, its port is taken)."""
+    try:
+        lines = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1].removeprefix("krea-emulator: ") if lines else ""
 
 
 def stop_local_emulator(state_dir: str | Path) -> bool:
@@ -139,8 +147,12 @@ def stop_local_emulator(state_dir: str | Path) -> bool:
         return False
     info = json.loads(info_path.read_text(encoding="utf-8"))
     info_path.unlink()
+    pid = int(info["pid"])
     try:
-        os.kill(int(info["pid"]), signal.SIGTERM)
+        os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         return False
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline and _running(info):  # ports free once it answers no more
+        time.sleep(0.05)
     return True

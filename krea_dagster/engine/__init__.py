@@ -19,6 +19,8 @@ sensor daemon, in scripts and in tests.
 - ``template``: prompt templates over a table row's columns.
 - ``nodes``: workflow steps over the rows of a table, chained step to step.
 - ``collect``: poll pending jobs, download, verify and store images.
+- ``paths``: the one root relative store, ledger and prompt paths resolve against.
+- ``continuity``: the warning when a new ledger sits next to stored images.
 - ``store``: the content-addressed image store (local or ``s3://``).
 - ``manifest``: the manifest DataFrame of a batch generation.
 - ``pipeline``: one instance's steps, composed from the above.

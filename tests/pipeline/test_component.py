@@ -103,7 +103,10 @@ def test_yaml_instance_runs_a_batch_end_to_end(tmp_path, monkeypatch, emulator):
             assert result.success
             manifest = result.output_for_node("posters__images")
             assert manifest["status"].tolist() == ["completed", "completed"]
-            assert Path(manifest["uri"][0]).is_relative_to(folder / "images")
+            # The relative store resolves against the project root, not inside defs/.
+            uri = Path(manifest["uri"][0])
+            assert uri.is_relative_to(sandbox.project_root / "images")
+            assert not uri.is_relative_to(sandbox.defs_folder_path)
     assert emulator.stats()["jobs_created"] == 2
 
 

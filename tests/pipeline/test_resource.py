@@ -72,3 +72,25 @@ def test_authentication_failure_message_names_the_fix_not_the_token(
         for r in instance.get_records_for_run(result.run_id).records
     )
     assert SECRET not in events
+
+
+def test_default_resource_calls_the_backend_named_by_krea_base_url(
+    build, emulator, instance, prompts_dir, monkeypatch
+):
+    """KreaResource() with KREA_BASE_URL and KREA_API_KEY set sends the batch there, not to Krea."""
+    monkeypatch.setenv("KREA_BASE_URL", emulator.base_url)
+    monkeypatch.setenv("KREA_API_KEY", emulator.token)
+    write_batch(prompts_dir, "b1", prompt_rows(2))
+    krea = KreaResource(poll_interval=0.05)
+    assert repr(krea) == f"KreaResource(base_url={emulator.base_url!r})"
+    result = materialize(build(), "b1", instance=instance, krea=krea)
+    assert result.success
+    assert emulator.stats()["jobs_created"] == 2
+
+
+def test_explicit_base_url_wins_over_krea_base_url(monkeypatch):
+    """base_url passed to the resource is used even when KREA_BASE_URL names another backend."""
+    monkeypatch.setenv("KREA_BASE_URL", "http://127.0.0.1:9")
+    assert KreaResource(base_url="http://127.0.0.1:8").effective_base_url == "http://127.0.0.1:8"
+    monkeypatch.delenv("KREA_BASE_URL")
+    assert KreaResource().effective_base_url == "https://api.krea.ai"

@@ -1,0 +1,163 @@
+"""``krea-dagster``: command-line helpers for a code location that uses krea-dagster.
+
+``krea-dagster register-batches [PREFIX ...]`` loads the code location, then adds every prompt
+file of each instance's prompt folder as a partition (batch) of the Dagster instance in
+``$DAGSTER_HOME``, so ``dg launch --partition BATCH`` can run it. It submits nothing to Krea
+and needs neither the daemon nor a token. Without PREFIX, every krea-dagster instance of the
+code location is registered.
+
+The code location is found like ``dg`` finds it: ``-f FILE`` or ``-m MODULE`` when given;
+else the ``[tool.dg.project]`` of the ``pyproject.toml`` in the current folder (or above);
+else ``definitions.py`` in the current folder. ``python -m krea_dagster`` is the same command.
+"""
+
+import argparse
+import os
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+
+class UsageError(Exception):
+    """Bad input: the message says what is wrong and how to fix it."""
+
+
+def _find_pyproject(start: Path) -> Path | None:
+    for folder in (start, *start.parents):
+        candidate = folder / "pyproject.toml"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _target(args: argparse.Namespace) -> tuple[str, str, Path]:
+    """("file" | "module", file path or module name, working directory)."""
+    cwd = Path.cwd()
+    if args.file:
+        path = Path(args.file).resolve()
+        if not path.is_file():
+            raise UsageError(f"-f {args.file}: no such file")
+        return "file", str(path), path.parent
+    if args.module:
+        return "module", args.module, cwd
+    pyproject = _find_pyproject(cwd)
+    if pyproject is not None:
+        dg_project = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("tool", {})
+        project = dg_project.get("dg", {}).get("project")
+        if project:
+            module = project.get("code_location_target_module") or (
+                f"{project['root_module']}.definitions"
+            )
+            top = module.split(".")[0]
+            src = pyproject.parent / "src"  # the create-dagster layout
+            if (src / top).is_dir() or (src / f"{top}.py").is_file():
+                return "module", module, src
+            return "module", module, pyproject.parent
+    if (cwd / "definitions.py").is_file():
+        return "file", str(cwd / "definitions.py"), cwd
+    raise UsageError(
+        "no code location found: run this in a dg project (pyproject.toml with [tool.dg.project]) "
+        "or next to definitions.py, or pass -f FILE / -m MODULE"
+    )
+
+
+def load_code_location(kind: str, target: str, working_directory: Path) -> Any:
+    """Load the code location's definitions the way Dagster does (returns a repository)."""
+    from dagster._core.definitions.definitions_load_context import (
+        DefinitionsLoadContext,
+        DefinitionsLoadType,
+    )
+    from dagster._core.definitions.reconstruct import repository_def_from_target_def
+    from dagster._core.errors import DagsterImportError
+    from dagster._core.workspace.autodiscovery import (
+        loadable_targets_from_python_file,
+        loadable_targets_from_python_module,
+    )
+
+    DefinitionsLoadContext.set(
+        DefinitionsLoadContext(
+            load_type=DefinitionsLoadType.INITIALIZATION, repository_load_data=None
+        )
+    )
+    if str(working_directory) not in sys.path:
+        sys.path.insert(0, str(working_directory))
+    try:
+        if kind == "file":
+            targets = loadable_targets_from_python_file(target, str(working_directory))
+        else:
+            targets = loadable_targets_from_python_module(target, str(working_directory))
+    except DagsterImportError as error:
+        raise UsageError(f"cannot load {target}: {str(error).splitlines()[0]}") from None
+    if not targets:
+        raise UsageError(f"{target}: no Definitions found in it")
+    return [repository_def_from_target_def(t.target_definition) for t in targets]
+
+
+def register_batches_command(args: argparse.Namespace) -> int:
+    from krea_dagster.batches import built_instances, register_batches
+
+    kind, target, working_directory = _target(args)
+    if not os.environ.get("DAGSTER_HOME"):
+        raise UsageError(
+            "DAGSTER_HOME is not set: partitions live in a Dagster instance; "
+            "export DAGSTER_HOME=/path/to/a/folder (the same one `dg dev` and `dg launch` use)"
+        )
+    load_code_location(kind, target, working_directory)
+    instances = built_instances()
+    if not instances:
+        raise UsageError(f"{target} defines no krea-dagster instance (build_krea_image_assets)")
+    prefixes = args.prefix or sorted(instances)
+    unknown = [p for p in prefixes if p not in instances]
+    if unknown:
+        raise UsageError(
+            f"no krea-dagster instance named {', '.join(unknown)} in {target} "
+            f"(instances there: {', '.join(sorted(instances))})"
+        )
+    import dagster as dg
+
+    instance = dg.DagsterInstance.get()
+    for prefix in prefixes:
+        try:
+            result = register_batches(instances[prefix], instance, only=args.batch or None)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        print(result.summary())
+        for problem in result.problems:
+            print(f"  skipped {problem}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="krea-dagster", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    register = commands.add_parser(
+        "register-batches",
+        help="add each prompt file as a partition (batch) of $DAGSTER_HOME; pays nothing",
+        description=(
+            "Load the code location and add the prompt files of each krea-dagster instance as "
+            "partitions of the Dagster instance in $DAGSTER_HOME. Submits nothing to Krea."
+        ),
+    )
+    register.add_argument(
+        "prefix", nargs="*", help="name_prefix of the instances (default: every instance)"
+    )
+    register.add_argument("--batch", action="append", help="only this batch (repeatable)")
+    where = register.add_mutually_exclusive_group()
+    where.add_argument("-f", "--python-file", dest="file", help="file defining the Definitions")
+    where.add_argument("-m", "--module-name", dest="module", help="module defining them")
+    register.set_defaults(handler=register_batches_command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``krea-dagster`` script."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except UsageError as error:
+        print(f"krea-dagster: {error}", file=sys.stderr)
+        return 2
+    return code
