@@ -260,6 +260,9 @@ class StepOptions(dg.Model):
         description="Request fields rendered per row; '{previous}' is the previous step's image.",
     )
     defaults: dict[str, Any] = Field(default_factory=dict, description="Constant request fields.")
+    price_usd: float | None = Field(
+        default=None, description="USD per request, for a model the catalog has no price for."
+    )
 
 
 class KreaWorkflowComponent(dg.Component, dg.Model, dg.Resolvable):
@@ -317,7 +320,14 @@ class KreaWorkflowComponent(dg.Component, dg.Model, dg.Resolvable):
             self.name_prefix,
             table=dg.AssetKey.from_user_string(self.table),
             steps=[
-                KreaStep(s.name, s.model, prompt=s.prompt, inputs=s.inputs, defaults=s.defaults)
+                KreaStep(
+                    s.name,
+                    s.model,
+                    prompt=s.prompt,
+                    inputs=s.inputs,
+                    defaults=s.defaults,
+                    price_usd=s.price_usd,
+                )
                 for s in self.steps
             ],
             store=self.store,

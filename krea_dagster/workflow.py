@@ -138,6 +138,7 @@ def build_krea_workflow(
             store=store,
             ledger=ledger,
             defaults=dict(step.defaults),
+            price_usd=step.price_usd,
             max_attempts=max_attempts,
             max_usd_per_run=max_usd_per_run,
         )
@@ -306,6 +307,8 @@ async def _run_step(
         defaults=step.defaults,
         carry_columns=carried,
         origin=f"step {step.name}",
+        price_usd=step.price_usd,
+        max_usd_per_run=pipeline.max_usd_per_run,
     )
     prompts = prepared.table
     summary = await pipeline.submit(

@@ -100,10 +100,11 @@ def main() -> int:
         manifest = result.output_for_node("demo__images")
         done = int((manifest["status"] == ManifestStatus.COMPLETED).sum())
         summaries.append((batch, len(manifest), done, float(manifest["cost_usd"].sum())))
+    failed += run_catalog(instance, summaries)
     print()
-    print(f"{'batch':<10} {'prompts':>7} {'images':>7} {'cost USD':>9}")
+    print(f"{'batch':<17} {'prompts':>7} {'images':>7} {'cost USD':>9}")
     for batch, prompts, done, cost in summaries:
-        print(f"{batch:<10} {prompts:>7} {done:>7} {cost:>9.4f}")
+        print(f"{batch:<17} {prompts:>7} {done:>7} {cost:>9.4f}")
     stats = emulator_stats()
     if stats:
         print(
@@ -121,6 +122,38 @@ def main() -> int:
         "./scripts/demo --stop"
     )
     return 1 if failed else 0
+
+
+def run_catalog(instance: dg.DagsterInstance, summaries: list) -> int:
+    """The product table through gpt-image-2 edits and upscales, one run per batch."""
+    print("\ncatalog: product photos -> gpt-image-2 edit -> upscale")
+    table = dg.materialize([definitions.products], instance=instance)
+    if not table.success:
+        print("  the product table failed; see `dg dev`")
+        return 1
+    products = table.output_for_node("products")
+    partitions = definitions.catalog.partitions_def.name or ""
+    batches = sorted(products["batch"].unique())
+    new = [b for b in batches if not instance.has_dynamic_partition(partitions, b)]
+    if new:
+        instance.add_dynamic_partitions(partitions, new)
+    job = definitions.defs.resolve_job_def("krea_catalog_job")
+    failed = 0
+    for batch in batches:
+        result = job.execute_in_process(
+            partition_key=batch, instance=instance, run_config=QUIET, raise_on_error=False
+        )
+        if not result.success:
+            failed += 1
+            print(f"  catalog {batch}: run {result.run_id} FAILED; see `dg dev` for the step logs")
+            continue
+        edit = result.output_for_node("catalog__edit")
+        upscale = result.output_for_node("catalog__upscale")
+        done = int((upscale["status"] == ManifestStatus.COMPLETED).sum())
+        cost = float(edit["cost_usd"].sum() + upscale["cost_usd"].sum())
+        summaries.append((f"catalog/{batch}", len(upscale), done, cost))
+        print(f"  catalog {batch}: {done} of {len(upscale)} products edited and upscaled")
+    return failed
 
 
 def emulator_stats() -> dict[str, int] | None:

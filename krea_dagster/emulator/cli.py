@@ -55,6 +55,8 @@ KNOB_HELP = {
     "error_5xx_routes": "limit the 5xx faults to these routes (repeatable; none = every route)",
     "accept_then_drop_rate": "probability that POST /generate creates the job, then drops "
     "the connection without answering",
+    "upload_accept_then_drop_rate": "probability that POST /assets stores the upload, then "
+    "drops the connection without answering",
     "error_429_rate": "probability that POST /generate is answered 429",
     "burst_429_every": "every N-th POST /generate starts a burst of 429s (0 = off)",
     "burst_429_length": "how many answers (that POST included) a 429 burst lasts",

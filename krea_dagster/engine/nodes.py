@@ -59,6 +59,8 @@ class KreaStep:
             ``"{previous}"`` is the previous step's image of the row, ``"{photo}"`` a column
             (a local path, an ``s3://`` URI or a URL).
         defaults: constant request fields (a rendered input wins).
+        price_usd: USD per request, instead of the catalog's price (needed under a budget cap
+            for a model the catalog has no price for).
     """
 
     name: str
@@ -66,6 +68,7 @@ class KreaStep:
     prompt: str | None = None
     inputs: Mapping[str, Any] = field(default_factory=dict)
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    price_usd: float | None = None
 
     def __post_init__(self) -> None:
         if not self.name.replace("_", "").isalnum():
@@ -79,7 +82,9 @@ class KreaStep:
     @property
     def version(self) -> str:
         """Changes whenever the step's templates or settings change."""
-        return template_version(self.model, self.prompt, dict(self.inputs), dict(self.defaults))
+        return template_version(
+            self.model, self.prompt, dict(self.inputs), dict(self.defaults), self.price_usd
+        )
 
     @property
     def uses_previous(self) -> bool:
