@@ -13,6 +13,8 @@ soon as everything is submitted and the sensor launches ``images`` when the batc
 """
 
 import asyncio
+import warnings
+from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,8 +24,24 @@ from typing import Any, TypeVar
 import dagster as dg
 import pandas as pd
 
+from krea_dagster.gallery import write_batch_gallery
 from krea_dagster.ledger import Ledger
-from krea_dagster.manifest import ManifestStatus, column_schema, manifest_metadata
+from krea_dagster.manifest import ManifestStatus
+from krea_dagster.metadata import (
+    MANIFEST_COLUMN_DOCS,
+    MAX_KEYS_IN_METADATA,
+    PROMPTS_COLUMN_DOCS,
+    KreaCheckMetadata,
+    KreaImagesMetadata,
+    KreaJobsMetadata,
+    KreaPromptsMetadata,
+    failed_prompts,
+    failures_table,
+    file_url,
+    status_counts,
+    table_schema,
+    thumbnails_markdown,
+)
 from krea_dagster.pipeline import BudgetExceededError, KreaImagePipeline
 from krea_dagster.prompts import PROMPTS_TABLE_COLUMNS, PromptValidationError, expected_size
 from krea_dagster.resource import KreaResource
@@ -32,8 +50,10 @@ from krea_dagster.store import ImageStore
 from krea_dagster.translator import KreaAssetProps, KreaTranslator
 
 __all__ = [
+    "DEFAULT_MAX_FAILED_FRACTION",
     "REGENERATE_TAG",
     "KreaImageAssets",
+    "KreaImagesConfig",
     "KreaJobsConfig",
     "KreaSource",
     "build_krea_image_assets",
@@ -43,6 +63,7 @@ REGENERATE_TAG = "krea/regenerate"
 T = TypeVar("T")
 MAX_JOB_IDS_IN_METADATA = 200
 PREVIEW_ROWS = 10
+DEFAULT_MAX_FAILED_FRACTION = 0.5
 
 
 class KreaJobsConfig(dg.Config):
@@ -51,6 +72,15 @@ class KreaJobsConfig(dg.Config):
     regenerate: bool = False
     """Start a new generation of the batch: every prompt is submitted again (with a new seed
     when the request has none). Same as the run tag ``krea/regenerate=true``."""
+
+
+class KreaImagesConfig(dg.Config):
+    """Run configuration of the images asset."""
+
+    max_failed_fraction: float | None = None
+    """Override the instance's ``max_failed_fraction`` for this run, e.g. ``1.0`` to accept a
+    batch whose failures exceeded it (re-running images pays nothing: it stores what Krea
+    already made and writes the manifest)."""
 
 
 @dataclass(frozen=True)
@@ -131,6 +161,7 @@ def build_krea_image_assets(
     translator: KreaTranslator | None = None,
     max_usd_per_run: float | None = None,
     max_attempts: int = 3,
+    max_failed_fraction: float = DEFAULT_MAX_FAILED_FRACTION,
     thumbnails: int = 24,
     io_manager_key: str = "io_manager",
     automation_condition: dg.AutomationCondition | None = None,
@@ -155,13 +186,22 @@ def build_krea_image_assets(
             estimated above this many USD.
         max_attempts: Krea failures tolerated per prompt and generation before it is left
             failed (failed jobs are not billed).
-        thumbnails: how many thumbnails the images asset shows (tiny JPEGs in metadata).
+        max_failed_fraction: share of a batch's prompts whose job may end without an image
+            (failed, cancelled, invalid image) before the batch counts as failed. Any
+            failure fails the ``no_failed_prompts`` check with severity WARN; above this share
+            it fails with ERROR and the images step fails, so the run and the partition show
+            failed (the images already made stay stored, and the gallery page and a manifest
+            copy are written to the batch folder). ``0`` fails a batch on the first failure,
+            ``1`` never fails the step. Overridable per run (``KreaImagesConfig``).
+        thumbnails: how many thumbnails the images asset shows inline (small JPEGs in
+            metadata); every image is on the batch's gallery page.
         io_manager_key: IO manager of the prompts and manifest tables.
         automation_condition: put on prompts, jobs and images; e.g.
             ``dg.AutomationCondition.eager()`` refreshes a batch whenever the discovery sensor
             observes a new version of its prompt file (paying only for changed rows).
         retry_policy: retry policy of the jobs and images steps.
     """
+    _check_fraction(max_failed_fraction, "max_failed_fraction")
     if not name_prefix.replace("_", "").isalnum():
         raise ValueError(
             f"name_prefix {name_prefix!r} must use only letters, digits and '_' "
@@ -215,6 +255,7 @@ def build_krea_image_assets(
         io_manager_key,
         automation_condition,
         retry_policy,
+        max_failed_fraction,
     )
     return KreaImageAssets(
         pipeline=pipeline,
@@ -225,6 +266,15 @@ def build_krea_image_assets(
         images=images_asset,
         krea=krea_source,
     )
+
+
+def _check_fraction(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ValueError(
+            f"{name}={value!r} must be a number from 0 to 1 (the share of a batch's prompts "
+            "that may fail), e.g. 0.5; 0 fails a batch on its first failure, 1 never"
+        )
+    return float(value)
 
 
 def _asset_kwargs(spec: dg.AssetSpec) -> dict[str, Any]:
@@ -278,11 +328,13 @@ def _prompts_asset(
             table,
             metadata={
                 "dagster/row_count": len(table),
-                "dagster/column_schema": column_schema(table),
-                "krea/estimated_usd": prepared.estimated_usd,
-                "krea/unpriced_prompts": prepared.unpriced_rows,
-                "krea/model": pipeline.model,
-                "preview": dg.MetadataValue.md(_markdown_preview(table)),
+                "dagster/column_schema": table_schema(table, PROMPTS_COLUMN_DOCS),
+                **KreaPromptsMetadata(
+                    model=pipeline.model,
+                    estimated_cost_usd=prepared.estimated_usd,
+                    unpriced_prompts=prepared.unpriced_rows,
+                    preview=dg.MetadataValue.md(_markdown_preview(table)),
+                ),
             },
         )
 
@@ -417,7 +469,7 @@ def _jobs_asset(
         except BudgetExceededError as error:
             raise dg.Failure(description=str(error), allow_retries=False) from None
         rows = pipeline.latest(batch, summary.generation)
-        metadata = _jobs_metadata(pipeline, summary, rows)
+        metadata = _jobs_metadata(batch, summary, rows)
         stopped = summary.stopped_by
         if stopped is not None:
             raise dg.Failure(
@@ -434,30 +486,26 @@ def _jobs_asset(
     return jobs
 
 
-def _jobs_metadata(
-    pipeline: KreaImagePipeline, summary: Any, rows: Mapping[str, Any]
-) -> dict[str, Any]:
+def _jobs_metadata(batch: str, summary: Any, rows: Mapping[str, Any]) -> dict[str, Any]:
     counts: dict[str, int] = {}
     for row in rows.values():
         counts[row.state] = counts.get(row.state, 0) + 1
     job_ids = [row.job_id for row in rows.values() if row.job_id]
-    submitted = sum(report.submitted for report in summary.rounds)
     submitted_usd = sum(report.submitted_usd for report in summary.rounds)
-    model = pipeline.model
-    return {
-        "krea/generation": summary.generation,
-        "krea/prompts": summary.planned,
-        "krea/submitted_this_run": submitted,
-        "krea/already_covered": sum(report.skipped for report in summary.rounds)
-        + (summary.planned - summary.to_submit),
-        "krea/status_counts": dg.MetadataValue.json(dict(sorted(counts.items()))),
-        f"krea.{model}.jobs": submitted,
-        f"krea.{model}.usd": round(submitted_usd, 6),
-        "krea/reconciled": sum(
-            r.attributed + r.not_created + r.cancelled for r in summary.reconciled
-        ),
-        "krea/job_ids": dg.MetadataValue.json(job_ids[:MAX_JOB_IDS_IN_METADATA]),
-    }
+    return dict(
+        KreaJobsMetadata(
+            batch=batch,
+            generation=str(summary.generation),
+            prompts=summary.planned,
+            submitted_this_run=sum(report.submitted for report in summary.rounds),
+            already_covered=sum(report.skipped for report in summary.rounds)
+            + (summary.planned - summary.to_submit),
+            reconciled=sum(r.attributed + r.not_created + r.cancelled for r in summary.reconciled),
+            estimated_cost_usd=round(submitted_usd, 6),
+            status_counts=dg.MetadataValue.json(dict(sorted(counts.items()))),
+            job_ids=dg.MetadataValue.json(job_ids[:MAX_JOB_IDS_IN_METADATA]),
+        )
+    )
 
 
 # -- images -------------------------------------------------------------------------------------
@@ -465,6 +513,32 @@ def _jobs_metadata(
 CHECK_RESOLVED = "every_prompt_resolved"
 CHECK_SIZE = "images_have_requested_size"
 CHECK_NO_DOUBLE_PAY = "no_duplicate_paid_jobs"
+CHECK_FAILED = "no_failed_prompts"
+
+
+def _check_specs(
+    key: dg.AssetKey, partitions: dg.DynamicPartitionsDefinition, max_failed_fraction: float
+) -> list[dg.AssetCheckSpec]:
+    """The images checks, one result per batch (partitioned like the asset)."""
+    descriptions = {
+        CHECK_FAILED: (
+            "No prompt's Krea job of the batch ended without an image (failed, cancelled, "
+            "invalid image). Severity WARN for some failures, ERROR when more than "
+            f"{max_failed_fraction:.0%} of the prompts failed (max_failed_fraction); the images "
+            "step then fails too, so the run and the partition show it."
+        ),
+        CHECK_RESOLVED: "Every prompt has a verified image or a recorded terminal failure.",
+        CHECK_SIZE: "Every stored image has the width and height its request asked for.",
+        CHECK_NO_DOUBLE_PAY: "The ledger holds no two paid jobs for one prompt in one generation.",
+    }
+    with warnings.catch_warnings():
+        # Partitioned checks are a preview in Dagster 1.13 (each result then names its batch in
+        # the UI's check history); the warning would repeat for every instance built.
+        warnings.filterwarnings("ignore", message=".*partitions_def on an AssetCheckSpec.*")
+        return [
+            dg.AssetCheckSpec(name, asset=key, description=text, partitions_def=partitions)
+            for name, text in descriptions.items()
+        ]
 
 
 def _images_asset(
@@ -477,25 +551,8 @@ def _images_asset(
     io_manager_key: str,
     automation_condition: dg.AutomationCondition | None,
     retry_policy: dg.RetryPolicy | None,
+    max_failed_fraction: float,
 ) -> dg.AssetsDefinition:
-    check_specs = [
-        dg.AssetCheckSpec(
-            CHECK_RESOLVED,
-            asset=spec.key,
-            description="Every prompt has a verified image or a recorded terminal failure.",
-        ),
-        dg.AssetCheckSpec(
-            CHECK_SIZE,
-            asset=spec.key,
-            description="Every stored image has the width and height its request asked for.",
-        ),
-        dg.AssetCheckSpec(
-            CHECK_NO_DOUBLE_PAY,
-            asset=spec.key,
-            description="The ledger holds no two paid jobs for one prompt in one generation.",
-        ),
-    ]
-
     @dg.asset(
         **_asset_kwargs(spec),
         ins={"prompts": dg.AssetIn(prompts_key)},
@@ -503,13 +560,20 @@ def _images_asset(
         partitions_def=partitions,
         required_resource_keys=krea_source.required_keys,
         io_manager_key=io_manager_key,
-        check_specs=check_specs,
+        check_specs=_check_specs(spec.key, partitions, max_failed_fraction),
         automation_condition=automation_condition,
         retry_policy=retry_policy,
     )
-    def images(context: dg.AssetExecutionContext, prompts: pd.DataFrame) -> Iterator[Any]:
+    def images(
+        context: dg.AssetExecutionContext, config: KreaImagesConfig, prompts: pd.DataFrame
+    ) -> Iterator[Any]:
         krea = krea_source.get(context)
         batch = context.partition_key
+        threshold = (
+            max_failed_fraction
+            if config.max_failed_fraction is None
+            else _check_fraction(config.max_failed_fraction, "max_failed_fraction")
+        )
         generation = pipeline.ledger.current_generation(pipeline.scope, batch)
         if generation == 0:
             raise dg.Failure(
@@ -533,28 +597,175 @@ def _images_asset(
         )
         carried = [c for c in prompts.columns if c not in PROMPTS_TABLE_COLUMNS]
         manifest = pipeline.manifest(prompts, batch=batch, generation=generation, carried=carried)
-        metadata = manifest_metadata(
-            manifest,
-            model=pipeline.model,
-            thumbnails=report.thumbnails,
-            store_uri=pipeline.store.batch_uri(pipeline.prefix),
+        outcome = BatchOutcome.of(manifest, batch=batch, generation=generation, threshold=threshold)
+        metadata = _images_metadata(pipeline, context, manifest, outcome, report)
+        checks = list(_check_results(pipeline, manifest, outcome))
+        if not outcome.too_many_failed:
+            (context.log.warning if outcome.failed else context.log.info)(outcome.summary)
+            yield dg.Output(manifest, metadata=metadata)
+            yield from checks
+            return
+        # Above the threshold the batch fails: no materialization, so Dagster marks the partition
+        # Failed (a partition with a materialization in the failing run shows Materialized). What
+        # succeeded stays: the images in the store, their ledger rows (a re-run pays nothing for
+        # them), the gallery page and the manifest copy in the batch folder, linked below.
+        yield from checks
+        raise dg.Failure(
+            description=(
+                f"{outcome.summary}: more than max_failed_fraction={threshold:g} of the batch "
+                "failed. The images Krea made are stored and shown in the gallery. Re-run the "
+                "jobs asset to retry the failed prompts (up to max_attempts), or re-run images "
+                "with run config max_failed_fraction: 1 to accept the batch as it is (no cost)."
+            ),
+            metadata={k: v for k, v in metadata.items() if k != "krea/thumbnails"},
+            allow_retries=False,
         )
-        metadata["krea/generation"] = generation
-        metadata["krea/polls"] = report.polls
-        metadata["krea/downloaded_this_run"] = report.downloaded
-        context.log.info(
-            f"{batch}: {metadata['krea/images']} image(s) stored, {metadata['krea/failures']} "
-            f"without an image, ${manifest['cost_usd'].sum():.4f}"
-        )
-        yield dg.Output(manifest, metadata=metadata)
-        yield from _check_results(pipeline, manifest, batch, generation)
 
     return images
 
 
+@dataclass(frozen=True)
+class BatchOutcome:
+    """How many prompts of a batch generation ended without an image, against the threshold."""
+
+    batch: str
+    generation: int
+    prompts: int
+    images: int
+    failed: int
+    threshold: float
+    error_codes: dict[str, int]
+    estimated_cost_usd: float
+
+    @classmethod
+    def of(
+        cls, manifest: pd.DataFrame, *, batch: str, generation: int, threshold: float
+    ) -> "BatchOutcome":
+        failed = failed_prompts(manifest)
+        codes = failed["error_code"].fillna(failed["status"]).astype(str)
+        return cls(
+            batch=batch,
+            generation=generation,
+            prompts=len(manifest),
+            images=int((manifest["status"] == ManifestStatus.COMPLETED).sum()),
+            failed=len(failed),
+            threshold=threshold,
+            error_codes={str(code): int(n) for code, n in sorted(Counter(codes).items())},
+            estimated_cost_usd=round(float(manifest["cost_usd"].sum()), 6),
+        )
+
+    @property
+    def fraction(self) -> float:
+        return self.failed / self.prompts if self.prompts else 0.0
+
+    @property
+    def too_many_failed(self) -> bool:
+        return self.fraction > self.threshold
+
+    @property
+    def summary(self) -> str:
+        """One line: the batch, how many images, how many failed and why, the estimated cost."""
+        codes = ", ".join(f"{code} x{count}" for code, count in self.error_codes.items())
+        failed = f"{self.failed} of {self.prompts} prompts failed" + (
+            f" ({codes})" if codes else ""
+        )
+        return (
+            f"batch {self.batch!r} generation {self.generation}: {self.images} of "
+            f"{self.prompts} images stored, {failed}, estimated ${self.estimated_cost_usd:.4f}"
+        )
+
+
+def _images_metadata(
+    pipeline: KreaImagePipeline,
+    context: dg.AssetExecutionContext,
+    manifest: pd.DataFrame,
+    outcome: BatchOutcome,
+    report: Any,
+) -> dict[str, Any]:
+    batch = outcome.batch
+    folder = pipeline.store.uri(pipeline.store.batch_folder(pipeline.prefix, batch))
+    links: dict[str, Any] = {}
+    try:
+        files = write_batch_gallery(
+            pipeline.store,
+            pipeline.prefix,
+            batch,
+            manifest,
+            title=f"{pipeline.prefix} / {batch}",
+            subtitle=f"generation {outcome.generation} · {pipeline.model}",
+        )
+    except OSError as error:  # the images are stored; a missing page must not lose the run
+        context.log.warning(f"could not write the gallery page of batch {batch!r}: {error}")
+    else:
+        folder = files.folder
+        links = {
+            "gallery": dg.MetadataValue.url(file_url(files.page)),
+            "gallery_path": dg.MetadataValue.path(files.page),
+            "manifest_copy": dg.MetadataValue.path(files.manifest),
+        }
+    return {
+        "dagster/row_count": len(manifest),
+        "dagster/uri": folder,
+        "dagster/column_schema": table_schema(manifest, MANIFEST_COLUMN_DOCS),
+        **KreaImagesMetadata(
+            batch=batch,
+            generation=str(outcome.generation),
+            images=outcome.images,
+            failed_prompts=outcome.failed,
+            estimated_cost_usd=outcome.estimated_cost_usd,
+            status_counts=dg.MetadataValue.json(status_counts(manifest)),
+            thumbnails=dg.MetadataValue.md(
+                thumbnails_markdown(report.thumbnails, total_images=outcome.images)
+            ),
+            failures=failures_table(manifest),
+            this_run=dg.MetadataValue.json(
+                {
+                    "polls": report.polls,
+                    "downloaded": report.downloaded,
+                    "already_stored": report.already_stored,
+                }
+            ),
+            **links,
+        ),
+    }
+
+
 def _check_results(
-    pipeline: KreaImagePipeline, manifest: pd.DataFrame, batch: str, generation: int
-) -> Any:
+    pipeline: KreaImagePipeline, manifest: pd.DataFrame, outcome: BatchOutcome
+) -> Iterator[dg.AssetCheckResult]:
+    batch, generation = outcome.batch, outcome.generation
+    judged = f"batch {batch!r} generation {generation}"
+    base: dict[str, Any] = {
+        "batch": batch,
+        "generation": str(generation),
+        "prompts": outcome.prompts,
+    }
+
+    failed = failed_prompts(manifest)
+    yield dg.AssetCheckResult(
+        check_name=CHECK_FAILED,
+        passed=outcome.failed == 0,
+        severity=(
+            dg.AssetCheckSeverity.ERROR if outcome.too_many_failed else dg.AssetCheckSeverity.WARN
+        ),
+        description=(
+            f"{judged}: {outcome.failed} of {outcome.prompts} prompts failed "
+            f"({outcome.fraction:.0%}; ERROR above {outcome.threshold:.0%})"
+        ),
+        metadata=dict(
+            KreaCheckMetadata(
+                **base,
+                failed_prompts=outcome.failed,
+                failed_fraction=round(outcome.fraction, 4),
+                max_failed_fraction=outcome.threshold,
+                error_codes=dg.MetadataValue.json(outcome.error_codes),
+                prompt_keys=dg.MetadataValue.json(
+                    list(failed["prompt_key"].head(MAX_KEYS_IN_METADATA))
+                ),
+            )
+        ),
+    )
+
     unresolved = manifest[
         manifest["status"].isin(
             [ManifestStatus.PENDING, ManifestStatus.UNRESOLVED, ManifestStatus.NOT_SUBMITTED]
@@ -563,11 +774,18 @@ def _check_results(
     yield dg.AssetCheckResult(
         check_name=CHECK_RESOLVED,
         passed=unresolved.empty,
-        metadata={
-            "unresolved": len(unresolved),
-            "prompt_keys": dg.MetadataValue.json(list(unresolved["prompt_key"].head(50))),
-        },
+        description=f"{judged}: {len(unresolved)} of {outcome.prompts} prompts unresolved",
+        metadata=dict(
+            KreaCheckMetadata(
+                **base,
+                unresolved=len(unresolved),
+                prompt_keys=dg.MetadataValue.json(
+                    list(unresolved["prompt_key"].head(MAX_KEYS_IN_METADATA))
+                ),
+            )
+        ),
     )
+
     rows = pipeline.latest(batch, generation)
     wrong: list[str] = []
     for record in manifest[manifest["status"] == ManifestStatus.COMPLETED].to_dict(
@@ -580,11 +798,20 @@ def _check_results(
     yield dg.AssetCheckResult(
         check_name=CHECK_SIZE,
         passed=not wrong,
-        metadata={"wrong_size": len(wrong), "prompt_keys": dg.MetadataValue.json(wrong[:50])},
+        description=f"{judged}: {len(wrong)} of {outcome.images} images have the wrong size",
+        metadata=dict(
+            KreaCheckMetadata(
+                **base,
+                wrong_size=len(wrong),
+                prompt_keys=dg.MetadataValue.json(wrong[:MAX_KEYS_IN_METADATA]),
+            )
+        ),
     )
+
     duplicates = pipeline.ledger.paid_duplicates(pipeline.scope, batch, generation)
     yield dg.AssetCheckResult(
         check_name=CHECK_NO_DOUBLE_PAY,
         passed=not duplicates,
-        metadata={"duplicates": dg.MetadataValue.json(duplicates)},
+        description=f"{judged}: {len(duplicates)} prompts paid twice",
+        metadata=dict(KreaCheckMetadata(**base, duplicates=dg.MetadataValue.json(duplicates))),
     )

@@ -11,6 +11,7 @@
       store: "{{ env.KREA_STORE }}"
       ledger: sqlite:///posters-ledger.db
       max_usd_per_run: 25
+      max_failed_fraction: 0.2     # more than 20% failed prompts fail the batch
       krea:
         api_key: "{{ env.KREA_API_KEY }}"
         poll_interval: 2
@@ -36,7 +37,11 @@ import dagster as dg
 from pydantic import Field
 
 from krea_dagster.api import DEFAULT_BASE_URL
-from krea_dagster.assets import KreaImageAssets, build_krea_image_assets
+from krea_dagster.assets import (
+    DEFAULT_MAX_FAILED_FRACTION,
+    KreaImageAssets,
+    build_krea_image_assets,
+)
 from krea_dagster.resource import KreaResource
 from krea_dagster.schedules import build_krea_regeneration_schedule
 from krea_dagster.sensors import build_krea_sensors
@@ -149,6 +154,14 @@ class KreaImagesComponent(dg.Component, dg.Model, dg.Resolvable):
     carry_columns: list[str] = Field(default_factory=list)
     max_usd_per_run: float | None = None
     max_attempts: int = 3
+    max_failed_fraction: float = Field(
+        default=DEFAULT_MAX_FAILED_FRACTION,
+        description=(
+            "Share (0..1) of a batch's prompts whose Krea job may fail before the batch counts "
+            "as failed: above it the no_failed_prompts check fails with ERROR and the images "
+            "step fails (any failure at all is a WARN)."
+        ),
+    )
     thumbnails: int = 24
     group_name: str | None = None
     krea: Annotated[
@@ -175,6 +188,7 @@ class KreaImagesComponent(dg.Component, dg.Model, dg.Resolvable):
             krea=self.krea,
             max_usd_per_run=self.max_usd_per_run,
             max_attempts=self.max_attempts,
+            max_failed_fraction=self.max_failed_fraction,
             thumbnails=self.thumbnails,
         )
 

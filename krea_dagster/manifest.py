@@ -1,4 +1,4 @@
-"""The manifest of a batch generation and the metadata that shows it in the Dagster UI.
+"""The manifest of a batch generation: one row per prompt (its metadata: ``metadata.py``).
 
 The manifest is an ordinary pandas DataFrame, one row per prompt of the batch, so downstream
 assets take it as an input like any table: where the image is, whether it is verified, what
@@ -15,23 +15,18 @@ it cost, and why it failed when it did. Its ``status`` column says, per prompt:
 =================  =====================================================================
 """
 
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import dagster as dg
 import pandas as pd
 
 from krea_dagster.api import JobStatus
-from krea_dagster.collect import Thumbnail
 from krea_dagster.ledger import Submission, SubmissionState
 
 __all__ = [
     "MANIFEST_COLUMNS",
     "ManifestStatus",
     "build_manifest",
-    "gallery_markdown",
-    "manifest_metadata",
     "row_status",
 ]
 
@@ -52,8 +47,6 @@ MANIFEST_COLUMNS = (
     "error_code",
     "error_message",
 )
-FAILURE_STATUSES = ("failed", "cancelled", "image_error", "unresolved", "not_submitted", "pending")
-MAX_FAILURE_ROWS = 100
 
 
 class ManifestStatus:
@@ -134,75 +127,3 @@ def build_manifest(
     for column in ("width", "height"):
         frame[column] = frame[column].astype("Int64")
     return frame
-
-
-def gallery_markdown(thumbnails: Sequence[Thumbnail], *, total_images: int) -> str:
-    """Small inline thumbnails (data URIs), with the prompt as alt text and title."""
-    if not thumbnails:
-        return "_no images yet_"
-    cells = []
-    for thumb in thumbnails:
-        caption = thumb.caption.replace("[", "(").replace("]", ")").replace('"', "'")[:80]
-        cells.append(f'![{caption}]({thumb.data_uri} "{caption}")')
-    more = total_images - len(thumbnails)
-    suffix = f"\n\n_{len(thumbnails)} of {total_images} images shown_" if more > 0 else ""
-    return " ".join(cells) + suffix
-
-
-def failures_table(manifest: pd.DataFrame) -> dg.TableMetadataValue:
-    failed = manifest[manifest["status"] != ManifestStatus.COMPLETED].head(MAX_FAILURE_ROWS)
-    records = [
-        dg.TableRecord(
-            {
-                "prompt_key": str(row["prompt_key"]),
-                "prompt": str(row["prompt"])[:200],
-                "status": str(row["status"]),
-                "code": str(row["error_code"] or ""),
-                "message": str(row["error_message"] or "")[:500],
-                "job_id": str(row["job_id"] or ""),
-            }
-        )
-        for row in failed.to_dict(orient="records")
-    ]
-    schema = dg.TableSchema(
-        columns=[
-            dg.TableColumn("prompt_key", "string"),
-            dg.TableColumn("prompt", "string"),
-            dg.TableColumn("status", "string"),
-            dg.TableColumn("code", "string"),
-            dg.TableColumn("message", "string"),
-            dg.TableColumn("job_id", "string"),
-        ]
-    )
-    return dg.MetadataValue.table(records=records, schema=schema)
-
-
-def column_schema(frame: pd.DataFrame) -> dg.TableSchema:
-    return dg.TableSchema(
-        columns=[dg.TableColumn(str(name), str(dtype)) for name, dtype in frame.dtypes.items()]
-    )
-
-
-def manifest_metadata(
-    manifest: pd.DataFrame,
-    *,
-    model: str,
-    thumbnails: Sequence[Thumbnail],
-    store_uri: str,
-) -> dict[str, Any]:
-    """Counts, cost, location, schema, gallery and failures of one manifest."""
-    counts = Counter(manifest["status"])
-    completed = int(counts.get(ManifestStatus.COMPLETED, 0))
-    cost = float(manifest["cost_usd"].sum())
-    return {
-        "dagster/row_count": len(manifest),
-        "dagster/uri": store_uri,
-        "dagster/column_schema": column_schema(manifest),
-        "krea/images": completed,
-        "krea/failures": len(manifest) - completed,
-        "krea/status_counts": dg.MetadataValue.json(dict(sorted(counts.items()))),
-        f"krea.{model}.images": completed,
-        f"krea.{model}.usd": round(cost, 6),
-        "krea/gallery": dg.MetadataValue.md(gallery_markdown(thumbnails, total_images=completed)),
-        "krea/failures_table": failures_table(manifest),
-    }
