@@ -601,9 +601,10 @@ def _images_asset(
         metadata = _images_metadata(pipeline, context, manifest, outcome, report)
         checks = list(_check_results(pipeline, manifest, outcome))
         if not outcome.too_many_failed:
-            (context.log.warning if outcome.failed else context.log.info)(outcome.summary)
             yield dg.Output(manifest, metadata=metadata)
             yield from checks
+            # Last, after the IO manager's and the checks' lines: what the step ends on.
+            (context.log.warning if outcome.failed else context.log.info)(outcome.summary)
             return
         # Above the threshold the batch fails: no materialization, so Dagster marks the partition
         # Failed (a partition with a materialization in the failing run shows Materialized). What

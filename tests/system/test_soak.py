@@ -108,6 +108,7 @@ def test_fault_soak_200_prompts_completes_and_pays_once(tmp_path: Path):
     assert statuses["failed"] == faults["job_failure"]
     assert failed["error_code"].notna().all() and failed["job_id"].notna().all()
     assert checks == {
+        "no_failed_prompts": False,  # a WARN: 5% failed, under max_failed_fraction
         "every_prompt_resolved": True,
         "images_have_requested_size": True,
         "no_duplicate_paid_jobs": True,
