@@ -38,6 +38,7 @@ from krea_dagster.metadata import (
     failed_prompts,
     failures_table,
     file_url,
+    served_url,
     status_counts,
     table_schema,
     thumbnails_markdown,
@@ -163,6 +164,7 @@ def build_krea_image_assets(
     max_attempts: int = 3,
     max_failed_fraction: float = DEFAULT_MAX_FAILED_FRACTION,
     thumbnails: int = 24,
+    store_url: str | None = None,
     io_manager_key: str = "io_manager",
     automation_condition: dg.AutomationCondition | None = None,
     retry_policy: dg.RetryPolicy | None = None,
@@ -195,6 +197,10 @@ def build_krea_image_assets(
             ``1`` never fails the step. Overridable per run (``KreaImagesConfig``).
         thumbnails: how many thumbnails the images asset shows inline (small JPEGs in
             metadata); every image is on the batch's gallery page.
+        store_url: the HTTP(S) address at which the store root is served (a CDN, a bucket
+            website, ``python -m http.server`` in the store), so the gallery link in the UI
+            opens in the browser; without it the link is the page's ``file://`` path or
+            ``s3://`` URI (browsers do not open those from a web page: copy the path).
         io_manager_key: IO manager of the prompts and manifest tables.
         automation_condition: put on prompts, jobs and images; e.g.
             ``dg.AutomationCondition.eager()`` refreshes a batch whenever the discovery sensor
@@ -202,6 +208,11 @@ def build_krea_image_assets(
         retry_policy: retry policy of the jobs and images steps.
     """
     _check_fraction(max_failed_fraction, "max_failed_fraction")
+    if store_url is not None and not store_url.startswith(("http://", "https://")):
+        raise ValueError(
+            f"store_url={store_url!r} must be an http:// or https:// address at which the "
+            "store root is served, e.g. https://cdn.example.com/krea-images"
+        )
     if not name_prefix.replace("_", "").isalnum():
         raise ValueError(
             f"name_prefix {name_prefix!r} must use only letters, digits and '_' "
@@ -256,6 +267,7 @@ def build_krea_image_assets(
         automation_condition,
         retry_policy,
         max_failed_fraction,
+        store_url,
     )
     return KreaImageAssets(
         pipeline=pipeline,
@@ -552,6 +564,7 @@ def _images_asset(
     automation_condition: dg.AutomationCondition | None,
     retry_policy: dg.RetryPolicy | None,
     max_failed_fraction: float,
+    store_url: str | None,
 ) -> dg.AssetsDefinition:
     @dg.asset(
         **_asset_kwargs(spec),
@@ -598,7 +611,7 @@ def _images_asset(
         carried = [c for c in prompts.columns if c not in PROMPTS_TABLE_COLUMNS]
         manifest = pipeline.manifest(prompts, batch=batch, generation=generation, carried=carried)
         outcome = BatchOutcome.of(manifest, batch=batch, generation=generation, threshold=threshold)
-        metadata = _images_metadata(pipeline, context, manifest, outcome, report)
+        metadata = _images_metadata(pipeline, context, manifest, outcome, report, store_url)
         checks = list(_check_results(pipeline, manifest, outcome))
         if not outcome.too_many_failed:
             yield dg.Output(manifest, metadata=metadata)
@@ -682,8 +695,10 @@ def _images_metadata(
     manifest: pd.DataFrame,
     outcome: BatchOutcome,
     report: Any,
+    store_url: str | None,
 ) -> dict[str, Any]:
     batch = outcome.batch
+    order = {key: index for index, key in enumerate(manifest["prompt_key"])}  # batch order
     folder = pipeline.store.uri(pipeline.store.batch_folder(pipeline.prefix, batch))
     links: dict[str, Any] = {}
     try:
@@ -699,16 +714,18 @@ def _images_metadata(
         context.log.warning(f"could not write the gallery page of batch {batch!r}: {error}")
     else:
         folder = files.folder
+        page_url = (
+            served_url(store_url, pipeline.store.root, files.page)
+            if store_url
+            else file_url(files.page)
+        )
         links = {
-            "gallery": dg.MetadataValue.url(file_url(files.page)),
+            "gallery": dg.MetadataValue.url(page_url),
             "gallery_path": dg.MetadataValue.path(files.page),
             "manifest_copy": dg.MetadataValue.path(files.manifest),
         }
-    return {
-        "dagster/row_count": len(manifest),
-        "dagster/uri": folder,
-        "dagster/column_schema": table_schema(manifest, MANIFEST_COLUMN_DOCS),
-        **KreaImagesMetadata(
+    krea_entries = dict(
+        KreaImagesMetadata(
             batch=batch,
             generation=str(outcome.generation),
             images=outcome.images,
@@ -716,7 +733,10 @@ def _images_metadata(
             estimated_cost_usd=outcome.estimated_cost_usd,
             status_counts=dg.MetadataValue.json(status_counts(manifest)),
             thumbnails=dg.MetadataValue.md(
-                thumbnails_markdown(report.thumbnails, total_images=outcome.images)
+                thumbnails_markdown(
+                    sorted(report.thumbnails, key=lambda thumb: order.get(thumb.prompt_key, 0)),
+                    total_images=outcome.images,
+                )
             ),
             failures=failures_table(manifest),
             this_run=dg.MetadataValue.json(
@@ -727,7 +747,13 @@ def _images_metadata(
                 }
             ),
             **links,
-        ),
+        )
+    )
+    return {
+        **krea_entries,
+        "dagster/row_count": len(manifest),
+        "dagster/uri": folder,
+        "dagster/column_schema": table_schema(manifest, MANIFEST_COLUMN_DOCS),
     }
 
 

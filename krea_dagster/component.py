@@ -163,6 +163,13 @@ class KreaImagesComponent(dg.Component, dg.Model, dg.Resolvable):
         ),
     )
     thumbnails: int = 24
+    store_url: str | None = Field(
+        default=None,
+        description=(
+            "HTTP(S) address at which the store root is served, so the gallery link in the UI "
+            "opens in the browser."
+        ),
+    )
     group_name: str | None = None
     krea: Annotated[
         KreaResource,
@@ -190,6 +197,7 @@ class KreaImagesComponent(dg.Component, dg.Model, dg.Resolvable):
             max_attempts=self.max_attempts,
             max_failed_fraction=self.max_failed_fraction,
             thumbnails=self.thumbnails,
+            store_url=self.store_url,
         )
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:

@@ -13,9 +13,12 @@ catalog price of its request (``krea_dagster/data/krea_models.json``); failed an
 are not billed. The keys say so (``krea/estimated_cost_usd``).
 """
 
+import posixpath
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import dagster as dg
 import pandas as pd
@@ -137,19 +140,19 @@ class KreaJobsMetadata(NamespacedMetadataSet):
 
 
 class KreaImagesMetadata(NamespacedMetadataSet):
-    """``krea/...`` entries of an images materialization (and of its failure)."""
+    """``krea/...`` entries of an images materialization (and of its failure), in UI order."""
 
+    gallery: dg.UrlMetadataValue | None = None
     batch: str | None = None
     generation: str | None = None
     images: int | None = None
     failed_prompts: int | None = None
     estimated_cost_usd: float | None = None
-    status_counts: dg.JsonMetadataValue | None = None
-    gallery: dg.UrlMetadataValue | None = None
-    gallery_path: dg.PathMetadataValue | None = None
-    manifest_copy: dg.PathMetadataValue | None = None
     thumbnails: dg.MarkdownMetadataValue | None = None
     failures: dg.TableMetadataValue | None = None
+    status_counts: dg.JsonMetadataValue | None = None
+    gallery_path: dg.PathMetadataValue | None = None
+    manifest_copy: dg.PathMetadataValue | None = None
     this_run: dg.JsonMetadataValue | None = None
 
     @classmethod
@@ -235,9 +238,19 @@ def status_counts(manifest: pd.DataFrame) -> dict[str, int]:
 
 
 def file_url(uri: str) -> str:
-    """A clickable URL for a store URI: ``file://`` for a local path, the URI itself otherwise."""
+    """A URL for a store URI: ``file://`` for a local path, the URI itself otherwise."""
     if "://" in uri:
         return uri
-    from pathlib import Path
-
     return Path(uri).as_uri()
+
+
+def served_url(store_url: str, root: str, uri: str) -> str:
+    """The address of a store file under ``store_url``, where the store root is served over HTTP."""
+    root_path = root.split("://", 1)[-1].rstrip("/")
+    path = uri.split("://", 1)[-1]
+    if "://" not in root:
+        root_path, path = str(Path(root_path).resolve()), str(Path(path).resolve())
+    relative = posixpath.relpath(path, root_path)
+    if relative.startswith(".."):
+        raise ValueError(f"{uri} is not inside the store root {root}")
+    return store_url.rstrip("/") + "/" + quote(relative)

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import dagster as dg
+import pytest
 from PIL import Image
 
 from krea_dagster.gallery import GalleryItem, relative_href, render_gallery
@@ -163,3 +164,23 @@ def test_gallery_links_images_relative_to_the_page():
         == "../../images/ab/ab12.png"
     )
     assert relative_href("s3://bkt/p/batches/b1", "s3://other/x.png") == "s3://other/x.png"
+
+
+def test_store_url_makes_the_gallery_link_an_http_address(
+    build, emulator, krea, instance, prompts_dir
+):
+    """With store_url, the gallery entry is the page's address under that URL (browsers open it from the UI)."""
+    write_batch(prompts_dir, "b1", prompt_rows(1))
+    assets = build(store_url="http://127.0.0.1:8123/store/")
+    images = materializations(materialize(assets, "b1", instance=instance, krea=krea), assets)[
+        "images"
+    ]
+    gallery = KreaImagesMetadata.extract(images.metadata).gallery
+    assert gallery is not None
+    assert gallery.value == "http://127.0.0.1:8123/store/krea_test/batches/b1/index.html"
+
+
+def test_store_url_must_be_http(build):
+    """A store_url that is not http(s) is refused with an example of what to give."""
+    with pytest.raises(ValueError, match=r"must be an http:// or https:// address"):
+        build(store_url="s3://bucket/prefix")

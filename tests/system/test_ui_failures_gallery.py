@@ -3,16 +3,19 @@
 Two batches of six prompts run against an in-process emulator whose seeded fault stream fails
 five jobs of the first batch and one of the second. With ``max_failed_fraction=0.5`` the first
 batch fails (check ERROR, run failed, partition Failed) and the second materializes with a
-WARN. A ``dagster-webserver`` on the same SQLite instance then serves the UI, and the gallery
-pages the images step wrote to the store are opened as files. Screenshots land in
-``test-artifacts/system/ui-*.png``.
+WARN. A ``dagster-webserver`` on the same SQLite instance then serves the UI, and the store
+directory is served over HTTP (``store_url``), so the gallery link in the asset's metadata
+opens the batch's page in the browser. Screenshots land in ``test-artifacts/system/ui-*.png``.
 """
 
+import functools
+import http.server
 import os
 import random
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -92,12 +95,23 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     prompts_dir.mkdir()
     for batch, (prompts, _) in BATCHES.items():
         write_prompts(prompts_dir, batch, prompts)
+    store = root / "store"
+    store.mkdir()
+    handler = functools.partial(QuietHandler, directory=str(store))
+    files = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=files.serve_forever, daemon=True).start()
     env = {
         "KREA_UI_PROMPTS": str(prompts_dir),
-        "KREA_UI_STORE": str(root / "store"),
+        "KREA_UI_STORE": str(store),
         "KREA_UI_LEDGER": f"sqlite:///{root / 'ledger.db'}",
+        "KREA_UI_STORE_URL": f"http://127.0.0.1:{files.server_address[1]}",
     }
-    assets = build(env["KREA_UI_PROMPTS"], env["KREA_UI_STORE"], env["KREA_UI_LEDGER"])
+    assets = build(
+        env["KREA_UI_PROMPTS"],
+        env["KREA_UI_STORE"],
+        env["KREA_UI_LEDGER"],
+        env["KREA_UI_STORE_URL"],
+    )
     pattern = [(len(prompts), failed) for prompts, failed in BATCHES.values()]
     results = {}
     instance = dg.DagsterInstance.from_config(str(home))
@@ -160,11 +174,20 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
             process.wait()
         log.close()
         instance.dispose()
+        files.shutdown()
+        files.server_close()
 
 
-def gallery_page(deployed: dict[str, Any], batch: str) -> Path:
-    """The gallery page the images step wrote for ``batch`` (from the step failure or the
-    materialization)."""
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves the store directory without a log line per request."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def gallery_links(deployed: dict[str, Any], batch: str) -> KreaImagesMetadata:
+    """The gallery entries the images step recorded for ``batch`` (in its materialization, or
+    in its step failure when the batch failed)."""
     result = deployed["results"][batch]
     node = deployed["assets"].images.node_def.name
     materializations = result.asset_materializations_for_node(node)
@@ -174,8 +197,8 @@ def gallery_page(deployed: dict[str, Any], batch: str) -> Path:
         (failure,) = result.get_step_failure_events()
         metadata = failure.step_failure_data.user_failure_data.metadata
     linked = KreaImagesMetadata.extract(metadata)
-    assert linked.gallery_path is not None
-    return Path(linked.gallery_path.value)
+    assert linked.gallery is not None and linked.gallery_path is not None
+    return linked
 
 
 def test_ui_shows_the_mostly_failed_batch_as_failed(deployed, browser, artifacts_dir):
@@ -184,6 +207,16 @@ def test_ui_shows_the_mostly_failed_batch_as_failed(deployed, browser, artifacts
 
     assert not deployed["results"]["harbor"].success
     assert deployed["results"]["forest"].success
+    severities = {
+        batch: evaluation.severity
+        for batch, result in deployed["results"].items()
+        for evaluation in result.get_asset_check_evaluations()
+        if evaluation.check_name == "no_failed_prompts" and not evaluation.passed
+    }
+    assert severities == {
+        "harbor": dg.AssetCheckSeverity.ERROR,
+        "forest": dg.AssetCheckSeverity.WARN,
+    }
     base = f"{deployed['url']}/assets/{PREFIX}/images"
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
@@ -191,9 +224,8 @@ def test_ui_shows_the_mostly_failed_batch_as_failed(deployed, browser, artifacts
     try:
         page.goto(f"{base}?view=partitions&partition=harbor")
         dismiss_first_visit_dialogs(page)
-        heading = page.get_by_text("harbor", exact=True).last
-        expect(heading).to_be_visible()
         expect(page.get_by_text("Failed (1)")).to_be_visible()
+        page.wait_for_timeout(1500)
         expect(page.get_by_text("Materialized (1)")).to_be_visible()
         page.screenshot(path=str(artifacts_dir / "ui-failed-partition.png"))
 
@@ -204,20 +236,28 @@ def test_ui_shows_the_mostly_failed_batch_as_failed(deployed, browser, artifacts
         expect(page.get_by_text("5 of 6 prompts failed").first).to_be_visible()
         page.screenshot(path=str(artifacts_dir / "ui-failed-run.png"))
 
-        # The check: failed (ERROR) for the harbor partition.
+        # The check: its latest result (forest) warns; its history has harbor failed with
+        # ERROR and forest with WARN, each for its partition.
         page.goto(f"{base}?view=checks")
         dismiss_first_visit_dialogs(page)
-        row = page.locator("tr", has_text="no_failed_prompts")
-        expect(row).to_be_visible()
-        page.screenshot(path=str(artifacts_dir / "ui-checks.png"))
-        row.get_by_text("no_failed_prompts", exact=True).first.click()
-        expect(page.get_by_text("batch 'harbor' generation 1: 5 of 6").first).to_be_visible()
+        page.get_by_text("no_failed_prompts", exact=True).first.click()
+        expect(page.get_by_text("batch 'forest' generation 1: 1 of 6").first).to_be_visible()
+        page.get_by_text("Execution history", exact=True).click()
+        for batch, failed in (("harbor", 5), ("forest", 1)):
+            row = page.locator("tr", has_text=f"batch '{batch}' generation 1: {failed} of 6")
+            expect(row.first).to_be_visible()
+            expect(row.first).to_contain_text("Failed")
+        page.wait_for_timeout(1000)
         page.screenshot(path=str(artifacts_dir / "ui-check-history.png"))
+        page.get_by_text("Partitions", exact=True).last.click()
+        page.wait_for_timeout(2000)
+        page.screenshot(path=str(artifacts_dir / "ui-check-partitions.png"))
 
         # The batch within the threshold: materialized, thumbnails with captions inline.
         page.goto(f"{base}?view=partitions&partition=forest")
         dismiss_first_visit_dialogs(page)
         expect(page.locator("tr", has_text="krea/gallery").first).to_be_visible()
+        page.screenshot(path=str(artifacts_dir / "ui-materialized-partition.png"), full_page=True)
         page.locator("tr", has_text="krea/thumbnails").get_by_text("[Show Markdown]").click()
         dialog = page.get_by_role("dialog")
         thumbnails = dialog.locator("img")
@@ -228,6 +268,16 @@ def test_ui_shows_the_mostly_failed_batch_as_failed(deployed, browser, artifacts
         )
         expect(dialog).to_contain_text(BATCHES["forest"][0][0])
         page.screenshot(path=str(artifacts_dir / "ui-thumbnails.png"))
+        page.keyboard.press("Escape")
+
+        # One click from the asset's metadata to the batch's gallery page.
+        link = page.locator("tr", has_text="krea/gallery").first.get_by_role("link").first
+        with context.expect_page() as opened:
+            link.click()
+        gallery = opened.value
+        gallery.wait_for_load_state()
+        assert gallery.url == gallery_links(deployed, "forest").gallery.value
+        expect(gallery.locator("figure.card")).to_have_count(6)
     finally:
         context.close()
 
@@ -238,11 +288,12 @@ def test_gallery_page_renders_every_image_beside_its_prompt(
 ):
     """The batch's gallery page renders every stored image (naturalWidth > 0) with its prompt in the same card, and shows each failure with Krea's message."""
     prompts, failed = BATCHES[batch]
-    page_file = gallery_page(deployed, batch)
+    linked = gallery_links(deployed, batch)
+    assert Path(linked.gallery_path.value).is_file()
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     try:
-        page.goto(page_file.as_uri())
+        page.goto(linked.gallery.value)
         cards = page.locator("figure.card")
         assert cards.count() == len(prompts)
         # Lazy images load as they scroll into view.

@@ -8,6 +8,7 @@ shows what those runs recorded. The webserver never calls Krea: the token is not
 ``KREA_UI_PROMPTS``    the prompt source directory (one CSV per batch)
 ``KREA_UI_STORE``      the image store directory
 ``KREA_UI_LEDGER``     the ledger URL (``sqlite:///...``)
+``KREA_UI_STORE_URL``  the HTTP address at which the test serves the store directory
 =====================  ========================================================================
 """
 
@@ -22,7 +23,7 @@ PREFIX = "ui"
 MAX_FAILED_FRACTION = 0.5
 
 
-def build(prompts: str, store: str, ledger: str) -> KreaImageAssets:
+def build(prompts: str, store: str, ledger: str, store_url: str) -> KreaImageAssets:
     return build_krea_image_assets(
         PREFIX,
         prompts=prompts,
@@ -31,11 +32,15 @@ def build(prompts: str, store: str, ledger: str) -> KreaImageAssets:
         ledger=ledger,
         max_attempts=1,
         max_failed_fraction=MAX_FAILED_FRACTION,
+        store_url=store_url,
     )
 
 
 if "KREA_UI_PROMPTS" in os.environ:
     krea = build(
-        os.environ["KREA_UI_PROMPTS"], os.environ["KREA_UI_STORE"], os.environ["KREA_UI_LEDGER"]
+        os.environ["KREA_UI_PROMPTS"],
+        os.environ["KREA_UI_STORE"],
+        os.environ["KREA_UI_LEDGER"],
+        os.environ["KREA_UI_STORE_URL"],
     )
     defs = krea.definitions(resources={"krea": KreaResource(api_key=dg.EnvVar("KREA_API_KEY"))})
