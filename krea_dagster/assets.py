@@ -582,11 +582,14 @@ def _images_asset(
     ) -> Iterator[Any]:
         krea = krea_source.get(context)
         batch = context.partition_key
-        threshold = (
-            max_failed_fraction
-            if config.max_failed_fraction is None
-            else _check_fraction(config.max_failed_fraction, "max_failed_fraction")
-        )
+        try:
+            threshold = (
+                max_failed_fraction
+                if config.max_failed_fraction is None
+                else _check_fraction(config.max_failed_fraction, "run config max_failed_fraction")
+            )
+        except ValueError as error:
+            raise dg.Failure(description=str(error), allow_retries=False) from None
         generation = pipeline.ledger.current_generation(pipeline.scope, batch)
         if generation == 0:
             raise dg.Failure(

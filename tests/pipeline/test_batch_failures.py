@@ -202,3 +202,16 @@ def test_max_failed_fraction_out_of_range_is_refused(build, bad):
     """A max_failed_fraction that is not a number from 0 to 1 is refused with what to give."""
     with pytest.raises(ValueError, match=r"must be a number from 0 to 1"):
         build(max_failed_fraction=bad)
+
+
+def test_run_config_threshold_out_of_range_fails_the_step_saying_why(
+    build, emulator, krea, instance, prompts_dir
+):
+    """A run config max_failed_fraction outside 0..1 fails the images step with what to give."""
+    write_batch(prompts_dir, "b1", prompt_rows(1))
+    assets = build()
+    config = {"ops": {assets.images.node_def.name: {"config": {"max_failed_fraction": 2.0}}}}
+    result = materialize(assets, "b1", instance=instance, krea=krea, run_config=config)
+    (failure,) = result.get_step_failure_events()
+    description = failure.step_failure_data.user_failure_data.description
+    assert "run config max_failed_fraction=2.0 must be a number from 0 to 1" in description
