@@ -765,11 +765,8 @@ def _check_results(
 ) -> Iterator[dg.AssetCheckResult]:
     batch, generation = outcome.batch, outcome.generation
     judged = f"batch {batch!r} generation {generation}"
-    base: dict[str, Any] = {
-        "batch": batch,
-        "generation": str(generation),
-        "prompts": outcome.prompts,
-    }
+    # Each check's numbers are its own finding (what its Plots show), the batch is text.
+    base: dict[str, Any] = {"batch": batch, "generation": str(generation)}
 
     failed = failed_prompts(manifest)
     yield dg.AssetCheckResult(
@@ -785,6 +782,7 @@ def _check_results(
         metadata=dict(
             KreaCheckMetadata(
                 **base,
+                prompts=outcome.prompts,
                 failed_prompts=outcome.failed,
                 failed_fraction=round(outcome.fraction, 4),
                 max_failed_fraction=outcome.threshold,
