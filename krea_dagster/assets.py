@@ -12,6 +12,8 @@ polls inline; with the completion sensor (``build_krea_sensors``) the ``jobs`` r
 soon as everything is submitted and the sensor launches ``images`` when the batch is done.
 """
 
+import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ import pandas as pd
 
 from krea_dagster.api.catalog import shorten
 from krea_dagster.engine.errors import BatchStoppedError, BudgetExceededError, LeaseUnavailableError
+from krea_dagster.engine.gallery import write_batch_gallery
 from krea_dagster.engine.ledger import Ledger
 from krea_dagster.engine.manifest import ManifestStatus
 from krea_dagster.engine.pipeline import KreaImagePipeline
@@ -29,14 +32,31 @@ from krea_dagster.engine.prompts import PROMPTS_TABLE_COLUMNS, PromptValidationE
 from krea_dagster.engine.run import run_coroutine
 from krea_dagster.engine.source import PromptSource, PromptSourceError
 from krea_dagster.engine.store import ImageStore
-from krea_dagster.manifest import column_schema, manifest_metadata
+from krea_dagster.metadata import (
+    MANIFEST_COLUMN_DOCS,
+    MAX_KEYS_IN_METADATA,
+    PROMPTS_COLUMN_DOCS,
+    KreaCheckMetadata,
+    KreaImagesMetadata,
+    KreaJobsMetadata,
+    KreaPromptsMetadata,
+    failed_prompts,
+    failures_table,
+    file_url,
+    served_url,
+    status_counts,
+    table_schema,
+    thumbnails_markdown,
+)
 from krea_dagster.resource import KreaResource
 from krea_dagster.translator import KreaAssetProps, KreaTranslator
 
 __all__ = [
+    "DEFAULT_MAX_FAILED_FRACTION",
     "REGENERATE_TAG",
     "REGENERATION_ID_TAG",
     "KreaImageAssets",
+    "KreaImagesConfig",
     "KreaJobsConfig",
     "KreaSource",
     "build_krea_image_assets",
@@ -47,6 +67,7 @@ REGENERATE_TAG = "krea/regenerate"
 REGENERATION_ID_TAG = "krea/regeneration_id"
 MAX_JOB_IDS_IN_METADATA = 200
 PREVIEW_ROWS = 10
+DEFAULT_MAX_FAILED_FRACTION = 0.5
 
 
 class KreaJobsConfig(dg.Config):
@@ -55,6 +76,15 @@ class KreaJobsConfig(dg.Config):
     regenerate: bool = False
     """Start a new generation of the batch: every prompt is submitted again (with a new seed
     when the request has none). Same as the run tag ``krea/regenerate=true``."""
+
+
+class KreaImagesConfig(dg.Config):
+    """Run configuration of the images asset."""
+
+    max_failed_fraction: float | None = None
+    """Override the instance's ``max_failed_fraction`` for this run, e.g. ``1.0`` to accept a
+    batch whose failures exceeded it (re-running images pays nothing: it stores what Krea
+    already made and writes the manifest)."""
 
 
 @dataclass(frozen=True)
@@ -136,7 +166,9 @@ def build_krea_image_assets(
     max_usd_per_run: float | None = None,
     price_usd: float | None = None,
     max_attempts: int = 3,
+    max_failed_fraction: float = DEFAULT_MAX_FAILED_FRACTION,
     thumbnails: int = 24,
+    store_url: str | None = None,
     io_manager_key: str = "io_manager",
     automation_condition: dg.AutomationCondition | None = None,
     retry_policy: dg.RetryPolicy | None = None,
@@ -164,7 +196,19 @@ def build_krea_image_assets(
             catalog's price (required with ``max_usd_per_run`` for a model without one).
         max_attempts: Krea failures tolerated per prompt and generation before it is left
             failed (failed jobs are not billed).
-        thumbnails: how many thumbnails the images asset shows (tiny JPEGs in metadata).
+        max_failed_fraction: share of a batch's prompts whose job may end without an image
+            (failed, cancelled, invalid image) before the batch counts as failed. Any
+            failure fails the ``no_failed_prompts`` check with severity WARN; above this share
+            it fails with ERROR and the images step fails, so the run and the partition show
+            failed (the images already made stay stored, and the gallery page and a manifest
+            copy are written to the batch folder). ``0`` fails a batch on the first failure,
+            ``1`` never fails the step. Overridable per run (``KreaImagesConfig``).
+        thumbnails: how many thumbnails the images asset shows inline (small JPEGs in
+            metadata); every image is on the batch's gallery page.
+        store_url: the HTTP(S) address at which the store root is served (a CDN, a bucket
+            website, ``python -m http.server`` in the store), so the gallery link in the UI
+            opens in the browser; without it the link is the page's ``file://`` path or
+            ``s3://`` URI (browsers do not open those from a web page: copy the path).
         io_manager_key: IO manager of the prompts and manifest tables.
         automation_condition: put on prompts, jobs and images; e.g.
             ``dg.AutomationCondition.eager()`` refreshes a batch whenever the discovery sensor
@@ -174,6 +218,12 @@ def build_krea_image_assets(
             against (``$KREA_DAGSTER_ROOT`` wins; default: the project folder of the calling
             file, see ``krea_dagster.engine.paths``), never the current directory.
     """
+    _check_fraction(max_failed_fraction, "max_failed_fraction")
+    if store_url is not None and not store_url.startswith(("http://", "https://")):
+        raise ValueError(
+            f"store_url={store_url!r} must be an http:// or https:// address at which the "
+            "store root is served, e.g. https://cdn.example.com/krea-images"
+        )
     if not name_prefix.replace("_", "").isalnum():
         raise ValueError(
             f"name_prefix {name_prefix!r} must use only letters, digits and '_' "
@@ -239,6 +289,8 @@ def build_krea_image_assets(
         io_manager_key,
         automation_condition,
         retry_policy,
+        max_failed_fraction,
+        store_url,
     )
     built = KreaImageAssets(
         pipeline=pipeline,
@@ -251,6 +303,15 @@ def build_krea_image_assets(
     )
     remember(built)  # so `krea-dagster register-batches <prefix>` finds it
     return built
+
+
+def _check_fraction(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ValueError(
+            f"{name}={value!r} must be a number from 0 to 1 (the share of a batch's prompts "
+            "that may fail), e.g. 0.5; 0 fails a batch on its first failure, 1 never"
+        )
+    return float(value)
 
 
 def _asset_kwargs(spec: dg.AssetSpec) -> dict[str, Any]:
@@ -307,14 +368,16 @@ def _prompts_asset(
             table,
             metadata={
                 "dagster/row_count": len(table),
-                "dagster/column_schema": column_schema(table),
-                "krea/estimated_usd": prepared.estimated_usd,
-                "krea/unpriced_prompts": prepared.unpriced_rows,
-                "krea/model": pipeline.model,
+                "dagster/column_schema": table_schema(table, PROMPTS_COLUMN_DOCS),
+                **KreaPromptsMetadata(
+                    model=pipeline.model,
+                    estimated_cost_usd=prepared.estimated_usd,
+                    unpriced_prompts=prepared.unpriced_rows,
+                    preview=dg.MetadataValue.md(_markdown_preview(table)),
+                ),
                 "krea/skipped_files": dg.MetadataValue.json(
                     {entry.file: entry.message for entry in skipped[:50]}
                 ),
-                "preview": dg.MetadataValue.md(_markdown_preview(table)),
             },
             # Same table, same version: re-validating an unchanged file leaves jobs and images
             # in sync (a random version per run would mark them "Unsynced").
@@ -453,7 +516,7 @@ def _jobs_asset(
         except BudgetExceededError as error:
             raise dg.Failure(description=str(error), allow_retries=False) from None
         rows = pipeline.latest(batch, summary.generation)
-        metadata = _jobs_metadata(pipeline, summary, rows)
+        metadata = _jobs_metadata(batch, summary, rows)
         stopped = summary.stopped_by
         if isinstance(stopped, BatchStoppedError | LeaseUnavailableError) and stopped.transient:
             # Rate limited or Krea unreachable: a retry policy resumes where this run stopped
@@ -483,28 +546,26 @@ def _jobs_version(summary: Any, rows: Mapping[str, Any]) -> dg.DataVersion:
     return dg.DataVersion(hashlib.sha256(text.encode()).hexdigest()[:24])
 
 
-def _jobs_metadata(
-    pipeline: KreaImagePipeline, summary: Any, rows: Mapping[str, Any]
-) -> dict[str, Any]:
+def _jobs_metadata(batch: str, summary: Any, rows: Mapping[str, Any]) -> dict[str, Any]:
     counts: dict[str, int] = {}
     for row in rows.values():
         counts[row.state] = counts.get(row.state, 0) + 1
     job_ids = [row.job_id for row in rows.values() if row.job_id]
-    submitted = sum(report.submitted for report in summary.rounds)
     submitted_usd = sum(report.submitted_usd for report in summary.rounds)
-    model = pipeline.model
-    return {
-        "krea/generation": summary.generation,
-        "krea/prompts": summary.planned,
-        "krea/submitted_this_run": submitted,
-        "krea/already_covered": sum(report.skipped for report in summary.rounds)
-        + (summary.planned - summary.to_submit),
-        "krea/status_counts": dg.MetadataValue.json(dict(sorted(counts.items()))),
-        f"krea.{model}.jobs": submitted,
-        f"krea.{model}.usd": round(submitted_usd, 6),
-        "krea/reconciled": len(summary.reconciled),
-        "krea/job_ids": dg.MetadataValue.json(job_ids[:MAX_JOB_IDS_IN_METADATA]),
-    }
+    return dict(
+        KreaJobsMetadata(
+            batch=batch,
+            generation=str(summary.generation),
+            prompts=summary.planned,
+            submitted_this_run=sum(report.submitted for report in summary.rounds),
+            already_covered=sum(report.skipped for report in summary.rounds)
+            + (summary.planned - summary.to_submit),
+            reconciled=len(summary.reconciled),
+            estimated_cost_usd=round(submitted_usd, 6),
+            status_counts=dg.MetadataValue.json(dict(sorted(counts.items()))),
+            job_ids=dg.MetadataValue.json(job_ids[:MAX_JOB_IDS_IN_METADATA]),
+        )
+    )
 
 
 # -- images -------------------------------------------------------------------------------------
@@ -512,6 +573,32 @@ def _jobs_metadata(
 CHECK_RESOLVED = "every_prompt_resolved"
 CHECK_SIZE = "images_have_requested_size"
 CHECK_NO_DOUBLE_PAY = "no_duplicate_paid_jobs"
+CHECK_FAILED = "no_failed_prompts"
+
+
+def _check_specs(
+    key: dg.AssetKey, partitions: dg.DynamicPartitionsDefinition, max_failed_fraction: float
+) -> list[dg.AssetCheckSpec]:
+    """The images checks, one result per batch (partitioned like the asset)."""
+    descriptions = {
+        CHECK_FAILED: (
+            "No prompt's Krea job of the batch ended without an image (failed, cancelled, "
+            "invalid image). Severity WARN for some failures, ERROR when more than "
+            f"{max_failed_fraction:.0%} of the prompts failed (max_failed_fraction); the images "
+            "step then fails too, so the run and the partition show it."
+        ),
+        CHECK_RESOLVED: "Every prompt has a verified image or a recorded terminal failure.",
+        CHECK_SIZE: "Every stored image has the width and height its request asked for.",
+        CHECK_NO_DOUBLE_PAY: "The ledger holds no two paid jobs for one prompt in one generation.",
+    }
+    with warnings.catch_warnings():
+        # Partitioned checks are a preview in Dagster 1.13 (each result then names its batch in
+        # the UI's check history); the warning would repeat for every instance built.
+        warnings.filterwarnings("ignore", message=".*partitions_def on an AssetCheckSpec.*")
+        return [
+            dg.AssetCheckSpec(name, asset=key, description=text, partitions_def=partitions)
+            for name, text in descriptions.items()
+        ]
 
 
 def _images_asset(
@@ -524,25 +611,9 @@ def _images_asset(
     io_manager_key: str,
     automation_condition: dg.AutomationCondition | None,
     retry_policy: dg.RetryPolicy | None,
+    max_failed_fraction: float,
+    store_url: str | None,
 ) -> dg.AssetsDefinition:
-    check_specs = [
-        dg.AssetCheckSpec(
-            CHECK_RESOLVED,
-            asset=spec.key,
-            description="Every prompt has a verified image or a recorded terminal failure.",
-        ),
-        dg.AssetCheckSpec(
-            CHECK_SIZE,
-            asset=spec.key,
-            description="Every stored image has the width and height its request asked for.",
-        ),
-        dg.AssetCheckSpec(
-            CHECK_NO_DOUBLE_PAY,
-            asset=spec.key,
-            description="The ledger holds no two paid jobs for one prompt in one generation.",
-        ),
-    ]
-
     @dg.asset(
         **_asset_kwargs(spec),
         ins={"prompts": dg.AssetIn(prompts_key)},
@@ -550,13 +621,23 @@ def _images_asset(
         partitions_def=partitions,
         required_resource_keys=krea_source.required_keys,
         io_manager_key=io_manager_key,
-        check_specs=check_specs,
+        check_specs=_check_specs(spec.key, partitions, max_failed_fraction),
         automation_condition=automation_condition,
         retry_policy=retry_policy,
     )
-    def images(context: dg.AssetExecutionContext, prompts: pd.DataFrame) -> Iterator[Any]:
+    def images(
+        context: dg.AssetExecutionContext, config: KreaImagesConfig, prompts: pd.DataFrame
+    ) -> Iterator[Any]:
         krea = krea_source.get(context)
         batch = context.partition_key
+        try:
+            threshold = (
+                max_failed_fraction
+                if config.max_failed_fraction is None
+                else _check_fraction(config.max_failed_fraction, "run config max_failed_fraction")
+            )
+        except ValueError as error:
+            raise dg.Failure(description=str(error), allow_retries=False) from None
         generation = pipeline.ledger.current_generation(pipeline.scope, batch)
         if generation == 0:
             raise dg.Failure(
@@ -580,28 +661,187 @@ def _images_asset(
         )
         carried = [c for c in prompts.columns if c not in PROMPTS_TABLE_COLUMNS]
         manifest = pipeline.manifest(prompts, batch=batch, generation=generation, carried=carried)
-        metadata = manifest_metadata(
-            manifest,
-            model=pipeline.model,
-            thumbnails=report.thumbnails,
-            store_uri=pipeline.store.batch_uri(pipeline.prefix),
+        outcome = BatchOutcome.of(manifest, batch=batch, generation=generation, threshold=threshold)
+        metadata = _images_metadata(pipeline, context, manifest, outcome, report, store_url)
+        checks = list(_check_results(pipeline, manifest, outcome))
+        if not outcome.too_many_failed:
+            yield dg.Output(manifest, metadata=metadata)
+            yield from checks
+            # Last, after the IO manager's and the checks' lines: what the step ends on.
+            (context.log.warning if outcome.failed else context.log.info)(outcome.summary)
+            return
+        # Above the threshold the batch fails: no materialization, so Dagster marks the partition
+        # Failed (a partition with a materialization in the failing run shows Materialized). What
+        # succeeded stays: the images in the store, their ledger rows (a re-run pays nothing for
+        # them), the gallery page and the manifest copy in the batch folder, linked below.
+        yield from checks
+        raise dg.Failure(
+            description=(
+                f"{outcome.summary}: more than max_failed_fraction={threshold:g} of the batch "
+                "failed. The images Krea made are stored and shown in the gallery. Re-run the "
+                "jobs asset to retry the failed prompts (up to max_attempts), or re-run images "
+                "with run config max_failed_fraction: 1 to accept the batch as it is (no cost)."
+            ),
+            metadata={k: v for k, v in metadata.items() if k != "krea/thumbnails"},
+            allow_retries=False,
         )
-        metadata["krea/generation"] = generation
-        metadata["krea/polls"] = report.polls
-        metadata["krea/downloaded_this_run"] = report.downloaded
-        context.log.info(
-            f"{batch}: {metadata['krea/images']} image(s) stored, {metadata['krea/failures']} "
-            f"without an image, ${manifest['cost_usd'].sum():.4f}"
-        )
-        yield dg.Output(manifest, metadata=metadata)
-        yield from _check_results(pipeline, manifest, batch, generation)
 
     return images
 
 
+@dataclass(frozen=True)
+class BatchOutcome:
+    """How many prompts of a batch generation ended without an image, against the threshold."""
+
+    batch: str
+    generation: int
+    prompts: int
+    images: int
+    failed: int
+    threshold: float
+    error_codes: dict[str, int]
+    estimated_cost_usd: float
+
+    @classmethod
+    def of(
+        cls, manifest: pd.DataFrame, *, batch: str, generation: int, threshold: float
+    ) -> "BatchOutcome":
+        failed = failed_prompts(manifest)
+        codes = failed["error_code"].fillna(failed["status"]).astype(str)
+        return cls(
+            batch=batch,
+            generation=generation,
+            prompts=len(manifest),
+            images=int((manifest["status"] == ManifestStatus.COMPLETED).sum()),
+            failed=len(failed),
+            threshold=threshold,
+            error_codes={str(code): int(n) for code, n in sorted(Counter(codes).items())},
+            estimated_cost_usd=round(float(manifest["cost_usd"].sum()), 6),
+        )
+
+    @property
+    def fraction(self) -> float:
+        return self.failed / self.prompts if self.prompts else 0.0
+
+    @property
+    def too_many_failed(self) -> bool:
+        return self.fraction > self.threshold
+
+    @property
+    def summary(self) -> str:
+        """One line: the batch, how many images, how many failed and why, the estimated cost."""
+        codes = ", ".join(f"{code} x{count}" for code, count in self.error_codes.items())
+        failed = f"{self.failed} of {self.prompts} prompts failed" + (
+            f" ({codes})" if codes else ""
+        )
+        return (
+            f"batch {self.batch!r} generation {self.generation}: {self.images} of "
+            f"{self.prompts} images stored, {failed}, estimated ${self.estimated_cost_usd:.4f}"
+        )
+
+
+def _images_metadata(
+    pipeline: KreaImagePipeline,
+    context: dg.AssetExecutionContext,
+    manifest: pd.DataFrame,
+    outcome: BatchOutcome,
+    report: Any,
+    store_url: str | None,
+) -> dict[str, Any]:
+    batch = outcome.batch
+    order = {key: index for index, key in enumerate(manifest["prompt_key"])}  # batch order
+    folder = pipeline.store.uri(pipeline.store.batch_folder(pipeline.prefix, batch))
+    links: dict[str, Any] = {}
+    try:
+        files = write_batch_gallery(
+            pipeline.store,
+            pipeline.prefix,
+            batch,
+            manifest,
+            title=f"{pipeline.prefix} / {batch}",
+            subtitle=f"generation {outcome.generation} · {pipeline.model}",
+        )
+    except OSError as error:  # the images are stored; a missing page must not lose the run
+        context.log.warning(f"could not write the gallery page of batch {batch!r}: {error}")
+    else:
+        folder = files.folder
+        page_url = (
+            served_url(store_url, pipeline.store.root, files.page)
+            if store_url
+            else file_url(files.page)
+        )
+        links = {
+            "gallery": dg.MetadataValue.url(page_url),
+            "gallery_path": dg.MetadataValue.path(files.page),
+            "manifest_copy": dg.MetadataValue.path(files.manifest),
+        }
+    krea_entries = dict(
+        KreaImagesMetadata(
+            batch=batch,
+            generation=str(outcome.generation),
+            images=outcome.images,
+            failed_prompts=outcome.failed,
+            estimated_cost_usd=outcome.estimated_cost_usd,
+            status_counts=dg.MetadataValue.json(status_counts(manifest)),
+            thumbnails=dg.MetadataValue.md(
+                thumbnails_markdown(
+                    sorted(report.thumbnails, key=lambda thumb: order.get(thumb.prompt_key, 0)),
+                    total_images=outcome.images,
+                )
+            ),
+            failures=failures_table(manifest),
+            this_run=dg.MetadataValue.json(
+                {
+                    "polls": report.polls,
+                    "downloaded": report.downloaded,
+                    "already_stored": report.already_stored,
+                }
+            ),
+            **links,
+        )
+    )
+    return {
+        **krea_entries,
+        "dagster/row_count": len(manifest),
+        "dagster/uri": folder,
+        "dagster/column_schema": table_schema(manifest, MANIFEST_COLUMN_DOCS),
+    }
+
+
 def _check_results(
-    pipeline: KreaImagePipeline, manifest: pd.DataFrame, batch: str, generation: int
-) -> Any:
+    pipeline: KreaImagePipeline, manifest: pd.DataFrame, outcome: BatchOutcome
+) -> Iterator[dg.AssetCheckResult]:
+    batch, generation = outcome.batch, outcome.generation
+    judged = f"batch {batch!r} generation {generation}"
+    # Each check's numbers are its own finding (what its Plots show), the batch is text.
+    base: dict[str, Any] = {"batch": batch, "generation": str(generation)}
+
+    failed = failed_prompts(manifest)
+    yield dg.AssetCheckResult(
+        check_name=CHECK_FAILED,
+        passed=outcome.failed == 0,
+        severity=(
+            dg.AssetCheckSeverity.ERROR if outcome.too_many_failed else dg.AssetCheckSeverity.WARN
+        ),
+        description=(
+            f"{judged}: {outcome.failed} of {outcome.prompts} prompts failed "
+            f"({outcome.fraction:.0%}; ERROR above {outcome.threshold:.0%})"
+        ),
+        metadata=dict(
+            KreaCheckMetadata(
+                **base,
+                prompts=outcome.prompts,
+                failed_prompts=outcome.failed,
+                failed_fraction=round(outcome.fraction, 4),
+                max_failed_fraction=outcome.threshold,
+                error_codes=dg.MetadataValue.json(outcome.error_codes),
+                prompt_keys=dg.MetadataValue.json(
+                    list(failed["prompt_key"].head(MAX_KEYS_IN_METADATA))
+                ),
+            )
+        ),
+    )
+
     unresolved = manifest[
         manifest["status"].isin(
             [ManifestStatus.PENDING, ManifestStatus.UNRESOLVED, ManifestStatus.NOT_SUBMITTED]
@@ -611,27 +851,34 @@ def _check_results(
     yield dg.AssetCheckResult(
         check_name=CHECK_RESOLVED,
         passed=unresolved.empty,
-        description=(
-            f"batch {batch}: {len(reported)} submission(s) reconciliation could not decide; "
-            "resolve them by hand (see reported)"
+        description=f"{judged}: {len(unresolved)} of {outcome.prompts} prompts unresolved"
+        + (
+            f"; {len(reported)} submission(s) reconciliation could not decide: resolve them "
+            "by hand (see krea/reported)"
             if reported
-            else None
+            else ""
         ),
-        metadata={
-            "unresolved": len(unresolved),
-            "prompt_keys": dg.MetadataValue.json(list(unresolved["prompt_key"].head(50))),
-            "reported": dg.MetadataValue.json(
-                [
-                    {
-                        "submission_id": r.submission_id,
-                        "prompt_key": r.prompt_key,
-                        "why": (r.error_message or "")[:500],
-                    }
-                    for r in reported[:20]
-                ]
-            ),
-        },
+        metadata=dict(
+            KreaCheckMetadata(
+                **base,
+                unresolved=len(unresolved),
+                prompt_keys=dg.MetadataValue.json(
+                    list(unresolved["prompt_key"].head(MAX_KEYS_IN_METADATA))
+                ),
+                reported=dg.MetadataValue.json(
+                    [
+                        {
+                            "submission_id": r.submission_id,
+                            "prompt_key": r.prompt_key,
+                            "why": (r.error_message or "")[:500],
+                        }
+                        for r in reported[:20]
+                    ]
+                ),
+            )
+        ),
     )
+
     rows = pipeline.latest(batch, generation)
     wrong: list[str] = []
     for record in manifest[manifest["status"] == ManifestStatus.COMPLETED].to_dict(
@@ -644,11 +891,20 @@ def _check_results(
     yield dg.AssetCheckResult(
         check_name=CHECK_SIZE,
         passed=not wrong,
-        metadata={"wrong_size": len(wrong), "prompt_keys": dg.MetadataValue.json(wrong[:50])},
+        description=f"{judged}: {len(wrong)} of {outcome.images} images have the wrong size",
+        metadata=dict(
+            KreaCheckMetadata(
+                **base,
+                wrong_size=len(wrong),
+                prompt_keys=dg.MetadataValue.json(wrong[:MAX_KEYS_IN_METADATA]),
+            )
+        ),
     )
+
     duplicates = pipeline.ledger.paid_duplicates(pipeline.scope, batch, generation)
     yield dg.AssetCheckResult(
         check_name=CHECK_NO_DOUBLE_PAY,
         passed=not duplicates,
-        metadata={"duplicates": dg.MetadataValue.json(duplicates)},
+        description=f"{judged}: {len(duplicates)} prompts paid twice",
+        metadata=dict(KreaCheckMetadata(**base, duplicates=dg.MetadataValue.json(duplicates))),
     )

@@ -12,6 +12,7 @@
       ledger: sqlite:///posters-ledger.db
       max_usd_per_run: 25
       # price_usd: 0.02           # USD per request; needed with a cap when the catalog has no price
+      max_failed_fraction: 0.2     # more than 20% failed prompts fail the batch
       krea:
         api_key: "{{ env.KREA_API_KEY }}"
         poll_interval: 2
@@ -37,7 +38,11 @@ import dagster as dg
 from pydantic import Field
 
 from krea_dagster.api import DEFAULT_BASE_URL
-from krea_dagster.assets import KreaImageAssets, build_krea_image_assets
+from krea_dagster.assets import (
+    DEFAULT_MAX_FAILED_FRACTION,
+    KreaImageAssets,
+    build_krea_image_assets,
+)
 from krea_dagster.resource import KreaResource
 from krea_dagster.schedules import build_krea_regeneration_schedule
 from krea_dagster.sensors import build_krea_sensors
@@ -166,7 +171,22 @@ class KreaImagesComponent(dg.Component, dg.Model, dg.Resolvable):
         ),
     )
     max_attempts: int = 3
+    max_failed_fraction: float = Field(
+        default=DEFAULT_MAX_FAILED_FRACTION,
+        description=(
+            "Share (0..1) of a batch's prompts whose Krea job may fail before the batch counts "
+            "as failed: above it the no_failed_prompts check fails with ERROR and the images "
+            "step fails (any failure at all is a WARN)."
+        ),
+    )
     thumbnails: int = 24
+    store_url: str | None = Field(
+        default=None,
+        description=(
+            "HTTP(S) address at which the store root is served, so the gallery link in the UI "
+            "opens in the browser."
+        ),
+    )
     group_name: str | None = None
     krea: Annotated[
         KreaResource,
@@ -196,7 +216,9 @@ class KreaImagesComponent(dg.Component, dg.Model, dg.Resolvable):
             max_usd_per_run=self.max_usd_per_run,
             price_usd=self.price_usd,
             max_attempts=self.max_attempts,
+            max_failed_fraction=self.max_failed_fraction,
             thumbnails=self.thumbnails,
+            store_url=self.store_url,
         )
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:

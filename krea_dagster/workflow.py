@@ -41,6 +41,7 @@ import pandas as pd
 
 from krea_dagster.assets import KreaJobsConfig, KreaSource, _problems_table, _regeneration_id
 from krea_dagster.engine.errors import BudgetExceededError
+from krea_dagster.engine.gallery import write_batch_gallery
 from krea_dagster.engine.ledger import Ledger
 from krea_dagster.engine.manifest import MANIFEST_COLUMNS, ManifestStatus
 from krea_dagster.engine.nodes import (
@@ -56,7 +57,15 @@ from krea_dagster.engine.prompts import PROMPTS_TABLE_COLUMNS, PromptValidationE
 from krea_dagster.engine.references import AsyncReferenceResolver, ImageReferenceError
 from krea_dagster.engine.run import run_coroutine
 from krea_dagster.engine.store import ImageStore
-from krea_dagster.manifest import manifest_metadata
+from krea_dagster.metadata import (
+    MANIFEST_COLUMN_DOCS,
+    KreaImagesMetadata,
+    failed_prompts,
+    failures_table,
+    file_url,
+    status_counts,
+    table_schema,
+)
 from krea_dagster.resource import KreaResource
 
 __all__ = ["KreaWorkflow", "build_krea_workflow"]
@@ -252,23 +261,66 @@ def _step_asset(
         full = pd.concat([manifest, skipped], ignore_index=True) if not skipped.empty else manifest
         full["step"] = step.name
         full["step_version"] = step.version
-        metadata: dict[str, Any] = manifest_metadata(
-            full,
-            model=step.model,
-            thumbnails=[],
-            store_uri=pipeline.store.batch_uri(pipeline.prefix),
-        )
-        metadata["krea/skipped_upstream_failed"] = int(
-            (full["status"] == ManifestStatus.SKIPPED).sum()
-        )
+        metadata = _step_metadata(context, step, pipeline, full, batch, generation)
+        skipped_count = int((full["status"] == ManifestStatus.SKIPPED).sum())
         context.log.info(
             f"{batch}: step {step.name}: {int((full['status'] == ManifestStatus.COMPLETED).sum())}"
-            f" image(s), {metadata['krea/skipped_upstream_failed']} skipped upstream, "
-            f"${full['cost_usd'].sum():.4f}"
+            f" of {len(full)} row(s) with an image, {skipped_count} skipped upstream, "
+            f"estimated ${full['cost_usd'].sum():.4f}"
         )
         yield dg.Output(full, metadata=metadata)
 
     return krea_step
+
+
+def _step_metadata(
+    context: dg.AssetExecutionContext,
+    step: KreaStep,
+    pipeline: KreaImagePipeline,
+    manifest: pd.DataFrame,
+    batch: str,
+    generation: int,
+) -> dict[str, Any]:
+    """The step's counts, estimated cost, failures and gallery page, in the krea/ namespace."""
+    images = int((manifest["status"] == ManifestStatus.COMPLETED).sum())
+    links: dict[str, Any] = {}
+    folder = pipeline.store.uri(pipeline.store.batch_folder(pipeline.prefix, batch))
+    try:
+        files = write_batch_gallery(
+            pipeline.store,
+            pipeline.prefix,
+            batch,
+            manifest,
+            title=f"{pipeline.prefix} / {batch}",
+            subtitle=f"generation {generation} · {step.model}",
+        )
+    except OSError as error:  # the images are stored; a missing page must not lose the run
+        context.log.warning(f"could not write the gallery page of batch {batch!r}: {error}")
+    else:
+        folder = files.folder
+        links = {
+            "gallery": dg.MetadataValue.url(file_url(files.page)),
+            "gallery_path": dg.MetadataValue.path(files.page),
+        }
+    entries = dict(
+        KreaImagesMetadata(
+            batch=batch,
+            generation=str(generation),
+            images=images,
+            failed_prompts=len(failed_prompts(manifest)),
+            estimated_cost_usd=round(float(manifest["cost_usd"].sum()), 6),
+            status_counts=dg.MetadataValue.json(status_counts(manifest)),
+            failures=failures_table(manifest),
+            **links,
+        )
+    )
+    return {
+        **entries,
+        "krea/step_version": step.version,
+        "dagster/row_count": len(manifest),
+        "dagster/uri": folder,
+        "dagster/column_schema": table_schema(manifest, MANIFEST_COLUMN_DOCS),
+    }
 
 
 async def _run_step(

@@ -10,7 +10,7 @@ earlier run stored.
 Layout::
 
     <root>/<prefix>/images/<sha256[:2]>/<sha256>.<ext>
-    <root>/<prefix>/thumbnails/...   (not used: thumbnails live in metadata)
+    <root>/<prefix>/batches/<batch>/  index.html (the gallery) and manifest.parquet
 
 ``root`` is anything universal-pathlib understands: a local directory, ``file://``,
 ``s3://bucket/prefix`` (credentials and endpoint from the usual AWS environment variables, or
@@ -21,6 +21,7 @@ import contextlib
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -127,3 +128,21 @@ class ImageStore:
 
     def batch_uri(self, prefix: str) -> str:
         return self.uri(self._path(prefix, "images"))
+
+    def batch_folder(self, prefix: str, batch: str) -> UPath:
+        """A batch's own folder (its gallery page and manifest copy); images stay shared."""
+        return self._path(prefix, "batches", batch)
+
+    def write_bytes(self, path: UPath, data: bytes) -> str:
+        """Write a small file whole or not at all (rename locally, one PUT on S3); its URI."""
+        if self.is_local:
+            destination = Path(path.path)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            staging = destination.with_name(f".{destination.name}.{uuid.uuid4().hex}.partial")
+            staging.write_bytes(data)
+            os.replace(staging, destination)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("wb") as sink:
+                sink.write(data)
+        return self.uri(path)

@@ -226,7 +226,7 @@ def test_transient_job_failures_are_resubmitted_within_the_run_and_permanent_one
     """internal_error jobs are sent again in the same run (unbilled failures); safety_filter never."""
     write_batch(prompts_dir, "b1", prompt_rows(8))
     emulator.configure(job_failure_rate=0.4, job_failures=[["internal_error", "provider failed"]])
-    assets = build(max_attempts=6)
+    assets = build(max_attempts=6, max_failed_fraction=1.0)
     result = materialize(assets, "b1", instance=instance, krea=krea)
     assert result.success
     manifest = manifest_of(result, assets)
@@ -279,7 +279,7 @@ def test_an_old_unresolved_row_is_decided_once_and_never_pages_back_again(
     (evaluation,) = [
         e for e in reported.get_asset_check_evaluations() if e.check_name == "every_prompt_resolved"
     ]
-    assert row.submission_id in json.dumps(evaluation.metadata["reported"].value)
+    assert row.submission_id in json.dumps(evaluation.metadata["krea/reported"].value)
     assert emulator.stats()["jobs_created"] == 2  # the reported prompt was not re-sent
 
 

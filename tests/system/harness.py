@@ -52,7 +52,12 @@ BIN = Path(sys.executable).parent
 IMAGES_KEY = dg.AssetKey([PREFIX, "images"])
 REPORT_KEY = dg.AssetKey([PREFIX, "image_report"])
 JOBS_KEY = dg.AssetKey([PREFIX, "jobs"])
-CHECK_NAMES = ("every_prompt_resolved", "images_have_requested_size", "no_duplicate_paid_jobs")
+CHECK_NAMES = (
+    "no_failed_prompts",
+    "every_prompt_resolved",
+    "images_have_requested_size",
+    "no_duplicate_paid_jobs",
+)
 START_TIMEOUT = 120.0
 # Variables of the developer's shell that must not reach the deployment's processes.
 SCRUBBED_ENV = ("KREA_API_KEY", "KREA_BASE_URL", "KREA_DAGSTER_CRASH_AT", "DAGSTER_HOME")

@@ -4,7 +4,8 @@ Two prompt files dropped into the source directory must become images with nobod
 anything: the discovery sensor adds the partitions and launches prompts + jobs, the completion
 sensor launches images + the downstream report once Krea has finished. One job is failed by
 the emulator (``safety_filter``) so the UI has a failure to show and the checks have to count a
-recorded failure as resolved.
+recorded failure as resolved (and the failed-prompts check of that batch to warn: one of three
+is under ``max_failed_fraction``).
 """
 
 import time
@@ -104,9 +105,12 @@ def test_daemon_materializes_dropped_prompt_files_end_to_end(topology, finished)
     # Nobody launched anything: every run came from one of the two sensors.
     sensors = {run.tags.get("dagster/sensor_name") for run in runs}
     assert sensors == {"system_batch_discovery", "system_completion"}
+    failed_batch_name = failed_batch(topology)[0]
     for batch in BATCHES:
         (images_run,) = topology.images_runs(batch)
-        assert topology.check_results(images_run.run_id) == dict.fromkeys(CHECK_NAMES, True)
+        expected = dict.fromkeys(CHECK_NAMES, True)
+        expected["no_failed_prompts"] = batch != failed_batch_name  # a WARN, the run succeeds
+        assert topology.check_results(images_run.run_id) == expected
 
     stats = topology.emulator.stats()
     rows = ledger_rows(topology)
@@ -146,7 +150,7 @@ def test_ui_shows_gallery_failures_and_lineage(topology, finished, browser, arti
             f"{topology.webserver_url}/assets/{PREFIX}/images?view=partitions&partition={batch}"
         )
         dismiss_first_visit_dialogs(page)
-        metadata_row = page.locator("tr", has_text="krea/failures_table")
+        metadata_row = page.locator("tr", has_text="krea/failures")
         # The failures table: the injected failure with Krea's code, message and job id.
         failure_row = metadata_row.locator("tr", has_text=FAILURE_CODE)
         expect(failure_row).to_be_visible()
@@ -154,10 +158,10 @@ def test_ui_shows_gallery_failures_and_lineage(topology, finished, browser, arti
         expect(failure_row).to_contain_text("blocked by the safety filter")
         page.screenshot(path=str(artifacts_dir / "ui-partition-failures-table.png"))
 
-        # The gallery is longer than 1000 characters: "[Show Markdown]" opens it in a modal.
-        page.locator("tr", has_text="krea/gallery").get_by_text("[Show Markdown]").click()
+        # The thumbnails are longer than 1000 characters: "[Show Markdown]" opens a modal.
+        page.locator("tr", has_text="krea/thumbnails").get_by_text("[Show Markdown]").click()
         dialog = page.get_by_role("dialog")
-        expect(dialog).to_contain_text("krea/gallery")
+        expect(dialog).to_contain_text("krea/thumbnails")
         thumbnails = dialog.locator("img")
         expect(thumbnails).to_have_count(len(completed))
         page.wait_for_function(

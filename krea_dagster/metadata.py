@@ -1,0 +1,257 @@
+"""The metadata krea-dagster puts on its assets and checks: one ``krea/`` namespace, typed.
+
+Every key the integration writes is ``krea/<name>`` (plus Dagster's own ``dagster/...`` keys),
+declared once here as a ``NamespacedMetadataSet`` per asset, so the UI shows one vocabulary
+and code can read it back (``KreaImagesMetadata.extract(materialization.metadata)``).
+
+Numbers are what Dagster plots; only measures that differ are numbers. Identifiers such as the
+generation are text, and per-run diagnostics (polls, downloads) are one JSON entry, so the
+Plots tab shows the batch's prompts, images, failures and cost, not three lines of one count.
+
+Costs are **estimates**: Krea does not report the charge per job, so a completed job costs the
+catalog price of its request (``krea_dagster/data/krea_models.json``); failed and cancelled jobs
+are not billed. The keys say so (``krea/estimated_cost_usd``).
+"""
+
+import posixpath
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import dagster as dg
+import pandas as pd
+
+# Not exported by ``dagster`` in 1.13 (its own TableMetadataSet subclasses it here); the package
+# pins dagster<1.14, and every test that builds assets imports this module.
+from dagster._core.definitions.metadata.metadata_set import NamespacedMetadataSet
+
+from krea_dagster.engine.collect import Thumbnail
+from krea_dagster.engine.manifest import ManifestStatus
+
+__all__ = [
+    "MANIFEST_COLUMN_DOCS",
+    "PROMPTS_COLUMN_DOCS",
+    "KreaCheckMetadata",
+    "KreaImagesMetadata",
+    "KreaJobsMetadata",
+    "KreaPromptsMetadata",
+    "failures_table",
+    "table_schema",
+    "thumbnails_markdown",
+]
+
+MAX_FAILURE_ROWS = 100
+MAX_KEYS_IN_METADATA = 50
+# Prompts whose Krea job ended without an image. Pending and unresolved prompts may still get
+# one and not-submitted ones have no job yet: the every_prompt_resolved check reports those.
+FAILED_STATUSES = (ManifestStatus.FAILED, ManifestStatus.CANCELLED, ManifestStatus.IMAGE_ERROR)
+
+# name -> (type, description). Types are the table types the UI shows, not pandas dtypes.
+MANIFEST_COLUMN_DOCS: dict[str, tuple[str, str]] = {
+    "batch": ("string", "The prompt batch (the partition key)."),
+    "generation": ("int", "Generation of the batch: 1, then +1 at each regeneration."),
+    "row": ("int", "Row of the prompt in its batch file (1 = first data row)."),
+    "prompt_key": ("string", "Stable id of the prompt's request (hash of its parameters)."),
+    "prompt": ("string", "The prompt text."),
+    "variant": ("string", "Makes otherwise identical rows distinct prompts; empty when unused."),
+    "job_id": ("string", "Krea job id; empty when nothing was submitted."),
+    "status": (
+        "string",
+        "completed, failed, cancelled, image_error, pending, unresolved or not_submitted.",
+    ),
+    "uri": ("string", "Where the verified image is in the store; empty without an image."),
+    "width": ("int", "Width of the stored image in pixels."),
+    "height": ("int", "Height of the stored image in pixels."),
+    "sha256": ("string", "SHA-256 of the stored image (its path in the store derives from it)."),
+    "cost_usd": (
+        "float",
+        "Estimated USD: the catalog price of the request for a completed job (Krea reports no "
+        "charge per job), 0 for failed or cancelled jobs, which are not billed.",
+    ),
+    "error_code": ("string", "Why there is no image: Krea's error code or the collector's."),
+    "error_message": ("string", "Why there is no image, in words."),
+}
+PROMPTS_COLUMN_DOCS: dict[str, tuple[str, str]] = {
+    "prompt_key": MANIFEST_COLUMN_DOCS["prompt_key"],
+    "row": MANIFEST_COLUMN_DOCS["row"],
+    "prompt": MANIFEST_COLUMN_DOCS["prompt"],
+    "variant": MANIFEST_COLUMN_DOCS["variant"],
+    "request_json": ("string", "The request body sent to Krea (JSON), defaults applied."),
+    "estimated_usd": (
+        "float",
+        "Estimated USD of one job for this request (catalog price); empty when unpriced.",
+    ),
+}
+CARRIED_DESCRIPTION = "Carried over from the prompt file."
+
+
+def _column_type(dtype: Any) -> str:
+    if pd.api.types.is_bool_dtype(dtype):
+        return "bool"
+    if pd.api.types.is_integer_dtype(dtype):
+        return "int"
+    if pd.api.types.is_float_dtype(dtype):
+        return "float"
+    if pd.api.types.is_datetime64_any_dtype(dtype):
+        return "datetime"
+    return "string"
+
+
+def table_schema(frame: pd.DataFrame, docs: Mapping[str, tuple[str, str]]) -> dg.TableSchema:
+    """Every column of ``frame`` with its type and description (carried columns say so)."""
+    columns = []
+    for name, dtype in frame.dtypes.items():
+        kind, description = docs.get(str(name), (_column_type(dtype), CARRIED_DESCRIPTION))
+        columns.append(dg.TableColumn(str(name), kind, description=description))
+    return dg.TableSchema(columns=columns)
+
+
+class KreaPromptsMetadata(NamespacedMetadataSet):
+    """``krea/...`` entries of a prompts materialization."""
+
+    model: str | None = None
+    estimated_cost_usd: float | None = None
+    unpriced_prompts: int | None = None
+    preview: dg.MarkdownMetadataValue | None = None
+
+    @classmethod
+    def namespace(cls) -> str:
+        return "krea"
+
+
+class KreaJobsMetadata(NamespacedMetadataSet):
+    """``krea/...`` entries of a jobs materialization."""
+
+    batch: str | None = None
+    generation: str | None = None  # an identifier: text, not a plotted number
+    prompts: int | None = None
+    submitted_this_run: int | None = None
+    already_covered: int | None = None
+    reconciled: int | None = None
+    estimated_cost_usd: float | None = None  # of the jobs this run submitted
+    status_counts: dg.JsonMetadataValue | None = None
+    job_ids: dg.JsonMetadataValue | None = None
+
+    @classmethod
+    def namespace(cls) -> str:
+        return "krea"
+
+
+class KreaImagesMetadata(NamespacedMetadataSet):
+    """``krea/...`` entries of an images materialization (and of its failure), in UI order."""
+
+    gallery: dg.UrlMetadataValue | None = None
+    batch: str | None = None
+    generation: str | None = None
+    images: int | None = None
+    failed_prompts: int | None = None
+    estimated_cost_usd: float | None = None
+    thumbnails: dg.MarkdownMetadataValue | None = None
+    failures: dg.TableMetadataValue | None = None
+    status_counts: dg.JsonMetadataValue | None = None
+    gallery_path: dg.PathMetadataValue | None = None
+    manifest_copy: dg.PathMetadataValue | None = None
+    this_run: dg.JsonMetadataValue | None = None
+
+    @classmethod
+    def namespace(cls) -> str:
+        return "krea"
+
+
+class KreaCheckMetadata(NamespacedMetadataSet):
+    """``krea/...`` entries of a check result: the batch judged and what was found."""
+
+    batch: str | None = None
+    generation: str | None = None
+    prompts: int | None = None
+    failed_prompts: int | None = None
+    failed_fraction: float | None = None
+    max_failed_fraction: float | None = None
+    unresolved: int | None = None
+    wrong_size: int | None = None
+    duplicates: dg.JsonMetadataValue | None = None
+    prompt_keys: dg.JsonMetadataValue | None = None
+    error_codes: dg.JsonMetadataValue | None = None
+    reported: dg.JsonMetadataValue | None = None
+
+    @classmethod
+    def namespace(cls) -> str:
+        return "krea"
+
+
+def thumbnails_markdown(thumbnails: Sequence[Thumbnail], *, total_images: int) -> str:
+    """A table of small inline thumbnails (data URIs), each with its prompt as caption."""
+    if not thumbnails:
+        return "_no images yet_"
+    lines = ["| image | prompt |", "|---|---|"]
+    for thumb in thumbnails:
+        caption = " ".join(thumb.caption.split())[:160]
+        alt = caption.replace("[", "(").replace("]", ")").replace('"', "'")
+        shown = caption.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;")
+        for char in "*_`[]":
+            shown = shown.replace(char, "\\" + char)
+        lines.append(f'| ![{alt}]({thumb.data_uri} "{alt}") | {shown} |')
+    if total_images > len(thumbnails):
+        lines.append(f"\n_{len(thumbnails)} of {total_images} images shown; all in the gallery_")
+    return "\n".join(lines)
+
+
+def failures_table(manifest: pd.DataFrame) -> dg.TableMetadataValue:
+    """The prompts without an image: status, Krea's code and message, job id."""
+    failed = manifest[manifest["status"] != ManifestStatus.COMPLETED].head(MAX_FAILURE_ROWS)
+    records = [
+        dg.TableRecord(
+            {
+                "row": int(row["row"]),
+                "prompt": str(row["prompt"])[:200],
+                "status": str(row["status"]),
+                "code": str(row["error_code"] or ""),
+                "message": str(row["error_message"] or "")[:500],
+                "job_id": str(row["job_id"] or ""),
+            }
+        )
+        for row in failed.to_dict(orient="records")
+    ]
+    schema = dg.TableSchema(
+        columns=[
+            dg.TableColumn("row", "int", description=MANIFEST_COLUMN_DOCS["row"][1]),
+            dg.TableColumn("prompt", "string", description="The prompt (first 200 characters)."),
+            dg.TableColumn("status", "string", description=MANIFEST_COLUMN_DOCS["status"][1]),
+            dg.TableColumn("code", "string", description=MANIFEST_COLUMN_DOCS["error_code"][1]),
+            dg.TableColumn(
+                "message", "string", description=MANIFEST_COLUMN_DOCS["error_message"][1]
+            ),
+            dg.TableColumn("job_id", "string", description=MANIFEST_COLUMN_DOCS["job_id"][1]),
+        ]
+    )
+    return dg.MetadataValue.table(records=records, schema=schema)
+
+
+def failed_prompts(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Rows whose Krea job ended without an image (failed, cancelled, image_error)."""
+    return manifest[manifest["status"].isin(FAILED_STATUSES)]
+
+
+def status_counts(manifest: pd.DataFrame) -> dict[str, int]:
+    return {str(k): int(v) for k, v in sorted(Counter(manifest["status"]).items())}
+
+
+def file_url(uri: str) -> str:
+    """A URL for a store URI: ``file://`` for a local path, the URI itself otherwise."""
+    if "://" in uri:
+        return uri
+    return Path(uri).as_uri()
+
+
+def served_url(store_url: str, root: str, uri: str) -> str:
+    """The address of a store file under ``store_url``, where the store root is served over HTTP."""
+    root_path = root.split("://", 1)[-1].rstrip("/")
+    path = uri.split("://", 1)[-1]
+    if "://" not in root:
+        root_path, path = str(Path(root_path).resolve()), str(Path(path).resolve())
+    relative = posixpath.relpath(path, root_path)
+    if relative.startswith(".."):
+        raise ValueError(f"{uri} is not inside the store root {root}")
+    return store_url.rstrip("/") + "/" + quote(relative)
