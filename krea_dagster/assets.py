@@ -373,10 +373,10 @@ def _prompts_asset(
                     model=pipeline.model,
                     estimated_cost_usd=prepared.estimated_usd,
                     unpriced_prompts=prepared.unpriced_rows,
+                    skipped_files=dg.MetadataValue.json(
+                        {entry.file: entry.message for entry in skipped[:50]}
+                    ),
                     preview=dg.MetadataValue.md(_markdown_preview(table)),
-                ),
-                "krea/skipped_files": dg.MetadataValue.json(
-                    {entry.file: entry.message for entry in skipped[:50]}
                 ),
             },
             # Same table, same version: re-validating an unchanged file leaves jobs and images

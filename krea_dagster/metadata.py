@@ -114,6 +114,7 @@ class KreaPromptsMetadata(NamespacedMetadataSet):
     model: str | None = None
     estimated_cost_usd: float | None = None
     unpriced_prompts: int | None = None
+    skipped_files: dg.JsonMetadataValue | None = None
     preview: dg.MarkdownMetadataValue | None = None
 
     @classmethod

@@ -48,6 +48,8 @@ BLOCKS = {
     "# defs/posters/defs.yaml": "yaml",
     ".venv/bin/dagster instance concurrency set krea 2": "demo",
     ".venv/bin/krea-emulator serve --port 8760 --time-scale 0.1 --concurrency 8 --job-failure-rate 0.05 &": "emulator",
+    "import dagster as dg": "workflow",
+    "type: krea_dagster.KreaWorkflowComponent": "workflow-yaml",
 }
 
 
@@ -124,9 +126,15 @@ def test_every_readme_block_is_run_or_names_the_test_that_covers_it():
     assert unknown == [], f"README blocks this test does not run: {unknown}"
     assert sorted(set(BLOCKS) - set(firsts)) == [], "BLOCKS names blocks the README lost"
     for first, kind in BLOCKS.items():
-        assert kind in ("quickstart", "fragments", "demo", "yaml", "emulator") or (
-            kind.startswith("elsewhere: tests/")
-        ), first
+        assert kind in (
+            "quickstart",
+            "fragments",
+            "demo",
+            "yaml",
+            "emulator",
+            "workflow",
+            "workflow-yaml",
+        ) or (kind.startswith("elsewhere: tests/")), first
 
 
 @pytest.fixture
@@ -191,6 +199,66 @@ def test_readme_python_fragments_run_with_the_quickstart_definitions(tmp_path, m
             assert result.success
             assert result.output_for_node("publish") is None  # the example's body is `...`
         assert emulator.stats()["jobs_created"] == 1
+
+
+def test_readme_workflow_runs_as_written(tmp_path, monkeypatch):
+    """The workflow example, as written, edits and upscales the shipped product photos."""
+    from krea_dagster.emulator.testing import run_emulator
+
+    (code,) = blocks_for("workflow")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pyproject.toml").write_text('[project]\nname = "readme-workflow"\n')
+    shutil.copytree(REPO / "data" / "products", project / "data" / "products")
+    (project / "definitions.py").write_text(code, encoding="utf-8")
+    monkeypatch.chdir(project)  # the example reads data/products/products.csv
+    with run_emulator(time_scale=0.005) as emulator:
+        monkeypatch.setenv("KREA_BASE_URL", emulator.base_url)
+        monkeypatch.setenv("KREA_API_KEY", emulator.token)
+        namespace: dict = {"__file__": str(project / "definitions.py"), "__name__": "definitions"}
+        exec(compile(code, namespace["__file__"], "exec"), namespace)
+        catalog, products, defs = namespace["catalog"], namespace["products"], namespace["defs"]
+        with dg.instance_for_test() as instance:
+            assert dg.materialize([products], instance=instance).success
+            instance.add_dynamic_partitions(catalog.partitions_def.name, ["spring"])
+            result = dg.materialize(
+                [products, *catalog.assets],
+                selection=catalog.assets,
+                partition_key="spring",
+                instance=instance,
+                resources=defs.resources,
+            )
+            assert result.success
+            upscaled = result.output_for_node("catalog__upscale")
+            assert upscaled["status"].tolist() == ["completed", "completed"]
+        stats = emulator.stats()
+        assert stats["jobs_created"] == 4 and stats["uploads"] == 4  # 2 photos, 2 edits
+    assert (project / ".demo" / "ledger.db").is_file()  # relative paths: the project root
+
+
+def test_readme_workflow_yaml_loads(tmp_path, monkeypatch):
+    """The workflow YAML example, beside a products asset in a dg project, loads."""
+    from dagster.components.testing import create_defs_folder_sandbox
+
+    (yaml_code,) = blocks_for("workflow-yaml")
+    monkeypatch.setenv("KREA_API_KEY", "11111111-2222-4333-8444-555555555555:readme")
+    with create_defs_folder_sandbox() as sandbox:
+        (sandbox.defs_folder_path / "products.py").write_text(
+            "import dagster as dg\nimport pandas as pd\n\n\n@dg.asset\n"
+            "def products() -> pd.DataFrame:\n    return pd.DataFrame()\n",
+            encoding="utf-8",
+        )
+        folder = sandbox.defs_folder_path / "catalog"
+        folder.mkdir()
+        (folder / "defs.yaml").write_text(yaml_code, encoding="utf-8")
+        with sandbox.build_all_defs() as defs:
+            dg.Definitions.validate_loadable(defs)
+            graph = defs.resolve_asset_graph()
+            upscale = graph.get(dg.AssetKey(["catalog", "upscale"]))
+            assert {k.to_user_string() for k in upscale.parent_keys} == {
+                "products",
+                "catalog/edit",
+            }
 
 
 def repo_copy(tmp_path: Path) -> Path:

@@ -80,9 +80,9 @@ def gallery_items(manifest: pd.DataFrame, href: Callable[[str], str]) -> list[Ga
         cost = record.get("cost_usd")
         items.append(
             GalleryItem(
-                row=int(record["row"]),
-                prompt_key=str(record["prompt_key"]),
-                prompt=str(record["prompt"]),
+                row=_int(record.get("row")) or 0,  # a workflow's skipped row has none
+                prompt_key=_text(record.get("prompt_key")) or "",
+                prompt=_text(record.get("prompt")) or "",
                 status=str(record["status"]),
                 href=href(uri) if uri and record["status"] == COMPLETED else None,
                 width=_int(record.get("width")),

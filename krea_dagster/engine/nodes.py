@@ -171,7 +171,7 @@ def step_rows(
         key = str(row[ROW_KEY])
         if previous is not None and key not in images:
             why = statuses.get(key, "missing")
-            skipped.append({**{c: row.get(c) for c in carried}, "status": why})
+            skipped.append({**{c: row.get(c) for c in carried}, "status": why, "row": number})
             continue
         context: dict[str, Any] = {**row, PREVIOUS: images.get(key)}
         try:
@@ -210,6 +210,9 @@ def skipped_manifest_rows(
                 for status in skipped["status"]
             ],
             "cost_usd": 0.0,
+            "row": skipped["row"].to_numpy(),
+            "prompt": "",
+            "prompt_key": "",
         }
     )
     for column in carried:

@@ -651,8 +651,8 @@ def test_resource_errors_never_quote_the_token():
 
 def test_empty_key_and_envvar_still_build():
     """An unset key (a YAML component without its variable) and an EnvVar build; they are checked later."""
-    assert KreaResource(api_key="").base_url
-    assert KreaResource(api_key=dg.EnvVar("KREA_API_KEY")).base_url
+    assert KreaResource(api_key="").api_key == ""
+    assert KreaResource(api_key=dg.EnvVar("KREA_API_KEY")) is not None
 
 
 # -- the rules, one by one --------------------------------------------------------------------
