@@ -408,6 +408,7 @@ def build_krea_sensors(
     discovery_interval_seconds: int = 30,
     completion_interval_seconds: int = 10,
     tick_budget_seconds: float = DEFAULT_TICK_BUDGET_SECONDS,
+    collect_in_tick: bool = True,
     delete_removed_batches: bool = False,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
 ) -> list[dg.SensorDefinition]:
@@ -421,6 +422,10 @@ def build_krea_sensors(
             downstream assets (defaults: the krea assets only).
         tick_budget_seconds: time a completion tick may spend polling (Dagster's sensor
             deadline is 60 s).
+        collect_in_tick: with ``deferred``, the completion tick also downloads, verifies and
+            stores the images of the jobs it saw complete, within the same budget, so a
+            finished batch's images run has (nearly) nothing left to download. False leaves
+            every download to the images run (a sensor process that should not fetch images).
     """
     prefix = assets.prefix
     chain = (
@@ -467,7 +472,7 @@ def build_krea_sensors(
                 krea,
                 budget_seconds=tick_budget_seconds,
                 run_asset_keys=completion_keys,
-                store_images=deferred,
+                store_images=deferred and collect_in_tick,
             )
 
         sensors.append(completion_sensor)
