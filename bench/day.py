@@ -112,6 +112,24 @@ def _tick_durations(instance: Any, name: str) -> list[tuple[float, float]]:
     return sorted(ticks)
 
 
+def _run_stats(instance: Any) -> dict[str, float]:
+    """Median seconds a run waited for a worker (created to started) and ran, by kind."""
+    waited: list[float] = []
+    ran: dict[str, list[float]] = {"jobs": [], "images": []}
+    for record in instance.get_run_records():
+        run = record.dagster_run
+        if record.start_time is None or record.end_time is None:
+            continue
+        waited.append(record.start_time - record.create_timestamp.timestamp())
+        keys = {key.path[-1] for key in (run.asset_selection or [])}
+        ran["images" if "images" in keys else "jobs"].append(record.end_time - record.start_time)
+    return {
+        "run_wait_seconds_median": statistics.median(waited) if waited else 0.0,
+        "jobs_run_seconds_median": statistics.median(ran["jobs"]) if ran["jobs"] else 0.0,
+        "images_run_seconds_median": statistics.median(ran["images"]) if ran["images"] else 0.0,
+    }
+
+
 def _edges(ticks: list[tuple[float, float]], start: float, end: float) -> tuple[float, float]:
     """Median tick seconds in the first and the last ``EDGE_FRACTION`` of the day."""
     span = end - start
@@ -248,6 +266,7 @@ def _measure(
         runs = conn.execute(sa.text("SELECT count(*) FROM runs")).scalar_one()
     engine.dispose()
     instance = deployed.instance
+    run_stats = _run_stats(instance)
     discovery = _tick_durations(instance, f"{PREFIX}_batch_discovery")
     completion = _tick_durations(instance, f"{PREFIX}_completion")
     discovery_start, discovery_end = _edges(discovery, started, ended)
@@ -283,6 +302,10 @@ def _measure(
         "event_log_events_per_batch": events / batches,
         "event_log_bytes_per_batch": event_bytes / batches,
         "seconds_per_prompt": per_prompt_seconds,
+        "seconds_per_batch": wall / batches,
+        # What bounds the day: every batch is two runs (jobs; images + image_report) through
+        # two run workers.
+        **run_stats,
         "projection_100k": {
             "batches": 100_000 / (prompts / batches),
             "ledger_rows": len(rows) / prompts * 100_000,
