@@ -55,6 +55,11 @@ class BenchParams:
     crash_size: int = 24
     crash_after: int = 12  # the k-th pass through the crash point kills the worker
     crash_points: tuple[str, ...] = ("submit.after_post", "collect.after_download")
+    # 8. discovery tick over one big unchanged prompt file
+    discovery_rows: int = 1_000_000
+    discovery_ticks: int = 3
+    # 9. launch-to-manifest through `dagster asset materialize` (the last size is the headline)
+    end_to_end_sizes: tuple[int, ...] = (100, 200)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -115,4 +120,7 @@ SMOKE = BenchParams(
     crash_size=6,
     crash_after=3,
     crash_points=("submit.after_post",),
+    discovery_rows=2_000,
+    discovery_ticks=1,
+    end_to_end_sizes=(8,),
 )

@@ -10,6 +10,12 @@ from typing import Any
 from bench.params import BenchParams
 
 MB = 1024 * 1024
+# Keys of latest.json that are not figures.
+RECORD_SECTIONS = frozenset(
+    {"goals", "params", "machine", "generated_at", "scenarios", "partial_runs"}
+)
+# The end-to-end figure uses the in-process executor when that brings it within this goal.
+END_TO_END_GOAL = 1.15
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,10 @@ def goals(params: BenchParams) -> dict[str, Goal]:
         "rss_ratio_5000_over_100": Goal("<= 1.3", lambda v: v <= 1.3),
         "cpu_ms_per_image": Goal("< 20 ms", lambda v: v < 20.0),
         "crash_extra_billed_jobs": Goal("0", lambda v: v == 0),
+        "discovery_tick_unchanged_1m_rows_seconds": Goal("< 0.5 s", lambda v: v < 0.5),
+        "end_to_end_inline_over_ideal": Goal(
+            f"<= {END_TO_END_GOAL}", lambda v: v <= END_TO_END_GOAL
+        ),
     }
 
 
@@ -93,13 +103,58 @@ def figures(params: BenchParams, results: dict[str, Any]) -> dict[str, float]:
         "crash_extra_posts": sum(c["extra_posts"] for c in crashes),
         "crash_extra_requests": sum(c["extra_requests"] for c in crashes),
         "crash_extra_cdn_downloads": sum(c["extra_cdn_downloads"] for c in crashes),
+        **scale_figures(params, results),
     }
+
+
+def scale_figures(params: BenchParams, results: dict[str, Any]) -> dict[str, float]:
+    """The figures of the discovery and launch-to-manifest groups present in ``results``."""
+    values: dict[str, float] = {}
+    if "discovery" in results:
+        discovery = results["discovery"]
+        values.update(
+            discovery_rows=discovery["rows"],
+            discovery_tick_unchanged_1m_rows_seconds=discovery["seconds"],
+            discovery_tick_first_1m_rows_seconds=discovery["first_tick_seconds"],
+            discovery_tick_touched_1m_rows_seconds=discovery["touched_tick_seconds"],
+        )
+    if "end_to_end" in results:
+        runs = results["end_to_end"]
+        n, small = str(params.end_to_end_sizes[-1]), str(params.end_to_end_sizes[0])
+        in_process, multiprocess = runs["in_process"][n], runs["multiprocess"][n]
+        # Dagster's default (multiprocess) unless in-process brings the figure within the goal.
+        use_in_process = in_process["over_ideal"] <= END_TO_END_GOAL < multiprocess["over_ideal"]
+        chosen = runs["in_process" if use_in_process else "multiprocess"]
+        headline, at_small = chosen[n], chosen[small]
+        values.update(
+            end_to_end_size=headline["size"],
+            end_to_end_inline_over_ideal=headline["over_ideal"],
+            end_to_end_inline_100_over_ideal=at_small["over_ideal"],
+            end_to_end_inline_seconds=headline["seconds"],
+            end_to_end_command_seconds=headline["command_seconds"],
+            end_to_end_ideal_seconds=headline["ideal_seconds"],
+            end_to_end_in_process_chosen=1.0 if use_in_process else 0.0,
+            end_to_end_in_process_over_ideal=in_process["over_ideal"],
+            end_to_end_multiprocess_over_ideal=multiprocess["over_ideal"],
+            end_to_end_in_process_100_over_ideal=runs["in_process"][small]["over_ideal"],
+            end_to_end_multiprocess_100_over_ideal=runs["multiprocess"][small]["over_ideal"],
+            end_to_end_startup_seconds=headline["startup_seconds"],
+            end_to_end_in_process_startup_seconds=in_process["startup_seconds"],
+            end_to_end_multiprocess_startup_seconds=multiprocess["startup_seconds"],
+            end_to_end_dagster_overhead_seconds=headline["startup_seconds"]
+            + headline["handoff_seconds"],
+            end_to_end_after_last_job_seconds=headline["after_last_job_seconds"],
+            end_to_end_requests_per_image=headline["requests_per_image"],
+            dagster_import_seconds=runs["import_dagster_seconds"],
+        )
+    return values
 
 
 def goal_table(params: BenchParams, values: dict[str, float]) -> dict[str, dict[str, Any]]:
     return {
         key: {"goal": goal.text, "met": bool(goal.met(values[key]))}
         for key, goal in goals(params).items()
+        if key in values  # an --only run into an empty --out has only its own figures
     }
 
 
@@ -118,7 +173,7 @@ def markdown(params: BenchParams, values: dict[str, float], results: dict[str, A
     seq_sizes = ", ".join(str(s) for s in params.sequential_sizes)
     seq_label = (
         f"extrapolated from N = {seq_sizes}"
-        if values["naive_sequential_extrapolated"]
+        if values.get("naive_sequential_extrapolated")
         else "measured"
     )
     rows = [
@@ -145,6 +200,14 @@ def markdown(params: BenchParams, values: dict[str, float], results: dict[str, A
         ("7", "crash: extra billed jobs (all crash points)", "crash_extra_billed_jobs"),
         ("7", "crash: duplicate submissions / extra POSTs", "crash_duplicate_submissions", "crash_extra_posts"),
         ("7", "crash: extra API requests on the re-run", "crash_extra_requests"),
+        ("8", f"discovery tick, unchanged {_rows(values)}-row file (s)", "discovery_tick_unchanged_1m_rows_seconds"),
+        ("8", "discovery tick, first read / after touch, same rows (s)", "discovery_tick_first_1m_rows_seconds", "discovery_tick_touched_1m_rows_seconds"),
+        ("9", f"launch-to-manifest / ideal, inline, N = {_size(params, -1)} ({_executor(values)})", "end_to_end_inline_over_ideal"),
+        ("9", f"launch-to-manifest / ideal, inline, N = {_size(params, 0)} ({_executor(values)})", "end_to_end_inline_100_over_ideal"),
+        ("9", f"launch-to-manifest / ideal, N = {_size(params, -1)}: in-process / multiprocess executor", "end_to_end_in_process_over_ideal", "end_to_end_multiprocess_over_ideal"),
+        ("9", "Dagster start-up, launch to first step (s): in-process / multiprocess", "end_to_end_in_process_startup_seconds", "end_to_end_multiprocess_startup_seconds"),
+        ("9", "Dagster overhead in the headline run: start-up + step hand-overs (s)", "end_to_end_dagster_overhead_seconds"),
+        ("9", "python -c 'import dagster' (s)", "dagster_import_seconds"),
     ]  # fmt: skip
     lines = [
         f"# krea-dagster bench ({params.mode})",
@@ -159,10 +222,14 @@ def markdown(params: BenchParams, values: dict[str, float], results: dict[str, A
         "|---|---|---:|---|---|",
     ]
     for number, label, *keys in rows:
+        if any(key not in values for key in keys):
+            continue  # an --only run into an empty --out
         shown = " / ".join(_fmt(values[key], 3) for key in keys)
         goal = checked[keys[0]]["goal"] if keys[0] in checked else ""
         met = ("yes" if checked[keys[0]]["met"] else "**no**") if keys[0] in checked else ""
         lines.append(f"| {number} | {label} | {shown} | {goal} | {met} |")
+    if "inline" not in results:
+        return "\n".join(lines) + "\n"
     lines += [
         "",
         "Throughput (wall: jobs step start to manifest stored for krea-dagster; first POST to "
@@ -197,6 +264,20 @@ def markdown(params: BenchParams, values: dict[str, float], results: dict[str, A
         f"{inline['after_last_job_seconds']:.2f} s from there to the manifest.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _rows(values: dict[str, float]) -> str:
+    return f"{int(values.get('discovery_rows', 0)):,}"
+
+
+def _size(params: BenchParams, index: int) -> int:
+    return params.end_to_end_sizes[index]
+
+
+def _executor(values: dict[str, float]) -> str:
+    return (
+        "in-process executor" if values.get("end_to_end_in_process_chosen") else "default executor"
+    )
 
 
 def plot(
@@ -288,4 +369,5 @@ def write(
         json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8"
     )
     (out / "latest.md").write_text(table, encoding="utf-8")
-    plot(params, record, results, out / "latest.png")
+    if "inline" in results:  # an --only run into an empty --out has no throughput to plot
+        plot(params, record, results, out / "latest.png")

@@ -1,11 +1,14 @@
 """The bench command: start the emulator, run every scenario, write and print the results.
 
-``python -m bench`` (full, about 10 minutes on 2 cores) or ``python -m bench --smoke`` (tiny
+``python -m bench`` (full, about 13 minutes on 2 cores) or ``python -m bench --smoke`` (tiny
 counts, seconds). Results go to ``bench/results/`` unless ``--out`` says otherwise.
+``--only discovery,end_to_end`` runs just those groups and merges their figures into the
+``latest.json`` already in ``--out``.
 """
 
 import argparse
 import datetime
+import json
 import logging
 import math
 import os
@@ -14,14 +17,17 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import report, scenarios
+from bench import report, scenarios, scenarios_scale
 from bench.params import FULL, SMOKE, BenchParams
 from krea_dagster.emulator.testing import spawn_emulator
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# Scenario groups ``--only`` can run on their own (their figures are merged into latest.json).
+ONLY_GROUPS = ("discovery", "end_to_end")
 
 
 def _say(message: str) -> None:
@@ -73,9 +79,113 @@ def run_all(params: BenchParams, scratch: Path) -> dict[str, Any]:
         for point in params.crash_points:
             _say(f"7. crash cost: kill -9 at {point} #{params.crash_after}, then re-run")
             results["crash"].append(scenarios.count_crash_cost(bench, point))
+        results.update(run_groups(bench, ONLY_GROUPS))
     _say("6. emulator capacity (its own emulators)")
     results["emulator_capacity"] = scenarios.measure_emulator_capacity(bench)
     return results
+
+
+def run_groups(bench: scenarios.Bench, groups: Sequence[str]) -> dict[str, Any]:
+    """The scenario groups of ``ONLY_GROUPS`` named in ``groups``, in that order."""
+    params = bench.params
+    results: dict[str, Any] = {}
+    if "discovery" in groups:
+        _say(f"8. discovery tick, one unchanged file of {params.discovery_rows:,} rows")
+        results["discovery"] = scenarios_scale.time_discovery_tick(bench, params.discovery_rows)
+    if "end_to_end" in groups:
+        by_executor: dict[str, Any] = {}
+        for size in params.end_to_end_sizes:
+            for executor in scenarios_scale.EXECUTORS:
+                _say(f"9. launch to manifest, dagster asset materialize, {executor}, N = {size}")
+                result = scenarios_scale.time_end_to_end(bench, size, executor)
+                by_executor.setdefault(executor, {})[str(size)] = result
+        results["end_to_end"] = {
+            **by_executor,
+            "import_dagster_seconds": scenarios_scale.time_python_import_dagster(),
+        }
+    return results
+
+
+def run_only(params: BenchParams, scratch: Path, groups: Sequence[str]) -> dict[str, Any]:
+    """Only ``groups`` (of ``ONLY_GROUPS``) against one emulator subprocess."""
+    with spawn_emulator(*params.emulator_args()) as emulator:
+        return run_groups(scenarios.Bench(params, emulator, scratch), groups)
+
+
+def _parse_only(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    groups = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in groups if name not in ONLY_GROUPS]
+    if unknown or not groups:
+        raise SystemExit(
+            f"--only: unknown scenario group(s) {unknown or [text]}; choose from "
+            f"{', '.join(ONLY_GROUPS)} (comma-separated)"
+        )
+    return groups
+
+
+def _machine(load_before: tuple[float, float, float]) -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        # Other work on the machine skews the absolute times (the ratios less so).
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def _merge_only(
+    args: argparse.Namespace,
+    params: BenchParams,
+    groups: list[str],
+    results: dict[str, Any],
+    started: float,
+    load_before: tuple[float, float, float],
+) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    """``--only``: these groups' figures over the previous latest.json in ``--out`` (kept)."""
+    path = args.out / "latest.json"
+    previous: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    mode = previous.get("params", {}).get("mode", params.mode)
+    if mode != params.mode:
+        raise SystemExit(
+            f"--only: {path} holds a {mode} run and this is a {params.mode} run; pass --out "
+            "to another directory, or run the same mode"
+        )
+    values = {
+        key: value
+        for key, value in previous.items()
+        if key not in report.RECORD_SECTIONS and isinstance(value, int | float)
+    }
+    values.update(report.scale_figures(params, results))
+    bad = [key for key, value in values.items() if not math.isfinite(value)]
+    if bad:
+        raise RuntimeError(f"non-finite figures: {bad}")
+    merged = {**previous.get("scenarios", {}), **results}
+    partial = {
+        "only": groups,
+        "generated_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "seconds": time.perf_counter() - started,
+        "machine": _machine(load_before),
+    }
+    record: dict[str, Any] = {
+        **previous,
+        **values,
+        "goals": report.goal_table(params, values),
+        "params": params.to_record(),
+        "machine": previous.get("machine", partial["machine"]),
+        "scenarios": merged,
+        # The figures of these groups come from a later run than the rest: said here.
+        "partial_runs": [*previous.get("partial_runs", []), partial],
+    }
+    table = report.markdown(params, values, merged)
+    table += (
+        f"\nFigures of {', '.join(groups)} from a later `--only` run "
+        f"({partial['generated_at']}, load average {partial['machine']['load_average_before']}"
+        f" before); the others from {previous.get('generated_at', 'no earlier run')}.\n"
+    )
+    return record, table, merged
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,13 +199,30 @@ def main(argv: list[str] | None = None) -> int:
         help="where work directories (ledgers, stores, Dagster instances) go; default: the "
         "system temporary directory",
     )
+    parser.add_argument(
+        "--only",
+        default=None,
+        help=f"run only these scenario groups ({', '.join(ONLY_GROUPS)}; comma-separated) and "
+        "merge their figures into the latest.json already in --out, keeping every other key",
+    )
     args = parser.parse_args(argv)
     params = SMOKE if args.smoke else FULL
+    only = _parse_only(args.only)
     # Dagster's per-event DEBUG lines and experimental warnings would drown the progress lines.
     logging.getLogger("dagster").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore")
     started = time.perf_counter()
     load_before = os.getloadavg()
+    if only is not None:
+        with tempfile.TemporaryDirectory(prefix="krea-bench-", dir=args.scratch) as scratch:
+            partial_results = run_only(params, Path(scratch), only)
+        record, table, merged = _merge_only(
+            args, params, only, partial_results, started, load_before
+        )
+        report.write(args.out, record, table, params, merged)
+        print(table)
+        _say(f"done in {time.perf_counter() - started:.0f} s; results merged in {args.out}")
+        return 0
     with tempfile.TemporaryDirectory(prefix="krea-bench-", dir=args.scratch) as scratch:
         results = run_all(params, Path(scratch))
     values = report.figures(params, results)
@@ -106,14 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         **values,
         "goals": report.goal_table(params, values),
         "params": params.to_record(),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            # Other work on the machine skews the absolute times (the ratios less so).
-            "load_average_before": [round(x, 2) for x in load_before],
-            "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": _machine(load_before),
         "generated_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "bench_seconds": time.perf_counter() - started,
         "scenarios": results,

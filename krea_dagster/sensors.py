@@ -6,24 +6,28 @@
   partition and a run (and a runless materialization of the prompt_source partition), a changed batch (its content hash moved) a run again (prompt keys make it
   pay only for new or changed rows), a removed batch is reported in the tick and deleted only
   when ``delete_removed_batches`` is set. Partitions and runs come back in one ``SensorResult``;
-  the run key is ``<batch>:<content hash>`` so no tick launches the same work twice.
+  the run key is ``<batch>:<content hash>`` so no tick launches the same work twice. A file
+  is read only when its size and mtime (an object store's ETag) move: the cursor keeps each
+  file's fingerprint and what it held, so an unchanged file costs a ``stat``.
 - ``<prefix>_completion``: the deferred path (Airflow's deferrable operator, done with a
   sensor). It reads the pending jobs from the ledger, polls them with ``poll_many`` (about one
-  request per 1000 pending jobs) inside a time budget well under Dagster's 60 s sensor deadline,
-  records every status change, stores the images of the jobs it saw complete (within the same
-  budget, so a deferred batch is collected while it renders), reports progress per batch as
-  runless observations of the jobs asset, and requests the images run of a batch once all its
-  jobs are terminal (that run then mostly builds the manifest). It reads only the batches with
-  work left (an indexed ledger query), so its cost follows the work, not the history. It never
+  request per 1000 pending jobs) until a deadline (its budget, at most half of Dagster's sensor
+  deadline) that every request and cancel of the tick obeys, records every status change,
+  stores the images of the jobs it saw complete (before the same deadline, so a deferred batch
+  is collected while it renders), reports progress per batch as runless observations of the
+  jobs asset, and requests the images run of a batch once all its jobs are terminal (that run
+  then mostly builds the manifest). It reads only the batches with work left (an indexed ledger
+  query), so its cost follows the work, not the history. It never
   sleeps; its cursor is a small serialized record, and everything else it needs is in the
   ledger, so a daemon restart loses and repeats nothing.
 """
 
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import timedelta
 from typing import Any, Self
 
@@ -33,6 +37,7 @@ from krea_dagster.api import JobStatus, KreaError
 from krea_dagster.assets import KreaImageAssets
 from krea_dagster.engine.ledger import Submission, utcnow
 from krea_dagster.engine.run import run_coroutine
+from krea_dagster.engine.source import FileScan
 from krea_dagster.engine.submit import job_update
 from krea_dagster.resource import KreaResource
 
@@ -45,6 +50,8 @@ __all__ = [
 ]
 
 DEFAULT_TICK_BUDGET_SECONDS = 20.0
+# Dagster abandons a sensor evaluation after this long unless its environment says otherwise.
+DAGSTER_SENSOR_TIMEOUT_SECONDS = 60.0
 # One poll_many call at most this many ids; the next tick resumes with the rest (rotation).
 POLL_CHUNK = 20_000
 CURSOR_VERSION = 1
@@ -68,7 +75,10 @@ class _Cursor:
             data = json.loads(text)
             if data.get("version") != CURSOR_VERSION:
                 raise ValueError(f"cursor version {data.get('version')}")
-            return cls(**data)
+            # Fields this version does not know are dropped; missing ones take their default
+            # (a cursor written before a field existed still parses).
+            known = {item.name for item in fields(cls)}
+            return cls(**{key: value for key, value in data.items() if key in known})
         except (ValueError, TypeError, AttributeError) as error:
             if log is not None:
                 log.warning(f"ignoring an unreadable sensor cursor ({error}); starting fresh")
@@ -77,9 +87,18 @@ class _Cursor:
 
 @dataclass
 class DiscoveryCursor(_Cursor):
-    """The content hash of every batch the discovery sensor has launched."""
+    """The content hash of every batch the discovery sensor has launched, and what each file
+    held under its fingerprint (``FileScan.to_json``), so an unchanged file is not read again."""
 
     hashes: dict[str, str] = field(default_factory=dict)
+    files: dict[str, Any] = field(default_factory=dict)
+
+    def file_scans(self) -> dict[str, FileScan]:
+        """The recorded file scans; an entry that does not parse is read again."""
+        if not isinstance(self.files, dict):
+            return {}
+        scans = {name: FileScan.from_json(data) for name, data in self.files.items()}
+        return {name: scan for name, scan in scans.items() if scan is not None}
 
 
 @dataclass
@@ -102,7 +121,10 @@ def discovery_tick(
 ) -> dg.SensorResult:
     """One evaluation of the discovery sensor (pure function of the source, partitions, cursor)."""
     cursor = DiscoveryCursor.parse(context.cursor, context.log)
-    batches, problems = assets.pipeline.source.scan()
+    source = assets.pipeline.source
+    # Only files whose fingerprint moved are read; gone files drop out of the cursor.
+    scans = source.scan_files(cursor.file_scans())
+    batches, problems = source.batches_from(scans)
     partitions_name = assets.partitions_def.name or ""
     existing = set(context.instance.get_dynamic_partitions(partitions_name))
     new = sorted(set(batches) - existing)
@@ -154,7 +176,9 @@ def discovery_tick(
         run_requests=run_requests,
         dynamic_partitions_requests=partition_requests,
         asset_events=observations,
-        cursor=DiscoveryCursor(hashes=hashes).serialize(),
+        cursor=DiscoveryCursor(
+            hashes=hashes, files={name: scan.to_json() for name, scan in scans.items()}
+        ).serialize(),
         skip_reason=None if run_requests else summary,
     )
 
@@ -193,6 +217,7 @@ def completion_tick(
     nothing left to download; with inline collection the images run does that itself.
     """
     started = time.monotonic()
+    deadline = tick_deadline(budget_seconds, started=started)
     pipeline = assets.pipeline
     cursor = CompletionCursor.parse(context.cursor, context.log)
     pending = pipeline.ledger.pending(pipeline.scope)
@@ -203,14 +228,20 @@ def completion_tick(
     offset = cursor.offset if cursor.offset < len(pending) else 0
     order = pending[offset:] + pending[:offset]
     client = krea.get_client()
-    # At least one chunk per tick, so every tick makes progress whatever the budget.
-    while polled < len(order) and (polled == 0 or time.monotonic() - started < budget_seconds):
+    # The deadline reaches every request (poll_many clips their timeouts and stops sending
+    # when it passes), so one slow page cannot carry the tick past Dagster's deadline.
+    while polled < len(order) and time.monotonic() < deadline:
         chunk = order[polled : polled + POLL_CHUNK]
-        created = [row.krea_created_at for row in chunk if row.krea_created_at]
+        ids = [row.job_id for row in chunk if row.job_id]
+        created = [row.krea_created_at for row in chunk if row.job_id and row.krea_created_at]
         try:
             jobs = client.poll_many(
-                [row.job_id for row in chunk if row.job_id],
+                ids,
                 created_after=min(created) if created else None,
+                # Pages start above the newest of these jobs: a tick resumes where the last
+                # one stopped, not at the account's newest (already polled) jobs.
+                created_before=max(created) if created and len(created) == len(ids) else None,
+                deadline=deadline,
             )
         except KreaError as error:
             context.log.warning(f"polling Krea failed, next tick retries: {error}")
@@ -218,15 +249,18 @@ def completion_tick(
         for row in pipeline.ledger.update_jobs([job_update(job) for job in jobs]):
             changed_batches.add(row.batch)
         finished.update(job.job_id for job in jobs if job.is_terminal)
-        polled += len(chunk)
+        reached = _reached(chunk, {job.job_id for job in jobs})
+        polled += reached
+        if reached < len(chunk):
+            break  # the deadline stopped poll_many part way
     if polled < len(order):
         context.log.info(
-            f"tick budget ({budget_seconds:.0f} s) spent after {polled} of {len(order)} "
-            "pending jobs; the next tick continues from there"
+            f"tick deadline ({deadline - started:.1f} s) reached after {polled} of "
+            f"{len(order)} pending jobs; the next tick continues from there"
         )
     next_offset = (offset + polled) % len(order) if order and polled < len(order) else 0
     still_pending = [row for row in pending if row.job_id not in finished]
-    timed_out = _handle_poll_timeouts(context, assets, krea, still_pending)
+    timed_out = _handle_poll_timeouts(context, assets, krea, still_pending, deadline)
     changed_batches |= timed_out
 
     run_requests: list[dg.RunRequest] = []
@@ -242,9 +276,7 @@ def completion_tick(
     }
     stored = 0
     if store_images:
-        stored = _store_finished(
-            context, assets, krea, batch_rows, finished, started + budget_seconds
-        )
+        stored = _store_finished(context, assets, krea, batch_rows, finished, deadline)
     # Entries of batches with nothing left to do are dropped: the cursor stays small.
     requested = {b: key for b, key in cursor.requested.items() if b in batch_rows}
     for batch, rows in batch_rows.items():
@@ -336,6 +368,42 @@ def _store_finished(
     return report.downloaded
 
 
+def tick_deadline(budget_seconds: float, *, started: float | None = None) -> float:
+    """The ``time.monotonic()`` by which a completion tick stops calling Krea.
+
+    ``started + budget_seconds``, but never later than half of Dagster's own sensor deadline
+    (``DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS``, else ``DAGSTER_GRPC_TIMEOUT_SECONDS``, else 60 s):
+    the other half is for the ledger work after polling and the answer's trip to the daemon.
+    """
+    start = time.monotonic() if started is None else started
+    return start + min(budget_seconds, dagster_sensor_timeout() / 2)
+
+
+def dagster_sensor_timeout() -> float:
+    """Seconds Dagster gives a sensor evaluation before it abandons the tick (its gRPC deadline)."""
+    for name in ("DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS", "DAGSTER_GRPC_TIMEOUT_SECONDS"):
+        value = os.environ.get(name)
+        if value:
+            try:
+                seconds = float(value)
+            except ValueError:
+                raise ValueError(
+                    f"{name}={value!r} is not a number of seconds; set it to an integer such "
+                    "as 60 or unset it"
+                ) from None
+            if seconds > 0:
+                return seconds
+    return DAGSTER_SENSOR_TIMEOUT_SECONDS
+
+
+def _reached(chunk: Sequence[Submission], polled_ids: set[str]) -> int:
+    """How many leading rows of ``chunk`` were polled: the next poll starts after them."""
+    for index, row in enumerate(chunk):
+        if row.job_id and row.job_id not in polled_ids:
+            return index
+    return len(chunk)
+
+
 _UNFINISHED_RUN_STATUSES = [
     dg.DagsterRunStatus.NOT_STARTED,
     dg.DagsterRunStatus.QUEUED,
@@ -371,8 +439,11 @@ def _handle_poll_timeouts(
     assets: KreaImageAssets,
     krea: KreaResource,
     pending: Sequence[Submission],
+    deadline: float | None = None,
 ) -> set[str]:
     """Jobs pending longer than poll_timeout: cancelled or reported, per the resource.
+
+    The cancels stop at ``deadline`` (monotonic); the rest wait for the next tick.
 
     ``pending`` is the tick's own list minus what its polls saw finish: reading every pending
     row from the ledger a second time was a quarter of a 10,000-job tick.
@@ -389,7 +460,9 @@ def _handle_poll_timeouts(
             + ", ".join(row.job_id or "?" for row in overdue[:20])
         )
         return set()
-    cancelled = {job.job_id for job in pipeline.cancel(krea, overdue, log=context.log)}
+    cancelled = {
+        job.job_id for job in pipeline.cancel(krea, overdue, log=context.log, deadline=deadline)
+    }
     context.log.warning(f"cancelled {len(cancelled)} job(s) pending longer than {timeout}")
     return {row.batch for row in overdue if row.job_id in cancelled}
 
@@ -420,13 +493,20 @@ def build_krea_sensors(
             polls inline.
         discovery_target / completion_target: what those runs materialize, to add your own
             downstream assets (defaults: the krea assets only).
-        tick_budget_seconds: time a completion tick may spend polling (Dagster's sensor
-            deadline is 60 s).
+        tick_budget_seconds: time a completion tick may spend calling Krea (polls, poll-timeout
+            cancels and the downloads of ``collect_in_tick``), capped at half of Dagster's
+            sensor deadline (60 s unless ``DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS`` says
+            otherwise). Every request of the tick is bounded by it.
         collect_in_tick: with ``deferred``, the completion tick also downloads, verifies and
             stores the images of the jobs it saw complete, within the same budget, so a
             finished batch's images run has (nearly) nothing left to download. False leaves
             every download to the images run (a sensor process that should not fetch images).
     """
+    if not tick_budget_seconds > 0:
+        raise ValueError(
+            f"tick_budget_seconds must be a positive number of seconds, got "
+            f"{tick_budget_seconds!r}; the default is {DEFAULT_TICK_BUDGET_SECONDS:g}"
+        )
     prefix = assets.prefix
     chain = (
         [assets.prompts, assets.jobs] if deferred else [assets.prompts, assets.jobs, assets.images]

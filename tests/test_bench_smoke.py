@@ -12,6 +12,19 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The figures of the groups ``--only`` can run alone (discovery, end_to_end).
+SCALE_FIGURES = [
+    "discovery_tick_unchanged_1m_rows_seconds",
+    "discovery_tick_first_1m_rows_seconds",
+    "end_to_end_inline_over_ideal",
+    "end_to_end_inline_100_over_ideal",
+    "end_to_end_in_process_over_ideal",
+    "end_to_end_multiprocess_over_ideal",
+    "end_to_end_startup_seconds",
+    "end_to_end_dagster_overhead_seconds",
+    "dagster_import_seconds",
+]
+
 REQUIRED_FIGURES = [
     "wall_over_ideal",
     "naive_sequential_over_ours",
@@ -27,6 +40,7 @@ REQUIRED_FIGURES = [
     "deferred_requests_per_image",
     "naive_parallel_requests_per_image",
     "naive_sequential_requests_per_image",
+    *SCALE_FIGURES,
 ]
 
 
@@ -66,3 +80,73 @@ def test_smoke_run_writes_every_figure_table_and_plot(tmp_path: Path) -> None:
     assert table in run.stdout
     png = (out / "latest.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+
+
+def test_only_runs_the_scale_groups_and_keeps_the_previous_figures(tmp_path: Path) -> None:
+    """``--only discovery,end_to_end`` adds its figures to the latest.json in --out and keeps every other key."""
+    out = tmp_path / "results"
+    out.mkdir()
+    previous = {
+        "wall_over_ideal": 1.07,
+        "requests_per_image": 1.17,
+        "goals": {},
+        "params": {"mode": "smoke", "seed": 1234},
+        "machine": {"cpus": 2},
+        "scenarios": {"kept": {"seconds": 1.0}},
+    }
+    (out / "latest.json").write_text(json.dumps(previous), encoding="utf-8")
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--smoke",
+            "--only",
+            "discovery,end_to_end",
+            "--out",
+            str(out),
+            "--scratch",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    record = json.loads((out / "latest.json").read_text(encoding="utf-8"))
+    assert (record["wall_over_ideal"], record["requests_per_image"]) == (1.07, 1.17)
+    assert record["scenarios"]["kept"] == {"seconds": 1.0}
+    not_finite = [
+        key
+        for key in SCALE_FIGURES
+        if not isinstance(record.get(key), int | float) or not math.isfinite(record[key])
+    ]
+    assert not_finite == []
+    assert {"discovery_tick_unchanged_1m_rows_seconds", "end_to_end_inline_over_ideal"} <= set(
+        record["goals"]
+    )
+    assert record["partial_runs"][-1]["only"] == ["discovery", "end_to_end"]
+    e2e = record["scenarios"]["end_to_end"]
+    stored = {
+        (executor, size): result["images"]
+        for executor in ("in_process", "multiprocess")
+        for size, result in e2e[executor].items()
+    }
+    assert stored and all(images == int(size) for (_, size), images in stored.items())
+    assert record["scenarios"]["discovery"]["touched_tick_runs"] == 0
+    table = (out / "latest.md").read_text(encoding="utf-8")
+    assert "launch-to-manifest / ideal" in table and table in run.stdout
+
+
+def test_only_refuses_an_unknown_group(tmp_path: Path) -> None:
+    """``--only`` with a group it cannot run alone fails at once with the groups it can."""
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--only", "everything", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode != 0
+    assert "discovery, end_to_end" in run.stderr

@@ -38,6 +38,7 @@ from krea_dagster.api.errors import (
     APIStatusError,
     APITimeoutError,
     ConfigurationError,
+    DeadlineExceededError,
     KreaError,
     MalformedPayloadError,
     RequestValidationError,
@@ -422,21 +423,33 @@ class RequestCore:
         path_params: Mapping[str, str] | None = None,
         params: Mapping[str, Any] | None = None,
         max_retries: int | None = None,
+        deadline: float | None = None,
     ) -> Flow[httpx.Response]:
-        """A GET or DELETE, retried per ``retries.decide`` (a safe request cannot bill twice)."""
+        """A GET or DELETE, retried per ``retries.decide`` (a safe request cannot bill twice).
+
+        ``deadline`` (the clock's monotonic seconds): each attempt's timeouts are clipped to
+        the time left, and no attempt or retry starts once it has passed
+        (``DeadlineExceededError``).
+        """
         url = self.url_for(path_template, path_params)
         allowed = self.max_retries_for(max_retries)
         retries = 0
+        outcome: httpx.Response | Exception | None = None
         while True:
+            timeout = self.config.timeouts.for_json()
+            if deadline is not None:
+                left = deadline - self.clock.monotonic()
+                if left <= 0:
+                    raise self.deadline_error(method, path_template, retries, outcome)
+                timeout = clip_timeout(timeout, left)
             request = self.build_request(
                 method,
                 url,
                 params=params,
-                timeout=self.config.timeouts.for_json(),
+                timeout=timeout,
                 retries_taken=retries,
             )
             self.stats.record_request(method, path_template)
-            outcome: httpx.Response | Exception
             try:
                 outcome = yield Send(request)
             except httpx.TransportError as exc:
@@ -447,11 +460,39 @@ class RequestCore:
                     logger.debug("%s %s -> %s", method, path_template, outcome.status_code)
                     return outcome
                 raise self.final_error(outcome, method, path_template, retries + 1, decision.reason)
+            if deadline is not None and deadline - self.clock.monotonic() <= 0:
+                raise self.deadline_error(method, path_template, retries + 1, outcome)
             delay = self.retry_delay(
                 outcome, method, path_template, retries, allowed, decision.reason
             )
+            if deadline is not None and delay >= deadline - self.clock.monotonic():
+                raise self.deadline_error(method, path_template, retries + 1, outcome)
             yield Sleep(delay)
             retries += 1
+
+    def deadline_error(
+        self,
+        method: str,
+        path_template: str,
+        attempts: int,
+        last: httpx.Response | BaseException | None,
+    ) -> DeadlineExceededError:
+        """The error of a call stopped by its caller's deadline (the last failure as cause)."""
+        if last is None:
+            detail = "before it was sent"
+        elif isinstance(last, httpx.Response):
+            detail = f"after {attempts} attempt(s), the last answered {last.status_code}"
+        else:
+            detail = f"after {attempts} attempt(s), the last failed ({type(last).__name__})"
+        error = DeadlineExceededError(
+            f"{method} {path_template}: the caller's deadline passed {detail}",
+            method=method,
+            path_template=path_template,
+            attempts=attempts,
+        )
+        if isinstance(last, BaseException):
+            error.__cause__ = last
+        return error
 
     def final_error(
         self,
@@ -546,9 +587,15 @@ class RequestCore:
 
     # -- operations -----------------------------------------------------------------------
 
-    def get_job(self, job_id: str, *, max_retries: int | None = None) -> Flow[Job]:
+    def get_job(
+        self, job_id: str, *, max_retries: int | None = None, deadline: float | None = None
+    ) -> Flow[Job]:
         response = yield from self.request(
-            "GET", "/jobs/{id}", path_params={"id": job_id}, max_retries=max_retries
+            "GET",
+            "/jobs/{id}",
+            path_params={"id": job_id},
+            max_retries=max_retries,
+            deadline=deadline,
         )
         return self.parse(Job.from_api, response, "GET", "/jobs/{id}")
 
@@ -560,6 +607,7 @@ class RequestCore:
         status: JobStatus | str | None = None,
         types: Sequence[str] | str | None = None,
         max_retries: int | None = None,
+        deadline: float | None = None,
     ) -> Flow[JobList]:
         if not 1 <= limit <= 1000:
             raise ValueError(f"limit must be between 1 and 1000, got {limit}")
@@ -569,12 +617,20 @@ class RequestCore:
             "status": JobStatus(status).value if status is not None else None,
             "types": types if isinstance(types, str) or types is None else ",".join(types),
         }
-        response = yield from self.request("GET", "/jobs", params=params, max_retries=max_retries)
+        response = yield from self.request(
+            "GET", "/jobs", params=params, max_retries=max_retries, deadline=deadline
+        )
         return self.parse(JobList.from_api, response, "GET", "/jobs")
 
-    def cancel_job(self, job_id: str, *, max_retries: int | None = None) -> Flow[Job | None]:
+    def cancel_job(
+        self, job_id: str, *, max_retries: int | None = None, deadline: float | None = None
+    ) -> Flow[Job | None]:
         response = yield from self.request(
-            "DELETE", "/jobs/{id}", path_params={"id": job_id}, max_retries=max_retries
+            "DELETE",
+            "/jobs/{id}",
+            path_params={"id": job_id},
+            max_retries=max_retries,
+            deadline=deadline,
         )
         logger.info("cancel requested for job %s", job_id, extra={"krea_job_id": job_id})
         # The spec documents no body for a 200; some deployments return the job.
@@ -808,6 +864,20 @@ class RequestCore:
         )
         self.stats.increment("rate_limited_waits")
         return delay
+
+
+def clip_timeout(timeout: httpx.Timeout, seconds: float) -> httpx.Timeout:
+    """``timeout`` with every phase at most ``seconds`` (a phase without a limit gets it)."""
+
+    def clip(phase: float | None) -> float:
+        return seconds if phase is None else min(phase, seconds)
+
+    return httpx.Timeout(
+        connect=clip(timeout.connect),
+        read=clip(timeout.read),
+        write=clip(timeout.write),
+        pool=clip(timeout.pool),
+    )
 
 
 def decode_body(response: httpx.Response) -> Any:

@@ -19,6 +19,7 @@ from krea_dagster.api.errors import (
     AmbiguousSubmitError,
     APIConnectionError,
     APIStatusError,
+    DeadlineExceededError,
     JobCancelledError,
     JobFailedError,
     JobTimeoutError,
@@ -177,13 +178,16 @@ class JobPager:
         self.cursor = page.next_cursor
         return emitted
 
-    def next_page(self, core: RequestCore, max_retries: int | None) -> Flow[JobList]:
+    def next_page(
+        self, core: RequestCore, max_retries: int | None, deadline: float | None = None
+    ) -> Flow[JobList]:
         page = yield from core.list_jobs(
             cursor=self.cursor,
             limit=self.limit,
             status=self.status,
             types=self.types,
             max_retries=max_retries,
+            deadline=deadline,
         )
         return page
 
@@ -194,6 +198,8 @@ def poll_many(
     *,
     created_after: datetime | None,
     max_retries: int | None,
+    deadline: float | None = None,
+    created_before: datetime | None = None,
 ) -> Flow[list[Job]]:
     """The current state of many jobs at about one request per 1000 jobs.
 
@@ -202,33 +208,61 @@ def poll_many(
     stopping early once the pages reach jobs older than ``created_after`` minus the clock skew,
     or once another page would cost more than the GETs it saves; then ``GET /jobs/{id}`` for the
     ids the pages did not show. The result follows the order of ``job_ids``.
+    ``created_before`` (the newest job's ``created_at`` as Krea reported it) starts the pages
+    just above it instead of at the account's newest job, so jobs created since, by other
+    batches or users, cost no pages.
+
+    ``deadline`` (the clock's monotonic seconds): every request's timeouts are clipped to the
+    time left and nothing is sent once it has passed; the result is then partial, the jobs
+    seen so far (still in ``job_ids`` order) without the ones not reached.
     """
     order = list(job_ids)
     seen: dict[str, Job] = {}
     wanted = set(order)
-    if len(wanted) > POLL_MANY_DIRECT_THRESHOLD:
-        floor = (
-            as_aware(created_after) - timedelta(seconds=DEFAULT_CLOCK_SKEW)
-            if created_after is not None
-            else None
+    try:
+        if len(wanted) > POLL_MANY_DIRECT_THRESHOLD:
+            floor = (
+                as_aware(created_after) - timedelta(seconds=DEFAULT_CLOCK_SKEW)
+                if created_after is not None
+                else None
+            )
+            # Krea's own timestamp, so no skew: just past it (the cursor is "created before").
+            ceiling = (
+                as_aware(created_before) + timedelta(milliseconds=1)
+                if created_before is not None
+                else None
+            )
+            pager = JobPager(limit=POLL_MANY_PAGE_SIZE, created_after=floor, cursor=ceiling)
+            try:
+                while not pager.done:
+                    missing = len(wanted) - len(seen)
+                    # Stop paging when the GETs for what is missing are cheaper than more pages.
+                    if missing <= POLL_MANY_DIRECT_THRESHOLD or pager.pages >= missing:
+                        break
+                    page = yield from pager.next_page(core, max_retries, deadline)
+                    for job in pager.accept(page):
+                        if job.job_id in wanted:
+                            seen[job.job_id] = job
+            finally:
+                logger.info(
+                    "poll_many: %d of %d jobs found in %d list pages",
+                    len(seen),
+                    len(wanted),
+                    pager.pages,
+                )
+        for job_id in dict.fromkeys(order):
+            if job_id not in seen:
+                seen[job_id] = yield from core.get_job(
+                    job_id, max_retries=max_retries, deadline=deadline
+                )
+    except DeadlineExceededError as error:
+        logger.warning(
+            "poll_many stopped at its deadline with %d of %d jobs polled: %s",
+            len(seen),
+            len(wanted),
+            error,
         )
-        pager = JobPager(limit=POLL_MANY_PAGE_SIZE, created_after=floor)
-        while not pager.done:
-            missing = len(wanted) - len(seen)
-            # Stop paging when the GETs for what is missing are cheaper than more pages.
-            if missing <= POLL_MANY_DIRECT_THRESHOLD or pager.pages >= missing:
-                break
-            page = yield from pager.next_page(core, max_retries)
-            for job in pager.accept(page):
-                if job.job_id in wanted:
-                    seen[job.job_id] = job
-        logger.info(
-            "poll_many: %d of %d jobs found in %d list pages", len(seen), len(wanted), pager.pages
-        )
-    for job_id in dict.fromkeys(order):
-        if job_id not in seen:
-            seen[job_id] = yield from core.get_job(job_id, max_retries=max_retries)
-    return [seen[job_id] for job_id in order]
+    return [seen[job_id] for job_id in order if job_id in seen]
 
 
 def reconcile(

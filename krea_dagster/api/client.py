@@ -329,9 +329,11 @@ class KreaClient(_BaseClient):
             )
         )
 
-    def get_job(self, job_id: str, *, max_retries: int | None = None) -> Job:
-        """``GET /jobs/{id}``."""
-        return self._run(self._core.get_job(job_id, max_retries=max_retries))
+    def get_job(
+        self, job_id: str, *, max_retries: int | None = None, deadline: float | None = None
+    ) -> Job:
+        """``GET /jobs/{id}``; ``deadline`` (monotonic seconds) bounds it and its retries."""
+        return self._run(self._core.get_job(job_id, max_retries=max_retries, deadline=deadline))
 
     def list_jobs(
         self,
@@ -364,9 +366,14 @@ class KreaClient(_BaseClient):
             page = self._run(pager.next_page(self._core, max_retries))
             yield from pager.accept(page)
 
-    def cancel_job(self, job_id: str, *, max_retries: int | None = None) -> Job | None:
-        """``DELETE /jobs/{id}``; the job when Krea returns it, else None."""
-        return self._run(self._core.cancel_job(job_id, max_retries=max_retries))
+    def cancel_job(
+        self, job_id: str, *, max_retries: int | None = None, deadline: float | None = None
+    ) -> Job | None:
+        """``DELETE /jobs/{id}``; the job when Krea returns it, else None.
+
+        ``deadline`` (monotonic seconds) bounds it and its retries (``DeadlineExceededError``).
+        """
+        return self._run(self._core.cancel_job(job_id, max_retries=max_retries, deadline=deadline))
 
     def wait(
         self,
@@ -414,11 +421,25 @@ class KreaClient(_BaseClient):
         *,
         created_after: datetime | None = None,
         max_retries: int | None = None,
+        deadline: float | None = None,
+        created_before: datetime | None = None,
     ) -> list[Job]:
-        """The current state of every job in ``job_ids`` (in that order), at ~1 request / 1000."""
+        """The current state of every job in ``job_ids`` (in that order), at ~1 request / 1000.
+
+        ``deadline``: a ``time.monotonic()`` value (the client clock's) after which nothing is
+        sent; each request's timeouts are clipped to the time left. The list is then partial:
+        the jobs polled in time, in ``job_ids`` order, without the others.
+        ``created_before``: the newest of these jobs' ``created_at``; the ``GET /jobs`` pages
+        start just above it instead of at the account's newest job.
+        """
         return self._run(
             _jobs.poll_many(
-                self._core, job_ids, created_after=created_after, max_retries=max_retries
+                self._core,
+                job_ids,
+                created_after=created_after,
+                max_retries=max_retries,
+                deadline=deadline,
+                created_before=created_before,
             )
         )
 
@@ -616,9 +637,13 @@ class AsyncKreaClient(_BaseClient):
             )
         )
 
-    async def get_job(self, job_id: str, *, max_retries: int | None = None) -> Job:
-        """``GET /jobs/{id}``."""
-        return await self._run(self._core.get_job(job_id, max_retries=max_retries))
+    async def get_job(
+        self, job_id: str, *, max_retries: int | None = None, deadline: float | None = None
+    ) -> Job:
+        """``GET /jobs/{id}``; ``deadline`` (monotonic seconds) bounds it and its retries."""
+        return await self._run(
+            self._core.get_job(job_id, max_retries=max_retries, deadline=deadline)
+        )
 
     async def list_jobs(
         self,
@@ -652,9 +677,13 @@ class AsyncKreaClient(_BaseClient):
             for job in pager.accept(page):
                 yield job
 
-    async def cancel_job(self, job_id: str, *, max_retries: int | None = None) -> Job | None:
-        """``DELETE /jobs/{id}``."""
-        return await self._run(self._core.cancel_job(job_id, max_retries=max_retries))
+    async def cancel_job(
+        self, job_id: str, *, max_retries: int | None = None, deadline: float | None = None
+    ) -> Job | None:
+        """``DELETE /jobs/{id}``; see ``KreaClient.cancel_job``."""
+        return await self._run(
+            self._core.cancel_job(job_id, max_retries=max_retries, deadline=deadline)
+        )
 
     async def wait(
         self,
@@ -695,11 +724,18 @@ class AsyncKreaClient(_BaseClient):
         *,
         created_after: datetime | None = None,
         max_retries: int | None = None,
+        deadline: float | None = None,
+        created_before: datetime | None = None,
     ) -> list[Job]:
         """See ``KreaClient.poll_many``."""
         return await self._run(
             _jobs.poll_many(
-                self._core, job_ids, created_after=created_after, max_retries=max_retries
+                self._core,
+                job_ids,
+                created_after=created_after,
+                max_retries=max_retries,
+                deadline=deadline,
+                created_before=created_before,
             )
         )
 

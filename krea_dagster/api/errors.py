@@ -15,6 +15,7 @@ Every exception derives from one base, ``KreaError``::
     │   │   └── InternalServerError      5xx
     │   ├── APIConnectionError           no HTTP answer at all
     │   │   └── APITimeoutError
+    │   │       └── DeadlineExceededError  the caller's deadline ran out first
     │   ├── AmbiguousSubmitError         a generation POST may or may not have created a job
     │   └── MalformedPayloadError        a body that is not the documented shape
     ├── RequestValidationError           the request breaks the model's schema; nothing was sent
@@ -52,6 +53,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "ConfigurationError",
+    "DeadlineExceededError",
     "DownloadError",
     "InsufficientCreditsError",
     "InternalServerError",
@@ -281,6 +283,13 @@ class APIConnectionError(APIError):
 
 class APITimeoutError(APIConnectionError):
     """A connect, read, write or pool timeout expired."""
+
+
+class DeadlineExceededError(APITimeoutError):
+    """The caller's ``deadline`` (monotonic seconds) ran out before the call could finish."""
+
+    # Raised instead of sending (or retrying) a request with no time left; ``__cause__`` is
+    # the failure of the last attempt, if any. ``poll_many`` catches it and returns what it has.
 
 
 class AmbiguousSubmitError(APIError):

@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from krea_dagster.api import AsyncKreaClient, Job, KreaError
+from krea_dagster.api import AsyncKreaClient, DeadlineExceededError, Job, KreaError
 from krea_dagster.engine.ledger import Ledger
 from krea_dagster.engine.submit import job_update
 
@@ -37,8 +37,12 @@ async def cancel_jobs(
             log.warning(f"stopped cancelling at the deadline: {len(job_ids) - len(cancelled)} left")
             break
         try:
-            await client.cancel_job(job_id)
-            job = await client.get_job(job_id)
+            # The deadline bounds each request and its retries too, not only the loop.
+            await client.cancel_job(job_id, deadline=deadline)
+            job = await client.get_job(job_id, deadline=deadline)
+        except DeadlineExceededError:
+            log.warning(f"stopped cancelling at the deadline: {len(job_ids) - len(cancelled)} left")
+            break
         except KreaError as error:
             log.warning(f"could not cancel job {job_id}: {error}")
             continue

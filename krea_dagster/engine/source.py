@@ -10,19 +10,25 @@ batch from an unchanged one without looking at modification times.
 """
 
 import hashlib
+import os
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from upath import UPath
 
-__all__ = ["BATCH_COLUMN", "BatchInfo", "PromptSource", "PromptSourceError"]
+__all__ = ["BATCH_COLUMN", "BatchInfo", "FileScan", "PromptSource", "PromptSourceError"]
 
 BATCH_COLUMN = "batch"
 SUPPORTED_SUFFIXES = (".csv", ".parquet", ".pq")
 BATCH_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+# A file modified this recently is read again next scan: its timestamp may not yet tell a
+# second write in the same tick apart (git's "racy clean" problem).
+RACY_SECONDS = 2.0
 
 
 class PromptSourceError(ValueError):
@@ -45,6 +51,39 @@ class BatchProblem:
 
     file: str
     message: str
+
+
+@dataclass(frozen=True)
+class FileScan:
+    """What one read of a prompt file found, under the fingerprint it had when read.
+
+    ``parts`` are ``(batch, content digest, rows)``; ``problems`` the messages of what is not
+    usable. ``fingerprint`` is None when it cannot be trusted (no metadata, or too recent).
+    """
+
+    fingerprint: str | None
+    parts: tuple[tuple[str, str, int], ...] = ()
+    problems: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "fingerprint": self.fingerprint,
+            "parts": [list(part) for part in self.parts],
+            "problems": list(self.problems),
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> "FileScan | None":
+        """The record back from ``to_json``; None for anything else (it is then read again)."""
+        try:
+            parts = tuple((str(b), str(d), int(n)) for b, d, n in data["parts"])
+            problems = tuple(str(message) for message in data["problems"])
+            fingerprint = data["fingerprint"]
+        except (KeyError, TypeError, ValueError):
+            return None
+        if fingerprint is not None and not isinstance(fingerprint, str):
+            return None
+        return cls(fingerprint, parts, problems)
 
 
 class PromptSource:
@@ -81,31 +120,87 @@ class PromptSource:
             key=lambda entry: entry.name,
         )
 
+    def _listing(self) -> list[tuple[UPath, str | None]]:
+        """The prompt files (as ``files()``) with their cheap fingerprints, one listing call."""
+        root = self.path
+        if _is_local(root):
+            return [(file, _local_fingerprint(file)) for file in self.files()]
+        # fsspec caches directory listings for the life of the filesystem object (s3fs: forever
+        # by default); a sensor asks every tick, so it must see the store, not the cache.
+        root.fs.invalidate_cache(root.path)
+        files = self.files()
+        try:
+            infos = {
+                str(info.get("name", "")).rstrip("/").rsplit("/", 1)[-1]: info
+                for info in root.fs.ls(root.path, detail=True)
+            }
+        except (OSError, ValueError):
+            infos = {}
+        listing = []
+        for file in files:
+            info = infos.get(file.name)
+            if info is None:
+                try:
+                    info = file.fs.info(file.path)
+                except (OSError, ValueError):
+                    info = None
+            listing.append((file, remote_fingerprint(info) if info else None))
+        return listing
+
     def scan(self) -> tuple[dict[str, BatchInfo], list[BatchProblem]]:
         """Every batch in the source with its content hash, and the files that are not usable."""
+        return self.batches_from(self.scan_files())
+
+    def scan_files(self, known: Mapping[str, FileScan] | None = None) -> dict[str, FileScan]:
+        """What each file holds (by file name), reading only files whose fingerprint changed.
+
+        ``known`` is the previous scan's answer: a file whose cheap fingerprint (size and
+        modification time, or the object store's ETag) is the one recorded there is not opened
+        again. A file modified within ``RACY_SECONDS`` of the scan gets no fingerprint, so the
+        next scan reads it again: a second write in the same timestamp tick cannot hide.
+        """
+        known = known or {}
+        scans: dict[str, FileScan] = {}
+        for file, fingerprint in self._listing():
+            previous = known.get(file.name)
+            if fingerprint is not None and previous and previous.fingerprint == fingerprint:
+                scans[file.name] = previous
+            else:
+                scans[file.name] = self._scan_file(file, fingerprint)
+        return scans
+
+    def _scan_file(self, file: UPath, fingerprint: str | None) -> FileScan:
+        try:
+            frame = read_table(file)
+        except PromptSourceError as error:
+            return FileScan(fingerprint, problems=(str(error),))
+        parts: list[tuple[str, str, int]] = []
+        problems: list[str] = []
+        for batch, part in self._split(file, frame):
+            if not BATCH_KEY_RE.match(batch):
+                problems.append(
+                    f"batch name {batch!r} is not a valid partition key: use letters, "
+                    "digits, '_', '-' or '.' (at most 128 characters, not starting "
+                    "with a symbol) in the file name or batch column"
+                )
+                continue
+            parts.append((batch, _frame_digest(part), len(part)))
+        return FileScan(fingerprint, tuple(parts), tuple(problems))
+
+    def batches_from(
+        self, scans: Mapping[str, FileScan]
+    ) -> tuple[dict[str, BatchInfo], list[BatchProblem]]:
+        """The batches (with content hashes) and the unusable files of a ``scan_files`` answer."""
         batches: dict[str, tuple[list[str], list[str], int]] = {}
         problems: list[BatchProblem] = []
-        for file in self.files():
-            try:
-                frame = read_table(file)
-            except PromptSourceError as error:
-                problems.append(BatchProblem(file.name, str(error)))
-                continue
-            for batch, part in self._split(file, frame):
-                if not BATCH_KEY_RE.match(batch):
-                    problems.append(
-                        BatchProblem(
-                            file.name,
-                            f"batch name {batch!r} is not a valid partition key: use letters, "
-                            "digits, '_', '-' or '.' (at most 128 characters, not starting "
-                            "with a symbol) in the file name or batch column",
-                        )
-                    )
-                    continue
+        for name in sorted(scans):
+            scan = scans[name]
+            problems.extend(BatchProblem(name, message) for message in scan.problems)
+            for batch, digest, count in scan.parts:
                 files, digests, rows = batches.setdefault(batch, ([], [], 0))
-                files.append(file.name)
-                digests.append(_frame_digest(part))
-                batches[batch] = (files, digests, rows + len(part))
+                files.append(name)
+                digests.append(digest)
+                batches[batch] = (files, digests, rows + count)
         infos = {
             batch: BatchInfo(
                 batch=batch,
@@ -185,6 +280,57 @@ def read_table(file: UPath | Path) -> pd.DataFrame:
         raise PromptSourceError(
             f"{file.name}: cannot be read ({type(error).__name__}: {error})"
         ) from None
+
+
+def _is_local(path: UPath) -> bool:
+    return isinstance(path, Path) or getattr(path, "protocol", "") in ("", "file", "local")
+
+
+def _local_fingerprint(file: UPath | Path) -> str | None:
+    """``size:mtime_ns`` of a local file; None when it is too fresh to trust or gone."""
+    try:
+        stat = os.stat(str(file))
+    except OSError:
+        return None
+    if time.time_ns() - stat.st_mtime_ns < RACY_SECONDS * 1e9:
+        return None
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def remote_fingerprint(info: Mapping[str, Any]) -> str | None:
+    """An object store's fingerprint of a file from its fsspec ``info``: ETag (with size) when
+    the store has one, else size and modification time; None when neither is there.
+
+    An ETag changes with the content, so it is trusted at once; a bare modification time is
+    not trusted while it is less than ``RACY_SECONDS`` old.
+    """
+    size = info.get("size")
+    for key in ("ETag", "etag", "e_tag"):
+        if info.get(key):
+            return f"{size}:etag:{str(info[key]).strip(chr(34))}"
+    for key in ("mtime", "LastModified", "last_modified", "updated", "modified", "created"):
+        value = info.get(key)
+        if value is None or value == "":
+            continue
+        seconds = _timestamp(value)
+        if seconds is None:
+            return f"{size}:{key}:{value}"
+        if time.time() - seconds < RACY_SECONDS:
+            return None
+        return f"{size}:{key}:{seconds!r}"
+    return None
+
+
+def _timestamp(value: Any) -> float | None:
+    if isinstance(value, int | float):
+        return float(value)
+    timestamp = getattr(value, "timestamp", None)
+    if callable(timestamp):
+        try:
+            return float(timestamp())
+        except (TypeError, ValueError, OSError):
+            return None
+    return None
 
 
 def _frame_digest(frame: pd.DataFrame) -> str:
