@@ -22,6 +22,7 @@ import json
 import os
 import secrets
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -130,6 +131,25 @@ def _run_stats(instance: Any) -> dict[str, float]:
     }
 
 
+IDLE_TICKS = 3
+
+
+def _idle_ticks(deployed: Any, *, since: float, deadline: float) -> tuple[float, float]:
+    """Median seconds of the discovery and completion ticks that start after ``since``: the
+    first one is skipped (it may hold the last one's work), the next ``IDLE_TICKS`` count."""
+    medians = []
+    for name in (f"{PREFIX}_batch_discovery", f"{PREFIX}_completion"):
+        while True:
+            ticks = [s for t, s in _tick_durations(deployed.instance, name) if t >= since]
+            if len(ticks) > IDLE_TICKS:
+                medians.append(statistics.median(ticks[1 : IDLE_TICKS + 1]))
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name}: {len(ticks)} tick(s) since {since:.0f}")
+            time.sleep(1.0)
+    return medians[0], medians[1]
+
+
 def _edges(ticks: list[tuple[float, float]], start: float, end: float) -> tuple[float, float]:
     """Median tick seconds in the first and the last ``EDGE_FRACTION`` of the day."""
     span = end - start
@@ -192,8 +212,11 @@ def run_day(
         config_file.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         _say(f"starting the deployment; {batches} batches x {per_batch} prompts")
         deployed.start()
-        started = time.time()
         deadline = time.monotonic() + timeout
+        # Idle ticks before the first file and after the last batch: the same (no) work, with
+        # no history and with the whole day's, so they differ only by what history costs.
+        idle_start = _idle_ticks(deployed, since=time.time(), deadline=deadline)
+        started = time.time()
         written = 0
         done: set[str] = set()
         names_all = [f"day{index:03d}" for index in range(batches)]
@@ -220,10 +243,22 @@ def run_day(
             time.sleep(0.5)
         ended = time.time()
         _say(f"day done in {ended - started:.0f} s")
-        return _measure(deployed, ledger_url, dagster_url, started, ended, prompts_total, batches)
+        idle_end = _idle_ticks(deployed, since=ended, deadline=deadline)
+        day = _measure(deployed, ledger_url, dagster_url, started, ended, prompts_total, batches)
+        for index, name in enumerate(("discovery", "completion")):
+            first, last = idle_start[index], idle_end[index]
+            day[f"{name}_tick_start_seconds"] = first
+            day[f"{name}_tick_end_seconds"] = last
+            day[f"{name}_tick_end_over_start"] = last / first
+        return day
     finally:
         if deployed is not None:
             deployed.stop()
+            # The processes' logs outlive the scratch directory (test-artifacts/ is git-ignored).
+            kept = REPO / "test-artifacts" / "day" / suffix
+            with contextlib.suppress(OSError):
+                shutil.copytree(deployed.log_dir, kept)
+                _say(f"deployment logs kept in {kept}")
         emulator.close()
         for name in names:
             _drop(pg_url, name)
@@ -269,8 +304,10 @@ def _measure(
     run_stats = _run_stats(instance)
     discovery = _tick_durations(instance, f"{PREFIX}_batch_discovery")
     completion = _tick_durations(instance, f"{PREFIX}_completion")
+    # Busy ticks (the first and last part of the day), whose time follows the work in flight.
     discovery_start, discovery_end = _edges(discovery, started, ended)
     completion_start, completion_end = _edges(completion, started, ended)
+    retried_keys = {(row.batch, row.prompt_key) for row in rows if row.attempt > 1}
     wall = ended - started
     per_prompt_seconds = wall / prompts
     return {
@@ -282,20 +319,34 @@ def _measure(
         "jobs_billed": stats["jobs_billed"],
         "emulator_duplicate_submissions": stats["duplicate_submissions"],
         "ledger_paid_duplicates": ledger_duplicates,
-        "duplicates": stats["duplicate_submissions"]
-        + ledger_duplicates
-        + max(0, stats["jobs_billed"] - prompts),
+        # Three views of one thing (a prompt paid twice): take the worst.
+        "duplicates": max(
+            stats["duplicate_submissions"], ledger_duplicates, stats["jobs_billed"] - prompts
+        ),
+        # Every attempt of the prompts sent more than once: why each was sent again.
+        "retried": [
+            {
+                "batch": row.batch,
+                "prompt_key": row.prompt_key,
+                "attempt": row.attempt,
+                "state": row.state,
+                "job_id": row.job_id,
+                "error_code": row.error_code,
+                "error_message": (row.error_message or "")[:300],
+                "intent_at": row.intent_at.isoformat(),
+            }
+            for row in rows
+            if (row.batch, row.prompt_key) in retried_keys
+        ][:40],
         "images": images,
         "images_over_prompts": images / prompts,
         "cdn_downloads": stats["cdn_downloads"],
         "discovery_ticks": len(discovery),
         "completion_ticks": len(completion),
-        "discovery_tick_start_seconds": discovery_start,
-        "discovery_tick_end_seconds": discovery_end,
-        "completion_tick_start_seconds": completion_start,
-        "completion_tick_end_seconds": completion_end,
-        "completion_tick_end_over_start": completion_end / completion_start,
-        "discovery_tick_end_over_start": discovery_end / discovery_start,
+        "discovery_tick_busy_start_seconds": discovery_start,
+        "discovery_tick_busy_end_seconds": discovery_end,
+        "completion_tick_busy_start_seconds": completion_start,
+        "completion_tick_busy_end_seconds": completion_end,
         "ledger_rows": len(rows),
         "ledger_rows_per_batch": len(rows) / batches,
         "ledger_bytes_per_batch": ledger_bytes / batches,
@@ -328,6 +379,8 @@ def figures(day: dict[str, Any]) -> dict[str, float]:
         "day_discovery_tick_end_seconds": day["discovery_tick_end_seconds"],
         "day_completion_tick_start_seconds": day["completion_tick_start_seconds"],
         "day_completion_tick_end_seconds": day["completion_tick_end_seconds"],
+        "day_completion_tick_busy_start_seconds": day["completion_tick_busy_start_seconds"],
+        "day_completion_tick_busy_end_seconds": day["completion_tick_busy_end_seconds"],
         "completion_tick_end_over_start": day["completion_tick_end_over_start"],
         "day_ledger_rows_per_batch": day["ledger_rows_per_batch"],
         "day_ledger_bytes_per_batch": day["ledger_bytes_per_batch"],

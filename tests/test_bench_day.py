@@ -17,6 +17,8 @@ def _day(**overrides):
         "completion_tick_start_seconds": 1.0,
         "completion_tick_end_seconds": 1.2,
         "completion_tick_end_over_start": 1.2,
+        "completion_tick_busy_start_seconds": 1.0,
+        "completion_tick_busy_end_seconds": 1.5,
         "ledger_rows_per_batch": 200.0,
         "ledger_bytes_per_batch": 1000.0,
         "event_log_bytes_per_batch": 5000.0,
