@@ -60,6 +60,14 @@ class BenchParams:
     discovery_ticks: int = 3
     # 9. launch-to-manifest through `dagster asset materialize` (the last size is the headline)
     end_to_end_sizes: tuple[int, ...] = (100, 200)
+    # 10. the time-scaled day (bench/day.py; 0 batches: skipped, as in the smoke run, which
+    # must not need PostgreSQL and S3). On this 2-core machine a batch takes about 40 s, so the
+    # full 100 batches take over an hour: `--day-batches` runs fewer.
+    day_batches: int = 100
+    day_per_batch: int = 200
+    day_in_flight: int = 3
+    day_time_scale: float = 0.02
+    day_concurrency: int = 50
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -123,4 +131,5 @@ SMOKE = BenchParams(
     discovery_rows=2_000,
     discovery_ticks=1,
     end_to_end_sizes=(8,),
+    day_batches=0,
 )

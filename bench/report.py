@@ -42,6 +42,10 @@ def goals(params: BenchParams) -> dict[str, Goal]:
         "end_to_end_inline_over_ideal": Goal(
             f"<= {END_TO_END_GOAL}", lambda v: v <= END_TO_END_GOAL
         ),
+        "deferred_wall_over_ideal": Goal("<= 1.15", lambda v: v <= 1.15),
+        "day_duplicates": Goal("0", lambda v: v == 0),
+        "day_images_over_prompts": Goal("1.0", lambda v: v == 1.0),
+        "completion_tick_end_over_start": Goal("<= 1.5", lambda v: v <= 1.5),
     }
 
 
@@ -107,9 +111,27 @@ def figures(params: BenchParams, results: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def _day_note(values: dict[str, float]) -> str:
+    prompts = values.get("day_prompts", 0)
+    return "" if prompts >= 20_000 else " (fewer than the 20,000 asked: see bench/README.md)"
+
+
 def scale_figures(params: BenchParams, results: dict[str, Any]) -> dict[str, float]:
     """The figures of the discovery and launch-to-manifest groups present in ``results``."""
     values: dict[str, float] = {}
+    if "deferred" in results:
+        deferred = results["deferred"]
+        values.update(
+            deferred_seconds=deferred["seconds"],
+            deferred_wall_over_ideal=deferred["over_ideal"],
+            deferred_requests_per_image=deferred["requests_per_image"],
+            deferred_after_last_job_seconds=deferred["after_last_job_seconds"],
+            deferred_images_step_seconds=deferred["images_step_seconds"],
+        )
+    if "day" in results:
+        from bench.day import figures as day_figures
+
+        values.update(day_figures(results["day"]))
     if "discovery" in results:
         discovery = results["discovery"]
         values.update(
@@ -208,6 +230,14 @@ def markdown(params: BenchParams, values: dict[str, float], results: dict[str, A
         ("9", "Dagster start-up, launch to first step (s): in-process / multiprocess", "end_to_end_in_process_startup_seconds", "end_to_end_multiprocess_startup_seconds"),
         ("9", "Dagster overhead in the headline run: start-up + step hand-overs (s)", "end_to_end_dagster_overhead_seconds"),
         ("9", "python -c 'import dagster' (s)", "dagster_import_seconds"),
+        ("10", f"day: prompts / batches{_day_note(values)}", "day_prompts", "day_batches"),
+        ("10", "day: duplicates", "day_duplicates"),
+        ("10", "day: images stored / prompts", "day_images_over_prompts"),
+        ("10", "day: completion tick, end / start of the day", "completion_tick_end_over_start"),
+        ("10", "day: completion tick at the start / end (s)", "day_completion_tick_start_seconds", "day_completion_tick_end_seconds"),
+        ("10", "day: discovery tick at the start / end (s)", "day_discovery_tick_start_seconds", "day_discovery_tick_end_seconds"),
+        ("10", "day: ledger rows / event-log bytes per batch", "day_ledger_rows_per_batch", "day_event_log_bytes_per_batch"),
+        ("10", "day: projected event-log bytes for 100,000 prompts", "day_projection_100k_event_log_bytes"),
     ]  # fmt: skip
     lines = [
         f"# krea-dagster bench ({params.mode})",

@@ -7,6 +7,7 @@ counts, seconds). Results go to ``bench/results/`` unless ``--out`` says otherwi
 """
 
 import argparse
+import dataclasses
 import datetime
 import json
 import logging
@@ -27,7 +28,7 @@ from krea_dagster.emulator.testing import spawn_emulator
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # Scenario groups ``--only`` can run on their own (their figures are merged into latest.json).
-ONLY_GROUPS = ("discovery", "end_to_end")
+ONLY_GROUPS = ("discovery", "end_to_end", "deferred", "day")
 
 
 def _say(message: str) -> None:
@@ -79,7 +80,8 @@ def run_all(params: BenchParams, scratch: Path) -> dict[str, Any]:
         for point in params.crash_points:
             _say(f"7. crash cost: kill -9 at {point} #{params.crash_after}, then re-run")
             results["crash"].append(scenarios.count_crash_cost(bench, point))
-        results.update(run_groups(bench, ONLY_GROUPS))
+        # (deferred ran with the throughput scenarios above)
+        results.update(run_groups(bench, [g for g in ONLY_GROUPS if g != "deferred"]))
     _say("6. emulator capacity (its own emulators)")
     results["emulator_capacity"] = scenarios.measure_emulator_capacity(bench)
     return results
@@ -89,6 +91,22 @@ def run_groups(bench: scenarios.Bench, groups: Sequence[str]) -> dict[str, Any]:
     """The scenario groups of ``ONLY_GROUPS`` named in ``groups``, in that order."""
     params = bench.params
     results: dict[str, Any] = {}
+    if "deferred" in groups:
+        _say(f"1. throughput, N = {params.deferred_size}: krea-dagster deferred")
+        results["deferred"] = scenarios.time_deferred_batch(bench, params.deferred_size)
+    if "day" in groups and params.day_batches > 0:
+        from bench import day
+
+        _say(f"10. a day: {params.day_batches} batches x {params.day_per_batch} prompts")
+        results["day"] = day.run_day(
+            batches=params.day_batches,
+            per_batch=params.day_per_batch,
+            in_flight=params.day_in_flight,
+            time_scale=params.day_time_scale,
+            concurrency=params.day_concurrency,
+            scratch=bench.scratch,
+            timeout=3600.0 + 60.0 * params.day_batches,
+        )
     if "discovery" in groups:
         _say(f"8. discovery tick, one unchanged file of {params.discovery_rows:,} rows")
         results["discovery"] = scenarios_scale.time_discovery_tick(bench, params.discovery_rows)
@@ -205,8 +223,18 @@ def main(argv: list[str] | None = None) -> int:
         help=f"run only these scenario groups ({', '.join(ONLY_GROUPS)}; comma-separated) and "
         "merge their figures into the latest.json already in --out, keeping every other key",
     )
+    parser.add_argument(
+        "--day-batches",
+        type=int,
+        default=None,
+        help="batches of the time-scaled day (default 100 of 200 prompts; 0 skips it)",
+    )
     args = parser.parse_args(argv)
     params = SMOKE if args.smoke else FULL
+    if args.day_batches is not None:
+        if args.day_batches < 0:
+            raise SystemExit(f"--day-batches must be 0 or more, got {args.day_batches}")
+        params = dataclasses.replace(params, day_batches=args.day_batches)
     only = _parse_only(args.only)
     # Dagster's per-event DEBUG lines and experimental warnings would drown the progress lines.
     logging.getLogger("dagster").setLevel(logging.WARNING)

@@ -12,8 +12,12 @@
 - ``<prefix>_completion``: the deferred path (Airflow's deferrable operator, done with a
   sensor). It reads the pending jobs from the ledger, polls them with ``poll_many`` (about one
   request per 1000 pending jobs) until a deadline (its budget, at most half of Dagster's sensor
-  deadline) that every request and cancel of the tick obeys, records every status change, reports progress per batch as runless observations of the jobs
-  asset, and requests the images run of a batch once all its jobs are terminal. It never
+  deadline) that every request and cancel of the tick obeys, records every status change,
+  stores the images of the jobs it saw complete (before the same deadline, so a deferred batch
+  is collected while it renders), reports progress per batch as runless observations of the
+  jobs asset, and requests the images run of a batch once all its jobs are terminal (that run
+  then mostly builds the manifest). It reads only the batches with work left (an indexed ledger
+  query), so its cost follows the work, not the history. It never
   sleeps; its cursor is a small serialized record, and everything else it needs is in the
   ledger, so a daemon restart loses and repeats nothing.
 """
@@ -32,6 +36,7 @@ import dagster as dg
 from krea_dagster.api import JobStatus, KreaError
 from krea_dagster.assets import KreaImageAssets
 from krea_dagster.engine.ledger import Submission, utcnow
+from krea_dagster.engine.run import run_coroutine
 from krea_dagster.engine.source import FileScan
 from krea_dagster.engine.submit import job_update
 from krea_dagster.resource import KreaResource
@@ -223,8 +228,14 @@ def completion_tick(
     *,
     budget_seconds: float,
     run_asset_keys: Sequence[dg.AssetKey],
+    store_images: bool = True,
 ) -> dg.SensorResult:
-    """One evaluation of the completion sensor."""
+    """One evaluation of the completion sensor.
+
+    With ``store_images`` (the deferred path) it also stores the images of the jobs that
+    completed, within the tick's budget, so the images run of a finished batch has little or
+    nothing left to download; with inline collection the images run does that itself.
+    """
     started = time.monotonic()
     deadline = tick_deadline(budget_seconds, started=started)
     pipeline = assets.pipeline
@@ -274,9 +285,22 @@ def completion_tick(
 
     run_requests: list[dg.RunRequest] = []
     observations: list[dg.AssetObservation] = []
-    requested = dict(cursor.requested)
-    for batch, generation in pipeline.ledger.batches(pipeline.scope):
-        rows = list(pipeline.latest(batch, generation).values())
+    # Only the batches with work left (the ledger's partial index) and those this tick changed
+    # (a last job that failed leaves a batch with nothing open): never the prefix's history.
+    ledger = pipeline.ledger
+    work = dict(ledger.open_batches(pipeline.scope))
+    work.update(ledger.current_generations(pipeline.scope, changed_batches - set(work)))
+    batch_rows = {
+        batch: list(pipeline.latest(batch, generation).values())
+        for batch, generation in sorted(work.items())
+    }
+    stored = 0
+    if store_images:
+        stored = _store_finished(context, assets, krea, batch_rows, finished, deadline)
+    # Entries of batches with nothing left to do are dropped: the cursor stays small.
+    requested = {b: key for b, key in cursor.requested.items() if b in batch_rows}
+    for batch, rows in batch_rows.items():
+        generation = work[batch]
         if not rows:
             continue
         counts = Counter(_progress_state(row) for row in rows)
@@ -291,6 +315,7 @@ def completion_tick(
                         "completed": counts["completed"],
                         "failed": counts["failed"],
                         "unresolved": counts["unresolved"],
+                        "images_stored": sum(1 for row in rows if row.image_uri),
                     },
                 )
             )
@@ -316,8 +341,8 @@ def completion_tick(
             )
         )
     summary = (
-        f"{len(pending)} pending job(s), polled {polled} in {time.monotonic() - started:.1f} s, "
-        f"{len(run_requests)} images run(s) requested"
+        f"{len(pending)} pending job(s), polled {polled}, stored {stored} image(s) in "
+        f"{time.monotonic() - started:.1f} s, {len(run_requests)} images run(s) requested"
     )
     context.log.info(summary)
     return dg.SensorResult(
@@ -326,6 +351,41 @@ def completion_tick(
         cursor=CompletionCursor(requested=requested, offset=next_offset).serialize(),
         skip_reason=None if run_requests else summary,
     )
+
+
+def _store_finished(
+    context: dg.SensorEvaluationContext,
+    assets: KreaImageAssets,
+    krea: KreaResource,
+    batch_rows: dict[str, list[Submission]],
+    finished: set[str],
+    deadline: float,
+) -> int:
+    """Store the images of completed jobs of batches still rendering, and of the jobs this tick
+    saw complete, until ``deadline``; re-reads those batches' rows. Returns images stored.
+
+    A batch all of whose jobs were already terminal before this tick is left to its images run
+    (requested once it is terminal), so the tick and that run never download the same rows.
+    """
+    todo: list[Submission] = []
+    for rows in batch_rows.values():
+        rendering = any(not row.is_terminal for row in rows)
+        todo.extend(
+            row
+            for row in rows
+            if row.state == JobStatus.COMPLETED
+            and row.image_uri is None
+            and row.error_code is None
+            and (rendering or row.job_id in finished)
+        )
+    if not todo or time.monotonic() >= deadline:
+        return 0
+    pipeline = assets.pipeline
+    report = run_coroutine(pipeline.store_completed(krea, todo, deadline=deadline, log=context.log))
+    for batch in {row.batch for row in todo}:
+        generation = batch_rows[batch][0].generation
+        batch_rows[batch] = list(pipeline.latest(batch, generation).values())
+    return report.downloaded
 
 
 def tick_deadline(budget_seconds: float, *, started: float | None = None) -> float:
@@ -441,6 +501,7 @@ def build_krea_sensors(
     discovery_interval_seconds: int = 30,
     completion_interval_seconds: int = 10,
     tick_budget_seconds: float = DEFAULT_TICK_BUDGET_SECONDS,
+    collect_in_tick: bool = True,
     delete_removed_batches: bool = False,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
 ) -> list[dg.SensorDefinition]:
@@ -452,10 +513,14 @@ def build_krea_sensors(
             polls inline.
         discovery_target / completion_target: what those runs materialize, to add your own
             downstream assets (defaults: the krea assets only).
-        tick_budget_seconds: time a completion tick may spend calling Krea (polls and
-            poll-timeout cancels), capped at half of Dagster's sensor deadline (60 s unless
-            ``DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS`` says otherwise). Every request of the
-            tick is bounded by it.
+        tick_budget_seconds: time a completion tick may spend calling Krea (polls, poll-timeout
+            cancels and the downloads of ``collect_in_tick``), capped at half of Dagster's
+            sensor deadline (60 s unless ``DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS`` says
+            otherwise). Every request of the tick is bounded by it.
+        collect_in_tick: with ``deferred``, the completion tick also downloads, verifies and
+            stores the images of the jobs it saw complete, within the same budget, so a
+            finished batch's images run has (nearly) nothing left to download. False leaves
+            every download to the images run (a sensor process that should not fetch images).
     """
     if not tick_budget_seconds > 0:
         raise ValueError(
@@ -507,6 +572,7 @@ def build_krea_sensors(
                 krea,
                 budget_seconds=tick_budget_seconds,
                 run_asset_keys=completion_keys,
+                store_images=deferred and collect_in_tick,
             )
 
         sensors.append(completion_sensor)

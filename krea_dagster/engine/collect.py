@@ -264,16 +264,43 @@ class BatchCollector:
             f"{self.batch}: cancelled {len(self.report.cancelled)} job(s) after poll_timeout"
         )
 
+    async def store_rows(
+        self, rows: Iterable[Submission], *, deadline: float | None = None
+    ) -> CollectReport:
+        """Download, verify and store the images of these completed rows; no polling.
+
+        What the completion sensor calls for the jobs it just saw complete, so a deferred
+        batch's images are stored while the rest of it renders. At most ``max_downloads`` at
+        once; none is started once ``deadline`` (on ``clock``) has passed, and the rows left are
+        stored by a later call or the images run.
+        """
+        started = self.clock()
+        queue: asyncio.Queue[Submission] = asyncio.Queue()
+        for row in rows:
+            if row.state == JobStatus.COMPLETED:
+                queue.put_nowait(row)
+
+        async def worker() -> None:
+            while not queue.empty() and (deadline is None or self.clock() < deadline):
+                await self._store_guarded(queue.get_nowait())
+
+        await asyncio.gather(*(worker() for _ in range(min(self.max_downloads, queue.qsize()))))
+        self.report.elapsed = self.clock() - started
+        return self.report
+
     async def _download_worker(self) -> None:
         while True:
             row = await self._downloads.get()
             if row is None:
                 return
-            try:
-                await self._store_one(row)
-            except (KreaError, OSError) as error:
-                # One bad download or store write is recorded on its row; the batch goes on.
-                await self._image_error(row, "store_failed", f"{type(error).__name__}: {error}")
+            await self._store_guarded(row)
+
+    async def _store_guarded(self, row: Submission) -> None:
+        try:
+            await self._store_one(row)
+        except (KreaError, OSError) as error:
+            # One bad download or store write is recorded on its row; the batch goes on.
+            await self._image_error(row, "store_failed", f"{type(error).__name__}: {error}")
 
     async def _store_one(self, row: Submission) -> None:
         if row.image_uri is not None:

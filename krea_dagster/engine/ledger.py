@@ -113,6 +113,17 @@ _STATUS_RANK = {
 _UNRANKED = len(_STATUS_RANK)  # a status Krea adds later: after the known live ones
 
 
+# SQL for "a row the completion sensor still has work for": not terminal (unresolved rows and
+# unknown future Krea statuses included), or completed with neither a stored image nor an image
+# error yet. Literal text, the same in the partial index and in the query, so that both SQLite
+# and PostgreSQL prove the query uses the index (a bound parameter would not match it).
+_DONE_STATES = sorted(TERMINAL_STATES - PAID_STATES)
+_OPEN_ROW_SQL = (
+    "state NOT IN (" + ", ".join(f"'{state}'" for state in _DONE_STATES) + ") AND "
+    f"(state <> '{JobStatus.COMPLETED.value}' OR (image_uri IS NULL AND error_code IS NULL))"
+)
+
+
 class LedgerSchemaError(RuntimeError):
     """The database holds a ledger schema this version of krea-dagster cannot use."""
 
@@ -183,6 +194,16 @@ submissions_table = sa.Table(
     sa.Index("ix_krea_submissions_batch", "scope", "batch", "generation"),
     sa.Index("ix_krea_submissions_state", "scope", "state"),
     sa.Index("ix_krea_submissions_created", "krea_created_at"),
+    # Only the rows that still need work (``_OPEN_ROW_SQL``): a completion tick's cost follows
+    # the batches in flight, not the history of the prefix.
+    sa.Index(
+        "ix_krea_submissions_open",
+        "scope",
+        "batch",
+        "generation",
+        sqlite_where=sa.text(_OPEN_ROW_SQL),
+        postgresql_where=sa.text(_OPEN_ROW_SQL),
+    ),
 )
 
 leases_table = sa.Table(
@@ -479,6 +500,10 @@ class Ledger:
             if version == 1:
                 self._upgrade_from_1(conn)
             metadata.create_all(conn)
+            # create_all makes indexes only with the tables it creates: a ledger made before
+            # an index existed gets it here (the schema is otherwise unchanged).
+            for index in submissions_table.indexes:
+                index.create(conn, checkfirst=True)
             if version is None:
                 conn.execute(
                     meta_table.insert().values(key="schema_version", value=str(SCHEMA_VERSION))
@@ -1142,6 +1167,46 @@ class Ledger:
             if row.is_paid and row.job_id:
                 paid.setdefault(row.prompt_key, []).append(row.job_id)
         return {key: ids for key, ids in paid.items() if len(ids) > 1}
+
+    def open_batches(self, scope: str) -> list[tuple[str, int]]:
+        """(batch, current generation) for the batches whose current generation still has work:
+        a row not terminal yet, or completed with neither a stored image nor an image error.
+
+        Reads the partial index ``ix_krea_submissions_open``, which holds only such rows, so the
+        cost follows the work in flight, not how many batches the scope ever had.
+        """
+        with self.engine.connect() as conn:
+            # Without statistics SQLite may pick another index on (scope, ...) and read every
+            # row of the scope; INDEXED BY pins the partial one (PostgreSQL's planner, with
+            # statistics, picks it on its own).
+            hint = " INDEXED BY ix_krea_submissions_open" if conn.dialect.name == "sqlite" else ""
+            open_rows = sa.text(
+                f"SELECT DISTINCT batch, generation FROM {submissions_table.name}{hint} "
+                f"WHERE scope = :scope AND {_OPEN_ROW_SQL}"
+            )
+            found = {
+                (batch, int(generation))
+                for batch, generation in conn.execute(open_rows, {"scope": scope})
+            }
+            current = self._current_generations(conn, scope, {batch for batch, _ in found})
+        return sorted((batch, gen) for batch, gen in found if current.get(batch) == gen)
+
+    def current_generations(self, scope: str, batches: Iterable[str]) -> dict[str, int]:
+        """The current generation of each of these batches (batches never started are left out)."""
+        with self.engine.connect() as conn:
+            return self._current_generations(conn, scope, set(batches))
+
+    @staticmethod
+    def _current_generations(conn: Connection, scope: str, batches: set[str]) -> dict[str, int]:
+        current: dict[str, int] = {}
+        for chunk in _chunks(sorted(batches), 500):
+            query = (
+                sa.select(generations_table.c.batch, sa.func.max(generations_table.c.generation))
+                .where(generations_table.c.scope == scope, generations_table.c.batch.in_(chunk))
+                .group_by(generations_table.c.batch)
+            )
+            current.update((batch, int(generation)) for batch, generation in conn.execute(query))
+        return current
 
     def batches(self, scope: str) -> list[tuple[str, int]]:
         """(batch, current generation) for every batch of a scope."""

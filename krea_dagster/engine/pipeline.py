@@ -389,6 +389,33 @@ class KreaImagePipeline:
             log=log,
         )
 
+    async def store_completed(
+        self,
+        krea: KreaAccount,
+        rows: Sequence[Submission],
+        *,
+        deadline: float | None = None,
+        log: logging.Logger | Any,
+    ) -> CollectReport:
+        """Store the images of these completed rows now (``BatchCollector.store_rows``), starting no
+        download after ``deadline`` (``time.monotonic()``): the deferred path's collection."""
+        if not rows:
+            return CollectReport()
+        async with krea.async_client() as client:
+            collector = BatchCollector(
+                client,
+                self.ledger,
+                self.store,
+                prefix=self.prefix,
+                batch=", ".join(sorted({row.batch for row in rows})),
+                poll_interval=krea.poll_interval,
+                poll_timeout=0.0,
+                max_downloads=krea.max_concurrent_downloads,
+                thumbnails=0,
+                log=log,
+            )
+            return await collector.store_rows(rows, deadline=deadline)
+
     def _transient_failures(self, batch: str, generation: int, keys: set[str]) -> set[str]:
         """Prompts whose latest job failed transiently and that have attempts left."""
         attempts: dict[str, list[Submission]] = {}

@@ -11,6 +11,9 @@ Everything that differs between deployments comes from the environment of the co
 ``KREA_API_KEY``       the token, read through ``dg.EnvVar`` when a run or sensor needs it
 =====================  ========================================================================
 
+``KREA_SYSTEM_COLLECT_IN_TICK=0`` turns off storing images in the completion tick (every
+download is then left to the images run), for tests about the images run itself.
+
 Test hook: with ``KREA_SYSTEM_CRASH_ONCE=<crash point>`` and ``KREA_SYSTEM_CRASH_MARKER=<path>``,
 the first run worker that sets up the Krea resource for a batch named in
 ``KREA_SYSTEM_CRASH_BATCH`` creates the marker file and arms that crash point in its own
@@ -97,6 +100,7 @@ defs = dg.Definitions(
         completion_target=[krea.images, image_report],
         discovery_interval_seconds=SENSOR_INTERVAL_SECONDS,
         completion_interval_seconds=SENSOR_INTERVAL_SECONDS,
+        collect_in_tick=os.environ.get("KREA_SYSTEM_COLLECT_IN_TICK", "1") != "0",
         default_status=dg.DefaultSensorStatus.RUNNING,
     ),
     resources={

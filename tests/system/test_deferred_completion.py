@@ -25,6 +25,8 @@ def slow_cdn(deployment_factory) -> Deployment:
             "latency_ms": 3000,
             "latency_routes": ["CDN"],
         },
+        # The images run must do the slow downloads itself, across ticks (not the tick).
+        location_env={"KREA_SYSTEM_COLLECT_IN_TICK": "0"},
     )
 
 
