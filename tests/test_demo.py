@@ -121,14 +121,17 @@ def test_demo_command_generates_every_batch_and_pays_once(tmp_path):
 
     try:
         first = run_demo()
-        assert "emulator: 10 jobs created, 10 billed, 0 duplicate submissions" in first.stdout
+        assert "emulator: 18 jobs created, 18 billed, 0 duplicate submissions" in first.stdout
+        # 10 prompts in 3 batches, then 4 products edited and upscaled in 2 batches (8 jobs).
         assert sorted(p.name for p in (tmp_path / "demo" / "contact_sheets").iterdir()) == [
-            "city.png",
-            "ocean.png",
-            "spring.png",
+            "catalog-autumn.png",
+            "catalog-spring.png",
+            "demo-city.png",
+            "demo-ocean.png",
+            "demo-spring.png",
         ]
         second = run_demo()
-        assert "emulator: 10 jobs created, 10 billed, 0 duplicate submissions" in second.stdout
+        assert "emulator: 18 jobs created, 18 billed, 0 duplicate submissions" in second.stdout
         assert "dg dev" in second.stdout and "./scripts/demo --stop" in second.stdout
         stopped = subprocess.run(
             [sys.executable, "scripts/demo.py", "--stop"],

@@ -299,7 +299,7 @@ def test_readme_demo_commands_run_in_a_copy_of_the_repository(tmp_path):
     assert "banners: 1 batch(es) added (launch)" in output
     assert output.count("RUN_SUCCESS") == 2, output[-4000:]
     sheets = sorted(p.name for p in (copy / ".demo" / "contact_sheets").iterdir())
-    assert sheets == ["ocean.png", "spring.png"]
+    assert sheets == ["demo-ocean.png", "demo-spring.png"]
     assert (copy / "demo_defs" / "posters" / "defs.yaml").is_file()  # dg scaffold defs
     assert "krea_dagster.KreaImagesComponent" in output
     print(f"demo README commands took {elapsed:.1f} s")

@@ -903,6 +903,48 @@ class Ledger:
                 raise KeyError(f"no ledger row for submission {submission_id}")
             return False
 
+    def record_late_job(self, row: Submission, update: JobUpdate) -> Submission:
+        """Keep a job Krea created for a row that was meanwhile resolved elsewhere.
+
+        A sender whose lease expired mid-request (a stalled process) may get its answer after
+        another worker reconciled the row. The job exists and may be billed, so it gets a row of
+        its own (the next attempt, error code ``late_answer``): it is polled and collected, its
+        cost counted, and a double payment shows in the batch's no-duplicates check.
+        """
+        now = utcnow()
+        for _ in range(10):
+            try:
+                with self.transaction() as conn:
+                    attempts = self._attempts(
+                        conn, row.scope, row.batch, row.prompt_key, row.generation
+                    )
+                    values = {
+                        **{
+                            name: getattr(row, name)
+                            for name in Submission.__dataclass_fields__
+                            if name not in ("state", "cost_usd", "updated_at")
+                        },
+                        "submission_id": _late_id(row.submission_id),
+                        "attempt": max(a.attempt for a in attempts) + 1,
+                        "job_id": update.job_id,
+                        "krea_created_at": update.created_at,
+                        "submitted_at": now,
+                        "error_code": ErrorCode.LATE_ANSWER.value,
+                        "error_message": (
+                            f"Krea answered submission {row.submission_id} after it was "
+                            "resolved elsewhere"
+                        ),
+                        "updated_at": now,
+                        **_state_values(update.status),
+                    }
+                    if "cost_usd" in values:
+                        values["cost_usd"] = row.estimated_usd
+                    conn.execute(submissions_table.insert().values(**values))
+                return self.get(values["submission_id"])
+            except sa.exc.IntegrityError:
+                continue  # a concurrent attempt took that number; count again
+        raise RuntimeError(f"could not record the late job {update.job_id}")
+
     def lease(self, account: str) -> Lease | None:
         """The account's submit lease, when a submission holds it."""
         with self.engine.connect() as conn:
@@ -1294,3 +1336,10 @@ class LedgerUploadCache:
                     )
                 ).scalar_one()
             )
+
+
+def _late_id(submission_id: str) -> str:
+    """A submission id for the late answer of ``submission_id`` (same length, distinct)."""
+    import uuid
+
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"krea-late:{submission_id}"))

@@ -10,8 +10,9 @@ account is unresolved at any moment, so one window decides it.
 
 - no ``sent_at``: the worker stopped before sending (the time of every attempt is written
   before it goes out): **not created**, at once;
-- the window is ``[sent_at, (ambiguous_at or sent_at + request_window)]``, in Krea's clock
-  through offset bounds taken from answered rows of the same host (``clock_bounds``);
+- the window is ``[sent_at, sent_at + 2 request windows]`` (later still after a late
+  ``ambiguous_at``: see ``window_seconds``), in Krea's clock through offset bounds taken from
+  answered rows of the same host (``clock_bounds``);
   contradictory bounds prove nothing, so the row is **reported**, never "not created";
 - once the window has closed, ``GET /jobs`` is read from the window's end back to its start
   (never further: the look-back is bounded by the window), excluding every job the ledger
@@ -40,19 +41,40 @@ from krea_dagster.engine.ledger import Ledger, Submission, utcnow
 __all__ = [
     "GUARD_BAND",
     "LISTING_LAG",
+    "SEND_SLACK",
     "ClockBounds",
     "Outcome",
     "clock_bounds",
     "reconcile",
     "window_for",
+    "window_seconds",
 ]
 
 #: Offset allowed between our clock and Krea's when no answered row bounds it.
 DEFAULT_SKEW = timedelta(seconds=5)
 #: A window whose end is this far in the past is closed: a job created in it would be listed.
 LISTING_LAG = timedelta(seconds=2)
+#: While a window is open and shows no job, list it again this often.
+RELIST_SECONDS = 1.0
 #: How far around a window unknown jobs count as another submitter on the account.
 GUARD_BAND = timedelta(seconds=30)
+#: The most ``sent_at`` may precede the real send: the submitter writes it, and sends only if
+#: the write took less than this (a slow database would otherwise push the real send, and the
+#: job, past the window).
+SEND_SLACK = timedelta(seconds=1)
+
+
+def window_seconds(request_window: float) -> float:
+    """How long after ``sent_at`` a job of that attempt can still appear at Krea.
+
+    The request itself may take ``request_window`` (connect + write + read), and a server that
+    is still working when the client gives up (a read timeout, a dropped connection, a killed
+    worker) may create the job up to one more request window later: nothing the client sees
+    proves the server has finished. So the window is twice the request window, plus the slack
+    of the ``sent_at`` write. The submit lease lasts at least this long, so nobody reconciles a
+    row whose job may still appear.
+    """
+    return 2 * request_window + SEND_SLACK.total_seconds()
 
 
 @dataclass(frozen=True)
@@ -89,9 +111,14 @@ def clock_bounds(rows: list[Submission], skew: timedelta = DEFAULT_SKEW) -> Cloc
 def window_for(
     row: Submission, bounds: ClockBounds, *, request_window: float, guard: timedelta
 ) -> SubmissionWindow:
-    """The creation window of a sent, unresolved row, in Krea's clock."""
+    """The creation window of a sent, unresolved row, in Krea's clock (see ``window_seconds``)."""
     assert row.sent_at is not None
-    end = row.ambiguous_at or row.sent_at + timedelta(seconds=request_window)
+    end = row.sent_at + timedelta(seconds=window_seconds(request_window))
+    if row.ambiguous_at is not None:
+        # The client saw the failure then; the server may still create the job a request
+        # window later. Never earlier than the plain window, though: ambiguous_at is written
+        # after the fact and only ever widens what is known.
+        end = max(end, row.ambiguous_at + timedelta(seconds=request_window) + SEND_SLACK)
     return SubmissionWindow(
         submitted_at=row.sent_at,
         start=row.sent_at + bounds.low,
@@ -124,8 +151,9 @@ async def reconcile(
 ) -> Outcome:
     """Decide whether an unresolved row's POST created a job, and write the answer.
 
-    Waits for the row's window to close first (at most the request window: the caller holds
-    the lease, or the lease has expired, so the window is at most that long).
+    A job found in the window is attributed at once (the lease means no other submission of
+    the account was in flight); "not created" waits for the window to close (at most
+    ``window_seconds`` after the send), listing again every ``RELIST_SECONDS``.
     """
     if row.sent_at is None:
         return _written(
@@ -148,12 +176,17 @@ async def reconcile(
         return _written(ledger.mark_reported(row.submission_id, message=message), Outcome.REPORTED)
     window = window_for(row, bounds, request_window=request_window, guard=guard)
     assert window.end is not None
-    wait = (window.end + LISTING_LAG - _now(now)).total_seconds()
-    if wait > 0:
-        await asyncio.sleep(wait)
-    known = await asyncio.to_thread(ledger.known_job_ids, window.start - guard, window.end + guard)
-    result = await client.reconcile_submission(window, known_job_ids=known)
-    return await asyncio.to_thread(_apply, ledger, row, window, result, log)
+    while True:
+        closed = _now(now) > window.end + LISTING_LAG
+        known = await asyncio.to_thread(
+            ledger.known_job_ids, window.start - guard, window.end + guard
+        )
+        result = await client.reconcile_submission(window, known_job_ids=known)
+        if closed or result.is_found or result.candidates:
+            return await asyncio.to_thread(_apply, ledger, row, window, result, log)
+        # Nothing yet and the window still open: the job may still appear.
+        left = (window.end + LISTING_LAG - _now(now)).total_seconds()
+        await asyncio.sleep(max(0.0, min(RELIST_SECONDS, left)) + 0.01)
 
 
 def _apply(

@@ -343,3 +343,54 @@ def test_a_worker_that_died_on_another_host_is_not_trusted_forever(
     assert set(manifest_of(result, assets)["status"]) == {"completed"}
     assert ledger.get(row.submission_id).state == SubmissionState.NOT_CREATED
     assert emulator.stats()["jobs_created"] == 2
+
+
+def test_a_slow_sent_at_write_is_redone_so_the_window_covers_the_real_send(
+    build, emulator, krea, instance, prompts_dir, monkeypatch
+):
+    """A database that takes 1.5 s to record the send time: the time is written again, so the
+    recorded sent_at precedes the job Krea created by less than SEND_SLACK."""
+    from krea_dagster.engine.reconcile import SEND_SLACK
+
+    write_batch(prompts_dir, "b1", prompt_rows(1))
+    assets = build()
+    slow_once = {"left": 1}
+    original = Ledger.note_send
+
+    def slow_note_send(self, submission_id, *, sent_at, lease_seconds):
+        if slow_once["left"]:
+            slow_once["left"] -= 1
+            time.sleep(1.5)
+        return original(self, submission_id, sent_at=sent_at, lease_seconds=lease_seconds)
+
+    monkeypatch.setattr(Ledger, "note_send", slow_note_send)
+    result = materialize(assets, "b1", instance=instance, krea=krea)
+    assert result.success and slow_once["left"] == 0
+    (row,) = assets.pipeline.ledger.rows(assets.prefix, "b1")
+    assert row.sent_at is not None and row.krea_created_at is not None
+    assert timedelta(0) <= row.krea_created_at - row.sent_at < SEND_SLACK + timedelta(seconds=1)
+
+
+def test_a_late_answer_after_a_takeover_is_kept_on_record(
+    build, emulator, krea, instance, prompts_dir, monkeypatch
+):
+    """Krea answers a POST whose row another worker already resolved: the job gets a row of
+    its own, so the ledger knows every job Krea made and the prompt is not sent again."""
+    write_batch(prompts_dir, "b1", prompt_rows(1))
+    assets = build(max_failed_fraction=1.0)
+    original = Ledger.mark_submitted
+
+    def taken_over(self, submission_id, **kwargs):
+        # Another worker reconciled the row (its lease expired) while the POST was in flight.
+        self.mark_not_created(submission_id, code="reconciled_not_created", message="gone")
+        return original(self, submission_id, **kwargs)
+
+    monkeypatch.setattr(Ledger, "mark_submitted", taken_over)
+    materialize(assets, "b1", instance=instance, krea=krea)
+    monkeypatch.setattr(Ledger, "mark_submitted", original)
+    first, late = assets.pipeline.ledger.rows(assets.prefix, "b1")
+    assert first.state == "not_created" and first.job_id is None
+    assert late.attempt == 2 and late.job_id is not None and late.state == "completed"
+    assert late.cost_usd == pytest.approx(PRICE)
+    stats = emulator.stats()
+    assert stats["jobs_created"] == 1  # known to the ledger, so never sent again

@@ -152,9 +152,11 @@ def test_parallel_and_same_batch_runs_share_ledger_and_store_without_double_pay(
             assert len(blob) == by_uri[entry["uri"]]["size_bytes"]
             with Image.open(io.BytesIO(blob)) as image:
                 assert image.size == (entry["width"], entry["height"])
-    # No partial or stray object: every object is a verified image named by its own hash.
-    assert len(objects) == len({row["sha256"] for row in rows})
-    for key, blob in objects.items():
+    # No partial or stray object: every image object is a verified image named by its own
+    # hash (the rest are each batch's gallery page and manifest copy).
+    images = {key: blob for key, blob in objects.items() if "/batches/" not in key}
+    assert len(images) == len({row["sha256"] for row in rows})
+    for key, blob in images.items():
         assert Path(key).stem == hashlib.sha256(blob).hexdigest(), key
     assert Counter(result["batch"] for result in results) == Counter(dict(WORKERS))
 
