@@ -27,6 +27,7 @@ from typing import Any
 from PIL import Image
 
 from krea_dagster.api import AsyncKreaClient, DownloadError, JobStatus, KreaError
+from krea_dagster.api.video import VideoError, inspect_video, poster_frame
 from krea_dagster.engine.cancel import cancel_jobs
 from krea_dagster.engine.crashpoints import crash_point
 from krea_dagster.engine.ledger import Ledger, Submission
@@ -41,6 +42,8 @@ __all__ = [
     "Thumbnail",
     "thumbnail_data_uri",
     "verify_image",
+    "verify_result",
+    "verify_video",
 ]
 
 THUMBNAIL_PIXELS = 128
@@ -98,6 +101,39 @@ class ImageCheckError(ValueError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+def verify_result(
+    path: Path, request: dict[str, Any], *, thumbnail: bool
+) -> tuple[int, int, str | None]:
+    """Verify a downloaded result (an image, or a video of a video step); size and thumbnail."""
+    with Path(path).open("rb") as handle:
+        head = handle.read(12)
+    if head[4:8] == b"ftyp":
+        return verify_video(path, thumbnail=thumbnail)
+    return verify_image(path, request, thumbnail=thumbnail)
+
+
+def verify_video(path: Path, *, thumbnail: bool) -> tuple[int, int, str | None]:
+    """Read the video's boxes (size, a video track); its first frame as the thumbnail.
+
+    The frame size of a video is the model's to choose (requests give an aspect ratio or a
+    resolution, not pixels), so it is recorded, not checked. A poster needs the first frame
+    as a picture: Motion-JPEG frames are; other codecs get no thumbnail (no decoder here).
+    """
+    try:
+        info = inspect_video(path)
+    except VideoError as error:
+        raise ImageCheckError(
+            "invalid_video", f"the result is not a usable video: {error}"
+        ) from None
+    preview = None
+    if thumbnail:
+        frame = poster_frame(path, info)
+        if frame is not None:
+            with Image.open(io.BytesIO(frame)) as image:
+                preview = thumbnail_data_uri(image)
+    return info.width, info.height, preview
 
 
 def verify_image(
@@ -330,7 +366,7 @@ class BatchCollector:
         want_thumbnail = len(self.report.thumbnails) < self.thumbnail_budget
         try:
             width, height, preview = await asyncio.to_thread(
-                verify_image, downloaded.path, row.request, thumbnail=want_thumbnail
+                verify_result, downloaded.path, row.request, thumbnail=want_thumbnail
             )
         except ImageCheckError as error:
             Path(downloaded.path).unlink(missing_ok=True)

@@ -135,7 +135,7 @@ figure { margin: 0; background: #fff; border: 1px solid #d1d9e0; border-radius: 
 figure.failed { border-color: var(--bad); }
 .frame { aspect-ratio: 1 / 1; background: #eaeef2; display: flex; align-items: center;
          justify-content: center; }
-.frame img { width: 100%; height: 100%; object-fit: contain; display: block; }
+.frame img, .frame video { width: 100%; height: 100%; object-fit: contain; display: block; }
 .frame .none { color: var(--bad); font-weight: 600; padding: 16px; text-align: center; }
 figcaption { padding: 10px 12px 12px; display: flex; flex-direction: column; gap: 6px; }
 .prompt { margin: 0; font-size: 15px; overflow-wrap: anywhere; }
@@ -181,7 +181,13 @@ def render_gallery(
 
 def _card(item: GalleryItem) -> str:
     failed = item.status != COMPLETED
-    if item.href:
+    if item.href and item.href.lower().endswith((".mp4", ".mov", ".webm")):
+        size = f' width="{item.width}" height="{item.height}"' if item.width and item.height else ""
+        frame = (
+            f'<video src="{_e(item.href)}" title="{_e(item.prompt)}"{size} controls muted '
+            'loop playsinline preload="metadata"></video>'
+        )
+    elif item.href:
         size = f' width="{item.width}" height="{item.height}"' if item.width and item.height else ""
         frame = (
             f'<img src="{_e(item.href)}" alt="{_e(item.prompt)}"{size} loading="lazy" '

@@ -286,3 +286,50 @@ def test_kill_9_in_a_workflow_then_rerun_uploads_and_pays_once(
     assert stats["duplicate_uploads"] == 0 and stats["uploads"] == 6  # 3 photos + 3 edits
     assert stats["duplicate_submissions"] == 0
     assert stats["jobs_created"] == stats["jobs_billed"] == 6
+
+
+def test_an_image_to_video_step_stores_a_verified_video_with_its_poster(
+    tmp_path, emulator, instance
+):
+    """edit -> animate (kling, the edit as start_image): each row ends with a stored MP4 whose
+    boxes were checked, a poster-frame thumbnail, and a video card in the gallery page."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+
+    @dg.asset
+    def shots() -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "batch": ["b1"],
+                "sku": ["A1"],
+                "name": ["red sneaker"],
+                "photo": [str(photo(photos / "a1.png", (200, 30, 30)))],
+            }
+        )
+
+    workflow = build_krea_workflow(
+        "motion",
+        table=shots,
+        key_column="sku",
+        steps=[
+            workflow_driver.STEPS[0],
+            KreaStep(
+                "animate",
+                model="video/kling/kling-2.6",
+                prompt="The {name} turns slowly on a white table",
+                inputs={"start_image": "{previous}"},
+            ),
+        ],
+        store=tmp_path / "store",
+        ledger=f"sqlite:///{tmp_path / 'ledger.db'}",
+    )
+    dg.materialize([shots], instance=instance)
+    result = run_batch(workflow, shots, instance, make_resource(emulator, poll_timeout=60), "b1")
+    assert result.success
+    video = result.output_for_node("motion__animate").iloc[0]
+    assert video["status"] == "completed", video["error_message"]
+    assert video["uri"].endswith(".mp4") and video["width"] > 0 and video["height"] > 0
+    with open(video["uri"], "rb") as handle:
+        assert handle.read(12)[4:8] == b"ftyp"
+    page = next((tmp_path / "store").rglob("motion.animate/batches/b1/index.html"))
+    assert "<video " in page.read_text()
