@@ -24,7 +24,6 @@ import pandas as pd
 
 from krea_dagster.api.catalog import shorten
 from krea_dagster.engine.errors import BatchStoppedError, BudgetExceededError, LeaseUnavailableError
-from krea_dagster.engine.gallery import write_batch_gallery
 from krea_dagster.engine.ledger import Ledger
 from krea_dagster.engine.manifest import ManifestStatus
 from krea_dagster.engine.pipeline import KreaImagePipeline
@@ -42,8 +41,7 @@ from krea_dagster.metadata import (
     KreaPromptsMetadata,
     failed_prompts,
     failures_table,
-    file_url,
-    served_url,
+    gallery_entries,
     status_counts,
     table_schema,
     thumbnails_markdown,
@@ -750,31 +748,15 @@ def _images_metadata(
 ) -> dict[str, Any]:
     batch = outcome.batch
     order = {key: index for index, key in enumerate(manifest["prompt_key"])}  # batch order
-    folder = pipeline.store.uri(pipeline.store.batch_folder(pipeline.prefix, batch))
-    links: dict[str, Any] = {}
-    try:
-        files = write_batch_gallery(
-            pipeline.store,
-            pipeline.prefix,
-            batch,
-            manifest,
-            title=f"{pipeline.prefix} / {batch}",
-            subtitle=f"generation {outcome.generation} · {pipeline.model}",
-        )
-    except OSError as error:  # the images are stored; a missing page must not lose the run
-        context.log.warning(f"could not write the gallery page of batch {batch!r}: {error}")
-    else:
-        folder = files.folder
-        page_url = (
-            served_url(store_url, pipeline.store.root, files.page)
-            if store_url
-            else file_url(files.page)
-        )
-        links = {
-            "gallery": dg.MetadataValue.url(page_url),
-            "gallery_path": dg.MetadataValue.path(files.page),
-            "manifest_copy": dg.MetadataValue.path(files.manifest),
-        }
+    folder, links = gallery_entries(
+        pipeline.store,
+        pipeline.prefix,
+        batch,
+        manifest,
+        subtitle=f"generation {outcome.generation} · {pipeline.model}",
+        store_url=store_url,
+        log=context.log,
+    )
     krea_entries = dict(
         KreaImagesMetadata(
             batch=batch,

@@ -29,6 +29,7 @@ from dagster._core.definitions.metadata.metadata_set import NamespacedMetadataSe
 
 from krea_dagster.engine.collect import Thumbnail
 from krea_dagster.engine.manifest import ManifestStatus
+from krea_dagster.engine.store import ImageStore
 
 __all__ = [
     "MANIFEST_COLUMN_DOCS",
@@ -256,3 +257,35 @@ def served_url(store_url: str, root: str, uri: str) -> str:
     if relative.startswith(".."):
         raise ValueError(f"{uri} is not inside the store root {root}")
     return store_url.rstrip("/") + "/" + quote(relative)
+
+
+def gallery_entries(
+    store: ImageStore,
+    prefix: str,
+    batch: str,
+    manifest: pd.DataFrame,
+    *,
+    subtitle: str,
+    store_url: str | None,
+    log: Any,
+) -> tuple[str, dict[str, Any]]:
+    """Write the batch's gallery page and manifest copy; the batch folder and their links.
+
+    A page that cannot be written is logged, never fatal: the images are stored already.
+    """
+    from krea_dagster.engine.gallery import write_batch_gallery
+
+    folder = store.uri(store.batch_folder(prefix, batch))
+    try:
+        files = write_batch_gallery(
+            store, prefix, batch, manifest, title=f"{prefix} / {batch}", subtitle=subtitle
+        )
+    except OSError as error:
+        log.warning(f"could not write the gallery page of batch {batch!r}: {error}")
+        return folder, {}
+    page_url = served_url(store_url, store.root, files.page) if store_url else file_url(files.page)
+    return files.folder, {
+        "gallery": dg.MetadataValue.url(page_url),
+        "gallery_path": dg.MetadataValue.path(files.page),
+        "manifest_copy": dg.MetadataValue.path(files.manifest),
+    }

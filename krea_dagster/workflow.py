@@ -41,7 +41,6 @@ import pandas as pd
 
 from krea_dagster.assets import KreaJobsConfig, KreaSource, _problems_table, _regeneration_id
 from krea_dagster.engine.errors import BudgetExceededError
-from krea_dagster.engine.gallery import write_batch_gallery
 from krea_dagster.engine.ledger import Ledger
 from krea_dagster.engine.manifest import MANIFEST_COLUMNS, ManifestStatus
 from krea_dagster.engine.nodes import (
@@ -62,7 +61,7 @@ from krea_dagster.metadata import (
     KreaImagesMetadata,
     failed_prompts,
     failures_table,
-    file_url,
+    gallery_entries,
     status_counts,
     table_schema,
 )
@@ -283,25 +282,15 @@ def _step_metadata(
 ) -> dict[str, Any]:
     """The step's counts, estimated cost, failures and gallery page, in the krea/ namespace."""
     images = int((manifest["status"] == ManifestStatus.COMPLETED).sum())
-    links: dict[str, Any] = {}
-    folder = pipeline.store.uri(pipeline.store.batch_folder(pipeline.prefix, batch))
-    try:
-        files = write_batch_gallery(
-            pipeline.store,
-            pipeline.prefix,
-            batch,
-            manifest,
-            title=f"{pipeline.prefix} / {batch}",
-            subtitle=f"generation {generation} · {step.model}",
-        )
-    except OSError as error:  # the images are stored; a missing page must not lose the run
-        context.log.warning(f"could not write the gallery page of batch {batch!r}: {error}")
-    else:
-        folder = files.folder
-        links = {
-            "gallery": dg.MetadataValue.url(file_url(files.page)),
-            "gallery_path": dg.MetadataValue.path(files.page),
-        }
+    folder, links = gallery_entries(
+        pipeline.store,
+        pipeline.prefix,
+        batch,
+        manifest,
+        subtitle=f"generation {generation} · {step.model}",
+        store_url=None,
+        log=context.log,
+    )
     entries = dict(
         KreaImagesMetadata(
             batch=batch,
