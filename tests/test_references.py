@@ -25,6 +25,7 @@ from krea_dagster.engine.references import (
     load_reference,
     reference_kind,
 )
+from krea_dagster.engine.run import run_coroutine
 
 MODEL = "openai/gpt-image-2"
 
@@ -250,5 +251,7 @@ def test_async_resolver_uploads_concurrent_copies_once(
             assert set(body["image_urls"]) == {results[0].value}
             return sorted(r.how for r in results)
 
-    assert asyncio.run(scenario()) == ["cached"] * 5 + ["uploaded"]
+    # run_coroutine, not asyncio.run: a Playwright test earlier in this worker may have left an
+    # event loop running on this thread.
+    assert run_coroutine(scenario()) == ["cached"] * 5 + ["uploaded"]
     assert emulator.stats()["uploads_by_sha256"] == {sha(RED): 1}

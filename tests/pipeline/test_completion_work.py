@@ -225,7 +225,7 @@ def _images_downloaded(result: dg.ExecuteInProcessResult, assets) -> int:
     (event,) = [
         e for e in result.get_asset_materialization_events() if e.asset_key == assets.images.key
     ]
-    return int(event.materialization.metadata["krea/downloaded_this_run"].value)
+    return int(event.materialization.metadata["krea/this_run"].value["downloaded"])
 
 
 def test_deferred_ticks_store_images_while_the_batch_renders(
