@@ -37,6 +37,7 @@ created and versioned here (``SCHEMA_VERSION``; version 1 ledgers are upgraded i
 import json
 import os
 import socket
+import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -1340,6 +1341,4 @@ class LedgerUploadCache:
 
 def _late_id(submission_id: str) -> str:
     """A submission id for the late answer of ``submission_id`` (same length, distinct)."""
-    import uuid
-
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"krea-late:{submission_id}"))

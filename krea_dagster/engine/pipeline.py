@@ -279,8 +279,7 @@ class KreaImagePipeline:
         version 1 ledger left behind), each decided from its own window.
         """
         outcomes: list[Outcome] = []
-        lease = await asyncio.to_thread(self.ledger.lease, krea.account_id)
-        live = lease.holder.submission_id if lease and not lease.is_expired(utcnow()) else None
+        live = await asyncio.to_thread(self._live_sender, krea.account_id)
         for row in await asyncio.to_thread(self.ledger.unresolved):
             if row.submission_id == live or row.account not in (None, krea.account_id):
                 continue
@@ -291,14 +290,12 @@ class KreaImagePipeline:
             )
         return outcomes
 
-    def _is_being_sent(self, row: Submission, account: str) -> bool:
-        """Whether a live worker holds the lease for this unresolved row right now."""
+    def _live_sender(self, account: str) -> str | None:
+        """The submission a live worker is sending on this account right now, if any."""
         lease = self.ledger.lease(account)
-        return (
-            lease is not None
-            and lease.holder.submission_id == row.submission_id
-            and not lease.is_expired(utcnow())
-        )
+        if lease is None or lease.is_expired(utcnow()):
+            return None
+        return lease.holder.submission_id
 
     # -- collect ---------------------------------------------------------------------------
 
@@ -436,13 +433,14 @@ class KreaImagePipeline:
         """Rows still moving: being sent by a live worker, rendering at Krea, or completed
         with the image not stored yet."""
         moving = []
+        live = self._live_sender(account)  # one lease read per pass, not one per row
         for key, row in self.latest(batch, generation).items():
             if key not in keys:
                 continue
             if (
                 row.is_pending_at_krea
                 or (row.is_paid and row.image_uri is None and row.error_code is None)
-                or (row.is_unresolved and self._is_being_sent(row, account))
+                or (row.is_unresolved and row.submission_id == live)
             ):
                 moving.append(row)
         return moving

@@ -5,6 +5,7 @@ import pytest
 from dagster._serdes import serialize_value
 
 from krea_dagster import KreaResource
+from krea_dagster.api import DEFAULT_BASE_URL
 
 from .conftest import materialize, prompt_rows, write_batch
 
@@ -93,4 +94,4 @@ def test_explicit_base_url_wins_over_krea_base_url(monkeypatch):
     monkeypatch.setenv("KREA_BASE_URL", "http://127.0.0.1:9")
     assert KreaResource(base_url="http://127.0.0.1:8").effective_base_url == "http://127.0.0.1:8"
     monkeypatch.delenv("KREA_BASE_URL")
-    assert KreaResource().effective_base_url == "https://api.krea.ai"
+    assert KreaResource().effective_base_url == DEFAULT_BASE_URL
