@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Create .venv and install krea-dagster (editable) with the given extras, once per change of
-# pyproject.toml: a second run with nothing changed takes a second.
+# Create .venv and install krea-dagster (editable) with the given extras, pinned by
+# scripts/constraints.txt (made by scripts/lock.sh), once per change of pyproject.toml or the
+# pins: a second run with nothing changed takes a second.
 # Usage: scripts/bootstrap.sh [extras]   e.g. scripts/bootstrap.sh demo, scripts/bootstrap.sh test
 # (extras of pyproject.toml: emulator, s3, postgres, demo = emulator + UI + dg, test = all).
 set -euo pipefail
@@ -18,7 +19,7 @@ if [[ ! -x .venv/bin/python ]]; then
   "$python" -m venv .venv
 fi
 stamp=".venv/.krea-installed-${extras:-base}"
-want="$(cat pyproject.toml | sha256sum | cut -c1-16)"
+want="$(cat pyproject.toml scripts/constraints.txt | sha256sum | cut -c1-16)"
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
   exit 0
 fi
@@ -31,7 +32,8 @@ echo "==> [3/3] installing krea-dagster${extras:+[$extras]} and its dependencies
   "(the first time downloads ~150 packages: a few minutes; pip shows each one)" >&2
 # pip's own lines (Collecting / Downloading / Installing) are the progress; a failure keeps
 # the whole output on screen.
-.venv/bin/python -m pip install --disable-pip-version-check --progress-bar off -e "$spec" \
+.venv/bin/python -m pip install --disable-pip-version-check --progress-bar off \
+  --constraint scripts/constraints.txt -e "$spec" \
   | { grep -v '^Requirement already satisfied' || true; } >&2
 echo "$want" > "$stamp"
 echo "==> .venv ready in $((SECONDS - started)) s" >&2
