@@ -8,6 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from free_ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,12 +92,6 @@ def test_demo_on_a_taken_port_stops_with_one_line(tmp_path):
     assert "Traceback" not in done.stdout
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.system
 def test_demo_command_generates_every_batch_and_pays_once(tmp_path):
     """scripts/demo.py on a fresh demo folder stores every image; run again, it creates no job."""
@@ -104,7 +99,7 @@ def test_demo_command_generates_every_batch_and_pays_once(tmp_path):
         **{k: v for k, v in os.environ.items() if not k.startswith("KREA_")},
         "KREA_DEMO_DIR": str(tmp_path / "demo"),
         "DAGSTER_HOME": str(tmp_path / "demo" / "home"),
-        "KREA_EMULATOR_PORT": str(free_port()),
+        "KREA_EMULATOR_PORT": str(free_port(2)),
     }
 
     def run_demo() -> subprocess.CompletedProcess[str]:

@@ -21,7 +21,6 @@ import contextlib
 import csv
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ import psutil
 import yaml
 from dagster._core.events import DagsterEventType
 from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
+from free_ports import free_port
 from sqlalchemy.engine import make_url
 
 from krea_dagster.emulator.testing import SpawnedEmulator
@@ -61,12 +61,6 @@ CHECK_NAMES = (
 START_TIMEOUT = 120.0
 # Variables of the developer's shell that must not reach the deployment's processes.
 SCRUBBED_ENV = ("KREA_API_KEY", "KREA_BASE_URL", "KREA_DAGSTER_CRASH_AT", "DAGSTER_HOME")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def wait_for(
