@@ -12,7 +12,9 @@ Routes (all JSON, ``Authorization: Bearer <admin_token>``; API tokens are refuse
 - ``PATCH /_emulator/accounts/{account}`` ``{balance_usd?, add_usd?, concurrency?, backlog?}``
   (``account`` is the id part of the token).
 - ``GET /_emulator/jobs/{id}``: any account's job with its account, model, price, body and
-  ``inputs`` (each media input's field, kind and content hash, see ``inputs.py``).
+  ``inputs`` (each media input's field, kind and content hash, see ``inputs.py``); a node-app
+  job also names its ``node_app_id``, ``execution_id`` (shared by the jobs of one execute) and
+  ``step`` (null on ``POST /generate`` jobs).
 - ``POST /_emulator/jobs/{id}/complete`` and ``POST /_emulator/jobs/{id}/fail``
   ``{code?, message?}``: force the outcome of a non-terminal job now.
 """
@@ -141,6 +143,9 @@ async def get_job(request: Request, state: EmulatorState) -> Response:
         height=job.height,
         outcome=job.outcome.kind,
         inputs=job.inputs,
+        node_app_id=job.node_app_id,
+        execution_id=job.execution_id,
+        step=job.step,
         poster_url=views.poster_url(job, state.cdn_url) if job.result_token else None,
     )
     return JSONResponse(data)
