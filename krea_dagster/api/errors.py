@@ -298,12 +298,7 @@ class DeadlineExceededError(APITimeoutError):
 
 
 class AmbiguousSubmitError(APIError):
-    """A job-creating POST failed after it may have reached Krea: jobs may exist and be billed.
-
-    For a generation POST ``model`` is the model (``openai/gpt-image-2``) and ``kind`` its
-    kind (``image``); for a node-app execute ``model`` is ``node-app/<version id>`` and
-    ``kind`` is ``node-app`` (one execute creates several jobs).
-    """
+    """A job-creating POST failed after it may have reached Krea: jobs may exist and be billed."""
 
     def __init__(
         self,
@@ -317,7 +312,9 @@ class AmbiguousSubmitError(APIError):
         path: str | None = None,
     ) -> None:
         self.submission_id = submission_id
+        #: The model (``openai/gpt-image-2``); for a node-app execute ``node-app/<version id>``.
         self.model = model
+        #: The model's kind (``image``...); ``node-app`` for an execute (several jobs at once).
         self.kind = kind
         #: Wall-clock time (aware, UTC) just before the ambiguous attempt was sent.
         self.submitted_at = submitted_at
