@@ -100,9 +100,10 @@ class Notify:
 
 @dataclass(frozen=True)
 class SendAttempt:
-    """What ``submit`` is about to do with one POST: send it now, or first wait ``wait`` seconds.
+    """What a create is about to do with one POST: send it now, or first wait ``wait`` seconds.
 
-    ``submit(on_send=...)`` is called with one before each wait and each send, and the POST
+    ``submit(on_send=...)`` and ``execute_node_app(on_send=...)`` call it with one before each
+    wait and each send, and the POST
     goes out only after the callback returns: a caller that records ``sent_at`` durably knows
     the window in which a job can have been created, however many 429 waits and connect
     retries came first.

@@ -59,6 +59,7 @@ ADMIN_ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/_emulator/accounts", admin.list_accounts),
     ("PATCH", "/_emulator/accounts/{account}", admin.patch_account),
     ("GET", "/_emulator/jobs/{id}", admin.get_job),
+    ("GET", "/_emulator/node-app-executions", admin.node_app_executions),
     ("POST", "/_emulator/jobs/{id}/complete", admin.complete_job),
     ("POST", "/_emulator/jobs/{id}/fail", admin.fail_job),
 ]

@@ -186,8 +186,12 @@ def test_a_dropped_answer_still_created_every_job(
     assert stats["faults_injected"]["accept_then_drop"] == 1
     listed = api.get("/jobs").json()["items"]
     assert len(listed) == 2
-    executions = {krea_emulator.job(item["job_id"])["execution_id"] for item in listed}
-    assert len(executions) == 1
+    [execution] = krea_emulator.node_app_executions()
+    assert execution["node_app_id"] == DEMO_NODE_APP_ID
+    assert execution["account"] == krea_emulator.account
+    assert set(execution["job_ids"]) == {item["job_id"] for item in listed}
+    first = krea_emulator.job(execution["job_ids"][0])
+    assert (first["step"], first["execution_id"]) == (0, execution["execution_id"])
 
 
 def test_an_unfetchable_media_input_is_422_and_creates_nothing(
