@@ -826,7 +826,7 @@ class RequestCore:
         except (ValueError, MalformedPayloadError) as exc:
             # A 2xx means Krea created jobs, but we cannot read their ids: that is ambiguous too.
             raise self._ambiguous(
-                f"unreadable {outcome.status_code} body",
+                f"{outcome.status_code} answer with an unreadable body ({exc})",
                 submission_id,
                 target,
                 submitted_at,

@@ -383,17 +383,18 @@ class EmulatorState:
             self._new_job(account, spec, body, job_price, webhook_url, now, found)
             for (spec, body), job_price, found in zip(requests, prices, media, strict=True)
         ]
-        for step, job in enumerate(jobs):
-            if execution is not None:
-                job.node_app_id, job.execution_id, job.step = (*execution, step)
-            self._index_job(job)
-            if account.running < account.concurrency:
-                account.backlog.pop()  # _index_job queued it; it starts at once instead
-                account.backlogged -= 1
-                self._start(job, now)
-            else:
-                self.store.save_job(job)
-        self.store.save_account(account)
+        with self.store.transaction():
+            for step, job in enumerate(jobs):
+                if execution is not None:
+                    job.node_app_id, job.execution_id, job.step = (*execution, step)
+                self._index_job(job)
+                if account.running < account.concurrency:
+                    account.backlog.pop()  # _index_job queued it; it starts at once instead
+                    account.backlogged -= 1
+                    self._start(job, now)
+                else:
+                    self.store.save_job(job)
+            self.store.save_account(account)
         return jobs
 
     def _new_job(

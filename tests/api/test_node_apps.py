@@ -167,7 +167,9 @@ def test_a_200_that_is_not_a_job_array_is_ambiguous(
     fake.on("POST", FAKE_EXECUTE, httpx.Response(200, json=body))
     with make_client(fake, clock) as krea, pytest.raises(AmbiguousSubmitError) as caught:
         krea.execute_node_app(FAKE_APP, {"x": 1})
-    assert "unreadable 200 body" in str(caught.value)
+    assert "200 answer with an unreadable body" in str(caught.value)
+    if isinstance(body, dict) or not body:
+        assert "expected a non-empty array of Krea jobs" in str(caught.value)
     assert fake.count("POST", FAKE_EXECUTE) == 1
 
 

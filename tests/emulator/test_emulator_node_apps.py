@@ -17,7 +17,7 @@ from krea_dagster.emulator import DEMO_NODE_APP_ID
 from krea_dagster.emulator.catalog import load_models, openapi_document
 from krea_dagster.emulator.images import INPUTS_TEXT_KEY
 from krea_dagster.emulator.node_apps import PUBLIC_FIELDS
-from krea_dagster.emulator.testing import EmulatorHandle
+from krea_dagster.emulator.testing import EmulatorHandle, run_emulator
 
 APP = f"/node-apps/{DEMO_NODE_APP_ID}"
 EXECUTE = f"{APP}/execute"
@@ -235,3 +235,14 @@ def test_the_node_apps_knob_serves_more_apps(
     bad.write_text(json.dumps({"node_apps": [app]}), encoding="utf-8")
     with pytest.raises(RuntimeError, match=re.escape("steps[0].model 'image/acme/nope'")):
         krea_emulator.configure(node_apps=str(bad))
+
+
+def test_an_execute_survives_a_restart_on_its_state_file(tmp_path: Path) -> None:
+    """With --state-file, both jobs of an execute and their execution are there after a restart."""
+    state_file = tmp_path / "state.db"
+    with run_emulator(time_scale=0.001, state_file=state_file) as first, first.client() as api:
+        jobs = execute(api, "data:,teapot")
+    with run_emulator(time_scale=0.001, state_file=state_file) as second:
+        [execution] = second.node_app_executions()
+        assert execution["job_ids"] == [job["job_id"] for job in jobs]
+        assert second.stats()["node_app_jobs"] == 2
