@@ -1,7 +1,7 @@
 """Conformance: the emulator's answers against Krea's OpenAPI document, with schemathesis.
 
 Schemathesis generates requests from the bundled ``krea_dagster/data/krea-openapi.json`` for
-the jobs operations and every image-generation operation, sends them to a running emulator over
+the jobs operations, the node-app operations and every image-generation operation, sends them to a running emulator over
 real HTTP and checks every response against the documented status codes, content types and
 schemas. Valid ("positive") requests must be accepted; invalid ("negative") ones must get a
 400 whose message names what is wrong. The number of examples is bounded so the file runs in
@@ -143,8 +143,10 @@ def _run(
 
 
 @pytest.mark.parametrize("mode", list(GenerationMode), ids=lambda m: m.value)
-@pytest.mark.parametrize(("method", "path"), JOB_OPERATIONS, ids=lambda v: str(v))
-def test_job_operations_conform(
+@pytest.mark.parametrize(
+    ("method", "path"), JOB_OPERATIONS + NODE_APP_OPERATIONS, ids=lambda v: str(v)
+)
+def test_job_and_node_app_operations_conform(
     schema: Any,
     emulator: EmulatorHandle,
     sink: WebhookSink,
@@ -153,24 +155,31 @@ def test_job_operations_conform(
     path: str,
     mode: GenerationMode,
 ) -> None:
-    """GET /jobs, GET and DELETE /jobs/{id} answer only documented, schema-valid responses."""
+    """The /jobs and /node-apps operations answer only documented, schema-valid responses.
+
+    Ids are generated and also drawn from real jobs and the demo node app. The document types
+    the execute body as any object, while the app's own input schema refuses most generated
+    objects: a "positive" execute may get the 400 naming the inputs.
+    """
     operation = schema[path][method]
+    known_ids = [DEMO_NODE_APP_ID] if path.startswith("/node-apps") else job_ids
     if "{id}" in path:
         strategy = st.one_of(
             operation.as_strategy(generation_mode=mode),
-            st.sampled_from(job_ids).flatmap(
-                lambda job_id: operation.as_strategy(
-                    generation_mode=mode, path_parameters={"id": job_id}
+            st.sampled_from(known_ids).flatmap(
+                lambda known: operation.as_strategy(
+                    generation_mode=mode, path_parameters={"id": known}
                 )
             ),
         )
     else:
         strategy = operation.as_strategy(generation_mode=mode)
+    accepted = (200, 400, 404) if path.endswith("/execute") else (200, 404)
 
     @SETTINGS
     @hypothesis.given(case=strategy)
     def check(case: Any) -> None:
-        _run(case, emulator, mode, sink.url)
+        _run(case, emulator, mode, sink.url, accepted)
 
     check()
 
@@ -187,34 +196,5 @@ def test_image_generation_conforms(
     @hypothesis.given(case=strategy)
     def check(case: Any) -> None:
         _run(case, emulator, mode, sink.url)
-
-    check()
-
-
-@pytest.mark.parametrize("mode", list(GenerationMode), ids=lambda m: m.value)
-@pytest.mark.parametrize(("method", "path"), NODE_APP_OPERATIONS, ids=lambda v: str(v))
-def test_node_app_operations_conform(
-    schema: Any,
-    emulator: EmulatorHandle,
-    sink: WebhookSink,
-    method: str,
-    path: str,
-    mode: GenerationMode,
-) -> None:
-    """GET /node-apps/{id} and execute answer only documented, schema-valid responses.
-
-    The document types the execute body as any object, while the app's own input schema
-    refuses most generated objects: a "positive" execute may get the 400 naming the inputs.
-    """
-    operation = schema[path][method]
-    strategy = st.one_of(
-        operation.as_strategy(generation_mode=mode),
-        operation.as_strategy(generation_mode=mode, path_parameters={"id": DEMO_NODE_APP_ID}),
-    )
-
-    @SETTINGS
-    @hypothesis.given(case=strategy)
-    def check(case: Any) -> None:
-        _run(case, emulator, mode, sink.url, accepted=(200, 400, 404))
 
     check()
