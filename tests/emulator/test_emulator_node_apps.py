@@ -17,7 +17,7 @@ from krea_dagster.emulator import DEMO_NODE_APP_ID
 from krea_dagster.emulator.catalog import load_models, openapi_document
 from krea_dagster.emulator.images import INPUTS_TEXT_KEY
 from krea_dagster.emulator.node_apps import PUBLIC_FIELDS
-from krea_dagster.emulator.testing import EmulatorHandle, run_emulator
+from krea_dagster.emulator.testing import EmulatorHandle, run_emulator, spawn_emulator
 
 APP = f"/node-apps/{DEMO_NODE_APP_ID}"
 EXECUTE = f"{APP}/execute"
@@ -207,7 +207,7 @@ def test_an_unfetchable_media_input_is_422_and_creates_nothing(
 def test_the_node_apps_knob_serves_more_apps(
     krea_emulator: EmulatorHandle, api: httpx.Client, tmp_path: Path
 ) -> None:
-    """A node_apps file adds apps (three steps here: three jobs); a bad file is refused by name."""
+    """A node_apps file (knob or --node-apps) adds apps, three steps: three jobs; a bad one is refused."""
     builtin = api.get(APP).json()
     app = {
         **builtin,
@@ -225,6 +225,8 @@ def test_the_node_apps_knob_serves_more_apps(
     }
     good = tmp_path / "apps.json"
     good.write_text(json.dumps({"node_apps": [app]}), encoding="utf-8")
+    with spawn_emulator("--node-apps", str(good)) as spawned, spawned.client() as other:
+        assert other.get("/node-apps/trio").json()["slug"] == "trio"  # the CLI flag
     krea_emulator.configure(node_apps=str(good))
     response = api.post("/node-apps/trio/execute", json={"subject": "a fox"})
     assert response.status_code == 200, response.text
