@@ -103,10 +103,9 @@ class SendAttempt:
     """What a create is about to do with one POST: send it now, or first wait ``wait`` seconds.
 
     ``submit(on_send=...)`` and ``execute_node_app(on_send=...)`` call it with one before each
-    wait and each send, and the POST
-    goes out only after the callback returns: a caller that records ``sent_at`` durably knows
-    the window in which a job can have been created, however many 429 waits and connect
-    retries came first.
+    wait and each send, and the POST goes out only after the callback returns: a caller that
+    records ``sent_at`` durably knows the window in which a job can have been created, however
+    many 429 waits and connect retries came first.
     """
 
     submission_id: str
@@ -263,9 +262,10 @@ class ClientStats:
     ``requests`` counts HTTP requests by ``"METHOD /path/{template}"`` (every attempt counts),
     ``retries`` the repeated requests, ``ambiguous_submits`` the job-creating POSTs (generation
     and node-app execute) whose outcome is unknown, ``rate_limited_waits`` the 429 waits of
-    ``submit()`` and ``execute_node_app()``, ``jobs_submitted`` the jobs Krea accepted. ``assets_uploaded`` counts the uploads Krea answered,
-    ``ambiguous_uploads`` the ones whose outcome was unknown and ``uploads_reconciled`` those
-    of them found again in ``GET /assets``.
+    ``submit()`` and ``execute_node_app()``, ``jobs_submitted`` the jobs Krea accepted.
+    ``assets_uploaded`` counts the uploads Krea answered, ``ambiguous_uploads`` the ones whose
+    outcome was unknown and ``uploads_reconciled`` those of them found again in
+    ``GET /assets``.
     """
 
     def __init__(self) -> None:

@@ -2,9 +2,10 @@
 
 Each record is a frozen dataclass built by one ``from_api`` classmethod, so raw
 ``Mapping[str, Any]`` never travels past the client. Shapes follow Krea's OpenAPI document
-(``GET /jobs/{id}``, ``GET /jobs``, ``POST /assets``, ``GET /node-apps/{id}``) and stay tolerant where Krea's own
-documents disagree: the failure details moved from ``result.error`` to a top-level ``error``
-object, ``completed_at`` is ``null`` on fresh jobs, and statuses may be added later.
+(``GET /jobs/{id}``, ``GET /jobs``, ``POST /assets``, ``GET /node-apps/{id}``) and stay
+tolerant where Krea's own documents disagree: the failure details moved from ``result.error``
+to a top-level ``error`` object, ``completed_at`` is ``null`` on fresh jobs (and absent from
+the jobs ``POST /node-apps/{id}/execute`` answers), and statuses may be added later.
 """
 
 from __future__ import annotations

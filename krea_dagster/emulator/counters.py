@@ -5,10 +5,10 @@ after alias rewriting, keys sorted) the same account had already submitted: the 
 detector. ``max_running_seen`` is the highest number of jobs holding a concurrency slot at the
 same time, over all accounts. ``uploads`` counts accepted ``POST /assets``, ``uploads_by_sha256``
 the same by the SHA-256 of the file, and ``duplicate_uploads`` the uploads of bytes already
-uploaded before (any account): the double-upload detector. ``node_app_executions`` counts the
-accepted ``POST /node-apps/{id}/execute`` (a dropped answer included) and ``node_app_jobs`` the
-jobs they created (one per step; the admin job view names each job's ``execution_id``). Upload counters are saved at once,
-so they survive a kill -9 of the emulator.
+uploaded before (any account): the double-upload detector. Upload counters are saved at once,
+so they survive a kill -9 of the emulator. ``node_app_executions`` counts the accepted
+``POST /node-apps/{id}/execute`` (a dropped answer included) and ``node_app_jobs`` the jobs
+they created (one per step; ``GET /_emulator/node-app-executions`` lists them per execute).
 """
 
 from __future__ import annotations

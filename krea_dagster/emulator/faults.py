@@ -95,7 +95,7 @@ class FaultInjector:
         return "error_429" if self._draw("error_429", self.config.error_429_rate) else None
 
     def drop_after_accept(self) -> bool:
-        """Whether to close the connection instead of answering this accepted POST (its jobs exist)."""
+        """Whether to drop the connection instead of answering this accepted POST (jobs exist)."""
         return self._draw("accept_then_drop", self.config.accept_then_drop_rate)
 
     def drop_after_upload(self) -> bool:

@@ -15,6 +15,8 @@ Rules where Krea's documents are silent or contradictory (krea-api.md sections 5
 - Billing: the price is fixed at submission and reserved while the job is live; POST answers
   402 when the balance minus the reservations of live jobs cannot cover it. Only a completed job
   is charged, at completion; failed and cancelled jobs release their reservation.
+- A node-app execute is checked as a whole (402 if the balance cannot pay every step, 429 if
+  free slots and backlog room cannot take every step), then creates its jobs in step order.
 - ``DELETE /jobs/{id}`` cancels any non-terminal job (status ``cancelled``, ``completed_at`` set,
   ``error = {code: "cancelled", message: ...}``, not billed, slot freed, backlog advanced). On a
   terminal job it is a no-op answering 200 with the job unchanged.

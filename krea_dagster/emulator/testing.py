@@ -164,7 +164,7 @@ class EmulatorHandle:
         return result
 
     def node_app_executions(self) -> list[dict[str, Any]]:
-        """Every accepted node-app execute, oldest first, each with its ``job_ids`` in step order."""
+        """Every accepted node-app execute, oldest first, with its ``job_ids`` in step order."""
         items: list[dict[str, Any]] = self._call("GET", "/_emulator/node-app-executions")["items"]
         return items
 

@@ -163,7 +163,7 @@ def test_429_is_waited_out_with_on_send_before_each_wait_and_post(
 def test_a_200_that_is_not_a_job_array_is_ambiguous(
     fake: FakeKrea, clock: FakeClock, body: Any
 ) -> None:
-    """A 2xx body that is not a non-empty array of jobs may hide created jobs: ambiguous, one POST."""
+    """A 2xx that is not a non-empty array of jobs may hide created jobs: ambiguous, one POST."""
     fake.on("POST", FAKE_EXECUTE, httpx.Response(200, json=body))
     with make_client(fake, clock) as krea, pytest.raises(AmbiguousSubmitError) as caught:
         krea.execute_node_app(FAKE_APP, {"x": 1})

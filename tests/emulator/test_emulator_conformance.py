@@ -1,11 +1,11 @@
 """Conformance: the emulator's answers against Krea's OpenAPI document, with schemathesis.
 
-Schemathesis generates requests from the bundled ``krea_dagster/data/krea-openapi.json`` for
-the jobs operations, the node-app operations and every image-generation operation, sends them to a running emulator over
-real HTTP and checks every response against the documented status codes, content types and
-schemas. Valid ("positive") requests must be accepted; invalid ("negative") ones must get a
-400 whose message names what is wrong. The number of examples is bounded so the file runs in
-seconds, and generation is derandomized so a failure reproduces.
+Schemathesis generates requests from the bundled ``krea_dagster/data/krea-openapi.json`` for the
+jobs operations, the node-app operations and every image-generation operation, sends them to a
+running emulator over real HTTP and checks every response against the documented status codes,
+content types and schemas. Valid ("positive") requests must be accepted; invalid ("negative")
+ones must get a 400 whose message names what is wrong. The number of examples is bounded so the
+file runs in seconds, and generation is derandomized so a failure reproduces.
 
 Inconsistencies of the document (krea-api.md section 16), handled explicitly:
 

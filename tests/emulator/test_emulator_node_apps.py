@@ -95,7 +95,7 @@ def test_node_apps_need_a_token(krea_emulator: EmulatorHandle) -> None:
 def test_execute_creates_one_billed_job_per_step(
     krea_emulator: EmulatorHandle, api: httpx.Client
 ) -> None:
-    """Execute answers 2 jobs in step order, listed by GET /jobs, completed, billed, images differ."""
+    """Execute answers 2 jobs in step order, listed by GET /jobs, completed, billed, unalike."""
     before = krea_emulator.accounts()[0]["balance_usd"]
     jobs = execute(api, upload(api, photo((200, 30, 30))), background="marble")
     Draft202012Validator(response_schema("/node-apps/{id}/execute", "post")).validate(jobs)
@@ -207,7 +207,7 @@ def test_an_unfetchable_media_input_is_422_and_creates_nothing(
 def test_the_node_apps_knob_serves_more_apps(
     krea_emulator: EmulatorHandle, api: httpx.Client, tmp_path: Path
 ) -> None:
-    """A node_apps file (knob or --node-apps) adds apps, three steps: three jobs; a bad one is refused."""
+    """A node_apps file (knob or --node-apps) adds apps (3 steps: 3 jobs); a bad one is refused."""
     builtin = api.get(APP).json()
     app = {
         **builtin,
