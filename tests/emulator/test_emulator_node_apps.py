@@ -21,6 +21,7 @@ from krea_dagster.emulator.testing import EmulatorHandle, run_emulator, spawn_em
 
 APP = f"/node-apps/{DEMO_NODE_APP_ID}"
 EXECUTE = f"{APP}/execute"
+INPUTS = {"product_image": "data:,teapot", "product": "a teapot"}
 STEP_PRICE = load_models()["image/openai/gpt-image-2"].price["usd"]  # type: ignore[index]
 
 
@@ -248,3 +249,29 @@ def test_an_execute_survives_a_restart_on_its_state_file(tmp_path: Path) -> None
         [execution] = second.node_app_executions()
         assert execution["job_ids"] == [job["job_id"] for job in jobs]
         assert second.stats()["node_app_jobs"] == 2
+
+
+def test_each_job_of_an_execute_is_cancelled_on_its_own(
+    krea_emulator: EmulatorHandle, api: httpx.Client
+) -> None:
+    """Cancelling one job of an execute leaves the other to complete; only that one is billed."""
+    krea_emulator.update_account(concurrency=1)  # the second job waits in the backlog
+    first, second = execute(api, "data:,teapot")
+    assert second["status"] == "backlogged"
+    assert api.delete(f"/jobs/{second['job_id']}").json()["status"] == "cancelled"
+    assert krea_emulator.wait_for_job(first["job_id"])["status"] == "completed"
+    stats = krea_emulator.stats()
+    assert (stats["jobs_billed"], stats["billed_usd"]) == (1, pytest.approx(STEP_PRICE))
+
+
+def test_zero_data_retention_needs_data_uris_for_every_step(
+    krea_emulator: EmulatorHandle, api: httpx.Client
+) -> None:
+    """With X-Api-Zero-Data-Retention an asset URL input is a 422 before any job; data: URIs pass."""
+    zdr = {"X-Api-Zero-Data-Retention": "1"}
+    asset = upload(api, photo((1, 2, 3)))
+    refused = api.post(EXECUTE, json={**INPUTS, "product_image": asset}, headers=zdr)
+    assert refused.status_code == 422
+    assert "image_urls[0]" in refused.json()["error"]
+    assert krea_emulator.stats()["jobs_created"] == 0
+    assert len(api.post(EXECUTE, json=INPUTS, headers=zdr).json()) == 2
