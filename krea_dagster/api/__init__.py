@@ -115,6 +115,7 @@ from krea_dagster.api.models import (
     JobError,
     JobList,
     JobStatus,
+    NodeApp,
     as_aware,
     parse_datetime,
 )
@@ -236,6 +237,7 @@ __all__ = [
     "MalformedPayloadError",
     "MediaValue",
     "ModelSpec",
+    "NodeApp",
     "NotFoundError",
     "PermissionDeniedError",
     "Price",

@@ -100,18 +100,36 @@ class Notify:
 
 @dataclass(frozen=True)
 class SendAttempt:
-    """What ``submit`` is about to do with one POST: send it now, or first wait ``wait`` seconds.
+    """What a create is about to do with one POST: send it now, or first wait ``wait`` seconds.
 
-    ``submit(on_send=...)`` is called with one before each wait and each send, and the POST
-    goes out only after the callback returns: a caller that records ``sent_at`` durably knows
-    the window in which a job can have been created, however many 429 waits and connect
-    retries came first.
+    ``submit(on_send=...)`` and ``execute_node_app(on_send=...)`` call it with one before each
+    wait and each send, and the POST goes out only after the callback returns: a caller that
+    records ``sent_at`` durably knows the window in which a job can have been created, however
+    many 429 waits and connect retries came first.
     """
 
     submission_id: str
     attempt: int
     sent_at: datetime
     wait: float = 0.0
+
+
+@dataclass(frozen=True)
+class CreateTarget:
+    """A job-creating POST for ``RequestCore.create``: where it goes and how its 2xx is read.
+
+    ``path`` is the concrete path sent, ``path_template`` its name in stats and errors
+    (``/node-apps/{id}/execute``); ``model`` and ``kind`` go into ``AmbiguousSubmitError``;
+    ``read`` turns the 2xx JSON into the created jobs (MalformedPayloadError otherwise).
+    """
+
+    path: str
+    path_template: str
+    body: Any
+    model: str
+    kind: str
+    read: Callable[[Any], list[Job]]
+    extra_headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -242,11 +260,12 @@ class ClientStats:
     """Counters of what the client sent, so callers can report API usage.
 
     ``requests`` counts HTTP requests by ``"METHOD /path/{template}"`` (every attempt counts),
-    ``retries`` the repeated requests, ``ambiguous_submits`` the generation POSTs whose outcome
-    is unknown, ``rate_limited_waits`` the 429 waits of ``submit()``, ``jobs_submitted`` the
-    jobs Krea accepted. ``assets_uploaded`` counts the uploads Krea answered,
-    ``ambiguous_uploads`` the ones whose outcome was unknown and ``uploads_reconciled`` those
-    of them found again in ``GET /assets``.
+    ``retries`` the repeated requests, ``ambiguous_submits`` the job-creating POSTs (generation
+    and node-app execute) whose outcome is unknown, ``rate_limited_waits`` the 429 waits of
+    ``submit()`` and ``execute_node_app()``, ``jobs_submitted`` the jobs Krea accepted.
+    ``assets_uploaded`` counts the uploads Krea answered, ``ambiguous_uploads`` the ones whose
+    outcome was unknown and ``uploads_reconciled`` those of them found again in
+    ``GET /assets``.
     """
 
     def __init__(self) -> None:
@@ -264,9 +283,9 @@ class ClientStats:
         with self._lock:
             self.requests[f"{method} {path_template}"] += 1
 
-    def increment(self, name: str) -> None:
+    def increment(self, name: str, amount: int = 1) -> None:
         with self._lock:
-            setattr(self, name, getattr(self, name) + 1)
+            setattr(self, name, getattr(self, name) + amount)
 
     @property
     def total_requests(self) -> int:
@@ -325,12 +344,7 @@ class RequestCore:
 
     def url_for(self, path_template: str, path_params: Mapping[str, str] | None = None) -> str:
         """The absolute URL; path parameters are percent-encoded so an id cannot add segments."""
-        path = path_template
-        for name, value in (path_params or {}).items():
-            if not value:
-                raise ValueError(f"{name} must be a non-empty string")
-            path = path.replace("{" + name + "}", quote(str(value), safe=""))
-        return self.config.base_url + path
+        return self.config.base_url + path_for(path_template, path_params)
 
     def is_api_origin(self, url: str | httpx.URL) -> bool:
         """Whether ``url`` is on the API's origin: the only place the token may go."""
@@ -684,8 +698,34 @@ class RequestCore:
         extra_headers = {"X-Webhook-URL": webhook_url} if webhook_url else {}
         if zero_data_retention:
             extra_headers[ZDR_HEADER] = "1"
+        target = CreateTarget(
+            path, path, body, model, kind, lambda data: [Job.from_api(data)], extra_headers
+        )
+        jobs = yield from self.create(
+            target, max_retries=max_retries, submission_id=submission_id, on_send=on_send
+        )
+        return jobs[0]
+
+    def create(
+        self,
+        target: CreateTarget,
+        *,
+        max_retries: int | None = None,
+        submission_id: str | None = None,
+        on_send: Callable[[SendAttempt], object] | None = None,
+    ) -> Flow[list[Job]]:
+        """POST a job-creating request, never resent once it may have arrived; its jobs.
+
+        Resent only after a connect failure (nothing left this machine) or a 429 (waited out
+        within the submit rate-limit budget); ``on_send`` gets a ``SendAttempt`` before every
+        POST and every wait. An outcome after which jobs may exist (a read failure, a dropped
+        connection, a 5xx, a 2xx whose body ``target.read`` cannot read) raises
+        ``AmbiguousSubmitError``; a refusal raises its status error.
+        """
+        submission_id = submission_id or str(uuid.uuid4())
         allowed = self.max_retries_for(max_retries)
         policy = self.config.submit_rate_limit
+        path = target.path
         log_extra = {"krea_submission_id": submission_id, "krea_path": path}
         logger.info("submitting %s (submission %s)", path, submission_id, extra=log_extra)
         started = self.clock.monotonic()
@@ -698,12 +738,12 @@ class RequestCore:
             request = self.build_request(
                 "POST",
                 self.config.base_url + path,
-                json_body=body,
-                extra_headers=extra_headers,
+                json_body=target.body,
+                extra_headers=target.extra_headers,
                 timeout=self.config.timeouts.for_json(),
                 retries_taken=attempts - 1,
             )
-            self.stats.record_request("POST", path)
+            self.stats.record_request("POST", target.path_template)
             outcome: httpx.Response | Exception
             try:
                 outcome = yield Send(request)
@@ -712,29 +752,27 @@ class RequestCore:
             decision = decide(RequestKind.CREATE, outcome)
             try:
                 if decision.verdict is Verdict.DONE:
-                    return self._accepted_job(
-                        outcome,
-                        path,
-                        attempts,
-                        decision.reason,
-                        submission_id,
-                        submitted_at,
-                        model,
-                        kind,
+                    return self._accepted_jobs(
+                        outcome, target, attempts, decision.reason, submission_id, submitted_at
                     )
                 if decision.verdict is Verdict.AMBIGUOUS:
                     raise self._ambiguous(
-                        outcome, submission_id, model, kind, submitted_at, path, decision.reason
+                        outcome, submission_id, target, submitted_at, decision.reason
                     )
                 if decision.verdict is Verdict.RETRY:  # never reached Krea: resending is safe
                     delay = self.retry_delay(
-                        outcome, "POST", path, connect_retries, allowed, decision.reason
+                        outcome,
+                        "POST",
+                        target.path_template,
+                        connect_retries,
+                        allowed,
+                        decision.reason,
                     )
                     connect_retries += 1
                 else:  # Verdict.RETRY_CAPACITY
                     assert isinstance(outcome, httpx.Response)
                     delay = self._capacity_delay(
-                        outcome, path, policy, capacity_waits, attempts, started
+                        outcome, target.path_template, policy, capacity_waits, attempts, started
                     )
                     capacity_waits += 1
             except KreaError as error:
@@ -772,58 +810,53 @@ class RequestCore:
             raise RequestValidationError(spec.key, result.problems)
         return spec.path, dict(result.params)
 
-    def _accepted_job(
+    def _accepted_jobs(
         self,
         outcome: httpx.Response | BaseException,
-        path: str,
+        target: CreateTarget,
         attempts: int,
         reason: str,
         submission_id: str,
         submitted_at: datetime,
-        model: str,
-        kind: str,
-    ) -> Job:
+    ) -> list[Job]:
         if not (isinstance(outcome, httpx.Response) and outcome.is_success):
-            raise self.final_error(outcome, "POST", path, attempts, reason)
+            raise self.final_error(outcome, "POST", target.path_template, attempts, reason)
         try:
-            job = Job.from_api(outcome.json())
+            jobs = target.read(outcome.json())
         except (ValueError, MalformedPayloadError) as exc:
-            # A 2xx means Krea created a job, but we cannot read its id: that is ambiguous too.
+            # A 2xx means Krea created jobs, but we cannot read their ids: that is ambiguous too.
             raise self._ambiguous(
-                f"unreadable {outcome.status_code} body",
+                f"{outcome.status_code} answer with an unreadable body ({exc})",
                 submission_id,
-                model,
-                kind,
+                target,
                 submitted_at,
-                path,
-                f"the 2xx body is not a job ({exc})",
+                f"the 2xx body is not what {target.path_template} answers ({exc})",
             ) from exc
-        self.stats.increment("jobs_submitted")
+        self.stats.increment("jobs_submitted", len(jobs))
+        ids = ", ".join(job.job_id for job in jobs)
         logger.info(
             "POST %s -> %s: job %s (%s, submission %s)",
-            path,
+            target.path,
             outcome.status_code,
-            job.job_id,
-            job.status.value,
+            ids,
+            ", ".join(job.status.value for job in jobs),
             submission_id,
-            extra={"krea_job_id": job.job_id, "krea_submission_id": submission_id},
+            extra={"krea_job_id": ids, "krea_submission_id": submission_id},
         )
-        return job
+        return jobs
 
     def _ambiguous(
         self,
         cause: httpx.Response | BaseException | str,
         submission_id: str,
-        model: str,
-        kind: str,
+        target: CreateTarget,
         submitted_at: datetime,
-        path: str,
         reason: str,
     ) -> AmbiguousSubmitError:
         self.stats.increment("ambiguous_submits")
         logger.error(
             "POST %s outcome unknown, not resent (submission %s): %s",
-            path,
+            target.path,
             submission_id,
             reason,
             extra={"krea_submission_id": submission_id},
@@ -832,11 +865,12 @@ class RequestCore:
             cause = f"status {cause.status_code}"
         error = AmbiguousSubmitError(
             submission_id=submission_id,
-            model=model,
-            kind=kind,
+            model=target.model,
+            kind=target.kind,
             submitted_at=submitted_at,
             cause=cause,
             request_timeout=self.config.timeouts.request_window or float("inf"),
+            path=target.path,
         )
         if isinstance(cause, BaseException):
             error.__cause__ = cause
@@ -886,6 +920,16 @@ class RequestCore:
         )
         self.stats.increment("rate_limited_waits")
         return delay
+
+
+def path_for(path_template: str, path_params: Mapping[str, str] | None = None) -> str:
+    """The path with its parameters percent-encoded, so an id cannot add segments."""
+    path = path_template
+    for name, value in (path_params or {}).items():
+        if not value:
+            raise ValueError(f"{name} must be a non-empty string")
+        path = path.replace("{" + name + "}", quote(str(value), safe=""))
+    return path
 
 
 def check_zero_data_retention(model: str | None, body: Mapping[str, Any], kind: str) -> None:

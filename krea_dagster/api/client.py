@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from krea_dagster.api import _assets, _download, _jobs
+from krea_dagster.api import _assets, _download, _jobs, _node_apps
 from krea_dagster.api._core import (
     Action,
     ClientConfig,
@@ -70,7 +70,15 @@ from krea_dagster.api.config import (
     Timeouts,
 )
 from krea_dagster.api.errors import AmbiguousSubmitError, AmbiguousUploadError
-from krea_dagster.api.models import Asset, AssetList, DownloadedFile, Job, JobList, JobStatus
+from krea_dagster.api.models import (
+    Asset,
+    AssetList,
+    DownloadedFile,
+    Job,
+    JobList,
+    JobStatus,
+    NodeApp,
+)
 from krea_dagster.api.reconcile import Reconciliation, SubmissionWindow
 from krea_dagster.api.redaction import install_redaction, register_secret
 from krea_dagster.api.webhooks import parse_webhook
@@ -329,6 +337,43 @@ class KreaClient(_BaseClient):
                 zero_data_retention=zero_data_retention,
                 webhook_url=webhook_url,
                 validate=validate,
+                max_retries=max_retries,
+                submission_id=submission_id,
+                on_send=on_send,
+            )
+        )
+
+    def get_node_app(self, version_id: str, *, max_retries: int | None = None) -> NodeApp:
+        """``GET /node-apps/{id}``: a node-app version (name, input and output schemas...).
+
+        ``version_id`` is the node app's *version* id; an unknown one raises NotFoundError.
+        """
+        return self._run(_node_apps.get_node_app(self._core, version_id, max_retries=max_retries))
+
+    def execute_node_app(
+        self,
+        version_id: str,
+        inputs: Mapping[str, Any],
+        *,
+        max_retries: int | None = None,
+        submission_id: str | None = None,
+        on_send: Callable[[SendAttempt], object] | None = None,
+    ) -> list[Job]:
+        """``POST /node-apps/{id}/execute`` with the app's inputs; the jobs it created, in order.
+
+        The same care as ``submit``: never resent once it may have arrived (connect failures
+        are resent, 429s waited out within the submit rate-limit budget, ``on_send`` called
+        before every POST and every wait). Raises AmbiguousSubmitError (jobs may exist:
+        reconcile, do not execute again; its ``model`` is ``node-app/<version_id>`` and its
+        ``kind`` ``node-app``), RateLimitError, or the status error of a refusal (400 naming
+        the input, 401, 402, 404 for an unknown app). The inputs are sent as given: check them
+        against ``get_node_app(...).input_schema`` first if you need to.
+        """
+        return self._run(
+            _node_apps.execute_node_app(
+                self._core,
+                version_id,
+                inputs,
                 max_retries=max_retries,
                 submission_id=submission_id,
                 on_send=on_send,
@@ -733,6 +778,33 @@ class AsyncKreaClient(_BaseClient):
                 zero_data_retention=zero_data_retention,
                 webhook_url=webhook_url,
                 validate=validate,
+                max_retries=max_retries,
+                submission_id=submission_id,
+                on_send=on_send,
+            )
+        )
+
+    async def get_node_app(self, version_id: str, *, max_retries: int | None = None) -> NodeApp:
+        """See ``KreaClient.get_node_app``."""
+        return await self._run(
+            _node_apps.get_node_app(self._core, version_id, max_retries=max_retries)
+        )
+
+    async def execute_node_app(
+        self,
+        version_id: str,
+        inputs: Mapping[str, Any],
+        *,
+        max_retries: int | None = None,
+        submission_id: str | None = None,
+        on_send: Callable[[SendAttempt], object] | None = None,
+    ) -> list[Job]:
+        """See ``KreaClient.execute_node_app``."""
+        return await self._run(
+            _node_apps.execute_node_app(
+                self._core,
+                version_id,
+                inputs,
                 max_retries=max_retries,
                 submission_id=submission_id,
                 on_send=on_send,

@@ -16,7 +16,7 @@ Every exception derives from one base, ``KreaError``::
     │   ├── APIConnectionError           no HTTP answer at all
     │   │   └── APITimeoutError
     │   │       └── DeadlineExceededError  the caller's deadline ran out first
-    │   ├── AmbiguousSubmitError         a generation POST may or may not have created a job
+    │   ├── AmbiguousSubmitError         a generation POST or node-app execute may have created jobs
     │   ├── AmbiguousUploadError         an asset upload may or may not have created an asset
     │   └── MalformedPayloadError        a body that is not the documented shape
     ├── RequestValidationError           the request breaks the model's schema; nothing was sent
@@ -172,7 +172,7 @@ class PermissionDeniedError(APIStatusError):
 
 
 class NotFoundError(APIStatusError):
-    """404: no such job, asset or style, or it belongs to another account."""
+    """404: no such job, asset, style or node app, or it belongs to another account."""
 
     hint = "check the id; Krea answers 404 for objects created with another account's token"
 
@@ -298,7 +298,7 @@ class DeadlineExceededError(APITimeoutError):
 
 
 class AmbiguousSubmitError(APIError):
-    """A generation POST failed after it may have reached Krea, so a job may exist and be billed."""
+    """A job-creating POST failed after it may have reached Krea: jobs may exist and be billed."""
 
     def __init__(
         self,
@@ -309,9 +309,12 @@ class AmbiguousSubmitError(APIError):
         submitted_at: datetime,
         cause: BaseException | str,
         request_timeout: float,
+        path: str | None = None,
     ) -> None:
         self.submission_id = submission_id
+        #: The model (``openai/gpt-image-2``); for a node-app execute ``node-app/<version id>``.
         self.model = model
+        #: The model's kind (``image``...); ``node-app`` for an execute (several jobs at once).
         self.kind = kind
         #: Wall-clock time (aware, UTC) just before the ambiguous attempt was sent.
         self.submitted_at = submitted_at
@@ -319,12 +322,15 @@ class AmbiguousSubmitError(APIError):
         self.cause = cause
         #: How long after ``submitted_at`` Krea could still have created the job.
         self.request_timeout = request_timeout
+        #: The path that was posted.
+        self.path = path or f"/generate/{kind}/{model}"
         what = type(cause).__name__ if isinstance(cause, BaseException) else cause
+        jobs = "jobs" if kind == "node-app" else "a job"
         super().__init__(
-            f"POST /generate/{kind}/{model} may or may not have created a job ({what} after the "
+            f"POST {self.path} may or may not have created {jobs} ({what} after the "
             f"request was sent; submission {submission_id}, sent at {submitted_at.isoformat()}). "
             "Krea has no idempotency key, so it was not resent. What to do: call "
-            "client.reconcile_submission(error, known_job_ids=...) to look for the job in "
+            f"client.reconcile_submission(error, known_job_ids=...) to look for {jobs} in "
             "GET /jobs before submitting again."
         )
 

@@ -1,10 +1,11 @@
-"""Typed records of the Krea API: jobs, job lists, assets, downloaded files.
+"""Typed records of the Krea API: jobs, job lists, assets, node apps, downloaded files.
 
 Each record is a frozen dataclass built by one ``from_api`` classmethod, so raw
 ``Mapping[str, Any]`` never travels past the client. Shapes follow Krea's OpenAPI document
-(``GET /jobs/{id}``, ``GET /jobs``, ``POST /assets``) and stay tolerant where Krea's own
-documents disagree: the failure details moved from ``result.error`` to a top-level ``error``
-object, ``completed_at`` is ``null`` on fresh jobs, and statuses may be added later.
+(``GET /jobs/{id}``, ``GET /jobs``, ``POST /assets``, ``GET /node-apps/{id}``) and stay
+tolerant where Krea's own documents disagree: the failure details moved from ``result.error``
+to a top-level ``error`` object, ``completed_at`` is ``null`` on fresh jobs (and absent from
+the jobs ``POST /node-apps/{id}/execute`` answers), and statuses may be added later.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = [
     "JobError",
     "JobList",
     "JobStatus",
+    "NodeApp",
     "as_aware",
     "parse_datetime",
 ]
@@ -277,6 +279,63 @@ class AssetList:
             items=tuple(Asset.from_api(item) for item in data["items"]),
             next_cursor=str(cursor) if cursor else None,
         )
+
+
+@dataclass(frozen=True)
+class NodeApp:
+    """A node-app version (``GET /node-apps/{id}``): a saved workflow run by one execute call.
+
+    ``input_schema`` is Krea's ``input_openapi_schema`` (``{}`` when null): the flat object
+    ``execute_node_app`` takes; ``output_schema`` the ``output_openapi_schema`` (None when null).
+    The key mappings tie those names to the workflow's internal node keys.
+    """
+
+    id: str
+    name: str
+    slug: str
+    description: str
+    scope: str
+    version: float | None
+    last_version_id: str | None
+    input_schema: dict[str, Any]
+    output_schema: dict[str, Any] | None
+    input_key_mapping: dict[str, str]
+    output_key_mapping: dict[str, str]
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_api(cls, data: object) -> NodeApp:
+        """Build a node app from its JSON object; only ``id`` is required, extra fields are kept."""
+        if not isinstance(data, Mapping) or not data.get("id"):
+            raise MalformedPayloadError("not a Krea node app: 'id' is required")
+        schemas = {}
+        for name in ("input_openapi_schema", "output_openapi_schema"):
+            value = data.get(name)
+            if value is not None and not isinstance(value, Mapping):
+                raise MalformedPayloadError(f"node app {name} must be an object or null")
+            schemas[name] = dict(value) if value is not None else None
+        version = data.get("version")
+        last = data.get("last_version_id")
+        return cls(
+            id=str(data["id"]),
+            name=str(data.get("name") or ""),
+            slug=str(data.get("slug") or ""),
+            description=str(data.get("description") or ""),
+            scope=str(data.get("scope") or ""),
+            version=version if isinstance(version, int | float) else None,
+            last_version_id=str(last) if last else None,
+            input_schema=schemas["input_openapi_schema"] or {},
+            output_schema=schemas["output_openapi_schema"],
+            input_key_mapping=_string_mapping(data.get("input_key_mapping")),
+            output_key_mapping=_string_mapping(data.get("output_key_mapping")),
+            raw=dict(data),
+        )
+
+
+def _string_mapping(value: object) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        return {}
+    return {str(key): str(item) for key, item in value.items()}
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ client and the emulator check each other. Layout (moto-style):
 - ``state.py``: accounts, jobs, billing and time as an event simulation; ``views.py`` the JSON
   shapes; ``lifecycle.py`` the statuses and transitions as data; ``records.py`` the records;
   ``counters.py`` the stats;
+- ``node_apps.py``: the node-app registry (``node_apps.json`` and the ``node_apps`` knob);
 - ``validation.py``, ``pricing.py``, ``images.py``, ``assets.py``, ``faults.py``,
   ``webhooks.py``, ``persistence.py``, ``config.py``, ``clock.py``, ``catalog.py``;
 - ``server.py`` (uvicorn, two origins), ``cli.py`` (``krea-emulator``), ``testing.py``
@@ -26,12 +27,14 @@ if TYPE_CHECKING:
     from krea_dagster.emulator.admin import DEFAULT_ADMIN_TOKEN
     from krea_dagster.emulator.app import create_app, create_cdn_app
     from krea_dagster.emulator.config import EmulatorConfig
+    from krea_dagster.emulator.node_apps import DEMO_NODE_APP_ID
     from krea_dagster.emulator.server import EmulatorServer
     from krea_dagster.emulator.state import DEMO_TOKEN, EmulatorState
     from krea_dagster.emulator.testing import EmulatorHandle, run_emulator, spawn_emulator
 
 _EXPORTS = {
     "DEFAULT_ADMIN_TOKEN": "krea_dagster.emulator.admin",
+    "DEMO_NODE_APP_ID": "krea_dagster.emulator.node_apps",
     "DEMO_TOKEN": "krea_dagster.emulator.state",
     "EmulatorConfig": "krea_dagster.emulator.config",
     "EmulatorHandle": "krea_dagster.emulator.testing",
@@ -45,6 +48,7 @@ _EXPORTS = {
 
 __all__ = [
     "DEFAULT_ADMIN_TOKEN",
+    "DEMO_NODE_APP_ID",
     "DEMO_TOKEN",
     "EmulatorConfig",
     "EmulatorHandle",

@@ -12,7 +12,12 @@ Routes (all JSON, ``Authorization: Bearer <admin_token>``; API tokens are refuse
 - ``PATCH /_emulator/accounts/{account}`` ``{balance_usd?, add_usd?, concurrency?, backlog?}``
   (``account`` is the id part of the token).
 - ``GET /_emulator/jobs/{id}``: any account's job with its account, model, price, body and
-  ``inputs`` (each media input's field, kind and content hash, see ``inputs.py``).
+  ``inputs`` (each media input's field, kind and content hash, see ``inputs.py``); a node-app
+  job also names its ``node_app_id``, ``execution_id`` (shared by the jobs of one execute) and
+  ``step`` (null on ``POST /generate`` jobs).
+- ``GET /_emulator/node-app-executions``: ``{"items": [{execution_id, node_app_id, account,
+  created_at, job_ids}]}``, every accepted node-app execute (a dropped answer included) with
+  its jobs in step order, oldest first: how a test counts the jobs of each execute.
 - ``POST /_emulator/jobs/{id}/complete`` and ``POST /_emulator/jobs/{id}/fail``
   ``{code?, message?}``: force the outcome of a non-terminal job now.
 """
@@ -27,6 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from krea_dagster.emulator import views
+from krea_dagster.emulator.clock import format_micros
 from krea_dagster.emulator.errors import BadRequest, Unauthorized
 from krea_dagster.emulator.lifecycle import JobStatus
 from krea_dagster.emulator.pricing import micros_to_usd
@@ -141,9 +147,37 @@ async def get_job(request: Request, state: EmulatorState) -> Response:
         height=job.height,
         outcome=job.outcome.kind,
         inputs=job.inputs,
+        node_app_id=job.node_app_id,
+        execution_id=job.execution_id,
+        step=job.step,
         poster_url=views.poster_url(job, state.cdn_url) if job.result_token else None,
     )
     return JSONResponse(data)
+
+
+async def node_app_executions(request: Request, state: EmulatorState) -> Response:
+    """Every accepted node-app execute with its jobs in step order, oldest first."""
+    found: dict[str, dict[str, Any]] = {}
+    for job in state.jobs.values():
+        if job.execution_id is None:
+            continue
+        entry = found.setdefault(
+            job.execution_id,
+            {
+                "execution_id": job.execution_id,
+                "node_app_id": job.node_app_id,
+                "account": job.account_id,
+                "created_us": job.created_us,
+                "jobs": [],
+            },
+        )
+        entry["jobs"].append((job.step, job.id))
+        entry["created_us"] = min(entry["created_us"], job.created_us)
+    items = sorted(found.values(), key=lambda entry: entry["created_us"])
+    for entry in items:
+        entry["job_ids"] = [job_id for _, job_id in sorted(entry.pop("jobs"))]
+        entry["created_at"] = format_micros(entry.pop("created_us"))
+    return JSONResponse({"items": items})
 
 
 async def complete_job(request: Request, state: EmulatorState) -> Response:

@@ -7,9 +7,10 @@ count as ``cdn_downloads`` and get latency/5xx faults only when ``latency_routes
 ``error_5xx_routes`` names them (``"CDN"`` for both CDN routes, or a full key such as
 ``"CDN GET /results/{job_id}/{name}"``). Requests to no route count as ``"unmatched"``.
 
-The accept-then-drop fault creates the job, then starts a 200 response announcing a body it
-never sends and returns: uvicorn closes the connection, so the client sees a transport error
-(``httpx.RemoteProtocolError``) at once instead of waiting for a timeout.
+The accept-then-drop fault creates the job (every job of a node-app execute), then starts a 200
+response announcing a body it never sends and returns: uvicorn closes the connection, so the
+client sees a transport error (``httpx.RemoteProtocolError``) at once instead of waiting for a
+timeout.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ API_ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/generate/image/{provider}/{model:path}", handlers.generate),
     ("POST", "/generate/enhance/{provider}/{model:path}", handlers.generate),
     ("POST", "/generate/video/{provider}/{model:path}", handlers.generate),
+    ("GET", "/node-apps/{id}", handlers.get_node_app),
+    ("POST", "/node-apps/{id}/execute", handlers.execute_node_app),
     ("GET", "/jobs", handlers.list_jobs),
     ("GET", "/jobs/{id}", handlers.get_job),
     ("DELETE", "/jobs/{id}", handlers.delete_job),
@@ -56,6 +59,7 @@ ADMIN_ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/_emulator/accounts", admin.list_accounts),
     ("PATCH", "/_emulator/accounts/{account}", admin.patch_account),
     ("GET", "/_emulator/jobs/{id}", admin.get_job),
+    ("GET", "/_emulator/node-app-executions", admin.node_app_executions),
     ("POST", "/_emulator/jobs/{id}/complete", admin.complete_job),
     ("POST", "/_emulator/jobs/{id}/fail", admin.fail_job),
 ]

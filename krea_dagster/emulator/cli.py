@@ -53,12 +53,13 @@ KNOB_HELP = {
     "'POST /generate'; repeatable; none = every public route)",
     "error_5xx_rate": "probability that a public API request is answered 500/502/503",
     "error_5xx_routes": "limit the 5xx faults to these routes (repeatable; none = every route)",
-    "accept_then_drop_rate": "probability that POST /generate creates the job, then drops "
-    "the connection without answering",
+    "accept_then_drop_rate": "probability that POST /generate creates the job (POST "
+    "/node-apps/{id}/execute: all its jobs), then drops the connection without answering",
     "upload_accept_then_drop_rate": "probability that POST /assets stores the upload, then "
     "drops the connection without answering",
-    "error_429_rate": "probability that POST /generate is answered 429",
-    "burst_429_every": "every N-th POST /generate starts a burst of 429s (0 = off)",
+    "error_429_rate": "probability that POST /generate (or a node-app execute) is answered 429",
+    "burst_429_every": "every N-th POST /generate or node-app execute starts a burst of 429s "
+    "(0 = off)",
     "burst_429_length": "how many answers (that POST included) a 429 burst lasts",
     "job_failure_rate": "probability that a new job ends failed (failed jobs are not billed)",
     "job_failures": "failure CODE=MESSAGE drawn for failed jobs (repeatable)",
@@ -73,16 +74,21 @@ KNOB_HELP = {
     "time x time-scale)",
     "today": "the emulator's date (ISO, e.g. 2026-06-18) for deprecated-alias sunsets "
     "(default: today in UTC)",
+    "node_apps": "JSON file of node apps to serve besides the built-in ones, in the format of "
+    'the package\'s emulator/node_apps.json: {"node_apps": [app, ...]} (default: only the '
+    "built-in apps)",
     "concurrency": "jobs an account renders at once (more are backlogged)",
-    "backlog": "jobs an account may have waiting; beyond it POST /generate gets 429",
-    "balance_usd": "starting USD balance of an account; once spent POST /generate gets 402",
+    "backlog": "jobs an account may have waiting; beyond it POST /generate (and a node-app "
+    "execute) gets 429",
+    "balance_usd": "starting USD balance of an account; once spent POST /generate (and a "
+    "node-app execute) gets 402",
 }
 
 
 def _knob_type(field: dataclasses.Field[Any]) -> Any:
     if field.name in ("render_seconds", "time_scale") or isinstance(field.default, float):
         return float
-    if field.name == "today":
+    if field.name in ("today", "node_apps"):
         return str
     return int
 

@@ -47,10 +47,10 @@ class EmulatorConfig:
     latency_routes: list[str] = field(default_factory=list)
     error_5xx_rate: float = 0.0
     error_5xx_routes: list[str] = field(default_factory=list)
-    # POST /generate only.
+    # POST /generate and POST /node-apps/{id}/execute (which creates or refuses all its jobs).
     accept_then_drop_rate: float = 0.0
     error_429_rate: float = 0.0
-    burst_429_every: int = 0  # every N-th POST /generate starts a burst ...
+    burst_429_every: int = 0  # every N-th of those POSTs starts a burst ...
     burst_429_length: int = 0  # ... of M answers 429 (that POST included)
     # POST /assets only: store the upload, then drop the connection without an answer.
     upload_accept_then_drop_rate: float = 0.0
@@ -72,6 +72,8 @@ class EmulatorConfig:
     render_seconds: float | None = None
     # The emulator's "today" (ISO date) for alias sunsets; None = the clock's UTC date.
     today: str | None = None
+    # A JSON file of node apps served besides the built-in ones (see node_apps.py).
+    node_apps: str | None = None
     # Settings of accounts created without explicit values (the CLI --token accounts included);
     # changing them at run time affects accounts created afterwards (and the startup accounts
     # on a reset with accounts=true); PATCH /_emulator/accounts/{account} changes an existing one.
@@ -118,9 +120,11 @@ def _coerce(name: str, value: Any) -> Any:
     if name not in _FIELDS:
         raise BadRequest(f"unknown config knob {name!r}; known knobs: {', '.join(_FIELDS)}")
     default = _FIELDS[name].default
-    if name == "render_seconds" or name == "today":
+    if name in ("render_seconds", "today", "node_apps"):
         if value is None:
             return None
+        if name == "node_apps":
+            return _node_apps_file(value)
         return _positive(name, value) if name == "render_seconds" else _iso_date(value)
     if name in ("latency_routes", "error_5xx_routes"):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -156,6 +160,15 @@ def _iso_date(value: Any) -> str:
         return date.fromisoformat(str(value)).isoformat()
     except ValueError:
         raise BadRequest(f"today must be an ISO date like 2026-06-18, not {value!r}") from None
+
+
+def _node_apps_file(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"node_apps must be the path of a JSON file or null, not {value!r}")
+    from krea_dagster.emulator.node_apps import load_apps  # needs jsonschema (the server stack)
+
+    load_apps(value)  # a bad file is refused now, with the fault named, not at the first request
+    return value
 
 
 def _failures(value: Any) -> list[list[str]]:

@@ -6,7 +6,9 @@ detector. ``max_running_seen`` is the highest number of jobs holding a concurren
 same time, over all accounts. ``uploads`` counts accepted ``POST /assets``, ``uploads_by_sha256``
 the same by the SHA-256 of the file, and ``duplicate_uploads`` the uploads of bytes already
 uploaded before (any account): the double-upload detector. Upload counters are saved at once,
-so they survive a kill -9 of the emulator.
+so they survive a kill -9 of the emulator. ``node_app_executions`` counts the accepted
+``POST /node-apps/{id}/execute`` (a dropped answer included) and ``node_app_jobs`` the jobs
+they created (one per step; ``GET /_emulator/node-app-executions`` lists them per execute).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ class Counters:
     faults_injected: Counter[str] = field(default_factory=Counter)
     uploads: int = 0
     uploads_by_sha256: Counter[str] = field(default_factory=Counter)
+    node_app_executions: int = 0
+    node_app_jobs: int = 0
 
     def count_upload(self, sha256: str) -> None:
         """Count one accepted upload of bytes with this hash."""
@@ -62,12 +66,14 @@ class Counters:
             "uploads": self.uploads,
             "uploads_by_sha256": dict(sorted(self.uploads_by_sha256.items())),
             "duplicate_uploads": sum(n - 1 for n in self.uploads_by_sha256.values() if n > 1),
+            "node_app_executions": self.node_app_executions,
+            "node_app_jobs": self.node_app_jobs,
         }
 
     def without_job_counts(self) -> Counters:
         """These counters with the job-derived ones zeroed (they are rebuilt from the jobs)."""
         self.jobs_created = self.jobs_billed = self.billed_micros = 0
-        self.duplicate_submissions = 0
+        self.duplicate_submissions = self.node_app_executions = self.node_app_jobs = 0
         self.jobs_by_status.clear()
         return self
 

@@ -80,7 +80,10 @@ class FaultInjector:
         return self._streams["error_5xx"].choice(SERVER_ERROR_CODES)
 
     def rate_limited(self) -> str | None:
-        """``"burst_429"`` or ``"error_429"`` when this POST /generate gets a 429, else None."""
+        """``"burst_429"`` or ``"error_429"`` when this job-creating POST gets a 429, else None.
+
+        Job-creating POSTs are ``POST /generate/...`` and ``POST /node-apps/{id}/execute``.
+        """
         self._generate_posts += 1
         every, length = self.config.burst_429_every, self.config.burst_429_length
         if every and length and self._generate_posts % every == 0:
@@ -92,7 +95,7 @@ class FaultInjector:
         return "error_429" if self._draw("error_429", self.config.error_429_rate) else None
 
     def drop_after_accept(self) -> bool:
-        """Whether to close the connection instead of answering this accepted POST."""
+        """Whether to drop the connection instead of answering this accepted POST (jobs exist)."""
         return self._draw("accept_then_drop", self.config.accept_then_drop_rate)
 
     def drop_after_upload(self) -> bool:

@@ -111,15 +111,37 @@ async def openapi(request: Request, state: EmulatorState) -> Response:
     return Response(openapi_text(), media_type="application/json")
 
 
-async def generate(request: Request, state: EmulatorState) -> Response:
-    """``POST /generate/{kind}/{provider}/{model}``: validate, bill-check and create a job."""
-    account = authenticate(request, state)
+def _check_rate_limit(state: EmulatorState, account: Account) -> None:
+    """The injected 429s of a job-creating POST (``error_429_rate``, ``burst_429_*``)."""
     rate_limited = state.faults.rate_limited()
     if rate_limited:
         raise TooManyRequests(
             f"You have reached the maximum number of concurrent jobs ({account.concurrency}); "
             f"slow down and retry (injected {rate_limited})"
         )
+
+
+async def _json_body(request: Request, required: list[str]) -> Any:
+    """The parsed JSON body (400 when it is missing or not JSON, naming ``required``)."""
+    raw = await request.body()
+    if not raw.strip():
+        raise BadRequest(
+            f"request body is missing: send a JSON object (required fields: {', '.join(required)})"
+        )
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise BadRequest(f"request body is not valid JSON: {error}") from None
+
+
+def _zero_data_retention(request: Request) -> bool:
+    return request.headers.get("x-api-zero-data-retention", "").strip().lower() in ("1", "true")
+
+
+async def generate(request: Request, state: EmulatorState) -> Response:
+    """``POST /generate/{kind}/{provider}/{model}``: validate, bill-check and create a job."""
+    account = authenticate(request, state)
+    _check_rate_limit(state, account)
     kind = request.url.path.split("/")[2]
     params = request.path_params
     model_key = f"{kind}/{params['provider']}/{params['model']}"
@@ -127,21 +149,30 @@ async def generate(request: Request, state: EmulatorState) -> Response:
     if spec is None:
         raise NotFound(f"unknown model '{model_key}': no such path /generate/{model_key}")
     webhook_url = _webhook_url(request)
-    raw = await request.body()
-    if not raw.strip():
-        required = ", ".join(spec.request_schema.get("required", []))
-        raise BadRequest(
-            f"request body is missing: send a JSON object (required fields: {required})"
-        )
-    try:
-        body: Any = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise BadRequest(f"request body is not valid JSON: {error}") from None
-    zdr = request.headers.get("x-api-zero-data-retention", "").strip().lower() in ("1", "true")
+    body = await _json_body(request, spec.request_schema.get("required", []))
+    zdr = _zero_data_retention(request)
     job = state.submit(account, spec, body, webhook_url, zero_data_retention=zdr)
     if state.faults.drop_after_accept():
         raise DropConnection(job.id)
     return JSONResponse(views.created_json(job))
+
+
+async def get_node_app(request: Request, state: EmulatorState) -> Response:
+    """``GET /node-apps/{id}``: the node-app version's public object."""
+    authenticate(request, state)
+    return JSONResponse(state.node_app(request.path_params["id"]).public)
+
+
+async def execute_node_app(request: Request, state: EmulatorState) -> Response:
+    """``POST /node-apps/{id}/execute``: one job per step, created together (or none)."""
+    account = authenticate(request, state)
+    _check_rate_limit(state, account)
+    app = state.node_app(request.path_params["id"])
+    body = await _json_body(request, app.input_schema.get("required", []))
+    jobs = state.execute(account, app, body, zero_data_retention=_zero_data_retention(request))
+    if state.faults.drop_after_accept():
+        raise DropConnection(",".join(job.id for job in jobs))
+    return JSONResponse([views.job_json(job, state.cdn_url) for job in jobs])
 
 
 async def get_job(request: Request, state: EmulatorState) -> Response:

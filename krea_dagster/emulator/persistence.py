@@ -14,8 +14,10 @@ persisted: a restarted emulator draws faults from the seed again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +70,11 @@ class MemoryStore:
     def clear_activity(self) -> None:
         """Nothing to do."""
 
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group writes (nothing to group here)."""
+        yield
+
     def close(self) -> None:
         """Nothing to do."""
 
@@ -84,6 +91,17 @@ class SqliteStore(MemoryStore):
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group the writes of the block: a kill -9 keeps all of them or none (a node-app run)."""
+        self._db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def load(self) -> Snapshot:
         """Everything in the file."""

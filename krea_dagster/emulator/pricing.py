@@ -14,6 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 from krea_dagster.emulator.catalog import ModelSpec
+from krea_dagster.emulator.errors import PaymentRequired
+from krea_dagster.emulator.records import Account
 
 DEFAULT_PRICE_USD = 0.01
 MICROS_PER_USD = 1_000_000
@@ -77,3 +79,17 @@ def price_micros(spec: ModelSpec, body: dict[str, Any]) -> int:
         if _matches(spec, body, point["when"]):
             return usd_to_micros(point["usd"])
     return usd_to_micros(price["usd"])
+
+
+def check_balance(account: Account, prices: list[int]) -> None:
+    """402 unless the balance minus live jobs' reservations covers all these jobs together."""
+    price = sum(prices)
+    available = account.balance_micros - account.reserved_micros
+    if available < price:
+        what = "this job costs" if len(prices) == 1 else f"these {len(prices)} jobs cost"
+        raise PaymentRequired(
+            f"insufficient API balance: {what} ${micros_to_usd(price)} but only "
+            f"${micros_to_usd(max(available, 0))} is available (balance "
+            f"${micros_to_usd(account.balance_micros)} minus ${micros_to_usd(account.reserved_micros)} "
+            "reserved by live jobs); top up your API balance at https://krea.ai/settings/api-tokens"
+        )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from krea_dagster.emulator.faults import JobOutcome
 from krea_dagster.emulator.lifecycle import JobStatus
@@ -60,6 +60,13 @@ class Account:
         return cls(**{name: record[name] for name in cls._PERSISTED})
 
 
+class NodeAppRun(NamedTuple):
+    """The node-app execute a job belongs to."""
+
+    node_app_id: str
+    execution_id: str
+
+
 @dataclass
 class Job:
     """One generation job and its simulated schedule."""
@@ -88,6 +95,11 @@ class Job:
     result_token: str | None = None
     # The media inputs (see inputs.py): field, kind, content hash; they shape the result.
     inputs: list[dict[str, Any]] = field(default_factory=list)
+    # Set on the jobs of a node-app execute: the app's version id, one id per execute shared
+    # by its jobs, and the job's step index (jobs of one execute are created together).
+    node_app_id: str | None = None
+    execution_id: str | None = None
+    step: int | None = None
     version: int = 0  # bumped on every reschedule; older heap entries are ignored
 
     def to_record(self) -> dict[str, Any]:
@@ -101,7 +113,7 @@ class Job:
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Job:
         """A job from its persisted form."""
-        # Fields added later (inputs) default when a state file predates them.
+        # Fields added later (inputs, node-app fields) default when a state file predates them.
         values = {name: record[name] for name in _JOB_FIELDS if name in record}
         values["status"] = JobStatus(record["status"])
         values["outcome"] = JobOutcome(*record["outcome"])

@@ -15,6 +15,8 @@ Rules where Krea's documents are silent or contradictory (krea-api.md sections 5
 - Billing: the price is fixed at submission and reserved while the job is live; POST answers
   402 when the balance minus the reservations of live jobs cannot cover it. Only a completed job
   is charged, at completion; failed and cancelled jobs release their reservation.
+- A node-app execute is checked as a whole (402 if the balance cannot pay every step, 429 if
+  free slots and backlog room cannot take every step), then creates its jobs in step order.
 - ``DELETE /jobs/{id}`` cancels any non-terminal job (status ``cancelled``, ``completed_at`` set,
   ``error = {code: "cancelled", message: ...}``, not billed, slot freed, backlog advanced). On a
   terminal job it is a no-op answering 200 with the job unchanged.
@@ -48,13 +50,14 @@ from krea_dagster.emulator.catalog import ModelSpec, load_models
 from krea_dagster.emulator.clock import Clock, to_micros, utc_date
 from krea_dagster.emulator.config import EmulatorConfig
 from krea_dagster.emulator.counters import Counters
-from krea_dagster.emulator.errors import BadRequest, NotFound, PaymentRequired, TooManyRequests
+from krea_dagster.emulator.errors import BadRequest, NotFound, TooManyRequests
 from krea_dagster.emulator.faults import FaultInjector
 from krea_dagster.emulator.images import output_size
 from krea_dagster.emulator.lifecycle import JobStatus
+from krea_dagster.emulator.node_apps import NodeApp, NodeAppRegistry
 from krea_dagster.emulator.persistence import MemoryStore
-from krea_dagster.emulator.pricing import micros_to_usd, price_micros, usd_to_micros
-from krea_dagster.emulator.records import Account, Asset, Job
+from krea_dagster.emulator.pricing import check_balance, micros_to_usd, price_micros, usd_to_micros
+from krea_dagster.emulator.records import Account, Asset, Job, NodeAppRun
 from krea_dagster.emulator.validation import validate_body
 
 DEMO_TOKEN = "00000000-0000-4000-8000-000000000000:krea-emulator-demo-secret"
@@ -83,6 +86,7 @@ class EmulatorState:
         self.faults = FaultInjector(self.config)
         self.outbox: list[tuple[str, dict[str, Any]]] = []  # (url, job JSON) to deliver
         self.resets = 0  # deliveries started before a reset stop (tests stay isolated)
+        self.node_apps = NodeAppRegistry(self.config.node_apps)
         self._load()
 
     # -- setup ------------------------------------------------------------------------------
@@ -130,6 +134,9 @@ class EmulatorState:
         account.seen_requests.add(job.request_hash)
         counters.jobs_created += 1
         counters.jobs_by_status[job.status.value] += 1
+        if job.execution_id is not None:
+            counters.node_app_jobs += 1
+            counters.node_app_executions += job.step == 0
         if job.status is JobStatus.COMPLETED:
             counters.jobs_billed += 1
             counters.billed_micros += job.price_micros
@@ -333,32 +340,64 @@ class EmulatorState:
         now = self.clock()
         self.advance(now)
         body = validate_body(spec, raw_body, self.today())
+        return self._accept(account, [(spec, body)], now, webhook_url, zero_data_retention)[0]
+
+    def node_app(self, app_id: str) -> NodeApp:
+        """A node app by version id (404 otherwise); the ``node_apps`` knob is read live."""
+        return self.node_apps.get(app_id, self.config.node_apps)
+
+    def execute(
+        self, account: Account, app: NodeApp, raw_body: Any, zero_data_retention: bool = False
+    ) -> list[Job]:
+        """Run a node app: one job per step, all accepted or none (400, 402, 422 or 429)."""
+        now = self.clock()
+        self.advance(now)
+        requests = [
+            (spec, validate_body(spec, body, self.today()))
+            for spec, body in app.requests(app.inputs_of(raw_body))
+        ]
+        execution = NodeAppRun(app.id, str(uuid.uuid4()))
+        return self._accept(account, requests, now, None, zero_data_retention, execution)
+
+    def _accept(
+        self,
+        account: Account,
+        requests: list[tuple[ModelSpec, dict[str, Any]]],
+        now: float,
+        webhook_url: str | None,
+        zero_data_retention: bool,
+        execution: NodeAppRun | None = None,
+    ) -> list[Job]:
+        """Create one job per validated request, atomically: every check passes before any job."""
         if zero_data_retention:
-            inputs.require_data_uris(spec.request_schema, body)
-        price = price_micros(spec, body)
-        available = account.balance_micros - account.reserved_micros
-        if available < price:
-            raise PaymentRequired(
-                f"insufficient API balance: this job costs ${micros_to_usd(price)} but only "
-                f"${micros_to_usd(max(available, 0))} is available (balance "
-                f"${micros_to_usd(account.balance_micros)} minus ${micros_to_usd(account.reserved_micros)} "
-                "reserved by live jobs); top up your API balance at https://krea.ai/settings/api-tokens"
-            )
-        if account.running >= account.concurrency and account.backlogged >= account.backlog_limit:
+            for spec, body in requests:
+                inputs.require_data_uris(spec.request_schema, body)
+        prices = [price_micros(spec, body) for spec, body in requests]
+        check_balance(account, prices)
+        waiting = len(requests) - max(account.concurrency - account.running, 0)
+        if waiting > 0 and account.backlogged + waiting > account.backlog_limit:
             raise TooManyRequests(
                 f"You have reached the maximum number of concurrent jobs ({account.concurrency}) "
                 f"and the backlog is full ({account.backlog_limit} jobs); retry when jobs finish"
             )
-        job = self._new_job(account, spec, body, price, webhook_url, now)
-        self._index_job(job)
-        if account.running < account.concurrency:
-            account.backlog.pop()  # _index_job queued it; it starts at once instead
-            account.backlogged -= 1
-            self._start(job, now)
-        else:
-            self.store.save_job(job)
-        self.store.save_account(account)
-        return job
+        media = [inputs.describe(self, spec.request_schema, body) for spec, body in requests]
+        jobs = [
+            self._new_job(account, spec, body, job_price, webhook_url, now, found)
+            for (spec, body), job_price, found in zip(requests, prices, media, strict=True)
+        ]
+        with self.store.transaction():
+            for step, job in enumerate(jobs):
+                if execution is not None:
+                    job.node_app_id, job.execution_id, job.step = (*execution, step)
+                self._index_job(job)
+                if account.running < account.concurrency:
+                    account.backlog.pop()  # _index_job queued it; it starts at once instead
+                    account.backlogged -= 1
+                    self._start(job, now)
+                else:
+                    self.store.save_job(job)
+            self.store.save_account(account)
+        return jobs
 
     def _new_job(
         self,
@@ -368,8 +407,8 @@ class EmulatorState:
         price: int,
         webhook_url: str | None,
         now: float,
+        media: list[dict[str, Any]],
     ) -> Job:
-        media = inputs.describe(self, spec.request_schema, body)  # 422 before anything
         canonical = json.dumps([spec.path, body], sort_keys=True, separators=(",", ":"))
         request_hash = hashlib.sha256(canonical.encode()).hexdigest()
         created_us = max(to_micros(now), account.last_created_us + 1)

@@ -163,6 +163,11 @@ class EmulatorHandle:
         result: dict[str, Any] = self._call("GET", f"/_emulator/jobs/{job_id}")
         return result
 
+    def node_app_executions(self) -> list[dict[str, Any]]:
+        """Every accepted node-app execute, oldest first, with its ``job_ids`` in step order."""
+        items: list[dict[str, Any]] = self._call("GET", "/_emulator/node-app-executions")["items"]
+        return items
+
     def complete_job(self, job_id: str) -> dict[str, Any]:
         """Force a non-terminal job to complete now."""
         result: dict[str, Any] = self._call("POST", f"/_emulator/jobs/{job_id}/complete")

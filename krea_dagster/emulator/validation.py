@@ -27,7 +27,7 @@ from typing import Any
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError
 
-from krea_dagster.emulator.catalog import ModelSpec, load_models
+from krea_dagster.emulator.catalog import DeprecatedAlias, ModelSpec, load_models
 from krea_dagster.emulator.errors import BadRequest
 
 MAX_CLAUSE_CHARS = 300
@@ -66,11 +66,22 @@ def validate_body(spec: ModelSpec, body: Any, today: date) -> dict[str, Any]:
     """The body with aliases rewritten, or BadRequest naming every failing field."""
     if isinstance(body, dict):
         body = rewrite_aliases(spec, body, today)
-    clauses = sorted(set(_clauses(spec, _validator(spec.key).iter_errors(body), today)))
-    if clauses:
-        raise BadRequest(f"invalid request body for {spec.path}: " + "; ".join(clauses))
+    sunset = {a.old: a for a in spec.aliases if today >= date.fromisoformat(a.sunset_date)}
+    check_schema(_validator(spec.key), body, f"invalid request body for {spec.path}", sunset)
     assert isinstance(body, dict)  # the schema requires an object
     return body
+
+
+def check_schema(
+    validator: Draft202012Validator,
+    body: Any,
+    what: str,
+    sunset: dict[str, DeprecatedAlias] | None = None,
+) -> None:
+    """BadRequest ``"<what>: <clause>; <clause>"`` naming every field that fails the schema."""
+    clauses = sorted(set(_clauses(validator.iter_errors(body), sunset or {})))
+    if clauses:
+        raise BadRequest(f"{what}: " + "; ".join(clauses))
 
 
 def _location(error: ValidationError) -> str:
@@ -84,8 +95,9 @@ def _clip(text: str) -> str:
     return text if len(text) <= MAX_CLAUSE_CHARS else text[: MAX_CLAUSE_CHARS - 3] + "..."
 
 
-def _clauses(spec: ModelSpec, errors: Iterable[ValidationError], today: date) -> Iterable[str]:
-    sunset = {a.old: a for a in spec.aliases if today >= date.fromisoformat(a.sunset_date)}
+def _clauses(
+    errors: Iterable[ValidationError], sunset: dict[str, DeprecatedAlias]
+) -> Iterable[str]:
     for error in errors:
         where = _location(error)
         if error.validator == "additionalProperties" and isinstance(error.instance, dict):

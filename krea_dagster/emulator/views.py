@@ -5,7 +5,9 @@ until the job is terminal (the schema makes it a non-nullable, optional date-tim
 set on failed and cancelled jobs, as the moment they ended), ``result`` appears only on
 completed jobs and ``error`` ``{code, message}`` only on failed and cancelled ones (a cancelled
 job has ``code = "cancelled"``). ``POST /generate/...`` answers the JobCreated shape, whose
-schema requires ``completed_at`` and ``result`` as ``null``.
+schema requires ``completed_at`` and ``result`` as ``null``. ``POST /node-apps/{id}/execute``
+answers an array of Job objects whose schema makes ``completed_at`` a non-nullable date-time
+and ``result`` an object, both optional: its items are the ``GET /jobs/{id}`` shape.
 """
 
 from __future__ import annotations

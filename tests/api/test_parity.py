@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from krea_dagster.api import AsyncKreaClient, Job, KreaClient
+from krea_dagster.api import AsyncKreaClient, Job, KreaClient, NodeApp
 
 from .support import (
     SAMPLE_JOB_CREATED,
@@ -99,12 +99,28 @@ def script_failures(fake: FakeKrea) -> list[Step]:
     ]
 
 
+def script_node_app(fake: FakeKrea) -> list[Step]:
+    app = {"id": "v1", "name": "Angles", "input_openapi_schema": {"type": "object"}}
+    jobs = [make_job(job_id=f"job-{n}") for n in range(2)]
+    limited = httpx.Response(429, json={"error": "maximum number of concurrent jobs"})
+    fake.on("GET", "/node-apps/v1", httpx.Response(502), httpx.Response(200, json=app))
+    fake.on("POST", "/node-apps/v1/execute", limited, httpx.Response(200, json=jobs))
+    fake.on("POST", "/node-apps/v2/execute", httpx.ConnectError, httpx.ReadTimeout)
+    return [
+        Step("get_node_app", ("v1",)),
+        Step("execute_node_app", ("v1", {"product": "a teapot"})),
+        Step("execute_node_app", ("v2", {"product": "a teapot"})),
+        Step("execute_node_app", ("v3", {})),
+    ]
+
+
 SCENARIOS: dict[str, Callable[[FakeKrea], list[Step]]] = {
     "submit-429-wait-502-download": script_generate,
     "ambiguous-then-reconcile": script_ambiguous,
     "poll-many": script_poll_many,
     "wait-timeout-cancel": script_timeout,
     "refusal-validation-failure": script_failures,
+    "node-app-502-429-ambiguous-404": script_node_app,
 }
 
 
@@ -116,6 +132,8 @@ def describe(outcome: Any) -> Any:
         return [describe(item) for item in outcome]
     if isinstance(outcome, Job):
         return (outcome.job_id, outcome.status.value)
+    if isinstance(outcome, NodeApp):
+        return (outcome.id, outcome.name, outcome.input_schema)
     if hasattr(outcome, "sha256"):
         return (outcome.sha256, outcome.width, outcome.height)
     if hasattr(outcome, "outcome"):

@@ -85,3 +85,13 @@ def test_local_emulator_that_cannot_start_says_why_in_one_line(tmp_path: Path) -
             raise AssertionError("the emulator started on a taken port")
     assert message.startswith("krea-emulator did not start: port ")
     assert "\n" not in message
+
+
+def test_a_bad_node_apps_file_is_one_line_naming_it(tmp_path: Path) -> None:
+    """--node-apps with a file that is not a node-app document exits 2 with one line naming it."""
+    bad = tmp_path / "apps.json"
+    bad.write_text('{"apps": []}', encoding="utf-8")
+    done = emulator_cli("serve", "--node-apps", str(bad))
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert str(bad) in line and '{"node_apps": [app, ...]}' in line
