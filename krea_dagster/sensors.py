@@ -36,9 +36,9 @@ import dagster as dg
 from krea_dagster.api import JobStatus, KreaError
 from krea_dagster.assets import KreaImageAssets
 from krea_dagster.engine.ledger import Submission, utcnow
+from krea_dagster.engine.reconcile import job_update
 from krea_dagster.engine.run import run_coroutine
 from krea_dagster.engine.source import FileScan
-from krea_dagster.engine.submit import job_update
 from krea_dagster.resource import KreaResource
 
 __all__ = [
@@ -469,7 +469,7 @@ def _handle_poll_timeouts(
     row from the ledger a second time was a quarter of a 10,000-job tick.
     """
     pipeline = assets.pipeline
-    timeout = timedelta(seconds=krea.poll_timeout or pipeline.spec.default_wait_timeout)
+    timeout = timedelta(seconds=krea.poll_timeout or pipeline.default_wait_timeout)
     now = utcnow()
     overdue = [row for row in pending if now - (row.krea_created_at or row.intent_at) > timeout]
     if not overdue:

@@ -37,6 +37,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from krea_dagster.api.catalog import schema_facts
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "krea_dagster" / "data"
 DEFAULT_OPENAPI = ROOT.parent / "shared" / "krea-openapi.json"
@@ -49,43 +51,7 @@ KREA_HOSTED = {
     "image/z-image/z-image",
 }
 
-FIELD_FACTS = (
-    "type",
-    "enum",
-    "const",
-    "minimum",
-    "maximum",
-    "exclusiveMinimum",
-    "exclusiveMaximum",
-    "minLength",
-    "maxLength",
-    "minItems",
-    "maxItems",
-    "default",
-    "format",
-)
 PRICE_RE = re.compile(r"\$([0-9]*\.?[0-9]+)")
-
-
-def field_facts(schema: dict[str, Any]) -> dict[str, Any]:
-    """The validation facts of one property, items included for arrays."""
-    facts = {key: schema[key] for key in FIELD_FACTS if key in schema}
-    if "items" in schema:
-        items = schema["items"]
-        item_facts = {key: items[key] for key in FIELD_FACTS if key in items}
-        if "properties" in items:
-            item_facts["properties"] = {
-                name: field_facts(sub) for name, sub in items["properties"].items()
-            }
-            item_facts["required"] = list(items.get("required", []))
-            item_facts["additionalProperties"] = items.get("additionalProperties", True)
-        facts["items"] = item_facts
-    if "properties" in schema:
-        facts["properties"] = {name: field_facts(sub) for name, sub in schema["properties"].items()}
-        facts["required"] = list(schema.get("required", []))
-    if "anyOf" in schema or "oneOf" in schema:
-        facts["anyOf"] = [field_facts(sub) for sub in schema.get("anyOf", schema.get("oneOf"))]
-    return facts
 
 
 def number(text: str) -> float:
@@ -198,7 +164,7 @@ def build(openapi: dict[str, Any], facts_md: str) -> dict[str, Any]:
             "required": list(schema.get("required", [])),
             "additional_properties": schema.get("additionalProperties", True),
             "fields": {
-                name: field_facts(sub) for name, sub in schema.get("properties", {}).items()
+                name: schema_facts(sub) for name, sub in schema.get("properties", {}).items()
             },
             "aliases": [
                 {"from": a["from"], "to": a["to"], "sunset_date": a["sunset_date"]}

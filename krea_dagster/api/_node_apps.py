@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from krea_dagster.api._core import CreateTarget, Flow, RequestCore, SendAttempt, path_for
+from krea_dagster.api.catalog import NODE_APP_KIND
 from krea_dagster.api.errors import MalformedPayloadError
 from krea_dagster.api.models import Job, NodeApp
 
@@ -23,7 +24,6 @@ __all__: list[str] = []
 
 GET_PATH = "/node-apps/{id}"
 EXECUTE_PATH = "/node-apps/{id}/execute"
-NODE_APP_KIND = "node-app"
 
 
 def node_app_model(version_id: str) -> str:

@@ -39,11 +39,33 @@ __all__ = [
     "estimate_cost",
     "get_model",
     "image_models",
+    "node_app_id",
+    "node_app_spec",
+    "register_model",
+    "schema_facts",
     "shorten",
     "validate",
 ]
 
 _CATALOG_FILE = "krea_models.json"
+#: The kind of a Krea node app (``POST /node-apps/{id}/execute``): its key is ``node-app/<id>``.
+NODE_APP_KIND = "node-app"
+#: The JSON Schema keywords of a property the validator reads (``schema_facts``).
+FIELD_FACTS = (
+    "type",
+    "enum",
+    "const",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "minLength",
+    "maxLength",
+    "minItems",
+    "maxItems",
+    "default",
+    "format",
+)
 _MISSING: Any = object()
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*$")
 
@@ -233,6 +255,82 @@ class ModelSpec:
         return DEFAULT_HOSTED_WAIT_TIMEOUT if self.hosted_by_krea else DEFAULT_EXTERNAL_WAIT_TIMEOUT
 
 
+def schema_facts(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """The validation facts of one property of a JSON Schema, items included for arrays.
+
+    ``scripts/build_catalog.py`` derives the bundled catalog with it; ``node_app_spec`` the
+    spec of a node app from the input schema Krea serves for it.
+    """
+    facts = {key: schema[key] for key in FIELD_FACTS if key in schema}
+    if "items" in schema:
+        items = schema["items"]
+        item_facts = {key: items[key] for key in FIELD_FACTS if key in items}
+        if "properties" in items:
+            item_facts["properties"] = {
+                name: schema_facts(sub) for name, sub in items["properties"].items()
+            }
+            item_facts["required"] = list(items.get("required", []))
+            item_facts["additionalProperties"] = items.get("additionalProperties", True)
+        facts["items"] = item_facts
+    if "properties" in schema:
+        facts["properties"] = {
+            name: schema_facts(sub) for name, sub in schema["properties"].items()
+        }
+        facts["required"] = list(schema.get("required", []))
+    if "anyOf" in schema or "oneOf" in schema:
+        facts["anyOf"] = [schema_facts(sub) for sub in schema.get("anyOf", schema.get("oneOf"))]
+    return facts
+
+
+def node_app_spec(
+    version_id: str,
+    input_schema: Mapping[str, Any],
+    *,
+    name: str = "",
+    price_usd: float | None = None,
+) -> ModelSpec:
+    """The spec of a Krea node app (its version id and ``input_openapi_schema``).
+
+    A node app runs a saved workflow: its body is validated like a model's, and one execution
+    creates several jobs. Krea publishes no price for one; ``price_usd`` is the caller's.
+    """
+    properties = input_schema.get("properties") or {}
+    return ModelSpec.from_catalog(
+        {
+            "kind": NODE_APP_KIND,
+            "model": version_id,
+            "path": f"/node-apps/{version_id}/execute",
+            "name": name or f"node app {version_id}",
+            "required": list(input_schema.get("required", [])),
+            "additional_properties": input_schema.get("additionalProperties", True),
+            "fields": {field: schema_facts(sub) for field, sub in properties.items()},
+            "aliases": [],
+            "hosted_by_krea": False,
+            "price": (
+                {"usd": float(price_usd), "points": [], "source": "price_usd"}
+                if price_usd is not None
+                else None
+            ),
+        }
+    )
+
+
+def node_app_id(model: str) -> str | None:
+    """The version id of a node-app key (``"node-app/<id>"``), None for a model."""
+    prefix = f"{NODE_APP_KIND}/"
+    return model.removeprefix(prefix) if model.startswith(prefix) else None
+
+
+#: Specs added at run time (node apps, whose input schema Krea serves), by catalog key.
+_REGISTERED: dict[str, ModelSpec] = {}
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    """Make ``spec`` known to ``get_model``, ``validate`` and ``estimate_cost`` in this process."""
+    _REGISTERED[spec.key] = spec
+    return spec
+
+
 @lru_cache(maxsize=1)
 def _catalog() -> Mapping[str, ModelSpec]:
     text = resources.files("krea_dagster").joinpath("data", _CATALOG_FILE).read_text("utf-8")
@@ -255,6 +353,19 @@ def get_model(model: str, kind: str = "image") -> ModelSpec:
     key = model if model in catalog else f"{kind}/{model.strip('/')}"
     if key in catalog:
         return catalog[key]
+    registered = _REGISTERED.get(model) or _REGISTERED.get(key)
+    if registered is not None:
+        return registered
+    if model.startswith(f"{NODE_APP_KIND}/") or kind == NODE_APP_KIND:
+        raise UnknownModelError(
+            model,
+            NODE_APP_KIND,
+            (),
+            reason=(
+                "node apps are not in the bundled catalog: their input schema is read from "
+                "GET /node-apps/{id} when a run starts (krea_dagster.engine.nodes.load_node_app)"
+            ),
+        )
     names = [spec.model for spec in catalog.values() if spec.kind == kind]
     raise UnknownModelError(model, kind, difflib.get_close_matches(model, names, n=3, cutoff=0.5))
 

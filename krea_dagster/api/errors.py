@@ -398,7 +398,9 @@ class InvalidUploadError(KreaError, ValueError):
 class UnknownModelError(KreaError, LookupError):
     """The model path is not in the bundled catalog."""
 
-    def __init__(self, model: str, kind: str, close_matches: Sequence[str]) -> None:
+    def __init__(
+        self, model: str, kind: str, close_matches: Sequence[str], *, reason: str | None = None
+    ) -> None:
         self.model = model
         self.kind = kind
         self.close_matches = tuple(close_matches)
@@ -408,7 +410,9 @@ class UnknownModelError(KreaError, LookupError):
             else ""
         )
         super().__init__(
-            f"unknown {kind} model {model!r} (not in the bundled Krea catalog).{suggestion} "
+            f"unknown {kind} model {model!r} ({reason})."
+            if reason
+            else f"unknown {kind} model {model!r} (not in the bundled Krea catalog).{suggestion} "
             "List them with krea_dagster.api.image_models()."
         )
 

@@ -4,6 +4,10 @@ After an ``AmbiguousSubmitError`` a job may exist (and will be billed if it comp
 no idempotency key and jobs do not echo the request, so the only evidence is ``GET /jobs``: a
 job created in the submission's time window that the caller does not already know. This module
 holds the window, the outcome, and the pure decision; the clients do the listing.
+
+A node app's execution creates several jobs at once (``SubmissionWindow.jobs``): they are
+attributed together, only once the window has closed (so none is still to appear), and only
+when their number is the app's (when known).
 """
 
 from __future__ import annotations
@@ -43,6 +47,9 @@ class SubmissionWindow:
     #: How far around the window to look for jobs the caller does not know. One there means
     #: somebody else submits on this account, so a lone job in the window may be theirs.
     guard: timedelta = timedelta(0)
+    #: How many jobs the submission creates: 1 for ``/generate``; a node app's count, or None
+    #: when it is not known yet (at least one).
+    jobs: int | None = 1
 
     @classmethod
     def from_submission(
@@ -117,6 +124,19 @@ class Reconciliation:
         return cls(ReconciliationOutcome.FOUND, job, (job,), reason, window)
 
     @classmethod
+    def found_all(
+        cls, jobs: Iterable[Job], reason: str = "", window: SubmissionWindow | None = None
+    ) -> Reconciliation:
+        """Every unknown job of a closed window is the (node-app) submission's, oldest first."""
+        ordered = tuple(sorted(jobs, key=lambda job: (job.created_at, job.job_id)))
+        return cls(ReconciliationOutcome.FOUND, ordered[0], ordered, reason, window)
+
+    @property
+    def jobs(self) -> tuple[Job, ...]:
+        """The jobs the submission created, when found (several for a node app)."""
+        return self.candidates if self.is_found else ()
+
+    @classmethod
     def not_created(
         cls, reason: str = "", window: SubmissionWindow | None = None
     ) -> Reconciliation:
@@ -160,6 +180,8 @@ def decide_reconciliation(
     found = tuple(candidates)
     others = tuple(neighbours)
     span = f"{window.start.isoformat()} .. {window.end.isoformat() if window.end else 'now'}"
+    if window.jobs != 1:
+        return _decide_several(window, found, others, span, now=now, complete=complete)
     if len(found) == 1 and others:
         ids = ", ".join(job.job_id for job in others[:5])
         return Reconciliation.undecidable(
@@ -196,4 +218,51 @@ def decide_reconciliation(
         )
     return Reconciliation.not_created(
         f"no unknown job was created in {span} and the window has closed", window
+    )
+
+
+def _decide_several(
+    window: SubmissionWindow,
+    found: tuple[Job, ...],
+    others: tuple[Job, ...],
+    span: str,
+    *,
+    now: datetime,
+    complete: bool,
+) -> Reconciliation:
+    """A submission that creates several jobs (a node app): all of them, or nothing decided.
+
+    Under one open window the jobs may still be appearing, so nothing is concluded (and no
+    candidate returned) until it closes.
+    """
+    if not complete:
+        return Reconciliation.undecidable(
+            (), f"the job list could not be read back to {window.start.isoformat()}", window
+        )
+    if not window.is_closed(now):
+        return Reconciliation.undecidable(
+            (), f"the window {span} is still open: the execution's jobs may still appear", window
+        )
+    if not found:
+        return Reconciliation.not_created(
+            f"no unknown job was created in {span} and the window has closed", window
+        )
+    ids = ", ".join(job.job_id for job in (*found, *others)[:8])
+    if others:
+        return Reconciliation.undecidable(
+            (*found, *others),
+            f"{len(found)} unknown job(s) were created in {span}, and {len(others)} more the "
+            f"caller does not know around it ({ids}): another client or ledger submits on this "
+            "Krea account, so the jobs may be theirs",
+            window,
+        )
+    if window.jobs is not None and len(found) != window.jobs:
+        return Reconciliation.undecidable(
+            found,
+            f"{len(found)} unknown job(s) were created in {span} ({ids}), but one execution "
+            f"creates {window.jobs}: they cannot all be this submission's",
+            window,
+        )
+    return Reconciliation.found_all(
+        found, f"{len(found)} unknown job(s) were created in {span}: the execution's", window
     )

@@ -12,7 +12,7 @@ from typing import Any
 
 from krea_dagster.api import AsyncKreaClient, DeadlineExceededError, Job, KreaError
 from krea_dagster.engine.ledger import Ledger
-from krea_dagster.engine.submit import job_update
+from krea_dagster.engine.reconcile import job_update
 
 __all__ = ["cancel_jobs"]
 

@@ -32,8 +32,8 @@ from krea_dagster.engine.cancel import cancel_jobs
 from krea_dagster.engine.crashpoints import crash_point
 from krea_dagster.engine.ledger import Ledger, Submission
 from krea_dagster.engine.prompts import expected_aspect_ratio, expected_size
+from krea_dagster.engine.reconcile import job_update
 from krea_dagster.engine.store import ImageStore
-from krea_dagster.engine.submit import job_update
 
 __all__ = [
     "BatchCollector",

@@ -29,11 +29,20 @@ its run.
 (compare-and-set): a status never moves backwards and an answered row is never overwritten by a
 late writer, whatever the interleaving of workers on PostgreSQL.
 
+**Several jobs per submission.** A node app's execution (``POST /node-apps/{id}/execute``)
+creates several jobs from one request. Its row is the submission (intent, lease, send time,
+reconciliation: one POST, one window) and holds the first job; every further job gets an
+*output row* of its own (``parent_id`` names the submission, ``output_key`` its prompt key),
+written in the same transaction as the answer, so each job is polled, collected, costed and
+cancelled like any other and nothing about it can be lost between the two writes. Output rows
+are never claimed or re-sent: only the submission row decides whether the prompt is covered.
+
 The ledger is SQLAlchemy Core on any URL: ``sqlite:///path/ledger.db`` by default,
 ``postgresql+psycopg://…`` for deployments where several run workers share it. The schema is
-created and versioned here (``SCHEMA_VERSION``; version 1 ledgers are upgraded in place).
+created and versioned here (``SCHEMA_VERSION``; older ledgers are upgraded in place).
 """
 
+import hashlib
 import json
 import os
 import socket
@@ -65,10 +74,11 @@ __all__ = [
     "Submission",
     "SubmissionState",
     "may_submit",
+    "output_key",
     "utcnow",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # PostgreSQL advisory lock key that serializes schema creation (any constant 64-bit integer).
 _SCHEMA_LOCK = 0x6B726561_6C656467  # "krealedg"
 
@@ -189,9 +199,12 @@ submissions_table = sa.Table(
     sa.Column("krea_created_at", sa.DateTime(timezone=True)),
     sa.Column("completed_at", sa.DateTime(timezone=True)),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    # An output row (a further job of a node-app execution): the submission row that made it.
+    sa.Column("parent_id", sa.String(36)),
     sa.UniqueConstraint(
         "scope", "batch", "prompt_key", "generation", "attempt", name="uq_krea_attempt"
     ),
+    sa.Index("ix_krea_submissions_parent", "parent_id"),
     sa.Index("ix_krea_submissions_batch", "scope", "batch", "generation"),
     sa.Index("ix_krea_submissions_state", "scope", "state"),
     sa.Index("ix_krea_submissions_created", "krea_created_at"),
@@ -239,11 +252,29 @@ uploads_table = sa.Table(
     sa.Column("uploaded_at", sa.DateTime(timezone=True)),
 )
 
-# Columns version 2 added to version 1 tables (upgraded in place by ``_migrate``).
-_ADDED_IN_2 = {
-    "krea_submissions": ("account", "sent_at"),
-    "krea_generations": ("request_id",),
+# Columns each version added to the tables of the one before (upgraded in place by
+# ``_migrate``).
+_ADDED_IN: dict[int, dict[str, tuple[str, ...]]] = {
+    2: {"krea_submissions": ("account", "sent_at"), "krea_generations": ("request_id",)},
+    3: {"krea_submissions": ("parent_id",)},
 }
+
+
+# The columns an output row does not copy from its submission row.
+_OWN_OUTPUT_COLUMNS = frozenset(
+    {
+        "submission_id",
+        "prompt_key",
+        "parent_id",
+        "job_id",
+        "state",
+        "estimated_usd",
+        "cost_usd",
+        "krea_created_at",
+        "submitted_at",
+        "updated_at",
+    }
+)
 
 
 def utcnow() -> datetime:
@@ -292,6 +323,8 @@ class Submission:
     krea_created_at: datetime | None
     completed_at: datetime | None
     updated_at: datetime
+    #: Set on an output row: the submission (node-app execution) whose further job it holds.
+    parent_id: str | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> "Submission":
@@ -335,6 +368,11 @@ class Submission:
     @property
     def request(self) -> dict[str, Any]:
         return dict(json.loads(self.request_json))
+
+
+def output_key(prompt_key: str, position: int) -> str:
+    """The prompt key of a submission's output row ``position`` (1 for its second job, ...)."""
+    return hashlib.sha256(f"{prompt_key}#output{position}".encode()).hexdigest()
 
 
 def may_submit(attempts: Iterable[Submission], max_attempts: int) -> bool:
@@ -498,8 +536,8 @@ class Ledger:
                     f"{SCHEMA_VERSION} this krea-dagster understands: upgrade krea-dagster on "
                     "every worker that shares this ledger"
                 )
-            if version == 1:
-                self._upgrade_from_1(conn)
+            if version is not None and version < SCHEMA_VERSION:
+                self._upgrade(conn, version)
             metadata.create_all(conn)
             # create_all makes indexes only with the tables it creates: a ledger made before
             # an index existed gets it here (the schema is otherwise unchanged).
@@ -520,22 +558,26 @@ class Ledger:
         return None if value is None else int(value)
 
     @staticmethod
-    def _upgrade_from_1(conn: Connection) -> None:
-        """Version 1 had no submit lease, no send times and no regeneration request ids."""
+    def _upgrade(conn: Connection, version: int) -> None:
+        """Add the columns of every later version (1: no submit lease, no send times, no
+        regeneration request ids; 2: no output rows)."""
         inspector = sa.inspect(conn)
-        for table_name, columns in _ADDED_IN_2.items():
-            if not inspector.has_table(table_name):
-                continue  # created whole by create_all
-            table = metadata.tables[table_name]
-            present = {column["name"] for column in sa.inspect(conn).get_columns(table_name)}
-            for name in columns:
-                if name in present:
-                    continue
-                column_type = table.c[name].type.compile(dialect=conn.dialect)
-                conn.execute(sa.text(f"ALTER TABLE {table_name} ADD COLUMN {name} {column_type}"))
+        for added in range(version + 1, SCHEMA_VERSION + 1):
+            for table_name, columns in _ADDED_IN[added].items():
+                if not inspector.has_table(table_name):
+                    continue  # created whole by create_all
+                table = metadata.tables[table_name]
+                present = {column["name"] for column in sa.inspect(conn).get_columns(table_name)}
+                for name in columns:
+                    if name in present:
+                        continue
+                    column_type = table.c[name].type.compile(dialect=conn.dialect)
+                    conn.execute(
+                        sa.text(f"ALTER TABLE {table_name} ADD COLUMN {name} {column_type}")
+                    )
         # A version 1 row still unresolved was sent at the latest when its intent was written
         # plus the waits it may have done; its window starts at the intent.
-        if inspector.has_table(submissions_table.name):
+        if version == 1 and inspector.has_table(submissions_table.name):
             conn.execute(
                 submissions_table.update()
                 .where(submissions_table.c.state.in_(sorted(UNRESOLVED_STATES)))
@@ -810,11 +852,22 @@ class Ledger:
         return True
 
     def mark_submitted(
-        self, submission_id: str, *, job_id: str, status: str, created_at: datetime | None
+        self,
+        submission_id: str,
+        *,
+        job_id: str,
+        status: str,
+        created_at: datetime | None,
+        more_jobs: Sequence["JobUpdate"] = (),
     ) -> bool:
-        """Krea answered the POST: the job exists and has an id. Gives the lease back."""
+        """Krea answered the POST: the job exists and has an id. Gives the lease back.
+
+        ``more_jobs`` are the further jobs of a node-app execution: each gets an output row in
+        the same transaction.
+        """
         return self._resolve(
             submission_id,
+            more_jobs=more_jobs,
             job_id=job_id,
             krea_created_at=created_at,
             submitted_at=utcnow(),
@@ -863,11 +916,18 @@ class Ledger:
         )
 
     def attribute(
-        self, submission_id: str, *, job_id: str, status: str, created_at: datetime | None
+        self,
+        submission_id: str,
+        *,
+        job_id: str,
+        status: str,
+        created_at: datetime | None,
+        more_jobs: Sequence["JobUpdate"] = (),
     ) -> bool:
-        """Reconciliation found the job an unresolved row created."""
+        """Reconciliation found the job (or a node app's jobs) an unresolved row created."""
         return self._resolve(
             submission_id,
+            more_jobs=more_jobs,
             job_id=job_id,
             krea_created_at=created_at,
             submitted_at=utcnow(),
@@ -876,11 +936,14 @@ class Ledger:
             **_state_values(status),
         )
 
-    def _resolve(self, submission_id: str, **values: Any) -> bool:
+    def _resolve(
+        self, submission_id: str, *, more_jobs: Sequence["JobUpdate"] = (), **values: Any
+    ) -> bool:
         """Answer an unresolved row and give its lease back, in one transaction.
 
         Guarded: only a row still unresolved is answered (two reconcilers of one dead worker's
         row, or a late POST answer after a takeover, write once). Returns whether it was.
+        ``more_jobs`` become the row's output rows in the same transaction.
         """
         now = utcnow()
         values["updated_at"] = now
@@ -899,12 +962,53 @@ class Ledger:
                 .values(submission_id=None, expires_at=None, updated_at=now)
             )
             if result.rowcount == 1:
+                if more_jobs:
+                    row = self._get(conn, submission_id)
+                    assert row is not None
+                    self._insert_outputs(conn, row, more_jobs, now)
                 return True
             if self._get(conn, submission_id) is None:
                 raise KeyError(f"no ledger row for submission {submission_id}")
             return False
 
-    def record_late_job(self, row: Submission, update: JobUpdate) -> Submission:
+    @staticmethod
+    def _insert_outputs(
+        conn: Connection, row: Submission, jobs: Sequence["JobUpdate"], now: datetime
+    ) -> None:
+        """An output row per further job of ``row``'s execution (positions 1, 2, ...).
+
+        An output row carries the submission's request and account but no estimate: the
+        execution's price is the submission row's.
+        """
+        copied = {
+            name: getattr(row, name)
+            for name in Submission.__dataclass_fields__
+            if name not in _OWN_OUTPUT_COLUMNS
+        }
+        for position, update in enumerate(jobs, start=1):
+            conn.execute(
+                submissions_table.insert().values(
+                    **copied,
+                    submission_id=str(
+                        uuid.uuid5(uuid.NAMESPACE_URL, f"{row.submission_id}#{position}")
+                    ),
+                    prompt_key=output_key(row.prompt_key, position),
+                    parent_id=row.submission_id,
+                    job_id=update.job_id,
+                    krea_created_at=update.created_at,
+                    estimated_usd=0.0,
+                    # The execution's price is on the submission row; a completed output
+                    # job adds nothing to it.
+                    cost_usd=0.0 if update.status == JobStatus.COMPLETED else None,
+                    state=update.status,
+                    submitted_at=now,
+                    updated_at=now,
+                )
+            )
+
+    def record_late_job(
+        self, row: Submission, update: JobUpdate, more_jobs: Sequence[JobUpdate] = ()
+    ) -> Submission:
         """Keep a job Krea created for a row that was meanwhile resolved elsewhere.
 
         A sender whose lease expired mid-request (a stalled process) may get its answer after
@@ -941,6 +1045,10 @@ class Ledger:
                     if "cost_usd" in values:
                         values["cost_usd"] = row.estimated_usd
                     conn.execute(submissions_table.insert().values(**values))
+                    if more_jobs:
+                        late = self._get(conn, values["submission_id"])
+                        assert late is not None
+                        self._insert_outputs(conn, late, more_jobs, now)
                 return self.get(values["submission_id"])
             except sa.exc.IntegrityError:
                 continue  # a concurrent attempt took that number; count again
@@ -1132,11 +1240,52 @@ class Ledger:
             return [Submission.from_row(row) for row in rows]
 
     def latest(self, scope: str, batch: str, generation: int) -> dict[str, Submission]:
-        """The latest attempt per prompt key of one generation of a batch."""
+        """The latest attempt per prompt key of one generation of a batch (output rows under
+        their own keys: see ``outputs``)."""
         latest: dict[str, Submission] = {}
         for row in self.rows(scope, batch, generation):
             latest[row.prompt_key] = row
         return latest
+
+    def outputs(self, submission_ids: Iterable[str]) -> dict[str, list[Submission]]:
+        """The output rows of these submissions (a node app's further jobs), in job order."""
+        found: dict[str, list[Submission]] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(sorted(set(submission_ids)), 500):
+                rows = conn.execute(
+                    sa.select(submissions_table)
+                    .where(submissions_table.c.parent_id.in_(chunk))
+                    .order_by(submissions_table.c.id)
+                ).mappings()
+                for row in rows:
+                    found.setdefault(row["parent_id"], []).append(Submission.from_row(row))
+        return found
+
+    def jobs_per_submission(self, model: str) -> int | None:
+        """How many jobs the latest answered submission of ``model`` created (None: none yet).
+
+        A node app's count, for reconciliation: an unresolved execution of it created that
+        many jobs or none.
+        """
+        column = submissions_table.c
+        with self.engine.connect() as conn:
+            latest = conn.execute(
+                sa.select(column.submission_id)
+                .where(
+                    column.model == model,
+                    column.parent_id.is_(None),
+                    column.job_id.is_not(None),
+                    column.error_code.is_distinct_from(ErrorCode.LATE_ANSWER.value),
+                )
+                .order_by(column.id.desc())
+                .limit(1)
+            ).scalar_one_or_none()
+            if latest is None:
+                return None
+            outputs = conn.execute(
+                sa.select(sa.func.count()).where(column.parent_id == latest)
+            ).scalar_one()
+        return 1 + int(outputs)
 
     def pending(self, scope: str, batch: str | None = None) -> list[Submission]:
         """Rows whose job exists at Krea and is not terminal yet."""

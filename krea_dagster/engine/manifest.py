@@ -14,6 +14,10 @@ it cost, and why it failed when it did. Its ``status`` column says, per prompt:
 ``not_submitted``  no job: refused by Krea (balance, token, body) or the batch stopped
 ``skipped``        a workflow step did not send the row: its previous step has no image
 =================  =====================================================================
+
+A node app's row stands for all the jobs of its execution: ``completed`` once every one has a
+verified image (``uri`` is the first job's; ``outputs`` lists every job's, in order), otherwise
+the status of the first job that has none; its cost is theirs together.
 """
 
 from collections.abc import Mapping, Sequence
@@ -89,12 +93,24 @@ def build_manifest(
     batch: str,
     generation: int,
     carried_columns: Sequence[str] = (),
+    outputs: Mapping[str, Sequence[Submission]] | None = None,
 ) -> pd.DataFrame:
-    """One manifest row per prompt, in the batch's order, with the carried columns at the end."""
+    """One manifest row per prompt, in the batch's order, with the carried columns at the end.
+
+    ``outputs`` (a node app's step) are the output rows of each submission: the manifest then
+    has an ``outputs`` column, and each row's status, error and cost cover all its jobs.
+    """
     records: list[dict[str, Any]] = []
     for prompt in prompts.to_dict(orient="records"):
         row = rows.get(prompt["prompt_key"])
+        jobs = [row, *outputs.get(row.submission_id, ())] if row and outputs is not None else []
+        billed = jobs or ([row] if row else [])
         status = row_status(row)
+        deciding = row
+        for job in jobs:
+            if row_status(job) != ManifestStatus.COMPLETED:
+                status, deciding = row_status(job), job
+                break
         completed = status == ManifestStatus.COMPLETED
         record: dict[str, Any] = {
             "batch": batch,
@@ -109,26 +125,31 @@ def build_manifest(
             "width": row.width if completed and row else None,
             "height": row.height if completed and row else None,
             "sha256": row.sha256 if completed and row else None,
-            "cost_usd": (row.cost_usd or 0.0) if row and row.is_paid else 0.0,
-            "error_code": None if completed or row is None else row.error_code,
-            "error_message": None if completed or row is None else row.error_message,
+            "cost_usd": sum((job.cost_usd or 0.0) for job in billed if job.is_paid),
+            "error_code": None if completed or deciding is None else deciding.error_code,
+            "error_message": None if completed or deciding is None else deciding.error_message,
         }
+        if outputs is not None:
+            record["outputs"] = [job.image_uri for job in jobs if job.image_uri]
         if row is None:
             record["error_code"] = "not_submitted"
             record["error_message"] = (
                 "no submission for this prompt in this generation; run the jobs asset"
             )
-        elif status == ManifestStatus.PENDING:
+        elif status == ManifestStatus.PENDING and deciding is not None:
             record["error_code"] = record["error_code"] or "pending"
             record["error_message"] = record["error_message"] or (
                 "job completed at Krea; its image is not stored yet"
-                if row.is_paid
-                else f"job is {row.state} at Krea"
+                if deciding.is_paid
+                else f"job is {deciding.state} at Krea"
             )
         for column in carried_columns:
             record[column] = prompt.get(column)
         records.append(record)
-    frame = pd.DataFrame.from_records(records, columns=[*MANIFEST_COLUMNS, *carried_columns])
+    extra = ["outputs"] if outputs is not None else []
+    frame = pd.DataFrame.from_records(
+        records, columns=[*MANIFEST_COLUMNS, *extra, *carried_columns]
+    )
     for column in ("width", "height"):
         frame[column] = frame[column].astype("Int64")
     return frame

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
-from krea_dagster.api import AsyncKreaClient, Job, JobStatus, catalog
+from krea_dagster.api import DEFAULT_EXTERNAL_WAIT_TIMEOUT, AsyncKreaClient, Job, JobStatus, catalog
 from krea_dagster.engine.cancel import cancel_jobs
 from krea_dagster.engine.collect import BatchCollector, CollectReport, Thumbnail, thumbnail_data_uri
 from krea_dagster.engine.errors import BudgetExceededError, ErrorCode, is_transient_job_error
@@ -76,7 +76,25 @@ class KreaImagePipeline:
     price_usd: float | None = None
 
     def __post_init__(self) -> None:
-        self.spec = catalog.get_model(self.model)  # fails at load time on a misspelt model
+        if not self.is_node_app:
+            catalog.get_model(self.model)  # fails at load time on a misspelt model
+
+    @property
+    def is_node_app(self) -> bool:
+        """Whether the steps execute a Krea node app (one row, several jobs)."""
+        return catalog.node_app_id(self.model) is not None
+
+    @property
+    def spec(self) -> catalog.ModelSpec:
+        """The model's spec; a node app's once its run loaded it (``nodes.load_node_app``)."""
+        return catalog.get_model(self.model)
+
+    @property
+    def default_wait_timeout(self) -> float:
+        """How long a job may take before it is given up (a node app's: an external one's)."""
+        if self.is_node_app:
+            return DEFAULT_EXTERNAL_WAIT_TIMEOUT
+        return self.spec.default_wait_timeout
 
     @property
     def scope(self) -> str:
@@ -319,12 +337,12 @@ class KreaImagePipeline:
         """
         keys = set(prompts["prompt_key"])
         captions = dict(zip(prompts["prompt_key"], prompts["prompt"], strict=True))
-        poll_timeout = krea.poll_timeout or self.spec.default_wait_timeout
+        poll_timeout = krea.poll_timeout or self.default_wait_timeout
         deadline = time.monotonic() + poll_timeout
         report = CollectReport()
         backoff = TRANSIENT_RETRY_BACKOFF
         async with krea.async_client() as client:
-            waiting = [row for key, row in self.latest(batch, generation).items() if key in keys]
+            waiting = await asyncio.to_thread(self.rows_of, batch, generation, keys)
             while waiting:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -356,7 +374,7 @@ class KreaImagePipeline:
                 if waiting and not retry:
                     await asyncio.sleep(min(krea.poll_interval, max(remaining, 0)))
         if len(report.thumbnails) < self.thumbnails:
-            stored = [row for key, row in self.latest(batch, generation).items() if key in keys]
+            stored = await asyncio.to_thread(self.rows_of, batch, generation, keys)
             report.thumbnails.extend(
                 await asyncio.to_thread(
                     self._stored_thumbnails, stored, captions, report.thumbnails
@@ -414,7 +432,12 @@ class KreaImagePipeline:
             return await collector.store_rows(rows, deadline=deadline)
 
     def _transient_failures(self, batch: str, generation: int, keys: set[str]) -> set[str]:
-        """Prompts whose latest job failed transiently and that have attempts left."""
+        """Prompts whose latest job failed transiently and that have attempts left.
+
+        Never a node app's: executing it again would pay again for the jobs that completed.
+        """
+        if self.is_node_app:
+            return set()
         attempts: dict[str, list[Submission]] = {}
         for row in self.ledger.rows(self.scope, batch, generation):
             attempts.setdefault(row.prompt_key, []).append(row)
@@ -434,9 +457,7 @@ class KreaImagePipeline:
         with the image not stored yet."""
         moving = []
         live = self._live_sender(account)  # one lease read per pass, not one per row
-        for key, row in self.latest(batch, generation).items():
-            if key not in keys:
-                continue
+        for row in self.rows_of(batch, generation, keys):
             if (
                 row.is_pending_at_krea
                 or (row.is_paid and row.image_uri is None and row.error_code is None)
@@ -471,15 +492,29 @@ class KreaImagePipeline:
     def latest(self, batch: str, generation: int) -> dict[str, Submission]:
         return self.ledger.latest(self.scope, batch, generation)
 
+    def rows_of(self, batch: str, generation: int, keys: set[str]) -> list[Submission]:
+        """The latest row of each of these prompts, then the output rows of node-app ones."""
+        rows = [row for key, row in self.latest(batch, generation).items() if key in keys]
+        if not self.is_node_app:
+            return rows
+        outputs = self.ledger.outputs(row.submission_id for row in rows)
+        return [*rows, *(out for row in rows for out in outputs.get(row.submission_id, ()))]
+
     def manifest(
         self, prompts: pd.DataFrame, *, batch: str, generation: int, carried: Sequence[str]
     ) -> pd.DataFrame:
+        latest = self.latest(batch, generation)
         return build_manifest(
             prompts,
-            self.latest(batch, generation),
+            latest,
             batch=batch,
             generation=generation,
             carried_columns=carried,
+            outputs=(
+                self.ledger.outputs(row.submission_id for row in latest.values())
+                if self.is_node_app
+                else None
+            ),
         )
 
     # -- termination -----------------------------------------------------------------------

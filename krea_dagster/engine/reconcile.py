@@ -21,7 +21,10 @@ account is unresolved at any moment, so one window decides it.
 - jobs the ledger does not know in a guard band around the window mean somebody else submits
   on this account (another ledger, a script): a lone job in the window may be theirs, so it is
   **reported** too, and the account's foreign-job count is raised. Unknown jobs are never
-  cancelled.
+  cancelled;
+- a node app's execution creates several jobs at once: once the window has closed, the unknown
+  jobs in it are **all its own** when there are as many as its latest answered execution made
+  (any number when none was answered yet), and the row gets an output row per further job.
 
 A reported row is terminal and unpaid, is never re-sent, and fails the batch's check with the
 candidate job ids in its message; a person decides.
@@ -34,9 +37,9 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from krea_dagster.api import AsyncKreaClient, Reconciliation, SubmissionWindow
+from krea_dagster.api import AsyncKreaClient, Job, Reconciliation, SubmissionWindow, catalog
 from krea_dagster.engine.errors import ErrorCode
-from krea_dagster.engine.ledger import Ledger, Submission, utcnow
+from krea_dagster.engine.ledger import JobUpdate, Ledger, Submission, utcnow
 
 __all__ = [
     "GUARD_BAND",
@@ -45,6 +48,7 @@ __all__ = [
     "ClockBounds",
     "Outcome",
     "clock_bounds",
+    "job_update",
     "reconcile",
     "window_for",
     "window_seconds",
@@ -109,7 +113,12 @@ def clock_bounds(rows: list[Submission], skew: timedelta = DEFAULT_SKEW) -> Cloc
 
 
 def window_for(
-    row: Submission, bounds: ClockBounds, *, request_window: float, guard: timedelta
+    row: Submission,
+    bounds: ClockBounds,
+    *,
+    request_window: float,
+    guard: timedelta,
+    jobs: int | None = 1,
 ) -> SubmissionWindow:
     """The creation window of a sent, unresolved row, in Krea's clock (see ``window_seconds``)."""
     assert row.sent_at is not None
@@ -126,6 +135,7 @@ def window_for(
         model=row.model,
         submission_id=row.submission_id,
         guard=guard,
+        jobs=jobs,
     )
 
 
@@ -174,7 +184,10 @@ async def reconcile(
         )
         log.error(f"submission {row.submission_id}: {message}")
         return _written(ledger.mark_reported(row.submission_id, message=message), Outcome.REPORTED)
-    window = window_for(row, bounds, request_window=request_window, guard=guard)
+    jobs: int | None = 1
+    if catalog.node_app_id(row.model) is not None:
+        jobs = await asyncio.to_thread(ledger.jobs_per_submission, row.model)
+    window = window_for(row, bounds, request_window=request_window, guard=guard, jobs=jobs)
     assert window.end is not None
     while True:
         closed = _now(now) > window.end + LISTING_LAG
@@ -205,14 +218,16 @@ def _apply(
             "Point every krea-dagster instance of one account at one ledger database."
         )
     if result.is_found and result.job is not None:
-        job = result.job
-        log.info(f"reconciled submission {row.submission_id}: it created job {job.job_id}")
+        job, more = result.job, result.jobs[1:]
+        made = ", ".join(found.job_id for found in result.jobs)
+        log.info(f"reconciled submission {row.submission_id}: it created job(s) {made}")
         return _written(
             ledger.attribute(
                 row.submission_id,
                 job_id=job.job_id,
                 status=str(job.status),
                 created_at=job.created_at,
+                more_jobs=[job_update(other) for other in more],
             ),
             Outcome.ATTRIBUTED,
         )
@@ -231,6 +246,20 @@ def _apply(
     )
     return _written(
         ledger.mark_reported(row.submission_id, message=result.reason), Outcome.REPORTED
+    )
+
+
+def job_update(job: Job) -> JobUpdate:
+    """The ledger facts of a job as the client returned it."""
+    error = job.error
+    return JobUpdate(
+        job_id=job.job_id,
+        status=str(job.status),
+        error_code=error.code if error else None,
+        error_message=error.message if error else None,
+        result_url=job.result_urls[0] if job.result_urls else None,
+        completed_at=job.completed_at,
+        created_at=job.created_at,
     )
 
 

@@ -50,13 +50,20 @@ from krea_dagster.api import (
     RequestValidationError,
     SendAttempt,
     UnprocessableEntityError,
+    catalog,
 )
 from krea_dagster.engine.crashpoints import crash_point
 from krea_dagster.engine.errors import BatchStoppedError, ErrorCode, LeaseUnavailableError
-from krea_dagster.engine.ledger import JobUpdate, Ledger, Submission, utcnow
-from krea_dagster.engine.reconcile import SEND_SLACK, Outcome, reconcile, window_seconds
+from krea_dagster.engine.ledger import Ledger, Submission, utcnow
+from krea_dagster.engine.reconcile import (
+    SEND_SLACK,
+    Outcome,
+    job_update,
+    reconcile,
+    window_seconds,
+)
 
-__all__ = ["BatchSubmitter", "PlannedPrompt", "SubmitReport", "job_update"]
+__all__ = ["BatchSubmitter", "PlannedPrompt", "SubmitReport"]
 
 PROGRESS_EVERY_SECONDS = 5.0
 #: A lease outlives its send by this much, so clock noise never frees a live sender's lease.
@@ -97,20 +104,6 @@ class SubmitReport:
     @property
     def stopped(self) -> bool:
         return self.stopped_by is not None
-
-
-def job_update(job: Job) -> JobUpdate:
-    """The ledger facts of a job as the client returned it."""
-    error = job.error
-    return JobUpdate(
-        job_id=job.job_id,
-        status=str(job.status),
-        error_code=error.code if error else None,
-        error_message=error.message if error else None,
-        result_url=job.result_urls[0] if job.result_urls else None,
-        completed_at=job.completed_at,
-        created_at=job.created_at,
-    )
 
 
 class BatchSubmitter:
@@ -237,12 +230,7 @@ class BatchSubmitter:
         report = self._report
         crash_point("submit.after_intent", self.scope)
         try:
-            job = await self.client.submit(
-                self.model,
-                prompt.request,
-                submission_id=row.submission_id,
-                on_send=self._on_send,
-            )
+            jobs = await self._post(row, prompt)
         except AmbiguousSubmitError as error:
             await asyncio.to_thread(self.ledger.mark_unknown, row.submission_id, message=str(error))
             self.log.warning(
@@ -282,17 +270,19 @@ class BatchSubmitter:
             raise
         else:
             crash_point("submit.after_post", self.scope)
+            job, more = jobs[0], [job_update(other) for other in jobs[1:]]
             recorded = await asyncio.to_thread(
                 self.ledger.mark_submitted,
                 row.submission_id,
                 job_id=job.job_id,
                 status=str(job.status),
                 created_at=job.created_at,
+                more_jobs=more,
             )
             if not recorded:
                 # Another worker resolved this row first (its lease had expired): keep the
                 # job on record all the same, so it is collected and a double payment shows.
-                await asyncio.to_thread(self.ledger.record_late_job, row, job_update(job))
+                await asyncio.to_thread(self.ledger.record_late_job, row, job_update(job), more)
                 self.log.error(
                     f"submission {row.submission_id}: Krea answered after the row was resolved "
                     f"elsewhere; job {job.job_id} is recorded as a late answer"
@@ -300,7 +290,20 @@ class BatchSubmitter:
             report.submitted += 1
             report.submitted_usd += prompt.estimated_usd or 0.0
             if self.max_live:
-                self._live[job.job_id] = row
+                for sent in jobs:
+                    self._live[sent.job_id] = row
+
+    async def _post(self, row: Submission, prompt: PlannedPrompt) -> list[Job]:
+        """The POST of one row: ``/generate/...`` makes one job, a node app's execute several."""
+        app = catalog.node_app_id(self.model)
+        if app is not None:
+            return await self.client.execute_node_app(
+                app, prompt.request, submission_id=row.submission_id, on_send=self._on_send
+            )
+        job = await self.client.submit(
+            self.model, prompt.request, submission_id=row.submission_id, on_send=self._on_send
+        )
+        return [job]
 
     async def _on_send(self, attempt: SendAttempt) -> None:
         """Before every POST and every wait: record when, and keep the lease for that long.

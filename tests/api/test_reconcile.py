@@ -9,6 +9,7 @@ import pytest
 
 from krea_dagster.api import (
     AmbiguousSubmitError,
+    Job,
     ReconciliationOutcome,
     SubmissionWindow,
     decide_reconciliation,
@@ -149,3 +150,42 @@ def test_an_explicit_window_can_be_reconciled(fake: FakeKrea, later: FakeClock) 
     with make_client(fake, later) as krea:
         result = krea.reconcile_submission(window, known_job_ids=[])
     assert result.is_found and result.window == window
+
+
+def node_app_window(jobs: int | None) -> SubmissionWindow:
+    """The window of a node-app execution sent at TEST_NOW that creates ``jobs`` jobs."""
+    window = SubmissionWindow.from_submission(TEST_NOW, request_timeout=10, skew=5)
+    return SubmissionWindow(
+        window.submitted_at, window.start, window.end, guard=timedelta(seconds=30), jobs=jobs
+    )
+
+
+def test_a_node_app_execution_is_attributed_all_its_jobs_once_the_window_closes() -> None:
+    """Every unknown job of a closed node-app window is the execution's, oldest first."""
+    window = node_app_window(jobs=2)
+    jobs = [Job.from_api(make_job("second", created_at=at(1.0))), Job.from_api(make_job("first"))]
+    open_result = decide_reconciliation(window, jobs, now=at(5))
+    assert open_result.is_undecidable and open_result.candidates == ()  # still appearing
+    result = decide_reconciliation(window, jobs, now=at(600))
+    assert result.is_found
+    assert [job.job_id for job in result.jobs] == ["first", "second"]
+    assert result.job is not None and result.job.job_id == "first"
+
+
+def test_a_node_app_window_with_the_wrong_number_of_jobs_is_undecidable() -> None:
+    """Three unknown jobs where one execution makes two cannot all be the submission's."""
+    window = node_app_window(jobs=2)
+    jobs = [Job.from_api(make_job(name, created_at=at(0.5))) for name in ("a", "b", "c")]
+    result = decide_reconciliation(window, jobs, now=at(600))
+    assert result.is_undecidable and "creates 2" in result.reason
+    assert {job.job_id for job in result.candidates} == {"a", "b", "c"}
+
+
+def test_a_node_app_window_with_foreign_neighbours_is_undecidable() -> None:
+    """Unknown jobs around a node-app window mean another submitter: nothing is attributed."""
+    window = node_app_window(jobs=None)
+    mine = [Job.from_api(make_job("a", created_at=at(0.5)))]
+    other = [Job.from_api(make_job("x", created_at=at(25)))]
+    result = decide_reconciliation(window, mine, now=at(600), neighbours=other)
+    assert result.is_undecidable and "another client" in result.reason
+    assert decide_reconciliation(window, [], now=at(600)).is_not_created

@@ -8,6 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from krea_dagster.engine.ledger import (
+    SCHEMA_VERSION,
     JobUpdate,
     Ledger,
     LedgerSchemaError,
@@ -393,4 +394,100 @@ def test_a_version_1_ledger_is_upgraded_in_place(tmp_path):
     assert ledger.start_generation("s", "b1", reason="regenerate", request_id="r") == 2
     with ledger.engine.connect() as conn:
         version = conn.execute(sa.select(meta_table.c.value)).scalar_one()
-    assert version == "2"
+    assert version == str(SCHEMA_VERSION)
+
+
+def node_app_claim(ledger: Ledger, key: str = "k1"):
+    """An intent row of a node-app execution."""
+    result = ledger.claim(
+        scope="s",
+        batch="b1",
+        generation=1,
+        prompt_key=key,
+        model="node-app/app-1",
+        request={"product": key},
+        request_hash="h",
+        submission_id=str(uuid.uuid4()),
+        estimated_usd=0.5,
+        run_id="run",
+        max_attempts=3,
+        account=ACCOUNT,
+        lease_seconds=60.0,
+    )
+    assert result.row is not None
+    return result.row
+
+
+def test_a_node_app_answer_records_one_output_row_per_further_job(ledger):
+    """Each further job of an execution gets an output row in the answer's transaction."""
+    row = node_app_claim(ledger)
+    assert ledger.jobs_per_submission("node-app/app-1") is None
+    more = [JobUpdate("j2", "queued", created_at=T0), JobUpdate("j3", "queued", created_at=T0)]
+    assert ledger.mark_submitted(
+        row.submission_id, job_id="j1", status="queued", created_at=T0, more_jobs=more
+    )
+    outputs = ledger.outputs([row.submission_id])[row.submission_id]
+    assert [out.job_id for out in outputs] == ["j2", "j3"]
+    assert {out.parent_id for out in outputs} == {row.submission_id}
+    assert len({out.prompt_key for out in outputs} | {row.prompt_key}) == 3
+    assert all(out.estimated_usd == 0.0 and out.account == ACCOUNT for out in outputs)
+    assert ledger.lease(ACCOUNT) is None  # the answer gave the lease back
+    assert ledger.jobs_per_submission("node-app/app-1") == 3
+    # Every job is polled like any other; the prompt stays covered by its submission row.
+    assert {r.job_id for r in ledger.pending("s", "b1")} == {"j1", "j2", "j3"}
+    ledger.update_jobs([JobUpdate(job, "completed") for job in ("j1", "j2", "j3")])
+    assert node_app_claim_result_covered(ledger)
+    completed = ledger.get_many([row.submission_id, *(o.submission_id for o in outputs)])
+    assert [r.cost_usd for r in completed] == [pytest.approx(0.5), 0.0, 0.0]
+    assert ledger.known_job_ids(T0 - timedelta(seconds=1), T0 + timedelta(seconds=1)) == {
+        "j1",
+        "j2",
+        "j3",
+    }
+
+
+def node_app_claim_result_covered(ledger: Ledger) -> bool:
+    result = claim_result(ledger, "k1")
+    return result.row is None and result.covered
+
+
+def test_an_attributed_node_app_row_gets_its_output_rows_and_a_second_answer_none(ledger):
+    """Reconciliation's attribution writes the output rows once; a late writer adds nothing."""
+    row = node_app_claim(ledger)
+    ledger.mark_unknown(row.submission_id, message="read timeout")
+    assert ledger.attribute(
+        row.submission_id,
+        job_id="j1",
+        status="processing",
+        created_at=T0,
+        more_jobs=[JobUpdate("j2", "processing", created_at=T0)],
+    )
+    assert not ledger.mark_submitted(
+        row.submission_id,
+        job_id="j1",
+        status="queued",
+        created_at=T0,
+        more_jobs=[JobUpdate("j2", "queued", created_at=T0)],
+    )
+    outputs = ledger.outputs([row.submission_id])
+    assert [out.job_id for out in outputs[row.submission_id]] == ["j2"]
+
+
+def test_a_version_2_ledger_gains_output_rows_in_place(tmp_path):
+    """A version 2 ledger keeps its rows and gains the parent_id column and its index."""
+    url = f"sqlite:///{tmp_path / 'v2.db'}"
+    ledger = Ledger(url)
+    row = claim(ledger)
+    ledger.mark_submitted(row.submission_id, job_id="j1", status="queued", created_at=T0)
+    with ledger.transaction() as conn:
+        conn.execute(sa.text("DROP INDEX ix_krea_submissions_parent"))
+        conn.execute(sa.text("ALTER TABLE krea_submissions DROP COLUMN parent_id"))
+        conn.execute(sa.text("UPDATE krea_ledger_meta SET value='2'"))
+    ledger.dispose()
+    upgraded = Ledger(url)
+    assert upgraded.get(row.submission_id).job_id == "j1"
+    assert upgraded.get(row.submission_id).parent_id is None
+    with upgraded.engine.connect() as conn:
+        assert conn.execute(sa.select(meta_table.c.value)).scalar_one() == str(SCHEMA_VERSION)
+        indexes = {index["name"] for index in sa.inspect(conn).get_indexes("krea_submissions")}
+    assert "ix_krea_submissions_parent" in indexes
