@@ -270,8 +270,9 @@ class StepOptions(dg.Model):
     name: str = Field(description="The step's name: its asset key is [name_prefix, name].")
     model: str = Field(
         description=(
-            "Model path after /generate/image/ (openai/gpt-image-2), or a catalog key for other "
-            "kinds (enhance/topaz/standard-enhance, video/kling/kling-2.6)."
+            "Model path after /generate/image/ (openai/gpt-image-2), a catalog key for other "
+            "kinds (enhance/topaz/standard-enhance, video/kling/kling-2.6), or "
+            "node-app/<version id> for one of your Krea node apps."
         )
     )
     prompt: str | None = Field(
@@ -283,7 +284,11 @@ class StepOptions(dg.Model):
     )
     defaults: dict[str, Any] = Field(default_factory=dict, description="Constant request fields.")
     price_usd: float | None = Field(
-        default=None, description="USD per request, for a model the catalog has no price for."
+        default=None,
+        description=(
+            "USD per request, for a model the catalog has no price for (and per execution of a "
+            "node app, which Krea publishes no price for)."
+        ),
     )
 
 

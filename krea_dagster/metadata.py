@@ -73,6 +73,11 @@ MANIFEST_COLUMN_DOCS: dict[str, tuple[str, str]] = {
     ),
     "error_code": ("string", "Why there is no image: Krea's error code or the collector's."),
     "error_message": ("string", "Why there is no image, in words."),
+    "outputs": (
+        "json",
+        "A node app's step: the stored result of every job of the row's execution, in order "
+        "(uri is the first).",
+    ),
 }
 PROMPTS_COLUMN_DOCS: dict[str, tuple[str, str]] = {
     "prompt_key": MANIFEST_COLUMN_DOCS["prompt_key"],

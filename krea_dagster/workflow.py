@@ -39,6 +39,7 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
+from krea_dagster.api import UnknownModelError
 from krea_dagster.assets import KreaJobsConfig, KreaSource, _problems_table, _regeneration_id
 from krea_dagster.engine.errors import BudgetExceededError
 from krea_dagster.engine.ledger import Ledger
@@ -47,6 +48,7 @@ from krea_dagster.engine.nodes import (
     ROW_KEY,
     KreaStep,
     add_row_keys,
+    load_node_app,
     skipped_manifest_rows,
     step_rows,
 )
@@ -227,6 +229,8 @@ def _step_asset(
         if batch_column in table.columns:
             table = table[table[batch_column].astype(str) == batch]
         try:
+            if step.is_node_app:
+                run_coroutine(_load_node_app(krea, step))
             rows = add_row_keys(table, key_column)
             columns = [ROW_KEY, *(c for c in rows.columns if c not in (ROW_KEY, batch_column))]
             rendered = step_rows(
@@ -251,7 +255,7 @@ def _step_asset(
             raise dg.Failure(
                 description=str(error), metadata=problems, allow_retries=False
             ) from None
-        except BudgetExceededError as error:
+        except (BudgetExceededError, UnknownModelError) as error:
             raise dg.Failure(description=str(error), allow_retries=False) from None
         generation = int(manifest["generation"].dropna().iloc[0]) if not manifest.empty else 0
         skipped = skipped_manifest_rows(
@@ -310,6 +314,19 @@ def _step_metadata(
         "dagster/uri": folder,
         "dagster/column_schema": table_schema(manifest, MANIFEST_COLUMN_DOCS),
     }
+
+
+async def _load_node_app(krea: KreaResource, step: KreaStep) -> None:
+    """Read the step's node app from Krea, so its rows validate against the app's inputs."""
+    async with krea.async_client() as client:
+        spec = await load_node_app(client, step.model, price_usd=step.price_usd)
+    if not spec.fields:
+        raise UnknownModelError(
+            step.model,
+            spec.kind,
+            (),
+            reason="Krea serves no input schema for this node app, so its rows cannot be checked",
+        )
 
 
 async def _run_step(

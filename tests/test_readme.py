@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from free_ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -50,6 +50,7 @@ BLOCKS = {
     ".venv/bin/krea-emulator serve --port 8760 --time-scale 0.1 --concurrency 8 --job-failure-rate 0.05 &": "emulator",
     "import dagster as dg": "workflow",
     "type: krea_dagster.KreaWorkflowComponent": "workflow-yaml",
+    "from krea_dagster import KreaStep": "node-app",
 }
 
 
@@ -60,21 +61,6 @@ def readme_blocks() -> list[tuple[str, str]]:
 
 def blocks_for(kind: str) -> list[str]:
     return [code for _lang, code in readme_blocks() if BLOCKS.get(code.splitlines()[0]) == kind]
-
-
-def free_port_pair() -> int:
-    """A port P with P and P + 1 both free (the emulator's API and CDN)."""
-    for _ in range(50):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        with socket.socket() as other:
-            try:
-                other.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no two adjacent free ports")
 
 
 def command_env(home: Path, pythonpath: Path) -> dict[str, str]:
@@ -134,6 +120,7 @@ def test_every_readme_block_is_run_or_names_the_test_that_covers_it():
             "emulator",
             "workflow",
             "workflow-yaml",
+            "node-app",
         ) or (kind.startswith("elsewhere: tests/")), first
 
 
@@ -143,7 +130,7 @@ def quickstart_project(tmp_path: Path) -> tuple[Path, str]:
     require_console_scripts("krea-emulator", "krea-dagster", "dagster")
     project = tmp_path / "my-project"
     project.mkdir()
-    port = str(free_port_pair())
+    port = str(free_port(2))
     script = []
     for code in blocks_for("quickstart"):
         if code.startswith("# definitions.py"):
@@ -236,6 +223,50 @@ def test_readme_workflow_runs_as_written(tmp_path, monkeypatch):
     assert (project / ".demo" / "ledger.db").is_file()  # relative paths: the project root
 
 
+def test_readme_node_app_step_runs_after_the_edit(tmp_path, monkeypatch):
+    """The node-app step of the README, after the workflow's edit, executes the app once per
+    product and stores both views of each."""
+    from krea_dagster import build_krea_workflow
+    from krea_dagster.emulator.testing import run_emulator
+
+    (workflow_code,) = blocks_for("workflow")
+    (code,) = blocks_for("node-app")
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copytree(REPO / "data" / "products", project / "data" / "products")
+    monkeypatch.chdir(project)
+    with run_emulator(time_scale=0.005) as emulator:
+        monkeypatch.setenv("KREA_BASE_URL", emulator.base_url)
+        monkeypatch.setenv("KREA_API_KEY", emulator.token)
+        namespace: dict = {"__file__": str(project / "definitions.py"), "__name__": "definitions"}
+        exec(compile(workflow_code, namespace["__file__"], "exec"), namespace)
+        exec(compile(code, str(project / "angles.py"), "exec"), namespace)
+        catalog, products, defs = namespace["catalog"], namespace["products"], namespace["defs"]
+        views = build_krea_workflow(
+            "views",
+            table=products,
+            key_column="sku",
+            base_dir="data/products",
+            steps=[catalog.steps[0], namespace["angles"]],
+            store=".demo/views",
+            ledger="sqlite:///.demo/ledger.db",
+        )
+        with dg.instance_for_test() as instance:
+            instance.add_dynamic_partitions(views.partitions_def.name, ["spring"])
+            result = dg.materialize(
+                [products, *views.assets],
+                partition_key="spring",
+                instance=instance,
+                resources=defs.resources,
+            )
+            assert result.success
+            manifest = result.output_for_node("views__angles")
+            assert manifest["status"].tolist() == ["completed", "completed"]
+            assert [len(outputs) for outputs in manifest["outputs"]] == [2, 2]
+            assert manifest["cost_usd"].tolist() == [0.25, 0.25]
+        assert emulator.stats()["requests_by_route"]["POST /node-apps/{id}/execute"] == 2
+
+
 def test_readme_workflow_yaml_loads(tmp_path, monkeypatch):
     """The workflow YAML example, beside a products asset in a dg project, loads."""
     from dagster.components.testing import create_defs_folder_sandbox
@@ -286,7 +317,7 @@ def test_readme_demo_commands_run_in_a_copy_of_the_repository(tmp_path):
     require_console_scripts("krea-dagster", "dg", "dagster")
     copy = repo_copy(tmp_path)
     env = command_env(tmp_path / "unused-home", copy)
-    env["KREA_EMULATOR_PORT"] = str(free_port_pair())
+    env["KREA_EMULATOR_PORT"] = str(free_port(2))
     started = time.monotonic()
     try:
         output = run_bash("\n".join(blocks_for("demo")), copy, env, timeout=540)
@@ -331,7 +362,5 @@ def test_readme_emulator_example_answers_the_curl(tmp_path):
     copy = tmp_path / "project"
     (copy / ".venv").parent.mkdir(parents=True)
     (copy / ".venv").symlink_to(VENV_BIN.parent)
-    output = run_bash(
-        code.replace("8760", str(free_port_pair())), copy, command_env(tmp_path, REPO)
-    )
+    output = run_bash(code.replace("8760", str(free_port(2))), copy, command_env(tmp_path, REPO))
     assert '"job_id"' in output and '"status"' in output

@@ -8,6 +8,11 @@ the whole batch against the model's schema, and then runs the same submit / coll
 steps as a prompt-file batch, under a ledger scope of its own (``<prefix>.<step>``), so every
 node keeps the pay-once promise.
 
+A step may also run a Krea node app (a saved workflow: ``model="node-app/<version id>"``): its
+inputs are rendered the same way and validated against the input schema Krea serves for it
+(``load_node_app``, when the run starts), and each row's execution creates several jobs, all
+collected and verified (see ``krea_dagster.engine.ledger`` on output rows).
+
 Rows are identified by a key column (``row_key``) carried from step to step. A row whose
 previous step has no verified image is a recorded skip (status ``skipped``, error code
 ``upstream_failed``), never a paid call. A changed upstream row changes the request it renders
@@ -22,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 
-from krea_dagster.api import catalog
+from krea_dagster.api import AsyncKreaClient, NotFoundError, UnknownModelError, catalog
 from krea_dagster.engine.errors import ErrorCode
 from krea_dagster.engine.manifest import MANIFEST_COLUMNS, ManifestStatus
 from krea_dagster.engine.prompts import PROMPT_COLUMN, PromptProblem, PromptValidationError
@@ -34,6 +39,7 @@ __all__ = [
     "KreaStep",
     "StepRows",
     "add_row_keys",
+    "load_node_app",
     "skipped_manifest_rows",
     "step_rows",
 ]
@@ -50,9 +56,9 @@ class KreaStep:
 
     Args:
         name: the step's name (its asset key is ``[prefix, name]``).
-        model: the model path after ``/generate/image/`` (``"openai/gpt-image-2"``), or a
+        model: the model path after ``/generate/image/`` (``"openai/gpt-image-2"``), a
             catalog key for other kinds (``"enhance/topaz/standard-enhance"``,
-            ``"video/kling/kling-2.6"``).
+            ``"video/kling/kling-2.6"``), or ``"node-app/<version id>"`` for a Krea node app.
         prompt: the prompt template over the row's columns, e.g. ``"Studio photo of {name}"``;
             None takes the row's ``prompt`` column as it is.
         inputs: request fields rendered per row: templates, lists of them, or constants;
@@ -60,7 +66,8 @@ class KreaStep:
             (a local path, an ``s3://`` URI or a URL).
         defaults: constant request fields (a rendered input wins).
         price_usd: USD per request, instead of the catalog's price (needed under a budget cap
-            for a model the catalog has no price for).
+            for a model the catalog has no price for, and for every node app: Krea publishes
+            no price for an execution).
     """
 
     name: str
@@ -73,7 +80,18 @@ class KreaStep:
     def __post_init__(self) -> None:
         if not self.name.replace("_", "").isalnum():
             raise ValueError(f"step name {self.name!r} must use only letters, digits and '_'")
-        catalog.get_model(self.model)  # a misspelt model fails when the workflow is built
+        app = catalog.node_app_id(self.model)
+        if app is None:
+            catalog.get_model(self.model)  # a misspelt model fails when the workflow is built
+        elif not app or "/" in app:
+            raise ValueError(
+                f"step {self.name!r}: {self.model!r} is not a node app; write "
+                "'node-app/<version id>' with the version id of the app's page"
+            )
+
+    @property
+    def is_node_app(self) -> bool:
+        return catalog.node_app_id(self.model) is not None
 
     @property
     def spec(self) -> catalog.ModelSpec:
@@ -98,6 +116,33 @@ class StepRows:
     frame: pd.DataFrame
     skipped: pd.DataFrame
     carried: list[str]
+
+
+async def load_node_app(
+    client: AsyncKreaClient, model: str, *, price_usd: float | None
+) -> catalog.ModelSpec:
+    """Read a node app's input schema (``GET /node-apps/{id}``) and make its spec known.
+
+    From then on, in this process, ``model`` validates, prices and resolves references like a
+    catalog model. Raises ``UnknownModelError`` when the token sees no such node app.
+    """
+    version_id = catalog.node_app_id(model)
+    if version_id is None:
+        raise ValueError(f"{model!r} is not a node app ('node-app/<version id>')")
+    try:
+        app = await client.get_node_app(version_id)
+    except NotFoundError:
+        raise UnknownModelError(
+            model,
+            catalog.NODE_APP_KIND,
+            (),
+            reason=(
+                f"GET /node-apps/{version_id} answered 404: no node app version with this id is "
+                "visible to this token; copy the version id from the app's API page"
+            ),
+        ) from None
+    spec = catalog.node_app_spec(version_id, app.input_schema, name=app.name, price_usd=price_usd)
+    return catalog.register_model(spec)
 
 
 def add_row_keys(table: pd.DataFrame, key_column: str | None) -> pd.DataFrame:

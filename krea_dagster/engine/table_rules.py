@@ -12,8 +12,9 @@ batch (and to the builder's defaults):
   (``IMPLIED_BOUNDS``): seeds are whole numbers from 0 to 4294967295 (the widest seed range
   Krea's schemas declare), sizes in pixels and step counts are positive whole numbers;
 - a prompt must have visible text (``prompt_text_problem``);
-- every image reference must be a URL Krea can fetch (``check_image_reference``): local
-  paths and ``s3://`` objects are refused until uploads exist (workflow nodes).
+- every image reference of a prompt-file instance must be a URL Krea can fetch
+  (``check_image_reference``): local paths and ``s3://`` objects are refused, and the message
+  points at workflow nodes, which upload them.
 
 Nothing here imports Dagster.
 """

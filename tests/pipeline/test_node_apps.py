@@ -1,0 +1,244 @@
+"""A Krea node app as a workflow node: one row, one execution, several jobs, all paid once."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pytest
+from PIL import Image
+
+from krea_dagster import KreaStep, build_krea_workflow
+from krea_dagster.api import catalog
+from krea_dagster.emulator import DEMO_NODE_APP_ID
+from krea_dagster.engine.crashpoints import CRASH_ENV
+from krea_dagster.engine.ledger import Ledger
+from krea_dagster.engine.nodes import ROW_KEY
+
+from . import workflow_driver
+from .conftest import make_resource
+
+APP = f"node-app/{DEMO_NODE_APP_ID}"
+
+
+def photo(path: Path, color: tuple[int, int, int]) -> str:
+    Image.new("RGB", (64, 64), color).save(path)
+    return str(path)
+
+
+def product_table(tmp_path: Path) -> pd.DataFrame:
+    photos = tmp_path / "photos"
+    photos.mkdir(exist_ok=True)
+    return pd.DataFrame(
+        {
+            "batch": ["b1", "b1"],
+            "sku": ["A1", "B2"],
+            "name": ["red sneaker", "blue boot"],
+            "photo": [
+                photo(photos / "a1.png", (200, 30, 30)),
+                photo(photos / "b2.png", (30, 30, 200)),
+            ],
+        }
+    )
+
+
+def build(tmp_path: Path, steps: list[KreaStep], table: pd.DataFrame | None = None):
+    frame = product_table(tmp_path) if table is None else table
+
+    @dg.asset
+    def products() -> pd.DataFrame:
+        return frame
+
+    workflow = build_krea_workflow(
+        "catalog",
+        table=products,
+        key_column="sku",
+        steps=steps,
+        store=tmp_path / "store",
+        ledger=f"sqlite:///{tmp_path / 'ledger.db'}",
+    )
+    return products, workflow
+
+
+def run(products, workflow, instance, krea, *, raise_on_error: bool = True):
+    name = workflow.partitions_def.name
+    if not instance.has_dynamic_partition(name, "b1"):
+        instance.add_dynamic_partitions(name, ["b1"])
+    return dg.materialize(
+        [products, *workflow.assets],
+        partition_key="b1",
+        instance=instance,
+        resources={"krea": krea},
+        raise_on_error=raise_on_error,
+    )
+
+
+def failure_message(result) -> str:
+    failure = next(event for event in result.all_events if event.is_step_failure)
+    return failure.step_failure_data.error.message
+
+
+def test_a_node_app_step_collects_every_job_of_each_rows_execution(tmp_path, emulator, instance):
+    """edit -> node app: each row executes the app once; both of its jobs are verified and
+    stored, its cost is the app's price, and a re-run executes nothing again."""
+    products, workflow = build(tmp_path, [workflow_driver.STEPS[0], workflow_driver.ANGLES])
+    krea = make_resource(emulator, poll_timeout=60)
+    result = run(products, workflow, instance, krea)
+    manifest = result.output_for_node("catalog__angles")
+    assert list(manifest[ROW_KEY]) == ["A1", "B2"]
+    assert list(manifest["status"]) == ["completed", "completed"], manifest["error_message"]
+    assert list(manifest["cost_usd"]) == [pytest.approx(0.25)] * 2
+    for uri, outputs in manifest[["uri", "outputs"]].itertuples(index=False):
+        assert len(outputs) == 2 and outputs[0] == uri and outputs[0] != outputs[1]
+        for stored in outputs:
+            with Image.open(stored) as image:
+                image.verify()
+    stats = emulator.stats()
+    assert stats["jobs_created"] == 2 + 4 and stats["duplicate_submissions"] == 0
+    assert stats["requests_by_route"]["POST /node-apps/{id}/execute"] == 2
+
+    again = run(products, workflow, instance, krea)
+    assert list(again.output_for_node("catalog__angles")["status"]) == ["completed"] * 2
+    assert emulator.stats()["jobs_created"] == 6
+    assert emulator.stats()["requests_by_route"]["POST /node-apps/{id}/execute"] == 2
+
+
+def test_an_execution_whose_answer_was_lost_is_reconciled_to_all_its_jobs(
+    tmp_path, emulator, instance
+):
+    """The execute POST created both jobs and the answer was dropped: reconciliation finds
+    both, the app is never executed again, and both images are stored."""
+    products, workflow = build(tmp_path, [workflow_driver.ANGLES_FROM_PHOTO])
+    emulator.configure(accept_then_drop_rate=1.0)
+    krea = make_resource(emulator, poll_timeout=60)
+    result = run(products, workflow, instance, krea, raise_on_error=False)
+    emulator.configure(accept_then_drop_rate=0.0)
+    if not result.success:  # the first run may stop while reconciling; the re-run settles it
+        result = run(products, workflow, instance, krea)
+    manifest = result.output_for_node("catalog__angles")
+    assert list(manifest["status"]) == ["completed"] * 2, manifest["error_message"]
+    assert all(len(outputs) == 2 for outputs in manifest["outputs"])
+    stats = emulator.stats()
+    assert stats["requests_by_route"]["POST /node-apps/{id}/execute"] == 2
+    assert stats["jobs_created"] == 4 and stats["duplicate_submissions"] == 0
+
+
+def test_rows_that_miss_a_required_input_of_the_app_fail_before_anything_is_paid(
+    tmp_path, emulator, instance
+):
+    """The app's own input schema (read from Krea) validates every row: 0 executions."""
+    step = KreaStep("angles", model=APP, inputs={"product_image": "{photo}"}, price_usd=0.25)
+    products, workflow = build(tmp_path, [step])
+    result = run(products, workflow, instance, make_resource(emulator), raise_on_error=False)
+    assert not result.success
+    message = failure_message(result)
+    assert "product" in message and "required" in message
+    assert emulator.stats()["jobs_created"] == 0
+
+
+def test_an_unknown_node_app_fails_the_step_with_what_to_do(tmp_path, emulator, instance):
+    """A version id the token cannot see: the step fails naming it, nothing is paid."""
+    step = KreaStep("angles", model="node-app/no-such-app", inputs={"product": "{name}"})
+    products, workflow = build(tmp_path, [step])
+    result = run(products, workflow, instance, make_resource(emulator), raise_on_error=False)
+    assert not result.success
+    message = failure_message(result)
+    assert "no-such-app" in message and "404" in message and "version id" in message
+    assert emulator.stats()["jobs_created"] == 0
+
+
+def test_a_node_app_without_a_price_under_a_budget_cap_is_refused(tmp_path, emulator, instance):
+    """Krea publishes no price for an execution: with a cap, price_usd is required."""
+    step = KreaStep("angles", model=APP, inputs={"product_image": "{photo}", "product": "{name}"})
+    frame = product_table(tmp_path)
+
+    @dg.asset
+    def products() -> pd.DataFrame:
+        return frame
+
+    workflow = build_krea_workflow(
+        "catalog",
+        table=products,
+        key_column="sku",
+        steps=[step],
+        store=tmp_path / "store",
+        ledger=f"sqlite:///{tmp_path / 'ledger.db'}",
+        max_usd_per_run=1.0,
+    )
+    result = run(products, workflow, instance, make_resource(emulator), raise_on_error=False)
+    assert not result.success
+    assert "price_usd" in failure_message(result)
+    assert emulator.stats()["jobs_created"] == 0
+
+
+def test_a_misspelt_node_app_key_fails_when_the_workflow_is_built():
+    """'node-app/' without a version id is caught at definition time."""
+    with pytest.raises(ValueError, match="version id"):
+        KreaStep("angles", model="node-app/")
+
+
+def test_kill_9_after_the_execute_post_then_rerun_executes_once(tmp_path, emulator):
+    """A worker killed after the app created its jobs: the re-run attributes them, executes
+    nothing again, and stores every job's image."""
+    table_csv = tmp_path / "products.csv"
+    product_table(tmp_path).to_csv(table_csv, index=False)
+    store, ledger = str(tmp_path / "store"), f"sqlite:///{tmp_path / 'ledger.db'}"
+    home = tmp_path / "home"
+    home.mkdir()
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
+        products, workflow = workflow_driver.build(str(table_csv), store, ledger, angles=True)
+        instance.add_dynamic_partitions(workflow.partitions_def.name, ["b1"])
+        env = {
+            **os.environ,
+            "DAGSTER_HOME": str(home),
+            CRASH_ENV: "submit.after_post@catalog.angles",
+        }
+        command = [sys.executable, workflow_driver.__file__, str(table_csv), store, ledger]
+        command += [emulator.base_url, emulator.token, "b1", "angles"]
+        killed = subprocess.run(command, env=env, capture_output=True, timeout=300)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
+        assert emulator.stats()["jobs_created"] == 2 + 2  # two edits, one execution's two jobs
+        result = dg.materialize(
+            [products, *workflow.assets],
+            partition_key="b1",
+            instance=instance,
+            resources={"krea": make_resource(emulator, poll_timeout=60)},
+        )
+        manifest = result.output_for_node("catalog__angles")
+    assert list(manifest["status"]) == ["completed"] * 2, manifest["error_message"]
+    stats = emulator.stats()
+    assert stats["requests_by_route"]["POST /node-apps/{id}/execute"] == 2
+    assert stats["jobs_created"] == 2 + 4 and stats["duplicate_submissions"] == 0
+    rows = Ledger(ledger).rows("catalog.angles")
+    assert len(rows) == 4 and len({row.job_id for row in rows}) == 4
+
+
+def test_a_node_apps_spec_validates_and_prices_like_a_model():
+    """A spec built from an app's input schema: required fields, types, media and price."""
+    spec = catalog.register_model(
+        catalog.node_app_spec(
+            "app-x",
+            {
+                "type": "object",
+                "properties": {
+                    "product_image": {"type": "string", "format": "uri"},
+                    "count": {"type": "integer", "minimum": 1},
+                },
+                "required": ["product_image"],
+            },
+            price_usd=0.4,
+        )
+    )
+    assert spec.key == "node-app/app-x" and spec.path == "/node-apps/app-x/execute"
+    problems = catalog.validate("node-app/app-x", {"count": 0}).problems
+    assert {(p.field, p.rule) for p in problems} == {
+        ("product_image", "required"),
+        ("count", "minimum"),
+    }
+    assert catalog.estimate_cost("node-app/app-x", {}) == pytest.approx(0.4)
+    from krea_dagster.api.media import media_paths
+
+    assert media_paths(spec) == ("product_image",)
