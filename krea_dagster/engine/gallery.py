@@ -58,6 +58,8 @@ class GalleryItem:
     error_code: str | None = None
     error_message: str | None = None
     variant: str | None = None
+    #: A node app's further outputs (its other jobs' images), relative to the page.
+    more: tuple[str, ...] = ()
 
 
 def _text(value: Any) -> str | None:
@@ -78,6 +80,13 @@ def gallery_items(manifest: pd.DataFrame, href: Callable[[str], str]) -> list[Ga
     for record in manifest.to_dict(orient="records"):
         uri = _text(record.get("uri"))
         cost = record.get("cost_usd")
+        outputs = record.get("outputs")
+        completed = record["status"] == COMPLETED
+        more = (
+            tuple(href(str(out)) for out in list(outputs)[1:])
+            if completed and _listed(outputs)
+            else ()
+        )
         items.append(
             GalleryItem(
                 row=_int(record.get("row")) or 0,  # a workflow's skipped row has none
@@ -92,9 +101,15 @@ def gallery_items(manifest: pd.DataFrame, href: Callable[[str], str]) -> list[Ga
                 error_code=_text(record.get("error_code")),
                 error_message=_text(record.get("error_message")),
                 variant=_text(record.get("variant")),
+                more=more,
             )
         )
     return items
+
+
+def _listed(value: Any) -> bool:
+    """Whether a manifest cell holds a list of outputs (a node app's row)."""
+    return value is not None and not isinstance(value, str) and hasattr(value, "__len__")
 
 
 def relative_href(page_dir: str, uri: str) -> str:
@@ -137,6 +152,8 @@ figure.failed { border-color: var(--bad); }
          justify-content: center; }
 .frame img, .frame video { width: 100%; height: 100%; object-fit: contain; display: block; }
 .frame .none { color: var(--bad); font-weight: 600; padding: 16px; text-align: center; }
+.frame.many { display: grid; grid-template-columns: repeat(2, 1fr); gap: 2px; }
+.frame.many img { height: auto; aspect-ratio: 1 / 1; }
 figcaption { padding: 10px 12px 12px; display: flex; flex-direction: column; gap: 6px; }
 .prompt { margin: 0; font-size: 15px; overflow-wrap: anywhere; }
 .facts { margin: 0; font-size: 12.5px; color: var(--muted); display: flex; flex-wrap: wrap;
@@ -195,6 +212,9 @@ def _card(item: GalleryItem) -> str:
         )
     else:
         frame = f'<div class="none">no image: {_e(item.status)}</div>'
+    for href in item.more:
+        frame += f'<img class="more" src="{_e(href)}" alt="{_e(item.prompt)}" decoding="async">'
+
     facts = [
         f'<span class="status {_e(item.status)}">{_e(item.status)}</span>',
         f"<span>row {item.row}</span>",
@@ -213,7 +233,7 @@ def _card(item: GalleryItem) -> str:
     return (
         f'<figure class="card{" failed" if failed else ""}" '
         f'data-prompt-key="{_e(item.prompt_key)}" data-status="{_e(item.status)}">'
-        f'<div class="frame">{frame}</div>'
+        f'<div class="frame{" many" if item.more else ""}">{frame}</div>'
         f'<figcaption><p class="prompt">{_e(item.prompt)}</p>'
         f'<p class="facts">{" ".join(facts)}</p>{error}</figcaption></figure>'
     )

@@ -99,6 +99,11 @@ def test_a_node_app_step_collects_every_job_of_each_rows_execution(tmp_path, emu
     stats = emulator.stats()
     assert stats["jobs_created"] == 2 + 4 and stats["duplicate_submissions"] == 0
     assert stats["requests_by_route"]["POST /node-apps/{id}/execute"] == 2
+    (page,) = [p for p in (tmp_path / "store").rglob("index.html") if "angles" in str(p)]
+    html = page.read_text()
+    for outputs in manifest["outputs"]:  # the gallery shows every job's image of the row
+        assert all(Path(out).name in html for out in outputs)
+    assert html.count('<img class="more"') == 2
 
     again = run(products, workflow, instance, krea)
     assert list(again.output_for_node("catalog__angles")["status"]) == ["completed"] * 2
