@@ -20,7 +20,7 @@ import posixpath
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import pandas as pd
 
@@ -107,7 +107,7 @@ def gallery_items(manifest: pd.DataFrame, href: Callable[[str], str]) -> list[Ga
     return items
 
 
-def _listed(value: Any) -> bool:
+def _listed(value: Any) -> TypeGuard[Sequence[Any]]:
     """Whether a manifest cell holds a list of outputs (a node app's row)."""
     return value is not None and not isinstance(value, str) and hasattr(value, "__len__")
 
