@@ -297,8 +297,13 @@ class KreaImagePipeline:
         version 1 ledger left behind), each decided from its own window.
         """
         outcomes: list[Outcome] = []
+        # The rows first, the lease after: a row claimed in between is not in the list, and
+        # a listed row still unresolved holds the lease, so a live sender's row is seen as
+        # live. (Read the other way round, a worker that claimed and sent between the two
+        # reads had its row decided "never sent" from a stale copy.)
+        unresolved = await asyncio.to_thread(self.ledger.unresolved)
         live = await asyncio.to_thread(self._live_sender, krea.account_id)
-        for row in await asyncio.to_thread(self.ledger.unresolved):
+        for row in unresolved:
             if row.submission_id == live or row.account not in (None, krea.account_id):
                 continue
             outcomes.append(

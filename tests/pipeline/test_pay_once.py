@@ -394,3 +394,37 @@ def test_a_late_answer_after_a_takeover_is_kept_on_record(
     assert late.cost_usd == pytest.approx(PRICE)
     stats = emulator.stats()
     assert stats["jobs_created"] == 1  # known to the ledger, so never sent again
+
+
+def test_a_row_claimed_while_another_worker_settles_is_left_to_its_sender(
+    tmp_path, build, emulator, krea, prompts_dir
+):
+    """Settling reads the unresolved rows before the lease: a row another worker claims (and is
+    sending) meanwhile is never decided from a stale copy. Seen once in CI as a 'late answer'
+    row beside a 'not_created' one for the same prompt."""
+    write_batch(prompts_dir, "b1", prompt_rows(1))
+    assets = build()
+    pipeline, ledger = assets.pipeline, assets.pipeline.ledger
+    claimed = []
+    real_unresolved = ledger.unresolved
+
+    def unresolved_after_a_concurrent_claim(scope=None):
+        # Another worker claims its prompt at this very moment (it holds the live lease).
+        if not claimed:
+            claimed.append(intent_of_first_prompt(assets, krea, "b1", run_id="other"))
+        return real_unresolved(scope)
+
+    ledger.unresolved = unresolved_after_a_concurrent_claim  # type: ignore[method-assign]
+
+    async def settle():
+        async with krea.async_client() as client:
+            return await pipeline.settle(
+                client, krea, log=SimpleNamespace(info=print, warning=print, error=print)
+            )
+
+    from krea_dagster.engine.run import run_coroutine
+
+    assert run_coroutine(settle()) == []
+    (row,) = claimed
+    assert ledger.get(row.submission_id).state == SubmissionState.INTENT  # still its sender's
+    assert ledger.lease(krea.account_id).holder.submission_id == row.submission_id
