@@ -31,9 +31,10 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 from urllib.parse import unquote, urlsplit
 
+from krea_dagster.api.client import AsyncKreaClient, KreaClient
 from krea_dagster.api.errors import InvalidUploadError
 from krea_dagster.api.media import MediaValue, find_media, media_paths, replace_media
 from krea_dagster.api.uploads import MAX_UPLOAD_BYTES, check_upload, to_data_uri
@@ -52,7 +53,6 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from krea_dagster.api.client import AsyncKreaClient, KreaClient
     from krea_dagster.api.models import Asset
 
 logger = logging.getLogger("krea_dagster.engine.references")
@@ -283,19 +283,27 @@ def load_reference(
     return LoadedReference(source, data, hashlib.sha256(data).hexdigest(), mime_type)
 
 
-class _ResolverBase:
-    """What the sync and async resolvers share: the steps around the upload itself."""
+ClientT = TypeVar("ClientT")
+
+
+class _ResolverBase(Generic[ClientT]):
+    """What the sync and async resolvers share: their settings and the steps around the
+    upload itself."""
 
     def __init__(
         self,
-        cache: UploadCache | None,
+        client: ClientT,
+        cache: UploadCache | None = None,
         *,
-        zero_data_retention: bool,
-        base_dir: str | os.PathLike[str] | None,
-        storage_options: Mapping[str, Any] | None,
-        description: str | None,
-        search_assets: bool,
+        zero_data_retention: bool = False,
+        base_dir: str | os.PathLike[str] | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+        description: str | None = None,
+        search_assets: bool = False,
     ) -> None:
+        self.client = client
+        # The async resolver's per-hash locks: concurrent resolves of the same bytes take turns.
+        self._locks: dict[str, asyncio.Lock] = {}
         self.cache: UploadCache = cache if cache is not None else MemoryUploadCache()
         self.zero_data_retention = zero_data_retention
         self.base_dir = base_dir
@@ -361,7 +369,7 @@ def _in_request(item: MediaValue, error: ImageReferenceError) -> ImageReferenceE
     return ImageReferenceError(f"{item.path}: {error.reason}", source=error.source)
 
 
-class ReferenceResolver(_ResolverBase):
+class ReferenceResolver(_ResolverBase[KreaClient]):
     """Turns references into request values, uploading each distinct file once.
 
     ``resolve(reference)`` handles one string; ``resolve_request(model, params)`` every media
@@ -372,27 +380,6 @@ class ReferenceResolver(_ResolverBase):
     description carries) before uploading on a cache miss: it reads the whole asset list, so
     it suits accounts with few assets or a cold cache.
     """
-
-    def __init__(
-        self,
-        client: KreaClient,
-        cache: UploadCache | None = None,
-        *,
-        zero_data_retention: bool = False,
-        base_dir: str | os.PathLike[str] | None = None,
-        storage_options: Mapping[str, Any] | None = None,
-        description: str | None = None,
-        search_assets: bool = False,
-    ) -> None:
-        super().__init__(
-            cache,
-            zero_data_retention=zero_data_retention,
-            base_dir=base_dir,
-            storage_options=storage_options,
-            description=description,
-            search_assets=search_assets,
-        )
-        self.client = client
 
     def resolve(self, reference: str) -> ResolvedReference:
         """What the request carries for ``reference`` (see the class docstring)."""
@@ -432,34 +419,12 @@ class ReferenceResolver(_ResolverBase):
         return _assemble(params, media, by_reference)
 
 
-class AsyncReferenceResolver(_ResolverBase):
+class AsyncReferenceResolver(_ResolverBase[AsyncKreaClient]):
     """The asyncio twin of ``ReferenceResolver`` over an ``AsyncKreaClient``.
 
     Files are read in a worker thread; concurrent ``resolve`` calls for the same bytes wait for
     one another, so they upload once.
     """
-
-    def __init__(
-        self,
-        client: AsyncKreaClient,
-        cache: UploadCache | None = None,
-        *,
-        zero_data_retention: bool = False,
-        base_dir: str | os.PathLike[str] | None = None,
-        storage_options: Mapping[str, Any] | None = None,
-        description: str | None = None,
-        search_assets: bool = False,
-    ) -> None:
-        super().__init__(
-            cache,
-            zero_data_retention=zero_data_retention,
-            base_dir=base_dir,
-            storage_options=storage_options,
-            description=description,
-            search_assets=search_assets,
-        )
-        self.client = client
-        self._locks: dict[str, asyncio.Lock] = {}
 
     async def resolve(self, reference: str) -> ResolvedReference:
         """See ``ReferenceResolver.resolve``."""
