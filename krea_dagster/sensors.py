@@ -35,8 +35,7 @@ import dagster as dg
 
 from krea_dagster.api import JobStatus, KreaError
 from krea_dagster.assets import KreaImageAssets
-from krea_dagster.engine.ledger import Submission, utcnow
-from krea_dagster.engine.reconcile import job_update
+from krea_dagster.engine.ledger import JobUpdate, Submission, utcnow
 from krea_dagster.engine.run import run_coroutine
 from krea_dagster.engine.source import FileScan
 from krea_dagster.resource import KreaResource
@@ -266,7 +265,7 @@ def completion_tick(
         except KreaError as error:
             context.log.warning(f"polling Krea failed, next tick retries: {error}")
             break
-        for row in pipeline.ledger.update_jobs([job_update(job) for job in jobs]):
+        for row in pipeline.ledger.update_jobs([JobUpdate.from_job(job) for job in jobs]):
             changed_batches.add(row.batch)
         finished.update(job.job_id for job in jobs if job.is_terminal)
         reached = _reached(chunk, {job.job_id for job in jobs})

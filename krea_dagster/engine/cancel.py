@@ -11,8 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from krea_dagster.api import AsyncKreaClient, DeadlineExceededError, Job, KreaError
-from krea_dagster.engine.ledger import Ledger
-from krea_dagster.engine.reconcile import job_update
+from krea_dagster.engine.ledger import JobUpdate, Ledger
 
 __all__ = ["cancel_jobs"]
 
@@ -45,6 +44,6 @@ async def cancel_jobs(
         except KreaError as error:
             log.warning(f"could not cancel job {job_id}: {error}")
             continue
-        ledger.update_jobs([job_update(job)])
+        ledger.update_jobs([JobUpdate.from_job(job)])
         cancelled.append(job)
     return cancelled

@@ -30,9 +30,8 @@ from krea_dagster.api import AsyncKreaClient, DownloadError, JobStatus, KreaErro
 from krea_dagster.api.video import VideoError, inspect_video, poster_frame
 from krea_dagster.engine.cancel import cancel_jobs
 from krea_dagster.engine.crashpoints import crash_point
-from krea_dagster.engine.ledger import Ledger, Submission
+from krea_dagster.engine.ledger import JobUpdate, Ledger, Submission
 from krea_dagster.engine.prompts import expected_aspect_ratio, expected_size
-from krea_dagster.engine.reconcile import job_update
 from krea_dagster.engine.store import ImageStore
 
 __all__ = [
@@ -246,7 +245,7 @@ class BatchCollector:
             self.report.polls += 1
             before = len(pending)
             changed = await asyncio.to_thread(
-                self.ledger.update_jobs, [job_update(job) for job in jobs]
+                self.ledger.update_jobs, [JobUpdate.from_job(job) for job in jobs]
             )
             for row in changed:
                 if row.is_terminal:

@@ -58,7 +58,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from krea_dagster.api.models import TERMINAL_STATUSES, JobStatus
+from krea_dagster.api.models import TERMINAL_STATUSES, Job, JobStatus
 from krea_dagster.engine.errors import ErrorCode
 
 __all__ = [
@@ -403,6 +403,20 @@ class JobUpdate:
     result_url: str | None = None
     completed_at: datetime | None = None
     created_at: datetime | None = None
+
+    @classmethod
+    def from_job(cls, job: Job) -> "JobUpdate":
+        """The ledger facts of a job as the client returned it."""
+        error = job.error
+        return cls(
+            job_id=job.job_id,
+            status=str(job.status),
+            error_code=error.code if error else None,
+            error_message=error.message if error else None,
+            result_url=job.result_urls[0] if job.result_urls else None,
+            completed_at=job.completed_at,
+            created_at=job.created_at,
+        )
 
 
 @dataclass(frozen=True)
@@ -863,7 +877,7 @@ class Ledger:
         """Krea answered the POST: the job exists and has an id. Gives the lease back.
 
         ``more_jobs`` are the further jobs of a node-app execution: each gets an output row in
-        the same transaction.
+        the same transaction. An error the row carried (``ambiguous_submit``) is cleared.
         """
         return self._resolve(
             submission_id,
@@ -871,6 +885,8 @@ class Ledger:
             job_id=job_id,
             krea_created_at=created_at,
             submitted_at=utcnow(),
+            error_code=None,
+            error_message=None,
             **_state_values(status),
         )
 
@@ -915,26 +931,9 @@ class Ledger:
             error_message=message,
         )
 
-    def attribute(
-        self,
-        submission_id: str,
-        *,
-        job_id: str,
-        status: str,
-        created_at: datetime | None,
-        more_jobs: Sequence["JobUpdate"] = (),
-    ) -> bool:
-        """Reconciliation found the job (or a node app's jobs) an unresolved row created."""
-        return self._resolve(
-            submission_id,
-            more_jobs=more_jobs,
-            job_id=job_id,
-            krea_created_at=created_at,
-            submitted_at=utcnow(),
-            error_code=None,
-            error_message=None,
-            **_state_values(status),
-        )
+    #: Reconciliation found the job (or a node app's jobs) an unresolved row created: the same
+    #: write as the POST's answer, arriving later.
+    attribute = mark_submitted
 
     def _resolve(
         self, submission_id: str, *, more_jobs: Sequence["JobUpdate"] = (), **values: Any

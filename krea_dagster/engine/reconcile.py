@@ -37,7 +37,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from krea_dagster.api import AsyncKreaClient, Job, Reconciliation, SubmissionWindow, catalog
+from krea_dagster.api import AsyncKreaClient, Reconciliation, SubmissionWindow, catalog
 from krea_dagster.engine.errors import ErrorCode
 from krea_dagster.engine.ledger import JobUpdate, Ledger, Submission, utcnow
 
@@ -48,7 +48,6 @@ __all__ = [
     "ClockBounds",
     "Outcome",
     "clock_bounds",
-    "job_update",
     "reconcile",
     "window_for",
     "window_seconds",
@@ -227,7 +226,7 @@ def _apply(
                 job_id=job.job_id,
                 status=str(job.status),
                 created_at=job.created_at,
-                more_jobs=[job_update(other) for other in more],
+                more_jobs=[JobUpdate.from_job(other) for other in more],
             ),
             Outcome.ATTRIBUTED,
         )
@@ -246,20 +245,6 @@ def _apply(
     )
     return _written(
         ledger.mark_reported(row.submission_id, message=result.reason), Outcome.REPORTED
-    )
-
-
-def job_update(job: Job) -> JobUpdate:
-    """The ledger facts of a job as the client returned it."""
-    error = job.error
-    return JobUpdate(
-        job_id=job.job_id,
-        status=str(job.status),
-        error_code=error.code if error else None,
-        error_message=error.message if error else None,
-        result_url=job.result_urls[0] if job.result_urls else None,
-        completed_at=job.completed_at,
-        created_at=job.created_at,
     )
 
 

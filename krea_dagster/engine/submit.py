@@ -54,11 +54,10 @@ from krea_dagster.api import (
 )
 from krea_dagster.engine.crashpoints import crash_point
 from krea_dagster.engine.errors import BatchStoppedError, ErrorCode, LeaseUnavailableError
-from krea_dagster.engine.ledger import Ledger, Submission, utcnow
+from krea_dagster.engine.ledger import JobUpdate, Ledger, Submission, utcnow
 from krea_dagster.engine.reconcile import (
     SEND_SLACK,
     Outcome,
-    job_update,
     reconcile,
     window_seconds,
 )
@@ -270,7 +269,7 @@ class BatchSubmitter:
             raise
         else:
             crash_point("submit.after_post", self.scope)
-            job, more = jobs[0], [job_update(other) for other in jobs[1:]]
+            job, more = jobs[0], [JobUpdate.from_job(other) for other in jobs[1:]]
             recorded = await asyncio.to_thread(
                 self.ledger.mark_submitted,
                 row.submission_id,
@@ -282,7 +281,9 @@ class BatchSubmitter:
             if not recorded:
                 # Another worker resolved this row first (its lease had expired): keep the
                 # job on record all the same, so it is collected and a double payment shows.
-                await asyncio.to_thread(self.ledger.record_late_job, row, job_update(job), more)
+                await asyncio.to_thread(
+                    self.ledger.record_late_job, row, JobUpdate.from_job(job), more
+                )
                 self.log.error(
                     f"submission {row.submission_id}: Krea answered after the row was resolved "
                     f"elsewhere; job {job.job_id} is recorded as a late answer"
@@ -365,7 +366,7 @@ class BatchSubmitter:
         """Poll this batch's live jobs until fewer than ``max_live`` remain."""
         while len(self._live) >= self.max_live:
             jobs = await self.client.poll_many(list(self._live))
-            updates = [job_update(job) for job in jobs]
+            updates = [JobUpdate.from_job(job) for job in jobs]
             await asyncio.to_thread(self.ledger.update_jobs, updates)
             for job in jobs:
                 if job.is_terminal:
