@@ -1,7 +1,9 @@
 """Fixtures for the Dagster layer: a real emulator over HTTP, temporary stores, ledgers and instances."""
 
 import csv
+import uuid
 from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ import pytest
 from krea_dagster import KreaResource, build_krea_image_assets
 from krea_dagster.assets import KreaImageAssets
 from krea_dagster.emulator.testing import EmulatorHandle, run_emulator
+from krea_dagster.engine.ledger import submissions_table, utcnow
 
 TEST_MODEL = "bfl/flux-1-dev"
 # Emulator time: Flux's ~7 s average becomes ~35 ms, so a batch renders in well under a second.
@@ -133,3 +136,38 @@ def check_results(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
         evaluation.check_name: evaluation.passed
         for evaluation in result.get_asset_check_evaluations()
     }
+
+
+def record_pending_rows(
+    assets: KreaImageAssets, jobs: Sequence[Any], batch: str, *, krea_clock: bool
+) -> None:
+    """The ledger rows the jobs step would have written for jobs submitted straight to an
+    emulator's state (thousands of POSTs would be slow), ``queued``; ``krea_created_at`` is
+    each job's own creation time with ``krea_clock``, else now."""
+    now = utcnow()
+    rows = [
+        {
+            "submission_id": str(uuid.uuid4()),
+            "scope": assets.prefix,
+            "batch": batch,
+            "generation": 1,
+            "prompt_key": f"key{index}",
+            "attempt": 1,
+            "model": "bfl/flux-1-dev",
+            "request_hash": "h",
+            "request_json": "{}",
+            "state": "queued",
+            "job_id": job.id,
+            "intent_at": now,
+            "submitted_at": now,
+            "krea_created_at": (
+                datetime.fromtimestamp(job.created_us / 1e6, UTC) if krea_clock else now
+            ),
+            "updated_at": now,
+        }
+        for index, job in enumerate(jobs)
+    ]
+    ledger = assets.pipeline.ledger
+    ledger.ensure_generation(assets.prefix, batch)
+    with ledger.transaction() as conn:
+        conn.execute(submissions_table.insert(), rows)

@@ -2,7 +2,6 @@
 
 import json
 import time
-import uuid
 
 import dagster as dg
 import pytest
@@ -12,10 +11,16 @@ from krea_dagster.emulator.clock import ManualClock
 from krea_dagster.emulator.config import EmulatorConfig
 from krea_dagster.emulator.state import DEMO_TOKEN, EmulatorState
 from krea_dagster.emulator.testing import run_emulator
-from krea_dagster.engine.ledger import submissions_table, utcnow
 from krea_dagster.sensors import CompletionCursor, DiscoveryCursor
 
-from .conftest import make_resource, manifest_of, materialize, prompt_rows, write_batch
+from .conftest import (
+    make_resource,
+    manifest_of,
+    materialize,
+    prompt_rows,
+    record_pending_rows,
+    write_batch,
+)
 
 
 def tick(
@@ -225,35 +230,6 @@ def test_sensor_loop_end_to_end_drop_a_file_get_images(
     assert set(manifest_of(result, assets)["status"]) == {"completed"}
 
 
-def _bulk_ledger_rows(assets, jobs, batch: str) -> None:
-    """Ledger rows for jobs submitted directly to the emulator's state (10,000 POSTs would be slow)."""
-    now = utcnow()
-    rows = [
-        {
-            "submission_id": str(uuid.uuid4()),
-            "scope": assets.prefix,
-            "batch": batch,
-            "generation": 1,
-            "prompt_key": f"key{index}",
-            "attempt": 1,
-            "model": "bfl/flux-1-dev",
-            "request_hash": "h",
-            "request_json": "{}",
-            "state": "queued",
-            "job_id": job.id,
-            "intent_at": now,
-            "submitted_at": now,
-            "krea_created_at": now,
-            "updated_at": now,
-        }
-        for index, job in enumerate(jobs)
-    ]
-    ledger = assets.pipeline.ledger
-    ledger.ensure_generation(assets.prefix, batch)
-    with ledger.transaction() as conn:
-        conn.execute(submissions_table.insert(), rows)
-
-
 @pytest.mark.parametrize("pending", [1_000, 10_000], ids=["1k-pending", "10k-pending"])
 def test_completion_tick_with_many_pending_jobs_costs_about_one_request_per_1000(
     pending, build, persistent_instance, monkeypatch
@@ -268,7 +244,7 @@ def test_completion_tick_with_many_pending_jobs_costs_about_one_request_per_1000
     spec = state.models["image/bfl/flux-1-dev"]
     jobs = [state.submit(account, spec, {"prompt": f"p{index}"}) for index in range(pending)]
     assets = build()
-    _bulk_ledger_rows(assets, jobs, "big")
+    record_pending_rows(assets, jobs, "big", krea_clock=False)
     persistent_instance.add_dynamic_partitions(assets.partitions_def.name, ["big"])
     with run_emulator(state=state, clock=clock) as emulator:
         krea = make_resource(emulator)

@@ -1,8 +1,6 @@
 """The completion tick's deadline reaches every Krea call: a slow page ends the tick on time."""
 
 import time
-import uuid
-from datetime import UTC, datetime
 
 import dagster as dg
 import pytest
@@ -13,10 +11,9 @@ from krea_dagster.emulator.clock import ManualClock
 from krea_dagster.emulator.config import EmulatorConfig
 from krea_dagster.emulator.state import DEMO_TOKEN, EmulatorState
 from krea_dagster.emulator.testing import run_emulator
-from krea_dagster.engine.ledger import submissions_table, utcnow
 from krea_dagster.sensors import DAGSTER_SENSOR_TIMEOUT_SECONDS, tick_deadline
 
-from .conftest import make_resource
+from .conftest import make_resource, record_pending_rows
 
 BUDGET = 3.5
 PAGE_SECONDS = 2.5  # one GET /jobs page fits in the budget, two do not
@@ -71,35 +68,6 @@ def submitted_jobs(count: int, clock: ManualClock) -> tuple[EmulatorState, list]
     return state, jobs
 
 
-def record_rows(assets, jobs, batch: str) -> None:
-    """The ledger rows the jobs step would have written, with Krea's own created_at."""
-    now = utcnow()
-    rows = [
-        {
-            "submission_id": str(uuid.uuid4()),
-            "scope": assets.prefix,
-            "batch": batch,
-            "generation": 1,
-            "prompt_key": f"key{index}",
-            "attempt": 1,
-            "model": "bfl/flux-1-dev",
-            "request_hash": "h",
-            "request_json": "{}",
-            "state": "queued",
-            "job_id": job.id,
-            "intent_at": now,
-            "submitted_at": now,
-            "krea_created_at": datetime.fromtimestamp(job.created_us / 1e6, UTC),
-            "updated_at": now,
-        }
-        for index, job in enumerate(jobs)
-    ]
-    ledger = assets.pipeline.ledger
-    ledger.ensure_generation(assets.prefix, batch)
-    with ledger.transaction() as conn:
-        conn.execute(submissions_table.insert(), rows)
-
-
 def test_a_slow_page_ends_the_tick_on_time_and_the_next_tick_continues(
     build, persistent_instance, poll_spans
 ):
@@ -107,7 +75,7 @@ def test_a_slow_page_ends_the_tick_on_time_and_the_next_tick_continues(
     clock = ManualClock(start=time.time())
     state, jobs = submitted_jobs(3_000, clock)
     assets = build()
-    record_rows(assets, jobs, "big")
+    record_pending_rows(assets, jobs, "big", krea_clock=True)
     persistent_instance.add_dynamic_partitions(assets.partitions_def.name, ["big"])
     clock.advance(601.0)  # every job completed at Krea; the ledger does not know yet
     with run_emulator(state=state, clock=clock) as emulator:
@@ -143,7 +111,7 @@ def test_cancels_of_overdue_jobs_stop_at_the_deadline_and_resume_next_tick(
     clock = ManualClock(start=time.time())
     state, jobs = submitted_jobs(8, clock)
     assets = build()
-    record_rows(assets, jobs, "slow")
+    record_pending_rows(assets, jobs, "slow", krea_clock=True)
     persistent_instance.add_dynamic_partitions(assets.partitions_def.name, ["slow"])
     with run_emulator(state=state, clock=clock) as emulator:
         emulator.configure(latency_ms=1000, latency_routes=["DELETE /jobs"])
