@@ -28,7 +28,7 @@ import pandas as pd
 from dagster._core.definitions.metadata.metadata_set import NamespacedMetadataSet
 
 from krea_dagster.engine.collect import Thumbnail
-from krea_dagster.engine.manifest import ManifestStatus
+from krea_dagster.engine.manifest import OUTPUTS_COLUMN, ManifestStatus
 from krea_dagster.engine.store import ImageStore
 
 __all__ = [
@@ -73,7 +73,7 @@ MANIFEST_COLUMN_DOCS: dict[str, tuple[str, str]] = {
     ),
     "error_code": ("string", "Why there is no image: Krea's error code or the collector's."),
     "error_message": ("string", "Why there is no image, in words."),
-    "outputs": (
+    OUTPUTS_COLUMN: (
         "json",
         "A node app's step: the stored result of every job of the row's execution, in order "
         "(uri is the first).",

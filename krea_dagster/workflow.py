@@ -46,6 +46,7 @@ from krea_dagster.engine.ledger import Ledger
 from krea_dagster.engine.manifest import MANIFEST_COLUMNS, ManifestStatus
 from krea_dagster.engine.nodes import (
     ROW_KEY,
+    STEP_COLUMNS,
     KreaStep,
     add_row_keys,
     load_node_app,
@@ -239,7 +240,7 @@ def _step_asset(
             carried = [
                 c
                 for c in rendered.carried
-                if c not in MANIFEST_COLUMNS and c not in PROMPTS_TABLE_COLUMNS
+                if c not in (*MANIFEST_COLUMNS, *PROMPTS_TABLE_COLUMNS, *STEP_COLUMNS)
             ]
             manifest = run_coroutine(
                 _run_step(
@@ -262,8 +263,7 @@ def _step_asset(
             rendered.skipped, batch=batch, generation=generation, carried=carried
         )
         full = pd.concat([manifest, skipped], ignore_index=True) if not skipped.empty else manifest
-        full["step"] = step.name
-        full["step_version"] = step.version
+        full["step"], full["step_version"] = step.name, step.version
         metadata = _step_metadata(context, step, pipeline, full, batch, generation)
         skipped_count = int((full["status"] == ManifestStatus.SKIPPED).sum())
         context.log.info(

@@ -24,6 +24,7 @@ from typing import Any, TypeGuard
 
 import pandas as pd
 
+from krea_dagster.engine.manifest import OUTPUTS_COLUMN
 from krea_dagster.engine.store import ImageStore
 
 __all__ = [
@@ -80,7 +81,7 @@ def gallery_items(manifest: pd.DataFrame, href: Callable[[str], str]) -> list[Ga
     for record in manifest.to_dict(orient="records"):
         uri = _text(record.get("uri"))
         cost = record.get("cost_usd")
-        outputs = record.get("outputs")
+        outputs = record.get(OUTPUTS_COLUMN)
         completed = record["status"] == COMPLETED
         more = (
             tuple(href(str(out)) for out in list(outputs)[1:])

@@ -30,6 +30,7 @@ from krea_dagster.engine.ledger import Submission, SubmissionState
 
 __all__ = [
     "MANIFEST_COLUMNS",
+    "OUTPUTS_COLUMN",
     "ManifestStatus",
     "build_manifest",
     "row_status",
@@ -52,6 +53,8 @@ MANIFEST_COLUMNS = (
     "error_code",
     "error_message",
 )
+#: A node app's step: every job's stored result of the row, in order (after the columns above).
+OUTPUTS_COLUMN = "outputs"
 FAILURE_STATUSES = ("failed", "cancelled", "image_error", "unresolved", "not_submitted", "pending")
 MAX_FAILURE_ROWS = 100
 
@@ -130,7 +133,7 @@ def build_manifest(
             "error_message": None if completed or deciding is None else deciding.error_message,
         }
         if outputs is not None:
-            record["outputs"] = [job.image_uri for job in jobs if job.image_uri]
+            record[OUTPUTS_COLUMN] = [job.image_uri for job in jobs if job.image_uri]
         if row is None:
             record["error_code"] = "not_submitted"
             record["error_message"] = (
@@ -146,7 +149,7 @@ def build_manifest(
         for column in carried_columns:
             record[column] = prompt.get(column)
         records.append(record)
-    extra = ["outputs"] if outputs is not None else []
+    extra = [OUTPUTS_COLUMN] if outputs is not None else []
     frame = pd.DataFrame.from_records(
         records, columns=[*MANIFEST_COLUMNS, *extra, *carried_columns]
     )

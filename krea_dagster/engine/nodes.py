@@ -29,13 +29,14 @@ import pandas as pd
 
 from krea_dagster.api import AsyncKreaClient, NotFoundError, UnknownModelError, catalog
 from krea_dagster.engine.errors import ErrorCode
-from krea_dagster.engine.manifest import MANIFEST_COLUMNS, ManifestStatus
+from krea_dagster.engine.manifest import MANIFEST_COLUMNS, OUTPUTS_COLUMN, ManifestStatus
 from krea_dagster.engine.prompts import PROMPT_COLUMN, PromptProblem, PromptValidationError
 from krea_dagster.engine.template import TemplateError, render, render_value, template_version
 
 __all__ = [
     "PREVIOUS",
     "ROW_KEY",
+    "STEP_COLUMNS",
     "KreaStep",
     "StepRows",
     "add_row_keys",
@@ -48,6 +49,9 @@ __all__ = [
 PREVIOUS = "previous"
 #: The column that identifies a row of the workflow's table from step to step.
 ROW_KEY = "row_key"
+#: What a step's manifest adds to a batch manifest's columns: a table column of one of these
+#: names is not carried (it would be overwritten).
+STEP_COLUMNS = (OUTPUTS_COLUMN, "step", "step_version")
 
 
 @dataclass(frozen=True)

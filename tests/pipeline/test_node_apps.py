@@ -247,3 +247,18 @@ def test_a_node_apps_spec_validates_and_prices_like_a_model():
     from krea_dagster.api.media import media_paths
 
     assert media_paths(spec) == ("product_image",)
+
+
+def test_table_columns_named_like_the_steps_own_are_not_carried_over_them(
+    tmp_path, emulator, instance
+):
+    """A product table's own 'outputs' and 'step' columns never collide with the columns the
+    step writes: the manifest has one of each, the step's."""
+    table = product_table(tmp_path).assign(outputs=["mine", "mine"], step=["x", "y"])
+    products, workflow = build(tmp_path, [workflow_driver.ANGLES_FROM_PHOTO], table=table)
+    result = run(products, workflow, instance, make_resource(emulator, poll_timeout=60))
+    manifest = result.output_for_node("catalog__angles")
+    assert list(manifest.columns).count("outputs") == 1
+    assert list(manifest.columns).count("step") == 1
+    assert list(manifest["step"]) == ["angles", "angles"]
+    assert [len(outputs) for outputs in manifest["outputs"]] == [2, 2]
