@@ -13,7 +13,8 @@ import pytest
 from krea_dagster import KreaResource, build_krea_image_assets
 from krea_dagster.assets import KreaImageAssets
 from krea_dagster.emulator.testing import EmulatorHandle, run_emulator
-from krea_dagster.engine.ledger import submissions_table, utcnow
+from krea_dagster.engine.ledger import utcnow
+from krea_dagster.engine.ledger.schema import submissions_table
 
 TEST_MODEL = "bfl/flux-1-dev"
 # Emulator time: Flux's ~7 s average becomes ~35 ms, so a batch renders in well under a second.

@@ -16,12 +16,8 @@ from krea_dagster.emulator.clock import ManualClock
 from krea_dagster.emulator.config import EmulatorConfig
 from krea_dagster.emulator.state import DEMO_TOKEN, EmulatorState
 from krea_dagster.emulator.testing import run_emulator
-from krea_dagster.engine.ledger import (
-    Ledger,
-    generations_table,
-    submissions_table,
-    utcnow,
-)
+from krea_dagster.engine.ledger import Ledger, utcnow
+from krea_dagster.engine.ledger.schema import generations_table, submissions_table
 from krea_dagster.sensors import CompletionCursor
 
 from .conftest import make_resource, materialize, prompt_rows, write_batch

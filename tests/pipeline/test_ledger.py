@@ -13,8 +13,8 @@ from krea_dagster.engine.ledger import (
     Ledger,
     LedgerSchemaError,
     SubmissionState,
-    meta_table,
 )
+from krea_dagster.engine.ledger.schema import meta_table
 from krea_dagster.engine.reconcile import clock_bounds
 
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)

@@ -22,7 +22,8 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image
 
-from krea_dagster.engine.ledger import Ledger, submissions_table
+from krea_dagster.engine.ledger import Ledger
+from krea_dagster.engine.ledger.schema import submissions_table
 
 from .conftest import keep_logs
 from .harness import Deployment, s3_environment, store_text, wait_for, write_prompts

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from dagster._core.storage.dagster_run import DagsterRunStatus
 
-from krea_dagster.engine.ledger import submissions_table
+from krea_dagster.engine.ledger.schema import submissions_table
 
 from .harness import (
     CHECK_NAMES,

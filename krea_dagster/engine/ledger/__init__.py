@@ -1,0 +1,96 @@
+"""The job ledger: one durable row per Krea submission, so nothing is ever paid for twice.
+
+Krea bills every completed job and has no idempotency key. The ledger is what makes a re-run,
+a crash or a second worker safe: the *intent* to submit is committed **before** the POST
+(``claim``), the time of every attempt right before it is sent (``note_send``), the job id
+right after it (``mark_submitted``), and every later fact about the job (status, error, result
+URL, the verified image) is written to the same row. A prompt is only submitted again when its
+latest row for the generation is terminal and not paid (failed, cancelled, or proven never
+created).
+
+States of a row::
+
+    intent ──POST answered──▶ <Krea status> ──poll──▶ completed | failed | cancelled
+      │                          (backlogged … intermediate-complete)
+      ├──refused / never sent──▶ not_created
+      └──outcome unknown───────▶ unknown ──reconciled──▶ <Krea status> | not_created | reported
+
+**The submit lease.** ``intent`` and ``unknown`` rows are the only rows whose outcome at Krea is
+not known. A row becomes one only while it holds its account's lease (one row of
+``krea_submit_leases`` per Krea account), taken in the same transaction that writes the intent
+and given back in the same transaction that records the answer. So across every worker,
+instance and prefix that shares this database there is at most one unresolved submission per
+account at any moment, and ``krea_dagster.engine.reconcile`` decides it from one window. A
+lease expires (``expires_at``, pushed forward before every send and every wait): a worker that
+died, on this host or any other, holds nothing once it has expired, whatever Dagster says of
+its run.
+
+**Guarded writes.** Every state change is one SQL statement whose ``WHERE`` holds its guard
+(compare-and-set): a status never moves backwards and an answered row is never overwritten by a
+late writer, whatever the interleaving of workers on PostgreSQL.
+
+**Several jobs per submission.** A node app's execution (``POST /node-apps/{id}/execute``)
+creates several jobs from one request. Its row is the submission (intent, lease, send time,
+reconciliation: one POST, one window) and holds the first job; every further job gets an
+*output row* of its own (``parent_id`` names the submission, ``output_key`` its prompt key),
+written in the same transaction as the answer, so each job is polled, collected, costed and
+cancelled like any other and nothing about it can be lost between the two writes. Output rows
+are never claimed or re-sent: only the submission row decides whether the prompt is covered.
+
+The ledger is SQLAlchemy Core on any URL: ``sqlite:///path/ledger.db`` by default,
+``postgresql+psycopg://…`` for deployments where several run workers share it. The schema is
+created and versioned here (``SCHEMA_VERSION``; older ledgers are upgraded in place).
+
+Its parts, one concept per module: ``records`` (rows, states and the rules over them),
+``schema`` (tables, versions, upgrades, the connection), ``protocol`` (every guarded write),
+``queries`` (every read) and ``uploads`` (reference files by content hash).
+"""
+
+from krea_dagster.engine.ledger.protocol import LedgerWrites
+from krea_dagster.engine.ledger.queries import LedgerQueries
+from krea_dagster.engine.ledger.records import (
+    PAID_STATES,
+    TERMINAL_STATES,
+    UNRESOLVED_STATES,
+    Claim,
+    JobUpdate,
+    Lease,
+    Submission,
+    SubmissionState,
+    may_submit,
+    output_key,
+    utcnow,
+)
+from krea_dagster.engine.ledger.schema import SCHEMA_VERSION, LedgerSchemaError
+from krea_dagster.engine.ledger.uploads import LedgerUploadCache
+
+__all__ = [
+    "PAID_STATES",
+    "SCHEMA_VERSION",
+    "TERMINAL_STATES",
+    "UNRESOLVED_STATES",
+    "Claim",
+    "JobUpdate",
+    "Lease",
+    "Ledger",
+    "LedgerSchemaError",
+    "LedgerUploadCache",
+    "Submission",
+    "SubmissionState",
+    "may_submit",
+    "output_key",
+    "utcnow",
+]
+
+
+class Ledger(LedgerWrites, LedgerQueries):
+    """Durable submissions for every batch and generation of one or more asset prefixes.
+
+    Args:
+        url: a SQLAlchemy URL. ``sqlite:///relative/or/absolute.db`` (directories are created)
+            or ``postgresql+psycopg://user@host/db``.
+    """
+
+    def upload_cache(self, account: str) -> LedgerUploadCache:
+        """The ``UploadCache`` of an account: every worker and run sees every upload."""
+        return LedgerUploadCache(self, account)

@@ -1,0 +1,606 @@
+"""The write protocol: every state change of the ledger, each one guarded SQL statement.
+
+Intent before the POST (``claim``, which takes the account's submit lease in the same
+transaction), the send time before each attempt (``note_send``), the answer after it
+(``mark_submitted`` / ``mark_unknown`` / ``mark_not_created``, which give the lease back), then
+every later fact about the job (``update_jobs``, ``record_image``). Each ``WHERE`` holds its
+guard (compare-and-set), so a status never moves backwards and an answer is written once,
+whatever the interleaving of workers.
+"""
+
+import json
+import os
+import socket
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from krea_dagster.api.models import JobStatus
+from krea_dagster.engine.errors import ErrorCode
+from krea_dagster.engine.ledger.records import (
+    STATUS_RANK,
+    TERMINAL_STATES,
+    UNRANKED,
+    UNRESOLVED_STATES,
+    Claim,
+    JobUpdate,
+    Submission,
+    SubmissionState,
+    may_submit,
+    output_key,
+    utcnow,
+)
+from krea_dagster.engine.ledger.schema import (
+    LedgerDatabase,
+    accounts_table,
+    chunks,
+    generations_table,
+    leases_table,
+    submissions_table,
+)
+
+__all__ = ["LedgerWrites"]
+
+# The columns an output row does not copy from its submission row.
+_OWN_OUTPUT_COLUMNS = frozenset(
+    {
+        "submission_id",
+        "prompt_key",
+        "parent_id",
+        "job_id",
+        "state",
+        "estimated_usd",
+        "cost_usd",
+        "krea_created_at",
+        "submitted_at",
+        "updated_at",
+    }
+)
+
+
+def _status_rank(column: Any) -> Any:
+    """SQL: the rank of the status in ``column`` (see ``STATUS_RANK``)."""
+    return sa.case(
+        *((column == status, rank) for status, rank in STATUS_RANK.items()),
+        else_=UNRANKED,
+    )
+
+
+def _state_values(status: str) -> dict[str, Any]:
+    """Column values that go with writing ``status``: a completed job carries its cost.
+
+    Krea does not report the charge per job; the catalog's price for the exact request is it,
+    however the row learnt that its job completed (a poll, the POST answer, reconciliation).
+    """
+    values: dict[str, Any] = {"state": status}
+    if status == JobStatus.COMPLETED:
+        values["cost_usd"] = sa.func.coalesce(
+            submissions_table.c.cost_usd, submissions_table.c.estimated_usd
+        )
+    return values
+
+
+class LedgerWrites(LedgerDatabase):
+    """Every write of the ledger (see ``Ledger``)."""
+
+    # -- accounts --------------------------------------------------------------------------
+
+    def register_account(self, account: str) -> None:
+        """Record that this ledger serves a Krea account (the token's key id, never the secret)."""
+        with self.transaction() as conn:
+            exists = conn.execute(
+                sa.select(accounts_table.c.account).where(accounts_table.c.account == account)
+            ).first()
+            if exists is None:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(
+                            accounts_table.insert().values(
+                                account=account, first_seen_at=utcnow(), foreign_jobs_seen=0
+                            )
+                        )
+                except sa.exc.IntegrityError:
+                    pass  # another worker registered it at the same moment
+
+    def note_foreign_jobs(self, account: str, job_ids: Sequence[str]) -> None:
+        """Jobs on the account that no submission of this ledger made (another ledger or tool)."""
+        if not job_ids:
+            return
+        self.register_account(account)
+        with self.transaction() as conn:
+            conn.execute(
+                accounts_table.update()
+                .where(accounts_table.c.account == account)
+                .values(
+                    foreign_jobs_seen=accounts_table.c.foreign_jobs_seen + len(job_ids),
+                    last_foreign_job_id=job_ids[-1],
+                )
+            )
+
+    # -- generations -----------------------------------------------------------------------
+
+    def start_generation(
+        self,
+        scope: str,
+        batch: str,
+        *,
+        reason: str,
+        request_id: str,
+        run_id: str | None = None,
+    ) -> int:
+        """The generation opened for ``request_id``: found if it exists, else ``current + 1``.
+
+        ``request_id`` names one request to regenerate (a schedule tick, a launch). A retry or
+        a re-execution of that run carries it, so it finds this generation and pays for
+        nothing twice; the unique index makes two concurrent openers agree.
+        """
+        for _ in range(10):
+            try:
+                with self.transaction() as conn:
+                    found = conn.execute(
+                        sa.select(generations_table.c.generation).where(
+                            generations_table.c.scope == scope,
+                            generations_table.c.batch == batch,
+                            generations_table.c.request_id == request_id,
+                        )
+                    ).scalar_one_or_none()
+                    if found is not None:
+                        return int(found)
+                    generation = self._current_generation(conn, scope, batch) + 1
+                    conn.execute(
+                        generations_table.insert().values(
+                            scope=scope,
+                            batch=batch,
+                            generation=generation,
+                            reason=reason,
+                            run_id=run_id,
+                            request_id=request_id,
+                            started_at=utcnow(),
+                        )
+                    )
+                    return generation
+            except sa.exc.IntegrityError:
+                continue  # a concurrent opener won (same request, or the same number); read again
+        raise RuntimeError(f"could not open a new generation for batch {batch!r}")
+
+    def ensure_generation(self, scope: str, batch: str, *, run_id: str | None = None) -> int:
+        """The current generation of a batch, opening generation 1 for a new batch."""
+        current = self.current_generation(scope, batch)
+        if current:
+            return current
+        # Insert generation 1 itself, not through start_generation: when two workers start a
+        # new batch at the same moment, the loser must find generation 1, not open generation 2.
+        try:
+            with self.transaction() as conn:
+                conn.execute(
+                    generations_table.insert().values(
+                        scope=scope,
+                        batch=batch,
+                        generation=1,
+                        reason="first",
+                        run_id=run_id,
+                        started_at=utcnow(),
+                    )
+                )
+            return 1
+        except sa.exc.IntegrityError:
+            return self.current_generation(scope, batch)  # a concurrent worker opened it
+
+    # -- the submission protocol -----------------------------------------------------------
+
+    def claim(
+        self,
+        *,
+        scope: str,
+        batch: str,
+        generation: int,
+        prompt_key: str,
+        model: str,
+        request: Mapping[str, Any],
+        request_hash: str,
+        submission_id: str,
+        estimated_usd: float | None,
+        run_id: str | None,
+        max_attempts: int,
+        account: str,
+        lease_seconds: float,
+    ) -> Claim:
+        """Write the intent to submit a prompt and take the account's submit lease, or say why not.
+
+        Both happen in one transaction, so an unresolved row always holds the lease.
+        """
+        now = utcnow()
+        try:
+            with self.transaction() as conn:
+                previous = self._attempts(conn, scope, batch, prompt_key, generation)
+                if not may_submit(previous, max_attempts):
+                    return Claim(covered=True)
+                lease = conn.execute(
+                    sa.select(leases_table)
+                    .where(leases_table.c.account == account)
+                    .with_for_update()
+                ).first()
+                if lease is not None and lease.submission_id is not None:
+                    held = self._lease(conn, lease)
+                    if held is not None:
+                        return Claim(lease=held)
+                conn.execute(
+                    submissions_table.insert().values(
+                        submission_id=submission_id,
+                        scope=scope,
+                        batch=batch,
+                        generation=generation,
+                        prompt_key=prompt_key,
+                        attempt=(previous[-1].attempt if previous else 0) + 1,
+                        model=model,
+                        request_hash=request_hash,
+                        request_json=json.dumps(request, sort_keys=True),
+                        state=SubmissionState.INTENT.value,
+                        account=account,
+                        run_id=run_id,
+                        owner_host=socket.gethostname(),
+                        estimated_usd=estimated_usd,
+                        intent_at=now,
+                        updated_at=now,
+                    )
+                )
+                lease_values = {
+                    "submission_id": submission_id,
+                    "expires_at": now + timedelta(seconds=lease_seconds),
+                    "owner_host": socket.gethostname(),
+                    "owner_pid": os.getpid(),
+                    "updated_at": now,
+                }
+                if lease is None:
+                    conn.execute(leases_table.insert().values(account=account, **lease_values))
+                else:
+                    conn.execute(
+                        leases_table.update()
+                        .where(leases_table.c.account == account)
+                        .values(**lease_values)
+                    )
+        except sa.exc.IntegrityError:
+            # A concurrent worker claimed the same attempt, or created the lease row first.
+            covered = self._covered(scope, batch, prompt_key, generation, max_attempts)
+            return Claim(covered=covered)
+        return Claim(row=self.get(submission_id))
+
+    def _covered(
+        self, scope: str, batch: str, prompt_key: str, generation: int, max_attempts: int
+    ) -> bool:
+        with self.engine.connect() as conn:
+            return not may_submit(
+                self._attempts(conn, scope, batch, prompt_key, generation), max_attempts
+            )
+
+    def note_send(self, submission_id: str, *, sent_at: datetime, lease_seconds: float) -> bool:
+        """The POST is about to go out (or to wait, then go): record when, extend the lease.
+
+        False when the row no longer holds a live lease (it expired and another worker took
+        over): the caller must not send.
+        """
+        now = utcnow()
+        with self.transaction() as conn:
+            kept = conn.execute(
+                leases_table.update()
+                .where(
+                    leases_table.c.submission_id == submission_id,
+                    leases_table.c.expires_at > now,
+                )
+                .values(expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
+            )
+            if kept.rowcount != 1:
+                return False
+            conn.execute(
+                submissions_table.update()
+                .where(
+                    submissions_table.c.submission_id == submission_id,
+                    submissions_table.c.state == SubmissionState.INTENT.value,
+                )
+                .values(sent_at=sent_at, updated_at=now)
+            )
+        return True
+
+    def mark_submitted(
+        self,
+        submission_id: str,
+        *,
+        job_id: str,
+        status: str,
+        created_at: datetime | None,
+        more_jobs: Sequence["JobUpdate"] = (),
+    ) -> bool:
+        """Krea answered the POST: the job exists and has an id. Gives the lease back.
+
+        ``more_jobs`` are the further jobs of a node-app execution: each gets an output row in
+        the same transaction. An error the row carried (``ambiguous_submit``) is cleared.
+        """
+        return self._resolve(
+            submission_id,
+            more_jobs=more_jobs,
+            job_id=job_id,
+            krea_created_at=created_at,
+            submitted_at=utcnow(),
+            error_code=None,
+            error_message=None,
+            **_state_values(status),
+        )
+
+    def mark_unknown(self, submission_id: str, *, message: str) -> bool:
+        """The POST may have created a job (connection lost after sending, 5xx, timeout).
+
+        The row keeps the lease: nothing else is sent on the account until it is reconciled.
+        """
+        now = utcnow()
+        with self.transaction() as conn:
+            result = conn.execute(
+                submissions_table.update()
+                .where(
+                    submissions_table.c.submission_id == submission_id,
+                    submissions_table.c.state == SubmissionState.INTENT.value,
+                )
+                .values(
+                    state=SubmissionState.UNKNOWN.value,
+                    ambiguous_at=now,
+                    error_code=ErrorCode.AMBIGUOUS_SUBMIT.value,
+                    error_message=message,
+                    updated_at=now,
+                )
+            )
+            return result.rowcount == 1
+
+    def mark_not_created(self, submission_id: str, *, code: str, message: str) -> bool:
+        """Krea refused the POST or never received it: nothing was created, nothing is owed."""
+        return self._resolve(
+            submission_id,
+            state=SubmissionState.NOT_CREATED.value,
+            error_code=code,
+            error_message=message,
+        )
+
+    def mark_reported(self, submission_id: str, *, message: str) -> bool:
+        """Reconciliation could not decide: keep the prompt from being re-sent, free the lease."""
+        return self._resolve(
+            submission_id,
+            state=SubmissionState.REPORTED.value,
+            error_code=ErrorCode.UNDECIDABLE.value,
+            error_message=message,
+        )
+
+    #: Reconciliation found the job (or a node app's jobs) an unresolved row created: the same
+    #: write as the POST's answer, arriving later.
+    attribute = mark_submitted
+
+    def _resolve(
+        self, submission_id: str, *, more_jobs: Sequence["JobUpdate"] = (), **values: Any
+    ) -> bool:
+        """Answer an unresolved row and give its lease back, in one transaction.
+
+        Guarded: only a row still unresolved is answered (two reconcilers of one dead worker's
+        row, or a late POST answer after a takeover, write once). Returns whether it was.
+        ``more_jobs`` become the row's output rows in the same transaction.
+        """
+        now = utcnow()
+        values["updated_at"] = now
+        with self.transaction() as conn:
+            result = conn.execute(
+                submissions_table.update()
+                .where(
+                    submissions_table.c.submission_id == submission_id,
+                    submissions_table.c.state.in_(sorted(UNRESOLVED_STATES)),
+                )
+                .values(**values)
+            )
+            conn.execute(
+                leases_table.update()
+                .where(leases_table.c.submission_id == submission_id)
+                .values(submission_id=None, expires_at=None, updated_at=now)
+            )
+            if result.rowcount == 1:
+                if more_jobs:
+                    row = self._get(conn, submission_id)
+                    assert row is not None
+                    self._insert_outputs(conn, row, more_jobs, now)
+                return True
+            if self._get(conn, submission_id) is None:
+                raise KeyError(f"no ledger row for submission {submission_id}")
+            return False
+
+    @staticmethod
+    def _insert_outputs(
+        conn: Connection, row: Submission, jobs: Sequence["JobUpdate"], now: datetime
+    ) -> None:
+        """An output row per further job of ``row``'s execution (positions 1, 2, ...).
+
+        An output row carries the submission's request and account but no estimate: the
+        execution's price is the submission row's.
+        """
+        copied = {
+            name: getattr(row, name)
+            for name in Submission.__dataclass_fields__
+            if name not in _OWN_OUTPUT_COLUMNS
+        }
+        for position, update in enumerate(jobs, start=1):
+            conn.execute(
+                submissions_table.insert().values(
+                    **copied,
+                    submission_id=str(
+                        uuid.uuid5(uuid.NAMESPACE_URL, f"{row.submission_id}#{position}")
+                    ),
+                    prompt_key=output_key(row.prompt_key, position),
+                    parent_id=row.submission_id,
+                    job_id=update.job_id,
+                    krea_created_at=update.created_at,
+                    estimated_usd=0.0,
+                    # The execution's price is on the submission row; a completed output
+                    # job adds nothing to it.
+                    cost_usd=0.0 if update.status == JobStatus.COMPLETED else None,
+                    state=update.status,
+                    submitted_at=now,
+                    updated_at=now,
+                )
+            )
+
+    def record_late_job(
+        self, row: Submission, update: JobUpdate, more_jobs: Sequence[JobUpdate] = ()
+    ) -> Submission:
+        """Keep a job Krea created for a row that was meanwhile resolved elsewhere.
+
+        A sender whose lease expired mid-request (a stalled process) may get its answer after
+        another worker reconciled the row. The job exists and may be billed, so it gets a row of
+        its own (the next attempt, error code ``late_answer``): it is polled and collected, its
+        cost counted, and a double payment shows in the batch's no-duplicates check.
+        """
+        now = utcnow()
+        for _ in range(10):
+            try:
+                with self.transaction() as conn:
+                    attempts = self._attempts(
+                        conn, row.scope, row.batch, row.prompt_key, row.generation
+                    )
+                    values = {
+                        **{
+                            name: getattr(row, name)
+                            for name in Submission.__dataclass_fields__
+                            if name not in ("state", "cost_usd", "updated_at")
+                        },
+                        "submission_id": _late_id(row.submission_id),
+                        "attempt": max(a.attempt for a in attempts) + 1,
+                        "job_id": update.job_id,
+                        "krea_created_at": update.created_at,
+                        "submitted_at": now,
+                        "error_code": ErrorCode.LATE_ANSWER.value,
+                        "error_message": (
+                            f"Krea answered submission {row.submission_id} after it was "
+                            "resolved elsewhere"
+                        ),
+                        "updated_at": now,
+                        **_state_values(update.status),
+                    }
+                    if "cost_usd" in values:
+                        values["cost_usd"] = row.estimated_usd
+                    conn.execute(submissions_table.insert().values(**values))
+                    if more_jobs:
+                        late = self._get(conn, values["submission_id"])
+                        assert late is not None
+                        self._insert_outputs(conn, late, more_jobs, now)
+                return self.get(values["submission_id"])
+            except sa.exc.IntegrityError:
+                continue  # a concurrent attempt took that number; count again
+        raise RuntimeError(f"could not record the late job {update.job_id}")
+
+    def update_jobs(self, updates: Iterable[JobUpdate]) -> list[Submission]:
+        """Record job statuses; returns the rows whose state changed.
+
+        Each write is guarded in SQL: a terminal row is never changed, and a live status never
+        replaces a later one (a stale page after a fresher GET, two pollers racing).
+        """
+        by_id = {update.job_id: update for update in updates}
+        if not by_id:
+            return []
+        changed: list[str] = []
+        now = utcnow()
+        column = submissions_table.c
+        with self.transaction() as conn:
+            for chunk in chunks(list(by_id), 500):
+                current = conn.execute(
+                    sa.select(column.job_id, column.state, column.result_url).where(
+                        column.job_id.in_(chunk)
+                    )
+                ).all()
+                for job_id, state, result_url in current:
+                    update = by_id[job_id]
+                    if state == update.status and result_url == update.result_url:
+                        continue  # unchanged, like most rows of a big poll
+                    values: dict[str, Any] = {
+                        **_state_values(update.status),
+                        "updated_at": now,
+                        "error_code": update.error_code,
+                        "error_message": update.error_message,
+                    }
+                    if update.result_url is not None:
+                        values["result_url"] = update.result_url
+                    if update.completed_at is not None:
+                        values["completed_at"] = update.completed_at
+                    if update.created_at is not None:
+                        values["krea_created_at"] = sa.func.coalesce(
+                            column.krea_created_at, update.created_at
+                        )
+                    guard = [column.job_id == job_id, column.state.not_in(sorted(TERMINAL_STATES))]
+                    if update.status not in TERMINAL_STATES:
+                        rank = STATUS_RANK.get(update.status, UNRANKED)
+                        guard.append(_status_rank(column.state) <= rank)
+                    result = conn.execute(
+                        submissions_table.update()
+                        .where(*guard)
+                        .values(**values)
+                        .returning(column.submission_id)
+                    )
+                    changed.extend(result.scalars())
+        return self.get_many(changed)
+
+    def record_image(
+        self,
+        submission_id: str,
+        *,
+        uri: str,
+        sha256: str,
+        width: int,
+        height: int,
+        size_bytes: int,
+    ) -> None:
+        """The job's result is verified and stored."""
+        with self.transaction() as conn:
+            result = conn.execute(
+                submissions_table.update()
+                .where(
+                    submissions_table.c.submission_id == submission_id,
+                    submissions_table.c.state == JobStatus.COMPLETED.value,
+                )
+                .values(
+                    image_uri=uri,
+                    sha256=sha256,
+                    width=width,
+                    height=height,
+                    size_bytes=size_bytes,
+                    error_code=None,
+                    error_message=None,
+                    updated_at=utcnow(),
+                )
+            )
+            if result.rowcount != 1 and self._get(conn, submission_id) is None:
+                raise KeyError(f"no ledger row for submission {submission_id}")
+
+    def record_image_error(
+        self, submission_id: str, *, seen_uri: str | None, code: str, message: str
+    ) -> bool:
+        """The job completed (and was paid) but its result could not be stored as a valid image.
+
+        ``seen_uri`` is the row's ``image_uri`` when this worker read it. The error is recorded
+        only if nobody has stored a different image since: a worker whose download failed must
+        not erase a good image another worker of the same batch stored meanwhile. Returns
+        whether the error was recorded.
+        """
+        column = submissions_table.c.image_uri
+        unchanged = column.is_(None) if seen_uri is None else column == seen_uri
+        with self.transaction() as conn:
+            result = conn.execute(
+                submissions_table.update()
+                .where(submissions_table.c.submission_id == submission_id)
+                .where(sa.or_(column.is_(None), unchanged))
+                .values(image_uri=None, error_code=code, error_message=message, updated_at=utcnow())
+            )
+            if result.rowcount == 1:
+                return True
+            if self._get(conn, submission_id) is None:
+                raise KeyError(f"no ledger row for submission {submission_id}")
+            return False
+
+
+def _late_id(submission_id: str) -> str:
+    """A submission id for the late answer of ``submission_id`` (same length, distinct)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"krea-late:{submission_id}"))

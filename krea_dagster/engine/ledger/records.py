@@ -1,0 +1,264 @@
+"""The ledger's records: rows as typed frozen values, states as data, and the rules over them.
+
+Nothing here touches the database: ``Submission.from_row`` turns a row into a record, and the
+write protocol (``protocol``) and the queries (``queries``) hand records back.
+"""
+
+import hashlib
+import json
+import os
+import socket
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from krea_dagster.api.models import TERMINAL_STATUSES, Job, JobStatus
+from krea_dagster.engine.errors import ErrorCode
+
+__all__ = [
+    "PAID_STATES",
+    "STATUS_RANK",
+    "TERMINAL_STATES",
+    "UNRANKED",
+    "UNRESOLVED_STATES",
+    "Claim",
+    "JobUpdate",
+    "Lease",
+    "Submission",
+    "SubmissionState",
+    "aware",
+    "may_submit",
+    "output_key",
+    "utcnow",
+]
+
+
+class SubmissionState(StrEnum):
+    """The ledger's own states, before a row has (or instead of) a Krea status.
+
+    Once Krea answers, a row's state is the job's status (``JobStatus``), stored verbatim, so a
+    status Krea adds later is kept too.
+    """
+
+    INTENT = "intent"
+    UNKNOWN = "unknown"
+    NOT_CREATED = "not_created"
+    #: Reconciliation could not tell whether the POST created a job: never re-sent on a guess;
+    #: the batch's check fails and names it until someone resolves it.
+    REPORTED = "reported"
+
+
+TERMINAL_STATES = frozenset(
+    {
+        *(status.value for status in TERMINAL_STATUSES),
+        SubmissionState.NOT_CREATED.value,
+        SubmissionState.REPORTED.value,
+    }
+)
+PAID_STATES = frozenset({JobStatus.COMPLETED.value})
+UNRESOLVED_STATES = frozenset({SubmissionState.INTENT.value, SubmissionState.UNKNOWN.value})
+# Krea's statuses in the order a job moves through them; a write never lowers the rank.
+STATUS_RANK = {
+    status.value: rank
+    for rank, status in enumerate(
+        [
+            JobStatus.BACKLOGGED,
+            JobStatus.QUEUED,
+            JobStatus.SCHEDULED,
+            JobStatus.PROCESSING,
+            JobStatus.SAMPLING,
+            JobStatus.INTERMEDIATE_COMPLETE,
+        ]
+    )
+}
+UNRANKED = len(STATUS_RANK)  # a status Krea adds later: after the known live ones
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def aware(value: datetime | None) -> datetime | None:
+    """SQLite hands datetimes back naive; every time in the ledger is UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One row of the ledger: one POST (or the intent of one) for one prompt of one generation."""
+
+    submission_id: str
+    scope: str
+    batch: str
+    generation: int
+    prompt_key: str
+    attempt: int
+    model: str
+    request_hash: str
+    request_json: str
+    state: str
+    job_id: str | None
+    account: str | None
+    run_id: str | None
+    owner_host: str | None
+    estimated_usd: float | None
+    cost_usd: float | None
+    error_code: str | None
+    error_message: str | None
+    result_url: str | None
+    image_uri: str | None
+    sha256: str | None
+    width: int | None
+    height: int | None
+    size_bytes: int | None
+    intent_at: datetime
+    sent_at: datetime | None
+    ambiguous_at: datetime | None
+    submitted_at: datetime | None
+    krea_created_at: datetime | None
+    completed_at: datetime | None
+    updated_at: datetime
+    #: Set on an output row: the submission (node-app execution) whose further job it holds.
+    parent_id: str | None = None
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> "Submission":
+        values = {name: row[name] for name in cls.__dataclass_fields__}
+        for name, value in values.items():
+            if isinstance(value, datetime):
+                values[name] = aware(value)
+        return cls(**values)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    @property
+    def is_live(self) -> bool:
+        return not self.is_terminal
+
+    @property
+    def is_paid(self) -> bool:
+        return self.state in PAID_STATES
+
+    @property
+    def is_unresolved(self) -> bool:
+        """Krea may or may not have created a job for this row."""
+        return self.state in UNRESOLVED_STATES
+
+    @property
+    def is_reported(self) -> bool:
+        """Reconciliation could not decide; a person has to."""
+        return self.state == SubmissionState.REPORTED
+
+    @property
+    def is_pending_at_krea(self) -> bool:
+        """A job exists at Krea and has not reached a terminal status yet."""
+        return self.job_id is not None and not self.is_terminal and not self.is_unresolved
+
+    @property
+    def has_image(self) -> bool:
+        return self.image_uri is not None
+
+    @property
+    def request(self) -> dict[str, Any]:
+        return dict(json.loads(self.request_json))
+
+
+def output_key(prompt_key: str, position: int) -> str:
+    """The prompt key of a submission's output row ``position`` (1 for its second job, ...)."""
+    return hashlib.sha256(f"{prompt_key}#output{position}".encode()).hexdigest()
+
+
+def may_submit(attempts: Iterable[Submission], max_attempts: int) -> bool:
+    """Whether a prompt with these earlier attempts (one generation) may be submitted again.
+
+    Not while one is live (maybe another worker is sending it right now), paid or reported
+    (nobody knows whether it created a job). Attempts Krea never received, or refused for the
+    balance, the rate or the token, do not count against ``max_attempts``; failed jobs and
+    bodies Krea rejected do.
+    """
+    counted = 0
+    for row in attempts:
+        if row.is_live or row.is_paid or row.is_reported:
+            return False
+        if row.state != SubmissionState.NOT_CREATED or row.error_code == ErrorCode.REJECTED:
+            counted += 1
+    return counted < max_attempts
+
+
+@dataclass(frozen=True)
+class JobUpdate:
+    """A fact about a Krea job, as the client saw it, to be written to its row."""
+
+    job_id: str
+    status: str
+    error_code: str | None = None
+    error_message: str | None = None
+    result_url: str | None = None
+    completed_at: datetime | None = None
+    created_at: datetime | None = None
+
+    @classmethod
+    def from_job(cls, job: Job) -> "JobUpdate":
+        """The ledger facts of a job as the client returned it."""
+        error = job.error
+        return cls(
+            job_id=job.job_id,
+            status=str(job.status),
+            error_code=error.code if error else None,
+            error_message=error.message if error else None,
+            result_url=job.result_urls[0] if job.result_urls else None,
+            completed_at=job.completed_at,
+            created_at=job.created_at,
+        )
+
+
+@dataclass(frozen=True)
+class Lease:
+    """The account's submit lease as held by one submission."""
+
+    holder: Submission
+    expires_at: datetime | None
+    owner_host: str | None
+    owner_pid: int | None
+
+    def is_expired(self, now: datetime) -> bool:
+        """Expired at ``expires_at``, or at once when its owner was a process of this host that
+        is gone (no waiting out a crashed local worker's lease)."""
+        if self.expires_at is None or self.expires_at <= now:
+            return True
+        if self.owner_host == socket.gethostname() and self.owner_pid is not None:
+            return not _process_alive(self.owner_pid)
+        return False
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What ``Ledger.claim`` did: wrote an intent (``row``), or why it did not.
+
+    ``covered``: the prompt must not be submitted (live, paid, reported or out of attempts).
+    ``lease``: another submission holds the account's lease; once it has expired, that row
+    must be reconciled before anything else is sent on the account. None of the three: a
+    concurrent claim raced this one; claim again.
+    """
+
+    row: Submission | None = None
+    covered: bool = False
+    lease: Lease | None = None

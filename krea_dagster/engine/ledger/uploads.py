@@ -1,0 +1,84 @@
+"""Uploaded reference files, by content hash per account, in the ledger database."""
+
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+
+from krea_dagster.engine.ledger.records import utcnow
+from krea_dagster.engine.ledger.schema import uploads_table
+
+if TYPE_CHECKING:
+    from krea_dagster.engine.ledger.schema import LedgerDatabase
+
+__all__ = ["LedgerUploadCache"]
+
+
+class LedgerUploadCache:
+    """Uploaded reference files of one account, by content hash, in the ledger database.
+
+    ``begin`` writes the intent before the upload (like a submission's): a worker killed during
+    an upload leaves it, and the next ``begin`` of the same bytes answers True, so the resolver
+    looks for the asset in ``GET /assets`` before uploading again. Nothing is uploaded twice.
+    """
+
+    def __init__(self, ledger: "LedgerDatabase", account: str) -> None:
+        self.ledger = ledger
+        self.account = account
+
+    def get(self, sha256: str) -> str | None:
+        with self.ledger.engine.connect() as conn:
+            url = conn.execute(
+                sa.select(uploads_table.c.url).where(
+                    uploads_table.c.account == self.account,
+                    uploads_table.c.sha256 == sha256,
+                    uploads_table.c.url.is_not(None),
+                )
+            ).scalar_one_or_none()
+        return None if url is None else str(url)
+
+    def begin(self, sha256: str) -> bool:
+        with self.ledger.transaction() as conn:
+            started = conn.execute(
+                sa.select(uploads_table.c.started_at).where(
+                    uploads_table.c.account == self.account, uploads_table.c.sha256 == sha256
+                )
+            ).first()
+            if started is not None:
+                return True
+            conn.execute(
+                uploads_table.insert().values(
+                    account=self.account, sha256=sha256, started_at=utcnow()
+                )
+            )
+        return False
+
+    def put(self, sha256: str, url: str, asset_id: str, size: int) -> None:
+        with self.ledger.transaction() as conn:
+            done = conn.execute(
+                uploads_table.update()
+                .where(uploads_table.c.account == self.account, uploads_table.c.sha256 == sha256)
+                .values(url=url, asset_id=asset_id, size_bytes=size, uploaded_at=utcnow())
+            )
+            if done.rowcount == 0:
+                conn.execute(
+                    uploads_table.insert().values(
+                        account=self.account,
+                        sha256=sha256,
+                        url=url,
+                        asset_id=asset_id,
+                        size_bytes=size,
+                        started_at=utcnow(),
+                        uploaded_at=utcnow(),
+                    )
+                )
+
+    def uploads(self) -> int:
+        """How many distinct files this account has uploaded through the ledger."""
+        with self.ledger.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count()).where(
+                        uploads_table.c.account == self.account, uploads_table.c.url.is_not(None)
+                    )
+                ).scalar_one()
+            )
