@@ -40,6 +40,7 @@ from krea_dagster.engine.ledger.schema import (
     chunks,
     generations_table,
     leases_table,
+    plans_table,
     submissions_table,
 )
 
@@ -189,6 +190,43 @@ class LedgerWrites(LedgerDatabase):
             return 1
         except sa.exc.IntegrityError:
             return self.current_generation(scope, batch)  # a concurrent worker opened it
+
+    def record_plan(
+        self,
+        scope: str,
+        batch: str,
+        generation: int,
+        prompt_keys: Sequence[str],
+        *,
+        run_id: str | None,
+    ) -> None:
+        """The prompts this generation of the batch is meant to cover, written by the jobs step
+        before it sends anything; it replaces an earlier step's plan (a changed batch)."""
+        keys = sorted(set(prompt_keys))
+        now = utcnow()
+        with self.transaction() as conn:
+            conn.execute(
+                plans_table.delete().where(
+                    plans_table.c.scope == scope,
+                    plans_table.c.batch == batch,
+                    plans_table.c.generation == generation,
+                )
+            )
+            if keys:
+                conn.execute(
+                    plans_table.insert(),
+                    [
+                        {
+                            "scope": scope,
+                            "batch": batch,
+                            "generation": generation,
+                            "prompt_key": key,
+                            "run_id": run_id,
+                            "planned_at": now,
+                        }
+                        for key in keys
+                    ],
+                )
 
     # -- the submission protocol -----------------------------------------------------------
 

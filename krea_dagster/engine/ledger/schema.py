@@ -34,6 +34,7 @@ __all__ = [
     "leases_table",
     "meta_table",
     "metadata",
+    "plans_table",
     "submissions_table",
     "uploads_table",
 ]
@@ -169,6 +170,22 @@ uploads_table = sa.Table(
     sa.Column("size_bytes", sa.BigInteger),
     sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("uploaded_at", sa.DateTime(timezone=True)),
+)
+
+# The prompts a batch generation is meant to cover, as the jobs step that last started on it
+# planned them (before its first POST): until each has a submission row, the batch is not done,
+# whatever the rows already there say (a submitter killed mid-batch, or not yet past its first
+# reconciliation, has sent only some of them). A table of its own: created by create_all on
+# any ledger, no upgrade needed.
+plans_table = sa.Table(
+    "krea_plans",
+    metadata,
+    sa.Column("scope", sa.String(128), primary_key=True),
+    sa.Column("batch", sa.String(256), primary_key=True),
+    sa.Column("generation", sa.Integer, primary_key=True),
+    sa.Column("prompt_key", sa.String(64), primary_key=True),
+    sa.Column("run_id", sa.String(64)),
+    sa.Column("planned_at", sa.DateTime(timezone=True), nullable=False),
 )
 
 # Columns each version added to the tables of the one before (upgraded in place by
