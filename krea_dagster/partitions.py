@@ -1,49 +1,59 @@
-"""Register prompt batches as dynamic partitions, without the daemon and without paying.
+"""A node's batches as dynamic partitions: registered without the daemon and without paying.
 
 A batch must exist as a partition before ``dg launch --partition`` (or ``Materialize`` in the
-UI) can run it. The discovery sensor adds partitions as it finds files, but it needs the daemon
-and also launches (paid) runs. ``register_batches`` does only the first part: it scans the
-prompt folder, adds a partition per batch file to the instance, and records each new or changed
-file as a runless materialization of ``prompt_source`` (data version = the file's content hash),
-exactly as the discovery sensor does, so lineage and staleness agree whichever registered it.
+UI) can run it. The discovery sensor adds partitions as it finds batches, but it needs the
+daemon and also launches (paid) runs. ``register_batches`` does only the first part:
 
-From the command line: ``krea-dagster register-batches [PREFIX ...]`` (see ``krea_dagster.cli``).
-Every ``build_krea_image_assets`` call (the YAML component's included) is remembered by prefix
-in this process, which is how the command finds an instance after loading a code location.
+- for a prompt-file node, it scans the folder, adds a partition per batch file (or ``batch``
+  value), and records each new or changed file as a runless materialization of
+  ``prompt_source`` (data version = the file's content hash), exactly as the discovery sensor
+  does, so lineage and staleness agree whichever registered it;
+- for a node over an unpartitioned table asset, it reads the table's latest materialized value
+  (through its IO manager) and adds a partition per value of the batch column.
+
+From the command line: ``krea-dagster register-batches [PREFIX ...]`` (``krea_dagster.cli``).
+Every node built (``build_krea_node``, its presets, the YAML components) is remembered by prefix
+in this process, which is how the command finds it after loading a code location.
 """
 
+import hashlib
+import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
+import pandas as pd
+
+from krea_dagster.engine.source import batch_name_problem
 
 if TYPE_CHECKING:
-    from krea_dagster.assets import KreaImageAssets
+    from krea_dagster.node import KreaNodeAssets
 
 __all__ = [
     "BatchRegistration",
-    "built_instances",
+    "built_nodes",
     "recorded_source_versions",
     "register_batches",
     "remember",
+    "table_batches",
 ]
 
-_BUILT: dict[str, "KreaImageAssets"] = {}
+_BUILT: dict[str, "KreaNodeAssets"] = {}
 
 
-def remember(assets: "KreaImageAssets") -> None:
-    """Record an instance by prefix (the last one built for a prefix wins)."""
-    _BUILT[assets.prefix] = assets
+def remember(node: "KreaNodeAssets") -> None:
+    """Record a node by prefix (the last one built for a prefix wins)."""
+    _BUILT[node.prefix] = node
 
 
-def built_instances() -> dict[str, "KreaImageAssets"]:
-    """Every instance built in this process, by prefix."""
+def built_nodes() -> dict[str, "KreaNodeAssets"]:
+    """Every node built in this process, by prefix."""
     return dict(_BUILT)
 
 
 @dataclass(frozen=True)
 class BatchRegistration:
-    """What ``register_batches`` did for one instance."""
+    """What ``register_batches`` did for one node."""
 
     prefix: str
     partitions_name: str
@@ -58,24 +68,24 @@ class BatchRegistration:
             parts[0] += f" ({', '.join(self.added)})"
         parts.append(f"{len(self.existing)} already registered")
         if self.problems:
-            parts.append(f"{len(self.problems)} file(s) skipped")
+            parts.append(f"{len(self.problems)} skipped")
         return ", ".join(parts)
 
 
 def recorded_source_versions(
-    instance: dg.DagsterInstance, assets: "KreaImageAssets", batches: list[str]
+    instance: dg.DagsterInstance, node: "KreaNodeAssets", batches: list[str]
 ) -> dict[str, str | None]:
     """The content hash each batch's ``prompt_source`` was last recorded with (None: never).
 
     One query for all batches (the data-version tag of each partition's latest
     materialization), so a discovery tick over many partitions stays cheap.
     """
-    if not batches:
+    if not batches or node.source is None:
         return {}
     from dagster._core.events import DagsterEventType
 
     tags = instance.event_log_storage.get_latest_tags_by_partition(
-        assets.source.key,
+        node.source.key,
         DagsterEventType.ASSET_MATERIALIZATION,
         tag_keys=["dagster/data_version"],
         asset_partitions=list(batches),
@@ -83,63 +93,121 @@ def recorded_source_versions(
     return {batch: tags.get(batch, {}).get("dagster/data_version") for batch in batches}
 
 
+def table_batches(node: "KreaNodeAssets", table: Any) -> tuple[dict[str, str], list[str]]:
+    """The batches of an unpartitioned table: each value of the batch column with the content
+    hash of its rows, and a problem per value that is not a plain partition key."""
+    column = node.node.batch_column
+    if not isinstance(table, pd.DataFrame):
+        raise ValueError(
+            f"{node.prefix}: the table asset {node.table_key.to_user_string() if node.table_key else ''} "
+            f"is a {type(table).__name__}, not a pandas DataFrame"
+        )
+    frame = table
+    if column in [name for name in frame.index.names if name is not None]:
+        frame = frame.reset_index(level=column)
+    if column not in frame.columns:
+        raise ValueError(
+            f"{node.prefix}: the table has no {column!r} column naming each row's batch; add it "
+            "(or name another with batch_column=...), or partition the table like the node"
+        )
+    batches: dict[str, str] = {}
+    problems: list[str] = []
+    for value, part in frame.groupby(frame[column].astype(str).str.strip(), sort=True):
+        name = str(value)
+        if (problem := batch_name_problem(name)) is not None:
+            problems.append(f"{column}={name!r}: {problem}")
+            continue
+        records = part.drop(columns=[column]).to_dict(orient="records")
+        text = json.dumps(records, sort_keys=True, default=str)
+        batches[name] = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return batches, problems
+
+
 def register_batches(
-    assets: "KreaImageAssets",
+    node: "KreaNodeAssets",
     instance: dg.DagsterInstance | None = None,
     *,
     only: list[str] | None = None,
+    table: Any = None,
 ) -> BatchRegistration:
-    """Add the batches of ``assets``' prompt folder as partitions of ``instance``.
+    """Add the batches of ``node`` as partitions of ``instance``; nothing is sent to Krea.
 
     Args:
-        assets: the instance (``build_krea_image_assets`` result).
+        node: the node (``build_krea_node`` or a preset's result).
         instance: the Dagster instance (default: ``DagsterInstance.get()``, i.e.
             ``$DAGSTER_HOME``).
-        only: register just these batch names (each must be a file of the folder).
+        only: register just these batch names (each must be a batch of the source).
+        table: for a node over an unpartitioned table asset, the table's value.
 
-    Nothing is submitted to Krea; a batch already registered is left as it is, and its
-    ``prompt_source`` is recorded again only when its file changed.
+    A batch already registered is left as it is; a prompt file's ``prompt_source`` is recorded
+    again only when the file changed.
     """
     instance = instance or dg.DagsterInstance.get()
-    batches, problems = assets.pipeline.files.scan()
-    names = sorted(batches)
+    partitions_def = node.partitions_def
+    if not isinstance(partitions_def, dg.DynamicPartitionsDefinition) or not partitions_def.name:
+        raise ValueError(
+            f"{node.prefix}: its batches are the partitions of {type(partitions_def).__name__}, "
+            "which Dagster defines itself; there is nothing to register"
+        )
+    source_hashes: dict[str, str]
+    files: dict[str, Any] = {}
+    if node.source is not None:
+        found, scan_problems = node.node.files.scan()
+        source_hashes = {batch: info.content_hash for batch, info in found.items()}
+        files = found
+        problems = [f"{problem.file}: {problem.message}" for problem in scan_problems]
+        where = node.node.files.directory
+    else:
+        if table is None:
+            raise ValueError(f"{node.prefix}: give the table's value to register its batches")
+        source_hashes, problems = table_batches(node, table)
+        where = f"the table {node.table_key.to_user_string() if node.table_key else ''}"
+    names = sorted(source_hashes)
     if only is not None:
-        unknown = sorted(set(only) - set(batches))
+        unknown = sorted(set(only) - set(source_hashes))
         if unknown:
             raise ValueError(
-                f"{assets.prefix}: no batch file named {', '.join(unknown)} in "
-                f"{assets.pipeline.files.directory} (batches there: {', '.join(names) or 'none'})"
+                f"{node.prefix}: no batch named {', '.join(unknown)} in {where} "
+                f"(batches there: {', '.join(names) or 'none'})"
             )
         names = sorted(set(only))
-    partitions_name = assets.partitions_def.name or ""
-    existing = [b for b in names if instance.has_dynamic_partition(partitions_name, b)]
+    name = partitions_def.name
+    existing = [b for b in names if instance.has_dynamic_partition(name, b)]
     added = [b for b in names if b not in existing]
     if added:
-        instance.add_dynamic_partitions(partitions_name, added)
-    versions = recorded_source_versions(instance, assets, names)
+        instance.add_dynamic_partitions(name, added)
     recorded = []
-    for batch in names:
-        info = batches[batch]
-        if versions.get(batch) == info.content_hash:
-            continue
-        instance.report_runless_asset_event(
-            dg.AssetMaterialization(
-                asset_key=assets.source.key,
-                partition=batch,
-                metadata={
-                    "files": dg.MetadataValue.json(list(info.files)),
-                    "rows": info.rows,
-                    "content_hash": info.content_hash,
-                },
-                tags={"dagster/data_version": info.content_hash},
-            )
-        )
-        recorded.append(batch)
+    if node.source is not None:
+        versions = recorded_source_versions(instance, node, names)
+        for batch in names:
+            info = files[batch]
+            if versions.get(batch) == info.content_hash:
+                continue
+            instance.report_runless_asset_event(source_materialization(node, batch, info))
+            recorded.append(batch)
     return BatchRegistration(
-        prefix=assets.prefix,
-        partitions_name=partitions_name,
+        prefix=node.prefix,
+        partitions_name=name,
         added=added,
         existing=existing,
         recorded=recorded,
-        problems=[f"{problem.file}: {problem.message}" for problem in problems],
+        problems=problems,
+    )
+
+
+def source_materialization(
+    node: "KreaNodeAssets", batch: str, info: Any
+) -> dg.AssetMaterialization:
+    """A new version of a batch's prompt file, as a runless materialization of the prompt
+    source: what lineage, staleness and ``eager()`` automation react to."""
+    assert node.source is not None
+    return dg.AssetMaterialization(
+        asset_key=node.source.key,
+        partition=batch,
+        metadata={
+            "files": dg.MetadataValue.json(list(info.files)),
+            "rows": info.rows,
+            "content_hash": info.content_hash,
+        },
+        tags={"dagster/data_version": info.content_hash},
     )

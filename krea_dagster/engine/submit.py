@@ -32,7 +32,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +85,9 @@ class PlannedPrompt:
     request: dict[str, Any]
     request_hash: str
     estimated_usd: float | None
+    #: The files the request names by upload token (token -> where the file is): uploaded,
+    #: and the token replaced by the asset URL, just before the prompt is sent.
+    files: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -97,6 +100,8 @@ class SubmitReport:
     not_created: int = 0
     reconciled: list[Outcome] = field(default_factory=list)
     submitted_usd: float = 0.0
+    #: Submitted prompts whose model has no known price (not in ``submitted_usd``).
+    submitted_unpriced: int = 0
     stopped_by: BaseException | None = None
     elapsed: float = 0.0
 
@@ -290,6 +295,7 @@ class BatchSubmitter:
                 )
             report.submitted += 1
             report.submitted_usd += prompt.estimated_usd or 0.0
+            report.submitted_unpriced += prompt.estimated_usd is None
             if self.max_live:
                 for sent in jobs:
                     self._live[sent.job_id] = row

@@ -20,14 +20,14 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from krea_dagster.assets import (
+from krea_dagster.engine.crashpoints import CRASH_ENV
+from krea_dagster.engine.ledger import Ledger, SubmissionState
+from krea_dagster.execution import (
     REGENERATE_TAG,
     REGENERATION_ID_TAG,
     KreaJobsConfig,
-    _regeneration_id,
 )
-from krea_dagster.engine.crashpoints import CRASH_ENV
-from krea_dagster.engine.ledger import Ledger, SubmissionState
+from krea_dagster.execution import regeneration_id as _regeneration_id
 
 from .conftest import (
     check_results,
@@ -62,7 +62,7 @@ def intent_of_first_prompt(assets, krea, batch: str, run_id: str):
     """An intent row for the batch's first prompt, as a worker that then vanished left it."""
     ledger = assets.pipeline.ledger
     ledger.ensure_generation(assets.prefix, batch)
-    key = assets.pipeline.prepare(batch).table["prompt_key"].iloc[0]
+    key = assets.node.prepare(0, batch).table["prompt_key"].iloc[0]
     claim = ledger.claim(
         scope=assets.prefix,
         batch=batch,
