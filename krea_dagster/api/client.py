@@ -50,6 +50,7 @@ from krea_dagster.api._core import (
     check_base_url,
     run_flow,
     run_flow_async,
+    write_guard,
 )
 from krea_dagster.api.config import (
     API_KEY_ENV,
@@ -141,6 +142,11 @@ class _BaseClient:
     @property
     def timeouts(self) -> Timeouts:
         return self._core.config.timeouts
+
+    @property
+    def clock(self) -> Clock:
+        """The client's clocks: an ``on_send`` write deadline is on ``clock.monotonic()``."""
+        return self._core.clock
 
     @property
     def max_retries(self) -> int:
@@ -247,6 +253,8 @@ class KreaClient(_BaseClient):
 
     def _perform(self, action: Action) -> Any:
         if isinstance(action, Send):
+            if action.write_by is not None:
+                action.request.extensions["trace"] = write_guard(self._core.clock, action.write_by)
             # auth=None: a user-supplied http_client's own auth must never reach other origins.
             return self._http.send(action.request, auth=None, follow_redirects=False)
         if isinstance(action, Stream):
@@ -265,8 +273,7 @@ class KreaClient(_BaseClient):
                 self._sleep(action.seconds)
             return None
         if isinstance(action, Notify):
-            action.callback(action.value)
-            return None
+            return action.callback(action.value)
         if isinstance(action, Offload):
             return action.function()
         raise TypeError(f"unknown action {action!r}")
@@ -696,6 +703,13 @@ class AsyncKreaClient(_BaseClient):
 
     async def _perform(self, action: Action) -> Any:
         if isinstance(action, Send):
+            if action.write_by is not None:
+                check = write_guard(self._core.clock, action.write_by)
+
+                async def trace(event: str, info: Any) -> None:
+                    check(event, info)
+
+                action.request.extensions["trace"] = trace
             return await self._http.send(action.request, auth=None, follow_redirects=False)
         if isinstance(action, Stream):
             response = await self._http.send(
@@ -715,8 +729,8 @@ class AsyncKreaClient(_BaseClient):
         if isinstance(action, Notify):
             result = action.callback(action.value)
             if inspect.isawaitable(result):
-                await result
-            return None
+                return await result
+            return result
         if isinstance(action, Offload):
             # fsync and image verification block; keep them off the event loop.
             return await asyncio.to_thread(action.function)

@@ -128,7 +128,9 @@ def build_manifest(
             "width": row.width if completed and row else None,
             "height": row.height if completed and row else None,
             "sha256": row.sha256 if completed and row else None,
-            "cost_usd": sum((job.cost_usd or 0.0) for job in billed if job.is_paid),
+            # What the ledger charged (a node-app execution is charged on its submission row
+            # once any of its jobs completed, whatever its first job did).
+            "cost_usd": sum((job.cost_usd or 0.0) for job in billed),
             "error_code": None if completed or deciding is None else deciding.error_code,
             "error_message": None if completed or deciding is None else deciding.error_message,
         }

@@ -208,7 +208,19 @@ def _apply(
     result: Reconciliation,
     log: logging.Logger | Any,
 ) -> Outcome:
-    foreign = [job.job_id for job in result.candidates if not window.contains(job.created_at)]
+    if not ledger.get(row.submission_id).is_unresolved:
+        # A neighbour resolved the row while this listing ran: what this one saw is stale
+        # (the jobs it matched look unknown here), so it concludes and logs nothing.
+        return Outcome.ALREADY_RESOLVED
+    # Jobs the ledger learnt of since the listing (a neighbour matched or sent them) are not
+    # another submitter's.
+    assert window.end is not None
+    known = ledger.known_job_ids(window.start - window.guard, window.end + window.guard)
+    foreign = [
+        job.job_id
+        for job in result.candidates
+        if not window.contains(job.created_at) and job.job_id not in known
+    ]
     if foreign and row.account:
         ledger.note_foreign_jobs(row.account, foreign)
         log.error(
@@ -218,18 +230,18 @@ def _apply(
         )
     if result.is_found and result.job is not None:
         job, more = result.job, result.jobs[1:]
-        made = ", ".join(found.job_id for found in result.jobs)
-        log.info(f"reconciled submission {row.submission_id}: it created job(s) {made}")
-        return _written(
+        outcome = _written(
             ledger.attribute(
                 row.submission_id,
-                job_id=job.job_id,
-                status=str(job.status),
-                created_at=job.created_at,
                 more_jobs=[JobUpdate.from_job(other) for other in more],
+                **JobUpdate.from_job(job).answer(),
             ),
             Outcome.ATTRIBUTED,
         )
+        if outcome is Outcome.ATTRIBUTED:
+            made = ", ".join(found.job_id for found in result.jobs)
+            log.info(f"reconciled submission {row.submission_id}: it created job(s) {made}")
+        return outcome
     if result.is_not_created:
         return _written(
             ledger.mark_not_created(
@@ -239,13 +251,15 @@ def _apply(
             ),
             Outcome.NOT_CREATED,
         )
-    log.error(
-        f"submission {row.submission_id} (prompt {row.prompt_key}) is reported, not re-sent: "
-        f"{result.reason}"
-    )
-    return _written(
+    outcome = _written(
         ledger.mark_reported(row.submission_id, message=result.reason), Outcome.REPORTED
     )
+    if outcome is Outcome.REPORTED:
+        log.error(
+            f"submission {row.submission_id} (prompt {row.prompt_key}) is reported, not "
+            f"re-sent: {result.reason}"
+        )
+    return outcome
 
 
 def _written(written: bool, outcome: Outcome) -> Outcome:
