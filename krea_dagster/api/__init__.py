@@ -32,6 +32,7 @@ from krea_dagster.api.client import (
     KreaClient,
     SendAttempt,
 )
+from krea_dagster.api.clock_offset import ClockOffset, OffsetBounds
 from krea_dagster.api.config import (
     API_KEY_ENV,
     BASE_URL_ENV,
@@ -220,6 +221,7 @@ __all__ = [
     "BadRequestError",
     "ClientStats",
     "Clock",
+    "ClockOffset",
     "ConfigurationError",
     "DeadlineExceededError",
     "DownloadError",
@@ -244,6 +246,7 @@ __all__ = [
     "ModelSpec",
     "NodeApp",
     "NotFoundError",
+    "OffsetBounds",
     "PermissionDeniedError",
     "Price",
     "PricePoint",

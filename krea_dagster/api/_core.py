@@ -25,6 +25,7 @@ import httpx
 
 from krea_dagster.api import catalog
 from krea_dagster.api.catalog import Problem
+from krea_dagster.api.clock_offset import ClockOffset
 from krea_dagster.api.config import (
     RETRY_COUNT_HEADER,
     ZDR_HEADER,
@@ -372,13 +373,27 @@ class RequestCore:
     """Builds requests, runs the retry loops and interprets answers; performs no I/O."""
 
     def __init__(
-        self, config: ClientConfig, *, clock: Clock, rng: random.Random, stats: ClientStats
+        self,
+        config: ClientConfig,
+        *,
+        clock: Clock,
+        rng: random.Random,
+        stats: ClientStats,
+        clock_offset: ClockOffset | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
         self.rng = rng
         self.stats = stats
+        self.clock_offset = clock_offset or ClockOffset()
         self._api_origin = origin_of(config.base_url)
+
+    def send(self, request: httpx.Request, write_by: float | None = None) -> Flow[httpx.Response]:
+        """One API request (``Send``), its answer's ``Date`` taken into ``clock_offset``."""
+        sent = self.clock.now()
+        response: httpx.Response = yield Send(request, write_by)
+        self.clock_offset.observe(response.headers.get("date"), sent, self.clock.now())
+        return response
 
     # -- building -------------------------------------------------------------------------
 
@@ -522,7 +537,7 @@ class RequestCore:
             )
             self.stats.record_request(method, path_template)
             try:
-                outcome = yield Send(request)
+                outcome = yield from self.send(request)
             except httpx.TransportError as exc:
                 outcome = exc
             decision = decide(RequestKind.SAFE, outcome)
@@ -789,7 +804,7 @@ class RequestCore:
             try:
                 if write_by is not None and self.clock.monotonic() > write_by:
                     raise WriteDeadlinePassed("before the request was handed to the transport")
-                outcome = yield Send(request, write_by)
+                outcome = yield from self.send(request, write_by)
             except httpx.TransportError as exc:
                 outcome = exc
             except WriteDeadlinePassed as passed:

@@ -52,6 +52,7 @@ from krea_dagster.api._core import (
     run_flow_async,
     write_guard,
 )
+from krea_dagster.api.clock_offset import ClockOffset
 from krea_dagster.api.config import (
     API_KEY_ENV,
     BASE_URL_ENV,
@@ -149,6 +150,11 @@ class _BaseClient:
         return self._core.clock
 
     @property
+    def clock_offset(self) -> ClockOffset:
+        """Krea's clock minus this client's, bounded from the ``Date`` of every answer."""
+        return self._core.clock_offset
+
+    @property
     def max_retries(self) -> int:
         return self._core.config.max_retries
 
@@ -180,7 +186,11 @@ class _BaseClient:
             changes["download"] = download_settings
         clone = copy.copy(self)
         clone._core = RequestCore(
-            config.replace(**changes), clock=self._core.clock, rng=self._core.rng, stats=self.stats
+            config.replace(**changes),
+            clock=self._core.clock,
+            rng=self._core.rng,
+            stats=self.stats,
+            clock_offset=self._core.clock_offset,
         )
         clone._owns_http = False  # the pool belongs to the original client
         return clone

@@ -60,6 +60,7 @@ from krea_dagster.engine.ledger import JobUpdate, Lease, Ledger, Submission, utc
 from krea_dagster.engine.reconcile import (
     SEND_SLACK,
     Outcome,
+    measured_offset,
     reconcile,
     window_seconds,
 )
@@ -377,13 +378,21 @@ class BatchSubmitter:
         slack = SEND_SLACK.total_seconds()
         monotonic = self.client.clock.monotonic
         for _ in range(MAX_SEND_RECORDS):
+            # Where the window lies in Krea's clock, measured now (from the last answers or
+            # one GET): whoever reconciles this row reads it with sent_at.
+            offset = await measured_offset(self.client)
             started = monotonic()
             sent_at = utcnow()
             kept = await asyncio.to_thread(
-                self.ledger.note_send,
-                attempt.submission_id,
-                sent_at=sent_at,
-                lease_seconds=attempt.wait + self.lease_seconds,
+                partial(
+                    self.ledger.note_send,
+                    attempt.submission_id,
+                    sent_at=sent_at,
+                    lease_seconds=attempt.wait + self.lease_seconds,
+                    krea_offset=None
+                    if offset is None
+                    else (offset.low.total_seconds(), offset.high.total_seconds()),
+                )
             )
             if not kept:
                 raise _LeaseLost(

@@ -15,7 +15,7 @@ from krea_dagster.engine.ledger import (
     SubmissionState,
 )
 from krea_dagster.engine.ledger.schema import meta_table
-from krea_dagster.engine.reconcile import clock_bounds
+from krea_dagster.engine.reconcile import ClockBounds, WindowUnplaceable, clock_bounds
 
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
@@ -343,8 +343,10 @@ def test_every_completed_row_carries_its_cost_however_it_was_learnt(ledger):
 
 
 def test_clock_bounds_come_from_answered_rows(ledger):
-    """Answered rows bound Krea's clock offset; contradictory rows give no bound at all."""
-    assert clock_bounds([]) is not None
+    """Answered rows bound Krea's clock offset; no evidence, or contradictory rows, give no
+    bound at all (nothing is assumed)."""
+    with pytest.raises(WindowUnplaceable, match="never measured"):
+        clock_bounds([])
     row = claim(ledger)
     ledger.note_send(row.submission_id, sent_at=datetime.now(UTC), lease_seconds=60)
     ledger.mark_submitted(
@@ -362,7 +364,10 @@ def test_clock_bounds_come_from_answered_rows(ledger):
     stepped = dataclasses.replace(
         answered, krea_created_at=answered.krea_created_at - timedelta(hours=1)
     )
-    assert clock_bounds([answered, stepped]) is None
+    with pytest.raises(WindowUnplaceable, match="contradict"):
+        clock_bounds([answered, stepped])
+    measured = ClockBounds(timedelta(seconds=9.5), timedelta(seconds=30))
+    assert clock_bounds([answered], measured).low >= timedelta(seconds=9.25)
 
 
 def test_a_version_1_ledger_is_upgraded_in_place(tmp_path):

@@ -276,11 +276,20 @@ class LedgerWrites(LedgerDatabase):
             previous = self._attempts(conn, scope, batch, prompt_key, generation)
             return not may_submit(previous, max_attempts, self._outputs(conn, previous))
 
-    def note_send(self, submission_id: str, *, sent_at: datetime, lease_seconds: float) -> bool:
+    def note_send(
+        self,
+        submission_id: str,
+        *,
+        sent_at: datetime,
+        lease_seconds: float,
+        krea_offset: tuple[float, float] | None = None,
+    ) -> bool:
         """The POST is about to go out (or to wait, then go): record when, extend the lease.
 
-        False when the row no longer holds a live lease (it expired and another worker took
-        over): the caller must not send.
+        ``krea_offset``: Krea's clock minus ours (seconds, at least and at most) as measured
+        just before, so that any worker can place the window in Krea's clock. False when the
+        row no longer holds a live lease (it expired and another worker took over): the caller
+        must not send.
         """
         now = utcnow()
         with self.transaction() as conn:
@@ -300,7 +309,12 @@ class LedgerWrites(LedgerDatabase):
                     submissions_table.c.submission_id == submission_id,
                     submissions_table.c.state == SubmissionState.INTENT.value,
                 )
-                .values(sent_at=sent_at, updated_at=now)
+                .values(
+                    sent_at=sent_at,
+                    krea_offset_low=None if krea_offset is None else krea_offset[0],
+                    krea_offset_high=None if krea_offset is None else krea_offset[1],
+                    updated_at=now,
+                )
             )
         return True
 

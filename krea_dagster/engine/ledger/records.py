@@ -127,6 +127,10 @@ class Submission:
     parent_id: str | None = None
     #: Set on a late answer's row: the submission Krea answered after it was resolved elsewhere.
     late_answer_of: str | None = None
+    #: Krea's clock minus ``owner_host``'s (seconds), at least and at most, measured from
+    #: Krea's answers when ``sent_at`` was recorded (None: not measured, an older ledger).
+    krea_offset_low: float | None = None
+    krea_offset_high: float | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> "Submission":

@@ -123,6 +123,10 @@ submissions_table = sa.Table(
     # A late answer's row: the submission whose POST Krea answered after another worker had
     # resolved it. Its own column, so error_code keeps Krea's code (which decides retries).
     sa.Column("late_answer_of", sa.String(36)),
+    # Krea's clock minus owner_host's, in seconds, at least and at most, as measured from
+    # Krea's Date headers when sent_at was recorded: where the window lies in Krea's clock.
+    sa.Column("krea_offset_low", sa.Float),
+    sa.Column("krea_offset_high", sa.Float),
     sa.UniqueConstraint(
         "scope", "batch", "prompt_key", "generation", "attempt", name="uq_krea_attempt"
     ),
@@ -179,7 +183,7 @@ uploads_table = sa.Table(
 _ADDED_IN: dict[int, dict[str, tuple[str, ...]]] = {
     2: {"krea_submissions": ("account", "sent_at"), "krea_generations": ("request_id",)},
     3: {"krea_submissions": ("parent_id",)},
-    4: {"krea_submissions": ("late_answer_of",)},
+    4: {"krea_submissions": ("late_answer_of", "krea_offset_low", "krea_offset_high")},
 }
 
 
@@ -265,7 +269,8 @@ class LedgerDatabase:
     @staticmethod
     def _upgrade(conn: Connection, version: int) -> None:
         """Add the columns of every later version (1: no submit lease, no send times, no
-        regeneration request ids; 2: no output rows; 3: late answers marked by error code)."""
+        regeneration request ids; 2: no output rows; 3: late answers marked by error code and
+        no measured clock offsets)."""
         inspector = sa.inspect(conn)
         for added in range(version + 1, SCHEMA_VERSION + 1):
             for table_name, columns in _ADDED_IN[added].items():
