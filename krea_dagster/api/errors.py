@@ -300,11 +300,10 @@ class DeadlineExceededError(APITimeoutError):
 
 
 class SendDeadlineError(DeadlineExceededError):
-    """A job-creating POST was not sent: the write deadline its ``on_send`` gave had passed.
+    """A job-creating POST was not sent: the write deadline its ``on_send`` gave had passed."""
 
-    Checked immediately before the request's bytes are written, so nothing reached Krea and no
-    job exists (the process may have been paused since the deadline was set).
-    """
+    # Checked immediately before the request's bytes are written, so nothing reached Krea and
+    # no job exists (the process may have been paused since the deadline was set).
 
     def __init__(self, message: str, *, path_template: str, submission_id: str) -> None:
         super().__init__(message, method="POST", path_template=path_template, attempts=0)
