@@ -169,11 +169,17 @@ def build_manifest(
 
 
 def _cost(jobs: Sequence[Submission]) -> float | None:
-    """What Krea billed for these jobs (completed ones), None when one has no known price."""
-    paid = [job for job in jobs if job.is_paid]
-    if any(job.cost_usd is None for job in paid):
+    """What the ledger charged for these jobs (a prompt's row, then a node app's output rows),
+    None when Krea billed one of them and its price is unknown.
+
+    A node-app execution is charged on its submission row once any of its jobs completed,
+    whatever its first job did; its output rows add nothing.
+    """
+    if not jobs:
+        return 0.0
+    if any(job.is_paid for job in jobs) and jobs[0].cost_usd is None:
         return None
-    return sum(job.cost_usd or 0.0 for job in paid)
+    return sum(job.cost_usd or 0.0 for job in jobs)
 
 
 def _skipped(

@@ -25,7 +25,13 @@ from krea_dagster.api import DEFAULT_EXTERNAL_WAIT_TIMEOUT, AsyncKreaClient, Job
 from krea_dagster.engine.cancel import cancel_jobs
 from krea_dagster.engine.collect import BatchCollector, CollectReport, Thumbnail, thumbnail_data_uri
 from krea_dagster.engine.errors import BudgetExceededError, ErrorCode, is_transient_job_error
-from krea_dagster.engine.ledger import Ledger, Submission, may_submit, utcnow
+from krea_dagster.engine.ledger import (
+    Ledger,
+    Submission,
+    attempts_by_prompt,
+    may_submit,
+    utcnow,
+)
 from krea_dagster.engine.manifest import build_manifest
 from krea_dagster.engine.prompts import (
     REFERENCES_COLUMN,
@@ -189,13 +195,11 @@ class KreaImagePipeline:
         self, planned: Sequence[PlannedPrompt], batch: str, generation: int
     ) -> list[PlannedPrompt]:
         """Prompts with no live or paid row in this generation and attempts left."""
-        attempts: dict[str, list[Submission]] = {}
-        for row in self.ledger.rows(self.scope, batch, generation):
-            attempts.setdefault(row.prompt_key, []).append(row)
+        attempts, outputs = attempts_by_prompt(self.ledger.rows(self.scope, batch, generation))
         return [
             prompt
             for prompt in planned
-            if may_submit(attempts.get(prompt.prompt_key, []), self.max_attempts)
+            if may_submit(attempts.get(prompt.prompt_key, []), self.max_attempts, outputs)
         ]
 
     # -- submit ----------------------------------------------------------------------------

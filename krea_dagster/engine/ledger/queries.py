@@ -8,7 +8,6 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from krea_dagster.engine.errors import ErrorCode
 from krea_dagster.engine.ledger.records import (
     TERMINAL_STATES,
     UNRESOLVED_STATES,
@@ -93,7 +92,7 @@ class LedgerQueries(LedgerDatabase):
                     column.model == model,
                     column.parent_id.is_(None),
                     column.job_id.is_not(None),
-                    column.error_code.is_distinct_from(ErrorCode.LATE_ANSWER.value),
+                    column.late_answer_of.is_(None),
                 )
                 .order_by(column.id.desc())
                 .limit(1)

@@ -39,7 +39,7 @@ __all__ = [
     "uploads_table",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # PostgreSQL advisory lock key that serializes schema creation (any constant 64-bit integer).
 _SCHEMA_LOCK = 0x6B726561_6C656467  # "krealedg"
 
@@ -121,6 +121,13 @@ submissions_table = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     # An output row (a further job of a node-app execution): the submission row that made it.
     sa.Column("parent_id", sa.String(36)),
+    # A late answer's row: the submission whose POST Krea answered after another worker had
+    # resolved it. Its own column, so error_code keeps Krea's code (which decides retries).
+    sa.Column("late_answer_of", sa.String(36)),
+    # Krea's clock minus owner_host's, in seconds, at least and at most, as measured from
+    # Krea's Date headers when sent_at was recorded: where the window lies in Krea's clock.
+    sa.Column("krea_offset_low", sa.Float),
+    sa.Column("krea_offset_high", sa.Float),
     sa.UniqueConstraint(
         "scope", "batch", "prompt_key", "generation", "attempt", name="uq_krea_attempt"
     ),
@@ -193,6 +200,7 @@ plans_table = sa.Table(
 _ADDED_IN: dict[int, dict[str, tuple[str, ...]]] = {
     2: {"krea_submissions": ("account", "sent_at"), "krea_generations": ("request_id",)},
     3: {"krea_submissions": ("parent_id",)},
+    4: {"krea_submissions": ("late_answer_of", "krea_offset_low", "krea_offset_high")},
 }
 
 
@@ -278,7 +286,8 @@ class LedgerDatabase:
     @staticmethod
     def _upgrade(conn: Connection, version: int) -> None:
         """Add the columns of every later version (1: no submit lease, no send times, no
-        regeneration request ids; 2: no output rows)."""
+        regeneration request ids; 2: no output rows; 3: late answers marked by error code and
+        no measured clock offsets)."""
         inspector = sa.inspect(conn)
         for added in range(version + 1, SCHEMA_VERSION + 1):
             for table_name, columns in _ADDED_IN[added].items():
@@ -333,6 +342,22 @@ class LedgerDatabase:
             .order_by(submissions_table.c.attempt)
         ).mappings()
         return [Submission.from_row(row) for row in rows]
+
+    @staticmethod
+    def _outputs(conn: Connection, attempts: Sequence[Submission]) -> dict[str, list[Submission]]:
+        """The output rows of these submissions (a node-app execution's further jobs)."""
+        ids = [row.submission_id for row in attempts]
+        if not ids:
+            return {}
+        rows = conn.execute(
+            sa.select(submissions_table)
+            .where(submissions_table.c.parent_id.in_(ids))
+            .order_by(submissions_table.c.id)
+        ).mappings()
+        found: dict[str, list[Submission]] = {}
+        for row in rows:
+            found.setdefault(row["parent_id"], []).append(Submission.from_row(row))
+        return found
 
     @staticmethod
     def _get(conn: Connection, submission_id: str) -> Submission | None:
