@@ -26,7 +26,7 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image
 
-from krea_dagster.api import AsyncKreaClient, Job, KreaClient, Timeouts, catalog
+from krea_dagster.api import AsyncKreaClient, Clock, Job, KreaClient, Timeouts, catalog
 from krea_dagster.emulator import DEMO_NODE_APP_ID
 from krea_dagster.emulator.testing import EmulatorHandle, run_emulator
 from krea_dagster.engine.collect import BatchCollector
@@ -63,6 +63,8 @@ class Account:
     poll_timeout: float = 30.0
     on_poll_timeout: Literal["report", "cancel"] = "report"
     request_window: float = 3.0
+    #: The clients' clock (None: the real one).
+    clock: Clock | None = None
 
     @property
     def account_id(self) -> str:
@@ -75,13 +77,15 @@ class Account:
 
     @contextmanager
     def client(self) -> Iterator[KreaClient]:
-        with KreaClient(self.token, base_url=self.base_url, timeout=self.timeouts) as client:
+        with KreaClient(
+            self.token, base_url=self.base_url, timeout=self.timeouts, clock=self.clock
+        ) as client:
             yield client
 
     @asynccontextmanager
     async def async_client(self) -> AsyncIterator[AsyncKreaClient]:
         async with AsyncKreaClient(
-            self.token, base_url=self.base_url, timeout=self.timeouts
+            self.token, base_url=self.base_url, timeout=self.timeouts, clock=self.clock
         ) as client:
             yield client
 
@@ -210,21 +214,29 @@ def test_a_lone_job_in_the_window_is_reported_when_unknown_jobs_stand_around_it(
 
 
 class SteppedClock:
-    """A monotonic clock that moves only when told to."""
+    """Monotonic time that moves only when told to (and the real wall clock)."""
 
     def __init__(self) -> None:
-        self.now = 1000.0
+        self.seconds = 1000.0
 
-    def __call__(self) -> float:
-        return self.now
+    def monotonic(self) -> float:
+        return self.seconds
+
+    def now(self) -> datetime:
+        return utcnow()
 
 
-def submit_one(ledger: Ledger, emulator: EmulatorHandle, **options: Any) -> SubmitReport:
-    """One prompt through the submitter, as the jobs step sends it."""
+def submit_one(
+    ledger: Ledger, emulator: EmulatorHandle, clock: SteppedClock | None = None
+) -> SubmitReport:
+    """One prompt through the submitter, as the jobs step sends it (``clock``: the monotonic
+    time of the submitter and its client)."""
     prompt = PlannedPrompt("k1", {"prompt": "a red bicycle"}, "h", 0.007)
+    account = Account(emulator.token, emulator.base_url, clock=clock)
+    options: dict[str, Any] = {} if clock is None else {"clock": clock.monotonic}
 
     async def work() -> SubmitReport:
-        async with Account(emulator.token, emulator.base_url).async_client() as client:
+        async with account.async_client() as client:
             submitter = BatchSubmitter(
                 client,
                 ledger,
@@ -233,8 +245,8 @@ def submit_one(ledger: Ledger, emulator: EmulatorHandle, **options: Any) -> Subm
                 generation=1,
                 model=TEST_MODEL,
                 run_id="run",
-                account=emulator.account,
-                request_window=3.0,
+                account=account.account_id,
+                request_window=account.request_window,
                 log=LOG,
                 **options,
             )
@@ -251,13 +263,13 @@ def posts(emulator: EmulatorHandle) -> int:
 class LeaseExpiresBeforeTheSend(Ledger):
     """The worker stalls between its claim and its send for longer than its lease."""
 
-    def note_send(self, submission_id: str, *, sent_at: datetime, lease_seconds: float) -> bool:
+    def note_send(self, submission_id: str, **facts: Any) -> bool:
         with self.transaction() as conn:
             conn.execute(
                 sa.text("UPDATE krea_submit_leases SET expires_at = :t"),
                 {"t": utcnow() - timedelta(seconds=1)},
             )
-        return super().note_send(submission_id, sent_at=sent_at, lease_seconds=lease_seconds)
+        return super().note_send(submission_id, **facts)
 
 
 def test_a_sender_whose_lease_was_lost_sends_nothing(emulator, tmp_path):
@@ -269,8 +281,8 @@ def test_a_sender_whose_lease_was_lost_sends_nothing(emulator, tmp_path):
     assert "lease" in str(report.stopped_by)
     assert report.submitted == 0
     assert posts(emulator) == 0 and emulator.stats()["jobs_created"] == 0
-    (row,) = ledger.rows("s", "b1")
-    assert row.job_id is None
+    rows = ledger.rows("s", "b1")  # the intent was written; no attempt has a job
+    assert rows and all(row.job_id is None for row in rows)
 
 
 class SlowSendRecords(Ledger):
@@ -278,9 +290,9 @@ class SlowSendRecords(Ledger):
 
     clock: SteppedClock
 
-    def note_send(self, submission_id: str, *, sent_at: datetime, lease_seconds: float) -> bool:
-        self.clock.now += 2 * SEND_SLACK.total_seconds()
-        return super().note_send(submission_id, sent_at=sent_at, lease_seconds=lease_seconds)
+    def note_send(self, submission_id: str, **facts: Any) -> bool:
+        self.clock.seconds += 2 * SEND_SLACK.total_seconds()
+        return super().note_send(submission_id, **facts)
 
 
 def test_a_send_whose_sent_at_write_took_longer_than_the_slack_is_not_made(emulator, tmp_path):
@@ -289,7 +301,7 @@ def test_a_send_whose_sent_at_write_took_longer_than_the_slack_is_not_made(emula
     clock = SteppedClock()
     ledger = SlowSendRecords(f"sqlite:///{tmp_path / 'ledger.db'}")
     ledger.clock = clock
-    report = submit_one(ledger, emulator, clock=clock)
+    report = submit_one(ledger, emulator, clock)
     assert isinstance(report.stopped_by, LeaseUnavailableError)
     assert report.submitted == 0
     assert posts(emulator) == 0 and emulator.stats()["jobs_created"] == 0
