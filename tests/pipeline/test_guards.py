@@ -286,12 +286,12 @@ def test_a_sender_whose_lease_was_lost_sends_nothing(emulator, tmp_path):
 
 
 class SlowSendRecords(Ledger):
-    """A busy database: every write of the send time takes twice the send slack."""
+    """A busy database: every write of the send time takes one and a half send slacks."""
 
     clock: SteppedClock
 
     def note_send(self, submission_id: str, **facts: Any) -> bool:
-        self.clock.seconds += 2 * SEND_SLACK.total_seconds()
+        self.clock.seconds += 1.5 * SEND_SLACK.total_seconds()
         return super().note_send(submission_id, **facts)
 
 
