@@ -46,7 +46,6 @@ from krea_dagster.engine.pipeline import KreaImagePipeline
 from krea_dagster.engine.prompts import (
     PROMPT_COLUMN,
     ROW_KEY,
-    SKIP_COLUMN,
     PreparedBatch,
     PromptProblem,
     PromptValidationError,
@@ -66,6 +65,7 @@ __all__ = [
     "KreaNode",
     "KreaStep",
     "SourceRows",
+    "StepFrame",
     "add_row_keys",
     "check_price",
     "load_node_app",
@@ -281,6 +281,17 @@ class SourceRows:
     origin: str
 
 
+@dataclass(frozen=True)
+class StepFrame:
+    """What a step's validation reads: the rendered frame, the columns it carries as data, and
+    each row's key and (for a later step) why it is skipped, in the frame's order."""
+
+    frame: pd.DataFrame
+    carried: list[str]
+    row_keys: list[str]
+    skips: list[str | None]
+
+
 def step_frame(
     step: KreaStep,
     rows: pd.DataFrame,
@@ -289,12 +300,12 @@ def step_frame(
     previous: pd.DataFrame | None,
     batch: str,
     origin: str,
-) -> tuple[pd.DataFrame, list[str]]:
-    """The frame a step's validation reads, and the columns it carries as data.
+) -> StepFrame:
+    """Render a step's rows from the source rows (with ``row_key``; see the module docstring).
 
-    ``rows`` are the source rows (with ``row_key``). ``previous`` is the previous step's
-    manifest: a row whose output there is not ``completed`` gets ``skip`` (the reason), and
-    is never sent. Raises ``PromptValidationError`` for every template problem at once.
+    ``previous`` is the previous step's manifest: a row whose output there is not
+    ``completed`` is skipped (the reason: that status), never sent. Raises
+    ``PromptValidationError`` for every template problem at once.
     """
     outputs: dict[str, str] = {}
     statuses: dict[str, str] = {}
@@ -333,16 +344,17 @@ def step_frame(
         carried = [c for c in source_columns if c != PROMPT_COLUMN or step.prompt]
         passthrough = [PROMPT_COLUMN] if PROMPT_COLUMN in source_columns and not step.prompt else []
     records: list[dict[str, Any]] = []
+    keys: list[str] = []
+    skips: list[str | None] = []
     problems: list[PromptProblem] = []
     for number, raw in enumerate(rows.to_dict(orient="records"), start=1):
         row = {str(name): value for name, value in raw.items()}
         key = str(row[ROW_KEY])
-        record: dict[str, Any] = {ROW_KEY: key, SKIP_COLUMN: None}
-        record.update({c: row.get(c) for c in carried})
-        record.update({c: row.get(c) for c in passthrough})
+        record: dict[str, Any] = {c: row.get(c) for c in [*carried, *passthrough]}
         if previous is not None and key not in outputs:
-            record[SKIP_COLUMN] = statuses.get(key, "missing")
             records.append(record)
+            keys.append(key)
+            skips.append(statuses.get(key, "missing"))
             continue
         context: dict[str, Any] = {**row, PREVIOUS: outputs.get(key)}
         try:
@@ -354,11 +366,13 @@ def step_frame(
             problems.append(PromptProblem(number, error.column or None, "template", error.reason))
             continue
         records.append(record)
+        keys.append(key)
+        skips.append(None)
     if problems:
         raise PromptValidationError(batch, problems, origin)
-    columns = [ROW_KEY, SKIP_COLUMN, *carried, *passthrough, *sorted(rendered_fields)]
+    columns = [*carried, *passthrough, *sorted(rendered_fields)]
     frame = pd.DataFrame.from_records(records, columns=list(dict.fromkeys(columns)))
-    return frame, carried
+    return StepFrame(frame, carried, keys, skips)
 
 
 @dataclass
@@ -492,7 +506,7 @@ class KreaNode:
             source = self.batch_rows(batch, table, partitioned=partitioned)
         except PromptValidationError as error:
             raise PromptValidationError(batch, error.problems, error.origin) from None
-        frame, carried = step_frame(
+        rendered = step_frame(
             step,
             source.frame,
             first=step_index == 0,
@@ -500,14 +514,16 @@ class KreaNode:
             batch=batch,
             origin=source.origin,
         )
-        extra = [*carried, *(self.carry_columns if step_index == 0 else ())]
+        extra = [*rendered.carried, *(self.carry_columns if step_index == 0 else ())]
         if self.key_column is not None:
             extra.append(self.key_column)
         return pipeline.validate(
-            frame,
+            rendered.frame,
             batch=batch,
             carry_columns=list(dict.fromkeys(extra)),
             origin=f"step {step.name}, {source.origin}" if step.name else source.origin,
             locations=source.locations,
             references=self.references(),
+            row_keys=rendered.row_keys,
+            skips=rendered.skips,
         )

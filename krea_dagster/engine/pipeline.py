@@ -130,6 +130,8 @@ class KreaImagePipeline:
         origin: str = "",
         locations: Sequence[str] | None = None,
         references: CheckedReferences | None = None,
+        row_keys: Sequence[str] | None = None,
+        skips: Sequence[str | None] | None = None,
     ) -> PreparedBatch:
         """Validate a batch's rendered rows against the step's model (``prepare_batch``)."""
         return prepare_batch(
@@ -143,6 +145,8 @@ class KreaImagePipeline:
             price_usd=self.price_usd,
             max_usd_per_run=self.max_usd_per_run,
             references=references,
+            row_keys=row_keys,
+            skips=skips,
         )
 
     # -- generations and plans -------------------------------------------------------------
@@ -502,22 +506,17 @@ class KreaImagePipeline:
             return await collector.store_rows(rows, deadline=deadline)
 
     def _transient_failures(self, batch: str, generation: int, keys: set[str]) -> set[str]:
-        """Prompts whose latest job failed transiently and that have attempts left.
-
-        Never a node app's: executing it again would pay again for the jobs that completed.
-        """
-        if self.is_node_app:
-            return set()
-        attempts: dict[str, list[Submission]] = {}
-        for row in self.ledger.rows(self.scope, batch, generation):
-            attempts.setdefault(row.prompt_key, []).append(row)
+        """Prompts whose latest job failed transiently and that may be sent again
+        (``may_submit``: attempts left, and for a node app no job of its execution live or
+        completed: executing it again would pay again for those)."""
+        attempts, outputs = attempts_by_prompt(self.ledger.rows(self.scope, batch, generation))
         return {
             key
             for key, rows in attempts.items()
             if key in keys
             and rows[-1].state == JobStatus.FAILED
             and is_transient_job_error(rows[-1].error_code)
-            and may_submit(rows, self.max_attempts)
+            and may_submit(rows, self.max_attempts, outputs)
         }
 
     def _in_progress(

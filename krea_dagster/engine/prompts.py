@@ -195,6 +195,8 @@ def prepare_batch(
     price_usd: float | None = None,
     max_usd_per_run: float | None = None,
     references: "CheckedReferences | None" = None,
+    row_keys: Sequence[str] | None = None,
+    skips: Sequence[str | None] | None = None,
 ) -> PreparedBatch:
     """Validate every row of a batch; raise ``PromptValidationError`` listing all problems.
 
@@ -205,13 +207,16 @@ def prepare_batch(
     the validated request carries an upload token per file (``references.upload_token``);
     without it, only URLs Krea can fetch are accepted.
 
-    A ``row_key`` column is kept as each row's key (else the prompt key stands in); a row with
-    a ``skip_reason`` is not validated: it stays in the table as a recorded skip.
+    ``row_keys`` are the rows' keys in a node (else the prompt key stands in); a row whose
+    ``skips`` entry is set (why: its previous step has no output) is not validated: it stays in
+    the table as a recorded skip. Both are given beside the frame, in its order, never read
+    from its columns: a table column of either name is the user's, and reserved.
     """
     spec = catalog.get_model(model)
-    row_keys = frame[ROW_KEY].tolist() if ROW_KEY in frame.columns else None
-    skips = frame[SKIP_COLUMN].tolist() if SKIP_COLUMN in frame.columns else None
-    frame = frame.drop(columns=[ROW_KEY, SKIP_COLUMN], errors="ignore")
+    if row_keys is not None and len(row_keys) != len(frame):
+        raise ValueError(f"{len(row_keys)} row keys for {len(frame)} rows")
+    if skips is not None and len(skips) != len(frame):
+        raise ValueError(f"{len(skips)} skips for {len(frame)} rows")
     fields = spec.fields
     prompt_required = PROMPT_COLUMN in spec.required
     problems: list[PromptProblem] = []
@@ -300,7 +305,7 @@ def prepare_batch(
         row = {name: _plain(value) for name, value in raw_row.items()}
         location = where(index)
         row_key = None if row_keys is None else str(row_keys[index - 1])
-        skip = None if skips is None or _is_missing(skips[index - 1]) else str(skips[index - 1])
+        skip = None if skips is None else skips[index - 1]
         if skip is not None:
             records.append(_skipped_record(dict(row), index, row_key, skip, carried))
             continue

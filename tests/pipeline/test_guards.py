@@ -411,7 +411,6 @@ def node_app_row(
     photo = "data:image/png;base64," + base64.b64encode(png()).decode()
     pipeline = KreaImagePipeline(
         prefix="s",
-        source=None,
         model=NODE_APP,
         store=ImageStore(store),
         ledger=ledger,
