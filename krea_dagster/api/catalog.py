@@ -353,10 +353,13 @@ class ModelCatalog:
         origin: CatalogOrigin,
         *,
         unvalidated: Iterable[str] = (),
+        source: Mapping[str, Any] | None = None,
     ) -> None:
         self.specs = dict(models)
         self.origin = origin
         self.unvalidated = frozenset(name.strip("/") for name in unvalidated)
+        #: The derivation's ``source`` block (document title and version, USD per compute unit).
+        self.source: Mapping[str, Any] = dict(source or {})
 
     @classmethod
     def from_data(
@@ -364,20 +367,18 @@ class ModelCatalog:
     ) -> ModelCatalog:
         """A catalog from ``derive_catalog``'s output (``{"source": ..., "models": {...}}``)."""
         models = {key: ModelSpec.from_catalog(entry) for key, entry in data["models"].items()}
-        return cls(models, origin, unvalidated=unvalidated)
+        return cls(models, origin, unvalidated=unvalidated, source=data.get("source"))
 
     def __repr__(self) -> str:
         return f"ModelCatalog({self.origin.describe()}, {len(self.specs)} models)"
 
     def with_unvalidated(self, models: Iterable[str]) -> ModelCatalog:
         """The same catalog, also answering these models unvalidated when it lacks them."""
-        return ModelCatalog(self.specs, self.origin, unvalidated=models)
+        return ModelCatalog(self.specs, self.origin, unvalidated=models, source=self.source)
 
     def models(self, kind: str | None = None) -> tuple[ModelSpec, ...]:
         """Every model (of one ``kind`` when given), sorted by key."""
-        return tuple(
-            spec for key, spec in sorted(self.specs.items()) if kind in (None, spec.kind)
-        )
+        return tuple(spec for key, spec in sorted(self.specs.items()) if kind in (None, spec.kind))
 
     def key_of(self, model: str, kind: str = "image") -> str:
         """The catalog key of ``model`` (the path after ``/generate/<kind>/``, or the key)."""
@@ -428,8 +429,7 @@ class ModelCatalog:
         if origin.is_live:
             return (
                 f"not in Krea's document at {origin.base_url} ({origin.describe()}). Check the "
-                "name; if Krea added it since, run `krea-dagster catalog --refresh`; "
-                + unvalidated
+                "name; if Krea added it since, run `krea-dagster catalog --refresh`; " + unvalidated
             )
         if origin.fallback:
             return (

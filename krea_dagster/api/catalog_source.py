@@ -248,7 +248,9 @@ def fetch_openapi(
         raise CatalogDocumentError(f"GET {url} failed: {_short(error)}") from None
     if clock() - started > deadline:
         raise CatalogDocumentError(f"GET {url} took longer than {deadline:g} s")
-    return FetchedDocument(b"".join(chunks), new_etag[:512] if new_etag else None, clock() - started)
+    return FetchedDocument(
+        b"".join(chunks), new_etag[:512] if new_etag else None, clock() - started
+    )
 
 
 def _short(error: BaseException) -> str:
@@ -544,9 +546,7 @@ def _dimension_value(column: str, value: Any) -> str:
     return str(value)[:64]
 
 
-def _known_price(
-    cu_rows: list[dict[str, Any]], known: KnownPrice | None
-) -> dict[str, Any] | None:
+def _known_price(cu_rows: list[dict[str, Any]], known: KnownPrice | None) -> dict[str, Any] | None:
     if known is None or not known.values:
         return None
     values = list(known.values)
@@ -654,9 +654,7 @@ def _is_str_list(value: Any) -> bool:
 
 
 def _is_finite_number(value: Any) -> bool:
-    return (
-        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    )
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _shape(value: Any) -> str:
