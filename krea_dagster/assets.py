@@ -22,12 +22,18 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
+from krea_dagster.api import UnknownModelError
 from krea_dagster.api.catalog import shorten
 from krea_dagster.engine.errors import BatchStoppedError, BudgetExceededError, LeaseUnavailableError
 from krea_dagster.engine.ledger import Ledger
 from krea_dagster.engine.manifest import ManifestStatus
 from krea_dagster.engine.pipeline import KreaImagePipeline
-from krea_dagster.engine.prompts import PROMPTS_TABLE_COLUMNS, PromptValidationError, expected_size
+from krea_dagster.engine.prompts import (
+    PROMPTS_TABLE_COLUMNS,
+    VALIDATION_COLUMN,
+    PromptValidationError,
+    expected_size,
+)
 from krea_dagster.engine.run import run_coroutine
 from krea_dagster.engine.source import PromptSource, PromptSourceError
 from krea_dagster.engine.store import ImageStore
@@ -266,7 +272,13 @@ def build_krea_image_assets(
         metadata={**specs["prompt_source"].metadata, "dagster/uri": source.directory},
     )
     prompts_asset = _prompts_asset(
-        pipeline, specs["prompts"], source_spec, partitions, io_manager_key, automation_condition
+        pipeline,
+        specs["prompts"],
+        source_spec,
+        partitions,
+        krea_source,
+        io_manager_key,
+        automation_condition,
     )
     jobs_asset = _jobs_asset(
         pipeline,
@@ -332,6 +344,7 @@ def _prompts_asset(
     spec: dg.AssetSpec,
     source: dg.AssetSpec,
     partitions: dg.DynamicPartitionsDefinition,
+    krea_source: KreaSource,
     io_manager_key: str,
     automation_condition: dg.AutomationCondition | None,
 ) -> dg.AssetsDefinition:
@@ -339,6 +352,7 @@ def _prompts_asset(
         **_asset_kwargs(spec),
         deps=[source],
         partitions_def=partitions,
+        required_resource_keys=krea_source.required_keys,
         io_manager_key=io_manager_key,
         automation_condition=automation_condition,
     )
@@ -347,8 +361,14 @@ def _prompts_asset(
         skipped = pipeline.files.skipped()
         for entry in skipped:
             context.log.warning(f"prompt source: {entry.file}: {entry.message}")
+        # Which catalog validates the batch: the backend's live one (cached), else the bundled.
+        models = pipeline.model_catalog(krea_source.get(context))
+        if models.origin.fallback:
+            context.log.warning(f"model catalog: {models.origin.fallback}")
         try:
-            prepared = pipeline.prepare(batch)
+            prepared = pipeline.prepare(batch, models)
+        except UnknownModelError as error:
+            raise dg.Failure(description=str(error), allow_retries=False) from None
         except PromptSourceError as error:
             raise dg.Failure(description=str(error), allow_retries=False) from None
         except PromptValidationError as error:
@@ -359,9 +379,10 @@ def _prompts_asset(
             ) from None
         table = prepared.table
         context.log.info(
-            f"{batch}: {len(table)} valid prompt(s), estimated ${prepared.estimated_usd:.4f}"
-            + (f" plus {prepared.unpriced_rows} unpriced" if prepared.unpriced_rows else "")
+            f"{batch}: {len(table)} valid prompt(s), estimated {prepared.estimate_text}"
         )
+        if prepared.price_warning:
+            context.log.warning(f"{batch}: {prepared.price_warning}")
         return dg.Output(
             table,
             metadata={
@@ -371,6 +392,12 @@ def _prompts_asset(
                     model=pipeline.model,
                     estimated_cost_usd=prepared.estimated_usd,
                     unpriced_prompts=prepared.unpriced_rows,
+                    catalog=dg.MetadataValue.json(
+                        {
+                            **models.origin.to_json(),
+                            "validated": VALIDATION_COLUMN not in table.columns,
+                        }
+                    ),
                     skipped_files=dg.MetadataValue.json(
                         {entry.file: entry.message for entry in skipped[:50]}
                     ),

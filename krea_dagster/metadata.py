@@ -120,6 +120,8 @@ class KreaPromptsMetadata(NamespacedMetadataSet):
     model: str | None = None
     estimated_cost_usd: float | None = None
     unpriced_prompts: int | None = None
+    #: Which catalog validated the batch (bundled or live, fingerprint, fetch time, fallback).
+    catalog: dg.JsonMetadataValue | None = None
     skipped_files: dg.JsonMetadataValue | None = None
     preview: dg.MarkdownMetadataValue | None = None
 

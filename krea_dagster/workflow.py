@@ -39,7 +39,7 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
-from krea_dagster.api import UnknownModelError
+from krea_dagster.api import ModelCatalog, UnknownModelError
 from krea_dagster.assets import KreaJobsConfig, KreaSource, _problems_table, _regeneration_id
 from krea_dagster.engine.errors import BudgetExceededError
 from krea_dagster.engine.ledger import Ledger
@@ -229,13 +229,21 @@ def _step_asset(
         table = inputs["table"]
         if batch_column in table.columns:
             table = table[table[batch_column].astype(str) == batch]
+        models = pipeline.model_catalog(krea)  # the live catalog (cached), else the bundled
+        if models.origin.fallback:
+            context.log.warning(f"model catalog: {models.origin.fallback}")
         try:
             if step.is_node_app:
                 run_coroutine(_load_node_app(krea, step))
             rows = add_row_keys(table, key_column)
             columns = [ROW_KEY, *(c for c in rows.columns if c not in (ROW_KEY, batch_column))]
             rendered = step_rows(
-                step, rows, batch=batch, previous=inputs.get("previous"), table_columns=columns
+                step,
+                rows,
+                batch=batch,
+                previous=inputs.get("previous"),
+                table_columns=columns,
+                models=models,
             )
             carried = [
                 c
@@ -244,7 +252,16 @@ def _step_asset(
             ]
             manifest = run_coroutine(
                 _run_step(
-                    context, step, pipeline, krea, rendered.frame, carried, batch, base_dir, config
+                    context,
+                    step,
+                    pipeline,
+                    krea,
+                    rendered.frame,
+                    carried,
+                    batch,
+                    base_dir,
+                    config,
+                    models,
                 )
             )
         except (PromptValidationError, ImageReferenceError) as error:
@@ -339,6 +356,7 @@ async def _run_step(
     batch: str,
     base_dir: Path | None,
     config: KreaJobsConfig,
+    models: ModelCatalog,
 ) -> pd.DataFrame:
     """Resolve references, validate, submit, collect: the step's manifest of sent rows."""
     if frame.empty:
@@ -367,6 +385,7 @@ async def _run_step(
         origin=f"step {step.name}",
         price_usd=step.price_usd,
         max_usd_per_run=pipeline.max_usd_per_run,
+        catalog=models,
     )
     prompts = prepared.table
     summary = await pipeline.submit(

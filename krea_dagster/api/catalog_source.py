@@ -339,7 +339,9 @@ def derive_catalog(
             entry["price"] = dict(older)
         elif ratio:
             entry["price"] = _compute_unit_price(entry["compute_units"], ratio)
-    info = document.get("info") if isinstance(document.get("info"), Mapping) else {}
+    info = document.get("info")
+    if not isinstance(info, Mapping):
+        info = {}
     source: dict[str, Any] = {
         "openapi_title": str(info.get("title", ""))[:200],
         "openapi_version": str(info.get("version", ""))[:64],

@@ -85,9 +85,9 @@ class KreaStep:
         if not self.name.replace("_", "").isalnum():
             raise ValueError(f"step name {self.name!r} must use only letters, digits and '_'")
         app = catalog.node_app_id(self.model)
-        if app is None:
-            catalog.get_model(self.model)  # a misspelt model fails when the workflow is built
-        elif not app or "/" in app:
+        # A model is checked when a run starts, against the backend's live catalog (a model Krea
+        # added after this release is only there); a misspelt one fails then, unpaid.
+        if app is not None and (not app or "/" in app):
             raise ValueError(
                 f"step {self.name!r}: {self.model!r} is not a node app; write "
                 "'node-app/<version id>' with the version id of the app's page"
@@ -97,9 +97,9 @@ class KreaStep:
     def is_node_app(self) -> bool:
         return catalog.node_app_id(self.model) is not None
 
-    @property
-    def spec(self) -> catalog.ModelSpec:
-        return catalog.get_model(self.model)
+    def spec_in(self, models: catalog.ModelCatalog | None = None) -> catalog.ModelSpec:
+        """The step's model in ``models`` (default: the bundled catalog)."""
+        return (models or catalog.bundled_catalog()).get(self.model)
 
     @property
     def version(self) -> str:
@@ -197,12 +197,13 @@ def step_rows(
     batch: str,
     previous: pd.DataFrame | None,
     table_columns: Sequence[str],
+    models: catalog.ModelCatalog | None = None,
 ) -> StepRows:
     """Render every row of ``table`` for ``step``; raise ``PromptValidationError`` on any problem.
 
     ``previous`` is the previous step's manifest (None for the first step): a row whose image
     there is not ``completed`` is skipped. ``table_columns`` are the workflow table's own
-    columns, carried into every step's manifest.
+    columns, carried into every step's manifest. ``models`` is the validating catalog.
     """
     images: dict[str, str] = {}
     statuses: dict[str, str] = {}
@@ -214,7 +215,8 @@ def step_rows(
     records: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     problems: list[PromptProblem] = []
-    carried = [c for c in table_columns if c != PROMPT_COLUMN and c not in step.spec.fields]
+    fields = step.spec_in(models).fields
+    carried = [c for c in table_columns if c != PROMPT_COLUMN and c not in fields]
     for number, raw in enumerate(table.to_dict(orient="records"), start=1):
         row = {str(name): value for name, value in raw.items()}
         key = str(row[ROW_KEY])

@@ -62,6 +62,7 @@ RESERVED_COLUMNS = frozenset(
         "cost_usd",
         "error_code",
         "error_message",
+        "validation",
     }
 )
 

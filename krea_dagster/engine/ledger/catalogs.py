@@ -45,7 +45,7 @@ class CachedCatalog:
             derivation=row["derivation"],
             catalog_json=row["catalog_json"],
             fetched_at=aware(row["fetched_at"]) if row["fetched_at"] else None,
-            checked_at=aware(row["checked_at"]),
+            checked_at=aware(row["checked_at"]) or utcnow(),
             error=row["error"],
         )
 
