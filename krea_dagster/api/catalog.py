@@ -306,8 +306,8 @@ class CatalogOrigin:
     """Which catalog validated a batch: the bundled one or a backend's live one, and why.
 
     ``fingerprint`` is the SHA-256 of the OpenAPI document the catalog was derived from;
-    ``fallback`` says why a live catalog was wanted and this one is used instead (the live
-    fetch is off, or failed and its cause).
+    ``fallback`` says why the live catalog was wanted and could not be read (the cause: warn
+    about it); ``live_off`` that the user turned the live catalog off.
     """
 
     source: str  # "bundled" | "live"
@@ -315,6 +315,7 @@ class CatalogOrigin:
     base_url: str | None = None
     fetched_at: datetime | None = None
     fallback: str | None = None
+    live_off: bool = False
 
     @property
     def is_live(self) -> bool:
@@ -336,6 +337,7 @@ class CatalogOrigin:
             "base_url": self.base_url,
             "fetched_at": self.fetched_at.isoformat() if self.fetched_at else None,
             "fallback": self.fallback,
+            "live_catalog": not self.live_off,
         }
 
 
@@ -430,6 +432,13 @@ class ModelCatalog:
             return (
                 f"not in Krea's document at {origin.base_url} ({origin.describe()}). Check the "
                 "name; if Krea added it since, run `krea-dagster catalog --refresh`; " + unvalidated
+            )
+        if origin.live_off:
+            return (
+                "not in the bundled Krea catalog, and the live catalog is off "
+                "(KreaResource(live_catalog=False)): turn it on to validate against the models "
+                "the backend serves now (`krea-dagster catalog --refresh` lists them); "
+                + unvalidated
             )
         if origin.fallback:
             return (

@@ -93,7 +93,7 @@ def catalog_for(
     unvalidated = settings.unvalidated_models
     if not settings.live:
         resolutions["off"] += 1
-        return _bundled("the live catalog is off (KreaResource(live_catalog=False))", unvalidated)
+        return _bundled(None, unvalidated, live_off=True)
     base_url = settings.base_url.rstrip("/")
     cache = ledger.catalog_cache()
     row = cache.get(base_url)
@@ -220,9 +220,13 @@ def _live(
     return ModelCatalog(parsed.specs, origin, unvalidated=unvalidated, source=parsed.source)
 
 
-def _bundled(fallback: str, unvalidated: Iterable[str]) -> ModelCatalog:
+def _bundled(
+    fallback: str | None, unvalidated: Iterable[str], *, live_off: bool = False
+) -> ModelCatalog:
     bundled = bundled_catalog()
-    origin = CatalogOrigin("bundled", bundled.origin.fingerprint, fallback=fallback)
+    origin = CatalogOrigin(
+        "bundled", bundled.origin.fingerprint, fallback=fallback, live_off=live_off
+    )
     return ModelCatalog(bundled.specs, origin, unvalidated=unvalidated, source=bundled.source)
 
 
