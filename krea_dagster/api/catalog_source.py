@@ -348,7 +348,7 @@ def derive_catalog(
     }
     if capture:
         source["capture"] = capture
-    source["usd_per_compute_unit_median"] = round(ratio, 6) if ratio else None
+    source["usd_per_compute_unit_median"] = ratio  # unrounded: a live derivation reuses it
     source["derivation"] = DERIVATION_VERSION
     for entry in models.values():
         del entry["key"]
