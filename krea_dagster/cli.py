@@ -6,6 +6,9 @@ file of each instance's prompt folder as a partition (batch) of the Dagster inst
 and needs neither the daemon nor a token. Without PREFIX, every krea-dagster instance of the
 code location is registered.
 
+``krea-dagster catalog [--refresh]`` lists the models the backend serves against this release
+(see ``krea_dagster.catalog_command``).
+
 The code location is found like ``dg`` finds it: ``-f FILE`` or ``-m MODULE`` when given;
 else the ``[tool.dg.project]`` of the ``pyproject.toml`` in the current folder (or above);
 else ``definitions.py`` in the current folder. ``python -m krea_dagster`` is the same command.
@@ -149,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("-f", "--python-file", dest="file", help="file defining the Definitions")
     where.add_argument("-m", "--module-name", dest="module", help="module defining them")
     register.set_defaults(handler=register_batches_command)
+    from krea_dagster.catalog_command import add_catalog_command
+
+    add_catalog_command(commands, UsageError)
     return parser
 
 
