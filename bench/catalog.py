@@ -42,9 +42,9 @@ def new_model_operation() -> dict[str, Any]:
     return operation
 
 
-def timed(work: Any) -> float:
+def timed(work: Any, *args: Any) -> float:
     started = time.perf_counter()
-    work()
+    work(*args)
     return time.perf_counter() - started
 
 
@@ -56,15 +56,15 @@ def resolution_times(base_url: str, scratch: Path, repeat: int) -> dict[str, flo
         ledger.catalog_cache().get(base_url)  # create the schema outside the timing
         catalogs.timings["fetch"].clear()
         catalogs.timings["derive"].clear()
-        cold.append(timed(lambda: catalog_for(CatalogSettings(base_url), ledger)))
+        cold.append(timed(catalog_for, CatalogSettings(base_url), ledger))
         fetch.extend(catalogs.timings["fetch"])
         derive.extend(catalogs.timings["derive"])
         for _ in range(10):
-            hit.append(timed(lambda: catalog_for(CatalogSettings(base_url), ledger)))
+            hit.append(timed(catalog_for, CatalogSettings(base_url), ledger))
         stale = CatalogSettings(base_url, max_age=0)
-        revalidate.append(timed(lambda: catalog_for(stale, ledger)))
+        revalidate.append(timed(catalog_for, stale, ledger))
     document = openapi_document()
-    bundled = [timed(lambda: derive_catalog(document)) for _ in range(repeat)]
+    bundled = [timed(derive_catalog, document) for _ in range(repeat)]
     return {
         "cold_resolution_s": statistics.median(cold),
         "fetch_s": statistics.median(fetch),
