@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 import dagster as dg
 
+from krea_dagster.api import UnknownModelError
 from krea_dagster.assets import REGENERATE_TAG, REGENERATION_ID_TAG, KreaImageAssets
 from krea_dagster.engine.pipeline import KreaImagePipeline
 from krea_dagster.engine.prompts import PromptValidationError
@@ -112,6 +113,11 @@ def build_krea_regeneration_schedule(
                 plan = plan_regeneration(pipeline, batch, mode)
             except (PromptSourceError, PromptValidationError) as error:
                 context.log.warning(f"{batch}: not regenerated, its prompts are invalid: {error}")
+                continue
+            except UnknownModelError as error:
+                # A schedule plans with the bundled catalog (it has no resource to read the
+                # backend's live one): a model only the live catalog knows is not planned here.
+                context.log.warning(f"{batch}: not regenerated, cannot be planned: {error}")
                 continue
             if plan is None:
                 context.log.info(f"{batch}: nothing changed since its last generation")
