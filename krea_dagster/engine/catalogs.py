@@ -212,7 +212,7 @@ def _live(
     if parsed is None:
         parsed = ModelCatalog.from_data(json.loads(row.catalog_json), CatalogOrigin("live", ""))
         if len(_PARSED) >= _MAX_PARSED:
-            _PARSED.pop(next(iter(_PARSED)))
+            _PARSED.clear()  # a few documents per process at most; simpler than an LRU
         _PARSED[key] = parsed
     origin = CatalogOrigin(
         "live", row.sha256, base_url=row.base_url, fetched_at=row.fetched_at, fallback=fallback
