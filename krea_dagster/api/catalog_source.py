@@ -244,7 +244,9 @@ def fetch_openapi(
             new_etag = response.headers.get("etag")
     except httpx.TimeoutException:
         raise CatalogDocumentError(f"GET {url} took longer than {deadline:g} s") from None
-    except httpx.HTTPError as error:
+    except CatalogDocumentError:
+        raise
+    except Exception as error:  # an invalid URL, a refused address: any cause is a fallback
         raise CatalogDocumentError(f"GET {url} failed: {_short(error)}") from None
     if clock() - started > deadline:
         raise CatalogDocumentError(f"GET {url} took longer than {deadline:g} s")

@@ -284,6 +284,8 @@ def test_a_declared_huge_body_is_refused_before_reading() -> None:
     ("answer", "cause"),
     [
         pytest.param(httpx.ConnectError("refused"), "failed: refused", id="unreachable"),
+        pytest.param(httpx.InvalidURL("bad host"), "failed: bad host", id="invalid-url"),
+        pytest.param(OSError("no route"), "failed: no route", id="os-error"),
         pytest.param(httpx.ReadTimeout("slow"), "took longer than", id="read-timeout"),
         pytest.param(httpx.Response(503), "answered 503", id="5xx"),
         pytest.param(httpx.Response(404), "answered 404", id="404"),
