@@ -10,6 +10,9 @@ of the code location is registered.
 ``krea-dagster sample-products DIR`` writes a sample product table with reference photos
 (``krea_dagster.samples``), for a first workflow.
 
+``krea-dagster catalog [--refresh]`` lists the models the backend serves against this release
+(see ``krea_dagster.catalog_command``).
+
 The code location is found like ``dg`` finds it: ``-f FILE`` or ``-m MODULE`` when given;
 else the ``[tool.dg.project]`` of the ``pyproject.toml`` in the current folder (or above);
 else ``definitions.py`` in the current folder. ``python -m krea_dagster`` is the same command.
@@ -204,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch", help="only this batch, as <batch>.csv without a batch column (a prompt folder)"
     )
     sample.set_defaults(handler=sample_products_command)
+    from krea_dagster.catalog_command import add_catalog_command
+
+    add_catalog_command(commands, UsageError)
     return parser
 
 
