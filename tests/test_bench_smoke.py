@@ -25,6 +25,23 @@ SCALE_FIGURES = [
     "dagster_import_seconds",
 ]
 
+# The big-account group (issue 21): the headline case, the worst case, the kill -9.
+ACCOUNT_FIGURES = [
+    "big_account_wall_over_ideal",
+    "big_account_naive_wall_over_ideal",
+    "big_account_over_naive",
+    "big_account_requests_per_image",
+    "big_account_naive_requests_per_image",
+    "big_account_posts_per_second",
+    "big_account_posts_per_second_needed",
+    "big_account_worst_wall_over_ideal",
+    "big_account_worst_over_naive",
+    "big_account_worst_requests_per_image",
+    "big_account_kill9_in_flight",
+    "big_account_kill9_reported",
+    "big_account_kill9_billed_twice",
+]
+
 REQUIRED_FIGURES = [
     "wall_over_ideal",
     "naive_sequential_over_ours",
@@ -41,6 +58,7 @@ REQUIRED_FIGURES = [
     "naive_parallel_requests_per_image",
     "naive_sequential_requests_per_image",
     *SCALE_FIGURES,
+    *ACCOUNT_FIGURES,
 ]
 
 
@@ -75,11 +93,29 @@ def test_smoke_run_writes_every_figure_table_and_plot(tmp_path: Path) -> None:
     assert record["params"]["seed"] == 1234
     assert set(record["goals"]) <= set(record)
     assert record["crash_extra_billed_jobs"] == 0
+    assert_big_account_scenario(record)
     table = (out / "latest.md").read_text(encoding="utf-8")
     assert "| figure | measured | goal | met |" in table
     assert table in run.stdout
     png = (out / "latest.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+
+
+def assert_big_account_scenario(record: dict) -> None:
+    """The big-account group ran both contenders on every case, each storing every image, and
+    the kill -9 re-run paid nothing twice."""
+    fields = ("concurrency", "latency_ms", "render_seconds", "size")
+    asked = sorted(tuple(case[f] for f in fields) for case in record["params"]["account_cases"])
+    account = record["scenarios"]["big_account"]
+    for contender in ("krea_dagster", "naive"):
+        runs = [runs[contender] for runs in account["cases"].values()]
+        assert sorted(tuple(run[f] for f in fields) for run in runs) == asked, contender
+        assert all(run["images"] == run["size"] for run in runs), contender
+    assert (
+        "ceil(N / concurrency) x render" in record["goals"]["big_account_wall_over_ideal"]["goal"]
+    )
+    assert account["kill"]["images"] == record["params"]["account_kill_case"]["size"]
+    assert record["big_account_kill9_billed_twice"] == 0
 
 
 def test_only_runs_the_scale_groups_and_keeps_the_previous_figures(tmp_path: Path) -> None:
