@@ -186,3 +186,44 @@ def test_only_refuses_an_unknown_group(tmp_path: Path) -> None:
     )
     assert run.returncode != 0
     assert "discovery, end_to_end" in run.stderr
+
+
+def test_submit_profile_smoke_measures_each_part(tmp_path: Path) -> None:
+    """``python -m bench.submit_profile --smoke`` profiles the lane's ledger calls, several workers and lost answers, each settled the way the fault allows."""
+    out = tmp_path / "results"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.submit_profile",
+            "--smoke",
+            "--out",
+            str(out),
+            "--scratch",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    record = json.loads((out / "submit_profile.json").read_text(encoding="utf-8"))
+    params, results = record["params"], record["results"]
+    assert sorted(results["lane"]) == [f"sqlite_{ms:g}ms" for ms in params["latencies_ms"]]
+    for lane in results["lane"].values():
+        assert lane["posts"] == params["lane_posts"]
+        # The submitter's own writes, each at least one transaction per POST.
+        calls = lane["ledger_calls"]
+        assert {"claim", "note_send", "mark_submitted"} <= set(calls)
+        assert all(calls[name]["transactions_per_post"] >= 1 for name in ("claim", "note_send"))
+    (workers,) = results["workers"].values()
+    assert workers["posts"] == params["workers"] * params["worker_posts"]
+    lost = results["lost_answers"]
+    assert set(lost) == set(params["faults"])
+    # A job that exists is attributed (a node app's jobs too); a 5xx made none, so not created.
+    assert lost["dropped"]["faulty_row_state"] not in ("not_created", "reported")
+    assert lost["node_app_dropped"]["faulty_row_state"] not in ("not_created", "reported")
+    assert lost["error_5xx"]["faulty_row_state"] == "not_created"
+    table = (out / "submit_profile.md").read_text(encoding="utf-8")
+    assert "One lost answer" in table and table in run.stdout
