@@ -111,6 +111,11 @@ def assert_big_account_scenario(record: dict) -> None:
         runs = [runs[contender] for runs in account["cases"].values()]
         assert sorted(tuple(run[f] for f in fields) for run in runs) == asked, contender
         assert all(run["images"] == run["size"] for run in runs), contender
+        # Launch to exit for both: the command outlives the last image it stores.
+        assert all(
+            run["seconds"] == run["command_seconds"] >= run["to_last_image_seconds"] > 0
+            for run in runs
+        ), contender
     assert (
         "ceil(N / concurrency) x render" in record["goals"]["big_account_wall_over_ideal"]["goal"]
     )
