@@ -679,6 +679,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--parts: unknown {sorted(unknown)}; choose from lane, workers, lost")
     params = SMOKE if args.smoke else FULL
     started = time.perf_counter()
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="krea-profile-", dir=args.scratch) as scratch:
         results = profile(params, Path(scratch), args.pg, parts)
     record = {
@@ -687,7 +688,12 @@ def main(argv: list[str] | None = None) -> int:
             "pg": args.pg,
             "parts": sorted(parts),
         },
-        "machine": {"cpus": os.cpu_count(), "load_average_after": os.getloadavg()},
+        # Other work on the machine skews the ledger's milliseconds most.
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        },
         "generated_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "seconds": time.perf_counter() - started,
         "results": results,
