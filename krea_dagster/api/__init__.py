@@ -32,6 +32,7 @@ from krea_dagster.api.client import (
     KreaClient,
     SendAttempt,
 )
+from krea_dagster.api.clock_offset import ClockOffset, OffsetBounds
 from krea_dagster.api.config import (
     API_KEY_ENV,
     BASE_URL_ENV,
@@ -97,6 +98,7 @@ from krea_dagster.api.errors import (
     PermissionDeniedError,
     RateLimitError,
     RequestValidationError,
+    SendDeadlineError,
     UnknownModelError,
     UnprocessableEntityError,
     error_class_for_status,
@@ -219,6 +221,7 @@ __all__ = [
     "BadRequestError",
     "ClientStats",
     "Clock",
+    "ClockOffset",
     "ConfigurationError",
     "DeadlineExceededError",
     "DownloadError",
@@ -243,6 +246,7 @@ __all__ = [
     "ModelSpec",
     "NodeApp",
     "NotFoundError",
+    "OffsetBounds",
     "PermissionDeniedError",
     "Price",
     "PricePoint",
@@ -256,6 +260,7 @@ __all__ = [
     "RetryPolicy",
     "SecretRedactingFilter",
     "SendAttempt",
+    "SendDeadlineError",
     "SubmissionWindow",
     "SubmitRateLimitPolicy",
     "SystemClock",

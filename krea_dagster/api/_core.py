@@ -25,6 +25,7 @@ import httpx
 
 from krea_dagster.api import catalog
 from krea_dagster.api.catalog import Problem
+from krea_dagster.api.clock_offset import ClockOffset
 from krea_dagster.api.config import (
     RETRY_COUNT_HEADER,
     ZDR_HEADER,
@@ -44,6 +45,7 @@ from krea_dagster.api.errors import (
     KreaError,
     MalformedPayloadError,
     RequestValidationError,
+    SendDeadlineError,
     make_status_error,
 )
 from krea_dagster.api.models import Job, JobList, JobStatus, as_aware
@@ -70,9 +72,41 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Send:
-    """Send a request and read the whole response."""
+    """Send a request and read the whole response.
+
+    ``write_by``: the latest ``clock.monotonic()`` at which the request may still be written;
+    the performer checks it immediately before the request's bytes go out (``write_guard``).
+    """
 
     request: httpx.Request
+    write_by: float | None = None
+
+
+class WriteDeadlinePassed(Exception):
+    """A ``Send``'s ``write_by`` had passed when its bytes were about to be written."""
+
+
+#: httpcore trace events right before a request's headers, then its body, are written.
+_WRITE_EVENTS = frozenset(
+    f"{protocol}.{phase}.started"
+    for protocol in ("http11", "http2")
+    for phase in ("send_request_headers", "send_request_body")
+)
+
+
+def write_guard(clock: Clock, write_by: float) -> Callable[[str, Any], None]:
+    """An httpcore ``trace`` callback that stops a request whose ``write_by`` has passed.
+
+    httpcore calls it before writing the headers and again before writing the body (the
+    bytes that complete a request): raising there aborts the request with nothing complete
+    on the wire, however long the process was paused since the deadline was set.
+    """
+
+    def check(event: str, _info: Any) -> None:
+        if event in _WRITE_EVENTS and clock.monotonic() > write_by:
+            raise WriteDeadlinePassed(event)
+
+    return check
 
 
 @dataclass(frozen=True)
@@ -105,13 +139,20 @@ class SendAttempt:
     ``submit(on_send=...)`` and ``execute_node_app(on_send=...)`` call it with one before each
     wait and each send, and the POST goes out only after the callback returns: a caller that
     records ``sent_at`` durably knows the window in which a job can have been created, however
-    many 429 waits and connect retries came first.
+    many 429 waits and connect retries came first. For a send it may return a ``WriteDeadline``.
     """
 
     submission_id: str
     attempt: int
     sent_at: datetime
     wait: float = 0.0
+
+
+#: What an ``on_send`` callback may return for a send (not a wait): the latest
+#: ``clock.monotonic()`` of the client's clock at which the POST may still be written, or None.
+#: Past it the client writes nothing and raises ``SendDeadlineError``: a caller whose right to
+#: send expires (a lease) sets it, so a process paused after the callback never sends late.
+WriteDeadline: TypeAlias = float | None
 
 
 @dataclass(frozen=True)
@@ -332,13 +373,27 @@ class RequestCore:
     """Builds requests, runs the retry loops and interprets answers; performs no I/O."""
 
     def __init__(
-        self, config: ClientConfig, *, clock: Clock, rng: random.Random, stats: ClientStats
+        self,
+        config: ClientConfig,
+        *,
+        clock: Clock,
+        rng: random.Random,
+        stats: ClientStats,
+        clock_offset: ClockOffset | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
         self.rng = rng
         self.stats = stats
+        self.clock_offset = clock_offset or ClockOffset()
         self._api_origin = origin_of(config.base_url)
+
+    def send(self, request: httpx.Request, write_by: float | None = None) -> Flow[httpx.Response]:
+        """One API request (``Send``), its answer's ``Date`` taken into ``clock_offset``."""
+        sent = self.clock.now()
+        response: httpx.Response = yield Send(request, write_by)
+        self.clock_offset.observe(response.headers.get("date"), sent, self.clock.now())
+        return response
 
     # -- building -------------------------------------------------------------------------
 
@@ -482,7 +537,7 @@ class RequestCore:
             )
             self.stats.record_request(method, path_template)
             try:
-                outcome = yield Send(request)
+                outcome = yield from self.send(request)
             except httpx.TransportError as exc:
                 outcome = exc
             decision = decide(RequestKind.SAFE, outcome)
@@ -733,8 +788,9 @@ class RequestCore:
         while True:
             attempts += 1
             submitted_at = self.clock.now()
+            write_by: WriteDeadline = None
             if on_send is not None:
-                yield Notify(on_send, SendAttempt(submission_id, attempts, submitted_at))
+                write_by = yield Notify(on_send, SendAttempt(submission_id, attempts, submitted_at))
             request = self.build_request(
                 "POST",
                 self.config.base_url + path,
@@ -746,9 +802,13 @@ class RequestCore:
             self.stats.record_request("POST", target.path_template)
             outcome: httpx.Response | Exception
             try:
-                outcome = yield Send(request)
+                if write_by is not None and self.clock.monotonic() > write_by:
+                    raise WriteDeadlinePassed("before the request was handed to the transport")
+                outcome = yield from self.send(request, write_by)
             except httpx.TransportError as exc:
                 outcome = exc
+            except WriteDeadlinePassed as passed:
+                raise self._not_sent(target, submission_id, write_by, str(passed)) from None
             decision = decide(RequestKind.CREATE, outcome)
             try:
                 if decision.verdict is Verdict.DONE:
@@ -782,6 +842,25 @@ class RequestCore:
                 now = self.clock.now()
                 yield Notify(on_send, SendAttempt(submission_id, attempts + 1, now, delay))
             yield Sleep(delay)
+
+    def _not_sent(
+        self, target: CreateTarget, submission_id: str, write_by: WriteDeadline, where: str
+    ) -> SendDeadlineError:
+        late = self.clock.monotonic() - (write_by or 0.0)
+        logger.warning(
+            "POST %s not sent (submission %s): its write deadline passed %.3f s ago (%s)",
+            target.path,
+            submission_id,
+            late,
+            where,
+            extra={"krea_submission_id": submission_id},
+        )
+        return SendDeadlineError(
+            f"POST {target.path_template} was not sent: its write deadline passed {late:.3f} s "
+            f"before the request could be written ({where}); nothing reached Krea",
+            path_template=target.path_template,
+            submission_id=submission_id,
+        )
 
     def _submission_body(
         self,

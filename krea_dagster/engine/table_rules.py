@@ -62,6 +62,13 @@ RESERVED_COLUMNS = frozenset(
         "cost_usd",
         "error_code",
         "error_message",
+        # Written by a node's steps: why a row is skipped, the files it names, a node app's
+        # outputs, the step of a manifest and its version.
+        "skip_reason",
+        "references_json",
+        "outputs",
+        "step",
+        "step_version",
     }
 )
 
