@@ -34,7 +34,7 @@ from bench.workload import (
     write_prompts,
 )
 from krea_dagster import build_krea_sensors
-from krea_dagster.assets import KreaImageAssets
+from krea_dagster.node import KreaImageAssets
 
 REPO = Path(__file__).resolve().parent.parent
 EXECUTORS = ("in_process", "multiprocess")
