@@ -27,9 +27,10 @@ def test_a_users_type_checker_sees_the_builders_types_not_any(tmp_path):
     script.write_text(program, encoding="utf-8")
     config = tmp_path / "mypy.ini"  # a user's own project: not this repository's settings
     config.write_text("[mypy]\nignore_missing_imports = True\n", encoding="utf-8")
+    command = [sys.executable, "-m", "mypy", "--config-file", str(config), "--no-incremental"]
+    command += ["--follow-imports=silent", "--cache-dir", str(tmp_path / "cache"), str(script)]
     done = subprocess.run(
-        [sys.executable, "-m", "mypy", "--config-file", str(config), "--no-incremental"]
-        + ["--follow-imports=silent", "--cache-dir", str(tmp_path / "cache"), str(script)],
+        command,
         capture_output=True,
         text=True,
         timeout=300,
