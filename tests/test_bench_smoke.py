@@ -218,10 +218,13 @@ def test_submit_profile_smoke_measures_each_part(tmp_path: Path) -> None:
     assert sorted(results["lane"]) == [f"sqlite_{ms:g}ms" for ms in params["latencies_ms"]]
     for lane in results["lane"].values():
         assert lane["posts"] == params["lane_posts"]
-        # The submitter's own writes, each at least one transaction per POST.
+        # The submitter's own writes: the claim (intent, lease, first send time) and the
+        # answer, one transaction each per POST.
         calls = lane["ledger_calls"]
-        assert {"claim", "note_send", "mark_submitted"} <= set(calls)
-        assert all(calls[name]["transactions_per_post"] >= 1 for name in ("claim", "note_send"))
+        assert {"claim", "mark_submitted"} <= set(calls)
+        assert all(
+            calls[name]["transactions_per_post"] >= 1 for name in ("claim", "mark_submitted")
+        )
     (workers,) = results["workers"].values()
     assert workers["posts"] == params["workers"] * params["worker_posts"]
     lost = results["lost_answers"]

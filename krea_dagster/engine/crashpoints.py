@@ -10,8 +10,9 @@ A pause is what a VM pause, a long garbage collection or a suspended container d
 worker: it keeps its sockets and its leases in the ledger, and wakes up later as if nothing
 happened.
 
-Points: ``submit.after_intent`` (intent committed, POST not sent), ``submit.after_note_send``
-(``sent_at`` recorded and the lease extended, POST not written), ``submit.during_429_wait``
+Points: ``submit.after_intent`` (intent and the first attempt's ``sent_at`` committed by the
+claim, POST not sent), ``submit.after_note_send`` (the attempt's ``sent_at`` recorded and the
+lease held, the write deadline handed to the client, POST not written), ``submit.during_429_wait``
 (a 429 answered, the next attempt not sent yet), ``upload.after_post`` (a reference file
 uploaded, not yet recorded), ``submit.after_post``
 (Krea answered, job id not yet recorded), ``collect.after_download`` (image downloaded, not yet

@@ -1,9 +1,10 @@
 """Submit a batch of prompts to Krea: each prompt at most once, as fast as the account allows.
 
-For every planned prompt the submitter writes the intent to the ledger and takes the account's
-submit lease (one transaction), records the time of every attempt right before it is sent (the
-client's ``on_send``: 429 waits and connect retries included), and records the job id (or what
-went wrong) right after, giving the lease back. So at most one submission per account is ever
+For every planned prompt the submitter writes the intent to the ledger, takes the account's
+submit lease and records the time of the first attempt (one transaction), records the time of
+every later attempt right before it is sent (the client's ``on_send``: 429 waits and connect
+retries), and records the job id (or what went wrong) right after, giving the lease back: two
+transactions per POST. So at most one submission per account is ever
 unresolved, across workers, instances and prefixes sharing the ledger database. One POST takes
 milliseconds while a job renders for seconds to minutes, and Krea starts backlogged jobs in
 order, so one lane of POSTs is not what limits a batch: the account's concurrency is.
@@ -60,6 +61,7 @@ from krea_dagster.engine.errors import BatchStoppedError, ErrorCode, LeaseUnavai
 from krea_dagster.engine.ledger import JobUpdate, Lease, Ledger, Submission, utcnow
 from krea_dagster.engine.reconcile import (
     SEND_SLACK,
+    ClockBounds,
     Outcome,
     measured_offset,
     reconcile,
@@ -178,6 +180,9 @@ class BatchSubmitter:
         #: The lease this submitter is waiting for (another worker's), for the progress log.
         self._waiting_for: Lease | None = None
         self._send_budget = send_budget(client.timeouts.connect)
+        #: When each claimed row's first send was recorded (the client's monotonic clock, read
+        #: before ``sent_at``), until its first attempt goes out.
+        self._first_send: dict[str, float] = {}
 
     @property
     def lease_seconds(self) -> float:
@@ -230,6 +235,11 @@ class BatchSubmitter:
         deadline = self.clock() + self.lease_wait
         pause = 0.005
         while True:
+            # The claim records the first attempt's send too (one transaction): where the
+            # window lies in Krea's clock is measured first (from the last answers or one GET),
+            # and the write deadline counts from a monotonic time read before ``sent_at``.
+            offset = await measured_offset(self.client)
+            started = self.client.clock.monotonic()
             claim = await asyncio.to_thread(
                 self.ledger.claim,
                 scope=self.scope,
@@ -245,9 +255,13 @@ class BatchSubmitter:
                 max_attempts=self.max_attempts,
                 account=self.account,
                 lease_seconds=self.lease_seconds,
+                sent_at=utcnow(),
+                krea_offset=_seconds(offset),
             )
             if claim.row is not None or claim.covered:
                 self._waiting_for = None
+                if claim.row is not None:
+                    self._first_send[claim.row.submission_id] = started
                 return claim.row
             if claim.lease is not None and claim.lease.is_expired(utcnow()):
                 self._waiting_for = None
@@ -365,18 +379,21 @@ class BatchSubmitter:
     async def _post(self, row: Submission, prompt: PlannedPrompt) -> list[Job]:
         """The POST of one row: ``/generate/...`` makes one job, a node app's execute several."""
         app = catalog.node_app_id(self.model)
-        if app is not None:
-            return await self.client.execute_node_app(
-                app, prompt.request, submission_id=row.submission_id, on_send=self._on_send
+        try:
+            if app is not None:
+                return await self.client.execute_node_app(
+                    app, prompt.request, submission_id=row.submission_id, on_send=self._on_send
+                )
+            job = await self.client.submit(
+                self.model,
+                prompt.request,
+                submission_id=row.submission_id,
+                on_send=self._on_send,
+                catalog=self.catalog,
             )
-        job = await self.client.submit(
-            self.model,
-            prompt.request,
-            submission_id=row.submission_id,
-            on_send=self._on_send,
-            catalog=self.catalog,
-        )
-        return [job]
+            return [job]
+        finally:
+            self._first_send.pop(row.submission_id, None)
 
     async def _on_send(self, attempt: SendAttempt) -> float | None:
         """Before every POST and every wait: record when, and keep the lease for that long.
@@ -384,13 +401,19 @@ class BatchSubmitter:
         For a send, returns the client's write deadline (``send_budget`` after ``sent_at``, on
         the client's monotonic clock, read before ``sent_at`` is): the client writes the POST
         only before it, so a process paused anywhere after this write sends nothing once the
-        job could fall outside its window. When the write took longer than ``SEND_SLACK`` (a
-        busy database), it is written again with a fresh time.
+        job could fall outside its window. The first attempt's send was recorded by the claim;
+        every later one (after a 429 wait or a connect retry) is recorded here. When the write
+        took longer than ``SEND_SLACK`` (a busy database), it is written again with a fresh
+        time.
         """
         if attempt.wait:
             crash_point("submit.during_429_wait")
         slack = SEND_SLACK.total_seconds()
         monotonic = self.client.clock.monotonic
+        claimed = self._first_send.pop(attempt.submission_id, None)
+        if claimed is not None and not attempt.wait and monotonic() - claimed <= slack:
+            crash_point("submit.after_note_send", self.scope)
+            return claimed + self._send_budget
         for _ in range(MAX_SEND_RECORDS):
             # Where the window lies in Krea's clock, measured now (from the last answers or
             # one GET): whoever reconciles this row reads it with sent_at.
@@ -403,9 +426,7 @@ class BatchSubmitter:
                     attempt.submission_id,
                     sent_at=sent_at,
                     lease_seconds=attempt.wait + self.lease_seconds,
-                    krea_offset=None
-                    if offset is None
-                    else (offset.low.total_seconds(), offset.high.total_seconds()),
+                    krea_offset=_seconds(offset),
                 )
             )
             if not kept:
@@ -475,6 +496,11 @@ class BatchSubmitter:
                 f"({report.skipped} already covered), est. ${report.submitted_usd:.4f}, "
                 f"{done / elapsed:.1f} prompts/s"
             )
+
+
+def _seconds(offset: ClockBounds | None) -> tuple[float, float] | None:
+    """Offset bounds as the ledger stores them (seconds, at least and at most)."""
+    return None if offset is None else (offset.low.total_seconds(), offset.high.total_seconds())
 
 
 def _held(lease: Lease) -> str:

@@ -26,13 +26,28 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image
 
-from krea_dagster.api import AsyncKreaClient, Clock, Job, KreaClient, Timeouts, catalog
+from krea_dagster.api import (
+    AsyncKreaClient,
+    Clock,
+    Job,
+    KreaClient,
+    SubmitRateLimitPolicy,
+    Timeouts,
+    catalog,
+)
 from krea_dagster.emulator import DEMO_NODE_APP_ID
 from krea_dagster.emulator.testing import EmulatorHandle, run_emulator
 from krea_dagster.engine.catalogs import CatalogSettings
 from krea_dagster.engine.collect import BatchCollector
 from krea_dagster.engine.errors import LeaseUnavailableError
-from krea_dagster.engine.ledger import JobUpdate, Ledger, Submission, SubmissionState, utcnow
+from krea_dagster.engine.ledger import (
+    Claim,
+    JobUpdate,
+    Ledger,
+    Submission,
+    SubmissionState,
+    utcnow,
+)
 from krea_dagster.engine.nodes import load_node_app
 from krea_dagster.engine.pipeline import KreaImagePipeline
 from krea_dagster.engine.prompts import PromptValidationError, prepare_batch
@@ -233,16 +248,31 @@ class SteppedClock:
 
 
 def submit_one(
-    ledger: Ledger, emulator: EmulatorHandle, clock: SteppedClock | None = None
+    ledger: Ledger,
+    emulator: EmulatorHandle,
+    clock: SteppedClock | None = None,
+    *,
+    rate_limit_budget: float | None = None,
 ) -> SubmitReport:
     """One prompt through the submitter, as the jobs step sends it (``clock``: the monotonic
-    time of the submitter and its client)."""
+    time of the submitter and its client; ``rate_limit_budget``: seconds of 429 waits)."""
     prompt = PlannedPrompt("k1", {"prompt": "a red bicycle"}, "h", 0.007)
     account = Account(emulator.token, emulator.base_url, clock=clock)
     options: dict[str, Any] = {} if clock is None else {"clock": clock.monotonic}
+    policy = (
+        {}
+        if rate_limit_budget is None
+        else {"budget": rate_limit_budget, "initial_delay": 0.05, "max_delay": 0.1}
+    )
 
     async def work() -> SubmitReport:
-        async with account.async_client() as client:
+        async with AsyncKreaClient(
+            account.token,
+            base_url=account.base_url,
+            timeout=account.timeouts,
+            clock=account.clock,
+            submit_rate_limit=SubmitRateLimitPolicy(**policy),
+        ) as client:
             submitter = BatchSubmitter(
                 client,
                 ledger,
@@ -266,8 +296,8 @@ def posts(emulator: EmulatorHandle) -> int:
     return sum(count for route, count in routes.items() if route.startswith("POST "))
 
 
-class LeaseExpiresBeforeTheSend(Ledger):
-    """The worker stalls between its claim and its send for longer than its lease."""
+class LeaseExpiresDuringTheWait(Ledger):
+    """The worker stalls during a 429 wait for longer than its lease."""
 
     def note_send(self, submission_id: str, **facts: Any) -> bool:
         with self.transaction() as conn:
@@ -279,22 +309,28 @@ class LeaseExpiresBeforeTheSend(Ledger):
 
 
 def test_a_sender_whose_lease_was_lost_sends_nothing(emulator, tmp_path):
-    """The ledger refuses the send time of a row whose lease expired: the sender stops the
-    batch with LeaseUnavailableError and no POST reaches Krea."""
-    ledger = LeaseExpiresBeforeTheSend(f"sqlite:///{tmp_path / 'ledger.db'}")
-    report = submit_one(ledger, emulator)
+    """The ledger refuses the send time of a later attempt (after a 429) whose lease expired:
+    the sender stops the batch with LeaseUnavailableError and sends no further POST."""
+    emulator.configure(error_429_rate=1.0)
+    ledger = LeaseExpiresDuringTheWait(f"sqlite:///{tmp_path / 'ledger.db'}")
+    report = submit_one(ledger, emulator, rate_limit_budget=2.0)
     assert isinstance(report.stopped_by, LeaseUnavailableError)
     assert "lease" in str(report.stopped_by)
     assert report.submitted == 0
-    assert posts(emulator) == 0 and emulator.stats()["jobs_created"] == 0
-    rows = ledger.rows("s", "b1")  # the intent was written; no attempt has a job
+    rows = ledger.rows("s", "b1")  # each claim's first attempt (answered 429), nothing after
     assert rows and all(row.job_id is None for row in rows)
+    assert posts(emulator) == len(rows) and emulator.stats()["jobs_created"] == 0
 
 
 class SlowSendRecords(Ledger):
-    """A busy database: every write of the send time takes one and a half send slacks."""
+    """A busy database: every write of a send time (the claim's, a later attempt's) takes one
+    and a half send slacks."""
 
     clock: SteppedClock
+
+    def claim(self, **facts: Any) -> Claim:
+        self.clock.seconds += 1.5 * SEND_SLACK.total_seconds()
+        return super().claim(**facts)
 
     def note_send(self, submission_id: str, **facts: Any) -> bool:
         self.clock.seconds += 1.5 * SEND_SLACK.total_seconds()
@@ -311,6 +347,59 @@ def test_a_send_whose_sent_at_write_took_longer_than_the_slack_is_not_made(emula
     assert isinstance(report.stopped_by, LeaseUnavailableError)
     assert report.submitted == 0
     assert posts(emulator) == 0 and emulator.stats()["jobs_created"] == 0
+
+
+class SlowClaims(SlowSendRecords):
+    """A busy database for the claim only: recording a later send time is quick."""
+
+    def note_send(self, submission_id: str, **facts: Any) -> bool:
+        return Ledger.note_send(self, submission_id, **facts)
+
+
+def test_a_claim_whose_send_record_took_longer_than_the_slack_records_the_send_again(
+    emulator, tmp_path
+):
+    """A claim that took longer than SEND_SLACK has a stale send time: the first attempt
+    records a fresh one (note_send) before its POST, so the window starts at the real send."""
+    clock = SteppedClock()
+    ledger = SlowClaims(f"sqlite:///{tmp_path / 'ledger.db'}")
+    ledger.clock = clock
+    recorded: list[datetime] = []
+    original = ledger.note_send
+
+    def note_send(submission_id: str, **facts: Any) -> bool:
+        recorded.append(facts["sent_at"])
+        return original(submission_id, **facts)
+
+    ledger.note_send = note_send  # type: ignore[method-assign]
+    report = submit_one(ledger, emulator, clock)
+    assert report.submitted == 1 and report.stopped_by is None
+    (row,) = ledger.rows("s", "b1")
+    assert len(recorded) == 1 and row.sent_at == recorded[0] > row.intent_at
+
+
+class CountedCalls(Ledger):
+    """Counts the ledger calls a POST makes."""
+
+    calls: list[str]
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in ("claim", "note_send", "get", "get_many", "mark_submitted"):
+            object.__getattribute__(self, "calls").append(name)
+        return object.__getattribute__(self, name)
+
+
+def test_a_post_costs_the_claim_and_its_answer(emulator, tmp_path):
+    """One POST is two ledger writes: the claim (intent, lease and the first send time, the
+    row handed back as written) and the answer; no read-back, no separate send record."""
+    ledger = CountedCalls(f"sqlite:///{tmp_path / 'ledger.db'}")
+    ledger.calls = []
+    report = submit_one(ledger, emulator)
+    assert report.submitted == 1
+    assert ledger.calls == ["claim", "mark_submitted"]
+    (row,) = ledger.rows("s", "b1")
+    assert row.sent_at is not None and row.sent_at <= row.submitted_at
+    assert row.krea_offset_low is not None and row.krea_offset_high is not None
 
 
 # -- the ledger's guarded writes -------------------------------------------------------------

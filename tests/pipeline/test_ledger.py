@@ -3,6 +3,7 @@
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -40,6 +41,7 @@ def claim_result(
     max_attempts: int = 3,
     account: str = ACCOUNT,
     lease_seconds: float = 60.0,
+    **send: Any,
 ):
     return ledger.claim(
         scope="s",
@@ -55,6 +57,7 @@ def claim_result(
         max_attempts=max_attempts,
         account=account,
         lease_seconds=lease_seconds,
+        **send,
     )
 
 
@@ -299,6 +302,28 @@ def test_note_send_refuses_once_the_lease_has_expired(ledger):
             {"t": datetime.now(UTC) - timedelta(seconds=1)},
         )
     assert not ledger.note_send(row.submission_id, sent_at=datetime.now(UTC), lease_seconds=60)
+
+
+def test_note_send_refuses_a_row_that_is_no_longer_an_intent(ledger):
+    """A row whose outcome went unknown keeps its lease, but no later attempt of it may be
+    sent: note_send changes nothing (the lease is not extended) and says so."""
+    row = claim(ledger, "k1", lease_seconds=60)
+    before = ledger.lease(ACCOUNT)
+    assert ledger.mark_unknown(row.submission_id, message="dropped")
+    assert not ledger.note_send(row.submission_id, sent_at=datetime.now(UTC), lease_seconds=600)
+    after = ledger.get(row.submission_id)
+    assert after.sent_at is None and after.state == SubmissionState.UNKNOWN
+    assert ledger.lease(ACCOUNT).expires_at == before.expires_at
+
+
+def test_a_claim_records_the_first_send_and_returns_the_row_as_written(ledger):
+    """The claim writes the first attempt's send time and offset with the intent, and hands
+    back the row exactly as a read of it returns it."""
+    sent_at = datetime.now(UTC)
+    row = claim_result(ledger, "k1", sent_at=sent_at, krea_offset=(-0.5, 1.5)).row
+    assert row is not None
+    assert row.sent_at == sent_at and (row.krea_offset_low, row.krea_offset_high) == (-0.5, 1.5)
+    assert row == ledger.get(row.submission_id)
 
 
 def test_an_answer_after_a_takeover_is_written_once(ledger):

@@ -1,10 +1,11 @@
 """The job ledger: one durable row per Krea submission, so nothing is ever paid for twice.
 
 Krea bills every completed job and has no idempotency key. The ledger is what makes a re-run,
-a crash or a second worker safe: the *intent* to submit is committed **before** the POST
-(``claim``), the time of every attempt right before it is sent (``note_send``), the job id
+a crash or a second worker safe: the *intent* to submit is committed **before** the POST,
+with the time its first attempt is sent, in one transaction (``claim``), the time of every
+later attempt (a 429 wait, a connect retry) right before it is sent (``note_send``), the job id
 right after it (``mark_submitted``), and every later fact about the job (status, error, result
-URL, the verified image) is written to the same row. A prompt is only submitted again when its
+URL, the verified image) is written to the same row. So a POST costs two transactions. A prompt is only submitted again when its
 latest row for the generation is terminal and not paid (failed, cancelled, or proven never
 created).
 

@@ -1,7 +1,8 @@
 """The write protocol: every state change of the ledger, each one guarded SQL statement.
 
-Intent before the POST (``claim``, which takes the account's submit lease in the same
-transaction), the send time before each attempt (``note_send``), the answer after it
+Intent before the POST (``claim``, which takes the account's submit lease and records the
+first attempt's send time in the same transaction), the send time before each later attempt
+(``note_send``), the answer after it
 (``mark_submitted`` / ``mark_unknown`` / ``mark_not_created``, which give the lease back), then
 every later fact about the job (``update_jobs``, ``record_image``). Each ``WHERE`` holds its
 guard (compare-and-set), so a status never moves backwards and an answer is written once,
@@ -246,10 +247,15 @@ class LedgerWrites(LedgerDatabase):
         max_attempts: int,
         account: str,
         lease_seconds: float,
+        sent_at: datetime | None = None,
+        krea_offset: tuple[float, float] | None = None,
     ) -> Claim:
         """Write the intent to submit a prompt and take the account's submit lease, or say why not.
 
-        Both happen in one transaction, so an unresolved row always holds the lease.
+        Both happen in one transaction, so an unresolved row always holds the lease. With
+        ``sent_at`` (and ``krea_offset``, as ``note_send`` takes them) the same transaction
+        records the first attempt's send, so a POST costs two transactions: this one and its
+        answer's. The row comes back as written, without reading it again.
         """
         now = utcnow()
         try:
@@ -266,26 +272,28 @@ class LedgerWrites(LedgerDatabase):
                     held = self._lease(conn, lease)
                     if held is not None:
                         return Claim(lease=held)
-                conn.execute(
-                    submissions_table.insert().values(
-                        submission_id=submission_id,
-                        scope=scope,
-                        batch=batch,
-                        generation=generation,
-                        prompt_key=prompt_key,
-                        attempt=(previous[-1].attempt if previous else 0) + 1,
-                        model=model,
-                        request_hash=request_hash,
-                        request_json=json.dumps(request, sort_keys=True),
-                        state=SubmissionState.INTENT.value,
-                        account=account,
-                        run_id=run_id,
-                        owner_host=socket.gethostname(),
-                        estimated_usd=estimated_usd,
-                        intent_at=now,
-                        updated_at=now,
-                    )
-                )
+                values: dict[str, Any] = {
+                    "submission_id": submission_id,
+                    "scope": scope,
+                    "batch": batch,
+                    "generation": generation,
+                    "prompt_key": prompt_key,
+                    "attempt": (previous[-1].attempt if previous else 0) + 1,
+                    "model": model,
+                    "request_hash": request_hash,
+                    "request_json": json.dumps(request, sort_keys=True),
+                    "state": SubmissionState.INTENT.value,
+                    "account": account,
+                    "run_id": run_id,
+                    "owner_host": socket.gethostname(),
+                    "estimated_usd": estimated_usd,
+                    "intent_at": now,
+                    "sent_at": sent_at,
+                    "krea_offset_low": None if krea_offset is None else krea_offset[0],
+                    "krea_offset_high": None if krea_offset is None else krea_offset[1],
+                    "updated_at": now,
+                }
+                conn.execute(submissions_table.insert().values(**values))
                 lease_values = {
                     "submission_id": submission_id,
                     "expires_at": now + timedelta(seconds=lease_seconds),
@@ -305,7 +313,7 @@ class LedgerWrites(LedgerDatabase):
             # A concurrent worker claimed the same attempt, or created the lease row first.
             covered = self._covered(scope, batch, prompt_key, generation, max_attempts)
             return Claim(covered=covered)
-        return Claim(row=self.get(submission_id))
+        return Claim(row=Submission.written(values))
 
     def _covered(
         self, scope: str, batch: str, prompt_key: str, generation: int, max_attempts: int
@@ -322,38 +330,45 @@ class LedgerWrites(LedgerDatabase):
         lease_seconds: float,
         krea_offset: tuple[float, float] | None = None,
     ) -> bool:
-        """The POST is about to go out (or to wait, then go): record when, extend the lease.
+        """A later attempt of the POST is about to go out (or to wait, then go): record when,
+        extend the lease. (The first attempt's send is recorded by ``claim``.)
 
         ``krea_offset``: Krea's clock minus ours (seconds, at least and at most) as measured
-        just before, so that any worker can place the window in Krea's clock. False when the
-        row no longer holds a live lease (it expired and another worker took over): the caller
-        must not send.
+        just before, so that any worker can place the window in Krea's clock. False, with
+        nothing written, unless the row still holds a live lease (it did not expire and get
+        taken over) and is still an intent (nobody resolved it meanwhile): the caller must not
+        send. Both are compare-and-set, checked by their row counts.
         """
         now = utcnow()
-        with self.transaction() as conn:
-            kept = conn.execute(
-                leases_table.update()
-                .where(
-                    leases_table.c.submission_id == submission_id,
-                    leases_table.c.expires_at > now,
+        try:
+            with self.transaction() as conn:
+                kept = conn.execute(
+                    leases_table.update()
+                    .where(
+                        leases_table.c.submission_id == submission_id,
+                        leases_table.c.expires_at > now,
+                    )
+                    .values(expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
                 )
-                .values(expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
-            )
-            if kept.rowcount != 1:
-                return False
-            conn.execute(
-                submissions_table.update()
-                .where(
-                    submissions_table.c.submission_id == submission_id,
-                    submissions_table.c.state == SubmissionState.INTENT.value,
+                if kept.rowcount != 1:
+                    return False
+                recorded = conn.execute(
+                    submissions_table.update()
+                    .where(
+                        submissions_table.c.submission_id == submission_id,
+                        submissions_table.c.state == SubmissionState.INTENT.value,
+                    )
+                    .values(
+                        sent_at=sent_at,
+                        krea_offset_low=None if krea_offset is None else krea_offset[0],
+                        krea_offset_high=None if krea_offset is None else krea_offset[1],
+                        updated_at=now,
+                    )
                 )
-                .values(
-                    sent_at=sent_at,
-                    krea_offset_low=None if krea_offset is None else krea_offset[0],
-                    krea_offset_high=None if krea_offset is None else krea_offset[1],
-                    updated_at=now,
-                )
-            )
+                if recorded.rowcount != 1:
+                    raise _Refused  # roll the lease extension back too
+        except _Refused:
+            return False
         return True
 
     def mark_submitted(
@@ -697,6 +712,10 @@ class LedgerWrites(LedgerDatabase):
             if self._get(conn, submission_id) is None:
                 raise KeyError(f"no ledger row for submission {submission_id}")
             return False
+
+
+class _Refused(Exception):
+    """A compare-and-set of a multi-statement write found nothing to change: roll it back."""
 
 
 def _late_id(submission_id: str) -> str:

@@ -140,6 +140,12 @@ class Submission:
                 values[name] = aware(value)
         return cls(**values)
 
+    @classmethod
+    def written(cls, values: Mapping[str, Any]) -> "Submission":
+        """The record of a row just inserted with ``values`` (the columns it leaves out are
+        null), without reading it back."""
+        return cls.from_row({name: values.get(name) for name in cls.__dataclass_fields__})
+
     @property
     def is_terminal(self) -> bool:
         return self.state in TERMINAL_STATES
