@@ -492,6 +492,17 @@ class Deployment:
                 lines.append(process.log_text()[-3000:])
         return "\n".join(lines)
 
+    def sensor_ticks(self, name: str, limit: int = 20) -> list[Any]:
+        """The latest ticks of the sensor ``name``, newest first, as the daemon recorded them."""
+        return [
+            tick
+            for state in self.instance.all_instigator_state()
+            if state.instigator_name == name
+            for tick in self.instance.get_ticks(
+                state.instigator_origin_id, state.selector_id, limit=limit
+            )
+        ]
+
     def failed_runs(self) -> list[Any]:
         return [run for run in self.runs() if run.status == DagsterRunStatus.FAILURE]
 

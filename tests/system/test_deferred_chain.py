@@ -25,8 +25,10 @@ from typing import Any
 
 import dagster as dg
 import pytest
+from dagster._core.scheduler.instigation import TickStatus
 from dagster._core.storage.dagster_run import DagsterRunStatus
 
+from krea_dagster.emulator.testing import TERMINAL
 from krea_dagster.samples import SAMPLE_PRODUCTS, write_sample_products
 
 from .chain_location import EDIT_SIZE, PREFIX, UPSCALE_SIZE
@@ -152,6 +154,19 @@ def store_one_while_the_rest_render(
         interval=0.5,
         diagnostics=deployed.diagnostics,
     )
+    # The tick that stored it has ended (and submitted whatever runs it requested) once a tick
+    # of the sensor ends after the output was seen stored.
+    seen = time.time()
+    wait_for(
+        lambda: any(
+            tick.status != TickStatus.STARTED and (tick.end_timestamp or 0) >= seen
+            for tick in deployed.sensor_ticks(f"{PREFIX}_completion")
+        ),
+        timeout=STAGE_TIMEOUT,
+        what="a completion tick ended after the output was stored",
+        interval=0.5,
+        diagnostics=deployed.diagnostics,
+    )
     others = [r for r in rows if r["batch"] == first["batch"] and r["job_id"] != first["job_id"]]
     return {
         "row": row,
@@ -172,11 +187,11 @@ def test_no_run_waits_on_krea(chain, finished):
     """Every run of the chain ends while Krea still renders the jobs it submitted, every collection starts after all of its step's jobs were terminal, and no run lasts anywhere near the render time."""
     # When each step was submitted, every run had ended and every job of the step still rendered.
     for step, statuses in finished["rendering"].items():
-        assert statuses and "completed" not in set(statuses.values()), (step, statuses)
+        assert statuses and set(statuses.values()).isdisjoint(TERMINAL), (step, statuses)
     # One finished job of a batch still rendering: stored by the sensor, no collection launched.
     early = finished["stored_while_rendering"]
     assert early["row"]["image_uri"].startswith("s3://")
-    assert early["others"] and "completed" not in set(early["others"].values())
+    assert early["others"] and set(early["others"].values()).isdisjoint(TERMINAL)
     assert early["outputs_runs"] == []
 
     records = run_records(chain)
@@ -193,13 +208,16 @@ def test_no_run_waits_on_krea(chain, finished):
                 1 for b, *_ in SAMPLE_PRODUCTS if b == batch
             )
             # The run that submitted the step's jobs had ended before Krea finished any of them.
-            (submitter,) = {row["run_id"] for row in rows if row["parent_id"] is None}
+            submitters = {row["run_id"] for row in rows if row["parent_id"] is None}
+            assert len(submitters) == 1, (step, batch, submitters)
+            submitter = submitters.pop()
             assert records[submitter].end_time < min(done), (step, batch)
             # The step's collection started only once every one of its jobs was terminal.
-            (collector,) = [
+            collectors = [
                 run for run in outputs_runs(chain, step) if run.tags.get("krea/batch") == batch
             ]
-            assert records[collector.run_id].start_time > max(done), (step, batch)
+            assert len(collectors) == 1, (step, batch, [run.run_id for run in collectors])
+            assert records[collectors[0].run_id].start_time > max(done), (step, batch)
     durations = {run_id: record.end_time - record.start_time for run_id, record in records.items()}
     print(
         f"\n{len(runs)} runs, the longest {max(durations.values()):.1f} s; "
@@ -249,7 +267,7 @@ def test_every_output_of_every_step_is_verified(chain, finished):
 
 
 def test_nothing_is_paid_or_uploaded_twice(chain, finished):
-    """Krea billed exactly the chain's jobs, none twice, and every reference file (photo, edit, upscale) was uploaded exactly once."""
+    """Krea billed exactly the chain's jobs, none twice; every reference file (photo, edit, upscale) was uploaded exactly once, and every output downloaded once (by the sensor's tick or the collection run, never both)."""
     stats = chain.emulator.stats()
     print(
         f"\nchain: {stats['jobs_created']} jobs, {stats['jobs_billed']} billed, "
@@ -260,6 +278,7 @@ def test_nothing_is_paid_or_uploaded_twice(chain, finished):
     assert stats["node_app_executions"] == ROWS and stats["node_app_jobs"] == 2 * ROWS
     # Uploaded: the photos for the edits, the edits for the upscales, the upscales for the app.
     assert stats["uploads"] == 3 * ROWS and stats["duplicate_uploads"] == 0
+    assert stats["cdn_downloads"] == JOBS
 
 
 def test_lineage_runs_from_the_table_through_every_step(chain, finished):
