@@ -41,7 +41,8 @@ from .harness import (
 )
 from .test_production_topology import ledger_rows, lineage_edges
 
-pytestmark = pytest.mark.system
+# One module, one deployment: its tests run on one xdist worker (--dist loadgroup).
+pytestmark = [pytest.mark.system, pytest.mark.xdist_group("test_deferred_chain")]
 
 CHAIN_LOCATION = Path(__file__).with_name("chain_location.py")
 BATCHES = sorted({batch for batch, *_ in SAMPLE_PRODUCTS})

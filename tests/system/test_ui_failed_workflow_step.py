@@ -26,7 +26,8 @@ from .test_production_topology import dismiss_first_visit_dialogs
 from .test_ui_failures_gallery import FAILURE, seed_for
 from .ui_workflow_location import PREFIX, build
 
-pytestmark = pytest.mark.system
+# One module, one deployment: its tests run on one xdist worker (--dist loadgroup).
+pytestmark = [pytest.mark.system, pytest.mark.xdist_group("test_ui_failed_workflow_step")]
 
 LOCATION = Path(__file__).with_name("ui_workflow_location.py")
 RATE = 0.5

@@ -27,7 +27,8 @@ from .harness import location_webserver, write_prompts
 from .test_production_topology import dismiss_first_visit_dialogs
 from .ui_location import PREFIX, build
 
-pytestmark = pytest.mark.system
+# One module, one deployment: its tests run on one xdist worker (--dist loadgroup).
+pytestmark = [pytest.mark.system, pytest.mark.xdist_group("test_ui_failures_gallery")]
 
 LOCATION = Path(__file__).with_name("ui_location.py")
 FAILURE = ["safety_filter", "The output was blocked by the safety filter."]
