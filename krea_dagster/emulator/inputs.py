@@ -13,9 +13,11 @@ how a chained step shows where its input came from), ``data`` (a ``data:`` URI, 
 of its decoded bytes) or ``url`` (any other URL, by the hash of the URL string: the emulator
 does not fetch the internet). CDN URLs need no token, so any account may use them; one that
 names nothing the CDN would serve (a deleted asset, a job not completed, a wrong key) is
-refused with 422 "Input file rejected", as Krea refuses inputs it cannot fetch; with ``X-Api-Zero-Data-Retention: 1`` any
-media input that is not a ``data:`` URI is a 422 (Krea's ZDR rule, krea-api.md section 3). Results are rendered from the prompt *and*
-these hashes, so a test can tell which inputs reached the job.
+refused with 422 "Input file rejected", as Krea refuses inputs it cannot fetch, and a job
+accepted while its asset existed fails when it starts processing if the asset was deleted
+meanwhile (``missing_assets``). With ``X-Api-Zero-Data-Retention: 1`` any media input that is
+not a ``data:`` URI is a 422 (Krea's ZDR rule, krea-api.md section 3). Results are rendered
+from the prompt *and* these hashes, so a test can tell which inputs reached the job.
 """
 
 from __future__ import annotations
@@ -139,6 +141,24 @@ def describe(
             record.update(kind="url", sha256=hashlib.sha256(value.encode()).hexdigest(), url=value)
         records.append(record)
     return records
+
+
+#: ``error.code`` of a job whose input file was gone when it started processing: Krea documents
+#: none (its 422 for the same cause says "Input file rejected"), so a permanent code is used.
+INPUT_REJECTED_CODE = "invalid_request"
+
+
+def missing_assets(state: EmulatorState, records: list[dict[str, Any]]) -> str | None:
+    """Why a job cannot fetch its inputs now (an uploaded asset it names was deleted), or None."""
+    gone = [
+        record
+        for record in records
+        if record.get("kind") == "asset" and record.get("asset_id") not in state.assets
+    ]
+    if not gone:
+        return None
+    names = ", ".join(f"{record['field']} (asset {record['asset_id']})" for record in gone)
+    return f"Input file rejected: {names}: the asset was deleted before the job fetched it"
 
 
 def render_key(inputs: list[dict[str, Any]]) -> str:

@@ -20,6 +20,11 @@ Rules where Krea's documents are silent or contradictory (krea-api.md sections 5
 - ``DELETE /jobs/{id}`` cancels any non-terminal job (status ``cancelled``, ``completed_at`` set,
   ``error = {code: "cancelled", message: ...}``, not billed, slot freed, backlog advanced). On a
   terminal job it is a no-op answering 200 with the job unchanged.
+- Inputs are fetched when a job starts ``processing`` (krea-api.md section 3: Krea reads the
+  URLs it is given). A POST naming an asset that is gone is refused at once (422 "Input file
+  rejected", ``inputs.py``); a job accepted while its asset existed, whose asset was deleted
+  before it started processing, fails then with ``error.code`` ``invalid_request`` and an
+  "Input file rejected" message (Krea documents no code for it). Failed jobs are not billed.
 - Timeouts count from the moment the job leaves the backlog (a job waiting for a slot has not
   been sent to a provider yet). A job whose fate is an injected failure (``job_failure_rate``)
   fails at the moment it would have completed; a stuck one (``stuck_rate``) stays in
@@ -259,6 +264,11 @@ class EmulatorState:
             )
             return
         following = job.phase + 1
+        if following < len(lifecycle.PHASES) and lifecycle.PHASES[following] is lifecycle.FETCH:
+            gone = inputs.missing_assets(self, job.inputs)
+            if gone:
+                self._finish(job, JobStatus.FAILED, at, (inputs.INPUT_REJECTED_CODE, gone))
+                return
         if following < len(lifecycle.PHASES):
             self._set_status(job, lifecycle.PHASES[following])
             job.phase = following
