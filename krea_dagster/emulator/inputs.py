@@ -15,7 +15,7 @@ does not fetch the internet). CDN URLs need no token, so any account may use the
 names nothing the CDN would serve (a deleted asset, a job not completed, a wrong key) is
 refused with 422 "Input file rejected", as Krea refuses inputs it cannot fetch, and a job
 accepted while its asset existed fails when it starts processing if the asset was deleted
-meanwhile (``missing_assets``). With ``X-Api-Zero-Data-Retention: 1`` any media input that is
+meanwhile (``fetch_refusal``). With ``X-Api-Zero-Data-Retention: 1`` any media input that is
 not a ``data:`` URI is a 422 (Krea's ZDR rule, krea-api.md section 3). Results are rendered
 from the prompt *and* these hashes, so a test can tell which inputs reached the job.
 """
@@ -30,11 +30,12 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from krea_dagster.emulator import views
+from krea_dagster.emulator import lifecycle, views
 from krea_dagster.emulator.errors import EmulatorError
 from krea_dagster.emulator.lifecycle import JobStatus
 
 if TYPE_CHECKING:
+    from krea_dagster.emulator.records import Job
     from krea_dagster.emulator.state import EmulatorState
 
 _MEDIA_NAME = re.compile(r"(^|_)(urls?|uri|images?|videos?|audio|mask)$")
@@ -148,17 +149,21 @@ def describe(
 INPUT_REJECTED_CODE = "invalid_request"
 
 
-def missing_assets(state: EmulatorState, records: list[dict[str, Any]]) -> str | None:
-    """Why a job cannot fetch its inputs now (an uploaded asset it names was deleted), or None."""
+def fetch_refusal(state: EmulatorState, job: Job, phase: int) -> tuple[str, str] | None:
+    """The ``(code, message)`` a job fails with on entering ``phase``, where it fetches its
+    inputs (``lifecycle.FETCH``), when an uploaded asset it names was deleted; else None."""
+    if phase >= len(lifecycle.PHASES) or lifecycle.PHASES[phase] is not lifecycle.FETCH:
+        return None
     gone = [
         record
-        for record in records
+        for record in job.inputs
         if record.get("kind") == "asset" and record.get("asset_id") not in state.assets
     ]
     if not gone:
         return None
     names = ", ".join(f"{record['field']} (asset {record['asset_id']})" for record in gone)
-    return f"Input file rejected: {names}: the asset was deleted before the job fetched it"
+    message = f"Input file rejected: {names}: the asset was deleted before the job fetched it"
+    return INPUT_REJECTED_CODE, message
 
 
 def render_key(inputs: list[dict[str, Any]]) -> str:

@@ -20,11 +20,6 @@ Rules where Krea's documents are silent or contradictory (krea-api.md sections 5
 - ``DELETE /jobs/{id}`` cancels any non-terminal job (status ``cancelled``, ``completed_at`` set,
   ``error = {code: "cancelled", message: ...}``, not billed, slot freed, backlog advanced). On a
   terminal job it is a no-op answering 200 with the job unchanged.
-- Inputs are fetched when a job starts ``processing`` (krea-api.md section 3: Krea reads the
-  URLs it is given). A POST naming an asset that is gone is refused at once (422 "Input file
-  rejected", ``inputs.py``); a job accepted while its asset existed, whose asset was deleted
-  before it started processing, fails then with ``error.code`` ``invalid_request`` and an
-  "Input file rejected" message (Krea documents no code for it). Failed jobs are not billed.
 - Timeouts count from the moment the job leaves the backlog (a job waiting for a slot has not
   been sent to a provider yet). A job whose fate is an injected failure (``job_failure_rate``)
   fails at the moment it would have completed; a stuck one (``stuck_rate``) stays in
@@ -83,8 +78,7 @@ class EmulatorState:
     ) -> None:
         self.config = config or EmulatorConfig()
         self.initial_config = self.config.copy()
-        # Krea's time, shifted by clock_offset_seconds (a server whose clock is off).
-        self.clock: Clock = lambda: clock() + self.config.clock_offset_seconds
+        self.clock: Clock = lambda: clock() + self.config.clock_offset_seconds  # Krea's, skewed
         self.store = store or MemoryStore()
         self.cdn_url = cdn_url
         self.documents = DocumentRegistry()  # the openapi knob's document and its models
@@ -257,19 +251,14 @@ class EmulatorState:
         self._push(job)
 
     def _step(self, job: Job, at: float) -> None:
-        if job.next_kind == "timeout":
-            limit = round(job.timeout_seconds, 3)
-            self._finish(
-                job, JobStatus.FAILED, at, ("timeout", f"The job timed out after {limit} seconds.")
-            )
-            return
         following = job.phase + 1
-        if following < len(lifecycle.PHASES) and lifecycle.PHASES[following] is lifecycle.FETCH:
-            gone = inputs.missing_assets(self, job.inputs)
-            if gone:
-                self._finish(job, JobStatus.FAILED, at, (inputs.INPUT_REJECTED_CODE, gone))
-                return
-        if following < len(lifecycle.PHASES):
+        # Entering a phase, a job may fetch its inputs: a deleted asset fails it there.
+        error = inputs.fetch_refusal(self, job, following)
+        if job.next_kind == "timeout":
+            error = ("timeout", f"The job timed out after {round(job.timeout_seconds, 3)} seconds.")
+        if error is not None:
+            self._finish(job, JobStatus.FAILED, at, error)
+        elif following < len(lifecycle.PHASES):
             self._set_status(job, lifecycle.PHASES[following])
             job.phase = following
             self._schedule(job)
