@@ -251,14 +251,14 @@ class EmulatorState:
         self._push(job)
 
     def _step(self, job: Job, at: float) -> None:
-        if job.next_kind == "timeout":
-            limit = round(job.timeout_seconds, 3)
-            self._finish(
-                job, JobStatus.FAILED, at, ("timeout", f"The job timed out after {limit} seconds.")
-            )
-            return
         following = job.phase + 1
-        if following < len(lifecycle.PHASES):
+        # Entering a phase, a job may fetch its inputs: a deleted asset fails it there.
+        error = inputs.fetch_refusal(self, job, following)
+        if job.next_kind == "timeout":
+            error = ("timeout", f"The job timed out after {round(job.timeout_seconds, 3)} seconds.")
+        if error is not None:
+            self._finish(job, JobStatus.FAILED, at, error)
+        elif following < len(lifecycle.PHASES):
             self._set_status(job, lifecycle.PHASES[following])
             job.phase = following
             self._schedule(job)

@@ -11,9 +11,11 @@ from the catalog by ``krea_dagster.api.media``) may be given as
 Files are read, hashed (SHA-256), checked (a type Krea accepts, recognised by its first bytes,
 images opened by Pillow; at most 75 MB) and uploaded once through ``POST /assets``: the
 ``UploadCache`` maps a content hash to the asset URL, so the same bytes, under any name or
-from any source, are uploaded one time. ``MemoryUploadCache`` is the in-process cache; a
-ledger-backed one implements the same two methods. With zero data retention on, files become
-``data:`` URIs instead and nothing is uploaded (Krea requires it).
+from any source, are uploaded one time, until Krea no longer has the asset (deleted): then
+``forget_gone_uploads`` drops the entry and the next request that needs the file uploads it
+again. ``MemoryUploadCache`` is the in-process cache; a ledger-backed one implements the same
+methods. With zero data retention on, files become ``data:`` URIs instead and nothing is
+uploaded (Krea requires it).
 
 No Dagster import: this module is engine-level.
 """
@@ -28,25 +30,36 @@ import io
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Generic,
+    Literal,
+    NamedTuple,
+    Protocol,
+    TypeVar,
+    runtime_checkable,
+)
 from urllib.parse import unquote, urlsplit
 
 from krea_dagster.api.client import AsyncKreaClient, KreaClient
-from krea_dagster.api.errors import InvalidUploadError
+from krea_dagster.api.errors import InvalidUploadError, KreaError, NotFoundError
 from krea_dagster.api.media import MediaValue, find_media, media_paths, replace_media
 from krea_dagster.api.uploads import MAX_UPLOAD_BYTES, check_upload, to_data_uri
 from krea_dagster.engine.crashpoints import crash_point
 
 __all__ = [
+    "CachedUpload",
     "ImageReferenceError",
     "LoadedReference",
     "MemoryUploadCache",
     "ReferenceResolver",
     "ResolvedReference",
     "UploadCache",
+    "forget_gone_uploads",
     "image_fields",
     "load_reference",
     "reference_kind",
@@ -63,6 +76,14 @@ _PILLOW_TYPES = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}
 
 class ImageReferenceError(InvalidUploadError):
     """A reference cannot be resolved (missing file, unknown scheme, refused type or size)."""
+
+
+class CachedUpload(NamedTuple):
+    """One file the cache holds as uploaded: its content hash, asset URL and asset id."""
+
+    sha256: str
+    url: str
+    asset_id: str | None
 
 
 @runtime_checkable
@@ -82,6 +103,14 @@ class UploadCache(Protocol):
         worker died, or its answer was lost): the asset may exist, so look for it in
         ``GET /assets`` before uploading again.
         """
+
+    def named(self, urls: Iterable[str]) -> list[CachedUpload]:
+        """The cached uploads whose asset URL is one of ``urls``."""
+
+    def forget(self, sha256: str, url: str) -> bool:
+        """Drop the entry of these bytes if it still names ``url`` (its asset is gone at Krea),
+        so the next resolve uploads them again. False when the entry names another URL (a
+        worker uploaded them again meanwhile) or there is none."""
 
 
 class MemoryUploadCache:
@@ -107,6 +136,24 @@ class MemoryUploadCache:
             interrupted = sha256 in self._started
             self._started.add(sha256)
         return interrupted
+
+    def named(self, urls: Iterable[str]) -> list[CachedUpload]:
+        wanted = set(urls)
+        with self._lock:
+            return [
+                CachedUpload(sha256, url, asset_id)
+                for sha256, (url, asset_id, _) in self.entries.items()
+                if url in wanted
+            ]
+
+    def forget(self, sha256: str, url: str) -> bool:
+        with self._lock:
+            entry = self.entries.get(sha256)
+            if entry is None or entry[0] != url:
+                return False
+            del self.entries[sha256]
+            self._started.discard(sha256)
+        return True
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -629,3 +676,55 @@ async def resolve_upload_tokens(
         return resolved.value
 
     return {key: await value(item) for key, item in request.items()}
+
+
+# -- an uploaded file Krea no longer has --------------------------------------------------------
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _strings(item)
+
+
+async def forget_gone_uploads(
+    client: AsyncKreaClient, cache: UploadCache, request: Mapping[str, Any]
+) -> list[CachedUpload]:
+    """The uploaded files ``request`` names whose asset Krea no longer has, each forgotten by
+    the cache, so resolving the file again uploads it once more.
+
+    Krea refuses a request naming a deleted asset ("Input file rejected"), and fails a job
+    whose asset was deleted before it ran; the cache would hand out the dead URL forever. The
+    evidence is Krea's own: ``GET /assets/{id}`` answering 404. Any other answer (the asset is
+    there, or Krea could not be asked) forgets nothing, so a refusal for another reason stays
+    one.
+    """
+    urls = {value for value in _strings(request) if "://" in value}
+    if not urls:
+        return []
+    named = await asyncio.to_thread(cache.named, urls)
+    gone: list[CachedUpload] = []
+    for upload in named:
+        if upload.asset_id is None:
+            continue
+        try:
+            await client.get_asset(upload.asset_id)
+        except NotFoundError:
+            gone.append(upload)
+            if await asyncio.to_thread(cache.forget, upload.sha256, upload.url):
+                logger.warning(
+                    "asset %s (file %s...) is gone at Krea: the file is uploaded again before "
+                    "its next use",
+                    upload.asset_id,
+                    upload.sha256[:12],
+                )
+        except KreaError as error:
+            logger.warning(
+                "could not check asset %s at Krea (%s); its upload is kept", upload.asset_id, error
+            )
+    return gone

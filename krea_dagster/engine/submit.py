@@ -21,6 +21,9 @@ what happened                           ledger row                    the batch
 connection lost after send, 5xx, read   ``unknown``, then reconciled  goes on once the window
 timeout                                 at once (lease still held)    has closed
 400 / 422 (Krea refused the body)       ``not_created`` (rejected)    goes on
+400 / 422 naming an upload Krea no      ``not_created``               goes on; the file is
+longer has (its asset was deleted)      (``stale_upload``)            uploaded again and the
+                                                                      prompt re-sent
 402 (balance exhausted)                 ``not_created``               stops
 401 / 403                               ``not_created``               stops
 429 beyond the client's budget          ``not_created``               stops (transient)
@@ -65,6 +68,7 @@ from krea_dagster.engine.reconcile import (
     reconcile,
     window_seconds,
 )
+from krea_dagster.engine.references import forget_gone_uploads
 
 __all__ = ["BatchSubmitter", "PlannedPrompt", "SubmitReport"]
 
@@ -290,7 +294,17 @@ class BatchSubmitter:
                 await asyncio.to_thread(self.ledger.get, row.submission_id)
             )
             report.reconciled.append(outcome)
-        except (BadRequestError, UnprocessableEntityError, RequestValidationError) as error:
+        except (BadRequestError, UnprocessableEntityError) as error:
+            # Krea refuses a request naming a deleted asset ("Input file rejected"). When an
+            # upload this request names is gone, the refusal is the cache's, not the prompt's:
+            # the entry is forgotten and the prompt re-sent (nothing was created, nothing owed).
+            gone = await forget_gone_uploads(
+                self.client, self.ledger.upload_cache(self.account), prompt.request
+            )
+            await self._not_created(
+                row, ErrorCode.STALE_UPLOAD if gone else ErrorCode.REJECTED, error
+            )
+        except RequestValidationError as error:
             await self._not_created(row, ErrorCode.REJECTED, error)
         except InsufficientCreditsError as error:
             await self._not_created(row, ErrorCode.INSUFFICIENT_CREDITS, error, stop=True)
