@@ -48,6 +48,7 @@ from krea_dagster.engine.reconcile import Outcome, reconcile
 from krea_dagster.engine.references import (
     AsyncReferenceResolver,
     CheckedReferences,
+    check_unchanged,
     forget_gone_uploads,
     resolve_upload_tokens,
 )
@@ -369,8 +370,13 @@ class KreaImagePipeline:
         """The prompts about to be sent, each file they name uploaded (once per content hash
         and account) and its asset URL in place of the validated request's upload token.
 
-        Only what is sent now is uploaded: a re-run that sends nothing uploads nothing.
+        Only what is sent now is uploaded: a re-run that sends nothing uploads nothing. Every
+        file is checked to still be what was validated before the first upload, so a changed
+        file stops the batch with nothing uploaded.
         """
+        files = {token: source for prompt in todo for token, source in prompt.files.items()}
+        if files:
+            await asyncio.to_thread(check_unchanged, files)
         ready = []
         before = resolver.uploads
         for prompt in todo:

@@ -435,8 +435,8 @@ def prepare_batch(
                 "price",
                 f"no price is known for {model} ({unpriced} prompt(s) unpriced), so "
                 f"max_usd_per_run (${max_usd_per_run:g}) cannot be enforced: give price_usd=<USD "
-                "per request> to build_krea_image_assets (price_usd: in defs.yaml), or remove "
-                "max_usd_per_run",
+                "per request> (to build_krea_image_assets, to the step: KreaStep(price_usd=...), "
+                "or price_usd: in defs.yaml), or remove max_usd_per_run",
                 where(first_unpriced),
             )
         )
@@ -525,7 +525,9 @@ def _classify_columns(
                 )
             )
             continue
-        if column in RESERVED_COLUMNS and column not in model_fields:
+        # A model field named like a manifest column (width) is a parameter; as data it would
+        # collide with the column the package writes.
+        if column in RESERVED_COLUMNS and (column not in model_fields or column in carry):
             problems.append(
                 PromptProblem(
                     None,

@@ -510,9 +510,15 @@ def test_price_override_lets_an_unpriced_model_run_under_its_cap(
     assert emulator.stats()["jobs_created"] == 1
 
 
-@pytest.mark.parametrize(
-    "price", [-1.0, float("nan"), float("inf")], ids=["negative", "nan", "inf"]
-)
+#: Prices and caps that are not an amount of USD (shared with the workflow tests).
+BAD_PRICES = [
+    pytest.param(-1.0, id="negative"),
+    pytest.param(float("nan"), id="nan"),
+    pytest.param(float("inf"), id="inf"),
+]
+
+
+@pytest.mark.parametrize("price", BAD_PRICES)
 def test_price_override_must_be_a_usd_amount(build, price):
     """price_usd is refused at build time unless it is a finite amount of 0 or more."""
     with pytest.raises(ValueError, match="price_usd must be a"):
@@ -609,10 +615,17 @@ def test_skipped_files_are_reported_in_the_prompts_step(
 # -- 10. a partition added by hand follows the batch-name rule -------------------------------
 
 
+#: Partition keys that break the batch-name rule (shared with the workflow tests).
+BAD_BATCH_NAMES = [
+    pytest.param("has space", id="space"),
+    pytest.param("-dash", id="leading-symbol"),
+    pytest.param("n" * 140, id="too-long"),
+]
+
+
 @pytest.mark.parametrize(
     ("file", "partition"),
-    [("has space.csv", "has space"), ("-dash.csv", "-dash"), (f"{'n' * 140}.csv", "n" * 140)],
-    ids=["space", "leading-symbol", "too-long"],
+    [pytest.param(f"{p.values[0]}.csv", p.values[0], id=p.id) for p in BAD_BATCH_NAMES],
 )
 def test_hand_added_partition_follows_the_batch_name_rule(
     build, emulator, krea, instance, prompts_dir, file, partition
