@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +25,13 @@ from urllib.parse import urlsplit
 
 from krea_dagster.api.config import DEFAULT_EXTERNAL_WAIT_TIMEOUT, DEFAULT_HOSTED_WAIT_TIMEOUT
 from krea_dagster.api.errors import RequestValidationError, UnknownModelError
+from krea_dagster.api.json_values import (
+    is_finite_number,
+    is_number,
+    is_whole_number,
+    number_problem,
+    show_number,
+)
 
 __all__ = [
     "Alias",
@@ -67,7 +73,7 @@ FIELD_FACTS = (
     "format",
 )
 _MISSING: Any = object()
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*$")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*")
 
 
 @dataclass(frozen=True)
@@ -519,7 +525,7 @@ def _check(value: Any, spec: FieldSpec, path: str) -> list[Problem]:
         fail("enum", f"{_show(value)} is not one of {choices}")
     if spec.any_of and not any(not _check(value, alt, path) for alt in spec.any_of):
         fail("anyOf", f"{_show(value)} is not one of {_describe_any_of(spec.any_of)}")
-    if _is_number(value):
+    if is_number(value):
         _check_number(value, spec, fail)
     elif isinstance(value, str):
         _check_string(value, spec, fail)
@@ -531,6 +537,9 @@ def _check(value: Any, spec: FieldSpec, path: str) -> list[Problem]:
 
 
 def _check_number(value: float, spec: FieldSpec, fail: Any) -> None:
+    if (problem := number_problem(value)) is not None:
+        fail("number", problem)
+        return
     if spec.minimum is not None and value < spec.minimum:
         fail("minimum", f"{_show(value)} is below the minimum {_number(spec.minimum)}")
     if spec.maximum is not None and value > spec.maximum:
@@ -595,16 +604,12 @@ def _check_object(value: Mapping[str, Any], spec: FieldSpec, path: str) -> list[
     return problems
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def _is_type(value: Any, kind: str) -> bool:
     if kind == "number":
         # NaN and infinities are not JSON: they would be sent as invalid tokens.
-        return _is_number(value) and math.isfinite(value)
+        return is_finite_number(value)
     if kind == "integer":
-        return _is_number(value) and math.isfinite(value) and float(value).is_integer()
+        return is_whole_number(value)
     if kind == "string":
         return isinstance(value, str)
     if kind == "boolean":
@@ -627,7 +632,7 @@ def _json_equal(left: Any, right: Any) -> bool:
 
 def _is_uri(value: str) -> bool:
     parts = urlsplit(value)
-    if not parts.scheme or not _SCHEME.match(parts.scheme):
+    if not parts.scheme or not _SCHEME.fullmatch(parts.scheme):
         return False
     if parts.scheme.lower() in ("http", "https"):
         return bool(parts.netloc)
@@ -650,7 +655,7 @@ def _describe_any_of(alternatives: tuple[FieldSpec, ...]) -> str:
 
 
 def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
+    return show_number(value)
 
 
 #: How many characters of an echoed value a message shows.
@@ -675,10 +680,8 @@ def _show(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int) and len(str(abs(value))) > SHOWN_CHARS:
-        return f"an integer of {len(str(abs(value)))} digits"
-    if _is_number(value):
-        return _number(value) if math.isfinite(value) else repr(value)
+    if is_number(value):
+        return show_number(value)
     if isinstance(value, str):
         return json.dumps(shorten(value))
     if isinstance(value, list | tuple):

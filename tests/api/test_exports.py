@@ -17,6 +17,7 @@ PUBLIC_MODULES = [
     "client",
     "config",
     "errors",
+    "json_values",
     "media",
     "models",
     "reconcile",
