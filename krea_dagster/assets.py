@@ -26,10 +26,11 @@ from krea_dagster.api.catalog import shorten
 from krea_dagster.engine.errors import BatchStoppedError, BudgetExceededError, LeaseUnavailableError
 from krea_dagster.engine.ledger import Ledger
 from krea_dagster.engine.manifest import ManifestStatus
+from krea_dagster.engine.names import dagster_name_problem
 from krea_dagster.engine.pipeline import KreaImagePipeline
 from krea_dagster.engine.prompts import PROMPTS_TABLE_COLUMNS, PromptValidationError, expected_size
 from krea_dagster.engine.run import run_coroutine
-from krea_dagster.engine.source import PromptSource, PromptSourceError
+from krea_dagster.engine.source import PromptSource, PromptSourceError, skipped_summary
 from krea_dagster.engine.store import ImageStore
 from krea_dagster.metadata import (
     MANIFEST_COLUMN_DOCS,
@@ -42,6 +43,7 @@ from krea_dagster.metadata import (
     failed_prompts,
     failures_table,
     gallery_entries,
+    prompts_preview,
     status_counts,
     table_schema,
     thumbnails_markdown,
@@ -64,7 +66,6 @@ REGENERATE_TAG = "krea/regenerate"
 #: Names one request to regenerate; retries and re-executions of its run carry it.
 REGENERATION_ID_TAG = "krea/regeneration_id"
 MAX_JOB_IDS_IN_METADATA = 200
-PREVIEW_ROWS = 10
 DEFAULT_MAX_FAILED_FRACTION = 0.5
 
 
@@ -222,11 +223,8 @@ def build_krea_image_assets(
             f"store_url={store_url!r} must be an http:// or https:// address at which the "
             "store root is served, e.g. https://cdn.example.com/krea-images"
         )
-    if not name_prefix.replace("_", "").isalnum():
-        raise ValueError(
-            f"name_prefix {name_prefix!r} must use only letters, digits and '_' "
-            "(it names asset keys, partitions and sensors)"
-        )
+    if (problem := dagster_name_problem(name_prefix, "name_prefix")) is not None:
+        raise ValueError(problem)
     for name, value in (("max_usd_per_run", max_usd_per_run), ("price_usd", price_usd)):
         if value is not None and (
             isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0
@@ -345,8 +343,8 @@ def _prompts_asset(
     def prompts(context: dg.AssetExecutionContext) -> dg.Output[pd.DataFrame]:
         batch = context.partition_key
         skipped = pipeline.files.skipped()
-        for entry in skipped:
-            context.log.warning(f"prompt source: {entry.file}: {entry.message}")
+        if skipped:
+            context.log.warning(f"prompt source: {skipped_summary(skipped)}")
         try:
             prepared = pipeline.prepare(batch)
         except PromptSourceError as error:
@@ -374,7 +372,7 @@ def _prompts_asset(
                     skipped_files=dg.MetadataValue.json(
                         {entry.file: entry.message for entry in skipped[:50]}
                     ),
-                    preview=dg.MetadataValue.md(_markdown_preview(table)),
+                    preview=dg.MetadataValue.md(prompts_preview(table)),
                 ),
             },
             # Same table, same version: re-validating an unchanged file leaves jobs and images
@@ -391,25 +389,13 @@ def _table_version(table: pd.DataFrame) -> dg.DataVersion:
     return dg.DataVersion(hashlib.sha256(table.to_csv(index=False).encode()).hexdigest()[:24])
 
 
-def _markdown_preview(table: pd.DataFrame) -> str:
-    lines = ["| row | prompt | variant | est. USD |", "|---|---|---|---|"]
-    for record in table.head(PREVIEW_ROWS).to_dict(orient="records"):
-        prompt = str(record["prompt"]).replace("|", "\\|").replace("\n", " ")[:120]
-        cost = record["estimated_usd"]
-        shown = "?" if cost is None or pd.isna(cost) else f"{cost:.4f}"
-        lines.append(f"| {record['row']} | {prompt} | {record['variant']} | {shown} |")
-    if len(table) > PREVIEW_ROWS:
-        lines.append(f"\n_{len(table) - PREVIEW_ROWS} more rows_")
-    return "\n".join(lines)
-
-
 def _problems_table(error: PromptValidationError) -> dg.TableMetadataValue:
     return dg.MetadataValue.table(
         records=[
             dg.TableRecord(
                 {
                     "row": problem.row if problem.row is not None else 0,
-                    "location": problem.location or "",
+                    "location": shorten(problem.location or "", 200),
                     "column": shorten(str(problem.column or ""), 120),
                     "rule": problem.rule,
                     "message": shorten(problem.message, 600),

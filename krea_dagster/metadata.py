@@ -8,6 +8,10 @@ Numbers are what Dagster plots; only measures that differ are numbers. Identifie
 generation are text, and per-run diagnostics (polls, downloads) are one JSON entry, so the
 Plots tab shows the batch's prompts, images, failures and cost, not three lines of one count.
 
+Every value that comes from outside (a column name or cell of the user's table, a code or
+message of Krea's answer) is shortened on its way in (``metadata_text``, ``markdown_cell``), as
+error messages are: a 1 MB cell makes a cell of a few hundred characters, not a 1 MB event.
+
 Costs are **estimates**: Krea does not report the charge per job, so a completed job costs the
 catalog price of its request (``krea_dagster/data/krea_models.json``); failed and cancelled jobs
 are not billed. The keys say so (``krea/estimated_cost_usd``).
@@ -27,6 +31,7 @@ import pandas as pd
 # pins dagster<1.14, and every test that builds assets imports this module.
 from dagster._core.definitions.metadata.metadata_set import NamespacedMetadataSet
 
+from krea_dagster.api.catalog import shorten
 from krea_dagster.engine.collect import Thumbnail
 from krea_dagster.engine.manifest import OUTPUTS_COLUMN, ManifestStatus
 from krea_dagster.engine.store import ImageStore
@@ -39,11 +44,19 @@ __all__ = [
     "KreaJobsMetadata",
     "KreaPromptsMetadata",
     "failures_table",
+    "markdown_cell",
+    "metadata_text",
+    "prompts_preview",
     "table_schema",
     "thumbnails_markdown",
 ]
 
 MAX_FAILURE_ROWS = 100
+#: Longest text of one value from outside (a cell, a column name, Krea's message) in metadata.
+MAX_VALUE_CHARS = 200
+#: Columns a ``dagster/column_schema`` lists; the rest are counted in a last entry.
+MAX_SCHEMA_COLUMNS = 200
+PREVIEW_ROWS = 10
 MAX_KEYS_IN_METADATA = 50
 # Prompts whose Krea job ended without an image. Pending and unresolved prompts may still get
 # one and not-submitted ones have no job yet: the every_prompt_resolved check reports those.
@@ -105,12 +118,41 @@ def _column_type(dtype: Any) -> str:
     return "string"
 
 
+def metadata_text(value: Any, limit: int = MAX_VALUE_CHARS) -> str:
+    """A value from outside as metadata text: ``str`` of it, shortened like error messages."""
+    return shorten(value if isinstance(value, str) else str(value), limit)
+
+
+def markdown_cell(value: Any, limit: int = MAX_VALUE_CHARS) -> str:
+    """A value as the text of one markdown table cell: one line, shortened, markup escaped."""
+    text = " ".join(metadata_text(value, limit).split())
+    text = text.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;")
+    for char in "*_`[]":
+        text = text.replace(char, "\\" + char)
+    return text
+
+
 def table_schema(frame: pd.DataFrame, docs: Mapping[str, tuple[str, str]]) -> dg.TableSchema:
-    """Every column of ``frame`` with its type and description (carried columns say so)."""
+    """The columns of ``frame`` with type and description (carried columns say so).
+
+    Column names come from the user's table, so they are shortened, and at most
+    ``MAX_SCHEMA_COLUMNS`` are listed (a last entry counts the others).
+    """
     columns = []
-    for name, dtype in frame.dtypes.items():
+    dtypes = list(frame.dtypes.items())
+    for name, dtype in dtypes[:MAX_SCHEMA_COLUMNS]:
         kind, description = docs.get(str(name), (_column_type(dtype), CARRIED_DESCRIPTION))
-        columns.append(dg.TableColumn(str(name), kind, description=description))
+        columns.append(dg.TableColumn(metadata_text(name), kind, description=description))
+    if len(dtypes) > MAX_SCHEMA_COLUMNS:
+        more = len(dtypes) - MAX_SCHEMA_COLUMNS
+        columns.append(
+            dg.TableColumn(
+                f"... {more} more column(s)",
+                "string",
+                description=f"The table has {len(dtypes)} columns; the first "
+                f"{MAX_SCHEMA_COLUMNS} are listed.",
+            )
+        )
     return dg.TableSchema(columns=columns)
 
 
@@ -194,12 +236,9 @@ def thumbnails_markdown(thumbnails: Sequence[Thumbnail], *, total_images: int) -
         return "_no images yet_"
     lines = ["| image | prompt |", "|---|---|"]
     for thumb in thumbnails:
-        caption = " ".join(thumb.caption.split())[:160]
-        alt = caption.replace("[", "(").replace("]", ")").replace('"', "'")
-        shown = caption.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;")
-        for char in "*_`[]":
-            shown = shown.replace(char, "\\" + char)
-        lines.append(f'| ![{alt}]({thumb.data_uri} "{alt}") | {shown} |')
+        caption = " ".join(metadata_text(thumb.caption, 160).split())
+        alt = caption.replace("[", "(").replace("]", ")").replace('"', "'").replace("|", "/")
+        lines.append(f'| ![{alt}]({thumb.data_uri} "{alt}") | {markdown_cell(caption, 160)} |')
     if total_images > len(thumbnails):
         lines.append(f"\n_{len(thumbnails)} of {total_images} images shown; all in the gallery_")
     return "\n".join(lines)
@@ -212,11 +251,11 @@ def failures_table(manifest: pd.DataFrame) -> dg.TableMetadataValue:
         dg.TableRecord(
             {
                 "row": int(row["row"]),
-                "prompt": str(row["prompt"])[:200],
-                "status": str(row["status"]),
-                "code": str(row["error_code"] or ""),
-                "message": str(row["error_message"] or "")[:500],
-                "job_id": str(row["job_id"] or ""),
+                "prompt": metadata_text(row["prompt"]),
+                "status": metadata_text(row["status"]),
+                "code": metadata_text(row["error_code"] or ""),
+                "message": metadata_text(row["error_message"] or "", 500),
+                "job_id": metadata_text(row["job_id"] or ""),
             }
         )
         for row in failed.to_dict(orient="records")
@@ -234,6 +273,21 @@ def failures_table(manifest: pd.DataFrame) -> dg.TableMetadataValue:
         ]
     )
     return dg.MetadataValue.table(records=records, schema=schema)
+
+
+def prompts_preview(table: pd.DataFrame, rows: int = PREVIEW_ROWS) -> str:
+    """The first rows of a prompts table as markdown: row, prompt, variant, estimated USD."""
+    lines = ["| row | prompt | variant | est. USD |", "|---|---|---|---|"]
+    for record in table.head(rows).to_dict(orient="records"):
+        cost = record["estimated_usd"]
+        shown = "?" if cost is None or pd.isna(cost) else f"{cost:.4f}"
+        lines.append(
+            f"| {record['row']} | {markdown_cell(record['prompt'], 120)} | "
+            f"{markdown_cell(record['variant'], 60)} | {shown} |"
+        )
+    if len(table) > rows:
+        lines.append(f"\n_{len(table) - rows} more rows_")
+    return "\n".join(lines)
 
 
 def failed_prompts(manifest: pd.DataFrame) -> pd.DataFrame:

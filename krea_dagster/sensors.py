@@ -37,7 +37,7 @@ from krea_dagster.api import JobStatus, KreaError
 from krea_dagster.assets import KreaImageAssets
 from krea_dagster.engine.ledger import JobUpdate, Submission, utcnow
 from krea_dagster.engine.run import run_coroutine
-from krea_dagster.engine.source import FileScan
+from krea_dagster.engine.source import FileScan, skipped_summary
 from krea_dagster.resource import KreaResource
 
 __all__ = [
@@ -172,11 +172,14 @@ def discovery_tick(
         partition_requests.append(
             assets.partitions_def.build_delete_request([b for b in removed if b in existing])
         )
-    for problem in [*problems, *skipped]:
-        context.log.warning(f"prompt source: {problem.file}: {problem.message}")
+    # One line each, whatever the number of files: counts and the first few, not one per file.
+    if problems:
+        context.log.warning(f"prompt source: unusable files: {_listed(problems)}")
+    if skipped:
+        context.log.warning(f"prompt source: {skipped_summary(skipped)}")
     if removed:
         verb = "deleting" if delete_removed else "kept (set delete_removed_batches to delete)"
-        context.log.warning(f"batches no longer in the source: {', '.join(removed)}; {verb}")
+        context.log.warning(f"batches no longer in the source: {_names(removed)}; {verb}")
     hashes = {batch: info.content_hash for batch, info in batches.items()}
     summary = _discovery_summary(new, changed, removed, problems, delete_removed, skipped)
     return dg.SensorResult(
@@ -200,16 +203,19 @@ def _discovery_summary(
 ) -> str:
     parts = []
     if removed:
-        parts.append(
-            f"removed from the source: {', '.join(removed)}" + ("" if delete else " (kept)")
-        )
+        parts.append(f"removed from the source: {_names(removed)}" + ("" if delete else " (kept)"))
     if problems:
         parts.append("unusable files: " + _listed(problems))
     if skipped:
-        parts.append("not read: " + _listed(skipped))
+        parts.append("not read: " + skipped_summary(skipped))
     if not (new or changed):
         parts.insert(0, "no new or changed prompt batches")
     return ". ".join(parts)
+
+
+def _names(names: Sequence[str], limit: int = 20) -> str:
+    text = ", ".join(names[:limit])
+    return text + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def _listed(entries: Sequence[Any], limit: int = 10) -> str:

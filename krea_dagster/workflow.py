@@ -367,6 +367,7 @@ async def _run_step(
         origin=f"step {step.name}",
         price_usd=step.price_usd,
         max_usd_per_run=pipeline.max_usd_per_run,
+        backend=krea.effective_base_url,  # uploads are URLs of the API's own host
     )
     prompts = prepared.table
     summary = await pipeline.submit(

@@ -35,7 +35,7 @@ from krea_dagster.emulator.lifecycle import JobStatus
 if TYPE_CHECKING:
     from krea_dagster.emulator.state import EmulatorState
 
-_MEDIA_NAME = re.compile(r"(^|_)(urls?|uri|images?|videos?|audio|mask)$")
+_MEDIA_NAME = re.compile(r"(^|_)(urls?|uri|images?|videos?|audio|mask)\Z")
 
 
 class InputRejected(EmulatorError):

@@ -31,14 +31,14 @@ from krea_dagster.emulator.catalog import DeprecatedAlias, ModelSpec, load_model
 from krea_dagster.emulator.errors import BadRequest
 
 MAX_CLAUSE_CHARS = 300
-_ABSOLUTE_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:[^\s]*$")
+_ABSOLUTE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:[^\s]*")
 
 FORMAT_CHECKER = FormatChecker()
 
 
 @FORMAT_CHECKER.checks("uri")
 def _is_uri(value: object) -> bool:
-    return not isinstance(value, str) or bool(_ABSOLUTE_URI.match(value))
+    return not isinstance(value, str) or bool(_ABSOLUTE_URI.fullmatch(value))
 
 
 @cache

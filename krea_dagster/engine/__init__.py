@@ -6,6 +6,7 @@ flat at the package root and calls into this package; this package never imports
 sensor daemon, in scripts and in tests.
 
 - ``source``: prompt files of a folder, one batch per file (or per ``batch`` value).
+- ``names``: the full-match rules of names users give (batches, prefixes, steps).
 - ``table_rules``: what a prompt table may hold (reserved names, exact numbers, references).
 - ``prompts``: validation against the model catalog, ``prompt_key``, cost estimates.
 - ``settings``: what the engine reads of a Krea account (``KreaAccount``).

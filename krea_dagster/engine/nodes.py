@@ -30,6 +30,7 @@ import pandas as pd
 from krea_dagster.api import AsyncKreaClient, NotFoundError, UnknownModelError, catalog
 from krea_dagster.engine.errors import ErrorCode
 from krea_dagster.engine.manifest import MANIFEST_COLUMNS, OUTPUTS_COLUMN, ManifestStatus
+from krea_dagster.engine.names import dagster_name_problem
 from krea_dagster.engine.prompts import PROMPT_COLUMN, PromptProblem, PromptValidationError
 from krea_dagster.engine.template import TemplateError, render, render_value, template_version
 
@@ -82,8 +83,8 @@ class KreaStep:
     price_usd: float | None = None
 
     def __post_init__(self) -> None:
-        if not self.name.replace("_", "").isalnum():
-            raise ValueError(f"step name {self.name!r} must use only letters, digits and '_'")
+        if (problem := dagster_name_problem(self.name, "step name")) is not None:
+            raise ValueError(problem)
         app = catalog.node_app_id(self.model)
         if app is None:
             catalog.get_model(self.model)  # a misspelt model fails when the workflow is built
