@@ -1,8 +1,11 @@
 """Counters that tests and benchmarks read through ``GET /_emulator/stats``.
 
-``duplicate_submissions`` counts accepted jobs whose canonical request (model path plus the body
-after alias rewriting, keys sorted) the same account had already submitted: the double-pay
-detector. ``max_running_seen`` is the highest number of jobs holding a concurrency slot at the
+``repeated_requests`` counts accepted jobs whose canonical request (model path plus the body
+after alias rewriting, keys sorted) the same account had already submitted, whatever became of
+the earlier job. ``duplicate_submissions`` (computed from the jobs when the stats are read) is
+the double-pay detector: for each repeated request, the jobs beyond the first that are billed
+or may still be (completed or live). A request sent again after its first job failed or was
+cancelled, unbilled, is a repeat, never a duplicate. ``max_running_seen`` is the highest number of jobs holding a concurrency slot at the
 same time, over all accounts. ``uploads`` counts accepted ``POST /assets``, ``uploads_by_sha256``
 the same by the SHA-256 of the file, and ``duplicate_uploads`` the uploads of bytes already
 uploaded before (any account): the double-upload detector. Upload counters are saved at once,
@@ -32,7 +35,7 @@ class Counters:
     admin_requests_by_route: Counter[str] = field(default_factory=Counter)
     cdn_downloads: int = 0
     max_running_seen: int = 0
-    duplicate_submissions: int = 0
+    repeated_requests: int = 0
     webhooks_sent: int = 0
     webhook_attempts: int = 0
     webhooks_failed: int = 0
@@ -58,7 +61,7 @@ class Counters:
             "admin_requests_by_route": dict(sorted(self.admin_requests_by_route.items())),
             "cdn_downloads": self.cdn_downloads,
             "max_running_seen": self.max_running_seen,
-            "duplicate_submissions": self.duplicate_submissions,
+            "repeated_requests": self.repeated_requests,
             "webhooks_sent": self.webhooks_sent,
             "webhook_attempts": self.webhook_attempts,
             "webhooks_failed": self.webhooks_failed,
@@ -73,7 +76,7 @@ class Counters:
     def without_job_counts(self) -> Counters:
         """These counters with the job-derived ones zeroed (they are rebuilt from the jobs)."""
         self.jobs_created = self.jobs_billed = self.billed_micros = 0
-        self.duplicate_submissions = self.node_app_executions = self.node_app_jobs = 0
+        self.repeated_requests = self.node_app_executions = self.node_app_jobs = 0
         self.jobs_by_status.clear()
         return self
 
