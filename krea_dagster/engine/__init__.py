@@ -24,6 +24,7 @@ sensor daemon, in scripts and in tests.
 - ``continuity``: the warning when a new ledger sits next to stored images.
 - ``store``: the content-addressed image store (local or ``s3://``).
 - ``gallery``: the HTML page of a batch's images, beside them in the store.
+- ``gallery_server``: local stores served on loopback, so gallery links open from the UI.
 - ``manifest``: the manifest DataFrame of a batch generation.
 - ``pipeline``: one instance's steps, composed from the above.
 - ``crashpoints``: named places where the crash tests kill a worker.
