@@ -3,8 +3,8 @@
 Bash blocks run from the command line with a temporary ``DAGSTER_HOME``: the quickstart in a new
 project folder, the demo's commands (``dg check``, ``dg launch``, ...; marker ``system``, about a
 minute) in a copy of this repository. The one change made to a
-block: the emulator's well-known port 8760 becomes a free port, so a test never talks to (or
-collides with) an emulator a developer left running.
+block: the emulator's well-known ports (8760, the quickstart's 8770) become free ports, so a
+test never talks to (or collides with) an emulator a developer left running.
 """
 
 import contextlib
@@ -32,7 +32,7 @@ BLOCKS = {
     "pip install 'krea-dagster[emulator]'": "elsewhere: tests/test_install.py installs it",
     "mkdir -p data/prompts": "quickstart",
     "# definitions.py": "quickstart",
-    "krea-emulator serve --port 8760 --time-scale 0.05 > emulator.json &": "quickstart",
+    "krea-emulator start --port 8770 --time-scale 0.05 > emulator.json": "quickstart",
     'export DAGSTER_HOME=$PWD/.dagster && mkdir -p "$DAGSTER_HOME"': "quickstart",
     '@dg.asset(ins={"manifest": dg.AssetIn(posters.images.key)}, partitions_def=posters.partitions_def)': (
         "fragments"
@@ -136,10 +136,45 @@ def quickstart_project(tmp_path: Path) -> tuple[Path, str]:
         if code.startswith("# definitions.py"):
             (project / "definitions.py").write_text(code, encoding="utf-8")
         else:
-            script.append(code.replace("8760", port))
+            script.append(code.replace("8770", port))
     env = command_env(tmp_path / "unused-home", REPO)
-    output = run_bash("\n".join(script), project, env)
+    try:
+        output = run_bash("\n".join(script), project, env)
+    finally:
+        from krea_dagster.emulator.local import stop_local_emulator
+
+        stop_local_emulator(project / ".krea-emulator")  # `krea-emulator start` detaches it
     return project, output
+
+
+def test_readme_quickstart_emulator_fails_at_once_on_a_taken_port(tmp_path):
+    """With the demo's emulator on the quickstart's port, the quickstart's emulator block fails
+    in the foreground, one line naming the port, instead of leaving the next commands talking
+    to the demo's emulator."""
+    from krea_dagster.emulator.local import ensure_local_emulator, stop_local_emulator
+
+    require_console_scripts("krea-emulator")
+    (block,) = [code for code in blocks_for("quickstart") if code.startswith("krea-emulator")]
+    port = free_port(2)
+    demo = ensure_local_emulator(tmp_path / "demo-emulator", port=port, cdn_port=port + 1)
+    project = tmp_path / "my-project"
+    project.mkdir()
+    try:
+        done = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", block.replace("8770", str(port))],
+            cwd=project,
+            env=command_env(tmp_path / "unused-home", REPO),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        stop_local_emulator(project / ".krea-emulator")
+        stop_local_emulator(tmp_path / "demo-emulator")
+    assert done.returncode == 3, done.stdout + done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert f"port {port}" in line and "already in use" in line
+    assert demo.base_url.endswith(str(port))
 
 
 def test_readme_quickstart_runs_from_the_command_line_against_the_emulator(quickstart_project):
@@ -318,13 +353,15 @@ def test_readme_demo_commands_run_in_a_copy_of_the_repository(tmp_path):
     copy = repo_copy(tmp_path)
     env = command_env(tmp_path / "unused-home", copy)
     env["KREA_EMULATOR_PORT"] = str(free_port(2))
+    env["KREA_GALLERY_PORT"] = str(free_port())
     started = time.monotonic()
     try:
         output = run_bash("\n".join(blocks_for("demo")), copy, env, timeout=540)
     finally:
-        from krea_dagster.emulator.local import stop_local_emulator
-
-        stop_local_emulator(copy / ".demo" / "emulator")
+        # The runs started the demo's emulator and gallery server in the background.
+        subprocess.run(
+            [sys.executable, "scripts/demo.py", "--stop"], cwd=copy, env=env, timeout=120
+        )
     elapsed = time.monotonic() - started
     assert "demo: 3 batch(es) added (city, ocean, spring)" in output
     assert "banners: 1 batch(es) added (launch)" in output
