@@ -17,10 +17,29 @@ they created (one per step; ``GET /_emulator/node-app-executions`` lists them pe
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from krea_dagster.emulator.lifecycle import JobStatus
+from krea_dagster.emulator.lifecycle import TERMINAL_STATUSES, JobStatus
+
+if TYPE_CHECKING:
+    from krea_dagster.emulator.records import Job
+
+
+def payable_repeats(jobs: Iterable[Job]) -> int:
+    """``duplicate_submissions``: jobs repeating an account's request while an earlier job of
+    it is billed or may still be (completed or live), counted from the jobs as they are now.
+
+    A request re-sent after its first job was cancelled or failed (both unbilled) is no double
+    payment, however the two overlapped.
+    """
+    payable: Counter[tuple[str, str]] = Counter(
+        (job.account_id, job.request_hash)
+        for job in jobs
+        if job.status is JobStatus.COMPLETED or job.status not in TERMINAL_STATUSES
+    )
+    return sum(count - 1 for count in payable.values() if count > 1)
 
 
 @dataclass

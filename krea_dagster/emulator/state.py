@@ -41,7 +41,6 @@ import secrets
 import time
 import uuid
 from bisect import bisect_left
-from collections import Counter
 from collections.abc import Iterable
 from datetime import date
 from typing import Any
@@ -50,7 +49,7 @@ from krea_dagster.emulator import inputs, lifecycle, views
 from krea_dagster.emulator.catalog import ModelSpec, load_models
 from krea_dagster.emulator.clock import Clock, to_micros, utc_date
 from krea_dagster.emulator.config import EmulatorConfig
-from krea_dagster.emulator.counters import Counters
+from krea_dagster.emulator.counters import Counters, payable_repeats
 from krea_dagster.emulator.errors import BadRequest, NotFound, TooManyRequests
 from krea_dagster.emulator.faults import FaultInjector
 from krea_dagster.emulator.images import output_size
@@ -516,26 +515,13 @@ class EmulatorState:
         """The counters plus live figures (``GET /_emulator/stats``)."""
         self.advance()
         stats = self.counters.to_record()
-        stats["duplicate_submissions"] = self.duplicate_submissions()
+        stats["duplicate_submissions"] = payable_repeats(self.jobs.values())
         stats["billed_usd"] = micros_to_usd(stats.pop("billed_micros"))
         stats["running"] = self.running_total
         stats["backlogged"] = sum(a.backlogged for a in self.accounts.values())
         stats["live_jobs"] = stats["running"] + stats["backlogged"]
         stats["webhooks_pending"] = len(self.outbox)
         return stats
-
-    def duplicate_submissions(self) -> int:
-        """Jobs that repeat an account's request while an earlier one is billed or may be.
-
-        Counted from the jobs as they are now: a request re-sent after its first job was
-        cancelled or failed (both unbilled) is no double payment, however the two overlapped.
-        """
-        payable: Counter[tuple[str, str]] = Counter(
-            (job.account_id, job.request_hash)
-            for job in self.jobs.values()
-            if job.status is JobStatus.COMPLETED or job.status not in lifecycle.TERMINAL_STATUSES
-        )
-        return sum(count - 1 for count in payable.values() if count > 1)
 
     def reset(self, *, config: bool = False, accounts: bool = False) -> None:
         """Clear jobs, assets and counters and restore balances; optionally config and accounts.
