@@ -241,7 +241,7 @@ class PromptSource:
         problems: list[BatchProblem] = []
         for name in sorted(scans):
             scan = scans[name]
-            problems.extend(BatchProblem(name, message) for message in scan.problems)
+            problems.extend(BatchProblem(shorten(name, 120), message) for message in scan.problems)
             for batch, digest, count in scan.parts:
                 files, digests, rows = batches.setdefault(batch, ([], [], 0))
                 files.append(name)
