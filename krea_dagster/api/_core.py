@@ -510,7 +510,12 @@ class RequestCore:
         where = f"{config.base_url} (from {config.base_url_source})"
         fix = _BASE_URL_FIXES.get(config.base_url_source, _BASE_URL_FIXES["base_url"])
         if isinstance(outcome, httpx.Response):
-            if outcome.status_code not in (404, 405) or _answers_like_krea(outcome):
+            # At Krea's own address a 404 page is a retired path, not another server.
+            if (
+                outcome.status_code not in (404, 405)
+                or _answers_like_krea(outcome)
+                or config.base_url_source == "the default"
+            ):
                 return None
             kind = outcome.headers.get("content-type", "no content type").split(";")[0]
             message = (

@@ -13,7 +13,7 @@ import asyncio
 import httpx
 import pytest
 
-from krea_dagster.api import APIConnectionError, BackendUnreachableError, KreaClient
+from krea_dagster.api import APIConnectionError, BackendUnreachableError, KreaClient, NotFoundError
 
 from .support import (
     TEST_API_KEY,
@@ -103,3 +103,34 @@ def _call(mode, fake, operation):
             return await operation(krea)
 
     return asyncio.run(main())
+
+
+def test_a_404_page_at_krea_s_own_address_stays_a_not_found(monkeypatch) -> None:
+    """With the default base URL, a 404 page is Krea's (a retired path), not another server."""
+    monkeypatch.delenv("KREA_BASE_URL", raising=False)
+    transport = httpx.MockTransport(
+        lambda request: httpx.Response(
+            404, text="<html>gone</html>", headers={"content-type": "text/html"}
+        )
+    )
+    with (
+        KreaClient(TEST_API_KEY, transport=transport, max_retries=0) as krea,
+        pytest.raises(NotFoundError) as raised,
+    ):
+        krea.get_job(TEST_JOB_ID)
+    assert not isinstance(raised.value, BackendUnreachableError)
+
+
+def test_a_404_page_at_another_address_is_not_krea(monkeypatch) -> None:
+    """With KREA_BASE_URL pointing elsewhere, a 404 web page before any answer names it."""
+    monkeypatch.setenv("KREA_BASE_URL", "http://127.0.0.1:9")
+    transport = httpx.MockTransport(
+        lambda request: httpx.Response(
+            404, text="<html>no</html>", headers={"content-type": "text/html"}
+        )
+    )
+    with (
+        KreaClient(TEST_API_KEY, transport=transport, max_retries=0) as krea,
+        pytest.raises(BackendUnreachableError, match=r"is not the Krea API: it answered GET"),
+    ):
+        krea.get_job(TEST_JOB_ID)
