@@ -301,14 +301,25 @@ defs = dg.Definitions(
     assets=[*demo.assets, contact_sheet, products, *catalog.assets, catalog_sheet],
     jobs=[krea_demo_job, krea_catalog_job],
     # Running by default: with `dg dev`, a CSV dropped into data/prompts becomes images with no
-    # manual launch (discovery runs prompts + jobs; completion runs images + contact sheet).
-    sensors=build_krea_sensors(
-        demo,
-        completion_target=[demo.images, contact_sheet],
-        discovery_interval_seconds=10,
-        completion_interval_seconds=5,
-        default_status=dg.DefaultSensorStatus.RUNNING,
-    ),
+    # manual launch (discovery runs prompts + jobs; completion runs images + contact sheet),
+    # and a new materialization of the product table runs its new or changed batches through
+    # every step of the catalog, no run waiting on Krea.
+    sensors=[
+        *build_krea_sensors(
+            demo,
+            completion_target=[demo.images, contact_sheet],
+            discovery_interval_seconds=10,
+            completion_interval_seconds=5,
+            default_status=dg.DefaultSensorStatus.RUNNING,
+        ),
+        *build_krea_sensors(
+            catalog,
+            completion_target=[catalog.asset("upscale"), catalog_sheet],
+            discovery_interval_seconds=10,
+            completion_interval_seconds=5,
+            default_status=dg.DefaultSensorStatus.RUNNING,
+        ),
+    ],
     resources={"krea": krea_resource()},
     executor=dg.in_process_executor,  # for runs launched from the UI or `dg launch --assets`
 )

@@ -22,10 +22,10 @@ import httpx
 
 from bench.params import BenchParams
 from krea_dagster import KreaResource, build_krea_image_assets
-from krea_dagster.assets import KreaImageAssets
 from krea_dagster.engine.ledger import utcnow
 from krea_dagster.engine.ledger.schema import submissions_table
 from krea_dagster.engine.prompts import request_hash
+from krea_dagster.node import KreaImageAssets
 
 PREFIX = "bench"
 BATCH = "batch"

@@ -1,10 +1,14 @@
 """``krea-dagster``: command-line helpers for a code location that uses krea-dagster.
 
-``krea-dagster register-batches [PREFIX ...]`` loads the code location, then adds every prompt
-file of each instance's prompt folder as a partition (batch) of the Dagster instance in
-``$DAGSTER_HOME``, so ``dg launch --partition BATCH`` can run it. It submits nothing to Krea
-and needs neither the daemon nor a token. Without PREFIX, every krea-dagster instance of the
-code location is registered.
+``krea-dagster register-batches [PREFIX ...]`` loads the code location, then adds every batch
+of each node as a partition of the Dagster instance in ``$DAGSTER_HOME``, so ``dg launch
+--partition BATCH`` can run it: every prompt file of a node over a folder, every value of the
+batch column of a node over a table asset (read from the table's latest materialization). It
+submits nothing to Krea and needs neither the daemon nor a token. Without PREFIX, every node
+of the code location is registered.
+
+``krea-dagster sample-products DIR`` writes a sample product table with reference photos
+(``krea_dagster.samples``), for a first workflow.
 
 The code location is found like ``dg`` finds it: ``-f FILE`` or ``-m MODULE`` when given;
 else the ``[tool.dg.project]`` of the ``pyproject.toml`` in the current folder (or above);
@@ -103,7 +107,7 @@ def load_code_location(kind: str, target: str, working_directory: Path) -> Any:
 
 
 def register_batches_command(args: argparse.Namespace) -> int:
-    from krea_dagster.batches import built_instances, register_batches
+    from krea_dagster.partitions import built_nodes, register_batches
 
     kind, target, working_directory = _target(args)
     if not os.environ.get("DAGSTER_HOME"):
@@ -111,23 +115,30 @@ def register_batches_command(args: argparse.Namespace) -> int:
             "DAGSTER_HOME is not set: partitions live in a Dagster instance; "
             "export DAGSTER_HOME=/path/to/a/folder (the same one `dg dev` and `dg launch` use)"
         )
-    load_code_location(kind, target, working_directory)
-    instances = built_instances()
-    if not instances:
-        raise UsageError(f"{target} defines no krea-dagster instance (build_krea_image_assets)")
-    prefixes = args.prefix or sorted(instances)
-    unknown = [p for p in prefixes if p not in instances]
+    repositories = load_code_location(kind, target, working_directory)
+    nodes = built_nodes()
+    if not nodes:
+        raise UsageError(
+            f"{target} defines no krea-dagster node (build_krea_node, build_krea_image_assets, "
+            "build_krea_workflow, or a krea_dagster component in its defs folder)"
+        )
+    prefixes = args.prefix or sorted(nodes)
+    unknown = [p for p in prefixes if p not in nodes]
     if unknown:
         raise UsageError(
-            f"no krea-dagster instance named {', '.join(unknown)} in {target} "
-            f"(instances there: {', '.join(sorted(instances))})"
+            f"no krea-dagster node named {', '.join(unknown)} in {target} "
+            f"(nodes there: {', '.join(sorted(nodes))})"
         )
     import dagster as dg
 
     instance = dg.DagsterInstance.get()
     for prefix in prefixes:
+        node = nodes[prefix]
+        table = None
+        if node.table_key is not None:
+            table = _table_value(repositories, node.table_key, instance)
         try:
-            result = register_batches(instances[prefix], instance, only=args.batch or None)
+            result = register_batches(node, instance, only=args.batch or None, table=table)
         except ValueError as error:
             raise UsageError(str(error)) from None
         print(result.summary())
@@ -136,32 +147,67 @@ def register_batches_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _table_value(repositories: list[Any], key: Any, instance: Any) -> Any:
+    """The latest materialized value of a node's table asset, through its IO manager."""
+    name = key.to_user_string()
+    for repository in repositories:
+        if not repository.asset_graph.has(key):
+            continue
+        if repository.asset_graph.get(key).partitions_def is not None:
+            raise UsageError(
+                f"the table {name} is partitioned: its partitions are the node's batches, "
+                "added with the table's own partitions"
+            )
+        if instance.get_latest_materialization_event(key) is None:
+            raise UsageError(
+                f"the table {name} has not been materialized yet: materialize it first "
+                f"(dg launch --assets {name}), then register its batches"
+            )
+        try:
+            return repository.load_asset_value(key, instance=instance)
+        except Exception as error:  # the user's IO manager
+            raise UsageError(f"could not load the table {name}: {error}") from None
+    raise UsageError(f"the table asset {name} is not defined in the code location")
+
+
+def sample_products_command(args: argparse.Namespace) -> int:
+    from krea_dagster.samples import write_sample_products
+
+    try:
+        table = write_sample_products(args.folder, batch=args.batch)
+    except (OSError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    print(f"wrote {table} and its photos in {table.parent / 'photos'}")
+    return 0
+
+
 DEFAULT_GALLERY_PORT = 8765
 
 
 def gallery_command(args: argparse.Namespace) -> int:
-    from krea_dagster.batches import built_instances
     from krea_dagster.engine.gallery_server import GalleryServer, gallery_pages
+    from krea_dagster.partitions import built_nodes
 
     kind, target, working_directory = _target(args)
     load_code_location(kind, target, working_directory)
-    instances = built_instances()
-    prefixes = args.prefix or sorted(instances)
-    unknown = [p for p in prefixes if p not in instances]
+    nodes = built_nodes()
+    prefixes = args.prefix or sorted(nodes)
+    unknown = [p for p in prefixes if p not in nodes]
     if unknown or not prefixes:
         raise UsageError(
-            f"no krea-dagster instance named {', '.join(unknown) or '(any)'} in {target} "
-            f"(instances there: {', '.join(sorted(instances)) or 'none'})"
+            f"no krea-dagster node named {', '.join(unknown) or '(any)'} in {target} "
+            f"(nodes there: {', '.join(sorted(nodes)) or 'none'})"
         )
-    roots: dict[str, str] = {}
+    roots: dict[str, str] = {}  # every step's folder: <store root>/<prefix>[.<step>]
     for prefix in prefixes:
-        store = instances[prefix].pipeline.store
-        if "://" in store.root:
-            print(f"krea-dagster: {prefix}: its store {store.root} is not local; not served here")
-        else:
-            roots[prefix] = store.root
+        for pipeline in nodes[prefix].pipelines.values():
+            store = pipeline.store
+            if "://" in store.root:
+                print(f"krea-dagster: {prefix}: its store {store.root} is not local; not served")
+            else:
+                roots[pipeline.prefix] = store.root
     if not roots:
-        raise UsageError("none of these instances has a local store to serve")
+        raise UsageError("none of these nodes has a local store to serve")
     try:
         server = GalleryServer(roots, port=args.port)
     except OSError as error:
@@ -213,32 +259,40 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     register = commands.add_parser(
         "register-batches",
-        help="add each prompt file as a partition (batch) of $DAGSTER_HOME; pays nothing",
+        help="add each node's batches as partitions of $DAGSTER_HOME; pays nothing",
         description=(
-            "Load the code location and add the prompt files of each krea-dagster instance as "
-            "partitions of the Dagster instance in $DAGSTER_HOME. Submits nothing to Krea."
+            "Load the code location and add the batches of each krea-dagster node (its prompt "
+            "files, or its table's batch column) as partitions of the Dagster instance in "
+            "$DAGSTER_HOME. Submits nothing to Krea."
         ),
     )
     register.add_argument(
-        "prefix", nargs="*", help="name_prefix of the instances (default: every instance)"
+        "prefix", nargs="*", help="name_prefix of the nodes (default: every node)"
     )
     register.add_argument("--batch", action="append", help="only this batch (repeatable)")
     where = register.add_mutually_exclusive_group()
     where.add_argument("-f", "--python-file", dest="file", help="file defining the Definitions")
     where.add_argument("-m", "--module-name", dest="module", help="module defining them")
     register.set_defaults(handler=register_batches_command)
+    sample = commands.add_parser(
+        "sample-products",
+        help="write a sample product table with reference photos (for a first workflow)",
+    )
+    sample.add_argument("folder", help="where to write products.csv and photos/")
+    sample.add_argument(
+        "--batch", help="only this batch, as <batch>.csv without a batch column (a prompt folder)"
+    )
+    sample.set_defaults(handler=sample_products_command)
     gallery = commands.add_parser(
         "gallery",
-        help="serve the instances' local image stores on 127.0.0.1 so gallery links open",
+        help="serve the nodes' local image stores on 127.0.0.1 so gallery links open",
         description=(
-            "Load the code location and serve each krea-dagster instance's local image store "
-            "on http://127.0.0.1, read only, printing every batch's gallery address. Give the "
-            "instances store_url=http://127.0.0.1:PORT so the Dagster UI links here."
+            "Load the code location and serve each krea-dagster node's local image store on "
+            "http://127.0.0.1, read only, printing every batch's gallery address. Give the "
+            "nodes store_url=http://127.0.0.1:PORT so the Dagster UI links here."
         ),
     )
-    gallery.add_argument(
-        "prefix", nargs="*", help="name_prefix of the instances (default: every instance)"
-    )
+    gallery.add_argument("prefix", nargs="*", help="name_prefix of the nodes (default: every node)")
     gallery.add_argument(
         "--port",
         type=int,

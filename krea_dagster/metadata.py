@@ -13,15 +13,19 @@ message of Krea's answer) is shortened on its way in (``metadata_text``, ``markd
 error messages are: a 1 MB cell makes a cell of a few hundred characters, not a 1 MB event.
 
 Costs are **estimates**: Krea does not report the charge per job, so a completed job costs the
-catalog price of its request (``krea_dagster/data/krea_models.json``); failed and cancelled jobs
-are not billed. The keys say so (``krea/estimated_cost_usd``).
+catalog price of its request (``krea_dagster/data/krea_models.json``, or ``price_usd``); failed
+and cancelled jobs are not billed. Two numbers, so Dagster's plot of cost per materialization
+adds up: ``krea/run_cost_usd`` is what this materialization adds (the jobs a jobs run
+submitted; the billing an outputs run reports for the first time, 0 for a re-run that changed
+nothing), ``krea/batch_cost_usd`` what the whole batch generation has cost so far. A completed
+job whose model has no known price is counted apart (``krea/unpriced_jobs``), never as $0.
 """
 
 import posixpath
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import dagster as dg
@@ -34,7 +38,13 @@ from dagster._core.definitions.metadata.metadata_set import NamespacedMetadataSe
 from krea_dagster.api.catalog import shorten
 from krea_dagster.engine.collect import Thumbnail
 from krea_dagster.engine.manifest import OUTPUTS_COLUMN, ManifestStatus
+from krea_dagster.engine.prompts import ROW_KEY, SKIP_COLUMN, PreparedBatch, PromptValidationError
 from krea_dagster.engine.store import ImageStore
+
+if TYPE_CHECKING:
+    from krea_dagster.checks import BatchOutcome
+    from krea_dagster.engine.nodes import KreaStep
+    from krea_dagster.engine.pipeline import KreaImagePipeline
 
 __all__ = [
     "MANIFEST_COLUMN_DOCS",
@@ -44,9 +54,12 @@ __all__ = [
     "KreaJobsMetadata",
     "KreaPromptsMetadata",
     "failures_table",
+    "images_metadata",
+    "jobs_metadata",
     "markdown_cell",
     "metadata_text",
-    "prompts_preview",
+    "problems_table",
+    "prompts_metadata",
     "table_schema",
     "thumbnails_markdown",
 ]
@@ -56,8 +69,9 @@ MAX_FAILURE_ROWS = 100
 MAX_VALUE_CHARS = 200
 #: Columns a ``dagster/column_schema`` lists; the rest are counted in a last entry.
 MAX_SCHEMA_COLUMNS = 200
-PREVIEW_ROWS = 10
 MAX_KEYS_IN_METADATA = 50
+MAX_JOB_IDS_IN_METADATA = 200
+PREVIEW_ROWS = 10
 # Prompts whose Krea job ended without an image. Pending and unresolved prompts may still get
 # one and not-submitted ones have no job yet: the every_prompt_resolved check reports those.
 FAILED_STATUSES = (ManifestStatus.FAILED, ManifestStatus.CANCELLED, ManifestStatus.IMAGE_ERROR)
@@ -67,13 +81,18 @@ MANIFEST_COLUMN_DOCS: dict[str, tuple[str, str]] = {
     "batch": ("string", "The prompt batch (the partition key)."),
     "generation": ("int", "Generation of the batch: 1, then +1 at each regeneration."),
     "row": ("int", "Row of the prompt in its batch file (1 = first data row)."),
+    ROW_KEY: (
+        "string",
+        "Identifies the source row from step to step: the key column's value, else a hash.",
+    ),
     "prompt_key": ("string", "Stable id of the prompt's request (hash of its parameters)."),
     "prompt": ("string", "The prompt text."),
     "variant": ("string", "Makes otherwise identical rows distinct prompts; empty when unused."),
     "job_id": ("string", "Krea job id; empty when nothing was submitted."),
     "status": (
         "string",
-        "completed, failed, cancelled, image_error, pending, unresolved or not_submitted.",
+        "completed, failed, cancelled, image_error, pending, unresolved, not_submitted or "
+        "skipped (a later step's row whose previous step has no output).",
     ),
     "uri": ("string", "Where the verified image is in the store; empty without an image."),
     "width": ("int", "Width of the stored image in pixels."),
@@ -82,7 +101,8 @@ MANIFEST_COLUMN_DOCS: dict[str, tuple[str, str]] = {
     "cost_usd": (
         "float",
         "Estimated USD: the catalog price of the request for a completed job (Krea reports no "
-        "charge per job), 0 for failed or cancelled jobs, which are not billed.",
+        "charge per job), 0 for failed or cancelled jobs, which are not billed; empty when the "
+        "model has no known price.",
     ),
     "error_code": ("string", "Why there is no image: Krea's error code or the collector's."),
     "error_message": ("string", "Why there is no image, in words."),
@@ -91,17 +111,26 @@ MANIFEST_COLUMN_DOCS: dict[str, tuple[str, str]] = {
         "A node app's step: the stored result of every job of the row's execution, in order "
         "(uri is the first).",
     ),
+    "step": ("string", "The step of the node that made this manifest."),
+    "step_version": ("string", "A hash of the step's templates and settings."),
 }
 PROMPTS_COLUMN_DOCS: dict[str, tuple[str, str]] = {
     "prompt_key": MANIFEST_COLUMN_DOCS["prompt_key"],
     "row": MANIFEST_COLUMN_DOCS["row"],
     "prompt": MANIFEST_COLUMN_DOCS["prompt"],
     "variant": MANIFEST_COLUMN_DOCS["variant"],
-    "request_json": ("string", "The request body sent to Krea (JSON), defaults applied."),
+    ROW_KEY: MANIFEST_COLUMN_DOCS[ROW_KEY],
+    "request_json": (
+        "string",
+        "The request body to send to Krea (JSON), defaults applied; a referenced file stands "
+        "as its upload token until it is uploaded, just before the request is sent.",
+    ),
+    "references_json": ("json", "The files the request names, by upload token (JSON)."),
     "estimated_usd": (
         "float",
         "Estimated USD of one job for this request (catalog price); empty when unpriced.",
     ),
+    SKIP_COLUMN: ("string", "Why this row is not sent: its previous step has no output for it."),
 }
 CARRIED_DESCRIPTION = "Carried over from the prompt file."
 
@@ -159,9 +188,11 @@ def table_schema(frame: pd.DataFrame, docs: Mapping[str, tuple[str, str]]) -> dg
 class KreaPromptsMetadata(NamespacedMetadataSet):
     """``krea/...`` entries of a prompts materialization."""
 
+    summary: str | None = None
     model: str | None = None
-    estimated_cost_usd: float | None = None
+    estimated_cost_usd: float | None = None  # of the whole batch, were it all sent
     unpriced_prompts: int | None = None
+    skipped_rows: int | None = None
     skipped_files: dg.JsonMetadataValue | None = None
     preview: dg.MarkdownMetadataValue | None = None
 
@@ -179,7 +210,8 @@ class KreaJobsMetadata(NamespacedMetadataSet):
     submitted_this_run: int | None = None
     already_covered: int | None = None
     reconciled: int | None = None
-    estimated_cost_usd: float | None = None  # of the jobs this run submitted
+    run_cost_usd: float | None = None  # estimated, of the jobs this run submitted
+    unpriced_jobs: int | None = None  # submitted by this run with no known price
     status_counts: dg.JsonMetadataValue | None = None
     job_ids: dg.JsonMetadataValue | None = None
 
@@ -196,7 +228,10 @@ class KreaImagesMetadata(NamespacedMetadataSet):
     generation: str | None = None
     images: int | None = None
     failed_prompts: int | None = None
-    estimated_cost_usd: float | None = None
+    skipped_rows: int | None = None
+    run_cost_usd: float | None = None
+    batch_cost_usd: float | None = None
+    unpriced_jobs: int | None = None
     thumbnails: dg.MarkdownMetadataValue | None = None
     failures: dg.TableMetadataValue | None = None
     status_counts: dg.JsonMetadataValue | None = None
@@ -245,7 +280,7 @@ def thumbnails_markdown(thumbnails: Sequence[Thumbnail], *, total_images: int) -
 
 
 def failures_table(manifest: pd.DataFrame) -> dg.TableMetadataValue:
-    """The prompts without an image: status, Krea's code and message, job id."""
+    """The prompts without an output: status, Krea's code and message, job id."""
     failed = manifest[manifest["status"] != ManifestStatus.COMPLETED].head(MAX_FAILURE_ROWS)
     records = [
         dg.TableRecord(
@@ -273,21 +308,6 @@ def failures_table(manifest: pd.DataFrame) -> dg.TableMetadataValue:
         ]
     )
     return dg.MetadataValue.table(records=records, schema=schema)
-
-
-def prompts_preview(table: pd.DataFrame, rows: int = PREVIEW_ROWS) -> str:
-    """The first rows of a prompts table as markdown: row, prompt, variant, estimated USD."""
-    lines = ["| row | prompt | variant | est. USD |", "|---|---|---|---|"]
-    for record in table.head(rows).to_dict(orient="records"):
-        cost = record["estimated_usd"]
-        shown = "?" if cost is None or pd.isna(cost) else f"{cost:.4f}"
-        lines.append(
-            f"| {record['row']} | {markdown_cell(record['prompt'], 120)} | "
-            f"{markdown_cell(record['variant'], 60)} | {shown} |"
-        )
-    if len(table) > rows:
-        lines.append(f"\n_{len(table) - rows} more rows_")
-    return "\n".join(lines)
 
 
 def failed_prompts(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -347,4 +367,195 @@ def gallery_entries(
         "gallery": dg.MetadataValue.url(page_url),
         "gallery_path": dg.MetadataValue.path(files.page),
         "manifest_copy": dg.MetadataValue.path(files.manifest),
+    }
+
+
+# -- the renderer of each asset's materialization -------------------------------------------
+
+
+def markdown_preview(table: pd.DataFrame) -> str:
+    """The first rows of a prompts table: row, prompt, variant, estimated USD (or why skipped)."""
+    lines = ["| row | prompt | variant | est. USD |", "|---|---|---|---|"]
+    for record in table.head(PREVIEW_ROWS).to_dict(orient="records"):
+        prompt = markdown_cell(record["prompt"], 120)
+        skip = record.get(SKIP_COLUMN)
+        cost = record["estimated_usd"]
+        if isinstance(skip, str) and skip:
+            shown = f"skipped: upstream {markdown_cell(skip, 40)}"
+        else:
+            shown = "unknown" if cost is None or pd.isna(cost) else f"{cost:.4f}"
+        lines.append(
+            f"| {record['row']} | {prompt} | {markdown_cell(record['variant'], 60)} | {shown} |"
+        )
+    if len(table) > PREVIEW_ROWS:
+        lines.append(f"\n_{len(table) - PREVIEW_ROWS} more rows_")
+    return "\n".join(lines)
+
+
+def problems_table(error: PromptValidationError) -> dg.TableMetadataValue:
+    """Every problem of a refused batch (up to 200): row, location, column, rule, message."""
+    return dg.MetadataValue.table(
+        records=[
+            dg.TableRecord(
+                {
+                    "row": problem.row if problem.row is not None else 0,
+                    "location": shorten(problem.location or "", 200),
+                    "column": shorten(str(problem.column or ""), 120),
+                    "rule": problem.rule,
+                    "message": shorten(problem.message, 600),
+                }
+            )
+            for problem in error.problems[:200]
+        ],
+        schema=dg.TableSchema(
+            columns=[
+                dg.TableColumn("row", "int"),
+                dg.TableColumn("location", "string"),
+                dg.TableColumn("column", "string"),
+                dg.TableColumn("rule", "string"),
+                dg.TableColumn("message", "string"),
+            ]
+        ),
+    )
+
+
+def prompts_metadata(
+    model: str, prepared: PreparedBatch, skipped_files: Sequence[Any]
+) -> dict[str, Any]:
+    """A prompts materialization: the validated table, its estimate, what was not read."""
+    table = prepared.table
+    skipped = int(table[SKIP_COLUMN].notna().sum()) if SKIP_COLUMN in table.columns else 0
+    sent = len(table) - skipped
+    summary = f"{sent} valid prompt(s), estimated ${prepared.estimated_usd:.4f}"
+    if prepared.unpriced_rows:
+        summary += f" plus {prepared.unpriced_rows} of unknown price ({model} has none)"
+    if skipped:
+        summary += f"; {skipped} row(s) skipped (no output upstream)"
+    return {
+        "dagster/row_count": len(table),
+        "dagster/column_schema": table_schema(table, PROMPTS_COLUMN_DOCS),
+        **KreaPromptsMetadata(
+            summary=summary,
+            model=model,
+            estimated_cost_usd=prepared.estimated_usd,
+            unpriced_prompts=prepared.unpriced_rows,
+            skipped_rows=skipped,
+            skipped_files=dg.MetadataValue.json(
+                {
+                    shorten(entry.file, 300): shorten(entry.message, 300)
+                    for entry in skipped_files[:50]
+                }
+            ),
+            preview=dg.MetadataValue.md(markdown_preview(table)),
+        ),
+    }
+
+
+def jobs_metadata(batch: str, summary: Any, rows: Mapping[str, Any]) -> dict[str, Any]:
+    """A jobs materialization: what this run submitted and what it is estimated to cost."""
+    counts: dict[str, int] = {}
+    for row in rows.values():
+        counts[row.state] = counts.get(row.state, 0) + 1
+    job_ids = [row.job_id for row in rows.values() if row.job_id]
+    return dict(
+        KreaJobsMetadata(
+            batch=batch,
+            generation=str(summary.generation),
+            prompts=summary.planned,
+            submitted_this_run=sum(report.submitted for report in summary.rounds),
+            already_covered=sum(report.skipped for report in summary.rounds)
+            + (summary.planned - summary.to_submit),
+            reconciled=len(summary.reconciled),
+            run_cost_usd=round(sum(report.submitted_usd for report in summary.rounds), 6),
+            unpriced_jobs=sum(report.submitted_unpriced for report in summary.rounds),
+            status_counts=dg.MetadataValue.json(dict(sorted(counts.items()))),
+            job_ids=dg.MetadataValue.json(job_ids[:MAX_JOB_IDS_IN_METADATA]),
+        )
+    )
+
+
+def previous_batch_cost(
+    context: dg.AssetExecutionContext, key: dg.AssetKey, batch: str, generation: int
+) -> float:
+    """The batch cost the last materialization of this partition reported for this generation
+    (0 for another generation or none): what this materialization's cost adds to."""
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[batch]), limit=1, ascending=False
+    ).records
+    if not records or records[0].asset_materialization is None:
+        return 0.0
+    metadata = records[0].asset_materialization.metadata
+    same = metadata.get("krea/generation")
+    cost = metadata.get("krea/batch_cost_usd")
+    if same is None or cost is None or str(same.value) != str(generation):
+        return 0.0
+    value = cost.value
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
+def images_metadata(
+    context: dg.AssetExecutionContext,
+    pipeline: "KreaImagePipeline",
+    manifest: pd.DataFrame,
+    outcome: "BatchOutcome",
+    report: Any,
+    *,
+    store_url: str | None,
+    step: "KreaStep",
+) -> dict[str, Any]:
+    """An outputs materialization: counts, cost (this run's and the batch's), thumbnails, the
+    failures table, the gallery page, the column schema."""
+    batch = outcome.batch
+    order = {key: index for index, key in enumerate(manifest["prompt_key"])}  # batch order
+    folder, links = gallery_entries(
+        pipeline.store,
+        pipeline.prefix,
+        batch,
+        manifest,
+        subtitle=f"generation {outcome.generation} · {step.model}",
+        store_url=store_url,
+        log=context.log,
+    )
+    before = previous_batch_cost(context, context.asset_key, batch, outcome.generation)
+    if outcome.unpriced:
+        context.log.warning(
+            f"batch {batch!r}: {outcome.unpriced} completed job(s) of {step.model} have no known "
+            "price, so the cost shown is a lower bound; give price_usd (USD per request) to "
+            "count them"
+        )
+    entries = dict(
+        KreaImagesMetadata(
+            batch=batch,
+            generation=str(outcome.generation),
+            images=outcome.images,
+            failed_prompts=outcome.failed,
+            skipped_rows=outcome.skipped,
+            run_cost_usd=round(max(outcome.cost_usd - before, 0.0), 6),
+            batch_cost_usd=outcome.cost_usd,
+            unpriced_jobs=outcome.unpriced,
+            status_counts=dg.MetadataValue.json(status_counts(manifest)),
+            thumbnails=dg.MetadataValue.md(
+                thumbnails_markdown(
+                    sorted(report.thumbnails, key=lambda thumb: order.get(thumb.prompt_key, 0)),
+                    total_images=outcome.images,
+                )
+            ),
+            failures=failures_table(manifest),
+            this_run=dg.MetadataValue.json(
+                {
+                    "polls": report.polls,
+                    "downloaded": report.downloaded,
+                    "already_stored": report.already_stored,
+                }
+            ),
+            **links,
+        )
+    )
+    if step.name:
+        entries["krea/step_version"] = step.version
+    return {
+        **entries,
+        "dagster/row_count": len(manifest),
+        "dagster/uri": folder,
+        "dagster/column_schema": table_schema(manifest, MANIFEST_COLUMN_DOCS),
     }

@@ -1,10 +1,12 @@
 """Scheduled regeneration: a schedule that refreshes chosen batches, with its cost known up front.
 
-``build_krea_regeneration_schedule`` evaluates, on a cron, every selected batch:
+``build_krea_regeneration_schedule`` evaluates, on a cron, every selected batch of a node (a
+prompt-file folder or a table asset: the first step's rows are validated and priced as the run
+would):
 
-- mode ``changed``: only batches whose prompt file has prompts without a job in the current
+- mode ``changed``: only batches whose source has prompts without a job in the current
   generation (new or edited rows). The run pays only for those rows; unchanged rows keep their
-  images.
+  outputs, and later steps pay only for the rows downstream of a change.
 - mode ``all``: a new generation of every selected batch (the ``krea/regenerate`` tag): every
   prompt is submitted again, with a new seed when its request has none.
 
@@ -32,10 +34,11 @@ from typing import Any, Literal
 
 import dagster as dg
 
-from krea_dagster.assets import REGENERATE_TAG, REGENERATION_ID_TAG, KreaImageAssets
-from krea_dagster.engine.pipeline import KreaImagePipeline
 from krea_dagster.engine.prompts import PromptValidationError
+from krea_dagster.engine.references import ImageReferenceError
 from krea_dagster.engine.source import PromptSourceError
+from krea_dagster.execution import REGENERATE_TAG, REGENERATION_ID_TAG
+from krea_dagster.node import KreaNodeAssets
 
 __all__ = ["BatchSelector", "build_krea_regeneration_schedule", "plan_regeneration"]
 
@@ -44,10 +47,17 @@ Mode = Literal["changed", "all"]
 
 
 def plan_regeneration(
-    pipeline: KreaImagePipeline, batch: str, mode: Mode
+    assets: KreaNodeAssets,
+    batch: str,
+    mode: Mode,
+    *,
+    table: Any = None,
+    partitioned: bool = False,
 ) -> tuple[int, float] | None:
-    """(prompts to submit, estimated USD) for one batch, or None when there is nothing to do."""
-    prepared = pipeline.prepare(batch)
+    """(prompts to submit, estimated USD) of the node's first step for one batch, or None when
+    there is nothing to do. ``table`` is the table's value, for a node over a table."""
+    pipeline = assets.pipeline
+    prepared = assets.node.prepare(0, batch, table=table, partitioned=partitioned)
     table = prepared.table
     if mode == "all":
         return len(table), prepared.estimated_usd
@@ -60,7 +70,7 @@ def plan_regeneration(
 
 
 def build_krea_regeneration_schedule(
-    assets: KreaImageAssets,
+    assets: KreaNodeAssets,
     *,
     cron_schedule: str,
     mode: Mode = "changed",
@@ -70,18 +80,19 @@ def build_krea_regeneration_schedule(
     execution_timezone: str | None = None,
     default_status: dg.DefaultScheduleStatus = dg.DefaultScheduleStatus.STOPPED,
 ) -> dg.ScheduleDefinition:
-    """A schedule that regenerates the selected batches of one instance.
+    """A schedule that regenerates the selected batches of one node.
 
     Args:
         cron_schedule: when, e.g. ``"0 3 * * *"``.
         mode: ``changed`` (pay for new or edited prompts only) or ``all`` (a new generation).
         batches: batch names, a function choosing among the existing ones, or None for all.
-        target: what the runs materialize (default prompts, jobs and images).
+        target: what the runs materialize (default: every step of the node; with the
+            completion sensor running, the first step's prompts and jobs are enough).
     """
     if mode not in ("changed", "all"):
         raise ValueError(f"mode must be 'changed' or 'all', not {mode!r}")
     pipeline = assets.pipeline
-    targets = list(target or [assets.prompts, assets.jobs, assets.images])
+    targets = list(target or [asset for step in assets.step_assets for asset in step.assets])
     keys = [
         key for t in targets for key in (t.keys if isinstance(t, dg.AssetsDefinition) else [t.key])
     ]
@@ -98,7 +109,7 @@ def build_krea_regeneration_schedule(
         ),
     )
     def regenerate(context: dg.ScheduleEvaluationContext) -> dg.SkipReason | list[dg.RunRequest]:
-        existing = sorted(context.instance.get_dynamic_partitions(assets.partitions_def.name or ""))
+        existing = _batches(context, assets)
         chosen = _select(existing, batches)
         tick = (
             context.scheduled_execution_time.isoformat()
@@ -109,8 +120,8 @@ def build_krea_regeneration_schedule(
         total = 0.0
         for batch in chosen:
             try:
-                plan = plan_regeneration(pipeline, batch, mode)
-            except (PromptSourceError, PromptValidationError) as error:
+                plan = plan_regeneration(assets, batch, mode, **_table_of(context, assets, batch))
+            except (PromptSourceError, PromptValidationError, ImageReferenceError) as error:
                 context.log.warning(f"{batch}: not regenerated, its prompts are invalid: {error}")
                 continue
             if plan is None:
@@ -146,6 +157,29 @@ def build_krea_regeneration_schedule(
         return requests
 
     return regenerate
+
+
+def _batches(context: dg.ScheduleEvaluationContext, assets: KreaNodeAssets) -> list[str]:
+    partitions = assets.partitions_def
+    if isinstance(partitions, dg.DynamicPartitionsDefinition):
+        return sorted(context.instance.get_dynamic_partitions(partitions.name or ""))
+    return sorted(partitions.get_partition_keys(dynamic_partitions_store=context.instance))
+
+
+def _table_of(
+    context: dg.ScheduleEvaluationContext, assets: KreaNodeAssets, batch: str
+) -> dict[str, Any]:
+    """The table a node over a table validates a batch with (its value, and whether it is the
+    batch's own partition)."""
+    key = assets.table_key
+    if key is None:
+        return {}
+    repository = context.repository_def
+    partitioned = repository.asset_graph.get(key).partitions_def is not None
+    table = repository.load_asset_value(
+        key, instance=context.instance, partition_key=batch if partitioned else None
+    )
+    return {"table": table, "partitioned": partitioned}
 
 
 def _select(existing: list[str], batches: BatchSelector) -> list[str]:

@@ -1,25 +1,30 @@
-"""Sensors: new prompt batches start on their own, and no run holds a worker while Krea renders.
+"""Sensors: new batches start on their own, and no run holds a worker while Krea renders.
 
-``build_krea_sensors`` makes, per instance (named from its prefix):
+``build_krea_sensors`` makes, per node (named from its prefix):
 
-- ``<prefix>_batch_discovery``: scans the prompt source; a new batch becomes a dynamic
-  partition and a run (and a runless materialization of the prompt_source partition), a changed batch (its content hash moved) a run again (prompt keys make it
-  pay only for new or changed rows), a removed batch is reported in the tick and deleted only
-  when ``delete_removed_batches`` is set. Partitions and runs come back in one ``SensorResult``;
-  the run key is ``<batch>:<content hash>`` so no tick launches the same work twice. A file
-  is read only when its size and mtime (an object store's ETag) move: the cursor keeps each
-  file's fingerprint and what it held, so an unchanged file costs a ``stat``.
+- ``<prefix>_batch_discovery``: finds the node's batches. For a prompt-file folder it scans the
+  files; for an unpartitioned table asset it reads the table's value when a new
+  materialization of it appears. A new batch becomes a dynamic partition and a run (and, for a
+  file, a runless materialization of the prompt_source partition), a changed batch (its
+  content hash moved) a run again (prompt keys make it pay only for new or changed rows), a
+  removed batch is reported in the tick and deleted only when ``delete_removed_batches`` is
+  set. Partitions and runs come back in one ``SensorResult``; the run key is
+  ``<batch>:<content hash>`` so no tick launches the same work twice. A file is read only when
+  its size and mtime (an object store's ETag) move: the cursor keeps each file's fingerprint
+  and what it held, so an unchanged file costs a ``stat``.
 - ``<prefix>_completion``: the deferred path (Airflow's deferrable operator, done with a
-  sensor). It reads the pending jobs from the ledger, polls them with ``poll_many`` (about one
-  request per 1000 pending jobs) until a deadline (its budget, at most half of Dagster's sensor
-  deadline) that every request and cancel of the tick obeys, records every status change,
-  stores the images of the jobs it saw complete (before the same deadline, so a deferred batch
-  is collected while it renders), reports progress per batch as runless observations of the
-  jobs asset, and requests the images run of a batch once all its jobs are terminal (that run
-  then mostly builds the manifest). It reads only the batches with work left (an indexed ledger
-  query), so its cost follows the work, not the history. It never
-  sleeps; its cursor is a small serialized record, and everything else it needs is in the
-  ledger, so a daemon restart loses and repeats nothing.
+  sensor), for every step of the node. It reads the pending jobs of every step from the
+  ledger, polls them with ``poll_many`` (about one request per 1000 pending jobs) until a
+  deadline (its budget, at most half of Dagster's sensor deadline) that every request and
+  cancel of the tick obeys, records every status change, stores the outputs of the jobs it saw
+  complete (before the same deadline, so a deferred batch is collected while it renders),
+  reports progress per batch as runless observations of each step's jobs asset, and once a
+  step's batch is done (every planned prompt submitted, every job terminal) requests the run
+  that collects it and submits the next step (the last step's run also materializes the
+  ``completion_target``). It reads only the batches with work left (an indexed ledger query),
+  so its cost follows the work, not the history. It never sleeps; its cursor is a small
+  serialized record, and everything else it needs is in the ledger, so a daemon restart loses
+  and repeats nothing.
 """
 
 import json
@@ -34,10 +39,12 @@ from typing import Any, Self
 import dagster as dg
 
 from krea_dagster.api import JobStatus, KreaError
-from krea_dagster.assets import KreaImageAssets
 from krea_dagster.engine.ledger import JobUpdate, Submission, utcnow
+from krea_dagster.engine.pipeline import KreaImagePipeline
 from krea_dagster.engine.run import run_coroutine
 from krea_dagster.engine.source import FileScan, skipped_summary
+from krea_dagster.node import KreaNodeAssets
+from krea_dagster.partitions import recorded_source_versions, source_materialization, table_batches
 from krea_dagster.resource import KreaResource
 
 __all__ = [
@@ -87,10 +94,12 @@ class _Cursor:
 @dataclass
 class DiscoveryCursor(_Cursor):
     """The content hash of every batch the discovery sensor has launched, and what each file
-    held under its fingerprint (``FileScan.to_json``), so an unchanged file is not read again."""
+    held under its fingerprint (``FileScan.to_json``), so an unchanged file is not read again;
+    for a table, the storage id of the materialization last read."""
 
     hashes: dict[str, str] = field(default_factory=dict)
     files: dict[str, Any] = field(default_factory=dict)
+    table_event: int = 0
 
     def file_scans(self) -> dict[str, FileScan]:
         """The recorded file scans; an entry that does not parse is read again."""
@@ -102,7 +111,8 @@ class DiscoveryCursor(_Cursor):
 
 @dataclass
 class CompletionCursor(_Cursor):
-    """The images run last requested per batch, and where the next tick starts polling."""
+    """The run last requested per step and batch (``<scope>|<batch>``), and where the next
+    tick starts polling."""
 
     requested: dict[str, str] = field(default_factory=dict)
     offset: int = 0
@@ -113,91 +123,133 @@ class CompletionCursor(_Cursor):
 
 def discovery_tick(
     context: dg.SensorEvaluationContext,
-    assets: KreaImageAssets,
+    assets: KreaNodeAssets,
     *,
     delete_removed: bool,
     run_asset_keys: Sequence[dg.AssetKey],
 ) -> dg.SensorResult:
-    """One evaluation of the discovery sensor (pure function of the source, partitions, cursor)."""
+    """One evaluation of the discovery sensor (a pure function of the source, the partitions and
+    the cursor): new batches become partitions and runs, changed ones runs again."""
     cursor = DiscoveryCursor.parse(context.cursor, context.log)
-    source = assets.pipeline.files
-    # Only files whose fingerprint moved are read; gone files drop out of the cursor.
-    scans = source.scan_files(cursor.file_scans())
-    batches, problems = source.batches_from(scans)
-    skipped = source.skipped()
-    partitions_name = assets.partitions_def.name or ""
+    partitions_name = getattr(assets.partitions_def, "name", None) or ""
     existing = set(context.instance.get_dynamic_partitions(partitions_name))
-    new = sorted(set(batches) - existing)
-    # A batch this sensor has not seen yet but that was registered elsewhere (krea-dagster
-    # register-batches, scripts/demo) is compared with the version recorded for its file, so
-    # a first tick does not re-run batches that are already up to date.
-    from krea_dagster.batches import recorded_source_versions
-
-    unseen = [batch for batch in batches if batch in existing and batch not in cursor.hashes]
-    known = {**recorded_source_versions(context.instance, assets, unseen), **cursor.hashes}
+    observations: list[dg.AssetMaterialization] = []
+    problems: list[str] = []
+    skipped: list[Any] = []
+    if assets.source is not None:
+        source = assets.node.files
+        # Only files whose fingerprint moved are read; gone files drop out of the cursor.
+        scans = source.scan_files(cursor.file_scans())
+        found, file_problems = source.batches_from(scans)
+        skipped = source.skipped()
+        hashes = {batch: info.content_hash for batch, info in found.items()}
+        problems = [f"{problem.file}: {problem.message}" for problem in file_problems]
+        next_cursor = DiscoveryCursor(
+            hashes=hashes, files={name: scan.to_json() for name, scan in scans.items()}
+        )
+        # A batch this sensor has not seen yet but that was registered elsewhere (krea-dagster
+        # register-batches, scripts/demo) is compared with the version recorded for its file,
+        # so a first tick does not re-run batches that are already up to date.
+        unseen = [batch for batch in hashes if batch in existing and batch not in cursor.hashes]
+        known = {**recorded_source_versions(context.instance, assets, unseen), **cursor.hashes}
+    else:
+        read = _read_table(context, assets, cursor)
+        if isinstance(read, str):
+            return dg.SensorResult(cursor=cursor.serialize(), skip_reason=read)
+        hashes, problems, event = read
+        next_cursor = DiscoveryCursor(hashes=hashes, table_event=event)
+        # Batches registered before this sensor's first read (krea-dagster register-batches)
+        # count as seen at this version: only a later change of their rows launches them.
+        known = {**{b: hashes.get(b) for b in existing}, **cursor.hashes}
+    new = sorted(set(hashes) - existing)
     changed = sorted(
         batch
-        for batch, info in batches.items()
-        if batch in existing and known.get(batch) != info.content_hash
+        for batch, digest in hashes.items()
+        if batch in existing and known.get(batch) != digest
     )
-    removed = sorted((existing | set(cursor.hashes)) - set(batches))
+    removed = sorted((existing | set(cursor.hashes)) - set(hashes))
     run_requests = [
         dg.RunRequest(
             partition_key=batch,
-            run_key=f"{batch}:{batches[batch].content_hash}",
+            run_key=f"{batch}:{hashes[batch]}",
             asset_selection=list(run_asset_keys),
-            tags={"krea/batch": batch, "krea/content_hash": batches[batch].content_hash},
+            tags={"krea/batch": batch, "krea/content_hash": hashes[batch]},
         )
         for batch in [*new, *changed]
     ]
-    # The prompt file is an external asset: a new version of it is reported as a runless
-    # materialization, which is what lineage, staleness and eager() automation react to.
-    observations = [
-        dg.AssetMaterialization(
-            asset_key=assets.source.key,
-            partition=batch,
-            metadata={
-                "files": dg.MetadataValue.json(list(batches[batch].files)),
-                "rows": batches[batch].rows,
-                "content_hash": batches[batch].content_hash,
-            },
-            tags={"dagster/data_version": batches[batch].content_hash},
-        )
-        for batch in [*new, *changed]
-    ]
+    if assets.source is not None:
+        observations = [
+            source_materialization(assets, batch, found[batch]) for batch in [*new, *changed]
+        ]
     partition_requests: list[Any] = []
-    if new:
-        partition_requests.append(assets.partitions_def.build_add_request(new))
-    if removed and delete_removed:
-        partition_requests.append(
-            assets.partitions_def.build_delete_request([b for b in removed if b in existing])
-        )
-    # One line each, whatever the number of files: counts and the first few, not one per file.
+    dynamic = assets.partitions_def
+    if isinstance(dynamic, dg.DynamicPartitionsDefinition):
+        if new:
+            partition_requests.append(dynamic.build_add_request(new))
+        if removed and delete_removed:
+            partition_requests.append(
+                dynamic.build_delete_request([b for b in removed if b in existing])
+            )
+    # One line each, whatever the number of files: the first few, and counts.
     if problems:
-        context.log.warning(f"prompt source: unusable files: {_listed(problems)}")
+        context.log.warning(_summarized("batches not read", problems))
     if skipped:
         context.log.warning(f"prompt source: {skipped_summary(skipped)}")
     if removed:
         verb = "deleting" if delete_removed else "kept (set delete_removed_batches to delete)"
         context.log.warning(f"batches no longer in the source: {_names(removed)}; {verb}")
-    hashes = {batch: info.content_hash for batch, info in batches.items()}
     summary = _discovery_summary(new, changed, removed, problems, delete_removed, skipped)
     return dg.SensorResult(
         run_requests=run_requests,
         dynamic_partitions_requests=partition_requests,
         asset_events=observations,
-        cursor=DiscoveryCursor(
-            hashes=hashes, files={name: scan.to_json() for name, scan in scans.items()}
-        ).serialize(),
+        cursor=next_cursor.serialize(),
         skip_reason=None if run_requests else summary,
     )
+
+
+def _read_table(
+    context: dg.SensorEvaluationContext, assets: KreaNodeAssets, cursor: DiscoveryCursor
+) -> tuple[dict[str, str], list[str], int] | str:
+    """The batches of the node's table (batch -> content hash), problems, and the storage id of
+    the materialization read; or why nothing was read (a skip reason)."""
+    key = assets.table_key
+    assert key is not None
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key), limit=1, ascending=False
+    ).records
+    if not records:
+        return (
+            f"the table {key.to_user_string()} has not been materialized yet: materialize it, "
+            "and its batches are discovered at the next tick"
+        )
+    event = records[0].storage_id
+    if event == cursor.table_event:
+        return f"no new materialization of {key.to_user_string()} since the last tick"
+    if context.repository_def is None:
+        return "no repository to load the table from"
+    try:
+        table = context.repository_def.load_asset_value(key, instance=context.instance)
+        hashes, problems = table_batches(assets, table)
+    except Exception as error:  # the user's IO manager or table: report, never crash the tick
+        message = f"could not read the batches of {key.to_user_string()}: {error}"
+        context.log.warning(message)
+        return message
+    return hashes, problems, event
+
+
+def _summarized(what: str, entries: Sequence[str], limit: int = 10) -> str:
+    """One log line for any number of entries: how many, and the first ``limit``."""
+    shown = "; ".join(entries[:limit])
+    more = f"; and {len(entries) - limit} more" if len(entries) > limit else ""
+    return f"{what} ({len(entries)}): {shown}{more}"
 
 
 def _discovery_summary(
     new: list[str],
     changed: list[str],
     removed: list[str],
-    problems: list[Any],
+    problems: list[str],
     delete: bool,
     skipped: Sequence[Any] = (),
 ) -> str:
@@ -205,11 +257,11 @@ def _discovery_summary(
     if removed:
         parts.append(f"removed from the source: {_names(removed)}" + ("" if delete else " (kept)"))
     if problems:
-        parts.append("unusable files: " + _listed(problems))
+        parts.append(_summarized("not read", problems))
     if skipped:
         parts.append("not read: " + skipped_summary(skipped))
     if not (new or changed):
-        parts.insert(0, "no new or changed prompt batches")
+        parts.insert(0, "no new or changed batches")
     return ". ".join(parts)
 
 
@@ -218,38 +270,36 @@ def _names(names: Sequence[str], limit: int = 20) -> str:
     return text + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def _listed(entries: Sequence[Any], limit: int = 10) -> str:
-    text = "; ".join(f"{entry.file}: {entry.message}" for entry in entries[:limit])
-    return text + (f"; and {len(entries) - limit} more" if len(entries) > limit else "")
-
-
 # -- completion ---------------------------------------------------------------------------------
 
 
 def completion_tick(
     context: dg.SensorEvaluationContext,
-    assets: KreaImageAssets,
+    assets: KreaNodeAssets,
     krea: KreaResource,
     *,
     budget_seconds: float,
-    run_asset_keys: Sequence[dg.AssetKey],
+    run_selections: Sequence[Sequence[dg.AssetKey]],
     store_images: bool = True,
 ) -> dg.SensorResult:
-    """One evaluation of the completion sensor.
+    """One evaluation of the completion sensor over every step of a node.
 
-    With ``store_images`` (the deferred path) it also stores the images of the jobs that
-    completed, within the tick's budget, so the images run of a finished batch has little or
-    nothing left to download; with inline collection the images run does that itself.
+    ``run_selections[i]`` is what the run of step ``i``'s finished batch materializes (its
+    outputs, then the next step's prompts and jobs, or the rest of the chain). With
+    ``store_images`` (the deferred path) the tick also stores the outputs of the jobs that
+    completed, within the tick's budget, so the outputs run of a finished batch has little or
+    nothing left to download; with inline collection the outputs run does that itself.
     """
     started = time.monotonic()
     deadline = tick_deadline(budget_seconds, started=started)
-    pipeline = assets.pipeline
+    pipelines = [step.pipeline for step in assets.step_assets]
+    ledger = pipelines[0].ledger
     cursor = CompletionCursor.parse(context.cursor, context.log)
-    pending = pipeline.ledger.pending(pipeline.scope)
+    pending = [row for pipeline in pipelines for row in ledger.pending(pipeline.scope)]
     pending.sort(key=lambda row: row.krea_created_at or row.intent_at, reverse=True)
     polled = 0
     finished: set[str] = set()  # job ids this tick saw terminal
-    changed_batches: set[str] = set()
+    changed: set[tuple[str, str]] = set()  # (scope, batch)
     offset = cursor.offset if cursor.offset < len(pending) else 0
     order = pending[offset:] + pending[:offset]
     client = krea.get_client()
@@ -271,8 +321,8 @@ def completion_tick(
         except KreaError as error:
             context.log.warning(f"polling Krea failed, next tick retries: {error}")
             break
-        for row in pipeline.ledger.update_jobs([JobUpdate.from_job(job) for job in jobs]):
-            changed_batches.add(row.batch)
+        for row in ledger.update_jobs([JobUpdate.from_job(job) for job in jobs]):
+            changed.add((row.scope, row.batch))
         finished.update(job.job_id for job in jobs if job.is_terminal)
         reached = _reached(chunk, {job.job_id for job in jobs})
         polled += reached
@@ -285,74 +335,87 @@ def completion_tick(
         )
     next_offset = (offset + polled) % len(order) if order and polled < len(order) else 0
     still_pending = [row for row in pending if row.job_id not in finished]
-    timed_out = _handle_poll_timeouts(context, assets, krea, still_pending, deadline)
-    changed_batches |= timed_out
+    changed |= _handle_poll_timeouts(context, assets, krea, still_pending, deadline)
 
     run_requests: list[dg.RunRequest] = []
     observations: list[dg.AssetObservation] = []
-    # Only the batches with work left (the ledger's partial index) and those this tick changed
-    # (a last job that failed leaves a batch with nothing open): never the prefix's history.
-    ledger = pipeline.ledger
-    work = dict(ledger.open_batches(pipeline.scope))
-    work.update(ledger.current_generations(pipeline.scope, changed_batches - set(work)))
-    batch_rows = {
-        batch: list(pipeline.latest(batch, generation).values())
-        for batch, generation in sorted(work.items())
-    }
     stored = 0
-    if store_images:
-        stored = _store_finished(context, assets, krea, batch_rows, finished, deadline)
-    # Entries of batches with nothing left to do are dropped: the cursor stays small.
-    requested = {b: key for b, key in cursor.requested.items() if b in batch_rows}
-    for batch, rows in batch_rows.items():
-        generation = work[batch]
-        if not rows:
-            continue
-        counts = Counter(_progress_state(row) for row in rows)
-        if batch in changed_batches:
-            observations.append(
-                dg.AssetObservation(
-                    asset_key=assets.jobs.key,
-                    partition=batch,
-                    metadata={
-                        "generation": generation,
-                        "pending": counts["pending"],
-                        "completed": counts["completed"],
-                        "failed": counts["failed"],
-                        "unresolved": counts["unresolved"],
-                        "images_stored": sum(1 for row in rows if row.image_uri),
+    requested: dict[str, str] = {}
+    for index, step in enumerate(assets.step_assets):
+        pipeline = step.pipeline
+        scope = pipeline.scope
+        # Only the batches with work left (the ledger's partial index) and those this tick
+        # changed (a last job that failed leaves a batch with nothing open): never the history.
+        work = dict(ledger.open_batches(scope))
+        touched = {batch for where, batch in changed if where == scope}
+        work.update(ledger.current_generations(scope, touched - set(work)))
+        batch_rows = {
+            batch: list(pipeline.latest(batch, generation).values())
+            for batch, generation in sorted(work.items())
+        }
+        if store_images:
+            stored += _store_finished(context, pipeline, krea, batch_rows, finished, deadline)
+        for batch, rows in batch_rows.items():
+            generation = work[batch]
+            if not rows:
+                continue
+            slot = f"{scope}|{batch}"
+            if slot in cursor.requested:
+                requested[slot] = cursor.requested[slot]
+            counts = Counter(_progress_state(row) for row in rows)
+            if batch in touched:
+                observations.append(
+                    dg.AssetObservation(
+                        asset_key=step.jobs.key,
+                        partition=batch,
+                        metadata={
+                            "generation": generation,
+                            "pending": counts["pending"],
+                            "completed": counts["completed"],
+                            "failed": counts["failed"],
+                            "unresolved": counts["unresolved"],
+                            "images_stored": sum(1 for row in rows if row.image_uri),
+                        },
+                    )
+                )
+            if counts["pending"] or counts["unresolved"]:
+                continue
+            if not any(row.state == JobStatus.COMPLETED and not row.image_uri for row in rows) and (
+                batch not in touched
+            ):
+                continue  # nothing new to collect for this batch
+            if ledger.unsubmitted(scope, batch, generation):
+                # A jobs run is still on its way through the batch (or died part way and its
+                # retry has not sent the rest yet): the batch is not done, whatever its rows say.
+                continue
+            watermark = max(row.updated_at for row in rows).strftime("%Y%m%dT%H%M%S%f")
+            run_key = f"{scope}:{batch}:g{generation}:{watermark}"
+            if requested.get(slot) == run_key:
+                continue
+            if batch not in touched and _still_running(context, requested.get(slot)):
+                continue  # the run requested earlier is storing these very outputs
+            requested[slot] = run_key
+            run_requests.append(
+                dg.RunRequest(
+                    partition_key=batch,
+                    run_key=run_key,
+                    asset_selection=list(run_selections[index]),
+                    tags={
+                        "krea/batch": batch,
+                        "krea/generation": str(generation),
+                        **({"krea/step": step.step.name} if step.step.name else {}),
                     },
                 )
             )
-        if counts["pending"] or counts["unresolved"]:
-            continue
-        if not any(row.state == JobStatus.COMPLETED and not row.image_uri for row in rows) and (
-            batch not in changed_batches
-        ):
-            continue  # nothing new to collect for this batch
-        watermark = max(row.updated_at for row in rows).strftime("%Y%m%dT%H%M%S%f")
-        run_key = f"{batch}:g{generation}:{watermark}"
-        if requested.get(batch) == run_key:
-            continue
-        if batch not in changed_batches and _still_running(context, requested.get(batch)):
-            continue  # the images run requested earlier is storing these very images
-        requested[batch] = run_key
-        run_requests.append(
-            dg.RunRequest(
-                partition_key=batch,
-                run_key=run_key,
-                asset_selection=list(run_asset_keys),
-                tags={"krea/batch": batch, "krea/generation": str(generation)},
-            )
-        )
     summary = (
-        f"{len(pending)} pending job(s), polled {polled}, stored {stored} image(s) in "
-        f"{time.monotonic() - started:.1f} s, {len(run_requests)} images run(s) requested"
+        f"{len(pending)} pending job(s), polled {polled}, stored {stored} output(s) in "
+        f"{time.monotonic() - started:.1f} s, {len(run_requests)} run(s) requested"
     )
     context.log.info(summary)
     return dg.SensorResult(
         run_requests=run_requests,
         asset_events=observations,
+        # Entries of batches with nothing left to do are dropped: the cursor stays small.
         cursor=CompletionCursor(requested=requested, offset=next_offset).serialize(),
         skip_reason=None if run_requests else summary,
     )
@@ -360,16 +423,16 @@ def completion_tick(
 
 def _store_finished(
     context: dg.SensorEvaluationContext,
-    assets: KreaImageAssets,
+    pipeline: KreaImagePipeline,
     krea: KreaResource,
     batch_rows: dict[str, list[Submission]],
     finished: set[str],
     deadline: float,
 ) -> int:
-    """Store the images of completed jobs of batches still rendering, and of the jobs this tick
-    saw complete, until ``deadline``; re-reads those batches' rows. Returns images stored.
+    """Store the outputs of completed jobs of batches still rendering, and of the jobs this tick
+    saw complete, until ``deadline``; re-reads those batches' rows. Returns outputs stored.
 
-    A batch all of whose jobs were already terminal before this tick is left to its images run
+    A batch all of whose jobs were already terminal before this tick is left to its outputs run
     (requested once it is terminal), so the tick and that run never download the same rows.
     """
     todo: list[Submission] = []
@@ -385,7 +448,6 @@ def _store_finished(
         )
     if not todo or time.monotonic() >= deadline:
         return 0
-    pipeline = assets.pipeline
     report = run_coroutine(pipeline.store_completed(krea, todo, deadline=deadline, log=context.log))
     for batch in {row.batch for row in todo}:
         generation = batch_rows[batch][0].generation
@@ -461,42 +523,52 @@ def _progress_state(row: Submission) -> str:
 
 def _handle_poll_timeouts(
     context: dg.SensorEvaluationContext,
-    assets: KreaImageAssets,
+    assets: KreaNodeAssets,
     krea: KreaResource,
     pending: Sequence[Submission],
     deadline: float | None = None,
-) -> set[str]:
-    """Jobs pending longer than poll_timeout: cancelled or reported, per the resource.
+) -> set[tuple[str, str]]:
+    """Jobs pending longer than poll_timeout: cancelled or reported, per the resource. Returns
+    the (scope, batch) of every cancelled job.
 
     The cancels stop at ``deadline`` (monotonic); the rest wait for the next tick.
 
     ``pending`` is the tick's own list minus what its polls saw finish: reading every pending
     row from the ledger a second time was a quarter of a 10,000-job tick.
     """
-    pipeline = assets.pipeline
-    timeout = timedelta(seconds=krea.poll_timeout or pipeline.default_wait_timeout)
+    by_scope = {step.pipeline.scope: step.pipeline for step in assets.step_assets}
     now = utcnow()
-    overdue = [row for row in pending if now - (row.krea_created_at or row.intent_at) > timeout]
-    if not overdue:
-        return set()
-    if krea.on_poll_timeout != "cancel":
+    touched: set[tuple[str, str]] = set()
+    for scope, pipeline in by_scope.items():
+        timeout = timedelta(seconds=krea.poll_timeout or pipeline.default_wait_timeout)
+        overdue = [
+            row
+            for row in pending
+            if row.scope == scope and now - (row.krea_created_at or row.intent_at) > timeout
+        ]
+        if not overdue:
+            continue
+        if krea.on_poll_timeout != "cancel":
+            context.log.warning(
+                f"{len(overdue)} job(s) of {scope} pending longer than {timeout}: "
+                + ", ".join(row.job_id or "?" for row in overdue[:20])
+            )
+            continue
+        cancelled = {
+            job.job_id for job in pipeline.cancel(krea, overdue, log=context.log, deadline=deadline)
+        }
         context.log.warning(
-            f"{len(overdue)} job(s) pending longer than {timeout}: "
-            + ", ".join(row.job_id or "?" for row in overdue[:20])
+            f"cancelled {len(cancelled)} job(s) of {scope} pending longer than {timeout}"
         )
-        return set()
-    cancelled = {
-        job.job_id for job in pipeline.cancel(krea, overdue, log=context.log, deadline=deadline)
-    }
-    context.log.warning(f"cancelled {len(cancelled)} job(s) pending longer than {timeout}")
-    return {row.batch for row in overdue if row.job_id in cancelled}
+        touched |= {(scope, row.batch) for row in overdue if row.job_id in cancelled}
+    return touched
 
 
 # -- builder ------------------------------------------------------------------------------------
 
 
 def build_krea_sensors(
-    assets: KreaImageAssets,
+    assets: KreaNodeAssets,
     *,
     discovery: bool = True,
     completion: bool = True,
@@ -510,22 +582,24 @@ def build_krea_sensors(
     delete_removed_batches: bool = False,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
 ) -> list[dg.SensorDefinition]:
-    """The discovery and completion sensors of one instance.
+    """The discovery and completion sensors of one node.
 
     Args:
-        deferred: discovery launches prompts + jobs and the completion sensor launches images
-            (no run waits for Krea). With False, discovery launches the whole chain and images
-            polls inline.
-        discovery_target / completion_target: what those runs materialize, to add your own
-            downstream assets (defaults: the krea assets only).
+        deferred: no run waits for Krea: discovery launches the first step's prompts and jobs,
+            and the completion sensor launches, once a step's batch is done, the run that
+            collects it and submits the next step. With False, discovery launches the whole
+            chain and each outputs step polls inline.
+        discovery_target: what discovery's runs materialize (default: as above).
+        completion_target: what the run of the last step's finished batch materializes, to add
+            your own downstream assets (default: the last step's outputs).
         tick_budget_seconds: time a completion tick may spend calling Krea (polls, poll-timeout
             cancels and the downloads of ``collect_in_tick``), capped at half of Dagster's
             sensor deadline (60 s unless ``DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS`` says
             otherwise). Every request of the tick is bounded by it.
         collect_in_tick: with ``deferred``, the completion tick also downloads, verifies and
-            stores the images of the jobs it saw complete, within the same budget, so a
-            finished batch's images run has (nearly) nothing left to download. False leaves
-            every download to the images run (a sensor process that should not fetch images).
+            stores the outputs of the jobs it saw complete, within the same budget, so a
+            finished batch's run has (nearly) nothing left to download. False leaves every
+            download to the outputs runs (a sensor process that should not fetch images).
     """
     if not tick_budget_seconds > 0:
         raise ValueError(
@@ -533,21 +607,37 @@ def build_krea_sensors(
             f"{tick_budget_seconds!r}; the default is {DEFAULT_TICK_BUDGET_SECONDS:g}"
         )
     prefix = assets.prefix
-    chain = (
-        [assets.prompts, assets.jobs] if deferred else [assets.prompts, assets.jobs, assets.images]
-    )
-    discovery_assets = list(discovery_target or chain)
-    completion_assets = list(completion_target or [assets.images])
+    steps = assets.step_assets
+    everything = [asset for step in steps for asset in step.assets]
+    first = [steps[0].prompts, steps[0].jobs] if deferred else everything
+    discovery_assets = list(discovery_target or first)
+    # The run of step i's finished batch: its outputs, then the next step's submission (or, not
+    # deferred, the rest of the chain); the last step's run is the completion target.
+    selections: list[list[dg.AssetKey]] = []
+    for index, step in enumerate(steps):
+        if index == len(steps) - 1:
+            selections.append(_keys(completion_target or [step.images]))
+        elif deferred:
+            following = steps[index + 1]
+            selections.append(_keys([step.images, following.prompts, following.jobs]))
+        else:
+            later = [asset for rest in steps[index + 1 :] for asset in rest.assets]
+            selections.append(_keys([step.images, *later]))
     sensors: list[dg.SensorDefinition] = []
     if discovery:
         discovery_keys = _keys(discovery_assets)
+        where = (
+            assets.node.files.directory
+            if assets.source is not None
+            else f"the table {assets.table_key.to_user_string() if assets.table_key else ''}"
+        )
 
         @dg.sensor(
             name=f"{prefix}_batch_discovery",
             minimum_interval_seconds=discovery_interval_seconds,
             default_status=default_status,
             target=discovery_assets,
-            description=f"Adds a partition and launches a run for each new or changed batch in {assets.pipeline.files.directory}.",
+            description=f"Adds a partition and launches a run for each new or changed batch in {where}.",
         )
         def batch_discovery(context: dg.SensorEvaluationContext) -> dg.SensorResult:
             return discovery_tick(
@@ -559,15 +649,18 @@ def build_krea_sensors(
 
         sensors.append(batch_discovery)
     if completion:
-        completion_keys = _keys(completion_assets)
+        targets = list(dict.fromkeys(key for selection in selections for key in selection))
 
         @dg.sensor(
             name=f"{prefix}_completion",
             minimum_interval_seconds=completion_interval_seconds,
             default_status=default_status,
-            target=completion_assets,
+            target=targets,
             required_resource_keys=assets.krea.required_keys,
-            description="Polls pending Krea jobs from the ledger and launches the images run of each finished batch.",
+            description=(
+                "Polls the pending Krea jobs of every step from the ledger and launches the run "
+                "of each finished batch (its outputs, then the next step)."
+            ),
         )
         def completion_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
             krea = assets.krea.get(context)
@@ -576,7 +669,7 @@ def build_krea_sensors(
                 assets,
                 krea,
                 budget_seconds=tick_budget_seconds,
-                run_asset_keys=completion_keys,
+                run_selections=selections,
                 store_images=deferred and collect_in_tick,
             )
 

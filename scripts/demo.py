@@ -31,8 +31,8 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 import definitions  # noqa: E402
-from krea_dagster.batches import register_batches  # noqa: E402
 from krea_dagster.engine.manifest import ManifestStatus  # noqa: E402
+from krea_dagster.partitions import register_batches  # noqa: E402
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
@@ -145,11 +145,9 @@ def run_catalog(instance: dg.DagsterInstance, summaries: list) -> int:
         print("  the product table failed; see `dg dev`")
         return 1
     products = table.output_for_node("products")
-    partitions = definitions.catalog.partitions_def.name or ""
-    batches = sorted(products["batch"].unique())
-    new = [b for b in batches if not instance.has_dynamic_partition(partitions, b)]
-    if new:
-        instance.add_dynamic_partitions(partitions, new)
+    # The same command users run: krea-dagster register-batches catalog
+    registration = register_batches(definitions.catalog, instance, table=products)
+    batches = registration.added + registration.existing
     job = definitions.defs.resolve_job_def("krea_catalog_job")
     failed = 0
     for batch in batches:
@@ -160,8 +158,8 @@ def run_catalog(instance: dg.DagsterInstance, summaries: list) -> int:
             failed += 1
             print(f"  catalog {batch}: run {result.run_id} FAILED; see `dg dev` for the step logs")
             continue
-        edit = result.output_for_node("catalog__edit")
-        upscale = result.output_for_node("catalog__upscale")
+        edit = result.output_for_node(definitions.catalog.asset("edit").node_def.name)
+        upscale = result.output_for_node(definitions.catalog.asset("upscale").node_def.name)
         done = int((upscale["status"] == ManifestStatus.COMPLETED).sum())
         cost = float(edit["cost_usd"].sum() + upscale["cost_usd"].sum())
         summaries.append((f"catalog/{batch}", len(upscale), done, cost))

@@ -149,8 +149,8 @@ def test_yaml_instance_follows_the_demo_port_and_folder(tmp_path):
     """demo_defs/banners talks to the emulator on KREA_EMULATOR_PORT and stores under KREA_DEMO_DIR."""
     code = (
         "import definitions\n"
-        "from krea_dagster.batches import built_instances\n"
-        "b = built_instances()['banners']\n"
+        "from krea_dagster.partitions import built_nodes\n"
+        "b = built_nodes()['banners']\n"
         "print(b.krea.embedded.effective_base_url, b.pipeline.store.root, b.pipeline.ledger.url)\n"
     )
     done = subprocess.run(

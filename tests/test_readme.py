@@ -285,6 +285,7 @@ def test_readme_node_app_step_runs_after_the_edit(tmp_path, monkeypatch):
             steps=[catalog.steps[0], namespace["angles"]],
             store=".demo/views",
             ledger="sqlite:///.demo/ledger.db",
+            root=project,  # called from this test file: the project is not its root
         )
         with dg.instance_for_test() as instance:
             instance.add_dynamic_partitions(views.partitions_def.name, ["spring"])
@@ -321,10 +322,12 @@ def test_readme_workflow_yaml_loads(tmp_path, monkeypatch):
             dg.Definitions.validate_loadable(defs)
             graph = defs.resolve_asset_graph()
             upscale = graph.get(dg.AssetKey(["catalog", "upscale"]))
-            assert {k.to_user_string() for k in upscale.parent_keys} == {
+            prompts = graph.get(dg.AssetKey(["catalog", "upscale_prompts"]))
+            assert {k.to_user_string() for k in prompts.parent_keys} == {
                 "products",
                 "catalog/edit",
             }
+            assert dg.AssetKey(["catalog", "upscale_prompts"]) in upscale.parent_keys
 
 
 def repo_copy(tmp_path: Path) -> Path:

@@ -32,6 +32,7 @@ from krea_dagster.api.client import (
     KreaClient,
     SendAttempt,
 )
+from krea_dagster.api.clock_offset import ClockOffset, OffsetBounds
 from krea_dagster.api.config import (
     API_KEY_ENV,
     BASE_URL_ENV,
@@ -101,6 +102,7 @@ from krea_dagster.api.errors import (
     PermissionDeniedError,
     RateLimitError,
     RequestValidationError,
+    SendDeadlineError,
     UnknownModelError,
     UnprocessableEntityError,
     error_class_for_status,
@@ -248,6 +250,7 @@ __all__ = [
     "BadRequestError",
     "ClientStats",
     "Clock",
+    "ClockOffset",
     "ConfigurationError",
     "DeadlineExceededError",
     "DownloadError",
@@ -274,6 +277,7 @@ __all__ = [
     "ModelSpec",
     "NodeApp",
     "NotFoundError",
+    "OffsetBounds",
     "PermissionDeniedError",
     "Price",
     "PricePoint",
@@ -287,6 +291,7 @@ __all__ = [
     "RetryPolicy",
     "SecretRedactingFilter",
     "SendAttempt",
+    "SendDeadlineError",
     "SubmissionWindow",
     "SubmitRateLimitPolicy",
     "SystemClock",

@@ -201,7 +201,11 @@ def upload_asset(
             retries_taken=attempts - 1,
         )
         core.stats.record_request("POST", _PATH)
-        outcome = yield from core.send(request)
+        outcome: httpx.Response | Exception
+        try:
+            outcome = yield from core.send(request)
+        except httpx.TransportError as exc:
+            outcome = exc
         decision = decide(RequestKind.CREATE, outcome)
         if decision.verdict is Verdict.DONE:
             if not (isinstance(outcome, httpx.Response) and outcome.is_success):

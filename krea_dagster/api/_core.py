@@ -24,6 +24,7 @@ import httpx
 
 from krea_dagster.api import catalog
 from krea_dagster.api.catalog import Problem
+from krea_dagster.api.clock_offset import ClockOffset
 from krea_dagster.api.config import (
     BASE_URL_ENV,
     DEFAULT_BASE_URL,
@@ -49,6 +50,7 @@ from krea_dagster.api.errors import (
     KreaError,
     MalformedPayloadError,
     RequestValidationError,
+    SendDeadlineError,
     make_status_error,
 )
 from krea_dagster.api.json_values import load_json
@@ -76,9 +78,41 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Send:
-    """Send a request and read the whole response."""
+    """Send a request and read the whole response.
+
+    ``write_by``: the latest ``clock.monotonic()`` at which the request may still be written;
+    the performer checks it immediately before the request's bytes go out (``write_guard``).
+    """
 
     request: httpx.Request
+    write_by: float | None = None
+
+
+class WriteDeadlinePassed(Exception):
+    """A ``Send``'s ``write_by`` had passed when its bytes were about to be written."""
+
+
+#: httpcore trace events right before a request's headers, then its body, are written.
+_WRITE_EVENTS = frozenset(
+    f"{protocol}.{phase}.started"
+    for protocol in ("http11", "http2")
+    for phase in ("send_request_headers", "send_request_body")
+)
+
+
+def write_guard(clock: Clock, write_by: float) -> Callable[[str, Any], None]:
+    """An httpcore ``trace`` callback that stops a request whose ``write_by`` has passed.
+
+    httpcore calls it before writing the headers and again before writing the body (the
+    bytes that complete a request): raising there aborts the request with nothing complete
+    on the wire, however long the process was paused since the deadline was set.
+    """
+
+    def check(event: str, _info: Any) -> None:
+        if event in _WRITE_EVENTS and clock.monotonic() > write_by:
+            raise WriteDeadlinePassed(event)
+
+    return check
 
 
 @dataclass(frozen=True)
@@ -111,13 +145,20 @@ class SendAttempt:
     ``submit(on_send=...)`` and ``execute_node_app(on_send=...)`` call it with one before each
     wait and each send, and the POST goes out only after the callback returns: a caller that
     records ``sent_at`` durably knows the window in which a job can have been created, however
-    many 429 waits and connect retries came first.
+    many 429 waits and connect retries came first. For a send it may return a ``WriteDeadline``.
     """
 
     submission_id: str
     attempt: int
     sent_at: datetime
     wait: float = 0.0
+
+
+#: What an ``on_send`` callback may return for a send (not a wait): the latest
+#: ``clock.monotonic()`` of the client's clock at which the POST may still be written, or None.
+#: Past it the client writes nothing and raises ``SendDeadlineError``: a caller whose right to
+#: send expires (a lease) sets it, so a process paused after the callback never sends late.
+WriteDeadline: TypeAlias = float | None
 
 
 @dataclass(frozen=True)
@@ -355,17 +396,32 @@ class RequestCore:
         clock: Clock,
         rng: random.Random,
         stats: ClientStats,
+        clock_offset: ClockOffset | None = None,
         api_answered: threading.Event | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
         self.rng = rng
         self.stats = stats
+        self.clock_offset = clock_offset or ClockOffset()
         self._api_origin = origin_of(config.base_url)
         #: Set once the API's origin has answered as Krea does (JSON, or a success); shared
         #: with ``with_options`` copies. Until then a connection failure or a web server's
         #: 404 page means the base URL is wrong (``BackendUnreachableError``).
         self.api_answered = api_answered or threading.Event()
+
+    def send(self, request: httpx.Request, write_by: float | None = None) -> Flow[httpx.Response]:
+        """One API request (``Send``), its answer's ``Date`` taken into ``clock_offset``.
+
+        Also notes whether the API's origin has answered as Krea does: the evidence
+        ``final_error`` needs to tell a wrong base URL from a lost connection.
+        """
+        sent = self.clock.now()
+        response: httpx.Response = yield Send(request, write_by)
+        self.clock_offset.observe(response.headers.get("date"), sent, self.clock.now())
+        if self.is_api_origin(request.url) and _answers_like_krea(response):
+            self.api_answered.set()
+        return response
 
     # -- building -------------------------------------------------------------------------
 
@@ -477,20 +533,6 @@ class RequestCore:
             raise ValueError("max_retries must be >= 0")
         return value
 
-    def send(self, request: httpx.Request) -> Flow[httpx.Response | Exception]:
-        """Send one request; its response, or the transport error it ended with.
-
-        Notes whether the API's origin has answered as Krea does, the evidence
-        ``final_error`` needs to tell a wrong base URL from a lost connection.
-        """
-        try:
-            response: httpx.Response = yield Send(request)
-        except httpx.TransportError as exc:
-            return exc
-        if self.is_api_origin(request.url) and _answers_like_krea(response):
-            self.api_answered.set()
-        return response
-
     def unreachable_error(
         self,
         outcome: httpx.Response | BaseException,
@@ -594,7 +636,10 @@ class RequestCore:
                 retries_taken=retries,
             )
             self.stats.record_request(method, path_template)
-            outcome = yield from self.send(request)
+            try:
+                outcome = yield from self.send(request)
+            except httpx.TransportError as exc:
+                outcome = exc
             decision = decide(RequestKind.SAFE, outcome)
             if decision.verdict is Verdict.DONE:
                 if isinstance(outcome, httpx.Response) and outcome.is_success:
@@ -846,8 +891,9 @@ class RequestCore:
         while True:
             attempts += 1
             submitted_at = self.clock.now()
+            write_by: WriteDeadline = None
             if on_send is not None:
-                yield Notify(on_send, SendAttempt(submission_id, attempts, submitted_at))
+                write_by = yield Notify(on_send, SendAttempt(submission_id, attempts, submitted_at))
             request = self.build_request(
                 "POST",
                 self.config.base_url + path,
@@ -857,7 +903,15 @@ class RequestCore:
                 retries_taken=attempts - 1,
             )
             self.stats.record_request("POST", target.path_template)
-            outcome = yield from self.send(request)
+            outcome: httpx.Response | Exception
+            try:
+                if write_by is not None and self.clock.monotonic() > write_by:
+                    raise WriteDeadlinePassed("before the request was handed to the transport")
+                outcome = yield from self.send(request, write_by)
+            except httpx.TransportError as exc:
+                outcome = exc
+            except WriteDeadlinePassed as passed:
+                raise self._not_sent(target, submission_id, write_by, str(passed)) from None
             decision = decide(RequestKind.CREATE, outcome)
             try:
                 if decision.verdict is Verdict.DONE:
@@ -891,6 +945,25 @@ class RequestCore:
                 now = self.clock.now()
                 yield Notify(on_send, SendAttempt(submission_id, attempts + 1, now, delay))
             yield Sleep(delay)
+
+    def _not_sent(
+        self, target: CreateTarget, submission_id: str, write_by: WriteDeadline, where: str
+    ) -> SendDeadlineError:
+        late = self.clock.monotonic() - (write_by or 0.0)
+        logger.warning(
+            "POST %s not sent (submission %s): its write deadline passed %.3f s ago (%s)",
+            target.path,
+            submission_id,
+            late,
+            where,
+            extra={"krea_submission_id": submission_id},
+        )
+        return SendDeadlineError(
+            f"POST {target.path_template} was not sent: its write deadline passed {late:.3f} s "
+            f"before the request could be written ({where}); nothing reached Krea",
+            path_template=target.path_template,
+            submission_id=submission_id,
+        )
 
     def _submission_body(
         self,

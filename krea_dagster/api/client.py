@@ -52,7 +52,9 @@ from krea_dagster.api._core import (
     read_capped,
     run_flow,
     run_flow_async,
+    write_guard,
 )
+from krea_dagster.api.clock_offset import ClockOffset
 from krea_dagster.api.config import (
     API_KEY_ENV,
     BASE_URL_ENV,
@@ -152,6 +154,16 @@ class _BaseClient:
         return self._core.config.timeouts
 
     @property
+    def clock(self) -> Clock:
+        """The client's clocks: an ``on_send`` write deadline is on ``clock.monotonic()``."""
+        return self._core.clock
+
+    @property
+    def clock_offset(self) -> ClockOffset:
+        """Krea's clock minus this client's, bounded from the ``Date`` of every answer."""
+        return self._core.clock_offset
+
+    @property
     def max_retries(self) -> int:
         return self._core.config.max_retries
 
@@ -187,6 +199,7 @@ class _BaseClient:
             clock=self._core.clock,
             rng=self._core.rng,
             stats=self.stats,
+            clock_offset=self._core.clock_offset,
             api_answered=self._core.api_answered,
         )
         clone._owns_http = False  # the pool belongs to the original client
@@ -260,6 +273,8 @@ class KreaClient(_BaseClient):
 
     def _perform(self, action: Action) -> Any:
         if isinstance(action, Send):
+            if action.write_by is not None:
+                action.request.extensions["trace"] = write_guard(self._core.clock, action.write_by)
             # auth=None: a user-supplied http_client's own auth must never reach other origins.
             # Streamed and capped: an answer larger than any of Krea's is never held whole.
             response = self._http.send(
@@ -282,8 +297,7 @@ class KreaClient(_BaseClient):
                 self._sleep(action.seconds)
             return None
         if isinstance(action, Notify):
-            action.callback(action.value)
-            return None
+            return action.callback(action.value)
         if isinstance(action, Offload):
             return action.function()
         raise TypeError(f"unknown action {action!r}")
@@ -713,6 +727,13 @@ class AsyncKreaClient(_BaseClient):
 
     async def _perform(self, action: Action) -> Any:
         if isinstance(action, Send):
+            if action.write_by is not None:
+                check = write_guard(self._core.clock, action.write_by)
+
+                async def trace(event: str, info: Any) -> None:
+                    check(event, info)
+
+                action.request.extensions["trace"] = trace
             response = await self._http.send(
                 action.request, stream=True, auth=None, follow_redirects=False
             )
@@ -735,8 +756,8 @@ class AsyncKreaClient(_BaseClient):
         if isinstance(action, Notify):
             result = action.callback(action.value)
             if inspect.isawaitable(result):
-                await result
-            return None
+                return await result
+            return result
         if isinstance(action, Offload):
             # fsync and image verification block; keep them off the event loop.
             return await asyncio.to_thread(action.function)

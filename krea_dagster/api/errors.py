@@ -16,6 +16,7 @@ Every exception derives from one base, ``KreaError``::
     │   ├── APIConnectionError           no HTTP answer at all
     │   │   ├── APITimeoutError
     │   │   │   └── DeadlineExceededError  the caller's deadline ran out first
+    │   │   │       └── SendDeadlineError  a create's write deadline passed: nothing was sent
     │   │   └── BackendUnreachableError  the base URL never answered as Krea; nothing reached Krea
     │   ├── AmbiguousSubmitError         a generation POST or node-app execute may have created jobs
     │   ├── AmbiguousUploadError         an asset upload may or may not have created an asset
@@ -76,6 +77,7 @@ __all__ = [
     "PermissionDeniedError",
     "RateLimitError",
     "RequestValidationError",
+    "SendDeadlineError",
     "UnknownModelError",
     "UnprocessableEntityError",
     "error_class_for_status",
@@ -299,6 +301,17 @@ class DeadlineExceededError(APITimeoutError):
 
     # Raised instead of sending (or retrying) a request with no time left; ``__cause__`` is
     # the failure of the last attempt, if any. ``poll_many`` catches it and returns what it has.
+
+
+class SendDeadlineError(DeadlineExceededError):
+    """A job-creating POST was not sent: the write deadline its ``on_send`` gave had passed."""
+
+    # Checked immediately before the request's bytes are written, so nothing reached Krea and
+    # no job exists (the process may have been paused since the deadline was set).
+
+    def __init__(self, message: str, *, path_template: str, submission_id: str) -> None:
+        super().__init__(message, method="POST", path_template=path_template, attempts=0)
+        self.submission_id = submission_id
 
 
 class BackendUnreachableError(APIConnectionError):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from email.utils import formatdate
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -108,13 +109,16 @@ def _api_endpoint(
         state.count_request(key)
         try:
             await _inject(state, key)
-            return await handler(request, state)
+            response = await handler(request, state)
         except EmulatorError as error:
-            return _error_response(error)
+            response = _error_response(error)
         except DropConnection:
             return DroppedResponse()
         finally:
             after()
+        # Krea's own clock, like every HTTP server's Date (the server's is switched off).
+        response.headers["date"] = formatdate(state.clock(), usegmt=True)
+        return response
 
     return endpoint
 

@@ -76,6 +76,8 @@ KNOB_HELP = {
     "time_scale": "multiplies every render time and Krea's automatic timeouts (0.1 = 10x faster)",
     "render_seconds": "fixed render time of every job, in seconds (default: the model's average "
     "time x time-scale)",
+    "clock_offset_seconds": "seconds Krea's clock is ahead of the real one (negative: behind); "
+    "created_at, completed_at and every Date header are shifted alike",
     "today": "the emulator's date (ISO, e.g. 2026-06-18) for deprecated-alias sunsets "
     "(default: today in UTC)",
     "node_apps": "JSON file of node apps to serve besides the built-in ones, in the format of "

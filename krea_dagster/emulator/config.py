@@ -70,6 +70,9 @@ class EmulatorConfig:
     # render_seconds fixes it for every job. The automatic timeouts are scaled by time_scale.
     time_scale: float = 1.0
     render_seconds: float | None = None
+    # Seconds Krea's clock is ahead of the real one (negative: behind). Every created_at,
+    # completed_at and Date header reads the shifted clock, like a server whose clock is off.
+    clock_offset_seconds: float = 0.0
     # The emulator's "today" (ISO date) for alias sunsets; None = the clock's UTC date.
     today: str | None = None
     # A JSON file of node apps served besides the built-in ones (see node_apps.py).
@@ -134,6 +137,10 @@ def _coerce(name: str, value: Any) -> Any:
         return _failures(value)
     if isinstance(default, bool) or isinstance(value, bool):
         raise BadRequest(f"{name} must be a number, not {value!r}")
+    if name == "clock_offset_seconds":
+        if not isinstance(value, int | float):
+            raise BadRequest(f"{name} must be a number of seconds, not {value!r}")
+        return float(value)
     if isinstance(default, int):
         if not isinstance(value, int) or value < 0:
             raise BadRequest(f"{name} must be a non-negative integer, not {value!r}")

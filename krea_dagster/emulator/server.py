@@ -116,6 +116,8 @@ class EmulatorServer:
             log_level=log_level,
             timeout_graceful_shutdown=2,
             timeout_keep_alive=30,
+            # The app writes Date from the emulator's clock (``clock_offset_seconds``).
+            date_header=False,
         )
 
     @property

@@ -78,7 +78,8 @@ class EmulatorState:
     ) -> None:
         self.config = config or EmulatorConfig()
         self.initial_config = self.config.copy()
-        self.clock = clock
+        # Krea's time, shifted by clock_offset_seconds (a server whose clock is off).
+        self.clock: Clock = lambda: clock() + self.config.clock_offset_seconds
         self.store = store or MemoryStore()
         self.cdn_url = cdn_url
         self.models: dict[str, ModelSpec] = load_models()

@@ -47,8 +47,6 @@ class ErrorCode(StrEnum):
     NOT_SUBMITTED = "not_submitted"
     PENDING = "pending"
     POLL_TIMEOUT = "poll_timeout"
-    #: Krea answered a POST after its row was resolved elsewhere: the job kept on its own row.
-    LATE_ANSWER = "late_answer"
     #: A failed upstream row: the step downstream of it was not paid for.
     UPSTREAM_FAILED = "upstream_failed"
 

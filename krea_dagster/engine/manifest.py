@@ -12,7 +12,8 @@ it cost, and why it failed when it did. Its ``status`` column says, per prompt:
 ``pending``        the job is still rendering at Krea
 ``unresolved``     a submission whose outcome is unknown, or that reconciliation reported
 ``not_submitted``  no job: refused by Krea (balance, token, body) or the batch stopped
-``skipped``        a workflow step did not send the row: its previous step has no image
+``skipped``        a later step of a node did not send the row: its previous step has no
+                   output for it (``error_code`` ``upstream_failed``)
 =================  =====================================================================
 
 A node app's row stands for all the jobs of its execution: ``completed`` once every one has a
@@ -26,7 +27,9 @@ from typing import Any
 import pandas as pd
 
 from krea_dagster.api import JobStatus
+from krea_dagster.engine.errors import ErrorCode
 from krea_dagster.engine.ledger import Submission, SubmissionState
+from krea_dagster.engine.prompts import ROW_KEY, SKIP_COLUMN
 
 __all__ = [
     "MANIFEST_COLUMNS",
@@ -40,6 +43,7 @@ MANIFEST_COLUMNS = (
     "batch",
     "generation",
     "row",
+    "row_key",
     "prompt_key",
     "prompt",
     "variant",
@@ -67,7 +71,7 @@ class ManifestStatus:
     PENDING = "pending"
     UNRESOLVED = "unresolved"
     NOT_SUBMITTED = "not_submitted"
-    #: A workflow step did not send the row: its previous step has no image for it.
+    #: A later step of a node did not send the row: its previous step has no output for it.
     SKIPPED = "skipped"
 
 
@@ -105,6 +109,10 @@ def build_manifest(
     """
     records: list[dict[str, Any]] = []
     for prompt in prompts.to_dict(orient="records"):
+        skip = prompt.get(SKIP_COLUMN)
+        if isinstance(skip, str) and skip:
+            records.append(_skipped(prompt, skip, batch, generation, carried_columns, outputs))
+            continue
         row = rows.get(prompt["prompt_key"])
         jobs = [row, *outputs.get(row.submission_id, ())] if row and outputs is not None else []
         billed = jobs or ([row] if row else [])
@@ -119,6 +127,7 @@ def build_manifest(
             "batch": batch,
             "generation": generation,
             "row": prompt["row"],
+            ROW_KEY: prompt.get(ROW_KEY, prompt["prompt_key"]),
             "prompt_key": prompt["prompt_key"],
             "prompt": prompt["prompt"],
             "variant": prompt["variant"],
@@ -128,7 +137,7 @@ def build_manifest(
             "width": row.width if completed and row else None,
             "height": row.height if completed and row else None,
             "sha256": row.sha256 if completed and row else None,
-            "cost_usd": sum((job.cost_usd or 0.0) for job in billed if job.is_paid),
+            "cost_usd": _cost(billed),
             "error_code": None if completed or deciding is None else deciding.error_code,
             "error_message": None if completed or deciding is None else deciding.error_message,
         }
@@ -155,4 +164,51 @@ def build_manifest(
     )
     for column in ("width", "height"):
         frame[column] = frame[column].astype("Int64")
+    frame["cost_usd"] = frame["cost_usd"].astype("float64")  # unknown price: NaN
     return frame
+
+
+def _cost(jobs: Sequence[Submission]) -> float | None:
+    """What the ledger charged for these jobs (a prompt's row, then a node app's output rows),
+    None when Krea billed one of them and its price is unknown.
+
+    A node-app execution is charged on its submission row once any of its jobs completed,
+    whatever its first job did; its output rows add nothing.
+    """
+    if not jobs:
+        return 0.0
+    if any(job.is_paid for job in jobs) and jobs[0].cost_usd is None:
+        return None
+    return sum(job.cost_usd or 0.0 for job in jobs)
+
+
+def _skipped(
+    prompt: Mapping[Any, Any],
+    skip: str,
+    batch: str,
+    generation: int,
+    carried_columns: Sequence[str],
+    outputs: Mapping[str, Sequence[Submission]] | None,
+) -> dict[str, Any]:
+    """The manifest row of a prompt the step did not send: its previous step has no output."""
+    record: dict[str, Any] = dict.fromkeys(MANIFEST_COLUMNS)
+    record.update(
+        {
+            "batch": batch,
+            "generation": generation,
+            "row": prompt["row"],
+            ROW_KEY: prompt.get(ROW_KEY),
+            "prompt_key": prompt["prompt_key"],
+            "prompt": prompt["prompt"],
+            "variant": prompt["variant"],
+            "status": ManifestStatus.SKIPPED,
+            "cost_usd": 0.0,
+            "error_code": ErrorCode.UPSTREAM_FAILED.value,
+            "error_message": f"not sent: the previous step's output of this row is {skip}",
+        }
+    )
+    if outputs is not None:
+        record[OUTPUTS_COLUMN] = []
+    for column in carried_columns:
+        record[column] = prompt.get(column)
+    return record

@@ -45,5 +45,5 @@ def dagster_name_problem(name: object, what: str) -> str | None:
         return None
     return (
         f"{what} {shorten(str(name))!r} must use only ASCII letters, digits and '_' (no "
-        "spaces or line breaks): it names asset keys, partitions and sensors"
+        "spaces or line breaks): it names asset keys, partitions, sensors and ledger scopes"
     )

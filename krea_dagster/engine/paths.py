@@ -25,16 +25,25 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "DEFAULT_LEDGER",
+    "DEFAULT_STORE",
+    "LEDGER_ENV",
     "ROOT_ENV",
     "InstancePaths",
     "RelativePathError",
     "caller_root",
+    "default_ledger",
+    "missing_extra",
     "project_root_of",
     "resolve_ledger_url",
     "resolve_location",
 ]
 
 ROOT_ENV = "KREA_DAGSTER_ROOT"
+#: The ledger database every instance uses unless told otherwise: one token, one ledger.
+LEDGER_ENV = "KREA_LEDGER_URL"
+DEFAULT_LEDGER = "sqlite:///krea-output/ledger.db"
+DEFAULT_STORE = "krea-output/images"
 PROJECT_MARKERS = ("pyproject.toml", "setup.py", "setup.cfg")
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]  # krea_dagster/
 
@@ -64,6 +73,13 @@ def caller_root() -> Path | None:
             continue
         return project_root_of(path)
     return None
+
+
+def default_ledger() -> str:
+    """``$KREA_LEDGER_URL`` when set, else ``sqlite:///krea-output/ledger.db`` (relative to the
+    project root): the ledger of every instance that names none, so that every instance using
+    one token shares one ledger, which is what makes the submit lease account-wide."""
+    return os.environ.get(LEDGER_ENV) or DEFAULT_LEDGER
 
 
 def effective_root(explicit: str | os.PathLike[str] | None) -> Path | None:
@@ -147,3 +163,36 @@ class InstancePaths:
             else "",
             root=base,
         )
+
+
+#: The extra of krea-dagster that brings a storage protocol's filesystem.
+_EXTRAS = {"s3": "s3", "s3a": "s3"}
+
+
+def missing_extra(location: str | os.PathLike[str]) -> str | None:
+    """What to install to read or write ``location``, or None when nothing is missing.
+
+    A URL's protocol (``s3://``, ``gs://``...) needs its fsspec filesystem installed; without
+    it, reading fails deep inside fsspec with an ImportError that names no fix.
+    """
+    text = str(location)
+    if "://" not in text:
+        return None
+    scheme = text.split("://", 1)[0].lower()
+    if scheme in ("file", "local", "http", "https", "memory"):
+        return None
+    import fsspec
+
+    try:
+        fsspec.get_filesystem_class(scheme)
+    except ImportError:
+        extra = _EXTRAS.get(scheme)
+        fix = (
+            f"pip install 'krea-dagster[{extra}]'"
+            if extra
+            else f"install the fsspec filesystem for {scheme}://"
+        )
+        return f"{text.split('?', 1)[0]!r} is a {scheme}:// location, which needs {fix}"
+    except ValueError:
+        return f"{text.split('?', 1)[0]!r}: fsspec knows no {scheme}:// protocol"
+    return None

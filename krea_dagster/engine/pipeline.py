@@ -1,12 +1,15 @@
-"""One krea-dagster instance: a prompt source, a model, a store and a ledger, and the steps
-that move a batch from prompt file to verified images.
+"""One step of a node: a model, a store, a ledger scope, and the verbs that move a batch of
+the step from validated prompts to verified outputs.
 
-``KreaImagePipeline`` holds no Dagster objects; the assets, sensors and schedules built by
-``build_krea_image_assets`` call its steps. Keeping the steps here lets the same code run in a
-run worker (assets), in the sensor daemon (deferred completion) and in tests.
+``KreaImagePipeline`` holds no Dagster objects. Each asset body of a step calls one of its
+verbs (``validate`` through ``KreaNode.prepare``, ``submit``, ``collect`` and ``manifest``), so
+every entry point gets the same order (validation before any upload, uploads only for what is
+about to be sent) and the same failure policy; the same code runs in a run worker (assets), in
+the sensor daemon (deferred completion) and in tests.
 """
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -22,13 +25,29 @@ from krea_dagster.api import DEFAULT_EXTERNAL_WAIT_TIMEOUT, AsyncKreaClient, Job
 from krea_dagster.engine.cancel import cancel_jobs
 from krea_dagster.engine.collect import BatchCollector, CollectReport, Thumbnail, thumbnail_data_uri
 from krea_dagster.engine.errors import BudgetExceededError, ErrorCode, is_transient_job_error
-from krea_dagster.engine.ledger import Ledger, Submission, may_submit, utcnow
+from krea_dagster.engine.ledger import (
+    Ledger,
+    Submission,
+    attempts_by_prompt,
+    may_submit,
+    utcnow,
+)
 from krea_dagster.engine.manifest import build_manifest
-from krea_dagster.engine.prompts import PreparedBatch, prepare_batch, request_hash
+from krea_dagster.engine.prompts import (
+    REFERENCES_COLUMN,
+    SKIP_COLUMN,
+    PreparedBatch,
+    prepare_batch,
+    request_hash,
+)
 from krea_dagster.engine.reconcile import Outcome, reconcile
+from krea_dagster.engine.references import (
+    AsyncReferenceResolver,
+    CheckedReferences,
+    resolve_upload_tokens,
+)
 from krea_dagster.engine.run import run_coroutine
 from krea_dagster.engine.settings import KreaAccount
-from krea_dagster.engine.source import PromptSource
 from krea_dagster.engine.store import ImageStore
 from krea_dagster.engine.submit import BatchSubmitter, PlannedPrompt, SubmitReport
 
@@ -58,16 +77,16 @@ class SubmitSummary:
 
 @dataclass
 class KreaImagePipeline:
-    """Everything one instance needs to turn a batch of prompts into stored images."""
+    """Everything one step needs to turn a batch of validated prompts into stored outputs.
+
+    ``prefix`` is the step's ledger scope and its folder in the store.
+    """
 
     prefix: str
-    #: The prompt files; None for a workflow step, whose rows come from an upstream table.
-    source: PromptSource | None
     model: str
     store: ImageStore
     ledger: Ledger
     defaults: Mapping[str, Any] = field(default_factory=dict)
-    carry_columns: Sequence[str] = ()
     max_attempts: int = 3
     max_usd_per_run: float | None = None
     thumbnails: int = 24
@@ -102,25 +121,32 @@ class KreaImagePipeline:
 
     # -- prompts ---------------------------------------------------------------------------
 
-    @property
-    def files(self) -> PromptSource:
-        """The prompt files of an instance built from a folder (not a workflow step)."""
-        if self.source is None:
-            raise ValueError(f"{self.prefix} has no prompt files: its rows come from a table")
-        return self.source
-
-    def prepare(self, batch: str) -> PreparedBatch:
-        rows = self.files.read_batch_rows(batch)
+    def validate(
+        self,
+        frame: pd.DataFrame,
+        *,
+        batch: str,
+        carry_columns: Sequence[str] = (),
+        origin: str = "",
+        locations: Sequence[str] | None = None,
+        references: CheckedReferences | None = None,
+        row_keys: Sequence[str] | None = None,
+        skips: Sequence[str | None] | None = None,
+    ) -> PreparedBatch:
+        """Validate a batch's rendered rows against the step's model (``prepare_batch``)."""
         return prepare_batch(
-            rows.frame,
+            frame,
             batch=batch,
             model=self.model,
             defaults=self.defaults,
-            carry_columns=self.carry_columns,
-            origin=", ".join(dict.fromkeys(rows.files)),
-            locations=rows.locations,
+            carry_columns=carry_columns,
+            origin=origin,
+            locations=locations,
             price_usd=self.price_usd,
             max_usd_per_run=self.max_usd_per_run,
+            references=references,
+            row_keys=row_keys,
+            skips=skips,
         )
 
     # -- generations and plans -------------------------------------------------------------
@@ -149,7 +175,10 @@ class KreaImagePipeline:
         planned = []
         seeded = "seed" in self.spec.fields
         for row in prompts.to_dict(orient="records"):
+            if SKIP_COLUMN in row and isinstance(row[SKIP_COLUMN], str) and row[SKIP_COLUMN]:
+                continue  # a recorded skip: never sent
             request = json.loads(row["request_json"])
+            files = row.get(REFERENCES_COLUMN)
             derive = generation > 1 or bool(row["variant"])
             if derive and seeded and "seed" not in request:
                 digest = hashlib.sha256(f"{row['prompt_key']}:{generation}".encode()).digest()
@@ -161,6 +190,7 @@ class KreaImagePipeline:
                     request=request,
                     request_hash=request_hash(self.model, request),
                     estimated_usd=None if pd.isna(estimated) else float(estimated),
+                    files=json.loads(files) if isinstance(files, str) and files else {},
                 )
             )
         return planned
@@ -169,13 +199,11 @@ class KreaImagePipeline:
         self, planned: Sequence[PlannedPrompt], batch: str, generation: int
     ) -> list[PlannedPrompt]:
         """Prompts with no live or paid row in this generation and attempts left."""
-        attempts: dict[str, list[Submission]] = {}
-        for row in self.ledger.rows(self.scope, batch, generation):
-            attempts.setdefault(row.prompt_key, []).append(row)
+        attempts, outputs = attempts_by_prompt(self.ledger.rows(self.scope, batch, generation))
         return [
             prompt
             for prompt in planned
-            if may_submit(attempts.get(prompt.prompt_key, []), self.max_attempts)
+            if may_submit(attempts.get(prompt.prompt_key, []), self.max_attempts, outputs)
         ]
 
     # -- submit ----------------------------------------------------------------------------
@@ -218,6 +246,16 @@ class KreaImagePipeline:
                 f"{batch}: generation {generation}, {len(planned)} prompt(s), "
                 f"{len(todo)} to submit, estimated ${estimate:.4f}"
             )
+            # Before the first POST: until every planned prompt has a row, the completion
+            # sensor knows the batch is not done, even if this worker dies part way.
+            await asyncio.to_thread(
+                self.ledger.record_plan,
+                self.scope,
+                batch,
+                generation,
+                [p.prompt_key for p in planned],
+                run_id=run_id,
+            )
             rounds = await self._submit_rounds(
                 client,
                 krea,
@@ -255,9 +293,11 @@ class KreaImagePipeline:
         """Submit ``todo``; then, up to ``MAX_SUBMIT_ROUNDS``, re-send the prompts whose latest
         row ended with one of ``retry_codes`` (never created, or failed transiently)."""
         rounds: list[SubmitReport] = []
+        resolver = AsyncReferenceResolver(client, self.ledger.upload_cache(krea.account_id))
         for _ in range(MAX_SUBMIT_ROUNDS):
             if not todo:
                 break
+            todo = await self._with_uploads(todo, resolver, batch=batch, log=log)
             submitter = BatchSubmitter(
                 client,
                 self.ledger,
@@ -287,6 +327,35 @@ class KreaImagePipeline:
                 if prompt.prompt_key in again
             ]
         return rounds
+
+    async def _with_uploads(
+        self,
+        todo: list[PlannedPrompt],
+        resolver: AsyncReferenceResolver,
+        *,
+        batch: str,
+        log: logging.Logger | Any,
+    ) -> list[PlannedPrompt]:
+        """The prompts about to be sent, each file they name uploaded (once per content hash
+        and account) and its asset URL in place of the validated request's upload token.
+
+        Only what is sent now is uploaded: a re-run that sends nothing uploads nothing.
+        """
+        ready = []
+        before = resolver.uploads
+        for prompt in todo:
+            if not prompt.files:
+                ready.append(prompt)
+                continue
+            request = await resolve_upload_tokens(prompt.request, prompt.files, resolver)
+            ready.append(
+                dataclasses.replace(
+                    prompt, request=request, request_hash=request_hash(self.model, request)
+                )
+            )
+        if resolver.uploads > before:
+            log.info(f"{batch}: uploaded {resolver.uploads - before} reference file(s)")
+        return ready
 
     async def settle(
         self, client: AsyncKreaClient, krea: KreaAccount, *, log: logging.Logger | Any
@@ -437,22 +506,17 @@ class KreaImagePipeline:
             return await collector.store_rows(rows, deadline=deadline)
 
     def _transient_failures(self, batch: str, generation: int, keys: set[str]) -> set[str]:
-        """Prompts whose latest job failed transiently and that have attempts left.
-
-        Never a node app's: executing it again would pay again for the jobs that completed.
-        """
-        if self.is_node_app:
-            return set()
-        attempts: dict[str, list[Submission]] = {}
-        for row in self.ledger.rows(self.scope, batch, generation):
-            attempts.setdefault(row.prompt_key, []).append(row)
+        """Prompts whose latest job failed transiently and that may be sent again
+        (``may_submit``: attempts left, and for a node app no job of its execution live or
+        completed: executing it again would pay again for those)."""
+        attempts, outputs = attempts_by_prompt(self.ledger.rows(self.scope, batch, generation))
         return {
             key
             for key, rows in attempts.items()
             if key in keys
             and rows[-1].state == JobStatus.FAILED
             and is_transient_job_error(rows[-1].error_code)
-            and may_submit(rows, self.max_attempts)
+            and may_submit(rows, self.max_attempts, outputs)
         }
 
     def _in_progress(

@@ -34,7 +34,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -42,6 +42,9 @@ import pandas as pd
 from krea_dagster.api import catalog
 from krea_dagster.api.catalog import shorten
 from krea_dagster.api.json_values import JSONLimitError, is_number, load_json
+
+if TYPE_CHECKING:
+    from krea_dagster.engine.references import CheckedReferences
 from krea_dagster.engine.table_rules import (
     RESERVED_COLUMNS,
     exact_number,
@@ -57,6 +60,9 @@ from krea_dagster.engine.table_rules import (
 __all__ = [
     "PROMPTS_TABLE_COLUMNS",
     "PROMPT_COLUMN",
+    "REFERENCES_COLUMN",
+    "ROW_KEY",
+    "SKIP_COLUMN",
     "VARIANT_COLUMN",
     "PreparedBatch",
     "PromptProblem",
@@ -69,13 +75,22 @@ __all__ = [
 
 PROMPT_COLUMN = "prompt"
 VARIANT_COLUMN = "variant"
+#: Identifies a row of a node's source from step to step (a key column's value, or a hash).
+ROW_KEY = "row_key"
+#: Why a row is not sent by this step (its previous step has no output for it); else empty.
+SKIP_COLUMN = "skip_reason"
+#: The files a row's request names, by upload token (``references.upload_token``): JSON.
+REFERENCES_COLUMN = "references_json"
 PROMPTS_TABLE_COLUMNS = (
     "prompt_key",
+    ROW_KEY,
     "row",
     "prompt",
     "variant",
     "request_json",
+    REFERENCES_COLUMN,
     "estimated_usd",
+    SKIP_COLUMN,
 )
 MAX_LISTED_PROBLEMS = 200
 #: The error message lists at most this many problems (all of them are in ``problems``) ...
@@ -182,18 +197,29 @@ def prepare_batch(
     locations: Sequence[str] | None = None,
     price_usd: float | None = None,
     max_usd_per_run: float | None = None,
-    backend: str | None = None,
+    references: "CheckedReferences | None" = None,
+    row_keys: Sequence[str] | None = None,
+    skips: Sequence[str | None] | None = None,
 ) -> PreparedBatch:
     """Validate every row of a batch; raise ``PromptValidationError`` listing all problems.
 
     ``locations`` names each row's place in its file (``spring.csv line 7``), in frame order.
     ``price_usd`` is the USD price of one request, used instead of the catalog's price. With
     ``max_usd_per_run`` set, a row whose price is unknown is a problem: no price, no budget.
-    ``backend`` is the base URL of the API the batch goes to, when known: image URLs on its
-    host pass although it is private (an emulator fetches its own uploads); without it the
-    API is Krea's, which fetches from the internet only.
+    ``references`` reads, checks and hashes every file a request names (nothing is uploaded):
+    the validated request carries an upload token per file (``references.upload_token``);
+    without it, only URLs Krea can fetch are accepted.
+
+    ``row_keys`` are the rows' keys in a node (else the prompt key stands in); a row whose
+    ``skips`` entry is set (why: its previous step has no output) is not validated: it stays in
+    the table as a recorded skip. Both are given beside the frame, in its order, never read
+    from its columns: a table column of either name is the user's, and reserved.
     """
     spec = catalog.get_model(model)
+    if row_keys is not None and len(row_keys) != len(frame):
+        raise ValueError(f"{len(row_keys)} row keys for {len(frame)} rows")
+    if skips is not None and len(skips) != len(frame):
+        raise ValueError(f"{len(skips)} skips for {len(frame)} rows")
     fields = spec.fields
     prompt_required = PROMPT_COLUMN in spec.required
     problems: list[PromptProblem] = []
@@ -248,11 +274,27 @@ def prepare_batch(
     for path, message in list(number_problems(base)):
         problems.append(PromptProblem(None, path, "number", f"in the defaults: {message}"))
         base.pop(_top_field(path), None)
-    default_problems = catalog.validate(model, {PROMPT_COLUMN: "x", **base}).problems
+    checked = dict(base)
+    default_files: set[str] = set()  # paths of the defaults' file references (checked once)
+    if references is not None:
+        checked, _, file_problems = references.tokenize(model, {PROMPT_COLUMN: "x", **base})
+        checked.pop(PROMPT_COLUMN, None)
+        for path, message in file_problems:
+            default_files.add(path)
+            problems.append(
+                PromptProblem(None, path, "imageReference", f"in the defaults: {message}")
+            )
+    default_problems = catalog.validate(model, {PROMPT_COLUMN: "x", **checked}).problems
     # Only the defaults' own fields: required ones may come from the rows, checked per row.
-    default_references = dict(image_reference_problems(base, backend=backend))
+    default_references = {
+        path: message
+        for path, message in image_reference_problems(checked)
+        if path not in default_files
+    }
     for problem in (p for p in default_problems if _top_field(p.field) in base):
         if problem.field in default_references and problem.rule == "format":
+            continue
+        if problem.field in default_files:
             continue
         problems.append(
             PromptProblem(None, problem.field, problem.rule, f"in the defaults: {problem.message}")
@@ -276,6 +318,11 @@ def prepare_batch(
     for index, raw_row in enumerate(frame.to_dict(orient="records"), start=1):
         row = {name: _plain(value) for name, value in raw_row.items()}
         location = where(index)
+        row_key = None if row_keys is None else str(row_keys[index - 1])
+        skip = None if skips is None else skips[index - 1]
+        if skip is not None:
+            records.append(_skipped_record(dict(row), index, row_key, skip, carried))
+            continue
         row_problems: list[PromptProblem] = []
         raw_prompt = row.get(PROMPT_COLUMN)
         if not prompt_required and (_is_missing(raw_prompt) or str(raw_prompt).strip() == ""):
@@ -289,22 +336,33 @@ def prepare_batch(
             if value is not _UNSET:
                 params[column] = value
                 own.add(column)
+        files: dict[str, str] = {}
         if prompt is not None:
             if prompt:
                 params[PROMPT_COLUMN] = prompt
+            unreadable: set[str] = set()
+            if references is not None:
+                params, files, file_problems = references.tokenize(model, params)
+                for path, message in file_problems:
+                    unreadable.add(path)
+                    if _top_field(path) in base and _top_field(path) not in own:
+                        continue  # the defaults' own file: reported once, above
+                    row_problems.append(PromptProblem(index, path, "imageReference", message))
             result = catalog.validate(model, params)
             # The image-reference rule says more than the schema's "format: uri" (and covers
             # what that format lets through, such as Windows paths): it replaces that problem.
-            references = {
+            urls = {
                 path: message
-                for path, message in image_reference_problems(result.params, backend=backend)
-                if _top_field(path) in own
+                for path, message in image_reference_problems(result.params)
+                if _top_field(path) in own and path not in unreadable
             }
             for problem in result.problems:
                 if _top_field(problem.field) in base and problem.field not in row:
                     continue  # already reported once for the defaults
-                if problem.field in references and problem.rule == "format":
+                if problem.field in urls and problem.rule == "format":
                     continue
+                if problem.field in unreadable:
+                    continue  # the file's own problem says more
                 row_problems.append(
                     PromptProblem(index, problem.field, problem.rule, problem.message)
                 )
@@ -312,7 +370,7 @@ def prepare_batch(
             for name, rule, message in implied_bound_problems(params, fields):
                 if name in own:
                     row_problems.append(PromptProblem(index, name, rule, message))
-            for path, message in references.items():
+            for path, message in urls.items():
                 row_problems.append(PromptProblem(index, path, "imageReference", message))
             for path, rule, message in image_object_problems(params, fields):
                 if _top_field(path) in own:
@@ -355,11 +413,14 @@ def prepare_batch(
             total += cost
         record = {
             "prompt_key": key,
+            ROW_KEY: row_key if row_key is not None else key,
             "row": index,
             "prompt": prompt,
             "variant": variant,
             "request_json": canonical_json(params),
+            REFERENCES_COLUMN: canonical_json(files) if files else None,
             "estimated_usd": cost,
+            SKIP_COLUMN: None,
         }
         for column in carried:
             record[column] = row.get(column)
@@ -384,6 +445,26 @@ def prepare_batch(
     return PreparedBatch(
         table=table, carried_columns=carried, estimated_usd=round(total, 6), unpriced_rows=unpriced
     )
+
+
+def _skipped_record(
+    row: Mapping[Any, Any], index: int, row_key: str | None, skip: str, carried: Sequence[str]
+) -> dict[str, Any]:
+    """A row the step does not send (its previous step has no output for it): no request."""
+    record: dict[str, Any] = {
+        "prompt_key": "",
+        ROW_KEY: row_key,
+        "row": index,
+        "prompt": "" if _is_missing(row.get(PROMPT_COLUMN)) else str(row.get(PROMPT_COLUMN)),
+        "variant": _variant_cell(row.get(VARIANT_COLUMN)),
+        "request_json": None,
+        REFERENCES_COLUMN: None,
+        "estimated_usd": 0.0,
+        SKIP_COLUMN: skip,
+    }
+    for column in carried:
+        record[column] = row.get(column)
+    return record
 
 
 def expected_size(request: Mapping[str, Any]) -> tuple[int, int] | None:

@@ -11,9 +11,11 @@ account is unresolved at any moment, so one window decides it.
 - no ``sent_at``: the worker stopped before sending (the time of every attempt is written
   before it goes out): **not created**, at once;
 - the window is ``[sent_at, sent_at + 2 request windows]`` (later still after a late
-  ``ambiguous_at``: see ``window_seconds``), in Krea's clock through offset bounds taken from
-  answered rows of the same host (``clock_bounds``);
-  contradictory bounds prove nothing, so the row is **reported**, never "not created";
+  ``ambiguous_at``: see ``window_seconds``), in Krea's clock through offset bounds *measured*
+  from Krea itself (``clock_bounds``): the ``Date`` headers of Krea's answers, recorded with
+  the send (``krea_offset_*``), tightened by the rows of the same host Krea answered. Nothing
+  is assumed: with no measurement, or with measurements that contradict each other (a clock
+  was stepped), the window cannot be placed and the row is **reported**, never "not created";
 - once the window has closed, ``GET /jobs`` is read from the window's end back to its start
   (never further: the look-back is bounded by the window), excluding every job the ledger
   knows: none means **not created** (the prompt may be sent again); exactly one means **it is
@@ -32,29 +34,39 @@ candidate job ids in its message; a person decides.
 
 import asyncio
 import logging
+import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from krea_dagster.api import AsyncKreaClient, Reconciliation, SubmissionWindow, catalog
+from krea_dagster.api import (
+    AsyncKreaClient,
+    KreaError,
+    Reconciliation,
+    SubmissionWindow,
+    catalog,
+)
 from krea_dagster.engine.errors import ErrorCode
 from krea_dagster.engine.ledger import JobUpdate, Ledger, Submission, utcnow
 
 __all__ = [
     "GUARD_BAND",
     "LISTING_LAG",
+    "MEASUREMENT_MAX_AGE",
     "SEND_SLACK",
     "ClockBounds",
     "Outcome",
+    "WindowUnplaceable",
     "clock_bounds",
+    "measured_offset",
     "reconcile",
     "window_for",
     "window_seconds",
 ]
 
-#: Offset allowed between our clock and Krea's when no answered row bounds it.
-DEFAULT_SKEW = timedelta(seconds=5)
+#: A measurement of Krea's clock older than this is taken again before it is relied on.
+MEASUREMENT_MAX_AGE = 60.0
 #: A window whose end is this far in the past is closed: a job created in it would be listed.
 LISTING_LAG = timedelta(seconds=2)
 #: While a window is open and shows no job, list it again this often.
@@ -88,24 +100,55 @@ class ClockBounds:
     high: timedelta
 
 
-def clock_bounds(rows: list[Submission], skew: timedelta = DEFAULT_SKEW) -> ClockBounds | None:
-    """The tightest offset bounds answered rows allow; ``skew`` either way when there are none.
+class WindowUnplaceable(Exception):
+    """The evidence does not place a row's window in Krea's clock; the message says why."""
+
+
+async def measured_offset(client: AsyncKreaClient) -> ClockBounds | None:
+    """Krea's clock minus this host's, from the ``Date`` of Krea's recent answers.
+
+    Asks Krea once (``GET /jobs?limit=1``) when no answer is recent; None when it cannot.
+    """
+
+    def recent() -> ClockBounds | None:
+        bounds = client.clock_offset.bounds(now=client.clock.now(), max_age=MEASUREMENT_MAX_AGE)
+        return None if bounds is None else ClockBounds(bounds.low, bounds.high)
+
+    if recent() is None:
+        try:
+            await client.list_jobs(limit=1)
+        except KreaError:
+            return None
+    return recent()
+
+
+def clock_bounds(rows: list[Submission], measured: ClockBounds | None = None) -> ClockBounds:
+    """The offset bounds all the evidence allows: ``measured`` (Krea's ``Date`` headers around
+    the send) and the rows Krea answered from the same host.
 
     A job answered by Krea was created after its last attempt was sent and before the answer
-    was recorded, so ``created_at - submitted_at <= offset <= created_at - sent_at``. None when
-    the rows contradict each other (a clock stepped): no bound can be trusted then.
+    was recorded, so ``created_at - submitted_at <= offset <= created_at - sent_at``. Raises
+    ``WindowUnplaceable`` when there is no evidence at all (nothing is assumed) or when the
+    pieces contradict each other (a clock was stepped): no bound can be trusted then.
     """
-    low, high = -skew, skew
-    seen = False
+    bounds = [measured] if measured is not None else []
     for row in rows:
         if row.krea_created_at is None or row.submitted_at is None or row.sent_at is None:
             continue
-        row_low = row.krea_created_at - row.submitted_at
-        row_high = row.krea_created_at - row.sent_at
-        low, high = (row_low, row_high) if not seen else (max(low, row_low), min(high, row_high))
-        seen = True
+        bounds.append(
+            ClockBounds(row.krea_created_at - row.submitted_at, row.krea_created_at - row.sent_at)
+        )
+    if not bounds:
+        raise WindowUnplaceable(
+            "the offset between this host's clock and Krea's was never measured for it (no "
+            "Date header recorded with the send, no answered submission)"
+        )
+    low, high = max(b.low for b in bounds), min(b.high for b in bounds)
     if low > high:
-        return None
+        raise WindowUnplaceable(
+            "the measurements of the offset between the sender's clock and Krea's contradict "
+            "each other (a clock was stepped)"
+        )
     # A little slack either way: the bounds come from a finite sample.
     margin = timedelta(milliseconds=250)
     return ClockBounds(low - margin, high + margin)
@@ -173,16 +216,27 @@ async def reconcile(
             ),
             Outcome.NOT_CREATED,
         )
-    bounds = clock_bounds(await asyncio.to_thread(ledger.answered, row.owner_host))
-    if bounds is None:
-        message = (
-            "the answered submissions of this host contradict each other on the offset between "
-            "its clock and Krea's (a clock was stepped), so the POST's window cannot be placed: "
-            "check GET /jobs around "
-            f"{row.sent_at.isoformat()} for a job with this request, then resolve the row"
+    measured = None
+    if row.krea_offset_low is not None and row.krea_offset_high is not None:
+        measured = ClockBounds(
+            timedelta(seconds=row.krea_offset_low), timedelta(seconds=row.krea_offset_high)
         )
-        log.error(f"submission {row.submission_id}: {message}")
-        return _written(ledger.mark_reported(row.submission_id, message=message), Outcome.REPORTED)
+    elif row.owner_host == socket.gethostname():
+        measured = await measured_offset(client)  # the sender's clock is this host's
+    try:
+        bounds = clock_bounds(await asyncio.to_thread(ledger.answered, row.owner_host), measured)
+    except WindowUnplaceable as unplaced:
+        message = (
+            f"{unplaced}, so the POST's window cannot be placed in Krea's clock and an unknown "
+            f"job could be this row's: check GET /jobs around {row.sent_at.isoformat()} (the "
+            f"clock of host {row.owner_host}) for a job with this request, then resolve the row"
+        )
+        outcome = _written(
+            ledger.mark_reported(row.submission_id, message=message), Outcome.REPORTED
+        )
+        if outcome is Outcome.REPORTED:
+            log.error(f"submission {row.submission_id}: {message}")
+        return outcome
     jobs: int | None = 1
     if catalog.node_app_id(row.model) is not None:
         jobs = await asyncio.to_thread(ledger.jobs_per_submission, row.model)
@@ -208,7 +262,19 @@ def _apply(
     result: Reconciliation,
     log: logging.Logger | Any,
 ) -> Outcome:
-    foreign = [job.job_id for job in result.candidates if not window.contains(job.created_at)]
+    if not ledger.get(row.submission_id).is_unresolved:
+        # A neighbour resolved the row while this listing ran: what this one saw is stale
+        # (the jobs it matched look unknown here), so it concludes and logs nothing.
+        return Outcome.ALREADY_RESOLVED
+    # Jobs the ledger learnt of since the listing (a neighbour matched or sent them) are not
+    # another submitter's.
+    assert window.end is not None
+    known = ledger.known_job_ids(window.start - window.guard, window.end + window.guard)
+    foreign = [
+        job.job_id
+        for job in result.candidates
+        if not window.contains(job.created_at) and job.job_id not in known
+    ]
     if foreign and row.account:
         ledger.note_foreign_jobs(row.account, foreign)
         log.error(
@@ -218,18 +284,18 @@ def _apply(
         )
     if result.is_found and result.job is not None:
         job, more = result.job, result.jobs[1:]
-        made = ", ".join(found.job_id for found in result.jobs)
-        log.info(f"reconciled submission {row.submission_id}: it created job(s) {made}")
-        return _written(
+        outcome = _written(
             ledger.attribute(
                 row.submission_id,
-                job_id=job.job_id,
-                status=str(job.status),
-                created_at=job.created_at,
                 more_jobs=[JobUpdate.from_job(other) for other in more],
+                **JobUpdate.from_job(job).answer(),
             ),
             Outcome.ATTRIBUTED,
         )
+        if outcome is Outcome.ATTRIBUTED:
+            made = ", ".join(found.job_id for found in result.jobs)
+            log.info(f"reconciled submission {row.submission_id}: it created job(s) {made}")
+        return outcome
     if result.is_not_created:
         return _written(
             ledger.mark_not_created(
@@ -239,13 +305,15 @@ def _apply(
             ),
             Outcome.NOT_CREATED,
         )
-    log.error(
-        f"submission {row.submission_id} (prompt {row.prompt_key}) is reported, not re-sent: "
-        f"{result.reason}"
-    )
-    return _written(
+    outcome = _written(
         ledger.mark_reported(row.submission_id, message=result.reason), Outcome.REPORTED
     )
+    if outcome is Outcome.REPORTED:
+        log.error(
+            f"submission {row.submission_id} (prompt {row.prompt_key}) is reported, not "
+            f"re-sent: {result.reason}"
+        )
+    return outcome
 
 
 def _written(written: bool, outcome: Outcome) -> Outcome:

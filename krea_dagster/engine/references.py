@@ -199,9 +199,9 @@ def _read_path(path: Any, source: str) -> bytes:
         size = path.stat().st_size
     except FileNotFoundError:
         raise ImageReferenceError("no such file", source=source) from None
-    except OSError as exc:
+    except Exception as exc:  # an object store raises its client's own errors (botocore, ...)
         raise ImageReferenceError(
-            f"cannot read it ({type(exc).__name__}: {exc})", source=source
+            f"cannot read it ({type(exc).__name__}: {_short(str(exc))})", source=source
         ) from exc
     if size > MAX_UPLOAD_BYTES:
         raise ImageReferenceError(
@@ -212,11 +212,17 @@ def _read_path(path: Any, source: str) -> bytes:
         raise ImageReferenceError("not a regular file", source=source)
     try:
         data: bytes = path.read_bytes()
-    except OSError as exc:
+    except Exception as exc:  # as above
         raise ImageReferenceError(
-            f"cannot read it ({type(exc).__name__}: {exc})", source=source
+            f"cannot read it ({type(exc).__name__}: {_short(str(exc))})", source=source
         ) from exc
     return data
+
+
+def _short(text: str) -> str:
+    from krea_dagster.api.catalog import shorten
+
+    return shorten(text, 300)
 
 
 def _verify_image(data: bytes, mime_type: str, source: str) -> None:
@@ -266,6 +272,11 @@ def load_reference(
     else:
         from upath import UPath
 
+        from krea_dagster.engine.paths import missing_extra
+
+        missing = missing_extra(text)
+        if missing is not None:
+            raise ImageReferenceError(missing, source=source)
         try:
             path = UPath(text, **dict(storage_options or {}))
         except (ValueError, ImportError) as exc:
@@ -471,3 +482,150 @@ def _assemble(
         replace_media(params, replacements, media),
         [by_reference[item.value] for item in media],
     )
+
+
+# -- checked before anything is sent, uploaded only when a request goes out ------------------
+
+#: A file reference of a validated request, by content: what the request carries until its
+#: prompt is about to be sent, when the file is uploaded (once per content hash and account)
+#: and the asset URL takes its place. An https URL under the reserved ``.invalid`` domain
+#: (RFC 6761: it never resolves), so the request validates exactly as it will be sent.
+UPLOAD_TOKEN_PREFIX = "https://upload.krea-dagster.invalid/sha256/"
+
+
+def upload_token(sha256: str) -> str:
+    """The stand-in a validated request carries for the file with this content hash."""
+    return UPLOAD_TOKEN_PREFIX + sha256
+
+
+def token_sha256(value: Any) -> str | None:
+    """The content hash an upload token stands for, None for any other value."""
+    if isinstance(value, str) and value.startswith(UPLOAD_TOKEN_PREFIX):
+        return value[len(UPLOAD_TOKEN_PREFIX) :]
+    return None
+
+
+class CheckedReferences:
+    """The files a batch's requests name, each read, checked and hashed locally: no upload.
+
+    ``tokenize`` replaces every file reference of a request (a local path, ``file:``,
+    ``s3://`` or another object store) by its ``upload_token``, so the request's identity (its
+    prompt key) follows the file's content, not its name, and validation sees the request as
+    it will be sent. ``data:`` URIs are checked and kept (Krea reads them inline); http(s)
+    URLs are left to the URL rule. ``sources`` maps each token to the file it came from, for
+    the upload just before the request is sent (``resolve_upload_tokens``).
+    """
+
+    def __init__(
+        self,
+        *,
+        base_dir: str | os.PathLike[str] | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.base_dir = base_dir
+        self.storage_options = dict(storage_options or {})
+        self._seen: dict[str, tuple[str, str] | ImageReferenceError] = {}
+
+    def tokenize(
+        self, model: str | None, params: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, str], list[tuple[str, str]]]:
+        """``params`` with file references replaced by tokens, the tokens' sources, and a
+        ``(path, message)`` problem per reference that cannot be used."""
+        media = find_media(model, params)
+        replacements: dict[Any, str] = {}
+        sources: dict[str, str] = {}
+        problems: list[tuple[str, str]] = []
+        for item in media:
+            if not isinstance(item.value, str) or reference_kind_or_none(item.value) in (
+                None,
+                "url",
+            ):
+                continue  # http(s) URLs and non-strings: the URL rule and the schema judge them
+            outcome = self._check(item.value)
+            if isinstance(outcome, ImageReferenceError):
+                problems.append((item.path, _reason(outcome, self.base_dir)))
+                continue
+            token, source = outcome
+            if token != item.value:
+                replacements[item.location] = token
+                sources[token] = source
+        return replace_media(params, replacements, media), sources, problems
+
+    def _check(self, reference: str) -> tuple[str, str] | ImageReferenceError:
+        if reference not in self._seen:
+            try:
+                self._seen[reference] = self._load(reference)
+            except ImageReferenceError as error:
+                self._seen[reference] = error
+        return self._seen[reference]
+
+    def _load(self, reference: str) -> tuple[str, str]:
+        loaded = load_reference(
+            reference.strip(), base_dir=self.base_dir, storage_options=self.storage_options
+        )
+        if reference_kind(reference) == "data":
+            return reference, reference  # checked; sent inline as it is
+        return upload_token(loaded.sha256), loaded.source
+
+
+def reference_kind_or_none(reference: str) -> ReferenceKind | None:
+    """``reference_kind``, or None for a blank string (the schema reports that)."""
+    if not reference.strip():
+        return None
+    return reference_kind(reference)
+
+
+#: What a reference may be, for the message of one that is none of them.
+_REFERENCE_KINDS = (
+    "an image reference is an https:// URL, a data:image/... URI, or a file: a local path "
+    "(relative to {base}), file://... or s3://..."
+)
+
+
+def _reason(error: ImageReferenceError, base_dir: Any = None) -> str:
+    from krea_dagster.api.catalog import shorten
+
+    source = f"{shorten(error.source, 120)}: " if error.source else ""
+    reason = error.reason
+    if reason == "no such file":
+        where = str(base_dir) if base_dir is not None else "the project root"
+        reason += "; " + _REFERENCE_KINDS.format(base=where)
+    return f"{source}{reason}"
+
+
+async def resolve_upload_tokens(
+    request: Mapping[str, Any],
+    sources: Mapping[str, str],
+    resolver: AsyncReferenceResolver,
+) -> dict[str, Any]:
+    """``request`` with every upload token replaced by the asset URL of its file.
+
+    Each file is read again and must still have the content it was validated with (a file
+    changed since is refused: validate the batch again); the resolver uploads it once per
+    content hash and account (or finds the earlier upload).
+    """
+
+    async def value(item: Any) -> Any:
+        sha256 = token_sha256(item)
+        if sha256 is None:
+            if isinstance(item, Mapping):
+                return {key: await value(sub) for key, sub in item.items()}
+            if isinstance(item, list | tuple):
+                return [await value(sub) for sub in item]
+            return item
+        source = sources.get(item)
+        if source is None:
+            raise ImageReferenceError(
+                f"the validated request names file {sha256[:12]}... but not where it came "
+                "from; materialize the step's prompts again"
+            )
+        resolved = await resolver.resolve(source)
+        if resolved.sha256 != sha256:
+            raise ImageReferenceError(
+                "the file changed after the batch was validated (its content hash moved); "
+                "materialize the step's prompts again to validate the new content",
+                source=_display(source),
+            )
+        return resolved.value
+
+    return {key: await value(item) for key, item in request.items()}

@@ -35,8 +35,9 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from krea_dagster.api import (
@@ -53,15 +54,17 @@ from krea_dagster.api import (
     RateLimitError,
     RequestValidationError,
     SendAttempt,
+    SendDeadlineError,
     UnprocessableEntityError,
     catalog,
 )
 from krea_dagster.engine.crashpoints import crash_point
 from krea_dagster.engine.errors import BatchStoppedError, ErrorCode, LeaseUnavailableError
-from krea_dagster.engine.ledger import JobUpdate, Ledger, Submission, utcnow
+from krea_dagster.engine.ledger import JobUpdate, Lease, Ledger, Submission, utcnow
 from krea_dagster.engine.reconcile import (
     SEND_SLACK,
     Outcome,
+    measured_offset,
     reconcile,
     window_seconds,
 )
@@ -69,16 +72,35 @@ from krea_dagster.engine.reconcile import (
 __all__ = ["BatchSubmitter", "PlannedPrompt", "SubmitReport"]
 
 PROGRESS_EVERY_SECONDS = 5.0
-#: A lease outlives its send by this much, so clock noise never frees a live sender's lease.
+#: A lease outlives the window of its send by this much: the wall clocks of the hosts that
+#: share a ledger may disagree by up to this before a live sender's lease looks expired.
 LEASE_MARGIN_SECONDS = 10.0
 #: How many times a slow ``sent_at`` write is redone before the send is given up.
 MAX_SEND_RECORDS = 5
 #: How long a submitter waits for a live lease held by another worker before giving up.
 DEFAULT_LEASE_WAIT = 600.0
+#: How many times one prompt is claimed again after its send was stopped unsent (the lease
+#: expired during a pause) before the batch stops.
+MAX_UNSENT_RETRIES = 1
 
 
 class _LeaseLost(Exception):
     """The lease expired before the send; nothing was sent."""
+
+
+def send_budget(connect_timeout: float | None) -> float:
+    """How long after ``sent_at`` a POST may still be written, in seconds.
+
+    ``window_seconds`` counts from ``sent_at``: ``SEND_SLACK`` for the ``sent_at`` write, then a
+    request window (connect + write + read), then one more for a server still working when the
+    client gave up. A request written by ``sent_at + SEND_SLACK + connect`` has its write and
+    read (and the server's extra window) left inside that, so any job it makes is created in
+    the window, and the window closes ``LEASE_MARGIN_SECONDS`` before the lease expires. The
+    client checks this deadline right before the request's bytes go out
+    (``api.SendAttempt``): a process paused after recording ``sent_at`` wakes up and sends
+    nothing.
+    """
+    return SEND_SLACK.total_seconds() + (connect_timeout or 0.0)
 
 
 @dataclass(frozen=True)
@@ -89,6 +111,9 @@ class PlannedPrompt:
     request: dict[str, Any]
     request_hash: str
     estimated_usd: float | None
+    #: The files the request names by upload token (token -> where the file is): uploaded,
+    #: and the token replaced by the asset URL, just before the prompt is sent.
+    files: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -101,6 +126,8 @@ class SubmitReport:
     not_created: int = 0
     reconciled: list[Outcome] = field(default_factory=list)
     submitted_usd: float = 0.0
+    #: Submitted prompts whose model has no known price (not in ``submitted_usd``).
+    submitted_unpriced: int = 0
     stopped_by: BaseException | None = None
     elapsed: float = 0.0
 
@@ -148,6 +175,9 @@ class BatchSubmitter:
         self.clock = clock
         self._live: dict[str, Submission] = {}
         self._report = SubmitReport()
+        #: The lease this submitter is waiting for (another worker's), for the progress log.
+        self._waiting_for: Lease | None = None
+        self._send_budget = send_budget(client.timeouts.connect)
 
     @property
     def lease_seconds(self) -> float:
@@ -177,11 +207,19 @@ class BatchSubmitter:
         return report
 
     async def _submit_one(self, prompt: PlannedPrompt) -> None:
-        claimed = await self._claim(prompt)
-        if claimed is None:
-            self._report.skipped += 1
-            return
-        await self._send(claimed, prompt)
+        for unsent in range(MAX_UNSENT_RETRIES + 1):
+            claimed = await self._claim(prompt)
+            if claimed is None:
+                self._report.skipped += 1
+                return
+            stopped = await self._send(claimed, prompt)
+            if stopped is None:
+                return
+            # Nothing was sent (the lease ran out, most likely while this process was paused);
+            # claim again: covered if another worker has sent the prompt meanwhile.
+            if unsent == MAX_UNSENT_RETRIES:
+                self._report.stopped_by = LeaseUnavailableError(str(stopped))
+                self.log.error(f"stopping the batch: {stopped}")
 
     async def _claim(self, prompt: PlannedPrompt) -> Submission | None:
         """The intent row for ``prompt`` holding the lease, or None when it is covered.
@@ -208,11 +246,11 @@ class BatchSubmitter:
                 account=self.account,
                 lease_seconds=self.lease_seconds,
             )
-            if claim.row is not None:
+            if claim.row is not None or claim.covered:
+                self._waiting_for = None
                 return claim.row
-            if claim.covered:
-                return None
             if claim.lease is not None and claim.lease.is_expired(utcnow()):
+                self._waiting_for = None
                 holder = claim.lease.holder
                 self.log.warning(
                     f"submission {holder.submission_id} (prompt {holder.prompt_key} of "
@@ -221,15 +259,22 @@ class BatchSubmitter:
                 )
                 await self._reconcile(holder)
                 continue
+            if claim.lease is not None and self._waiting_for is None:
+                self.log.info(f"{self.batch}: waiting for the submit lease: {_held(claim.lease)}")
+            self._waiting_for = claim.lease
             if self.clock() > deadline:
+                self._waiting_for = None
+                held = "" if claim.lease is None else f": {_held(claim.lease)}"
                 raise LeaseUnavailableError(
                     f"another submission has held the submit lease of Krea account "
-                    f"{self.account} for over {self.lease_wait:.0f} s; retry the run later"
+                    f"{self.account} for over {self.lease_wait:.0f} s{held}; retry the run later"
                 )
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.25)
 
-    async def _send(self, row: Submission, prompt: PlannedPrompt) -> None:
+    async def _send(self, row: Submission, prompt: PlannedPrompt) -> Exception | None:
+        """POST one claimed row and record the answer; the reason when nothing was sent
+        because the row's lease ran out (its row is then answered ``not_sent``)."""
         report = self._report
         crash_point("submit.after_intent", self.scope)
         try:
@@ -262,9 +307,18 @@ class BatchSubmitter:
             await self._not_created(row, ErrorCode.NOT_SENT, error, stop=True, transient=True)
         except APIStatusError as error:
             await self._not_created(row, f"http_{error.status_code}", error, stop=True)
-        except _LeaseLost as error:
-            # Nothing was sent: the lease had expired and another worker may own the row now.
-            report.stopped_by = LeaseUnavailableError(str(error))
+        except (_LeaseLost, SendDeadlineError) as error:
+            # Nothing was sent: every earlier attempt of the row was refused (429) or never
+            # left, and this one was stopped before its bytes went out. Unless another worker
+            # resolved the row meanwhile (its lease had expired), answer it so.
+            await asyncio.to_thread(
+                self.ledger.mark_not_created,
+                row.submission_id,
+                code=ErrorCode.NOT_SENT,
+                message=str(error),
+            )
+            self.log.warning(f"submission {row.submission_id}: {error}")
+            return error
         except BaseException as error:
             # Interrupted (run terminated) or a bug while the POST may be on the wire: the
             # only honest state is "unknown"; the lease stays held until it is reconciled.
@@ -280,28 +334,38 @@ class BatchSubmitter:
             crash_point("submit.after_post", self.scope)
             job, more = jobs[0], [JobUpdate.from_job(other) for other in jobs[1:]]
             recorded = await asyncio.to_thread(
-                self.ledger.mark_submitted,
-                row.submission_id,
-                job_id=job.job_id,
-                status=str(job.status),
-                created_at=job.created_at,
-                more_jobs=more,
+                partial(
+                    self.ledger.mark_submitted,
+                    row.submission_id,
+                    more_jobs=more,
+                    **JobUpdate.from_job(job).answer(),
+                )
             )
             if not recorded:
-                # Another worker resolved this row first (its lease had expired): keep the
-                # job on record all the same, so it is collected and a double payment shows.
-                await asyncio.to_thread(
+                # Another worker resolved this row first (its lease had expired). When it
+                # matched this very job, all is well; otherwise keep the job on record all the
+                # same, so it is collected and a double payment shows.
+                late = await asyncio.to_thread(
                     self.ledger.record_late_job, row, JobUpdate.from_job(job), more
                 )
-                self.log.error(
-                    f"submission {row.submission_id}: Krea answered after the row was resolved "
-                    f"elsewhere; job {job.job_id} is recorded as a late answer"
-                )
+                if late is None:
+                    self.log.info(
+                        f"submission {row.submission_id}: Krea's late answer (job "
+                        f"{job.job_id}) is the job reconciliation already matched to it"
+                    )
+                else:
+                    self.log.error(
+                        f"submission {row.submission_id}: Krea answered after the row was "
+                        f"resolved elsewhere; job {job.job_id} is recorded as a late answer "
+                        f"(submission {late.submission_id})"
+                    )
             report.submitted += 1
             report.submitted_usd += prompt.estimated_usd or 0.0
+            report.submitted_unpriced += prompt.estimated_usd is None
             if self.max_live:
                 for sent in jobs:
                     self._live[sent.job_id] = row
+        return None
 
     def _answered_before(self) -> bool:
         """Whether Krea answered a POST of this batch generation (in this run or an earlier)."""
@@ -322,33 +386,46 @@ class BatchSubmitter:
         )
         return [job]
 
-    async def _on_send(self, attempt: SendAttempt) -> None:
+    async def _on_send(self, attempt: SendAttempt) -> float | None:
         """Before every POST and every wait: record when, and keep the lease for that long.
 
-        The POST goes out right after this returns, so ``sent_at`` must be a time just before
-        it: when the write took longer than ``SEND_SLACK`` (a busy database), it is written
-        again with a fresh time.
+        For a send, returns the client's write deadline (``send_budget`` after ``sent_at``, on
+        the client's monotonic clock, read before ``sent_at`` is): the client writes the POST
+        only before it, so a process paused anywhere after this write sends nothing once the
+        job could fall outside its window. When the write took longer than ``SEND_SLACK`` (a
+        busy database), it is written again with a fresh time.
         """
         if attempt.wait:
             crash_point("submit.during_429_wait")
         slack = SEND_SLACK.total_seconds()
-        sent_at = attempt.sent_at
+        monotonic = self.client.clock.monotonic
         for _ in range(MAX_SEND_RECORDS):
-            started = self.clock()
+            # Where the window lies in Krea's clock, measured now (from the last answers or
+            # one GET): whoever reconciles this row reads it with sent_at.
+            offset = await measured_offset(self.client)
+            started = monotonic()
+            sent_at = utcnow()
             kept = await asyncio.to_thread(
-                self.ledger.note_send,
-                attempt.submission_id,
-                sent_at=sent_at,
-                lease_seconds=attempt.wait + self.lease_seconds,
+                partial(
+                    self.ledger.note_send,
+                    attempt.submission_id,
+                    sent_at=sent_at,
+                    lease_seconds=attempt.wait + self.lease_seconds,
+                    krea_offset=None
+                    if offset is None
+                    else (offset.low.total_seconds(), offset.high.total_seconds()),
+                )
             )
             if not kept:
                 raise _LeaseLost(
                     f"submission {attempt.submission_id} lost the submit lease before sending "
                     "(it expired); nothing was sent"
                 )
-            if attempt.wait or self.clock() - started <= slack:
-                return
-            sent_at = utcnow()
+            if attempt.wait:
+                return None
+            if monotonic() - started <= slack:
+                crash_point("submit.after_note_send", self.scope)
+                return started + self._send_budget
         raise _LeaseLost(
             f"the ledger took over {slack:.0f} s to record each of {MAX_SEND_RECORDS} attempts "
             f"of submission {attempt.submission_id}; nothing was sent"
@@ -393,6 +470,11 @@ class BatchSubmitter:
     async def _log_progress(self, started: float) -> None:
         while True:
             await asyncio.sleep(PROGRESS_EVERY_SECONDS)
+            if self._waiting_for is not None:
+                self.log.info(
+                    f"{self.batch}: waiting for the submit lease: {_held(self._waiting_for)}"
+                )
+                continue
             report = self._report
             done = report.submitted + report.skipped + report.not_created + len(report.reconciled)
             elapsed = max(self.clock() - started, 1e-9)
@@ -401,3 +483,19 @@ class BatchSubmitter:
                 f"({report.skipped} already covered), est. ${report.submitted_usd:.4f}, "
                 f"{done / elapsed:.1f} prompts/s"
             )
+
+
+def _held(lease: Lease) -> str:
+    """Who holds a lease and until when, for the logs of a worker waiting for it."""
+    holder = lease.holder
+    until = "no expiry" if lease.expires_at is None else lease.expires_at.isoformat()
+    left = (
+        ""
+        if lease.expires_at is None
+        else f", {max((lease.expires_at - utcnow()).total_seconds(), 0.0):.0f} s from now"
+    )
+    return (
+        f"submission {holder.submission_id} (prompt {holder.prompt_key} of "
+        f"{holder.scope}/{holder.batch}, {holder.state}) holds it on host "
+        f"{lease.owner_host or '?'} (pid {lease.owner_pid or '?'}) until {until}{left}"
+    )

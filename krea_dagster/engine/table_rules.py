@@ -76,6 +76,13 @@ RESERVED_COLUMNS = frozenset(
         "cost_usd",
         "error_code",
         "error_message",
+        # Written by a node's steps: why a row is skipped, the files it names, a node app's
+        # outputs, the step of a manifest and its version.
+        "skip_reason",
+        "references_json",
+        "outputs",
+        "step",
+        "step_version",
     }
 )
 
@@ -331,16 +338,15 @@ _WINDOWS_PATH = re.compile(r"^[A-Za-z]:[\\/]")
 _IMAGE_SUFFIX = re.compile(r"\.(png|jpe?g|webp|gif|heic|heif|avif|bmp|tiff?)\Z", re.IGNORECASE)
 
 
-def check_image_reference(value: str, *, backend: str | None = None) -> str | None:
+def check_image_reference(value: str) -> str | None:
     """Why Krea cannot fetch this image reference, or None when it can.
 
     The one place that decides what an image cell may hold: an ``http(s)`` URL of a host on
     the internet, or a ``data:image/...;base64,`` URI whose bytes are an image. Local paths
     and object-store URIs are refused here with a message that points at workflow nodes,
     which upload them (``krea_dagster.engine.references``). A loopback or private-network host
-    is refused too, since Krea fetches images from the internet, unless it is the host of
-    ``backend``, the API in use (an emulator or a proxy on this network can fetch from its
-    own host).
+    is refused too: Krea fetches images from the internet. (A node's own files reach this rule
+    as upload tokens, https URLs of a reserved ``.invalid`` host, uploaded just before sending.)
     """
     shown = quoted(value)
     if value != value.strip() or any(char.isspace() for char in value):
@@ -356,7 +362,7 @@ def check_image_reference(value: str, *, backend: str | None = None) -> str | No
     if scheme in ("http", "https"):
         if not host:
             return f"{shown} has no host name; write the whole URL (https://host/path)"
-        if (where := _private_host(host)) is not None and not _same_host(host, backend):
+        if (where := _private_host(host)) is not None:
             return (
                 f"{shown} points at {where}, which Krea's servers cannot reach (they fetch "
                 "images from the internet); use a public https:// URL, or build the step with "
@@ -394,16 +400,6 @@ def _private_host(host: str) -> str | None:
     if address.is_private or address.is_reserved or not address.is_global:
         return f"a private-network address ({host})"
     return None
-
-
-def _same_host(host: str, backend: str | None) -> bool:
-    if not backend:
-        return False
-    try:
-        backend_host = urlsplit(backend).hostname
-    except ValueError:
-        return False
-    return backend_host is not None and backend_host.lower() == host.lower()
 
 
 def _data_uri_problem(value: str, shown: str) -> str | None:
@@ -487,25 +483,21 @@ def _is_image_field(name: str) -> bool:
     return name == "url" or name.endswith(("_url", "_urls", "_images"))
 
 
-def image_reference_problems(
-    params: Mapping[str, Any], *, backend: str | None = None
-) -> Iterator[tuple[str, str]]:
+def image_reference_problems(params: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
     """``(path, message)`` for every image reference of a request Krea cannot fetch."""
     for name, value in params.items():
-        yield from _walk_references(value, name, name, backend)
+        yield from _walk_references(value, name, name)
 
 
-def _walk_references(
-    value: Any, name: str, path: str, backend: str | None
-) -> Iterator[tuple[str, str]]:
+def _walk_references(value: Any, name: str, path: str) -> Iterator[tuple[str, str]]:
     if isinstance(value, str):
         if _is_image_field(name):
-            problem = check_image_reference(value, backend=backend)
+            problem = check_image_reference(value)
             if problem is not None:
                 yield path, problem
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
-            yield from _walk_references(item, name, f"{path}[{index}]", backend)
+            yield from _walk_references(item, name, f"{path}[{index}]")
     elif isinstance(value, Mapping):
         for key, item in value.items():
-            yield from _walk_references(item, str(key), f"{path}.{key}", backend)
+            yield from _walk_references(item, str(key), f"{path}.{key}")

@@ -11,10 +11,10 @@ import dagster as dg
 import pytest
 
 from krea_dagster import KreaResource, build_krea_image_assets
-from krea_dagster.assets import KreaImageAssets
 from krea_dagster.emulator.testing import EmulatorHandle, run_emulator
 from krea_dagster.engine.ledger import utcnow
 from krea_dagster.engine.ledger.schema import submissions_table
+from krea_dagster.node import KreaImageAssets
 
 TEST_MODEL = "bfl/flux-1-dev"
 # Emulator time: Flux's ~7 s average becomes ~35 ms, so a batch renders in well under a second.

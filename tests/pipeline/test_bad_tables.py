@@ -217,8 +217,8 @@ CASES = [
         },
         "b",
         {"model": NANO},
-        ["b.parquet row 2, column 'image_urls[0]'", "local path", "build_krea_workflow"],
-        id="4-parquet-list-with-a-local-path",
+        ["b.parquet row 2, column 'image_urls[0]'", "/home/me/dog.png: no such file"],
+        id="4-parquet-list-with-a-missing-local-file",
     ),
     pytest.param(
         {"b.parquet": pd.DataFrame({"prompt": ["a cat"], "width": [[512, 512]]})},
@@ -246,7 +246,7 @@ CASES = [
         {"b.csv": csv_text(["prompt", "image_urls"], ["a cat", "u" * HUGE])},
         "b",
         {"model": NANO},
-        ["b.csv line 2", "(100000 characters)", "is not an image URL"],
+        ["b.csv line 2", "characters)", "File name too long"],
         id="5-huge-image-reference",
     ),
     pytest.param(
@@ -368,29 +368,29 @@ CASES = [
         {"b.csv": csv_text(["prompt", "image_urls"], ["a cat", "s3://bucket/cat.png"])},
         "b",
         {"model": NANO},
-        ["column 'image_urls[0]'", "s3:// location", "build_krea_workflow"],
-        id="8-s3-uri",
+        ["column 'image_urls[0]'", "s3://bucket/cat.png: cannot read it"],
+        id="8-unreadable-s3-uri",
     ),
     pytest.param(
         {"b.csv": csv_text(["prompt", "image_urls"], ["a cat", "images/cat.png"])},
         "b",
         {"model": NANO},
-        ["column 'image_urls[0]'", "is a local path", "build_krea_workflow"],
-        id="8-relative-path",
+        ["column 'image_urls[0]'", "images/cat.png: no such file"],
+        id="8-missing-relative-path",
     ),
     pytest.param(
         {"b.csv": csv_text(["prompt", "image_url"], ["a cat", "C:\\images\\cat.png"])},
         "b",
         {},
-        ["column 'image_url'", "is a local path"],
+        ["column 'image_url'", "cat.png: no such file"],
         id="8-windows-path-passes-format-uri",
     ),
     pytest.param(
         {"b.csv": csv_text(["prompt", "image_url"], ["a cat", "file:///tmp/cat.png"])},
         "b",
         {},
-        ["column 'image_url'", "file:// location"],
-        id="8-file-uri",
+        ["column 'image_url'", "/tmp/cat.png: no such file"],
+        id="8-missing-file-uri",
     ),
     pytest.param(
         {
@@ -400,22 +400,22 @@ CASES = [
         },
         "b",
         {},
-        ["column 'style_images[0].url'", "is a local path"],
+        ["column 'style_images[0].url'", "/tmp/s.png: no such file"],
         id="8-nested-style-image-path",
     ),
     pytest.param(
         {"b.csv": csv_text(["prompt", "image_urls"], ["a cat", "not-a-url"])},
         "b",
         {"model": NANO},
-        ["column 'image_urls[0]'", "is not an image URL"],
+        ["column 'image_urls[0]'", "no such file", "an image reference is an https:// URL"],
         id="8-not-a-url",
     ),
     pytest.param(
         {"b.csv": csv_text(["prompt"], ["a cat"])},
         "b",
         {"defaults": {"image_url": "/srv/base.png"}},
-        ["in the defaults", "is a local path"],
-        id="8-local-path-in-the-defaults",
+        ["in the defaults", "/srv/base.png: no such file"],
+        id="8-missing-file-in-the-defaults",
     ),
 ]
 
@@ -953,9 +953,12 @@ def test_empty_key_and_envvar_still_build():
 
 
 def test_reserved_columns_cover_every_column_the_package_writes():
-    """Every prompts-table and manifest column except prompt and variant is reserved."""
-    written = set(PROMPTS_TABLE_COLUMNS) | set(MANIFEST_COLUMNS)
-    assert written - {"prompt", "variant"} <= RESERVED_COLUMNS
+    """Every prompts-table, manifest and step column except prompt, variant and row_key (a
+    table's own row_key column is its key) is reserved."""
+    written = (
+        set(PROMPTS_TABLE_COLUMNS) | set(MANIFEST_COLUMNS) | {"outputs", "step", "step_version"}
+    )
+    assert written - {"prompt", "variant", "row_key"} <= RESERVED_COLUMNS
 
 
 def test_a_model_field_named_like_a_manifest_column_is_a_parameter():

@@ -137,7 +137,7 @@ def test_failures_within_the_threshold_warn_and_materialize(
     assert step_events[-1].dagster_event.event_type == dg.DagsterEventType.STEP_SUCCESS
     said_last = step_events[-2]
     assert said_last.dagster_event is None and said_last.level == logging.WARNING
-    assert "5 of 6 images stored, 1 of 6 prompts failed (safety_filter x1)" in said_last.message
+    assert "5 of 6 outputs stored, 1 of 6 prompts failed (safety_filter x1)" in said_last.message
 
 
 def test_run_config_accepts_a_failed_batch_without_paying_again(

@@ -11,7 +11,7 @@ from dagster._core.definitions.data_version import StaleStatus
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
 from krea_dagster import build_krea_sensors
-from krea_dagster.batches import register_batches
+from krea_dagster.partitions import register_batches
 
 from .conftest import make_resource, materialize, prompt_rows, write_batch
 from .test_sensors import tick
@@ -42,7 +42,7 @@ def test_register_batches_adds_partitions_and_pays_nothing(build, emulator, inst
 def test_register_batches_rejects_an_unknown_batch_by_name(build, instance, prompts_dir):
     """Asking for a batch with no file names the folder and the batches it has."""
     write_batch(prompts_dir, "alpha", prompt_rows(1))
-    with pytest.raises(ValueError, match=r"no batch file named gamma .*batches there: alpha"):
+    with pytest.raises(ValueError, match=r"no batch named gamma .*batches there: alpha"):
         register_batches(build(), instance, only=["gamma"])
 
 
@@ -88,8 +88,8 @@ def test_cli_registers_the_batches_of_a_code_location(tmp_path):
         [*command[:-1], "nope"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
     )
     assert unknown.returncode == 2
-    assert "no krea-dagster instance named nope" in unknown.stderr
-    assert "banners, demo" in unknown.stderr
+    assert "no krea-dagster node named nope" in unknown.stderr
+    assert "banners, catalog, demo" in unknown.stderr
 
 
 def test_cli_registers_a_yaml_instance_of_a_create_dagster_style_project(tmp_path):

@@ -214,8 +214,9 @@ def test_a_yaml_workflow_chains_steps_over_a_table_asset(tmp_path, monkeypatch, 
                 partition_key="b1",
                 instance=instance,
                 asset_selection=[
-                    dg.AssetKey(["catalog", "edit"]),
-                    dg.AssetKey(["catalog", "upscale"]),
+                    dg.AssetKey(["catalog", name])
+                    for step in ("edit", "upscale")
+                    for name in (f"{step}_prompts", f"{step}_jobs", step)
                 ],
             )
             assert result.success

@@ -4,6 +4,7 @@ import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 
@@ -13,9 +14,12 @@ from krea_dagster.engine.ledger import (
     Ledger,
     LedgerSchemaError,
     SubmissionState,
+    attempts_by_prompt,
+    may_submit,
 )
 from krea_dagster.engine.ledger.schema import meta_table
-from krea_dagster.engine.reconcile import clock_bounds
+from krea_dagster.engine.manifest import build_manifest
+from krea_dagster.engine.reconcile import ClockBounds, WindowUnplaceable, clock_bounds
 
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
@@ -343,8 +347,10 @@ def test_every_completed_row_carries_its_cost_however_it_was_learnt(ledger):
 
 
 def test_clock_bounds_come_from_answered_rows(ledger):
-    """Answered rows bound Krea's clock offset; contradictory rows give no bound at all."""
-    assert clock_bounds([]) is not None
+    """Answered rows bound Krea's clock offset; no evidence, or contradictory rows, give no
+    bound at all (nothing is assumed)."""
+    with pytest.raises(WindowUnplaceable, match="never measured"):
+        clock_bounds([])
     row = claim(ledger)
     ledger.note_send(row.submission_id, sent_at=datetime.now(UTC), lease_seconds=60)
     ledger.mark_submitted(
@@ -362,7 +368,10 @@ def test_clock_bounds_come_from_answered_rows(ledger):
     stepped = dataclasses.replace(
         answered, krea_created_at=answered.krea_created_at - timedelta(hours=1)
     )
-    assert clock_bounds([answered, stepped]) is None
+    with pytest.raises(WindowUnplaceable, match="contradict"):
+        clock_bounds([answered, stepped])
+    measured = ClockBounds(timedelta(seconds=9.5), timedelta(seconds=30))
+    assert clock_bounds([answered], measured).low >= timedelta(seconds=9.25)
 
 
 def test_a_version_1_ledger_is_upgraded_in_place(tmp_path):
@@ -491,3 +500,82 @@ def test_a_version_2_ledger_gains_output_rows_in_place(tmp_path):
         assert conn.execute(sa.select(meta_table.c.value)).scalar_one() == str(SCHEMA_VERSION)
         indexes = {index["name"] for index in sa.inspect(conn).get_indexes("krea_submissions")}
     assert "ix_krea_submissions_parent" in indexes
+
+
+def test_a_node_app_execution_with_a_completed_job_is_covered_and_charged_whatever_its_first(
+    ledger,
+):
+    """A node-app execution whose first job failed transiently and whose second completed is
+    never executed again (claim, re-run) and is charged its price in the manifest's cost."""
+    row = claim(ledger)
+    assert ledger.mark_submitted(
+        row.submission_id,
+        job_id="j1",
+        status="failed",
+        created_at=T0,
+        error_code="timeout",
+        error_message="the provider timed out",
+        more_jobs=[JobUpdate("j2", "processing", created_at=T0)],
+    )
+    assert ledger.get(row.submission_id).cost_usd is None
+    ledger.update_jobs([JobUpdate("j2", "completed", result_url="https://cdn/j2.png")])
+    rows = ledger.rows("s", "b1", 1)
+    attempts, outputs = attempts_by_prompt(rows)
+    assert not may_submit(attempts["k1"], 3, outputs)
+    assert claim_result(ledger).covered
+    charged = ledger.get(row.submission_id)
+    assert charged.state == "failed" and charged.error_code == "timeout"
+    assert charged.cost_usd == 0.007
+    prompts = pd.DataFrame([{"row": 0, "prompt_key": "k1", "prompt": "p", "variant": ""}])
+    manifest = build_manifest(
+        prompts,
+        {"k1": charged},
+        batch="b1",
+        generation=1,
+        outputs=ledger.outputs([row.submission_id]),
+    )
+    assert manifest["cost_usd"].tolist() == [0.007]
+
+
+def test_a_node_app_execution_whose_jobs_all_failed_transiently_may_run_again(ledger):
+    """Nothing billed, nothing covered: an execution whose every job failed may be sent again."""
+    row = claim(ledger)
+    ledger.mark_submitted(
+        row.submission_id,
+        job_id="j1",
+        status="failed",
+        created_at=T0,
+        error_code="timeout",
+        more_jobs=[JobUpdate("j2", "failed", error_code="internal_error", created_at=T0)],
+    )
+    assert claim(ledger) is not None
+
+
+def test_an_answer_written_after_the_jobs_ended_keeps_krea_errors_on_every_row(ledger):
+    """A lost answer settled after its jobs failed keeps Krea's code and message on the
+    submission row and on each output row (the code decides retries)."""
+    row = claim(ledger)
+    ledger.mark_unknown(row.submission_id, message="connection dropped")
+    assert ledger.attribute(
+        row.submission_id,
+        **JobUpdate("j1", "failed", "internal_error", "provider failed", created_at=T0).answer(),
+        more_jobs=[JobUpdate("j2", "failed", "nsfw", "flagged", created_at=T0)],
+    )
+    first = ledger.get(row.submission_id)
+    (second,) = ledger.outputs([row.submission_id])[row.submission_id]
+    assert (first.error_code, first.error_message) == ("internal_error", "provider failed")
+    assert (second.error_code, second.error_message) == ("nsfw", "flagged")
+
+
+def test_a_poll_keeps_the_late_marker_and_krea_code_both(ledger):
+    """A late answer's row keeps its marker (``late_answer_of``) through polls, while its
+    error code is Krea's own; a job reconciliation already matched is no late answer."""
+    row = claim(ledger)
+    ledger.mark_not_created(row.submission_id, code="reconciled_not_created", message="gone")
+    late = ledger.record_late_job(row, JobUpdate("j-late", "queued", created_at=T0))
+    assert late is not None and late.late_answer_of == row.submission_id
+    ledger.update_jobs([JobUpdate("j-late", "failed", "internal_error", "provider failed")])
+    polled = ledger.get(late.submission_id)
+    assert polled.late_answer_of == row.submission_id
+    assert (polled.error_code, polled.error_message) == ("internal_error", "provider failed")
+    assert ledger.record_late_job(row, JobUpdate("j-late", "failed")) is None

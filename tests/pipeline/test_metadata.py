@@ -53,12 +53,12 @@ def test_every_key_is_in_the_krea_or_dagster_namespace_and_extracts(
         3,
         0,
     )
-    assert images.estimated_cost_usd == 3 * 0.007
-    assert KreaJobsMetadata.extract(found["jobs"].metadata).estimated_cost_usd == 3 * 0.007
+    assert images.batch_cost_usd == images.run_cost_usd == 3 * 0.007
+    assert KreaJobsMetadata.extract(found["jobs"].metadata).run_cost_usd == 3 * 0.007
 
 
 def test_plots_show_distinct_measures_only(build, emulator, krea, instance, prompts_dir):
-    """The images materialization's numeric entries (what Dagster plots) are prompts, images, failures and estimated cost, each once."""
+    """The images materialization's numeric entries (what Dagster plots) are prompts, images, failures, skips, this run's and the batch's cost and the unpriced jobs, each once."""
     write_batch(prompts_dir, "b1", prompt_rows(2))
     assets = build()
     images = materializations(materialize(assets, "b1", instance=instance, krea=krea), assets)[
@@ -73,7 +73,10 @@ def test_plots_show_distinct_measures_only(build, emulator, krea, instance, prom
         "dagster/row_count",
         "krea/images",
         "krea/failed_prompts",
-        "krea/estimated_cost_usd",
+        "krea/skipped_rows",
+        "krea/run_cost_usd",
+        "krea/batch_cost_usd",
+        "krea/unpriced_jobs",
     }
     assert isinstance(images.metadata["krea/generation"], dg.TextMetadataValue)
 

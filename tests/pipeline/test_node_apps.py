@@ -249,16 +249,21 @@ def test_a_node_apps_spec_validates_and_prices_like_a_model():
     assert media_paths(spec) == ("product_image",)
 
 
-def test_table_columns_named_like_the_steps_own_are_not_carried_over_them(
+def test_table_columns_named_like_the_steps_own_are_refused_before_anything_is_paid(
     tmp_path, emulator, instance
 ):
-    """A product table's own 'outputs' and 'step' columns never collide with the columns the
-    step writes: the manifest has one of each, the step's."""
+    """A product table's own 'outputs' and 'step' columns would be overwritten by the columns
+    the step writes: the batch is refused naming both, like a prompt file's, and Krea sees no
+    execution."""
     table = product_table(tmp_path).assign(outputs=["mine", "mine"], step=["x", "y"])
     products, workflow = build(tmp_path, [workflow_driver.ANGLES_FROM_PHOTO], table=table)
-    result = run(products, workflow, instance, make_resource(emulator, poll_timeout=60))
-    manifest = result.output_for_node("catalog__angles")
-    assert list(manifest.columns).count("outputs") == 1
-    assert list(manifest.columns).count("step") == 1
-    assert list(manifest["step"]) == ["angles", "angles"]
-    assert [len(outputs) for outputs in manifest["outputs"]] == [2, 2]
+    result = run(
+        products, workflow, instance, make_resource(emulator, poll_timeout=60), raise_on_error=False
+    )
+    assert not result.success
+    (failure,) = result.get_step_failure_events()
+    message = failure.step_failure_data.user_failure_data.description
+    assert "'outputs' is a column krea-dagster writes itself" in message
+    assert "'step' is a column krea-dagster writes itself" in message
+    assert emulator.stats()["jobs_created"] == 0
+    assert emulator.stats()["uploads_by_sha256"] == {}

@@ -20,14 +20,14 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from krea_dagster.assets import (
+from krea_dagster.engine.crashpoints import CRASH_ENV
+from krea_dagster.engine.ledger import Ledger, SubmissionState
+from krea_dagster.execution import (
     REGENERATE_TAG,
     REGENERATION_ID_TAG,
     KreaJobsConfig,
-    _regeneration_id,
 )
-from krea_dagster.engine.crashpoints import CRASH_ENV
-from krea_dagster.engine.ledger import Ledger, SubmissionState
+from krea_dagster.execution import regeneration_id as _regeneration_id
 
 from .conftest import (
     check_results,
@@ -62,7 +62,7 @@ def intent_of_first_prompt(assets, krea, batch: str, run_id: str):
     """An intent row for the batch's first prompt, as a worker that then vanished left it."""
     ledger = assets.pipeline.ledger
     ledger.ensure_generation(assets.prefix, batch)
-    key = assets.pipeline.prepare(batch).table["prompt_key"].iloc[0]
+    key = assets.node.prepare(0, batch).table["prompt_key"].iloc[0]
     claim = ledger.claim(
         scope=assets.prefix,
         batch=batch,
@@ -257,8 +257,13 @@ def test_an_old_unresolved_row_is_decided_once_and_never_pages_back_again(
     day_ago = datetime.now(UTC) - timedelta(days=1)
     intent_of_first_prompt(assets, krea, "b1", run_id="gone")
     with ledger.transaction() as conn:
+        # Sent a day ago, with the offset to Krea's clock a real send records (emulator: 0).
         conn.execute(
-            sa.text("UPDATE krea_submissions SET sent_at=:t, intent_at=:t"), {"t": day_ago}
+            sa.text(
+                "UPDATE krea_submissions SET sent_at=:t, intent_at=:t, "
+                "krea_offset_low=-1, krea_offset_high=1"
+            ),
+            {"t": day_ago},
         )
         conn.execute(sa.text("UPDATE krea_submit_leases SET expires_at=:t"), {"t": day_ago})
     first = materialize(assets, "b1", instance=instance, krea=krea)
@@ -330,8 +335,13 @@ def test_a_worker_that_died_on_another_host_is_not_trusted_forever(
     row = intent_of_first_prompt(assets, krea, "b1", run_id=stuck_run.run_id)
     past = datetime.now(UTC) - timedelta(minutes=5)
     with ledger.transaction() as conn:
+        # Sent from another host, with the offset to Krea's clock it measured (emulator: 0).
         conn.execute(
-            sa.text("UPDATE krea_submissions SET owner_host='elsewhere', sent_at=:t"), {"t": past}
+            sa.text(
+                "UPDATE krea_submissions SET owner_host='elsewhere', sent_at=:t, "
+                "krea_offset_low=-1, krea_offset_high=1"
+            ),
+            {"t": past},
         )
         conn.execute(
             sa.text("UPDATE krea_submit_leases SET owner_host='elsewhere', expires_at=:t"),
@@ -359,11 +369,11 @@ def test_a_slow_sent_at_write_is_redone_so_the_window_covers_the_real_send(
     slow_once = {"left": 1}
     original = Ledger.note_send
 
-    def slow_note_send(self, submission_id, *, sent_at, lease_seconds):
+    def slow_note_send(self, submission_id, *, sent_at, lease_seconds, **kwargs):
         if slow_once["left"]:
             slow_once["left"] -= 1
             time.sleep(1.5)
-        return original(self, submission_id, sent_at=sent_at, lease_seconds=lease_seconds)
+        return original(self, submission_id, sent_at=sent_at, lease_seconds=lease_seconds, **kwargs)
 
     monkeypatch.setattr(Ledger, "note_send", slow_note_send)
     result = materialize(assets, "b1", instance=instance, krea=krea)

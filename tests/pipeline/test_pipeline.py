@@ -317,7 +317,8 @@ def test_images_metadata_has_gallery_counts_and_cost(build, emulator, krea, inst
     print(f"thumbnails markdown: {len(gallery)} characters for 12 thumbnails")
     assert len(gallery) < 120_000
     assert metadata["krea/images"].value == 30
-    assert metadata["krea/estimated_cost_usd"].value == pytest.approx(0.21)
+    assert metadata["krea/batch_cost_usd"].value == pytest.approx(0.21)
+    assert metadata["krea/run_cost_usd"].value == pytest.approx(0.21)
     assert metadata["dagster/row_count"].value == 30
 
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 import dagster as dg
 import pytest
 
-from krea_dagster.assets import REGENERATE_TAG
+from krea_dagster.execution import REGENERATE_TAG
 from krea_dagster.schedules import build_krea_regeneration_schedule
 
 from .conftest import materialize, prompt_rows, write_batch

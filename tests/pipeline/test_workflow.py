@@ -129,9 +129,15 @@ def test_the_chain_has_lineage_from_the_table_through_every_step(catalog_setup):
         key.to_user_string(): {p.to_user_string() for p in graph.get(key).parent_keys}
         for key in graph.get_all_asset_keys()
     }
-    assert parents["catalog/edit"] == {"products"}
-    assert parents["catalog/scene"] == {"products", "catalog/edit"}
-    assert parents["catalog/upscale"] == {"products", "catalog/scene"}
+    # Each step: its prompts (from the table and the previous step's outputs), its jobs, its
+    # outputs; the outputs of one step feed the next step's prompts.
+    assert parents["catalog/edit_prompts"] == {"products"}
+    assert parents["catalog/edit_jobs"] == {"catalog/edit_prompts"}
+    assert parents["catalog/edit"] == {"catalog/edit_prompts", "catalog/edit_jobs"}
+    assert parents["catalog/scene_prompts"] == {"products", "catalog/edit"}
+    assert parents["catalog/scene"] == {"catalog/scene_prompts", "catalog/scene_jobs"}
+    assert parents["catalog/upscale_prompts"] == {"products", "catalog/scene"}
+    assert parents["catalog/upscale"] == {"catalog/upscale_prompts", "catalog/upscale_jobs"}
 
 
 def test_a_changed_row_pays_only_downstream_of_it_and_a_failed_row_is_skipped(

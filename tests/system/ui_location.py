@@ -17,7 +17,7 @@ import os
 import dagster as dg
 
 from krea_dagster import KreaResource, build_krea_image_assets
-from krea_dagster.assets import KreaImageAssets
+from krea_dagster.node import KreaImageAssets
 
 PREFIX = "ui"
 MAX_FAILED_FRACTION = 0.5

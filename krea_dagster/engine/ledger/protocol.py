@@ -40,6 +40,7 @@ from krea_dagster.engine.ledger.schema import (
     chunks,
     generations_table,
     leases_table,
+    plans_table,
     submissions_table,
 )
 
@@ -190,6 +191,43 @@ class LedgerWrites(LedgerDatabase):
         except sa.exc.IntegrityError:
             return self.current_generation(scope, batch)  # a concurrent worker opened it
 
+    def record_plan(
+        self,
+        scope: str,
+        batch: str,
+        generation: int,
+        prompt_keys: Sequence[str],
+        *,
+        run_id: str | None,
+    ) -> None:
+        """The prompts this generation of the batch is meant to cover, written by the jobs step
+        before it sends anything; it replaces an earlier step's plan (a changed batch)."""
+        keys = sorted(set(prompt_keys))
+        now = utcnow()
+        with self.transaction() as conn:
+            conn.execute(
+                plans_table.delete().where(
+                    plans_table.c.scope == scope,
+                    plans_table.c.batch == batch,
+                    plans_table.c.generation == generation,
+                )
+            )
+            if keys:
+                conn.execute(
+                    plans_table.insert(),
+                    [
+                        {
+                            "scope": scope,
+                            "batch": batch,
+                            "generation": generation,
+                            "prompt_key": key,
+                            "run_id": run_id,
+                            "planned_at": now,
+                        }
+                        for key in keys
+                    ],
+                )
+
     # -- the submission protocol -----------------------------------------------------------
 
     def claim(
@@ -217,7 +255,7 @@ class LedgerWrites(LedgerDatabase):
         try:
             with self.transaction() as conn:
                 previous = self._attempts(conn, scope, batch, prompt_key, generation)
-                if not may_submit(previous, max_attempts):
+                if not may_submit(previous, max_attempts, self._outputs(conn, previous)):
                     return Claim(covered=True)
                 lease = conn.execute(
                     sa.select(leases_table)
@@ -273,15 +311,23 @@ class LedgerWrites(LedgerDatabase):
         self, scope: str, batch: str, prompt_key: str, generation: int, max_attempts: int
     ) -> bool:
         with self.engine.connect() as conn:
-            return not may_submit(
-                self._attempts(conn, scope, batch, prompt_key, generation), max_attempts
-            )
+            previous = self._attempts(conn, scope, batch, prompt_key, generation)
+            return not may_submit(previous, max_attempts, self._outputs(conn, previous))
 
-    def note_send(self, submission_id: str, *, sent_at: datetime, lease_seconds: float) -> bool:
+    def note_send(
+        self,
+        submission_id: str,
+        *,
+        sent_at: datetime,
+        lease_seconds: float,
+        krea_offset: tuple[float, float] | None = None,
+    ) -> bool:
         """The POST is about to go out (or to wait, then go): record when, extend the lease.
 
-        False when the row no longer holds a live lease (it expired and another worker took
-        over): the caller must not send.
+        ``krea_offset``: Krea's clock minus ours (seconds, at least and at most) as measured
+        just before, so that any worker can place the window in Krea's clock. False when the
+        row no longer holds a live lease (it expired and another worker took over): the caller
+        must not send.
         """
         now = utcnow()
         with self.transaction() as conn:
@@ -301,7 +347,12 @@ class LedgerWrites(LedgerDatabase):
                     submissions_table.c.submission_id == submission_id,
                     submissions_table.c.state == SubmissionState.INTENT.value,
                 )
-                .values(sent_at=sent_at, updated_at=now)
+                .values(
+                    sent_at=sent_at,
+                    krea_offset_low=None if krea_offset is None else krea_offset[0],
+                    krea_offset_high=None if krea_offset is None else krea_offset[1],
+                    updated_at=now,
+                )
             )
         return True
 
@@ -313,20 +364,33 @@ class LedgerWrites(LedgerDatabase):
         status: str,
         created_at: datetime | None,
         more_jobs: Sequence["JobUpdate"] = (),
+        error_code: str | None = None,
+        error_message: str | None = None,
+        result_url: str | None = None,
+        completed_at: datetime | None = None,
     ) -> bool:
         """Krea answered the POST: the job exists and has an id. Gives the lease back.
 
         ``more_jobs`` are the further jobs of a node-app execution: each gets an output row in
-        the same transaction. An error the row carried (``ambiguous_submit``) is cleared.
+        the same transaction. The row takes Krea's error (``error_code``, ``error_message``:
+        a job that already failed when the answer is written, as reconciliation finds it) in
+        place of any it carried (``ambiguous_submit``). ``JobUpdate.answer()`` gives the
+        keywords of one job.
         """
+        values: dict[str, Any] = {}
+        if result_url is not None:
+            values["result_url"] = result_url
+        if completed_at is not None:
+            values["completed_at"] = completed_at
         return self._resolve(
             submission_id,
             more_jobs=more_jobs,
             job_id=job_id,
             krea_created_at=created_at,
             submitted_at=utcnow(),
-            error_code=None,
-            error_message=None,
+            error_code=error_code,
+            error_message=error_message,
+            **values,
             **_state_values(status),
         )
 
@@ -427,7 +491,13 @@ class LedgerWrites(LedgerDatabase):
         for position, update in enumerate(jobs, start=1):
             conn.execute(
                 submissions_table.insert().values(
-                    **copied,
+                    **{
+                        **copied,
+                        "error_code": update.error_code,
+                        "error_message": update.error_message,
+                        "result_url": update.result_url,
+                        "completed_at": update.completed_at,
+                    },
                     submission_id=str(
                         uuid.uuid5(uuid.NAMESPACE_URL, f"{row.submission_id}#{position}")
                     ),
@@ -444,21 +514,43 @@ class LedgerWrites(LedgerDatabase):
                     updated_at=now,
                 )
             )
+        if any(update.status == JobStatus.COMPLETED for update in jobs):
+            LedgerWrites._charge_executions(conn, [row.submission_id])
+
+    @staticmethod
+    def _charge_executions(conn: Connection, submission_ids: Sequence[str]) -> None:
+        """A node-app execution one of whose jobs completed is billed: its submission row
+        carries the execution's price whatever its own (first) job did."""
+        column = submissions_table.c
+        conn.execute(
+            submissions_table.update()
+            .where(column.submission_id.in_(sorted(set(submission_ids))))
+            .values(cost_usd=sa.func.coalesce(column.cost_usd, column.estimated_usd))
+        )
 
     def record_late_job(
         self, row: Submission, update: JobUpdate, more_jobs: Sequence[JobUpdate] = ()
-    ) -> Submission:
+    ) -> Submission | None:
         """Keep a job Krea created for a row that was meanwhile resolved elsewhere.
 
         A sender whose lease expired mid-request (a stalled process) may get its answer after
-        another worker reconciled the row. The job exists and may be billed, so it gets a row of
-        its own (the next attempt, error code ``late_answer``): it is polled and collected, its
-        cost counted, and a double payment shows in the batch's no-duplicates check.
+        another worker reconciled the row. When reconciliation matched this very job to the
+        row, the ledger already has it: None. Otherwise the job exists and may be billed, so it
+        gets a row of its own (the next attempt, ``late_answer_of`` naming the row, Krea's own
+        status and error): it is polled and collected, its cost counted, and a double payment
+        shows in the batch's no-duplicates check.
         """
         now = utcnow()
         for _ in range(10):
             try:
                 with self.transaction() as conn:
+                    known = conn.execute(
+                        sa.select(submissions_table.c.submission_id).where(
+                            submissions_table.c.job_id == update.job_id
+                        )
+                    ).first()
+                    if known is not None:
+                        return None
                     attempts = self._attempts(
                         conn, row.scope, row.batch, row.prompt_key, row.generation
                     )
@@ -473,11 +565,11 @@ class LedgerWrites(LedgerDatabase):
                         "job_id": update.job_id,
                         "krea_created_at": update.created_at,
                         "submitted_at": now,
-                        "error_code": ErrorCode.LATE_ANSWER.value,
-                        "error_message": (
-                            f"Krea answered submission {row.submission_id} after it was "
-                            "resolved elsewhere"
-                        ),
+                        "late_answer_of": row.submission_id,
+                        "error_code": update.error_code,
+                        "error_message": update.error_message,
+                        "result_url": update.result_url,
+                        "completed_at": update.completed_at,
                         "updated_at": now,
                         **_state_values(update.status),
                     }
@@ -503,6 +595,7 @@ class LedgerWrites(LedgerDatabase):
         if not by_id:
             return []
         changed: list[str] = []
+        charged: list[str] = []  # node-app executions an output job of which just completed
         now = utcnow()
         column = submissions_table.c
         with self.transaction() as conn:
@@ -538,9 +631,14 @@ class LedgerWrites(LedgerDatabase):
                         submissions_table.update()
                         .where(*guard)
                         .values(**values)
-                        .returning(column.submission_id)
+                        .returning(column.submission_id, column.parent_id)
                     )
-                    changed.extend(result.scalars())
+                    for submission_id, parent_id in result:
+                        changed.append(submission_id)
+                        if parent_id is not None and update.status == JobStatus.COMPLETED:
+                            charged.append(parent_id)
+            if charged:
+                self._charge_executions(conn, charged)
         return self.get_many(changed)
 
     def record_image(

@@ -8,7 +8,6 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from krea_dagster.engine.errors import ErrorCode
 from krea_dagster.engine.ledger.records import (
     TERMINAL_STATES,
     UNRESOLVED_STATES,
@@ -21,6 +20,7 @@ from krea_dagster.engine.ledger.schema import (
     accounts_table,
     chunks,
     generations_table,
+    plans_table,
     submissions_table,
 )
 
@@ -92,7 +92,7 @@ class LedgerQueries(LedgerDatabase):
                     column.model == model,
                     column.parent_id.is_(None),
                     column.job_id.is_not(None),
-                    column.error_code.is_distinct_from(ErrorCode.LATE_ANSWER.value),
+                    column.late_answer_of.is_(None),
                 )
                 .order_by(column.id.desc())
                 .limit(1)
@@ -168,6 +168,28 @@ class LedgerQueries(LedgerDatabase):
         with self.engine.connect() as conn:
             rows = conn.execute(query.order_by(submissions_table.c.id)).mappings()
             return [Submission.from_row(row) for row in rows]
+
+    def unsubmitted(self, scope: str, batch: str, generation: int) -> int:
+        """How many prompts of the batch generation's plan have no submission row yet.
+
+        Above 0, a jobs step is still on its way (or died part way): the batch is not done,
+        even when every row already written is terminal.
+        """
+        column = submissions_table.c
+        submitted = sa.select(column.prompt_key).where(
+            column.scope == scope,
+            column.batch == batch,
+            column.generation == generation,
+            column.parent_id.is_(None),
+        )
+        query = sa.select(sa.func.count()).where(
+            plans_table.c.scope == scope,
+            plans_table.c.batch == batch,
+            plans_table.c.generation == generation,
+            plans_table.c.prompt_key.not_in(submitted),
+        )
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
 
     def paid_duplicates(self, scope: str, batch: str, generation: int) -> dict[str, list[str]]:
         """Prompt keys with more than one paid job in a generation, with their job ids."""

@@ -8,7 +8,7 @@ import hashlib
 import json
 import os
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -28,6 +28,7 @@ __all__ = [
     "Lease",
     "Submission",
     "SubmissionState",
+    "attempts_by_prompt",
     "aware",
     "may_submit",
     "output_key",
@@ -124,6 +125,12 @@ class Submission:
     updated_at: datetime
     #: Set on an output row: the submission (node-app execution) whose further job it holds.
     parent_id: str | None = None
+    #: Set on a late answer's row: the submission Krea answered after it was resolved elsewhere.
+    late_answer_of: str | None = None
+    #: Krea's clock minus ``owner_host``'s (seconds), at least and at most, measured from
+    #: Krea's answers when ``sent_at`` was recorded (None: not measured, an older ledger).
+    krea_offset_low: float | None = None
+    krea_offset_high: float | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> "Submission":
@@ -174,21 +181,43 @@ def output_key(prompt_key: str, position: int) -> str:
     return hashlib.sha256(f"{prompt_key}#output{position}".encode()).hexdigest()
 
 
-def may_submit(attempts: Iterable[Submission], max_attempts: int) -> bool:
+def may_submit(
+    attempts: Iterable[Submission],
+    max_attempts: int,
+    outputs: Mapping[str, Sequence[Submission]] | None = None,
+) -> bool:
     """Whether a prompt with these earlier attempts (one generation) may be submitted again.
 
     Not while one is live (maybe another worker is sending it right now), paid or reported
-    (nobody knows whether it created a job). Attempts Krea never received, or refused for the
-    balance, the rate or the token, do not count against ``max_attempts``; failed jobs and
-    bodies Krea rejected do.
+    (nobody knows whether it created a job). A node-app execution is judged by all of its
+    jobs (``outputs``, by submission id): one job live or completed covers the prompt, however
+    its first job ended, since executing it again would pay again. Attempts Krea never
+    received, or refused for the balance, the rate or the token, do not count against
+    ``max_attempts``; failed jobs and bodies Krea rejected do.
     """
     counted = 0
     for row in attempts:
-        if row.is_live or row.is_paid or row.is_reported:
+        jobs = [row, *(outputs or {}).get(row.submission_id, ())]
+        if row.is_reported or any(job.is_live or job.is_paid for job in jobs):
             return False
         if row.state != SubmissionState.NOT_CREATED or row.error_code == ErrorCode.REJECTED:
             counted += 1
     return counted < max_attempts
+
+
+def attempts_by_prompt(
+    rows: Iterable[Submission],
+) -> tuple[dict[str, list[Submission]], dict[str, list[Submission]]]:
+    """Rows of a generation as ``may_submit`` reads them: each prompt's attempts in order, and
+    the output rows of each node-app execution by its submission id."""
+    attempts: dict[str, list[Submission]] = {}
+    outputs: dict[str, list[Submission]] = {}
+    for row in rows:
+        if row.parent_id is not None:
+            outputs.setdefault(row.parent_id, []).append(row)
+        else:
+            attempts.setdefault(row.prompt_key, []).append(row)
+    return attempts, outputs
 
 
 @dataclass(frozen=True)
@@ -202,6 +231,18 @@ class JobUpdate:
     result_url: str | None = None
     completed_at: datetime | None = None
     created_at: datetime | None = None
+
+    def answer(self) -> dict[str, Any]:
+        """The keyword arguments of ``Ledger.mark_submitted`` for this job."""
+        return {
+            "job_id": self.job_id,
+            "status": self.status,
+            "created_at": self.created_at,
+            "error_code": self.error_code,
+            "error_message": self.error_message,
+            "result_url": self.result_url,
+            "completed_at": self.completed_at,
+        }
 
     @classmethod
     def from_job(cls, job: Job) -> "JobUpdate":

@@ -34,11 +34,12 @@ __all__ = [
     "leases_table",
     "meta_table",
     "metadata",
+    "plans_table",
     "submissions_table",
     "uploads_table",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # PostgreSQL advisory lock key that serializes schema creation (any constant 64-bit integer).
 _SCHEMA_LOCK = 0x6B726561_6C656467  # "krealedg"
 
@@ -120,6 +121,13 @@ submissions_table = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     # An output row (a further job of a node-app execution): the submission row that made it.
     sa.Column("parent_id", sa.String(36)),
+    # A late answer's row: the submission whose POST Krea answered after another worker had
+    # resolved it. Its own column, so error_code keeps Krea's code (which decides retries).
+    sa.Column("late_answer_of", sa.String(36)),
+    # Krea's clock minus owner_host's, in seconds, at least and at most, as measured from
+    # Krea's Date headers when sent_at was recorded: where the window lies in Krea's clock.
+    sa.Column("krea_offset_low", sa.Float),
+    sa.Column("krea_offset_high", sa.Float),
     sa.UniqueConstraint(
         "scope", "batch", "prompt_key", "generation", "attempt", name="uq_krea_attempt"
     ),
@@ -171,11 +179,28 @@ uploads_table = sa.Table(
     sa.Column("uploaded_at", sa.DateTime(timezone=True)),
 )
 
+# The prompts a batch generation is meant to cover, as the jobs step that last started on it
+# planned them (before its first POST): until each has a submission row, the batch is not done,
+# whatever the rows already there say (a submitter killed mid-batch, or not yet past its first
+# reconciliation, has sent only some of them). A table of its own: created by create_all on
+# any ledger, no upgrade needed.
+plans_table = sa.Table(
+    "krea_plans",
+    metadata,
+    sa.Column("scope", sa.String(128), primary_key=True),
+    sa.Column("batch", sa.String(256), primary_key=True),
+    sa.Column("generation", sa.Integer, primary_key=True),
+    sa.Column("prompt_key", sa.String(64), primary_key=True),
+    sa.Column("run_id", sa.String(64)),
+    sa.Column("planned_at", sa.DateTime(timezone=True), nullable=False),
+)
+
 # Columns each version added to the tables of the one before (upgraded in place by
 # ``_migrate``).
 _ADDED_IN: dict[int, dict[str, tuple[str, ...]]] = {
     2: {"krea_submissions": ("account", "sent_at"), "krea_generations": ("request_id",)},
     3: {"krea_submissions": ("parent_id",)},
+    4: {"krea_submissions": ("late_answer_of", "krea_offset_low", "krea_offset_high")},
 }
 
 
@@ -261,7 +286,8 @@ class LedgerDatabase:
     @staticmethod
     def _upgrade(conn: Connection, version: int) -> None:
         """Add the columns of every later version (1: no submit lease, no send times, no
-        regeneration request ids; 2: no output rows)."""
+        regeneration request ids; 2: no output rows; 3: late answers marked by error code and
+        no measured clock offsets)."""
         inspector = sa.inspect(conn)
         for added in range(version + 1, SCHEMA_VERSION + 1):
             for table_name, columns in _ADDED_IN[added].items():
@@ -316,6 +342,22 @@ class LedgerDatabase:
             .order_by(submissions_table.c.attempt)
         ).mappings()
         return [Submission.from_row(row) for row in rows]
+
+    @staticmethod
+    def _outputs(conn: Connection, attempts: Sequence[Submission]) -> dict[str, list[Submission]]:
+        """The output rows of these submissions (a node-app execution's further jobs)."""
+        ids = [row.submission_id for row in attempts]
+        if not ids:
+            return {}
+        rows = conn.execute(
+            sa.select(submissions_table)
+            .where(submissions_table.c.parent_id.in_(ids))
+            .order_by(submissions_table.c.id)
+        ).mappings()
+        found: dict[str, list[Submission]] = {}
+        for row in rows:
+            found.setdefault(row["parent_id"], []).append(Submission.from_row(row))
+        return found
 
     @staticmethod
     def _get(conn: Connection, submission_id: str) -> Submission | None:
