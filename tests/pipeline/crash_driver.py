@@ -6,8 +6,10 @@ with DAGSTER_HOME set to the shared instance and, for a crash, KREA_DAGSTER_CRAS
 ``KREA_DRIVER_PREFIX`` names the asset prefix (default ``crash``).
 """
 
+import faulthandler
 import json
 import os
+import signal
 import sys
 
 import dagster as dg
@@ -16,6 +18,9 @@ from krea_dagster import KreaResource, build_krea_image_assets
 
 
 def main() -> int:
+    # A test that gives up waiting for this worker sends SIGUSR1 first: every thread's stack
+    # goes to stderr, so a hang says where it is.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     prompts_dir, store, ledger, base_url, token, batch = sys.argv[1:7]
     prefix = os.environ.get("KREA_DRIVER_PREFIX", "crash")
     assets = build_krea_image_assets(

@@ -76,7 +76,17 @@ def test_terminating_the_run_cancels_its_pending_jobs(tmp_path, build, emulator,
                 time.sleep(0.1)
             time.sleep(2.0)  # the images step is now polling the rendering jobs
             worker.send_signal(signal.SIGINT)
-            worker.wait(timeout=60)
+            try:
+                worker.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                worker.send_signal(signal.SIGUSR1)  # the driver dumps every thread's stack
+                time.sleep(2)
+                worker.kill()
+                _, stderr = worker.communicate(timeout=30)
+                raise AssertionError(
+                    "the interrupted worker did not exit; its threads:\n"
+                    + stderr.decode(errors="replace")[-20000:]
+                ) from None
         finally:
             if worker.poll() is None:
                 worker.kill()
