@@ -32,7 +32,10 @@ from krea_dagster.api.client import (
     KreaClient,
     SendAttempt,
 )
-from krea_dagster.api.clock_offset import ClockOffset, OffsetBounds
+from krea_dagster.api.clock_offset import (
+    ClockOffset,
+    OffsetBounds,
+)
 from krea_dagster.api.config import (
     API_KEY_ENV,
     BASE_URL_ENV,
