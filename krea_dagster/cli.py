@@ -10,6 +10,9 @@ of the code location is registered.
 ``krea-dagster sample-products DIR`` writes a sample product table with reference photos
 (``krea_dagster.samples``), for a first workflow.
 
+``krea-dagster catalog [--refresh]`` lists the models the backend serves against this release
+(see ``krea_dagster.catalog_command``).
+
 The code location is found like ``dg`` finds it: ``-f FILE`` or ``-m MODULE`` when given;
 else the ``[tool.dg.project]`` of the ``pyproject.toml`` in the current folder (or above);
 else ``definitions.py`` in the current folder. ``python -m krea_dagster`` is the same command.
@@ -309,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("-f", "--python-file", dest="file", help="file defining the Definitions")
     where.add_argument("-m", "--module-name", dest="module", help="module defining them")
     gallery.set_defaults(handler=gallery_command)
+    from krea_dagster.catalog_command import add_catalog_command
+
+    add_catalog_command(commands, UsageError)
     return parser
 
 

@@ -205,10 +205,20 @@ def run_prompts(
         skipped_files = node.files.skipped()
         if skipped_files:  # one line, whatever the number of files
             context.log.warning(f"prompt source: {skipped_summary(skipped_files)}")
+    krea = runtime.krea.get(context)
+    # Which catalog validates the batch: the backend's live one (cached), else the bundled.
+    models = runtime.pipeline.model_catalog(krea)
+    if models.origin.fallback:
+        context.log.warning(f"model catalog: {models.origin.fallback}")
     try:
-        ensure_model(runtime, runtime.krea.get(context))
+        ensure_model(runtime, krea)
         prepared = node.prepare(
-            runtime.index, batch, table=table, partitioned=table_partitioned, previous=previous
+            runtime.index,
+            batch,
+            table=table,
+            partitioned=table_partitioned,
+            previous=previous,
+            models=models,
         )
     except (
         PromptValidationError,
@@ -221,8 +231,10 @@ def run_prompts(
         raise dg.RetryRequested(
             max_retries=TRANSIENT_RETRIES, seconds_to_wait=TRANSIENT_RETRY_SECONDS
         ) from error
-    metadata = prompts_metadata(runtime.pipeline.model, prepared, skipped_files)
+    metadata = prompts_metadata(runtime.pipeline.model, prepared, skipped_files, models.origin)
     context.log.info(f"{batch}: {runtime.label}{metadata['krea/summary']}")
+    if prepared.price_warning:
+        context.log.warning(f"{batch}: {runtime.label}{prepared.price_warning}")
     # Same table, same version: re-validating an unchanged batch leaves jobs and outputs in
     # sync (a random version per run would mark them "Unsynced").
     return dg.Output(prepared.table, metadata=metadata, data_version=_table_version(prepared.table))

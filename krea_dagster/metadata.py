@@ -38,10 +38,17 @@ from dagster._core.definitions.metadata.metadata_set import NamespacedMetadataSe
 from krea_dagster.api.catalog import shorten
 from krea_dagster.engine.collect import Thumbnail
 from krea_dagster.engine.manifest import OUTPUTS_COLUMN, ManifestStatus
-from krea_dagster.engine.prompts import ROW_KEY, SKIP_COLUMN, PreparedBatch, PromptValidationError
+from krea_dagster.engine.prompts import (
+    ROW_KEY,
+    SKIP_COLUMN,
+    VALIDATION_COLUMN,
+    PreparedBatch,
+    PromptValidationError,
+)
 from krea_dagster.engine.store import ImageStore
 
 if TYPE_CHECKING:
+    from krea_dagster.api.catalog import CatalogOrigin
     from krea_dagster.checks import BatchOutcome
     from krea_dagster.engine.nodes import KreaStep
     from krea_dagster.engine.pipeline import KreaImagePipeline
@@ -193,6 +200,8 @@ class KreaPromptsMetadata(NamespacedMetadataSet):
     estimated_cost_usd: float | None = None  # of the whole batch, were it all sent
     unpriced_prompts: int | None = None
     skipped_rows: int | None = None
+    #: Which catalog validated the batch (bundled or live, fingerprint, fetch time, fallback).
+    catalog: dg.JsonMetadataValue | None = None
     skipped_files: dg.JsonMetadataValue | None = None
     preview: dg.MarkdownMetadataValue | None = None
 
@@ -420,15 +429,14 @@ def problems_table(error: PromptValidationError) -> dg.TableMetadataValue:
 
 
 def prompts_metadata(
-    model: str, prepared: PreparedBatch, skipped_files: Sequence[Any]
+    model: str, prepared: PreparedBatch, skipped_files: Sequence[Any], origin: "CatalogOrigin"
 ) -> dict[str, Any]:
-    """A prompts materialization: the validated table, its estimate, what was not read."""
+    """A prompts materialization: the validated table, its estimate, which catalog validated
+    it, what was not read."""
     table = prepared.table
     skipped = int(table[SKIP_COLUMN].notna().sum()) if SKIP_COLUMN in table.columns else 0
     sent = len(table) - skipped
-    summary = f"{sent} valid prompt(s), estimated ${prepared.estimated_usd:.4f}"
-    if prepared.unpriced_rows:
-        summary += f" plus {prepared.unpriced_rows} of unknown price ({model} has none)"
+    summary = f"{sent} valid prompt(s), estimated {prepared.estimate_text}"
     if skipped:
         summary += f"; {skipped} row(s) skipped (no output upstream)"
     return {
@@ -440,6 +448,9 @@ def prompts_metadata(
             estimated_cost_usd=prepared.estimated_usd,
             unpriced_prompts=prepared.unpriced_rows,
             skipped_rows=skipped,
+            catalog=dg.MetadataValue.json(
+                {**origin.to_json(), "validated": VALIDATION_COLUMN not in table.columns}
+            ),
             skipped_files=dg.MetadataValue.json(
                 {
                     shorten(entry.file, 300): shorten(entry.message, 300)

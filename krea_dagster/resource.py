@@ -45,6 +45,7 @@ from krea_dagster.api import (  # noqa: E402
 )
 from krea_dagster.api._core import check_api_key  # noqa: E402
 from krea_dagster.api.config import API_KEY_ENV  # noqa: E402
+from krea_dagster.engine.catalogs import DEFAULT_CATALOG_MAX_AGE, CatalogSettings  # noqa: E402
 
 __all__ = ["KreaResource"]
 
@@ -111,6 +112,29 @@ class KreaResource(dg.ConfigurableResource):
         description="Cancel the run's pending Krea jobs when the Dagster run is terminated.",
     )
     max_concurrent_downloads: int = Field(default=8, description="Parallel downloads.")
+    live_catalog: bool = Field(
+        default=True,
+        description=(
+            "Validate against the models the backend serves now: its GET /openapi.json, "
+            "cached in the ledger database (catalog_max_age). False validates against the "
+            "catalog bundled with this release only."
+        ),
+    )
+    catalog_max_age: float = Field(
+        default=DEFAULT_CATALOG_MAX_AGE,
+        description=(
+            "Seconds the cached live catalog is used before the backend is asked again "
+            "(a conditional request; `krea-dagster catalog --refresh` asks now)."
+        ),
+    )
+    unvalidated_models: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Models sent without validation when no catalog lists them, at your own risk "
+            "(e.g. ['krea/krea-3'] before the backend's document lists it). Their prompts "
+            "tables and manifests say 'unvalidated'; under max_usd_per_run they need price_usd."
+        ),
+    )
 
     # A validation error must never quote the token back: pydantic's messages show the input.
     model_config = ConfigDict(hide_input_in_errors=True)
@@ -140,6 +164,7 @@ class KreaResource(dg.ConfigurableResource):
             "max_concurrent_downloads": 1,
             "max_retries": 0,
             "poll_timeout": 0,
+            "catalog_max_age": 0,
         }
         for name, minimum in minimums.items():
             if getattr(self, name) < minimum:
@@ -181,6 +206,16 @@ class KreaResource(dg.ConfigurableResource):
         """The Krea account: the token's key id (before ``:``); the secret never leaves."""
         key = self.api_key or os.environ.get(API_KEY_ENV, "")
         return key.split(":", 1)[0].strip()
+
+    @property
+    def catalog_settings(self) -> CatalogSettings:
+        """The live-catalog settings of this resource (``krea_dagster.engine.catalogs``)."""
+        return CatalogSettings(
+            base_url=self.effective_base_url,
+            live=self.live_catalog,
+            max_age=self.catalog_max_age,
+            unvalidated_models=tuple(self.unvalidated_models),
+        )
 
     @property
     def request_window(self) -> float:

@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 import dagster as dg
 
+from krea_dagster.api import UnknownModelError
 from krea_dagster.engine.prompts import PromptValidationError
 from krea_dagster.engine.references import ImageReferenceError
 from krea_dagster.engine.source import PromptSourceError
@@ -123,6 +124,11 @@ def build_krea_regeneration_schedule(
                 plan = plan_regeneration(assets, batch, mode, **_table_of(context, assets, batch))
             except (PromptSourceError, PromptValidationError, ImageReferenceError) as error:
                 context.log.warning(f"{batch}: not regenerated, its prompts are invalid: {error}")
+                continue
+            except UnknownModelError as error:
+                # A schedule plans with the bundled catalog (it has no resource to read the
+                # backend's live one): a model only the live catalog knows is not planned here.
+                context.log.warning(f"{batch}: not regenerated, cannot be planned: {error}")
                 continue
             if plan is None:
                 context.log.info(f"{batch}: nothing changed since its last generation")

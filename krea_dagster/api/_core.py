@@ -22,8 +22,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from krea_dagster.api import catalog
-from krea_dagster.api.catalog import Problem
+from krea_dagster.api.catalog import ModelCatalog, ModelSpec, Problem, bundled_catalog
 from krea_dagster.api.clock_offset import ClockOffset
 from krea_dagster.api.config import (
     BASE_URL_ENV,
@@ -843,13 +842,16 @@ class RequestCore:
         max_retries: int | None = None,
         submission_id: str | None = None,
         on_send: Callable[[SendAttempt], object] | None = None,
+        catalog: ModelCatalog | None = None,
     ) -> Flow[Job]:
         """POST /generate/<kind>/<model>: validated first, never resent once it may have arrived."""
         submission_id = submission_id or str(uuid.uuid4())
         try:
-            path, body = self._submission_body(model, params, kind, validate, today)
+            path, body, spec = self._submission_body(
+                model, params, kind, validate, today, catalog or bundled_catalog()
+            )
             if zero_data_retention:
-                check_zero_data_retention(model if validate else None, body, kind)
+                check_zero_data_retention(spec, body, kind)
         except KreaError as error:
             error.submission_id = submission_id
             raise
@@ -972,12 +974,13 @@ class RequestCore:
         kind: str,
         validate: bool,
         today: date | None,
-    ) -> tuple[str, dict[str, Any]]:
-        if not validate:
-            # For models newer than the bundled catalog: the caller takes the risk.
-            return f"/generate/{kind}/{model.strip('/')}", dict(params)
-        spec = catalog.get_model(model, kind)
-        result = catalog.validate(
+        models: ModelCatalog,
+    ) -> tuple[str, dict[str, Any], ModelSpec | None]:
+        spec = models.get(model, kind) if validate else None
+        if spec is None or not spec.validated:
+            # A model in no catalog, sent unvalidated on purpose: the caller takes the risk.
+            return f"/generate/{kind}/{model.strip('/')}", dict(params), None
+        result = models.validate(
             spec.model, params, kind=spec.kind, today=today or self.clock.now().date()
         )
         for warning in result.warnings:
@@ -990,7 +993,7 @@ class RequestCore:
             )
         if result.problems:
             raise RequestValidationError(spec.key, result.problems)
-        return spec.path, dict(result.params)
+        return spec.path, dict(result.params), spec
 
     def _accepted_jobs(
         self,
@@ -1121,7 +1124,9 @@ def path_for(path_template: str, path_params: Mapping[str, str] | None = None) -
     return path
 
 
-def check_zero_data_retention(model: str | None, body: Mapping[str, Any], kind: str) -> None:
+def check_zero_data_retention(
+    model: str | ModelSpec | None, body: Mapping[str, Any], kind: str
+) -> None:
     """RequestValidationError unless every media input is a ``data:`` URI (Krea answers 422)."""
     from krea_dagster.api.media import find_media, is_data_uri
 
@@ -1136,7 +1141,8 @@ def check_zero_data_retention(model: str | None, body: Mapping[str, Any], kind: 
         if not is_data_uri(item.value)
     ]
     if problems:
-        raise RequestValidationError(model or "(unvalidated model)", problems)
+        name = model.key if isinstance(model, ModelSpec) else model
+        raise RequestValidationError(name or "(unvalidated model)", problems)
 
 
 def clip_timeout(timeout: httpx.Timeout, seconds: float) -> httpx.Timeout:

@@ -1,13 +1,20 @@
 """The Krea model catalog and a request validator written over its facts.
 
-The catalog (``krea_dagster/data/krea_models.json``) is derived from Krea's OpenAPI document by
-``scripts/build_catalog.py``. This module validates request bodies against those facts with its
-own small validator, not with the jsonschema library: the emulator validates with jsonschema,
-so the two implementations check each other.
+A catalog is derived from Krea's OpenAPI document by ``catalog_source.derive_catalog``: the
+bundled one (``krea_dagster/data/krea_models.json``, written by ``scripts/build_catalog.py``)
+ships with the package, and a live one is derived from what a backend serves at
+``GET /openapi.json`` (``krea_dagster.engine.catalogs`` chooses and caches it). Both are
+``ModelCatalog`` objects; ``CatalogOrigin`` says which one a batch was validated with.
+
+This module validates request bodies against those facts with its own small validator, not
+with the jsonschema library: the emulator validates with jsonschema, so the two
+implementations check each other.
 
 ``validate()`` reports every problem at once (a data platform wants the whole list for a batch,
 not one error per run), each as ``Problem(field, rule, message)`` where ``rule`` is the JSON
 Schema keyword that failed, or ``deprecated`` for the camelCase aliases Krea retired.
+The module-level functions (``get_model``, ``validate``, ``estimate_cost``, ...) use the
+bundled catalog.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
 
+from krea_dagster.api.catalog_source import schema_facts
 from krea_dagster.api.config import DEFAULT_EXTERNAL_WAIT_TIMEOUT, DEFAULT_HOSTED_WAIT_TIMEOUT
 from krea_dagster.api.errors import RequestValidationError, UnknownModelError
 from krea_dagster.api.json_values import (
@@ -35,20 +43,22 @@ from krea_dagster.api.json_values import (
 
 __all__ = [
     "Alias",
+    "CatalogOrigin",
     "FieldSpec",
+    "ModelCatalog",
     "ModelSpec",
     "Price",
     "PricePoint",
     "Problem",
     "ValidationResult",
     "all_models",
+    "bundled_catalog",
     "estimate_cost",
     "get_model",
     "image_models",
     "node_app_id",
     "node_app_spec",
     "register_model",
-    "schema_facts",
     "shorten",
     "validate",
 ]
@@ -56,22 +66,6 @@ __all__ = [
 _CATALOG_FILE = "krea_models.json"
 #: The kind of a Krea node app (``POST /node-apps/{id}/execute``): its key is ``node-app/<id>``.
 NODE_APP_KIND = "node-app"
-#: The JSON Schema keywords of a property the validator reads (``schema_facts``).
-FIELD_FACTS = (
-    "type",
-    "enum",
-    "const",
-    "minimum",
-    "maximum",
-    "exclusiveMinimum",
-    "exclusiveMaximum",
-    "minLength",
-    "maxLength",
-    "minItems",
-    "maxItems",
-    "default",
-    "format",
-)
 _MISSING: Any = object()
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*")
 
@@ -193,7 +187,8 @@ class Price:
 
     usd: float
     points: tuple[PricePoint, ...]
-    #: ``doc`` (Krea's docs), ``3p`` (third-party catalogs) or ``compute-units`` (derived).
+    #: ``openapi`` (the document's ``x-krea-pricing`` or price table), ``doc`` (Krea's docs),
+    #: ``3p`` (third-party catalogs), ``compute-units`` (derived) or ``price_usd`` (the user's).
     source: str
 
 
@@ -214,6 +209,8 @@ class ModelSpec:
     hosted_by_krea: bool
     price: Price | None
     example: Mapping[str, Any]
+    #: False for a model sent unvalidated (in no catalog; ``KreaResource.unvalidated_models``).
+    validated: bool = True
 
     @classmethod
     def from_catalog(cls, entry: Mapping[str, Any]) -> ModelSpec:
@@ -247,7 +244,7 @@ class ModelSpec:
                 if price
                 else None
             ),
-            example=dict(entry.get("example") or {}),
+            example=dict(example) if isinstance(example := entry.get("example"), Mapping) else {},
         )
 
     @property
@@ -259,33 +256,6 @@ class ModelSpec:
     def default_wait_timeout(self) -> float:
         """A few minutes beyond Krea's automatic failure: 3 min hosted, 2 h external providers."""
         return DEFAULT_HOSTED_WAIT_TIMEOUT if self.hosted_by_krea else DEFAULT_EXTERNAL_WAIT_TIMEOUT
-
-
-def schema_facts(schema: Mapping[str, Any]) -> dict[str, Any]:
-    """The validation facts of one property of a JSON Schema, items included for arrays.
-
-    ``scripts/build_catalog.py`` derives the bundled catalog with it; ``node_app_spec`` the
-    spec of a node app from the input schema Krea serves for it.
-    """
-    facts = {key: schema[key] for key in FIELD_FACTS if key in schema}
-    if "items" in schema:
-        items = schema["items"]
-        item_facts = {key: items[key] for key in FIELD_FACTS if key in items}
-        if "properties" in items:
-            item_facts["properties"] = {
-                name: schema_facts(sub) for name, sub in items["properties"].items()
-            }
-            item_facts["required"] = list(items.get("required", []))
-            item_facts["additionalProperties"] = items.get("additionalProperties", True)
-        facts["items"] = item_facts
-    if "properties" in schema:
-        facts["properties"] = {
-            name: schema_facts(sub) for name, sub in schema["properties"].items()
-        }
-        facts["required"] = list(schema.get("required", []))
-    if "anyOf" in schema or "oneOf" in schema:
-        facts["anyOf"] = [schema_facts(sub) for sub in schema.get("anyOf", schema.get("oneOf"))]
-    return facts
 
 
 def node_app_spec(
@@ -327,102 +297,291 @@ def node_app_id(model: str) -> str | None:
     return model.removeprefix(prefix) if model.startswith(prefix) else None
 
 
-#: Specs added at run time (node apps, whose input schema Krea serves), by catalog key.
+#: Node-app specs added at run time (``register_model``; their input schema is Krea's), by key.
 _REGISTERED: dict[str, ModelSpec] = {}
 
 
 def register_model(spec: ModelSpec) -> ModelSpec:
-    """Make ``spec`` known to ``get_model``, ``validate`` and ``estimate_cost`` in this process."""
+    """Make a node app's ``spec`` known to every catalog in this process (its key is its id)."""
     _REGISTERED[spec.key] = spec
     return spec
 
 
+@dataclass(frozen=True)
+class CatalogOrigin:
+    """Which catalog validated a batch: the bundled one or a backend's live one, and why.
+
+    ``fingerprint`` is the SHA-256 of the OpenAPI document the catalog was derived from;
+    ``fallback`` says why the live catalog was wanted and could not be read (the cause: warn
+    about it); ``live_off`` that the user turned the live catalog off.
+    """
+
+    source: str  # "bundled" | "live"
+    fingerprint: str
+    base_url: str | None = None
+    fetched_at: datetime | None = None
+    fallback: str | None = None
+    live_off: bool = False
+
+    @property
+    def is_live(self) -> bool:
+        """Derived from the backend's own ``/openapi.json``."""
+        return self.source == "live"
+
+    def describe(self) -> str:
+        """One line: ``live catalog of URL (document 1a2b3c4d5e6f, fetched ...)``."""
+        if self.is_live:
+            fetched = f", fetched {self.fetched_at:%Y-%m-%d %H:%M UTC}" if self.fetched_at else ""
+            return f"live catalog of {self.base_url} (document {self.fingerprint[:12]}{fetched})"
+        return f"bundled catalog (document {self.fingerprint[:12]})"
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready facts, for metadata."""
+        return {
+            "source": self.source,
+            "fingerprint": self.fingerprint,
+            "base_url": self.base_url,
+            "fetched_at": self.fetched_at.isoformat() if self.fetched_at else None,
+            "fallback": self.fallback,
+            "live_catalog": not self.live_off,
+        }
+
+
+class ModelCatalog:
+    """The models of one catalog (bundled or live), by key, with validation and prices.
+
+    ``unvalidated`` names models the user chose to send unvalidated when this catalog lacks
+    them (``KreaResource.unvalidated_models``): ``get`` answers an unvalidated spec for them
+    (``ModelSpec.validated`` is False) instead of refusing them.
+    """
+
+    def __init__(
+        self,
+        models: Mapping[str, ModelSpec],
+        origin: CatalogOrigin,
+        *,
+        unvalidated: Iterable[str] = (),
+        source: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.specs = dict(models)
+        self.origin = origin
+        self.unvalidated = frozenset(name.strip("/") for name in unvalidated)
+        #: The derivation's ``source`` block (document title and version, USD per compute unit).
+        self.source: Mapping[str, Any] = dict(source or {})
+
+    @classmethod
+    def from_data(
+        cls, data: Mapping[str, Any], origin: CatalogOrigin, *, unvalidated: Iterable[str] = ()
+    ) -> ModelCatalog:
+        """A catalog from ``derive_catalog``'s output (``{"source": ..., "models": {...}}``)."""
+        models = {key: ModelSpec.from_catalog(entry) for key, entry in data["models"].items()}
+        return cls(models, origin, unvalidated=unvalidated, source=data.get("source"))
+
+    def __repr__(self) -> str:
+        return f"ModelCatalog({self.origin.describe()}, {len(self.specs)} models)"
+
+    def with_unvalidated(self, models: Iterable[str]) -> ModelCatalog:
+        """The same catalog, also answering these models unvalidated when it lacks them."""
+        return ModelCatalog(self.specs, self.origin, unvalidated=models, source=self.source)
+
+    def models(self, kind: str | None = None) -> tuple[ModelSpec, ...]:
+        """Every model (of one ``kind`` when given), sorted by key."""
+        return tuple(spec for key, spec in sorted(self.specs.items()) if kind in (None, spec.kind))
+
+    def key_of(self, model: str, kind: str = "image") -> str:
+        """The catalog key of ``model`` (the path after ``/generate/<kind>/``, or the key)."""
+        return model if model in self.specs else f"{kind}/{model.strip('/')}"
+
+    def has(self, model: str, kind: str = "image") -> bool:
+        """Whether this catalog lists ``model`` (unvalidated ones and node apps do not count)."""
+        return self.key_of(model, kind) in self.specs
+
+    def get(self, model: str, kind: str = "image") -> ModelSpec:
+        """The spec of ``model``; UnknownModelError says why it is missing and what to do."""
+        key = self.key_of(model, kind)
+        if key in self.specs:
+            return self.specs[key]
+        registered = _REGISTERED.get(model) or _REGISTERED.get(key)
+        if registered is not None:
+            return registered
+        if model.startswith(f"{NODE_APP_KIND}/") or kind == NODE_APP_KIND:
+            raise UnknownModelError(
+                model,
+                NODE_APP_KIND,
+                (),
+                reason=(
+                    "node apps are not in the Krea catalog: their input schema is read from "
+                    "GET /node-apps/{id} when a run starts (krea_dagster.engine.nodes.load_node_app)"
+                ),
+            )
+        name = key.removeprefix(f"{kind}/") if key.startswith(f"{kind}/") else model
+        if name in self.unvalidated or key in self.unvalidated:
+            return _unvalidated_spec(kind, name, self.specs.values())
+        names = [spec.model for spec in self.specs.values() if spec.kind == kind]
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        raise UnknownModelError(model, kind, close, reason=self._missing_reason(name, key))
+
+    def _missing_reason(self, name: str, key: str) -> str:
+        origin = self.origin
+        unvalidated = (
+            f"or, to send it without validation at your own risk, list it in "
+            f"KreaResource(unvalidated_models=[{name!r}])"
+        )
+        if origin.is_live and key in bundled_catalog().specs:
+            return (
+                f"Krea's document at {origin.base_url} no longer lists it ({origin.describe()}), "
+                "although the bundled catalog does: Krea removed or renamed it, so a request "
+                "would fail; nothing was sent. Choose another model, or run `krea-dagster "
+                "catalog --refresh` if Krea lists it again"
+            )
+        if origin.is_live:
+            return (
+                f"not in Krea's document at {origin.base_url} ({origin.describe()}). Check the "
+                "name; if Krea added it since, run `krea-dagster catalog --refresh`; " + unvalidated
+            )
+        if origin.live_off:
+            return (
+                "not in the bundled Krea catalog, and the live catalog is off "
+                "(KreaResource(live_catalog=False)): turn it on to validate against the models "
+                "the backend serves now (`krea-dagster catalog --refresh` lists them); "
+                + unvalidated
+            )
+        if origin.fallback:
+            return (
+                f"not in the bundled Krea catalog, and {origin.fallback}. Fix that and run "
+                "`krea-dagster catalog --refresh` (the live catalog knows the models Krea "
+                "added since this release); " + unvalidated
+            )
+        return (
+            "not in the bundled Krea catalog; a KreaResource with live_catalog=True (the "
+            "default) validates against the models the backend serves now; " + unvalidated
+        )
+
+    def validate(
+        self, model: str, params: object, *, kind: str = "image", today: date | None = None
+    ) -> ValidationResult:
+        """Check a request body against the model's facts; every problem is reported at once."""
+        spec = self.get(model, kind)
+        today = today or datetime.now(UTC).date()
+        if not isinstance(params, Mapping):
+            problem = Problem(
+                "(body)", "type", f"(body): {_show(params)} is not of type object (type)"
+            )
+            return ValidationResult({}, (problem,), (), spec.key)
+        if not spec.validated:
+            return ValidationResult(dict(params), (), (), spec.key)
+        body, problems, warnings = _rewrite_aliases(spec, params, today)
+        for name in spec.required:
+            if name not in body:
+                problems.append(
+                    Problem(name, "required", f"{name}: missing, the field is required (required)")
+                )
+        for name, value in body.items():
+            field_spec = spec.fields.get(name)
+            if field_spec is not None:
+                problems.extend(_check(value, field_spec, name))
+            elif not spec.additional_properties:
+                problems.append(_unknown_field(name, value, spec.fields, spec.model))
+        return ValidationResult(body, tuple(problems), tuple(warnings), spec.key)
+
+    def estimate_cost(
+        self, model: str, params: Mapping[str, Any], *, kind: str = "image"
+    ) -> float | None:
+        """USD for one request, or None when the catalog has no price for it (unknown, not $0).
+
+        With conditional prices, the point whose ``when`` matches the request is used
+        (Resolution, Mode, Quality, Reference Images, Character Reference, Duration, Audio read
+        from the body or the field defaults); when several still match, the highest, so a
+        budget guard errs on the safe side.
+        """
+        spec = self.get(model, kind)
+        if spec.price is None:
+            return None
+        if not spec.price.points:
+            return spec.price.usd
+        facts = _pricing_facts(spec, params)
+        matching = [
+            point.usd
+            for point in spec.price.points
+            if all(
+                value == "-" or name not in facts or facts[name] == value
+                for name, value in point.when.items()
+            )
+        ]
+        return max(matching) if matching else None
+
+
+def _unvalidated_spec(kind: str, model: str, known: Iterable[ModelSpec]) -> ModelSpec:
+    """A spec that checks nothing: the request is sent as written (the user opted in).
+
+    Its fields are every request field name the catalog knows, with the union of their types
+    and no constraint, so a prompt table's columns are read as request fields by type.
+    """
+    types: dict[str, list[str]] = {}
+    for spec in known:
+        if spec.kind != kind:
+            continue
+        for name, field_spec in spec.fields.items():
+            merged = types.setdefault(name, [])
+            merged.extend(t for t in field_spec.types if t not in merged)
+    return ModelSpec(
+        kind=kind,
+        model=model,
+        path=f"/generate/{kind}/{model}",
+        name=f"{model} (unvalidated)",
+        required=(),
+        additional_properties=True,
+        fields={name: FieldSpec(name, tuple(found)) for name, found in sorted(types.items())},
+        aliases=(),
+        compute_units=(),
+        avg_seconds=None,
+        hosted_by_krea=False,
+        price=None,
+        example={},
+        validated=False,
+    )
+
+
 @lru_cache(maxsize=1)
-def _catalog() -> Mapping[str, ModelSpec]:
+def _bundled_data() -> dict[str, Any]:
     text = resources.files("krea_dagster").joinpath("data", _CATALOG_FILE).read_text("utf-8")
-    return {key: ModelSpec.from_catalog(entry) for key, entry in json.loads(text)["models"].items()}
+    data: dict[str, Any] = json.loads(text)
+    return data
+
+
+@lru_cache(maxsize=1)
+def bundled_catalog() -> ModelCatalog:
+    """The catalog that ships with this release (``krea_dagster/data/krea_models.json``)."""
+    data = _bundled_data()
+    origin = CatalogOrigin("bundled", str(data["source"].get("openapi_sha256", "")))
+    return ModelCatalog.from_data(data, origin)
 
 
 def all_models(kind: str | None = None) -> tuple[ModelSpec, ...]:
-    """Every model of the catalog (of one ``kind`` when given), sorted by key."""
-    return tuple(spec for key, spec in sorted(_catalog().items()) if kind in (None, spec.kind))
+    """Every model of the bundled catalog (of one ``kind`` when given), sorted by key."""
+    return bundled_catalog().models(kind)
 
 
 def image_models() -> tuple[ModelSpec, ...]:
-    """Every image model of the catalog, sorted by model path."""
+    """Every image model of the bundled catalog, sorted by model path."""
     return all_models("image")
 
 
 def get_model(model: str, kind: str = "image") -> ModelSpec:
-    """The spec of ``model`` (the path after ``/generate/<kind>/``, or the catalog key)."""
-    catalog = _catalog()
-    key = model if model in catalog else f"{kind}/{model.strip('/')}"
-    if key in catalog:
-        return catalog[key]
-    registered = _REGISTERED.get(model) or _REGISTERED.get(key)
-    if registered is not None:
-        return registered
-    if model.startswith(f"{NODE_APP_KIND}/") or kind == NODE_APP_KIND:
-        raise UnknownModelError(
-            model,
-            NODE_APP_KIND,
-            (),
-            reason=(
-                "node apps are not in the bundled catalog: their input schema is read from "
-                "GET /node-apps/{id} when a run starts (krea_dagster.engine.nodes.load_node_app)"
-            ),
-        )
-    names = [spec.model for spec in catalog.values() if spec.kind == kind]
-    raise UnknownModelError(model, kind, difflib.get_close_matches(model, names, n=3, cutoff=0.5))
+    """The spec of ``model`` in the bundled catalog (the path after ``/generate/<kind>/``)."""
+    return bundled_catalog().get(model, kind)
 
 
 def validate(
     model: str, params: object, *, kind: str = "image", today: date | None = None
 ) -> ValidationResult:
-    """Check a request body against the model's facts; every problem is reported at once."""
-    spec = get_model(model, kind)
-    today = today or datetime.now(UTC).date()
-    if not isinstance(params, Mapping):
-        problem = Problem("(body)", "type", f"(body): {_show(params)} is not of type object (type)")
-        return ValidationResult({}, (problem,), (), spec.key)
-    body, problems, warnings = _rewrite_aliases(spec, params, today)
-    for name in spec.required:
-        if name not in body:
-            problems.append(
-                Problem(name, "required", f"{name}: missing, the field is required (required)")
-            )
-    for name, value in body.items():
-        field_spec = spec.fields.get(name)
-        if field_spec is not None:
-            problems.extend(_check(value, field_spec, name))
-        elif not spec.additional_properties:
-            problems.append(_unknown_field(name, value, spec.fields, spec.model))
-    return ValidationResult(body, tuple(problems), tuple(warnings), spec.key)
+    """Check a request body against the bundled catalog (``ModelCatalog.validate``)."""
+    return bundled_catalog().validate(model, params, kind=kind, today=today)
 
 
 def estimate_cost(model: str, params: Mapping[str, Any], *, kind: str = "image") -> float | None:
-    """USD for one request, or None when the catalog has no price for it.
-
-    With conditional prices, the point whose ``when`` matches the request is used (Resolution,
-    Mode, Reference Images, Character Reference, Duration, Audio read from the body or the
-    field defaults); when several still match, the highest, so a budget guard errs on the safe
-    side.
-    """
-    spec = get_model(model, kind)
-    if spec.price is None:
-        return None
-    if not spec.price.points:
-        return spec.price.usd
-    facts = _pricing_facts(spec, params)
-    matching = [
-        point.usd
-        for point in spec.price.points
-        if all(
-            value == "-" or name not in facts or facts[name] == value
-            for name, value in point.when.items()
-        )
-    ]
-    return max(matching) if matching else None
+    """USD for one request by the bundled catalog, or None when unpriced (``ModelCatalog``)."""
+    return bundled_catalog().estimate_cost(model, params, kind=kind)
 
 
 def _pricing_facts(spec: ModelSpec, params: Mapping[str, Any]) -> dict[str, str]:
@@ -439,12 +598,14 @@ def _pricing_facts(spec: ModelSpec, params: Mapping[str, Any]) -> dict[str, str]
         facts["Resolution"] = str(resolution)
     if (mode := value("mode")) is not None:
         facts["Mode"] = str(mode)
+    if (quality := value("quality")) is not None:
+        facts["Quality"] = str(quality)
     if "style_images" in spec.fields:
         facts["Reference Images"] = str(len(params.get("style_images") or ()))
     if "character_reference_images" in spec.fields:
         has_reference = bool(params.get("character_reference_images"))
         facts["Character Reference"] = "Yes" if has_reference else "No"
-    if (duration := value("duration")) is not None:
+    if (duration := value("duration")) is not None and is_number(duration):
         facts["Duration"] = f"{_number(duration)}s"
     if "generate_audio" in spec.fields:
         facts["Audio"] = "Yes" if value("generate_audio") else "No"

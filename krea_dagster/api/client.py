@@ -54,6 +54,7 @@ from krea_dagster.api._core import (
     run_flow_async,
     write_guard,
 )
+from krea_dagster.api.catalog import ModelCatalog
 from krea_dagster.api.clock_offset import ClockOffset
 from krea_dagster.api.config import (
     API_KEY_ENV,
@@ -346,6 +347,7 @@ class KreaClient(_BaseClient):
         max_retries: int | None = None,
         submission_id: str | None = None,
         on_send: Callable[[SendAttempt], object] | None = None,
+        catalog: ModelCatalog | None = None,
     ) -> Job:
         """Validate and ``POST /generate/<kind>/<model>``; never resent once it may have arrived.
 
@@ -355,8 +357,10 @@ class KreaClient(_BaseClient):
 
         Raises RequestValidationError (nothing sent), AmbiguousSubmitError (a job may exist:
         reconcile, do not resubmit), RateLimitError (still at the concurrency cap after the
-        429 budget), or the status error of a refusal (402, 401, ...). ``validate=False`` is
-        only for models newer than the bundled catalog. ``submission_id`` names the
+        429 budget), or the status error of a refusal (402, 401, ...). ``catalog`` is the
+        catalog the body is validated against (default: the bundled one; a live one knows the
+        models Krea added since this release); ``validate=False`` sends it unchecked, only for
+        a model in no catalog. ``submission_id`` names the
         submission in logs and errors (a ledger passes its own); ``on_send`` is called with a
         ``SendAttempt`` before every POST and every wait, and the POST waits for it.
         """
@@ -371,6 +375,7 @@ class KreaClient(_BaseClient):
                 max_retries=max_retries,
                 submission_id=submission_id,
                 on_send=on_send,
+                catalog=catalog,
             )
         )
 
@@ -809,6 +814,7 @@ class AsyncKreaClient(_BaseClient):
         max_retries: int | None = None,
         submission_id: str | None = None,
         on_send: Callable[[SendAttempt], object] | None = None,
+        catalog: ModelCatalog | None = None,
     ) -> Job:
         """See ``KreaClient.submit``."""
         return await self._run(
@@ -822,6 +828,7 @@ class AsyncKreaClient(_BaseClient):
                 max_retries=max_retries,
                 submission_id=submission_id,
                 on_send=on_send,
+                catalog=catalog,
             )
         )
 

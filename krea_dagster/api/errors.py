@@ -440,7 +440,7 @@ class InvalidUploadError(KreaError, ValueError):
 
 
 class UnknownModelError(KreaError, LookupError):
-    """The model path is not in the bundled catalog."""
+    """The model is in no catalog at hand (bundled or live); the message says what to do."""
 
     def __init__(
         self, model: str, kind: str, close_matches: Sequence[str], *, reason: str | None = None
@@ -454,7 +454,7 @@ class UnknownModelError(KreaError, LookupError):
             else ""
         )
         super().__init__(
-            f"unknown {kind} model {model!r} ({reason})."
+            f"unknown {kind} model {model!r} ({reason}).{suggestion}"
             if reason
             else f"unknown {kind} model {model!r} (not in the bundled Krea catalog).{suggestion} "
             "List them with krea_dagster.api.image_models()."

@@ -134,7 +134,7 @@ def _bounded_int(text: str) -> int:
     digits = len(text.lstrip("-"))
     if digits > MAX_NUMBER_DIGITS:
         raise JSONLimitError(
-            f"it holds an integer of {digits} digits (no field takes more than {MAX_NUMBER_DIGITS})"
+            f"holds an integer of {digits} digits (no field takes more than {MAX_NUMBER_DIGITS})"
         )
     return int(text)
 
@@ -147,19 +147,21 @@ def load_json(
     ``max_bytes`` bounds the document's length (bytes, or characters for text), ``max_depth``
     how deeply it nests, and integers longer than ``MAX_NUMBER_DIGITS`` digits are refused
     while parsing (Python would otherwise spend quadratic time on them, or refuse them past
-    4300 digits with an error that names no place).
+    4300 digits with an error that names no place). The error's message is a predicate
+    ("nests deeper than 64 levels", "is not JSON (...)") for the caller to put after what the
+    document is ("the webhook body ...").
     """
     if max_bytes is not None and len(data) > max_bytes:
         unit = "bytes" if isinstance(data, bytes) else "characters"
-        raise JSONLimitError(f"it is {len(data)} {unit} long, more than the {max_bytes} allowed")
+        raise JSONLimitError(f"has more than {max_bytes} {unit} ({len(data)})")
     try:
         value = json.loads(data, parse_int=_bounded_int)
     except RecursionError:
-        raise JSONLimitError(f"it is nested deeper than {max_depth} levels") from None
+        raise JSONLimitError(f"nests deeper than {max_depth} levels") from None
     except JSONLimitError:
         raise
     except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
-        raise JSONLimitError(f"it is not valid JSON ({error})") from None
+        raise JSONLimitError(f"is not JSON ({str(error)[:200]})") from None
     if json_depth(value) > max_depth:
-        raise JSONLimitError(f"it is nested deeper than {max_depth} levels")
+        raise JSONLimitError(f"nests deeper than {max_depth} levels")
     return value

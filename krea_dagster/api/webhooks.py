@@ -48,7 +48,7 @@ def parse_webhook(raw_body: bytes | bytearray | str) -> Job:
     try:
         data = load_json(text, max_bytes=MAX_WEBHOOK_BYTES, max_depth=MAX_WEBHOOK_DEPTH)
     except JSONLimitError as error:
-        raise MalformedPayloadError(f"webhook body is not a Krea job: {error}") from None
+        raise MalformedPayloadError(f"webhook body {error}: not a Krea job") from None
     if not isinstance(data, dict):
         raise MalformedPayloadError(
             f"webhook body is a JSON {type(data).__name__}, not a Krea job object"

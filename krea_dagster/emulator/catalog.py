@@ -14,15 +14,25 @@ Choices where Krea's documents are silent:
   120 s for a video model.
 - Automatic failure (``error.code = "timeout"``): 3 minutes for models Krea hosts itself
   (``hosted_by_krea``) and 2 hours for external providers (krea-api.md section 5).
+
+Another document (the ``openapi`` knob: Krea's document as it is now, with models this release
+does not know) is served instead of the bundled one, and its ``POST /generate`` operations are
+the models served: a model it adds validates against its own request schema (read here, not
+with the client's derivation, so the two still check each other), and a model it drops answers
+404. Its price is the lowest ``x-krea-pricing`` amount, else the default price.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
+
+from krea_dagster.emulator.errors import BadRequest
 
 DATA_PACKAGE = "krea_dagster.data"
 CATALOG_FILE = "krea_models.json"
@@ -126,3 +136,96 @@ def openapi_document() -> dict[str, Any]:
     """The OpenAPI document parsed (a fresh copy each call)."""
     document: dict[str, Any] = json.loads(openapi_text())
     return document
+
+
+@dataclass(frozen=True)
+class ServedDocument:
+    """The document served at ``GET /openapi.json``, its ETag, and the models it describes."""
+
+    text: str
+    etag: str
+    models: dict[str, ModelSpec]
+
+
+class DocumentRegistry:
+    """The document served: the ``openapi`` knob's (reloaded when it changes), else the bundled.
+
+    ``models`` holds every model a served document described, so a job keeps its spec when
+    the knob changes; ``get(source).models`` are the models served now.
+    """
+
+    def __init__(self) -> None:
+        self.source: str | None = None
+        self.current = _bundled_document()
+        self.models: dict[str, ModelSpec] = dict(self.current.models)
+
+    def get(self, source: str | None) -> ServedDocument:
+        """The document of ``source`` (a JSON file path; None: the bundled one)."""
+        if source != self.source:
+            self.current = load_document(source) if source else _bundled_document()
+            self.source = source
+            self.models.update(self.current.models)
+        return self.current
+
+
+@cache
+def _bundled_document() -> ServedDocument:
+    return _served(openapi_text(), load_models())
+
+
+def load_document(path: str | Path) -> ServedDocument:
+    """The document of a JSON file and its models (BadRequest naming the fault)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        document = json.loads(text)
+    except (OSError, ValueError) as error:
+        raise BadRequest(f"openapi: cannot read {path}: {error}") from None
+    paths = document.get("paths") if isinstance(document, dict) else None
+    if not isinstance(paths, dict):
+        raise BadRequest(f"openapi: {path} is not an OpenAPI document (no 'paths' object)")
+    bundled = load_models()
+    models: dict[str, ModelSpec] = {}
+    for route, operations in paths.items():
+        if not route.startswith("/generate/") or "post" not in (operations or {}):
+            continue
+        kind, _, model = route.removeprefix("/generate/").partition("/")
+        key = f"{kind}/{model}"
+        try:
+            models[key] = _document_model(key, kind, model, route, operations["post"], bundled)
+        except (KeyError, TypeError, AttributeError) as error:
+            raise BadRequest(
+                f"openapi: {path}: {route}: no usable request schema ({error})"
+            ) from None
+    return _served(text, models)
+
+
+def _served(text: str, models: dict[str, ModelSpec]) -> ServedDocument:
+    etag = '"' + hashlib.sha256(text.encode("utf-8")).hexdigest()[:32] + '"'
+    return ServedDocument(text, etag, models)
+
+
+def _document_model(
+    key: str, kind: str, model: str, route: str, operation: dict[str, Any], bundled: dict[str, Any]
+) -> ModelSpec:
+    schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    known = bundled.get(key)
+    if known is not None and known.request_schema == schema:
+        return known  # the bundled facts (render time, hosting, price) of the same operation
+    points = (operation.get("x-krea-pricing") or {}).get("price_points") or []
+    amounts = [float(p["amount"]) for p in points if isinstance(p, dict) and "amount" in p]
+    return ModelSpec(
+        key=key,
+        kind=kind,
+        model=model,
+        path=route,
+        fields=dict(schema.get("properties", {})),
+        aliases=tuple(
+            DeprecatedAlias(a["from"], a["to"], a["sunset_date"])
+            for a in operation.get("x-krea-deprecated-field-aliases", [])
+        ),
+        avg_seconds=known.avg_seconds if known else None,
+        hosted_by_krea=known.hosted_by_krea if known else False,
+        price={"usd": min(amounts), "points": []} if amounts else None,
+        example=operation["requestBody"]["content"]["application/json"].get("example"),
+        request_schema=schema,
+    )

@@ -83,6 +83,9 @@ KNOB_HELP = {
     "node_apps": "JSON file of node apps to serve besides the built-in ones, in the format of "
     'the package\'s emulator/node_apps.json: {"node_apps": [app, ...]} (default: only the '
     "built-in apps)",
+    "openapi": "OpenAPI document (JSON file) to serve at GET /openapi.json instead of the "
+    "bundled one; its POST /generate operations are the models served (default: the bundled "
+    "document)",
     "concurrency": "jobs an account renders at once (more are backlogged)",
     "backlog": "jobs an account may have waiting; beyond it POST /generate (and a node-app "
     "execute) gets 429",
@@ -94,7 +97,7 @@ KNOB_HELP = {
 def _knob_type(field: dataclasses.Field[Any]) -> Any:
     if field.name in ("render_seconds", "time_scale") or isinstance(field.default, float):
         return float
-    if field.name in ("today", "node_apps"):
+    if field.name in ("today", "node_apps", "openapi"):
         return str
     return int
 

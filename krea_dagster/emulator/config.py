@@ -77,6 +77,9 @@ class EmulatorConfig:
     today: str | None = None
     # A JSON file of node apps served besides the built-in ones (see node_apps.py).
     node_apps: str | None = None
+    # An OpenAPI document (a JSON file) served at GET /openapi.json instead of the bundled one;
+    # its POST /generate operations are the models served (see catalog.py).
+    openapi: str | None = None
     # Settings of accounts created without explicit values (the CLI --token accounts included);
     # changing them at run time affects accounts created afterwards (and the startup accounts
     # on a reset with accounts=true); PATCH /_emulator/accounts/{account} changes an existing one.
@@ -123,11 +126,13 @@ def _coerce(name: str, value: Any) -> Any:
     if name not in _FIELDS:
         raise BadRequest(f"unknown config knob {name!r}; known knobs: {', '.join(_FIELDS)}")
     default = _FIELDS[name].default
-    if name in ("render_seconds", "today", "node_apps"):
+    if name in ("render_seconds", "today", "node_apps", "openapi"):
         if value is None:
             return None
         if name == "node_apps":
             return _node_apps_file(value)
+        if name == "openapi":
+            return _openapi_file(value)
         return _positive(name, value) if name == "render_seconds" else _iso_date(value)
     if name in ("latency_routes", "error_5xx_routes"):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -175,6 +180,15 @@ def _node_apps_file(value: Any) -> str:
     from krea_dagster.emulator.node_apps import load_apps  # needs jsonschema (the server stack)
 
     load_apps(value)  # a bad file is refused now, with the fault named, not at the first request
+    return value
+
+
+def _openapi_file(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"openapi must be the path of a JSON file or null, not {value!r}")
+    from krea_dagster.emulator.catalog import load_document
+
+    load_document(value)  # a bad file is refused now, with the fault named
     return value
 
 

@@ -69,9 +69,10 @@ class Counters:
         self.uploads += 1
         self.uploads_by_sha256[sha256] += 1
 
-    def to_record(self) -> dict[str, Any]:
-        """JSON-ready form (also the persisted form)."""
-        return {
+    def to_record(self, jobs: Iterable[Job] | None = None) -> dict[str, Any]:
+        """JSON-ready form (also the persisted form); with ``jobs``, also
+        ``duplicate_submissions``, which is counted from them (``payable_repeats``)."""
+        record = {
             "jobs_created": self.jobs_created,
             "jobs_by_status": {s.value: self.jobs_by_status.get(s.value, 0) for s in JobStatus},
             "jobs_billed": self.jobs_billed,
@@ -91,6 +92,9 @@ class Counters:
             "node_app_executions": self.node_app_executions,
             "node_app_jobs": self.node_app_jobs,
         }
+        if jobs is not None:
+            record["duplicate_submissions"] = payable_repeats(jobs)
+        return record
 
     def without_job_counts(self) -> Counters:
         """These counters with the job-derived ones zeroed (they are rebuilt from the jobs)."""

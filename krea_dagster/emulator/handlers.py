@@ -18,7 +18,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from krea_dagster.emulator import assets, views
-from krea_dagster.emulator.catalog import openapi_text
 from krea_dagster.emulator.clock import format_micros, parse_timestamp
 from krea_dagster.emulator.errors import (
     BadRequest,
@@ -107,8 +106,13 @@ def _webhook_url(request: Request) -> str | None:
 
 
 async def openapi(request: Request, state: EmulatorState) -> Response:
-    """``GET /openapi.json``: Krea's document, public like the real one."""
-    return Response(openapi_text(), media_type="application/json")
+    """``GET /openapi.json``: Krea's document, public like the real one, with an ETag (a
+    request whose ``If-None-Match`` names it is answered 304 Not Modified)."""
+    document = state.documents.get(state.config.openapi)
+    headers = {"ETag": document.etag}
+    if document.etag in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers=headers)
+    return Response(document.text, media_type="application/json", headers=headers)
 
 
 def _check_rate_limit(state: EmulatorState, account: Account) -> None:
@@ -145,7 +149,7 @@ async def generate(request: Request, state: EmulatorState) -> Response:
     kind = request.url.path.split("/")[2]
     params = request.path_params
     model_key = f"{kind}/{params['provider']}/{params['model']}"
-    spec = state.models.get(model_key)
+    spec = state.documents.get(state.config.openapi).models.get(model_key)
     if spec is None:
         raise NotFound(f"unknown model '{model_key}': no such path /generate/{model_key}")
     webhook_url = _webhook_url(request)

@@ -46,10 +46,10 @@ from datetime import date
 from typing import Any
 
 from krea_dagster.emulator import inputs, lifecycle, views
-from krea_dagster.emulator.catalog import ModelSpec, load_models
+from krea_dagster.emulator.catalog import DocumentRegistry, ModelSpec
 from krea_dagster.emulator.clock import Clock, to_micros, utc_date
 from krea_dagster.emulator.config import EmulatorConfig
-from krea_dagster.emulator.counters import Counters, payable_repeats
+from krea_dagster.emulator.counters import Counters
 from krea_dagster.emulator.errors import BadRequest, NotFound, TooManyRequests
 from krea_dagster.emulator.faults import FaultInjector
 from krea_dagster.emulator.images import output_size
@@ -82,7 +82,8 @@ class EmulatorState:
         self.clock: Clock = lambda: clock() + self.config.clock_offset_seconds
         self.store = store or MemoryStore()
         self.cdn_url = cdn_url
-        self.models: dict[str, ModelSpec] = load_models()
+        self.documents = DocumentRegistry()  # the openapi knob's document and its models
+        self.models: dict[str, ModelSpec] = self.documents.models
         self.initial_tokens = list(tokens)
         self.faults = FaultInjector(self.config)
         self.outbox: list[tuple[str, dict[str, Any]]] = []  # (url, job JSON) to deliver
@@ -515,8 +516,7 @@ class EmulatorState:
     def stats(self) -> dict[str, Any]:
         """The counters plus live figures (``GET /_emulator/stats``)."""
         self.advance()
-        stats = self.counters.to_record()
-        stats["duplicate_submissions"] = payable_repeats(self.jobs.values())
+        stats = self.counters.to_record(jobs=self.jobs.values())
         stats["billed_usd"] = micros_to_usd(stats.pop("billed_micros"))
         stats["running"] = self.running_total
         stats["backlogged"] = sum(a.backlogged for a in self.accounts.values())

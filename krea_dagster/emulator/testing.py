@@ -57,6 +57,27 @@ sys.exit(main(sys.argv[1:]))
 STARTUP_TIMEOUT_SECONDS = 30.0
 
 
+def write_openapi_document(
+    path: str | Path,
+    *,
+    add: dict[str, dict[str, Any]] | None = None,
+    drop: tuple[str, ...] = (),
+) -> Path:
+    """Write the bundled OpenAPI document with operations added and paths dropped, for the
+    ``openapi`` knob: ``add`` maps a path (``/generate/image/krea/krea-3``) to its ``post``
+    operation, ``drop`` names paths Krea no longer serves."""
+    from krea_dagster.emulator.catalog import openapi_document
+
+    document = openapi_document()
+    for route in drop:
+        del document["paths"][route]
+    for route, operation in (add or {}).items():
+        document["paths"][route] = {"post": operation}
+    target = Path(path)
+    target.write_text(json.dumps(document), encoding="utf-8")
+    return target
+
+
 class EmulatorHandle:
     """URLs, tokens and the admin API of a running emulator."""
 

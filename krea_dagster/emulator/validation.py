@@ -21,13 +21,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from datetime import date
-from functools import cache
 from typing import Any
 
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError
 
-from krea_dagster.emulator.catalog import DeprecatedAlias, ModelSpec, load_models
+from krea_dagster.emulator.catalog import DeprecatedAlias, ModelSpec
 from krea_dagster.emulator.errors import BadRequest
 
 MAX_CLAUSE_CHARS = 300
@@ -41,10 +40,17 @@ def _is_uri(value: object) -> bool:
     return not isinstance(value, str) or bool(_ABSOLUTE_URI.fullmatch(value))
 
 
-@cache
-def _validator(model_key: str) -> Draft202012Validator:
-    schema = load_models()[model_key].request_schema
-    return Draft202012Validator(schema, format_checker=FORMAT_CHECKER)
+# Validators by spec (a document served by the ``openapi`` knob has specs of its own); the
+# spec is kept with its validator so its id is never reused while cached.
+_VALIDATORS: dict[int, tuple[ModelSpec, Draft202012Validator]] = {}
+
+
+def _validator(spec: ModelSpec) -> Draft202012Validator:
+    cached = _VALIDATORS.get(id(spec))
+    if cached is None or cached[0] is not spec:
+        cached = (spec, Draft202012Validator(spec.request_schema, format_checker=FORMAT_CHECKER))
+        _VALIDATORS[id(spec)] = cached
+    return cached[1]
 
 
 def rewrite_aliases(spec: ModelSpec, body: dict[str, Any], today: date) -> dict[str, Any]:
@@ -67,7 +73,7 @@ def validate_body(spec: ModelSpec, body: Any, today: date) -> dict[str, Any]:
     if isinstance(body, dict):
         body = rewrite_aliases(spec, body, today)
     sunset = {a.old: a for a in spec.aliases if today >= date.fromisoformat(a.sunset_date)}
-    check_schema(_validator(spec.key), body, f"invalid request body for {spec.path}", sunset)
+    check_schema(_validator(spec), body, f"invalid request body for {spec.path}", sunset)
     assert isinstance(body, dict)  # the schema requires an object
     return body
 

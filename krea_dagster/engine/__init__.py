@@ -9,6 +9,8 @@ sensor daemon, in scripts and in tests.
 - ``names``: the full-match rules of names users give (batches, prefixes, steps).
 - ``table_rules``: what a prompt table may hold (reserved names, exact numbers, references).
 - ``prompts``: validation against the model catalog, ``prompt_key``, cost estimates.
+- ``catalogs``: which model catalog validates a batch (the backend's live one, cached in the
+  ledger database, else the bundled one).
 - ``settings``: what the engine reads of a Krea account (``KreaAccount``).
 - ``ledger``: the durable record of every submission (schema, records, queries).
 - ``submit``: claim, POST, record; each POST under the account's submit lease.

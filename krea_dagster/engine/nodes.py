@@ -117,9 +117,9 @@ class KreaStep:
                 f"step {self.name!r}: model must be a Krea model path, got {self.model!r}"
             )
         app = catalog.node_app_id(self.model)
-        if app is None:
-            catalog.get_model(self.model)  # a misspelt model fails when the node is built
-        elif not app or "/" in app:
+        # A model is checked when a run starts, against the backend's live catalog (a model Krea
+        # added after this release is only there); a misspelt one fails then, unpaid.
+        if app is not None and (not app or "/" in app):
             raise ValueError(
                 f"step {self.name!r}: {self.model!r} is not a node app; write "
                 "'node-app/<version id>' with the version id of the app's page"
@@ -491,9 +491,11 @@ class KreaNode:
         table: pd.DataFrame | None = None,
         partitioned: bool = False,
         previous: pd.DataFrame | None = None,
+        models: catalog.ModelCatalog | None = None,
     ) -> PreparedBatch:
-        """Render and validate one step's rows of a batch: every row, every reference (read
-        and hashed locally, nothing uploaded), the price and the budget. Nothing is sent.
+        """Render and validate one step's rows of a batch against ``models`` (the step's
+        catalog: default the bundled one): every row, every reference (read and hashed locally,
+        nothing uploaded), the price and the budget. Nothing is sent.
 
         Raises ``PromptValidationError`` (every problem at once) or ``PromptSourceError``.
         """
@@ -524,4 +526,5 @@ class KreaNode:
             references=self.references(),
             row_keys=rendered.row_keys,
             skips=rendered.skips,
+            models=models,
         )

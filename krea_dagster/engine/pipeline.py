@@ -21,8 +21,17 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
-from krea_dagster.api import DEFAULT_EXTERNAL_WAIT_TIMEOUT, AsyncKreaClient, Job, JobStatus, catalog
+from krea_dagster.api import (
+    DEFAULT_EXTERNAL_WAIT_TIMEOUT,
+    AsyncKreaClient,
+    Job,
+    JobStatus,
+    UnknownModelError,
+    catalog,
+)
+from krea_dagster.api.catalog import ModelCatalog, bundled_catalog
 from krea_dagster.engine.cancel import cancel_jobs
+from krea_dagster.engine.catalogs import catalog_for
 from krea_dagster.engine.collect import BatchCollector, CollectReport, Thumbnail, thumbnail_data_uri
 from krea_dagster.engine.errors import BudgetExceededError, ErrorCode, is_transient_job_error
 from krea_dagster.engine.ledger import (
@@ -36,6 +45,7 @@ from krea_dagster.engine.manifest import build_manifest
 from krea_dagster.engine.prompts import (
     REFERENCES_COLUMN,
     SKIP_COLUMN,
+    VALIDATION_COLUMN,
     PreparedBatch,
     prepare_batch,
     request_hash,
@@ -94,26 +104,35 @@ class KreaImagePipeline:
     #: cap on a model the catalog has no price for).
     price_usd: float | None = None
 
-    def __post_init__(self) -> None:
-        if not self.is_node_app:
-            catalog.get_model(self.model)  # fails at load time on a misspelt model
+    # The model is not checked when the definitions load: a model Krea added after this
+    # release is only in the backend's live catalog, read when a run starts; a misspelt one is
+    # refused there, before anything is paid, with the nearest names.
 
     @property
     def is_node_app(self) -> bool:
         """Whether the steps execute a Krea node app (one row, several jobs)."""
         return catalog.node_app_id(self.model) is not None
 
-    @property
-    def spec(self) -> catalog.ModelSpec:
-        """The model's spec; a node app's once its run loaded it (``nodes.load_node_app``)."""
-        return catalog.get_model(self.model)
+    def model_catalog(self, krea: KreaAccount, *, refresh: bool = False) -> ModelCatalog:
+        """The catalog that validates this instance's batches now (``catalogs.catalog_for``):
+        the backend's live one, cached in the ledger database, else the bundled one."""
+        return catalog_for(krea.catalog_settings, self.ledger, refresh=refresh)
+
+    def spec_in(self, models: ModelCatalog | None = None) -> catalog.ModelSpec:
+        """The model's spec in ``models`` (default: the bundled catalog); a node app's once its
+        run loaded it (``nodes.load_node_app``)."""
+        return (models or bundled_catalog()).get(self.model)
 
     @property
     def default_wait_timeout(self) -> float:
-        """How long a job may take before it is given up (a node app's: an external one's)."""
+        """How long a job may take before it is given up (a node app's, or a model's the
+        bundled catalog does not know: an external one's)."""
         if self.is_node_app:
             return DEFAULT_EXTERNAL_WAIT_TIMEOUT
-        return self.spec.default_wait_timeout
+        try:
+            return self.spec_in().default_wait_timeout
+        except UnknownModelError:
+            return DEFAULT_EXTERNAL_WAIT_TIMEOUT
 
     @property
     def scope(self) -> str:
@@ -132,8 +151,10 @@ class KreaImagePipeline:
         references: CheckedReferences | None = None,
         row_keys: Sequence[str] | None = None,
         skips: Sequence[str | None] | None = None,
+        models: ModelCatalog | None = None,
     ) -> PreparedBatch:
-        """Validate a batch's rendered rows against the step's model (``prepare_batch``)."""
+        """Validate a batch's rendered rows against the step's model (``prepare_batch``) in
+        ``models`` (default: the bundled catalog)."""
         return prepare_batch(
             frame,
             batch=batch,
@@ -147,6 +168,7 @@ class KreaImagePipeline:
             references=references,
             row_keys=row_keys,
             skips=skips,
+            catalog=models,
         )
 
     # -- generations and plans -------------------------------------------------------------
@@ -165,15 +187,19 @@ class KreaImagePipeline:
             self.scope, batch, reason="regenerate", request_id=regeneration_id, run_id=run_id
         )
 
-    def plan(self, prompts: pd.DataFrame, generation: int) -> list[PlannedPrompt]:
-        """The request of every prompt for a generation.
+    def plan(
+        self, prompts: pd.DataFrame, generation: int, models: ModelCatalog | None = None
+    ) -> list[PlannedPrompt]:
+        """The request of every prompt for a generation (``models``: the validating catalog).
 
         A prompt without its own seed gets one derived from its key and generation when it
         has a variant or belongs to a regenerated generation: otherwise the request would be
-        byte-identical to its twin's and Krea would be paid for the same image twice.
+        byte-identical to its twin's and Krea would be paid for the same image twice (a model
+        sent unvalidated gets no seed it was not given: its fields are unknown).
         """
         planned = []
-        seeded = "seed" in self.spec.fields
+        spec = self.spec_in(models)
+        seeded = spec.validated and "seed" in spec.fields
         for row in prompts.to_dict(orient="records"):
             if SKIP_COLUMN in row and isinstance(row[SKIP_COLUMN], str) and row[SKIP_COLUMN]:
                 continue  # a recorded skip: never sent
@@ -220,10 +246,12 @@ class KreaImagePipeline:
     ) -> SubmitSummary:
         """Settle the account, check the budget, submit what is missing, re-send what provably
         was not created."""
+        models = await asyncio.to_thread(self.model_catalog, krea)
+        self.spec_in(models)  # a model the catalog lacks stops here, before anything is sent
         generation = await asyncio.to_thread(
             self.open_generation, batch, regeneration_id=regeneration_id, run_id=run_id
         )
-        planned = self.plan(prompts, generation)
+        planned = self.plan(prompts, generation, models)
         await asyncio.to_thread(self.ledger.register_account, krea.account_id)
         async with krea.async_client() as client:
             reconciled = await self.settle(client, krea, log=log)
@@ -265,6 +293,7 @@ class KreaImagePipeline:
                 generation=generation,
                 run_id=run_id,
                 log=log,
+                models=models,
             )
         for report in rounds:
             reconciled.extend(report.reconciled)
@@ -288,6 +317,7 @@ class KreaImagePipeline:
         generation: int,
         run_id: str | None,
         log: logging.Logger | Any,
+        models: ModelCatalog,
         retry_codes: frozenset[str] = frozenset({ErrorCode.RECONCILED_NOT_CREATED}),
     ) -> list[SubmitReport]:
         """Submit ``todo``; then, up to ``MAX_SUBMIT_ROUNDS``, re-send the prompts whose latest
@@ -312,6 +342,7 @@ class KreaImagePipeline:
                 max_attempts=self.max_attempts,
                 poll_interval=krea.poll_interval,
                 log=log,
+                catalog=models,
             )
             report = await submitter.run(todo)
             rounds.append(report)
@@ -431,15 +462,18 @@ class KreaImagePipeline:
                     )
                     await asyncio.sleep(min(backoff, max(remaining, 0)))
                     backoff *= 2
+                    models = await asyncio.to_thread(self.model_catalog, krea)
+                    planned = self.plan(prompts, generation, models)
                     await self._submit_rounds(
                         client,
                         krea,
-                        [p for p in self.plan(prompts, generation) if p.prompt_key in retry],
-                        self.plan(prompts, generation),
+                        [p for p in planned if p.prompt_key in retry],
+                        planned,
                         batch=batch,
                         generation=generation,
                         run_id=run_id,
                         log=log,
+                        models=models,
                     )
                     report.resubmitted += len(retry)
                 waiting = await asyncio.to_thread(
@@ -573,6 +607,8 @@ class KreaImagePipeline:
         self, prompts: pd.DataFrame, *, batch: str, generation: int, carried: Sequence[str]
     ) -> pd.DataFrame:
         latest = self.latest(batch, generation)
+        if VALIDATION_COLUMN in prompts.columns and VALIDATION_COLUMN not in carried:
+            carried = [VALIDATION_COLUMN, *carried]  # a batch sent unvalidated says so
         return build_manifest(
             prompts,
             latest,

@@ -26,6 +26,12 @@ line when the source gives them (``locations``); every echoed value is shortened
 ``prompt_key`` is a hash of the model, the canonical request (parameters with the prompt) and
 the variant: reordering or adding rows does not change other rows' keys; changing anything
 that is sent does.
+
+The catalog is the caller's (``krea_dagster.engine.catalogs.catalog_for``: the backend's live
+one, else the bundled one). A model in no catalog that the user chose to send unvalidated
+(``KreaResource.unvalidated_models``) is read by column type only, and its prompts table (and
+so its manifest) gets a ``validation`` column saying ``unvalidated``. A model with no known
+price is estimated "unknown", never $0, and ``PreparedBatch.price_warning`` names it.
 """
 
 import difflib
@@ -39,8 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from krea_dagster.api import catalog
-from krea_dagster.api.catalog import shorten
+from krea_dagster.api.catalog import ModelCatalog, bundled_catalog, shorten
 from krea_dagster.api.json_values import JSONLimitError, is_number, load_json
 
 if TYPE_CHECKING:
@@ -63,6 +68,7 @@ __all__ = [
     "REFERENCES_COLUMN",
     "ROW_KEY",
     "SKIP_COLUMN",
+    "VALIDATION_COLUMN",
     "VARIANT_COLUMN",
     "PreparedBatch",
     "PromptProblem",
@@ -81,6 +87,9 @@ ROW_KEY = "row_key"
 SKIP_COLUMN = "skip_reason"
 #: The files a row's request names, by upload token (``references.upload_token``): JSON.
 REFERENCES_COLUMN = "references_json"
+#: Added to the prompts table (and carried into the manifest) of a batch sent unvalidated.
+VALIDATION_COLUMN = "validation"
+UNVALIDATED = "unvalidated"
 PROMPTS_TABLE_COLUMNS = (
     "prompt_key",
     ROW_KEY,
@@ -167,6 +176,17 @@ class PreparedBatch:
     estimated_usd: float
     unpriced_rows: int
     problems: list[PromptProblem] = field(default_factory=list)
+    #: Why some estimates are unknown (the model has no price), naming the model; else None.
+    price_warning: str | None = None
+
+    @property
+    def estimate_text(self) -> str:
+        """``$0.1200``, or ``unknown`` when no prompt is priced, or ``$0.12 plus unknown for 3``."""
+        if not self.unpriced_rows:
+            return f"${self.estimated_usd:.4f}"
+        if len(self.table) == self.unpriced_rows:
+            return "unknown"
+        return f"${self.estimated_usd:.4f} plus unknown for {self.unpriced_rows} prompt(s)"
 
 
 def canonical_json(value: Any) -> str:
@@ -200,6 +220,7 @@ def prepare_batch(
     references: "CheckedReferences | None" = None,
     row_keys: Sequence[str] | None = None,
     skips: Sequence[str | None] | None = None,
+    catalog: ModelCatalog | None = None,
 ) -> PreparedBatch:
     """Validate every row of a batch; raise ``PromptValidationError`` listing all problems.
 
@@ -208,14 +229,17 @@ def prepare_batch(
     ``max_usd_per_run`` set, a row whose price is unknown is a problem: no price, no budget.
     ``references`` reads, checks and hashes every file a request names (nothing is uploaded):
     the validated request carries an upload token per file (``references.upload_token``);
-    without it, only URLs Krea can fetch are accepted.
+    without it, only URLs Krea can fetch are accepted. ``catalog`` validates and prices the
+    rows (default: the bundled catalog); a model it lacks raises ``UnknownModelError`` saying
+    what to do.
 
     ``row_keys`` are the rows' keys in a node (else the prompt key stands in); a row whose
     ``skips`` entry is set (why: its previous step has no output) is not validated: it stays in
     the table as a recorded skip. Both are given beside the frame, in its order, never read
     from its columns: a table column of either name is the user's, and reserved.
     """
-    spec = catalog.get_model(model)
+    models = catalog or bundled_catalog()
+    spec = models.get(model)
     if row_keys is not None and len(row_keys) != len(frame):
         raise ValueError(f"{len(row_keys)} row keys for {len(frame)} rows")
     if skips is not None and len(skips) != len(frame):
@@ -264,7 +288,7 @@ def prepare_batch(
         )
 
     parameter_columns, carried, column_problems = _classify_columns(
-        list(frame.columns), model, set(fields), set(carry_columns)
+        list(frame.columns), model, set(fields), set(carry_columns), models
     )
     problems.extend(column_problems)
 
@@ -284,7 +308,7 @@ def prepare_batch(
             problems.append(
                 PromptProblem(None, path, "imageReference", f"in the defaults: {message}")
             )
-    default_problems = catalog.validate(model, {PROMPT_COLUMN: "x", **checked}).problems
+    default_problems = models.validate(model, {PROMPT_COLUMN: "x", **checked}).problems
     # Only the defaults' own fields: required ones may come from the rows, checked per row.
     default_references = {
         path: message
@@ -348,7 +372,7 @@ def prepare_batch(
                     if _top_field(path) in base and _top_field(path) not in own:
                         continue  # the defaults' own file: reported once, above
                     row_problems.append(PromptProblem(index, path, "imageReference", message))
-            result = catalog.validate(model, params)
+            result = models.validate(model, params)
             # The image-reference rule says more than the schema's "format: uri" (and covers
             # what that format lets through, such as Windows paths): it replaces that problem.
             urls = {
@@ -405,7 +429,7 @@ def prepare_batch(
             )
             continue
         first_row_of_key[key] = index
-        cost = price_usd if price_usd is not None else catalog.estimate_cost(model, params)
+        cost = price_usd if price_usd is not None else models.estimate_cost(model, params)
         if cost is None:
             unpriced += 1
             first_unpriced = first_unpriced or index
@@ -422,6 +446,8 @@ def prepare_batch(
             "estimated_usd": cost,
             SKIP_COLUMN: None,
         }
+        if not spec.validated:
+            record[VALIDATION_COLUMN] = UNVALIDATED
         for column in carried:
             record[column] = row.get(column)
         records.append(record)
@@ -441,9 +467,20 @@ def prepare_batch(
         )
     if problems:
         raise PromptValidationError(batch, problems, origin)
-    table = pd.DataFrame.from_records(records, columns=[*PROMPTS_TABLE_COLUMNS, *carried])
+    label = [] if spec.validated else [VALIDATION_COLUMN]
+    table = pd.DataFrame.from_records(records, columns=[*PROMPTS_TABLE_COLUMNS, *label, *carried])
+    price_warning = (
+        f"no price is known for {spec.key}: the estimate of {unpriced} prompt(s) is unknown "
+        "(not $0) and Krea bills them; give price_usd (USD per request) to count them"
+        if unpriced
+        else None
+    )
     return PreparedBatch(
-        table=table, carried_columns=carried, estimated_usd=round(total, 6), unpriced_rows=unpriced
+        table=table,
+        carried_columns=carried,
+        estimated_usd=round(total, 6),
+        unpriced_rows=unpriced,
+        price_warning=price_warning,
     )
 
 
@@ -489,20 +526,20 @@ def expected_aspect_ratio(request: Mapping[str, Any]) -> float | None:
 # -- columns --------------------------------------------------------------------------------
 
 
-def _all_request_fields() -> set[str]:
+def _all_request_fields(models: ModelCatalog) -> set[str]:
     names: set[str] = set()
-    for spec in catalog.image_models():
+    for spec in models.models("image"):
         names.update(spec.fields)
     return names
 
 
 def _classify_columns(
-    columns: list[str], model: str, model_fields: set[str], carry: set[str]
+    columns: list[str], model: str, model_fields: set[str], carry: set[str], models: ModelCatalog
 ) -> tuple[list[str], list[str], list[PromptProblem]]:
     parameters: list[str] = []
     carried: list[str] = []
     problems: list[PromptProblem] = []
-    other_models = _all_request_fields() - model_fields
+    other_models = _all_request_fields(models) - model_fields
     for column in columns:
         if column in (PROMPT_COLUMN, VARIANT_COLUMN):
             continue
@@ -636,7 +673,7 @@ def _coerce(value: Any, spec: Any, row: int, column: str, problems: list[PromptP
                 if text[:5].lower() == "data:":  # its own comma is not a list separator
                     return [text]
                 return [item.strip() for item in text.split(",") if item.strip()]
-            problems.append(PromptProblem(row, column, "type", f"{quoted(text)}: {error}"))
+            problems.append(PromptProblem(row, column, "type", f"{quoted(text)} {error}"))
             return _UNSET
     if isinstance(value, list | tuple | dict):
         found = list(number_problems(value, column))

@@ -8,6 +8,7 @@ from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import Literal, Protocol
 
 from krea_dagster.api import AsyncKreaClient, KreaClient
+from krea_dagster.engine.catalogs import CatalogSettings
 
 __all__ = ["KreaAccount"]
 
@@ -24,6 +25,11 @@ class KreaAccount(Protocol):
     @property
     def account_id(self) -> str:
         """The Krea account: the token's key id (the part before ``:``), never the secret."""
+        ...
+
+    @property
+    def catalog_settings(self) -> CatalogSettings:
+        """Which backend's live catalog to use, whether at all, and what to send unvalidated."""
         ...
 
     @property

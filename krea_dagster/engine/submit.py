@@ -58,6 +58,7 @@ from krea_dagster.api import (
     UnprocessableEntityError,
     catalog,
 )
+from krea_dagster.api.catalog import ModelCatalog
 from krea_dagster.engine.crashpoints import crash_point
 from krea_dagster.engine.errors import BatchStoppedError, ErrorCode, LeaseUnavailableError
 from krea_dagster.engine.ledger import JobUpdate, Lease, Ledger, Submission, utcnow
@@ -157,8 +158,11 @@ class BatchSubmitter:
         poll_interval: float = 2.0,
         log: logging.Logger | Any = None,
         clock: Callable[[], float] = time.monotonic,
+        catalog: ModelCatalog | None = None,
     ) -> None:
         self.client = client
+        #: The catalog the batch was validated with: the client checks each body against it.
+        self.catalog = catalog
         self.ledger = ledger
         self.scope = scope
         self.batch = batch
@@ -382,7 +386,11 @@ class BatchSubmitter:
                 app, prompt.request, submission_id=row.submission_id, on_send=self._on_send
             )
         job = await self.client.submit(
-            self.model, prompt.request, submission_id=row.submission_id, on_send=self._on_send
+            self.model,
+            prompt.request,
+            submission_id=row.submission_id,
+            on_send=self._on_send,
+            catalog=self.catalog,
         )
         return [job]
 

@@ -83,6 +83,8 @@ RESERVED_COLUMNS = frozenset(
         "outputs",
         "step",
         "step_version",
+        # Written for a batch sent to a model no catalog has (an explicit opt-in).
+        "validation",
     }
 )
 

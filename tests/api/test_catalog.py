@@ -30,7 +30,7 @@ from krea_dagster.api import (
     image_models,
     validate,
 )
-from krea_dagster.api.catalog import _catalog
+from krea_dagster.api.catalog import bundled_catalog
 
 BEFORE_SUNSET = date(2026, 6, 1)
 AFTER_SUNSET = date(2026, 6, 19)
@@ -141,7 +141,7 @@ def test_catalog_has_the_image_models() -> None:
     assert {"openai/gpt-image-2", "bfl/flux-1-dev", "z-image/z-image"} <= {
         spec.model for spec in IMAGE_MODELS
     }
-    assert len(all_models()) == len(_catalog())
+    assert len(all_models()) == len(bundled_catalog().specs)
 
 
 @pytest.mark.parametrize("spec", IMAGE_MODELS, ids=lambda spec: spec.model)

@@ -14,6 +14,7 @@ import krea_dagster.api as api
 API_DIR = Path(api.__file__).parent
 PUBLIC_MODULES = [
     "catalog",
+    "catalog_source",
     "clock_offset",
     "client",
     "config",

@@ -260,7 +260,7 @@ CASES = [
         {"b.csv": csv_text(["prompt", "style_images"], ["a cat", "[" * HUGE])},
         "b",
         {},
-        ["b.csv line 2, column 'style_images'", "nested deeper than 64 levels"],
+        ["b.csv line 2, column 'style_images'", "nests deeper than 64 levels"],
         id="5-deeply-nested-json-cell",
     ),
     # 6. integers are exact and within what Krea accepts

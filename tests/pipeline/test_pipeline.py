@@ -117,7 +117,8 @@ def test_invalid_batch_makes_no_api_call_and_names_every_bad_row(
     assert "bad.csv line 4" in message and "maximum" in message
     assert "bad.csv line 5" in message and "maxLength" in message
     assert "bad.csv line 6" in message and "duplicate of bad.csv line 2" in message
-    assert emulator.stats()["requests_by_route"] == {}
+    # Only Krea's public document was read (the live catalog): nothing else, nothing paid.
+    assert set(emulator.stats()["requests_by_route"]) <= {"GET /openapi.json"}
 
 
 def test_budget_guard_refuses_before_any_call(build, emulator, krea, instance, prompts_dir):

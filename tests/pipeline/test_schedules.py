@@ -157,3 +157,18 @@ def test_eager_automation_refreshes_a_batch_when_its_file_changes(
     assert emulator.stats()["jobs_created"] == before + 1
     third = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=second.cursor)
     assert third.total_requested == 0
+
+
+def test_a_model_only_the_live_catalog_knows_does_not_break_the_tick(
+    build, krea, instance, prompts_dir, caplog
+):
+    """A schedule plans with the bundled catalog: a newer model is skipped with a warning, not a crash."""
+    write_batch(prompts_dir, "b1", prompt_rows(1))
+    assets = build(model="krea/krea-3")
+    instance.add_dynamic_partitions(assets.partitions_def.name or "", ["b1"])
+    schedule = build_krea_regeneration_schedule(assets, cron_schedule="0 3 * * *", mode="all")
+    result = evaluate(schedule, assets, krea, instance, caplog)
+    assert not result.run_requests
+    assert "b1: not regenerated, cannot be planned: unknown image model 'krea/krea-3'" in (
+        caplog.text
+    )

@@ -43,9 +43,11 @@ created and versioned here (``SCHEMA_VERSION``; older ledgers are upgraded in pl
 
 Its parts, one concept per module: ``records`` (rows, states and the rules over them),
 ``schema`` (tables, versions, upgrades, the connection), ``protocol`` (every guarded write),
-``queries`` (every read) and ``uploads`` (reference files by content hash).
+``queries`` (every read), ``uploads`` (reference files by content hash) and ``catalogs`` (each
+backend's live model catalog, so every process of a deployment shares one fetch).
 """
 
+from krea_dagster.engine.ledger.catalogs import CachedCatalog, LedgerCatalogCache
 from krea_dagster.engine.ledger.protocol import LedgerWrites
 from krea_dagster.engine.ledger.queries import LedgerQueries
 from krea_dagster.engine.ledger.records import (
@@ -70,10 +72,12 @@ __all__ = [
     "SCHEMA_VERSION",
     "TERMINAL_STATES",
     "UNRESOLVED_STATES",
+    "CachedCatalog",
     "Claim",
     "JobUpdate",
     "Lease",
     "Ledger",
+    "LedgerCatalogCache",
     "LedgerSchemaError",
     "LedgerUploadCache",
     "Submission",
@@ -96,3 +100,7 @@ class Ledger(LedgerWrites, LedgerQueries):
     def upload_cache(self, account: str) -> LedgerUploadCache:
         """The ``UploadCache`` of an account: every worker and run sees every upload."""
         return LedgerUploadCache(self, account)
+
+    def catalog_cache(self) -> LedgerCatalogCache:
+        """The live model catalogs of every backend, shared by every process of the ledger."""
+        return LedgerCatalogCache(self)

@@ -29,6 +29,7 @@ __all__ = [
     "LedgerDatabase",
     "LedgerSchemaError",
     "accounts_table",
+    "catalogs_table",
     "chunks",
     "generations_table",
     "leases_table",
@@ -193,6 +194,25 @@ plans_table = sa.Table(
     sa.Column("prompt_key", sa.String(64), primary_key=True),
     sa.Column("run_id", sa.String(64)),
     sa.Column("planned_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# The live model catalog of each backend (``krea_dagster.engine.catalogs``), shared by every
+# process of a deployment so a run does not fetch ``/openapi.json`` each time. A table of its
+# own, created by ``create_all`` on older ledgers too: no schema version change.
+catalogs_table = sa.Table(
+    "krea_model_catalogs",
+    metadata,
+    sa.Column("base_url", sa.String(512), primary_key=True),
+    sa.Column("etag", sa.String(512)),
+    # SHA-256 of the document the catalog was derived from: the live catalog's fingerprint.
+    sa.Column("sha256", sa.String(64)),
+    sa.Column("derivation", sa.Integer),
+    sa.Column("catalog_json", sa.Text),
+    sa.Column("fetched_at", sa.DateTime(timezone=True)),
+    # When the backend was last asked (an answer, a 304 or a failure): the freshness clock.
+    sa.Column("checked_at", sa.DateTime(timezone=True), nullable=False),
+    # Why the last check failed (null when it succeeded).
+    sa.Column("error", sa.Text),
 )
 
 # Columns each version added to the tables of the one before (upgraded in place by
