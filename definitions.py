@@ -220,6 +220,7 @@ catalog = build_krea_workflow(
     store=STORE,
     ledger=LEDGER,
     max_usd_per_run=2.00,
+    store_url=STORE_URL,
 )
 
 

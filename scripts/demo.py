@@ -121,10 +121,14 @@ def main() -> int:
             f"{stats['duplicate_submissions']} duplicate submissions"
         )
     print("\ngalleries (every image with its prompt, status and cost; also linked in the UI):")
-    store = definitions.demo.pipeline.store
-    for batch in batches:
-        page = store.uri(store.batch_folder("demo", batch) / "index.html")
-        print(f"  {batch:<10} {f'{gallery}/demo/batches/{batch}/index.html' if gallery else page}")
+    upscale = definitions.catalog.pipelines["upscale"]
+    catalog_batches = [name.split("/", 1)[1] for name, *_ in summaries if "/" in name]
+    for pipeline, names in ((definitions.demo.pipeline, batches), (upscale, catalog_batches)):
+        store, prefix = pipeline.store, pipeline.prefix
+        for batch in names:
+            page = store.uri(store.batch_folder(prefix, batch) / "index.html")
+            served = f"{gallery}/{prefix}/batches/{batch}/index.html"
+            print(f"  {prefix + ' / ' + batch:<26} {served if gallery else page}")
     print(f"contact sheets:  {DEMO_DIR / 'contact_sheets'}")
     print(f"done in {time.monotonic() - started:.1f} s")
     print(

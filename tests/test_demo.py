@@ -215,9 +215,11 @@ def test_demo_command_generates_every_batch_and_pays_once(tmp_path):
         assert "DEBUG" not in first.stdout + first.stderr
         # The gallery of every batch, at an address that opens (the demo serves the store).
         gallery = f"http://127.0.0.1:{env['KREA_GALLERY_PORT']}"
-        for batch in ("city", "ocean", "spring"):
-            page = f"{gallery}/demo/batches/{batch}/index.html"
-            assert page in first.stdout and answers(page)
+        pages = [f"demo/batches/{batch}" for batch in ("city", "ocean", "spring")]
+        pages += [f"catalog.upscale/batches/{batch}" for batch in ("autumn", "spring")]
+        for page in pages:
+            url = f"{gallery}/{page}/index.html"
+            assert url in first.stdout and answers(url), url
         # 10 prompts in 3 batches, then 4 products edited and upscaled in 2 batches (8 jobs).
         assert sorted(p.name for p in (tmp_path / "demo" / "contact_sheets").iterdir()) == [
             "catalog-autumn.png",
