@@ -2,7 +2,9 @@
 
 What a user's own definitions file would hold: the bench's assets (prompt files, store and
 ledger under the scenario's work directory) and a ``KreaResource`` pointed at the emulator. The
-scenario passes its settings in ``KREA_BENCH_E2E`` (JSON: mode, workdir, base_url, token).
+scenario passes its settings in ``KREA_BENCH_E2E`` (JSON: mode, workdir, base_url, token, and
+``resource``: the fields a scenario sets beyond the bench's defaults, such as the poll interval
+of its render time).
 """
 
 import json
@@ -20,6 +22,8 @@ assets = build_assets(Path(_spec["workdir"]), _params)
 defs = dg.Definitions(
     assets=assets.assets,
     resources={
-        assets.resource_key: make_resource(_spec["base_url"], _spec["token"], _params),
+        assets.resource_key: make_resource(
+            _spec["base_url"], _spec["token"], _params, **_spec.get("resource", {})
+        ),
     },
 )

@@ -1,12 +1,15 @@
-"""The two baselines: what a user writes without krea-dagster, with plain httpx.
+"""The baselines: what a user writes without krea-dagster, with plain httpx.
 
 Per prompt, the loop of Krea's own helper scripts: POST the generation, then ``GET /jobs/{id}``
 until the status is terminal, sleeping the poll interval between polls, then download the
 result and write it to disk. ``generate_sequentially`` does that for one prompt after the
-other; ``generate_in_parallel`` hands the same function to a thread pool (8 workers). Nothing
-here is tuned: no ledger, no retries, no verification beyond the HTTP status.
+other; ``generate_in_parallel`` hands the same function to a thread pool (8 workers).
+``naive_images_asset`` is the obvious Dagster asset around it: one asset that reads the prompt
+file and runs ``generate_in_parallel`` with as many threads as the account's concurrency.
+Nothing here is tuned: no ledger, no retries, no verification beyond the HTTP status.
 """
 
+import csv
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import httpx
 
 TERMINAL = ("completed", "failed", "cancelled")
@@ -110,3 +114,31 @@ def generate_in_parallel(
         )
     seconds = time.perf_counter() - started
     return NaiveRun(seconds, sum(written), len(written) - sum(written))
+
+
+def naive_images_asset(
+    *,
+    prompts_csv: Path,
+    directory: Path,
+    base_url: str,
+    token: str,
+    model_path: str,
+    defaults: dict[str, Any],
+    poll_interval: float,
+    workers: int,
+) -> dg.AssetsDefinition:
+    """One asset: every prompt of a CSV file through ``generate_in_parallel`` on ``workers``
+    threads, each image written to ``directory``; a failed job fails the asset."""
+
+    @dg.asset(name="naive_images")
+    def naive_images() -> dg.MaterializeResult:
+        with prompts_csv.open(newline="", encoding="utf-8") as handle:
+            bodies = [{"prompt": row["prompt"], **defaults} for row in csv.DictReader(handle)]
+        run = generate_in_parallel(
+            base_url, token, model_path, bodies, poll_interval, directory, workers=workers
+        )
+        if run.failed:
+            raise RuntimeError(f"{run.failed} of {len(bodies)} jobs did not complete")
+        return dg.MaterializeResult(metadata={"images": run.images, "seconds": run.seconds})
+
+    return naive_images

@@ -21,6 +21,68 @@ REFERENCE_SENSOR_SECONDS = 10.0  # build_krea_sensors(completion_interval_second
 
 
 @dataclass(frozen=True)
+class AccountCase:
+    """One big account over a real network: Krea's concurrency, the latency every API request
+    gets (the emulator's ``latency_ms``), the render time and the batch size ``size`` (N)."""
+
+    concurrency: int
+    latency_ms: float
+    render_seconds: float
+    size: int
+
+    @property
+    def ideal_seconds(self) -> float:
+        """Whole waves of renders at the account's concurrency: ceil(N / concurrency) x render."""
+        return math.ceil(self.size / self.concurrency) * self.render_seconds
+
+    @property
+    def poll_interval(self) -> float:
+        """Krea's advice (a 3 s poll of a 55 s render) scaled to this render time."""
+        return self.render_seconds * REFERENCE_POLL_SECONDS / REFERENCE_RENDER_SECONDS
+
+    @property
+    def label(self) -> str:
+        """``c64_100ms_5s_n640``: the key of this case's figures in ``latest.json``."""
+        return (
+            f"c{self.concurrency}_{self.latency_ms:g}ms_{self.render_seconds:g}s_n{self.size}"
+        ).replace(".", "p")
+
+    @classmethod
+    def parse(cls, text: str) -> "AccountCase":
+        """``CONCURRENCY:LATENCY_MS:RENDER_SECONDS:N``, e.g. ``64:100:5:640``."""
+        parts = text.strip().split(":")
+        try:
+            if len(parts) != 4:
+                raise ValueError
+            case = cls(int(parts[0]), float(parts[1]), float(parts[2]), int(parts[3]))
+        except ValueError:
+            raise ValueError(
+                f"{text!r} is not CONCURRENCY:LATENCY_MS:RENDER_SECONDS:N (e.g. 64:100:5:640)"
+            ) from None
+        if case.concurrency < 1 or case.size < 1 or case.render_seconds <= 0 or case.latency_ms < 0:
+            raise ValueError(
+                f"{text!r}: concurrency and N must be at least 1, the render time above 0 and "
+                "the latency 0 or more"
+            )
+        return case
+
+
+# Issue 21's scenario: 100 ms on every API request, concurrency 64, 5 s renders, N = 640 (ideal
+# 50 s); then 8, 16 and 32 concurrency at both ends of 50-200 ms, ten waves each (ideal 50 s).
+ISSUE_ACCOUNT_CASES = (
+    AccountCase(64, 100, 5, 640),
+    *(AccountCase(c, ms, 5, 10 * c) for c in (8, 16, 32) for ms in (50, 200)),
+)
+# The full run's default: the issue's headline case, and the smaller accounts at the slow end
+# of the range over five waves (the whole issue set, ``--big-account issue``, adds about ten
+# minutes to the bench).
+DEFAULT_ACCOUNT_CASES = (
+    AccountCase(64, 100, 5, 640),
+    *(AccountCase(c, 200, 5, 5 * c) for c in (8, 16, 32)),
+)
+
+
+@dataclass(frozen=True)
 class BenchParams:
     """One bench configuration (``FULL`` or ``SMOKE``)."""
 
@@ -60,6 +122,13 @@ class BenchParams:
     discovery_ticks: int = 3
     # 9. launch-to-manifest through `dagster asset materialize` (the last size is the headline)
     end_to_end_sizes: tuple[int, ...] = (100, 200)
+    # 11. a big account over a real network (the first case is the headline), and a kill -9 of
+    # the worker mid-submission: after ``kill_after_jobs`` jobs exist at Krea, with the request
+    # timeouts of the crash tests (connect, write, read) so the re-run's windows close fast.
+    account_cases: tuple[AccountCase, ...] = DEFAULT_ACCOUNT_CASES
+    account_kill_case: AccountCase = AccountCase(64, 100, 5, 128)
+    account_kill_after_jobs: int = 40
+    account_kill_timeouts: tuple[float, float, float] = (1.0, 1.0, 2.0)
     # 10. the time-scaled day (bench/day.py; 0 batches: skipped, as in the smoke run, which
     # must not need PostgreSQL and S3). On this 2-core machine a batch takes about 40 s, so the
     # full 100 batches take over an hour: `--day-batches` runs fewer.
@@ -131,5 +200,9 @@ SMOKE = BenchParams(
     discovery_rows=2_000,
     discovery_ticks=1,
     end_to_end_sizes=(8,),
+    account_cases=(AccountCase(4, 20, 0.3, 8),),
+    account_kill_case=AccountCase(4, 20, 0.3, 8),
+    account_kill_after_jobs=3,
+    account_kill_timeouts=(0.3, 0.3, 0.6),
     day_batches=0,
 )

@@ -16,6 +16,8 @@ RECORD_SECTIONS = frozenset(
 )
 # The end-to-end figure uses the in-process executor when that brings it within this goal.
 END_TO_END_GOAL = 1.15
+# What "ideal" means for the big-account figures (and every wall / ideal of the bench).
+IDEAL = "ideal = ceil(N / concurrency) x render"
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,17 @@ def goals(params: BenchParams) -> dict[str, Goal]:
         "day_duplicates": Goal("0", lambda v: v == 0),
         "day_images_over_prompts": Goal("1.0", lambda v: v == 1.0),
         "completion_tick_end_over_start": Goal("<= 1.5", lambda v: v <= 1.5),
+        # 11. a big account over a real network (issue 21), launch to exit
+        "big_account_wall_over_ideal": Goal(f"<= 1.15 ({IDEAL})", lambda v: v <= 1.15),
+        "big_account_over_naive": Goal("<= 1 (no slower than the naive asset)", lambda v: v <= 1),
+        "big_account_requests_per_image": Goal("<= 1.2", lambda v: v <= 1.2),
+        "big_account_worst_wall_over_ideal": Goal(
+            f"<= 1.15 in every case ({IDEAL})", lambda v: v <= 1.15
+        ),
+        "big_account_worst_over_naive": Goal("<= 1 in every case", lambda v: v <= 1),
+        "big_account_worst_requests_per_image": Goal("<= 1.2 in every case", lambda v: v <= 1.2),
+        "big_account_kill9_billed_twice": Goal("0", lambda v: v == 0),
+        "big_account_kill9_reported": Goal("0", lambda v: v == 0),
     }
 
 
@@ -140,6 +153,8 @@ def scale_figures(params: BenchParams, results: dict[str, Any]) -> dict[str, flo
             discovery_tick_first_1m_rows_seconds=discovery["first_tick_seconds"],
             discovery_tick_touched_1m_rows_seconds=discovery["touched_tick_seconds"],
         )
+    if "big_account" in results:
+        values.update(account_figures(results["big_account"]))
     if "end_to_end" in results:
         runs = results["end_to_end"]
         n, small = str(params.end_to_end_sizes[-1]), str(params.end_to_end_sizes[0])
@@ -169,6 +184,47 @@ def scale_figures(params: BenchParams, results: dict[str, Any]) -> dict[str, flo
             end_to_end_requests_per_image=headline["requests_per_image"],
             dagster_import_seconds=runs["import_dagster_seconds"],
         )
+    return values
+
+
+def account_figures(account: dict[str, Any]) -> dict[str, float]:
+    """The big-account figures: the headline case's, the worst over every case, each case's
+    (``big_account_<case>_...``) and the kill -9 mid-submission's."""
+    values: dict[str, float] = {}
+    ratios, over_naive, per_image = [], [], []
+    for label, runs in account["cases"].items():
+        ours, naive = runs["krea_dagster"], runs["naive"]
+        case = {
+            "seconds": ours["seconds"],
+            "wall_over_ideal": ours["over_ideal"],
+            "requests_per_image": ours["requests_per_image"],
+            "posts_per_second": ours["posts_per_second"],
+            "posts_per_second_needed": ours["concurrency"] / ours["render_seconds"],
+            "naive_seconds": naive["seconds"],
+            "naive_wall_over_ideal": naive["over_ideal"],
+            "naive_requests_per_image": naive["requests_per_image"],
+            "over_naive": ours["seconds"] / naive["seconds"],
+            "ideal_seconds": ours["ideal_seconds"],
+        }
+        values.update({f"big_account_{label}_{key}": value for key, value in case.items()})
+        if label == account["headline"]:
+            values.update({f"big_account_{key}": value for key, value in case.items()})
+        ratios.append(case["wall_over_ideal"])
+        over_naive.append(case["over_naive"])
+        per_image.append(case["requests_per_image"])
+    values.update(
+        big_account_worst_wall_over_ideal=max(ratios),
+        big_account_worst_over_naive=max(over_naive),
+        big_account_worst_requests_per_image=max(per_image),
+    )
+    kill = account["kill"]
+    values.update(
+        big_account_kill9_in_flight=kill["in_flight_at_kill"],
+        big_account_kill9_reported=kill["reported"],
+        big_account_kill9_billed_twice=kill["billed_twice"],
+        big_account_kill9_duplicate_submissions=kill["duplicate_submissions"],
+        big_account_kill9_rerun_seconds=kill["rerun_seconds"],
+    )
     return values
 
 
@@ -238,6 +294,16 @@ def markdown(params: BenchParams, values: dict[str, float], results: dict[str, A
         ("10", "day: discovery tick at the start / end (s)", "day_discovery_tick_start_seconds", "day_discovery_tick_end_seconds"),
         ("10", "day: ledger rows / event-log bytes per batch", "day_ledger_rows_per_batch", "day_event_log_bytes_per_batch"),
         ("10", "day: projected event-log bytes for 100,000 prompts", "day_projection_100k_event_log_bytes"),
+        ("11", f"big account{_headline(results)}: launch to exit / ideal, krea-dagster / naive asset", "big_account_wall_over_ideal", "big_account_naive_wall_over_ideal"),
+        ("11", "big account: krea-dagster / naive asset, launch to exit", "big_account_over_naive"),
+        ("11", "big account: API requests per image, krea-dagster / naive asset", "big_account_requests_per_image", "big_account_naive_requests_per_image"),
+        ("11", "big account: POSTs per second per account, krea-dagster / needed (concurrency / render)", "big_account_posts_per_second", "big_account_posts_per_second_needed"),
+        ("11", "big account, worst case: launch to exit / ideal (krea-dagster)", "big_account_worst_wall_over_ideal"),
+        ("11", "big account, worst case: krea-dagster / naive asset", "big_account_worst_over_naive"),
+        ("11", "big account, worst case: API requests per image (krea-dagster)", "big_account_worst_requests_per_image"),
+        ("11", "kill -9 mid-submission: submissions in flight at the kill", "big_account_kill9_in_flight"),
+        ("11", "kill -9 mid-submission: prompts left reported", "big_account_kill9_reported"),
+        ("11", "kill -9 mid-submission: jobs billed twice / duplicate submissions", "big_account_kill9_billed_twice", "big_account_kill9_duplicate_submissions"),
     ]  # fmt: skip
     lines = [
         f"# krea-dagster bench ({params.mode})",
@@ -258,6 +324,8 @@ def markdown(params: BenchParams, values: dict[str, float], results: dict[str, A
         goal = checked[keys[0]]["goal"] if keys[0] in checked else ""
         met = ("yes" if checked[keys[0]]["met"] else "**no**") if keys[0] in checked else ""
         lines.append(f"| {number} | {label} | {shown} | {goal} | {met} |")
+    if "big_account" in results:
+        lines += _account_table(results["big_account"])
     if "inline" not in results:
         return "\n".join(lines) + "\n"
     lines += [
@@ -294,6 +362,48 @@ def markdown(params: BenchParams, values: dict[str, float], results: dict[str, A
         f"{inline['after_last_job_seconds']:.2f} s from there to the manifest.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _headline(results: dict[str, Any]) -> str:
+    account = results.get("big_account")
+    if not account:
+        return ""
+    ours = account["cases"][account["headline"]]["krea_dagster"]
+    return (
+        f" (concurrency {ours['concurrency']}, {ours['latency_ms']:g} ms, "
+        f"{ours['render_seconds']:g} s renders, N = {ours['size']})"
+    )
+
+
+def _account_table(account: dict[str, Any]) -> list[str]:
+    """Every big-account case, both contenders: launch to exit, / ideal, requests, POSTs/s."""
+    lines = [
+        "",
+        "Big account over a real network (launch to exit of `dagster asset materialize`, "
+        f"in-process executor; {IDEAL}):",
+        "",
+        "| concurrency | latency (ms) | render (s) | N | ideal (s) | contender | launch to exit (s) "
+        "| / ideal | API requests per image | POSTs per second |",
+        "|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for runs in account["cases"].values():
+        for name, run in (("krea-dagster", runs["krea_dagster"]), ("naive asset", runs["naive"])):
+            lines.append(
+                f"| {run['concurrency']} | {run['latency_ms']:g} | {run['render_seconds']:g} "
+                f"| {run['size']} | {run['ideal_seconds']:g} | {name} | {run['seconds']:.1f} "
+                f"| {run['over_ideal']:.3f} | {run['requests_per_image']:.2f} "
+                f"| {run['posts_per_second']:.1f} |"
+            )
+    kill = account["kill"]
+    lines += [
+        "",
+        f"kill -9 mid-submission ({kill['case']}): killed with {kill['jobs_created_at_kill']} "
+        f"jobs created, {kill['in_flight_at_kill']} submission(s) in flight and "
+        f"{kill['intents_at_kill']} claimed but unsent; the re-run took "
+        f"{kill['rerun_seconds']:.1f} s and left {kill['reported']} prompt(s) reported, "
+        f"{kill['billed_twice']} job(s) billed twice.",
+    ]
+    return lines
 
 
 def _rows(values: dict[str, float]) -> str:

@@ -3,7 +3,8 @@
 ``python -m bench`` (full, about 13 minutes on 2 cores) or ``python -m bench --smoke`` (tiny
 counts, seconds). Results go to ``bench/results/`` unless ``--out`` says otherwise.
 ``--only discovery,end_to_end`` runs just those groups and merges their figures into the
-``latest.json`` already in ``--out``.
+``latest.json`` already in ``--out``. ``--big-account issue`` (or a list of
+``CONCURRENCY:LATENCY_MS:RENDER_SECONDS:N`` cases) sets the cases of the big-account group.
 """
 
 import argparse
@@ -22,13 +23,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import report, scenarios, scenarios_scale
-from bench.params import FULL, SMOKE, BenchParams
+from bench import report, scenarios, scenarios_account, scenarios_scale
+from bench.params import FULL, ISSUE_ACCOUNT_CASES, SMOKE, AccountCase, BenchParams
 from krea_dagster.emulator.testing import spawn_emulator
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # Scenario groups ``--only`` can run on their own (their figures are merged into latest.json).
-ONLY_GROUPS = ("discovery", "end_to_end", "deferred", "day")
+ONLY_GROUPS = ("discovery", "end_to_end", "deferred", "day", "big_account")
 
 
 def _say(message: str) -> None:
@@ -121,7 +122,36 @@ def run_groups(bench: scenarios.Bench, groups: Sequence[str]) -> dict[str, Any]:
             **by_executor,
             "import_dagster_seconds": scenarios_scale.time_python_import_dagster(),
         }
+    if "big_account" in groups:
+        results["big_account"] = run_big_account(bench)
     return results
+
+
+def run_big_account(bench: scenarios.Bench) -> dict[str, Any]:
+    """11. Every account case with both contenders, then the kill -9 mid-submission."""
+    params = bench.params
+    cases: dict[str, Any] = {}
+    for case in params.account_cases:
+        for contender in scenarios_account.CONTENDERS:
+            _say(
+                f"11. big account {case.label} (concurrency {case.concurrency}, "
+                f"{case.latency_ms:g} ms, {case.render_seconds:g} s renders, N = {case.size}, "
+                f"ideal {case.ideal_seconds:g} s): {contender}"
+            )
+            result = scenarios_account.time_account_case(bench, case, contender)
+            cases.setdefault(case.label, {})[contender] = result
+    kill = params.account_kill_case
+    _say(
+        f"11. big account: kill -9 after {params.account_kill_after_jobs} jobs of "
+        f"{kill.size} ({kill.label}), then re-run"
+    )
+    killed = scenarios_account.count_kill_mid_submission(
+        bench,
+        kill,
+        kill_after_jobs=params.account_kill_after_jobs,
+        timeouts=params.account_kill_timeouts,
+    )
+    return {"cases": cases, "headline": params.account_cases[0].label, "kill": killed}
 
 
 def run_only(params: BenchParams, scratch: Path, groups: Sequence[str]) -> dict[str, Any]:
@@ -141,6 +171,22 @@ def _parse_only(text: str | None) -> list[str] | None:
             f"{', '.join(ONLY_GROUPS)} (comma-separated)"
         )
     return groups
+
+
+def _parse_account_cases(text: str | None) -> tuple[AccountCase, ...] | None:
+    if text is None:
+        return None
+    if text.strip() == "issue":
+        return ISSUE_ACCOUNT_CASES
+    try:
+        cases = tuple(AccountCase.parse(part) for part in text.split(",") if part.strip())
+    except ValueError as error:
+        raise SystemExit(f"--big-account: {error}") from None
+    if not cases:
+        raise SystemExit(
+            "--big-account: give 'issue' or CONCURRENCY:LATENCY_MS:RENDER_SECONDS:N,..."
+        )
+    return cases
 
 
 def _machine(load_before: tuple[float, float, float]) -> dict[str, Any]:
@@ -229,8 +275,19 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="batches of the time-scaled day (default 100 of 200 prompts; 0 skips it)",
     )
+    parser.add_argument(
+        "--big-account",
+        default=None,
+        help="cases of the big-account group: 'issue' (issue 21's scenario and 8, 16, 32 "
+        "concurrency at 50 and 200 ms, ten waves of 5 s renders each) or "
+        "CONCURRENCY:LATENCY_MS:RENDER_SECONDS:N,... (the first is the headline); default: "
+        "the issue's headline case and 8, 16, 32 concurrency at 200 ms over five waves",
+    )
     args = parser.parse_args(argv)
     params = SMOKE if args.smoke else FULL
+    account_cases = _parse_account_cases(args.big_account)
+    if account_cases is not None:
+        params = dataclasses.replace(params, account_cases=account_cases)
     if args.day_batches is not None:
         if args.day_batches < 0:
             raise SystemExit(f"--day-batches must be 0 or more, got {args.day_batches}")

@@ -134,7 +134,16 @@ def krea_span(base_url: str, token: str) -> tuple[float, float]:
     Read after the scenario's counters: these ``GET /jobs`` pages are the bench's, not the
     client's.
     """
-    first, last = math.inf, -math.inf
+    jobs = job_times(base_url, token)
+    first = min((created for created, _ in jobs), default=math.inf)
+    last = max((completed for _, completed in jobs if completed is not None), default=-math.inf)
+    return first, last
+
+
+def job_times(base_url: str, token: str) -> list[tuple[float, float | None]]:
+    """(``created_at``, ``completed_at`` or None) of every job of the account, as epoch seconds
+    (the bench's own ``GET /jobs`` pages, read after the scenario's counters)."""
+    times: list[tuple[float, float | None]] = []
     cursor: str | None = None
     with httpx.Client(
         base_url=base_url, headers={"Authorization": f"Bearer {token}"}, trust_env=False
@@ -143,12 +152,11 @@ def krea_span(base_url: str, token: str) -> tuple[float, float]:
             params: dict[str, Any] = {"limit": 1000, **({"cursor": cursor} if cursor else {})}
             page = client.get("/jobs", params=params).raise_for_status().json()
             for job in page["items"]:
-                first = min(first, _epoch(job["created_at"]))
-                if job.get("completed_at"):
-                    last = max(last, _epoch(job["completed_at"]))
+                completed = job.get("completed_at")
+                times.append((_epoch(job["created_at"]), _epoch(completed) if completed else None))
             cursor = page.get("next_cursor")
             if not cursor or not page["items"]:
-                return first, last
+                return times
 
 
 def _epoch(text: str) -> float:

@@ -77,10 +77,12 @@ def _settings_model() -> type[dg.Model]:
     """The ``krea:`` block: every field of ``KreaResource``, with its default and description."""
     fields: dict[str, Any] = {}
     for name, field in KreaResource.model_fields.items():
-        fields[name] = (
-            field.annotation,
-            Field(default=field.default, description=field.description),
+        default = (
+            Field(default_factory=field.default_factory, description=field.description)
+            if field.default_factory is not None
+            else Field(default=field.default, description=field.description)
         )
+        fields[name] = (field.annotation, default)
     model: type[dg.Model] = pydantic.create_model(
         "KreaSettings",
         __base__=dg.Model,

@@ -36,6 +36,7 @@ from krea_dagster.engine.paths import (
     caller_root,
     default_ledger,
     missing_extra,
+    resolve_location,
 )
 from krea_dagster.engine.pipeline import KreaImagePipeline
 from krea_dagster.engine.source import BATCH_COLUMN, PromptSource
@@ -272,11 +273,13 @@ def build_krea_node(
             if isinstance(prompts, PromptSource)
             else PromptSource(paths.prompts, batch_column=batch_column)
         )
-    references_root = (
-        base_dir
-        if base_dir is not None
-        else (None if source is not None else (paths.root or caller_root()))
-    )
+    # Relative reference paths are read from base_dir (itself relative to the project root),
+    # else the prompt folder, else the project root: never the current directory.
+    project = paths.root or caller_root()
+    if base_dir is not None:
+        references_root: str | Path | None = resolve_location(base_dir, project, "base_dir")
+    else:
+        references_root = None if source is not None else project
     pipelines = tuple(
         KreaImagePipeline(
             prefix=f"{name_prefix}.{step.name}" if step.name else name_prefix,

@@ -25,6 +25,23 @@ SCALE_FIGURES = [
     "dagster_import_seconds",
 ]
 
+# The big-account group (issue 21): the headline case, the worst case, the kill -9.
+ACCOUNT_FIGURES = [
+    "big_account_wall_over_ideal",
+    "big_account_naive_wall_over_ideal",
+    "big_account_over_naive",
+    "big_account_requests_per_image",
+    "big_account_naive_requests_per_image",
+    "big_account_posts_per_second",
+    "big_account_posts_per_second_needed",
+    "big_account_worst_wall_over_ideal",
+    "big_account_worst_over_naive",
+    "big_account_worst_requests_per_image",
+    "big_account_kill9_in_flight",
+    "big_account_kill9_reported",
+    "big_account_kill9_billed_twice",
+]
+
 REQUIRED_FIGURES = [
     "wall_over_ideal",
     "naive_sequential_over_ours",
@@ -41,6 +58,7 @@ REQUIRED_FIGURES = [
     "naive_parallel_requests_per_image",
     "naive_sequential_requests_per_image",
     *SCALE_FIGURES,
+    *ACCOUNT_FIGURES,
 ]
 
 
@@ -75,11 +93,34 @@ def test_smoke_run_writes_every_figure_table_and_plot(tmp_path: Path) -> None:
     assert record["params"]["seed"] == 1234
     assert set(record["goals"]) <= set(record)
     assert record["crash_extra_billed_jobs"] == 0
+    assert_big_account_scenario(record)
     table = (out / "latest.md").read_text(encoding="utf-8")
     assert "| figure | measured | goal | met |" in table
     assert table in run.stdout
     png = (out / "latest.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+
+
+def assert_big_account_scenario(record: dict) -> None:
+    """The big-account group ran both contenders on every case, each storing every image, and
+    the kill -9 re-run paid nothing twice."""
+    fields = ("concurrency", "latency_ms", "render_seconds", "size")
+    asked = sorted(tuple(case[f] for f in fields) for case in record["params"]["account_cases"])
+    account = record["scenarios"]["big_account"]
+    for contender in ("krea_dagster", "naive"):
+        runs = [runs[contender] for runs in account["cases"].values()]
+        assert sorted(tuple(run[f] for f in fields) for run in runs) == asked, contender
+        assert all(run["images"] == run["size"] for run in runs), contender
+        # Launch to exit for both: the command outlives the last image it stores.
+        assert all(
+            run["seconds"] == run["command_seconds"] >= run["to_last_image_seconds"] > 0
+            for run in runs
+        ), contender
+    assert (
+        "ceil(N / concurrency) x render" in record["goals"]["big_account_wall_over_ideal"]["goal"]
+    )
+    assert account["kill"]["images"] == record["params"]["account_kill_case"]["size"]
+    assert record["big_account_kill9_billed_twice"] == 0
 
 
 def test_only_runs_the_scale_groups_and_keeps_the_previous_figures(tmp_path: Path) -> None:
@@ -150,3 +191,44 @@ def test_only_refuses_an_unknown_group(tmp_path: Path) -> None:
     )
     assert run.returncode != 0
     assert "discovery, end_to_end" in run.stderr
+
+
+def test_submit_profile_smoke_measures_each_part(tmp_path: Path) -> None:
+    """``python -m bench.submit_profile --smoke`` profiles the lane's ledger calls, several workers and lost answers, each settled the way the fault allows."""
+    out = tmp_path / "results"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.submit_profile",
+            "--smoke",
+            "--out",
+            str(out),
+            "--scratch",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    record = json.loads((out / "submit_profile.json").read_text(encoding="utf-8"))
+    params, results = record["params"], record["results"]
+    assert sorted(results["lane"]) == [f"sqlite_{ms:g}ms" for ms in params["latencies_ms"]]
+    for lane in results["lane"].values():
+        assert lane["posts"] == params["lane_posts"]
+        # The submitter's own writes, each at least one transaction per POST.
+        calls = lane["ledger_calls"]
+        assert {"claim", "note_send", "mark_submitted"} <= set(calls)
+        assert all(calls[name]["transactions_per_post"] >= 1 for name in ("claim", "note_send"))
+    (workers,) = results["workers"].values()
+    assert workers["posts"] == params["workers"] * params["worker_posts"]
+    lost = results["lost_answers"]
+    assert set(lost) == set(params["faults"])
+    # A job that exists is attributed (a node app's jobs too); a 5xx made none, so not created.
+    assert lost["dropped"]["faulty_row_state"] not in ("not_created", "reported")
+    assert lost["node_app_dropped"]["faulty_row_state"] not in ("not_created", "reported")
+    assert lost["error_5xx"]["faulty_row_state"] == "not_created"
+    table = (out / "submit_profile.md").read_text(encoding="utf-8")
+    assert "One lost answer" in table and table in run.stdout

@@ -1,10 +1,12 @@
 """Every code block of the README runs as written (or the table below says which test covers it).
 
-Bash blocks run from the command line with a temporary ``DAGSTER_HOME``: the quickstart in a new
-project folder, the demo's commands (``dg check``, ``dg launch``, ...; marker ``system``, about a
-minute) in a copy of this repository. The one change made to a
-block: the emulator's well-known ports (8760, the quickstart's 8770) become free ports, so a
-test never talks to (or collides with) an emulator a developer left running.
+Bash blocks run from the command line with a temporary ``DAGSTER_HOME``: the quickstart, node
+and YAML blocks in a project made by ``create-dagster`` (marker ``system``), the demo's commands
+(``dg check``, ``dg launch``, ...; marker ``system``, about a minute) in a copy of this
+repository. The changes made to blocks: the emulator's well-known ports (8760, the
+quickstart's 8770) become free ports, so a test never talks to (or collides with) an emulator a developer left running; and the new
+project's ``pip install -e .`` becomes its ``src/`` on ``PYTHONPATH``, so the venv under test is
+not changed.
 """
 
 import contextlib
@@ -29,14 +31,26 @@ VENV_BIN = Path(os.environ.get("KREA_PYTHON", sys.executable)).parent
 # Each README block, by its first line, and where it is run. Blocks run elsewhere say where.
 BLOCKS = {
     "./scripts/demo": "elsewhere: tests/test_demo.py runs scripts/demo.py; ./scripts/test is CI",
-    "pip install 'krea-dagster[emulator]'": "elsewhere: tests/test_install.py installs it",
-    "mkdir -p data/prompts": "quickstart",
-    "# definitions.py": "quickstart",
-    "krea-emulator start --port 8770 --time-scale 0.05 > emulator.json": "quickstart",
-    'export DAGSTER_HOME=$PWD/.dagster && mkdir -p "$DAGSTER_HOME"': "quickstart",
+    "pip install 'krea-dagster[emulator]' create-dagster": (
+        "elsewhere: tests/test_install.py installs krea-dagster; create-dagster is the test "
+        "environment's (test_readme_new_project_runs_every_block_as_written)"
+    ),
+    "create-dagster project --no-uv-sync my-project && cd my-project": "new-project",
+    "# src/my_project/defs/resources.py": "new-project",
+    "# src/my_project/defs/posters.py": "new-project",
+    "krea-emulator start --port 8770 --time-scale 0.05 > emulator.json": "new-project",
+    'export DAGSTER_HOME=$PWD/.dagster && mkdir -p "$DAGSTER_HOME"': "new-project",
     '@dg.asset(ins={"manifest": dg.AssetIn(posters.images.key)}, partitions_def=posters.partitions_def)': (
         "fragments"
     ),
+    "krea-dagster sample-products data/products    # products.csv (batch, sku, name, color, photo) and photos/": (
+        "new-project"
+    ),
+    "# src/my_project/defs/catalog.py": "new-project",
+    "dg launch --assets products": "new-project",
+    "from krea_dagster import KreaStep": "node-app",
+    "dg scaffold defs krea_dagster.KreaWorkflowComponent shoes": "new-project",
+    "# src/my_project/defs/shoes/defs.yaml": "scaffolded",
     'export DAGSTER_HOME=$PWD/.demo/dagster_home && mkdir -p "$DAGSTER_HOME"': "demo",
     ".venv/bin/krea-dagster register-batches demo banners": "demo",
     ".venv/bin/dg dev        # http://127.0.0.1:3000; then, in another shell:": (
@@ -44,13 +58,8 @@ BLOCKS = {
         " runs the same discovery -> jobs -> completion -> images loop tick by tick"
     ),
     "from krea_dagster import build_krea_regeneration_schedule": "fragments",
-    ".venv/bin/dg list components                      # krea_dagster.KreaImagesComponent": "demo",
-    "# defs/posters/defs.yaml": "yaml",
     ".venv/bin/dagster instance concurrency set krea 2": "demo",
     ".venv/bin/krea-emulator serve --port 8760 --time-scale 0.1 --concurrency 8 --job-failure-rate 0.05 &": "emulator",
-    "import dagster as dg": "workflow",
-    "type: krea_dagster.KreaWorkflowComponent": "workflow-yaml",
-    "from krea_dagster import KreaStep": "node-app",
 }
 
 
@@ -113,38 +122,51 @@ def test_every_readme_block_is_run_or_names_the_test_that_covers_it():
     assert sorted(set(BLOCKS) - set(firsts)) == [], "BLOCKS names blocks the README lost"
     for first, kind in BLOCKS.items():
         assert kind in (
-            "quickstart",
+            "new-project",
             "fragments",
             "demo",
-            "yaml",
+            "scaffolded",
             "emulator",
-            "workflow",
-            "workflow-yaml",
             "node-app",
         ) or (kind.startswith("elsewhere: tests/")), first
 
 
-@pytest.fixture
-def quickstart_project(tmp_path: Path) -> tuple[Path, str]:
-    """A new folder where the quickstart ran: registered, launched, images stored."""
-    require_console_scripts("krea-emulator", "krea-dagster", "dagster")
-    project = tmp_path / "my-project"
-    project.mkdir()
-    port = str(free_port(2))
-    script = []
-    for code in blocks_for("quickstart"):
-        if code.startswith("# definitions.py"):
-            (project / "definitions.py").write_text(code, encoding="utf-8")
-        else:
-            script.append(code.replace("8770", port))
-    env = command_env(tmp_path / "unused-home", REPO)
-    try:
-        output = run_bash("\n".join(script), project, env)
-    finally:
-        from krea_dagster.emulator.local import stop_local_emulator
+def project_files(project: Path) -> list[Path]:
+    """Write the README's Python files (blocks whose first line names their path) into a
+    project; return their paths."""
+    written = []
+    for code in blocks_for("new-project"):
+        first = code.splitlines()[0]
+        if first.startswith("# src/"):
+            path = project / first.removeprefix("# ")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(code, encoding="utf-8")
+            written.append(path)
+    return written
 
-        stop_local_emulator(project / ".krea-emulator")  # `krea-emulator start` detaches it
-    return project, output
+
+def exec_file(path: Path, namespace: dict | None = None) -> dict:
+    """Run a README Python file as its module would, in a namespace of its own."""
+    namespace = {"__file__": str(path), "__name__": path.stem, **(namespace or {})}
+    exec(compile(path.read_text(encoding="utf-8"), str(path), "exec"), namespace)
+    return namespace
+
+
+def ledger_paid_once(ledger: Path) -> dict[str, int]:
+    """Completed jobs per ledger scope; fails if any prompt of a generation was paid twice."""
+    import sqlite3
+
+    with sqlite3.connect(ledger) as conn:
+        rows = conn.execute(
+            "SELECT scope, batch, generation, prompt_key FROM krea_submissions "
+            "WHERE state = 'completed' AND parent_id IS NULL"
+        ).fetchall()
+    keys = [tuple(row) for row in rows]
+    assert len(keys) == len(set(keys)), f"a prompt was paid twice: {keys}"
+    per_scope: dict[str, int] = {}
+    for scope, *_ in keys:
+        per_scope[scope] = per_scope.get(scope, 0) + 1
+    return per_scope
 
 
 def test_readme_quickstart_emulator_fails_at_once_on_a_taken_port(tmp_path):
@@ -154,7 +176,7 @@ def test_readme_quickstart_emulator_fails_at_once_on_a_taken_port(tmp_path):
     from krea_dagster.emulator.local import ensure_local_emulator, stop_local_emulator
 
     require_console_scripts("krea-emulator")
-    (block,) = [code for code in blocks_for("quickstart") if code.startswith("krea-emulator")]
+    (block,) = [code for code in blocks_for("new-project") if code.startswith("krea-emulator")]
     port = free_port(2)
     demo = ensure_local_emulator(tmp_path / "demo-emulator", port=port, cdn_port=port + 1)
     project = tmp_path / "my-project"
@@ -177,157 +199,124 @@ def test_readme_quickstart_emulator_fails_at_once_on_a_taken_port(tmp_path):
     assert demo.base_url.endswith(str(port))
 
 
-def test_readme_quickstart_runs_from_the_command_line_against_the_emulator(quickstart_project):
-    """The quickstart's commands, as written, register the batch, run it and store its two images."""
-    project, output = quickstart_project
+@pytest.mark.system
+def test_readme_new_project_runs_every_block_as_written(tmp_path):
+    """In a project made by create-dagster, the README's quickstart, node and YAML blocks run as
+    written against the emulator: every batch launched stores its images, each paid once, in
+    one ledger; the scaffold writes the defs.yaml the README shows."""
+    require_console_scripts("create-dagster", "krea-emulator", "krea-dagster", "dg")
+    create, *blocks = [code for code in blocks_for("new-project")]
+    first, *rest = create.splitlines()
+    env = command_env(tmp_path / "unused-home", REPO)
+    run_bash(first.split(" && cd ")[0], tmp_path, env, timeout=120)
+    project = tmp_path / "my-project"
+    assert (project / "src" / "my_project" / "definitions.py").is_file()
+    # The one change: instead of `pip install -e .` (into the venv under test), the project's
+    # src/ goes on the path, beside the tree under test.
+    env["PYTHONPATH"] = f"{REPO}{os.pathsep}{project / 'src'}"
+    script = [line for line in rest if line.strip() != "pip install -e ."]
+    project_files(project)
+    port = str(free_port(2))
+    script += [
+        code.replace("8770", port).replace("8760", port)
+        for code in blocks
+        if not code.startswith("# src/")
+    ]
+    try:
+        output = run_bash("\n".join(script), project, env, timeout=900)
+    finally:
+        from krea_dagster.emulator.local import stop_local_emulator
+
+        stop_local_emulator(project / ".krea-emulator")  # `krea-emulator start` detaches it
     assert "posters: 1 batch(es) added (hero), 0 already registered" in output
-    assert "RUN_SUCCESS" in output
-    images = sorted((project / "krea-output" / "images" / "posters" / "images").rglob("*.png"))
-    assert len(images) == 2
-    assert (project / "krea-output" / "ledger.db").is_file()
-    assert (project / ".dagster").is_dir()  # the DAGSTER_HOME the block exported
-    assert '"base_url": "http://127.0.0.1:' in (project / "emulator.json").read_text()
+    assert "catalog: 2 batch(es) added (autumn, spring), 0 already registered" in output
+    assert "shoes: 1 batch(es) added (spring), 0 already registered" in output
+    assert "All definitions loaded successfully" in output  # dg check defs, with the scaffold
+    assert output.count("RUN_SUCCESS") == 4, output[-4000:]  # posters, products, catalog, shoes
+    images = project / "krea-output" / "images"
+    for scope, count in (("posters", 2), ("catalog.upscale", 2), ("shoes.upscale", 2)):
+        assert len(list((images / scope / "images").rglob("*.png"))) == count, scope
+    # One ledger for every node of the project (one token, one ledger), nothing paid twice.
+    assert ledger_paid_once(project / "krea-output" / "ledger.db") == {
+        "posters": 2,
+        "catalog.edit": 2,
+        "catalog.upscale": 2,
+        "shoes.edit": 2,
+        "shoes.upscale": 2,
+    }
+    import yaml
+
+    (shown,) = blocks_for("scaffolded")
+    scaffolded = project / "src" / "my_project" / "defs" / "shoes" / "defs.yaml"
+    assert yaml.safe_load(shown) == yaml.safe_load(scaffolded.read_text(encoding="utf-8"))
 
 
-def test_readme_python_fragments_run_with_the_quickstart_definitions(tmp_path, monkeypatch):
-    """The downstream-asset and schedule examples build on `posters` and materialize."""
+def test_readme_python_blocks_build_and_run_with_the_fragments(tmp_path, monkeypatch):
+    """The README's Python files (resources, posters, catalog) and the fragments that build on
+    them (a downstream asset, schedules, a node-app step) build and materialize on the emulator."""
+    from krea_dagster import build_krea_workflow, write_sample_products
     from krea_dagster.emulator.testing import run_emulator
 
-    project = tmp_path / "project"
+    project = tmp_path / "my-project"
     (project / "data" / "prompts").mkdir(parents=True)
+    (project / "pyproject.toml").write_text('[project]\nname = "my-project"\n')
     (project / "data" / "prompts" / "hero.csv").write_text("prompt\na red kite\n")
-    (project / "definitions.py").write_text(blocks_for("quickstart")[1], encoding="utf-8")
+    write_sample_products(project / "data" / "products")
+    resources_py, posters_py, catalog_py = project_files(project)
+    monkeypatch.chdir(project)  # the products asset reads data/products/products.csv
     with run_emulator(time_scale=0.005) as emulator:
         monkeypatch.setenv("KREA_BASE_URL", emulator.base_url)
         monkeypatch.setenv("KREA_API_KEY", emulator.token)
-        namespace: dict = {"__file__": str(project / "definitions.py"), "__name__": "definitions"}
-        exec(
-            compile((project / "definitions.py").read_text(), namespace["__file__"], "exec"),
-            namespace,
-        )
+        resources = exec_file(resources_py)["defs"].resources
+        namespace = exec_file(posters_py)
         for code in blocks_for("fragments"):
             exec(compile(code, str(project / "fragment.py"), "exec"), namespace)
-        posters, defs = namespace["posters"], namespace["defs"]
+        posters = namespace["posters"]
         assert namespace["nightly"].cron_schedule == "0 3 * * *"
         assert namespace["weekly"].cron_schedule == "0 4 * * 1"
+        catalog_module = exec_file(catalog_py)
+        catalog, products = catalog_module["catalog"], catalog_module["products"]
+        (angles_code,) = blocks_for("node-app")
+        exec(compile(angles_code, str(project / "angles.py"), "exec"), catalog_module)
+        views = build_krea_workflow(
+            "views",
+            table=products,
+            key_column="sku",
+            base_dir="data/products",
+            steps=[catalog.steps[0], catalog_module["angles"]],
+            root=project,  # built from this test file: name the project
+        )
         with dg.instance_for_test() as instance:
             instance.add_dynamic_partitions(posters.partitions_def.name, ["hero"])
             result = dg.materialize(
                 [*posters.assets, namespace["publish"]],
                 partition_key="hero",
                 instance=instance,
-                resources=defs.resources,
+                resources=resources,
             )
             assert result.success
             assert result.output_for_node("publish") is None  # the example's body is `...`
-        assert emulator.stats()["jobs_created"] == 1
-
-
-def test_readme_workflow_runs_as_written(tmp_path, monkeypatch):
-    """The workflow example, as written, edits and upscales the shipped product photos."""
-    from krea_dagster.emulator.testing import run_emulator
-
-    (code,) = blocks_for("workflow")
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "pyproject.toml").write_text('[project]\nname = "readme-workflow"\n')
-    shutil.copytree(REPO / "data" / "products", project / "data" / "products")
-    (project / "definitions.py").write_text(code, encoding="utf-8")
-    monkeypatch.chdir(project)  # the example reads data/products/products.csv
-    with run_emulator(time_scale=0.005) as emulator:
-        monkeypatch.setenv("KREA_BASE_URL", emulator.base_url)
-        monkeypatch.setenv("KREA_API_KEY", emulator.token)
-        namespace: dict = {"__file__": str(project / "definitions.py"), "__name__": "definitions"}
-        exec(compile(code, namespace["__file__"], "exec"), namespace)
-        catalog, products, defs = namespace["catalog"], namespace["products"], namespace["defs"]
-        with dg.instance_for_test() as instance:
             assert dg.materialize([products], instance=instance).success
-            instance.add_dynamic_partitions(catalog.partitions_def.name, ["spring"])
-            result = dg.materialize(
-                [products, *catalog.assets],
-                selection=catalog.assets,
-                partition_key="spring",
-                instance=instance,
-                resources=defs.resources,
-            )
-            assert result.success
-            upscaled = result.output_for_node("catalog__upscale")
+            for node in (catalog, views):
+                instance.add_dynamic_partitions(node.partitions_def.name, ["spring"])
+                result = dg.materialize(
+                    [products, *node.assets],
+                    selection=node.assets,
+                    partition_key="spring",
+                    instance=instance,
+                    resources=resources,
+                )
+                assert result.success
+            upscaled = result.output_for_node("views__angles")
             assert upscaled["status"].tolist() == ["completed", "completed"]
+            assert [len(outputs) for outputs in upscaled["outputs"]] == [2, 2]
+            assert upscaled["cost_usd"].tolist() == [0.25, 0.25]
         stats = emulator.stats()
-        assert stats["jobs_created"] == 4 and stats["uploads"] == 4  # 2 photos, 2 edits
-    assert (project / ".demo" / "ledger.db").is_file()  # relative paths: the project root
-
-
-def test_readme_node_app_step_runs_after_the_edit(tmp_path, monkeypatch):
-    """The node-app step of the README, after the workflow's edit, executes the app once per
-    product and stores both views of each."""
-    from krea_dagster import build_krea_workflow
-    from krea_dagster.emulator.testing import run_emulator
-
-    (workflow_code,) = blocks_for("workflow")
-    (code,) = blocks_for("node-app")
-    project = tmp_path / "project"
-    project.mkdir()
-    shutil.copytree(REPO / "data" / "products", project / "data" / "products")
-    monkeypatch.chdir(project)
-    with run_emulator(time_scale=0.005) as emulator:
-        monkeypatch.setenv("KREA_BASE_URL", emulator.base_url)
-        monkeypatch.setenv("KREA_API_KEY", emulator.token)
-        namespace: dict = {"__file__": str(project / "definitions.py"), "__name__": "definitions"}
-        exec(compile(workflow_code, namespace["__file__"], "exec"), namespace)
-        exec(compile(code, str(project / "angles.py"), "exec"), namespace)
-        catalog, products, defs = namespace["catalog"], namespace["products"], namespace["defs"]
-        views = build_krea_workflow(
-            "views",
-            table=products,
-            key_column="sku",
-            base_dir="data/products",
-            steps=[catalog.steps[0], namespace["angles"]],
-            store=".demo/views",
-            ledger="sqlite:///.demo/ledger.db",
-            root=project,  # called from this test file: the project is not its root
-        )
-        with dg.instance_for_test() as instance:
-            instance.add_dynamic_partitions(views.partitions_def.name, ["spring"])
-            result = dg.materialize(
-                [products, *views.assets],
-                partition_key="spring",
-                instance=instance,
-                resources=defs.resources,
-            )
-            assert result.success
-            manifest = result.output_for_node("views__angles")
-            assert manifest["status"].tolist() == ["completed", "completed"]
-            assert [len(outputs) for outputs in manifest["outputs"]] == [2, 2]
-            assert manifest["cost_usd"].tolist() == [0.25, 0.25]
-        assert emulator.stats()["requests_by_route"]["POST /node-apps/{id}/execute"] == 2
-
-
-def test_readme_workflow_yaml_loads(tmp_path, monkeypatch):
-    """The workflow YAML example, beside a products asset in a dg project, loads."""
-    from dagster.components.testing import create_defs_folder_sandbox
-
-    (yaml_code,) = blocks_for("workflow-yaml")
-    monkeypatch.setenv("KREA_API_KEY", "11111111-2222-4333-8444-555555555555:readme")
-    with create_defs_folder_sandbox() as sandbox:
-        (sandbox.defs_folder_path / "products.py").write_text(
-            "import dagster as dg\nimport pandas as pd\n\n\n@dg.asset\n"
-            "def products() -> pd.DataFrame:\n    return pd.DataFrame()\n",
-            encoding="utf-8",
-        )
-        folder = sandbox.defs_folder_path / "catalog"
-        folder.mkdir()
-        (folder / "defs.yaml").write_text(yaml_code, encoding="utf-8")
-        with sandbox.build_all_defs() as defs:
-            dg.Definitions.validate_loadable(defs)
-            graph = defs.resolve_asset_graph()
-            upscale = graph.get(dg.AssetKey(["catalog", "upscale"]))
-            prompts = graph.get(dg.AssetKey(["catalog", "upscale_prompts"]))
-            assert {k.to_user_string() for k in prompts.parent_keys} == {
-                "products",
-                "catalog/edit",
-            }
-            assert dg.AssetKey(["catalog", "upscale_prompts"]) in upscale.parent_keys
+        # hero 1, catalog: 2 edits + 2 upscales, views: its edits are catalog's (the same
+        # requests, another scope: 2 more) + 2 executions of 2 jobs each.
+        assert stats["requests_by_route"]["POST /node-apps/{id}/execute"] == 2
+        assert stats["duplicate_uploads"] == 0
+    assert (project / "krea-output" / "ledger.db").is_file()  # relative paths: the project root
 
 
 def repo_copy(tmp_path: Path) -> Path:
@@ -371,28 +360,9 @@ def test_readme_demo_commands_run_in_a_copy_of_the_repository(tmp_path):
     assert output.count("RUN_SUCCESS") == 2, output[-4000:]
     sheets = sorted(p.name for p in (copy / ".demo" / "contact_sheets").iterdir())
     assert sheets == ["demo-ocean.png", "demo-spring.png"]
-    assert (copy / "demo_defs" / "posters" / "defs.yaml").is_file()  # dg scaffold defs
     assert "krea_dagster.KreaImagesComponent" in output
+    assert "krea_dagster.KreaWorkflowComponent" in output
     print(f"demo README commands took {elapsed:.1f} s")
-
-
-def test_readme_yaml_component_example_loads(tmp_path, monkeypatch):
-    """The defs.yaml example, written into a dg project, loads with its variables set."""
-    from dagster.components.testing import create_defs_folder_sandbox
-
-    (yaml_code,) = blocks_for("yaml")
-    monkeypatch.setenv("KREA_LEDGER_URL", f"sqlite:///{tmp_path / 'ledger.db'}")
-    monkeypatch.setenv("KREA_API_KEY", "11111111-2222-4333-8444-555555555555:readme")
-    with create_defs_folder_sandbox() as sandbox:
-        folder = sandbox.defs_folder_path / "posters"
-        (folder / "prompts").mkdir(parents=True)
-        (folder / "defs.yaml").write_text(yaml_code, encoding="utf-8")
-        with sandbox.build_all_defs() as defs:
-            dg.Definitions.validate_loadable(defs)
-            names = {schedule.name for schedule in defs.schedules or []}
-            assert len(names) == 1
-            keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
-            assert "posters/images" in keys
 
 
 def test_readme_emulator_example_answers_the_curl(tmp_path):

@@ -78,8 +78,7 @@ class EmulatorState:
     ) -> None:
         self.config = config or EmulatorConfig()
         self.initial_config = self.config.copy()
-        # Krea's time, shifted by clock_offset_seconds (a server whose clock is off).
-        self.clock: Clock = lambda: clock() + self.config.clock_offset_seconds
+        self.clock: Clock = lambda: clock() + self.config.clock_offset_seconds  # Krea's, skewed
         self.store = store or MemoryStore()
         self.cdn_url = cdn_url
         self.documents = DocumentRegistry()  # the openapi knob's document and its models

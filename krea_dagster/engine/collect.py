@@ -30,6 +30,7 @@ from krea_dagster.api import AsyncKreaClient, DownloadError, JobStatus, KreaErro
 from krea_dagster.api.video import VideoError, inspect_video, poster_frame
 from krea_dagster.engine.cancel import cancel_jobs
 from krea_dagster.engine.crashpoints import crash_point
+from krea_dagster.engine.errors import ErrorCode
 from krea_dagster.engine.ledger import JobUpdate, Ledger, Submission
 from krea_dagster.engine.prompts import expected_aspect_ratio, expected_size
 from krea_dagster.engine.store import ImageStore
@@ -97,7 +98,7 @@ class CollectReport:
 class ImageCheckError(ValueError):
     """A downloaded file is not the image that was asked for."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
         self.code = code
 
@@ -124,7 +125,7 @@ def verify_video(path: Path, *, thumbnail: bool) -> tuple[int, int, str | None]:
         info = inspect_video(path)
     except VideoError as error:
         raise ImageCheckError(
-            "invalid_video", f"the result is not a usable video: {error}"
+            ErrorCode.INVALID_VIDEO, f"the result is not a usable video: {error}"
         ) from None
     preview = None
     if thumbnail:
@@ -146,12 +147,12 @@ def verify_image(
             preview = thumbnail_data_uri(image) if thumbnail else None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ImageCheckError(
-            "invalid_image", f"the result does not decode as an image: {error}"
+            ErrorCode.INVALID_IMAGE, f"the result does not decode as an image: {error}"
         ) from None
     wanted = expected_size(request)
     if wanted is not None and (width, height) != wanted:
         raise ImageCheckError(
-            "wrong_size",
+            ErrorCode.WRONG_SIZE,
             f"the image is {width}x{height}, the request asked for {wanted[0]}x{wanted[1]}",
         )
     ratio = expected_aspect_ratio(request)
@@ -161,7 +162,7 @@ def verify_image(
         and not math.isclose(width / height, ratio, rel_tol=ASPECT_TOLERANCE)
     ):
         raise ImageCheckError(
-            "wrong_aspect_ratio",
+            ErrorCode.WRONG_ASPECT_RATIO,
             f"the image is {width}x{height} ({width / height:.3f}), the request asked for "
             f"{request.get('aspect_ratio')} ({ratio:.3f})",
         )
@@ -335,7 +336,7 @@ class BatchCollector:
             await self._store_one(row)
         except (KreaError, OSError) as error:
             # One bad download or store write is recorded on its row; the batch goes on.
-            await self._image_error(row, "store_failed", f"{type(error).__name__}: {error}")
+            await self._image_error(row, ErrorCode.STORE_FAILED, f"{type(error).__name__}: {error}")
 
     async def _store_one(self, row: Submission) -> None:
         if row.image_uri is not None:
@@ -349,7 +350,7 @@ class BatchCollector:
             url = job.result_urls[0] if job.result_urls else None
         if url is None:
             await self._image_error(
-                row, "no_result", "Krea reported the job completed without a result URL"
+                row, ErrorCode.NO_RESULT, "Krea reported the job completed without a result URL"
             )
             return
         staging = await asyncio.to_thread(self.store.staging_dir)
@@ -359,7 +360,7 @@ class BatchCollector:
             name = f"{row.submission_id}.{uuid.uuid4().hex[:12]}.part"
             downloaded = await self.client.download(url, staging / name)
         except DownloadError as error:
-            await self._image_error(row, "download_failed", str(error))
+            await self._image_error(row, ErrorCode.DOWNLOAD_FAILED, str(error))
             return
         crash_point("collect.after_download")
         want_thumbnail = len(self.report.thumbnails) < self.thumbnail_budget

@@ -49,6 +49,21 @@ class ErrorCode(StrEnum):
     POLL_TIMEOUT = "poll_timeout"
     #: A failed upstream row: the step downstream of it was not paid for.
     UPSTREAM_FAILED = "upstream_failed"
+    # The job completed (and was paid) but its result could not be stored as a valid output:
+    #: the result does not decode as an image,
+    INVALID_IMAGE = "invalid_image"
+    #: or as a playable video;
+    INVALID_VIDEO = "invalid_video"
+    #: the image is not the width and height the request asked for,
+    WRONG_SIZE = "wrong_size"
+    #: or not its aspect ratio;
+    WRONG_ASPECT_RATIO = "wrong_aspect_ratio"
+    #: Krea reported the job completed without a result URL;
+    NO_RESULT = "no_result"
+    #: the result could not be downloaded,
+    DOWNLOAD_FAILED = "download_failed"
+    #: or not written to the store.
+    STORE_FAILED = "store_failed"
 
 
 #: Krea job error codes worth another (unbilled) attempt: the provider or the platform failed.

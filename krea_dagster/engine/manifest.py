@@ -22,6 +22,7 @@ the status of the first job that has none; its cost is theirs together.
 """
 
 from collections.abc import Mapping, Sequence
+from enum import StrEnum
 from typing import Any
 
 import pandas as pd
@@ -59,11 +60,11 @@ MANIFEST_COLUMNS = (
 )
 #: A node app's step: every job's stored result of the row, in order (after the columns above).
 OUTPUTS_COLUMN = "outputs"
-FAILURE_STATUSES = ("failed", "cancelled", "image_error", "unresolved", "not_submitted", "pending")
-MAX_FAILURE_ROWS = 100
 
 
-class ManifestStatus:
+class ManifestStatus(StrEnum):
+    """The ``status`` of a manifest row (the table above)."""
+
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -132,7 +133,7 @@ def build_manifest(
             "prompt": prompt["prompt"],
             "variant": prompt["variant"],
             "job_id": row.job_id if row else None,
-            "status": status,
+            "status": str(status),
             "uri": row.image_uri if completed and row else None,
             "width": row.width if completed and row else None,
             "height": row.height if completed and row else None,
@@ -144,12 +145,12 @@ def build_manifest(
         if outputs is not None:
             record[OUTPUTS_COLUMN] = [job.image_uri for job in jobs if job.image_uri]
         if row is None:
-            record["error_code"] = "not_submitted"
+            record["error_code"] = ErrorCode.NOT_SUBMITTED.value
             record["error_message"] = (
                 "no submission for this prompt in this generation; run the jobs asset"
             )
         elif status == ManifestStatus.PENDING and deciding is not None:
-            record["error_code"] = record["error_code"] or "pending"
+            record["error_code"] = record["error_code"] or ErrorCode.PENDING.value
             record["error_message"] = record["error_message"] or (
                 "job completed at Krea; its image is not stored yet"
                 if deciding.is_paid
@@ -201,7 +202,7 @@ def _skipped(
             "prompt_key": prompt["prompt_key"],
             "prompt": prompt["prompt"],
             "variant": prompt["variant"],
-            "status": ManifestStatus.SKIPPED,
+            "status": ManifestStatus.SKIPPED.value,
             "cost_usd": 0.0,
             "error_code": ErrorCode.UPSTREAM_FAILED.value,
             "error_message": f"not sent: the previous step's output of this row is {skip}",

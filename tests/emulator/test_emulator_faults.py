@@ -9,6 +9,7 @@ import httpx
 import pytest
 from conftest import TEST_MODEL_PATH, WebhookSink, make_body
 
+from krea_dagster.emulator.app import API_ROUTES
 from krea_dagster.emulator.testing import EmulatorHandle
 
 GENERATE_ROUTE = "POST /generate/image/{provider}/{model}"
@@ -32,6 +33,28 @@ def test_latency_is_added_to_scoped_routes_only(
     assert time.perf_counter() - started >= 0.08
     api.get("/jobs")
     assert krea_emulator.stats()["faults_injected"]["latency"] == 1  # not on the other routes
+
+
+def test_latency_without_routes_delays_every_public_route_and_not_admin_or_cdn(
+    krea_emulator: EmulatorHandle, api: httpx.Client
+) -> None:
+    """latency_ms with no latency_routes delays every public API route (POST /generate and
+    GET /jobs included, whatever the answer) and neither the admin API nor the CDN."""
+    job = api.post(TEST_MODEL_PATH, json=make_body()).json()
+    finished = krea_emulator.wait_for_job(job["job_id"])
+    krea_emulator.configure(latency_ms=60)
+    slow = []
+    for method, path, _handler in API_ROUTES:
+        url = path.replace("{provider}/{model:path}", "bfl/flux-1-dev").replace("{id}", "absent")
+        body = make_body() if path.startswith("/generate/image") else None
+        started = time.perf_counter()
+        api.request(method, url, json=body)
+        slow.append((method, path, time.perf_counter() - started >= 0.06))
+    assert [entry for entry in slow if not entry[2]] == []
+    with httpx.Client(trust_env=False) as cdn:
+        assert cdn.get(finished["result"]["urls"][0]).status_code == 200
+    # One latency per public request: the CDN download and the admin calls got none.
+    assert krea_emulator.stats()["faults_injected"]["latency"] == len(API_ROUTES)
 
 
 def test_5xx_faults_happen_before_any_state_change(

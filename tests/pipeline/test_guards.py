@@ -29,6 +29,7 @@ from PIL import Image
 from krea_dagster.api import AsyncKreaClient, Clock, Job, KreaClient, Timeouts, catalog
 from krea_dagster.emulator import DEMO_NODE_APP_ID
 from krea_dagster.emulator.testing import EmulatorHandle, run_emulator
+from krea_dagster.engine.catalogs import CatalogSettings
 from krea_dagster.engine.collect import BatchCollector
 from krea_dagster.engine.errors import LeaseUnavailableError
 from krea_dagster.engine.ledger import JobUpdate, Ledger, Submission, SubmissionState, utcnow
@@ -69,6 +70,11 @@ class Account:
     @property
     def account_id(self) -> str:
         return self.token.split(":", 1)[0]
+
+    @property
+    def catalog_settings(self) -> CatalogSettings:
+        # The emulator serves the document the bundled catalog comes from.
+        return CatalogSettings(base_url=self.base_url)
 
     @property
     def timeouts(self) -> Timeouts:

@@ -187,3 +187,43 @@ def test_store_url_must_be_http(build):
     """A store_url that is not http(s) is refused with an example of what to give."""
     with pytest.raises(ValueError, match=r"must be an http:// or https:// address"):
         build(store_url="s3://bucket/prefix")
+
+
+def test_a_rerun_that_changed_nothing_reports_no_new_cost(
+    build, emulator, krea, instance, prompts_dir
+):
+    """Dagster plots cost per materialization: a re-run that submits and bills nothing new
+    reports run_cost_usd 0 for the jobs and the images, while batch_cost_usd keeps what the
+    batch cost, so the plot adds up to what Krea billed."""
+    write_batch(prompts_dir, "b1", prompt_rows(3))
+    assets = build()
+    first = materializations(materialize(assets, "b1", instance=instance, krea=krea), assets)
+    again = materializations(materialize(assets, "b1", instance=instance, krea=krea), assets)
+    billed = 3 * 0.007
+    assert KreaImagesMetadata.extract(first["images"].metadata).run_cost_usd == billed
+    assert KreaJobsMetadata.extract(again["jobs"].metadata).run_cost_usd == 0
+    images = KreaImagesMetadata.extract(again["images"].metadata)
+    assert (images.run_cost_usd, images.batch_cost_usd) == (0, billed)
+    assert emulator.stats()["jobs_billed"] == 3
+
+
+def test_a_model_without_a_price_is_counted_apart_never_as_zero(
+    build, emulator, krea, instance, prompts_dir
+):
+    """A completed job whose model has no known price leaves the manifest's cost empty (not
+    $0), is counted in krea/unpriced_jobs, and the step warns that the cost is a lower bound."""
+    photo = "https://cdn.example.com/cat.png"
+    write_batch(prompts_dir, "b1", [{"prompt": f"a cat {i}", "image_url": photo} for i in range(2)])
+    assets = build(model="bytedance/seededit")
+    result = materialize(assets, "b1", instance=instance, krea=krea)
+    found = materializations(result, assets)
+    images = KreaImagesMetadata.extract(found["images"].metadata)
+    assert images.unpriced_jobs == 2 and images.batch_cost_usd == 0
+    manifest = result.output_for_node(assets.images.node_def.name)
+    assert manifest["cost_usd"].isna().all()
+    warnings = [
+        record.message
+        for record in instance.all_logs(result.run_id)
+        if record.level == 30 and "no known price" in (record.message or "")
+    ]
+    assert warnings, "the images step warns that the cost is a lower bound"
