@@ -4,9 +4,9 @@ Bash blocks run from the command line with a temporary ``DAGSTER_HOME``: the qui
 and YAML blocks in a project made by ``create-dagster`` (marker ``system``), the demo's commands
 (``dg check``, ``dg launch``, ...; marker ``system``, about a minute) in a copy of this
 repository. The changes made to blocks: the emulator's well-known ports (8760, the
-quickstart's 8770) become free ports, so a test never talks to (or collides with) an emulator a developer left running; and the new
-project's ``pip install -e .`` becomes its ``src/`` on ``PYTHONPATH``, so the venv under test is
-not changed.
+quickstart's 8770) become free ports, so a test never talks to (or collides with) an emulator
+a developer left running; and the new project's ``pip install -e .`` becomes its ``src/`` on
+``PYTHONPATH``, so the venv under test is not changed.
 """
 
 import contextlib

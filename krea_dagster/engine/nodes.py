@@ -53,6 +53,7 @@ from krea_dagster.engine.prompts import (
 )
 from krea_dagster.engine.references import CheckedReferences
 from krea_dagster.engine.source import BATCH_COLUMN, PromptSource
+from krea_dagster.engine.table_rules import number_problems
 from krea_dagster.engine.template import (
     TemplateError,
     placeholders,
@@ -135,6 +136,10 @@ class KreaStep:
                 f"step {self.name or self.model!r}: defaults must be a mapping of request "
                 f"fields, got {type(self.defaults).__name__}"
             )
+        # The one number rule, at build time: a number no field takes (NaN, an integer of 400
+        # digits) fails `dg check defs`, naming the field, before anything reads it.
+        for path, problem in number_problems(dict(self.defaults)):
+            raise ValueError(f"step {self.name or self.model!r}: defaults: {path}: {problem}")
 
     @property
     def is_node_app(self) -> bool:

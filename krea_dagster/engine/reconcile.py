@@ -42,6 +42,7 @@ from typing import Any
 
 from krea_dagster.api import (
     AsyncKreaClient,
+    BackendUnreachableError,
     KreaError,
     Reconciliation,
     SubmissionWindow,
@@ -107,7 +108,9 @@ class WindowUnplaceable(Exception):
 async def measured_offset(client: AsyncKreaClient) -> ClockBounds | None:
     """Krea's clock minus this host's, from the ``Date`` of Krea's recent answers.
 
-    Asks Krea once (``GET /jobs?limit=1``) when no answer is recent; None when it cannot.
+    Asks Krea once (``GET /jobs?limit=1``) when no answer is recent; None when it cannot,
+    and ``BackendUnreachableError`` when the base URL never answered as Krea: the POST this
+    measurement precedes is then never sent.
     """
 
     def recent() -> ClockBounds | None:
@@ -117,6 +120,8 @@ async def measured_offset(client: AsyncKreaClient) -> ClockBounds | None:
     if recent() is None:
         try:
             await client.list_jobs(limit=1)
+        except BackendUnreachableError:
+            raise  # no Krea at the base URL: what would be sent next cannot reach it either
         except KreaError:
             return None
     return recent()

@@ -19,8 +19,6 @@ batch (and to the builder's defaults):
 Nothing here imports Dagster.
 """
 
-import base64
-import binascii
 import difflib
 import ipaddress
 import re
@@ -38,7 +36,6 @@ from krea_dagster.api.json_values import (
     number_problem,
     show_number,
 )
-from krea_dagster.api.uploads import sniff_upload_type
 
 __all__ = [
     "IMPLIED_BOUNDS",
@@ -344,7 +341,7 @@ def check_image_reference(value: str) -> str | None:
     """Why Krea cannot fetch this image reference, or None when it can.
 
     The one place that decides what an image cell may hold: an ``http(s)`` URL of a host on
-    the internet, or a ``data:image/...;base64,`` URI whose bytes are an image. Local paths
+    the internet, or a ``data:image/...`` URI. Local paths
     and object-store URIs are refused here with a message that points at workflow nodes,
     which upload them (``krea_dagster.engine.references``). A loopback or private-network host
     is refused too: Krea fetches images from the internet. (A node's own files reach this rule
@@ -372,7 +369,10 @@ def check_image_reference(value: str) -> str | None:
             )
         return None
     if scheme == "data":
-        return _data_uri_problem(value, shown)
+        # Its bytes are decoded and checked with the node's files (engine.references).
+        if not value[5:].lower().startswith("image/"):
+            return f"{shown} is a data URI but not an image; use data:image/png;base64,..."
+        return None
     if scheme in _OBJECT_STORE_SCHEMES:
         return f"{shown} is a {scheme}:// location; {_UPLOAD_LATER}"
     if not scheme and ("/" in value or "\\" in value or _IMAGE_SUFFIX.search(value)):
@@ -401,34 +401,6 @@ def _private_host(host: str) -> str | None:
         return f"a non-routable address ({host})"
     if address.is_private or address.is_reserved or not address.is_global:
         return f"a private-network address ({host})"
-    return None
-
-
-def _data_uri_problem(value: str, shown: str) -> str | None:
-    """Why a ``data:`` URI is not an image Krea can read (declared type, base64, bytes)."""
-    header, comma, payload = value[5:].partition(",")
-    media_type, *options = header.split(";")
-    if not media_type.lower().startswith("image/"):
-        return f"{shown} is a data URI but not an image; use data:image/png;base64,..."
-    if not comma or "base64" not in (option.lower() for option in options):
-        return (
-            f"{shown} is a data URI without ';base64,'; write the file's bytes in base64: "
-            "data:image/png;base64,..."
-        )
-    try:
-        data = base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError) as error:
-        return (
-            f"{shown} is not valid base64 ({error}); encode the file again (base64 -w0 image.png)"
-        )
-    if not data:
-        return f"{shown} holds no bytes; put the base64 of the image after the comma"
-    kind = sniff_upload_type(data[:16])
-    if kind is None or not kind.startswith("image/"):
-        return (
-            f"{shown} declares an image, but its bytes are not a PNG, JPEG, WebP or HEIC "
-            "image; encode the image file itself"
-        )
     return None
 
 
