@@ -33,18 +33,20 @@ dg.DagsterLibraryRegistry.register("krea-dagster", __version__, is_dagster_packa
 from krea_dagster.api import (  # noqa: E402
     BASE_URL_ENV,
     DEFAULT_BASE_URL,
-    DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_MAX_RETRIES,
-    DEFAULT_READ_TIMEOUT,
-    DEFAULT_SUBMIT_429_BUDGET,
-    DEFAULT_WRITE_TIMEOUT,
     AsyncKreaClient,
     KreaClient,
     SubmitRateLimitPolicy,
     Timeouts,
 )
 from krea_dagster.api._core import check_api_key  # noqa: E402
-from krea_dagster.api.config import API_KEY_ENV  # noqa: E402
+from krea_dagster.api.config import (  # noqa: E402
+    API_KEY_ENV,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_READ_TIMEOUT,
+    DEFAULT_SUBMIT_429_BUDGET,
+    DEFAULT_WRITE_TIMEOUT,
+)
 from krea_dagster.engine.catalogs import DEFAULT_CATALOG_MAX_AGE, CatalogSettings  # noqa: E402
 
 __all__ = ["KreaResource"]

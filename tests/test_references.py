@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from krea_dagster.api import MAX_UPLOAD_BYTES, AsyncKreaClient, KreaClient
+from krea_dagster.api import AsyncKreaClient, KreaClient
+from krea_dagster.api.uploads import MAX_UPLOAD_BYTES
 from krea_dagster.emulator.testing import EmulatorHandle, run_emulator
 from krea_dagster.engine.references import (
     AsyncReferenceResolver,

@@ -21,15 +21,9 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
-from krea_dagster.api import (
-    DEFAULT_EXTERNAL_WAIT_TIMEOUT,
-    AsyncKreaClient,
-    Job,
-    JobStatus,
-    UnknownModelError,
-    catalog,
-)
+from krea_dagster.api import AsyncKreaClient, Job, JobStatus, UnknownModelError, catalog
 from krea_dagster.api.catalog import ModelCatalog, bundled_catalog
+from krea_dagster.api.config import DEFAULT_EXTERNAL_WAIT_TIMEOUT
 from krea_dagster.engine.cancel import cancel_jobs
 from krea_dagster.engine.catalogs import catalog_for
 from krea_dagster.engine.collect import BatchCollector, CollectReport, Thumbnail, thumbnail_data_uri

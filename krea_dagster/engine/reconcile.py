@@ -40,14 +40,8 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from krea_dagster.api import (
-    AsyncKreaClient,
-    BackendUnreachableError,
-    KreaError,
-    Reconciliation,
-    SubmissionWindow,
-    catalog,
-)
+from krea_dagster.api import AsyncKreaClient, BackendUnreachableError, KreaError, catalog
+from krea_dagster.api.reconcile import Reconciliation, SubmissionWindow
 from krea_dagster.engine.errors import ErrorCode
 from krea_dagster.engine.ledger import JobUpdate, Ledger, Submission, utcnow
 

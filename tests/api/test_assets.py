@@ -14,17 +14,17 @@ import httpx
 import pytest
 
 from krea_dagster.api import (
-    MAX_UPLOAD_BYTES,
-    ZDR_HEADER,
     AmbiguousUploadError,
     BadRequestError,
     InvalidUploadError,
     NotFoundError,
     RequestValidationError,
+)
+from krea_dagster.api.config import ZDR_HEADER
+from krea_dagster.api.media import find_media, media_paths, replace_media
+from krea_dagster.api.uploads import (
+    MAX_UPLOAD_BYTES,
     description_sha256,
-    find_media,
-    media_paths,
-    replace_media,
     to_data_uri,
     upload_description,
 )

@@ -16,21 +16,18 @@ from typing import Any
 import jsonschema
 import pytest
 
-from krea_dagster.api import (
-    DEFAULT_EXTERNAL_WAIT_TIMEOUT,
-    DEFAULT_HOSTED_WAIT_TIMEOUT,
+from krea_dagster.api import ModelSpec, RequestValidationError, UnknownModelError
+from krea_dagster.api.catalog import (
     FieldSpec,
-    ModelSpec,
     Problem,
-    RequestValidationError,
-    UnknownModelError,
     all_models,
+    bundled_catalog,
     estimate_cost,
     get_model,
     image_models,
     validate,
 )
-from krea_dagster.api.catalog import bundled_catalog
+from krea_dagster.api.config import DEFAULT_EXTERNAL_WAIT_TIMEOUT, DEFAULT_HOSTED_WAIT_TIMEOUT
 
 BEFORE_SUNSET = date(2026, 6, 1)
 AFTER_SUNSET = date(2026, 6, 19)

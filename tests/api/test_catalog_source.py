@@ -10,16 +10,15 @@ from typing import Any
 import httpx
 import pytest
 
-from krea_dagster.api import (
+from krea_dagster.api import ModelCatalog
+from krea_dagster.api.catalog import CatalogOrigin, bundled_catalog
+from krea_dagster.api.catalog_source import (
     DERIVATION_VERSION,
     CatalogDocumentError,
-    CatalogOrigin,
-    ModelCatalog,
     derive_catalog,
     fetch_openapi,
     read_document,
 )
-from krea_dagster.api.catalog import bundled_catalog
 from krea_dagster.emulator.catalog import openapi_document
 
 TEST_BASE_URL = "http://krea.test"

@@ -8,7 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from krea_dagster.api import DEFAULT_DOWNLOAD_READ_TIMEOUT, DownloadError, DownloadSettings
+from krea_dagster.api import DownloadError, DownloadSettings
+from krea_dagster.api.config import DEFAULT_DOWNLOAD_READ_TIMEOUT
 
 from .support import TEST_BASE_URL, TEST_CDN_URL, FakeClock, FakeKrea, make_client, png_bytes
 

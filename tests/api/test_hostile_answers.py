@@ -18,13 +18,13 @@ import httpx
 import pytest
 
 from krea_dagster.api import (
-    MAX_ANSWER_BYTES,
     AmbiguousSubmitError,
     InvalidIdentifierError,
     KreaError,
     MalformedPayloadError,
     NotFoundError,
 )
+from krea_dagster.api.config import MAX_ANSWER_BYTES
 
 from .support import (
     TEST_JOB_ID,

@@ -13,10 +13,10 @@ from krea_dagster.api import (
     Asset,
     Job,
     JobError,
-    JobList,
     JobStatus,
     MalformedPayloadError,
 )
+from krea_dagster.api.models import JobList
 
 from .support import SAMPLE_JOB_COMPLETED, SAMPLE_JOB_CREATED, SAMPLE_JOB_FAILED, make_job
 

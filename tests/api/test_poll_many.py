@@ -7,7 +7,8 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from krea_dagster.api import POLL_MANY_DIRECT_THRESHOLD, POLL_MANY_PAGE_SIZE, NotFoundError
+from krea_dagster.api import NotFoundError
+from krea_dagster.api.config import POLL_MANY_DIRECT_THRESHOLD, POLL_MANY_PAGE_SIZE
 
 from .support import TEST_NOW, FakeClock, FakeKrea, make_client, make_job
 

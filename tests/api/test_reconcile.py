@@ -7,9 +7,8 @@ from datetime import datetime, timedelta
 import httpx
 import pytest
 
-from krea_dagster.api import (
-    AmbiguousSubmitError,
-    Job,
+from krea_dagster.api import AmbiguousSubmitError, Job
+from krea_dagster.api.reconcile import (
     ReconciliationOutcome,
     SubmissionWindow,
     decide_reconciliation,

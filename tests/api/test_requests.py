@@ -11,10 +11,6 @@ import httpx
 import pytest
 
 from krea_dagster.api import (
-    DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_DOWNLOAD_READ_TIMEOUT,
-    DEFAULT_MAX_RETRIES,
-    DEFAULT_USER_AGENT,
     APIConnectionError,
     APIStatusError,
     APITimeoutError,
@@ -30,6 +26,12 @@ from krea_dagster.api import (
     RateLimitError,
     Timeouts,
     UnprocessableEntityError,
+)
+from krea_dagster.api.client import DEFAULT_USER_AGENT
+from krea_dagster.api.config import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DOWNLOAD_READ_TIMEOUT,
+    DEFAULT_MAX_RETRIES,
 )
 from krea_dagster.version import __version__
 

@@ -9,9 +9,9 @@ from email.utils import format_datetime
 import httpx
 import pytest
 
-from krea_dagster.api import (
+from krea_dagster.api import SubmitRateLimitPolicy
+from krea_dagster.api.retries import (
     RequestKind,
-    SubmitRateLimitPolicy,
     Verdict,
     backoff_delay,
     decide,

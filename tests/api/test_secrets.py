@@ -9,13 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from krea_dagster.api import (
-    AsyncKreaClient,
-    ConfigurationError,
-    KreaClient,
-    KreaError,
-    redact,
-)
+from krea_dagster.api import AsyncKreaClient, ConfigurationError, KreaClient, KreaError
+from krea_dagster.api.redaction import redact
 
 from .support import (
     TEST_API_KEY,

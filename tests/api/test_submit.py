@@ -12,7 +12,6 @@ import httpx
 import pytest
 
 from krea_dagster.api import (
-    DEFAULT_MAX_RETRIES,
     AmbiguousSubmitError,
     APIConnectionError,
     APIStatusError,
@@ -28,6 +27,7 @@ from krea_dagster.api import (
     UnknownModelError,
     UnprocessableEntityError,
 )
+from krea_dagster.api.config import DEFAULT_MAX_RETRIES
 
 from .support import (
     SAMPLE_JOB_CREATED,

@@ -10,7 +10,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from krea_dagster.api import DownloadError, KreaClient, VideoError, inspect_video, poster_frame
+from krea_dagster.api import DownloadError, KreaClient
+from krea_dagster.api.video import VideoError, inspect_video, poster_frame
 from krea_dagster.emulator.testing import run_emulator
 
 from .support import TEST_CDN_URL, FakeClock, FakeKrea, make_client

@@ -6,8 +6,6 @@ import httpx
 import pytest
 
 from krea_dagster.api import (
-    DEFAULT_EXTERNAL_WAIT_TIMEOUT,
-    DEFAULT_HOSTED_WAIT_TIMEOUT,
     Job,
     JobCancelledError,
     JobFailedError,
@@ -15,6 +13,7 @@ from krea_dagster.api import (
     JobTimeoutError,
     NotFoundError,
 )
+from krea_dagster.api.config import DEFAULT_EXTERNAL_WAIT_TIMEOUT, DEFAULT_HOSTED_WAIT_TIMEOUT
 
 from .support import SAMPLE_JOB_FAILED, TEST_JOB_ID, FakeClock, FakeKrea, make_client, make_job
 

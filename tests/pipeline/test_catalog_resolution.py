@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from krea_dagster.api import DEFAULT_MAX_OPENAPI_BYTES, document_sha256
+from krea_dagster.api.catalog_source import DEFAULT_MAX_OPENAPI_BYTES, document_sha256
 from krea_dagster.emulator.catalog import openapi_document
 from krea_dagster.engine import catalogs
 from krea_dagster.engine.catalogs import CatalogSettings, catalog_changes, catalog_for

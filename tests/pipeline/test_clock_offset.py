@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from krea_dagster.api import ClockOffset
+from krea_dagster.api.clock_offset import ClockOffset
 
 from .conftest import materialize, prompt_rows, write_batch
 

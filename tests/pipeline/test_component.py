@@ -279,3 +279,36 @@ def test_yaml_price_usd_lets_a_capped_instance_use_an_unpriced_model(
                 assert prompts["estimated_usd"].tolist() == [0.02]
     # Only Krea's public document was read (the live catalog): nothing else, nothing paid.
     assert set(emulator.stats()["requests_by_route"]) <= {"GET /openapi.json"}
+
+
+def test_the_krea_block_has_every_field_of_the_resource_with_its_default():
+    """The YAML krea: block is derived from KreaResource: the same fields (rate_limit_budget,
+    the catalog settings...) with the same defaults, so the two cannot drift."""
+    from krea_dagster import KreaResource
+    from krea_dagster.component import KreaSettings
+
+    resource_fields = KreaResource.model_fields
+    assert set(KreaSettings.model_fields) == set(resource_fields)
+    for name, field in KreaSettings.model_fields.items():
+        expected = resource_fields[name].get_default(call_default_factory=True)
+        assert field.get_default(call_default_factory=True) == expected, name
+
+
+def test_group_name_puts_every_asset_of_the_node_in_that_group(tmp_path, monkeypatch):
+    """group_name: in defs.yaml is read: every asset of the node (its prompt source included)
+    is in that group."""
+    monkeypatch.setenv("KREA_API_KEY", "11111111-2222-4333-8444-555555555555:yaml-secret")
+    with create_defs_folder_sandbox() as sandbox:
+        write_instance(sandbox.defs_folder_path, "posters", tmp_path, extra="group_name: art\n")
+        with sandbox.build_all_defs() as defs:
+            graph = defs.resolve_asset_graph()
+            groups = {
+                key.to_user_string(): graph.get(key).group_name
+                for key in graph.get_all_asset_keys()
+            }
+    assert groups == {
+        "posters/prompt_source": "art",
+        "posters/prompts": "art",
+        "posters/jobs": "art",
+        "posters/images": "art",
+    }

@@ -26,7 +26,8 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image
 
-from krea_dagster.api import AsyncKreaClient, Clock, Job, KreaClient, Timeouts, catalog
+from krea_dagster.api import AsyncKreaClient, Job, KreaClient, Timeouts, catalog
+from krea_dagster.api.config import Clock
 from krea_dagster.emulator import DEMO_NODE_APP_ID
 from krea_dagster.emulator.testing import EmulatorHandle, run_emulator
 from krea_dagster.engine.catalogs import CatalogSettings

@@ -12,7 +12,7 @@ import pytest
 
 from krea_dagster.emulator.testing import SpawnedEmulator, spawn_emulator
 
-from .harness import REPO_ROOT, Deployment
+from .harness import LOCATION_FILE, REPO_ROOT, Deployment
 
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "system"
 
@@ -40,12 +40,14 @@ def deployment(
     token: str | None = None,
     webserver: bool = False,
     location_env: Mapping[str, str] | None = None,
+    location_file: Path = LOCATION_FILE,
     start: bool = True,
 ) -> Iterator[Deployment]:
     """A ``Deployment`` with its own databases, S3 prefix and emulator; all torn down.
 
     With ``start=False`` no Dagster process is started: the instance, ledger, store and emulator
-    are ready for run workers the test starts itself.
+    are ready for run workers the test starts itself. ``location_file`` is the code location the
+    code server serves (default: ``krea_location.py``).
     """
     suffix = secrets.token_hex(5)
     dagster_db = f"krea_sys_dagster_{suffix}"
@@ -69,6 +71,7 @@ def deployment(
             emulator=emulator,
             api_key=token,
             location_env=location_env,
+            location_file=location_file,
         )
         if start:
             deployed.start(webserver=webserver)

@@ -204,6 +204,7 @@ class Deployment:
         emulator: SpawnedEmulator,
         api_key: str,
         location_env: Mapping[str, str] | None = None,
+        location_file: Path = LOCATION_FILE,
     ) -> None:
         self.root = root
         self.home = root / "dagster_home"
@@ -268,7 +269,7 @@ class Deployment:
                 "api",
                 "grpc",
                 "-f",
-                LOCATION_FILE,
+                location_file,
                 "-h",
                 "127.0.0.1",
                 "-p",
@@ -491,8 +492,65 @@ class Deployment:
                 lines.append(process.log_text()[-3000:])
         return "\n".join(lines)
 
+    def sensor_ticks(self, name: str, limit: int = 20) -> list[Any]:
+        """The latest ticks of the sensor ``name``, newest first, as the daemon recorded them."""
+        return [
+            tick
+            for state in self.instance.all_instigator_state()
+            if state.instigator_name == name
+            for tick in self.instance.get_ticks(
+                state.instigator_origin_id, state.selector_id, limit=limit
+            )
+        ]
+
     def failed_runs(self) -> list[Any]:
         return [run for run in self.runs() if run.status == DagsterRunStatus.FAILURE]
+
+
+@contextlib.contextmanager
+def location_webserver(
+    location: Path, *, home: Path, env: Mapping[str, str], log_path: Path
+) -> Iterator[str]:
+    """``dagster-webserver -f location`` on the instance in ``home`` (``DAGSTER_HOME``), with
+    the location's settings in ``env`` and no other ``KREA_*`` variable; yields its URL once it
+    answers, and ends its process group after."""
+    port = free_port()
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [BIN / "dagster-webserver", "-f", location, "-h", "127.0.0.1", "-p", str(port)],
+            env={
+                **{k: v for k, v in os.environ.items() if not k.startswith("KREA_")},
+                **env,
+                "DAGSTER_HOME": str(home),
+                "PYTHONPATH": str(REPO_ROOT),
+            },
+            cwd=home,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(log_path.read_text(errors="replace")[-4000:])
+        try:
+            return httpx.get(f"{url}/server_info", timeout=5, trust_env=False).is_success
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(answers, timeout=START_TIMEOUT, what="the webserver answers /server_info")
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 # -- secret scanning ----------------------------------------------------------------------------

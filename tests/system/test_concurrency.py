@@ -28,7 +28,8 @@ from krea_dagster.engine.ledger.schema import submissions_table
 from .conftest import keep_logs
 from .harness import Deployment, s3_environment, store_text, wait_for, write_prompts
 
-pytestmark = pytest.mark.system
+# One module, one deployment: its tests run on one xdist worker (--dist loadgroup).
+pytestmark = [pytest.mark.system, pytest.mark.xdist_group("test_concurrency")]
 
 WORKER = Path(__file__).with_name("concurrent_worker.py")
 BATCHES = {"north": 4, "south": 4, "shared": 6}

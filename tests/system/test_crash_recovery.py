@@ -29,7 +29,8 @@ from .harness import (
     write_prompts,
 )
 
-pytestmark = pytest.mark.system
+# One module, one deployment: its tests run on one xdist worker (--dist loadgroup).
+pytestmark = [pytest.mark.system, pytest.mark.xdist_group("test_crash_recovery")]
 
 CRASH_BATCH = "crashpoint"
 RECOVERY_TIMEOUT = 240.0

@@ -10,7 +10,8 @@ from dagster._core.storage.dagster_run import DagsterRunStatus
 
 from .harness import CHECK_NAMES, Deployment, wait_for, write_prompts
 
-pytestmark = pytest.mark.system
+# One module, one deployment: its tests run on one xdist worker (--dist loadgroup).
+pytestmark = [pytest.mark.system, pytest.mark.xdist_group("test_deferred_completion")]
 
 BATCH, PROMPTS = "slowcdn", 20
 

@@ -33,7 +33,8 @@ from .harness import (
     write_prompts,
 )
 
-pytestmark = pytest.mark.system
+# One module, one deployment: its tests run on one xdist worker (--dist loadgroup).
+pytestmark = [pytest.mark.system, pytest.mark.xdist_group("test_production_topology")]
 
 BATCHES = {
     "harbor": [

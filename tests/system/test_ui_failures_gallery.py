@@ -27,11 +27,12 @@ from krea_dagster import KreaResource
 from krea_dagster.emulator.testing import run_emulator
 from krea_dagster.metadata import KreaImagesMetadata
 
-from .harness import REPO_ROOT, free_port, wait_for, write_prompts
+from .harness import REPO_ROOT, free_port, location_webserver, wait_for, write_prompts
 from .test_production_topology import dismiss_first_visit_dialogs
 from .ui_location import PREFIX, build
 
-pytestmark = pytest.mark.system
+# One module, one deployment: its tests run on one xdist worker (--dist loadgroup).
+pytestmark = [pytest.mark.system, pytest.mark.xdist_group("test_ui_failures_gallery")]
 
 LOCATION = Path(__file__).with_name("ui_location.py")
 FAILURE = ["safety_filter", "The output was blocked by the safety filter."]
@@ -153,50 +154,12 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
                 raise_on_error=False,
             )
         assert emulator.stats()["faults_injected"]["job_failure"] == 6
-    port = free_port()
-    log = (root / "webserver.log").open("wb")
-    process = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "dagster-webserver"),
-            "-f",
-            str(LOCATION),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        env={
-            **{k: v for k, v in os.environ.items() if not k.startswith("KREA_")},
-            **env,
-            "DAGSTER_HOME": str(home),
-            "PYTHONPATH": str(REPO_ROOT),
-        },
-        cwd=root,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def answers() -> bool:
-        if process.poll() is not None:
-            raise RuntimeError((root / "webserver.log").read_text(errors="replace")[-4000:])
-        try:
-            return httpx.get(f"{url}/server_info", timeout=5, trust_env=False).is_success
-        except httpx.HTTPError:
-            return False
-
     try:
-        wait_for(answers, timeout=120, what="the webserver answers /server_info")
-        yield {"url": url, "assets": assets, "results": results, "instance": instance}
+        with location_webserver(
+            LOCATION, home=home, env=env, log_path=root / "webserver.log"
+        ) as url:
+            yield {"url": url, "assets": assets, "results": results, "instance": instance}
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
         instance.dispose()
         os.killpg(files.pid, signal.SIGTERM)
         files.wait(timeout=20)
