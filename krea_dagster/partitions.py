@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
+from krea_dagster.engine.names import batch_name_problem
 from krea_dagster.engine.nodes import cell_text, table_frame
 from krea_dagster.engine.prompts import PromptValidationError
-from krea_dagster.engine.source import batch_name_problem
 
 if TYPE_CHECKING:
     from krea_dagster.node import KreaNodeAssets

@@ -43,7 +43,7 @@ from krea_dagster.api import JobStatus, KreaError
 from krea_dagster.engine.ledger import JobUpdate, Submission, utcnow
 from krea_dagster.engine.pipeline import KreaImagePipeline
 from krea_dagster.engine.run import run_coroutine
-from krea_dagster.engine.source import FileScan
+from krea_dagster.engine.source import FileScan, skipped_summary
 from krea_dagster.node import KreaNodeAssets
 from krea_dagster.partitions import recorded_source_versions, source_materialization, table_batches
 from krea_dagster.resource import KreaResource
@@ -149,7 +149,7 @@ def discovery_tick(
         found, file_problems = source.batches_from(scans)
         skipped = source.skipped()
         hashes = {batch: info.content_hash for batch, info in found.items()}
-        problems = [f"{problem.file}: {problem.message}" for problem in [*file_problems, *skipped]]
+        problems = [f"{problem.file}: {problem.message}" for problem in file_problems]
         next_cursor = DiscoveryCursor(
             hashes=hashes, files={name: scan.to_json() for name, scan in scans.items()}
         )
@@ -196,12 +196,15 @@ def discovery_tick(
             partition_requests.append(
                 dynamic.build_delete_request([b for b in removed if b in existing])
             )
+    # One line each, whatever the number of files: the first few, and counts.
     if problems:
         context.log.warning(_summarized("batches not read", problems))
+    if skipped:
+        context.log.warning(f"prompt source: {skipped_summary(skipped)}")
     if removed:
         verb = "deleting" if delete_removed else "kept (set delete_removed_batches to delete)"
-        context.log.warning(f"batches no longer in the source: {', '.join(removed)}; {verb}")
-    summary = _discovery_summary(new, changed, removed, problems, delete_removed)
+        context.log.warning(f"batches no longer in the source: {_names(removed)}; {verb}")
+    summary = _discovery_summary(new, changed, removed, problems, delete_removed, skipped)
     return dg.SensorResult(
         run_requests=run_requests,
         dynamic_partitions_requests=partition_requests,
@@ -249,18 +252,28 @@ def _summarized(what: str, entries: Sequence[str], limit: int = 10) -> str:
 
 
 def _discovery_summary(
-    new: list[str], changed: list[str], removed: list[str], problems: list[str], delete: bool
+    new: list[str],
+    changed: list[str],
+    removed: list[str],
+    problems: list[str],
+    delete: bool,
+    skipped: Sequence[Any] = (),
 ) -> str:
     parts = []
     if removed:
-        parts.append(
-            f"removed from the source: {', '.join(removed)}" + ("" if delete else " (kept)")
-        )
+        parts.append(f"removed from the source: {_names(removed)}" + ("" if delete else " (kept)"))
     if problems:
         parts.append(_summarized("not read", problems))
+    if skipped:
+        parts.append("not read: " + skipped_summary(skipped))
     if not (new or changed):
         parts.insert(0, "no new or changed batches")
     return ". ".join(parts)
+
+
+def _names(names: Sequence[str], limit: int = 20) -> str:
+    text = ", ".join(names[:limit])
+    return text + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 # -- completion ---------------------------------------------------------------------------------

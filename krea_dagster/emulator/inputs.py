@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from krea_dagster.emulator.records import Job
     from krea_dagster.emulator.state import EmulatorState
 
-_MEDIA_NAME = re.compile(r"(^|_)(urls?|uri|images?|videos?|audio|mask)$")
+_MEDIA_NAME = re.compile(r"(^|_)(urls?|uri|images?|videos?|audio|mask)\Z")
 
 
 class InputRejected(EmulatorError):

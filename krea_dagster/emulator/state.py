@@ -131,7 +131,7 @@ class EmulatorState:
         account.job_ids.append(job.id)
         account.job_created.append(job.created_us)
         if job.request_hash in account.seen_requests:
-            counters.duplicate_submissions += 1
+            counters.repeated_requests += 1
         account.seen_requests.add(job.request_hash)
         counters.jobs_created += 1
         counters.jobs_by_status[job.status.value] += 1
@@ -515,7 +515,7 @@ class EmulatorState:
     def stats(self) -> dict[str, Any]:
         """The counters plus live figures (``GET /_emulator/stats``)."""
         self.advance()
-        stats = self.counters.to_record()
+        stats = self.counters.to_record(jobs=self.jobs.values())
         stats["billed_usd"] = micros_to_usd(stats.pop("billed_micros"))
         stats["running"] = self.running_total
         stats["backlogged"] = sum(a.backlogged for a in self.accounts.values())

@@ -64,6 +64,7 @@ from krea_dagster.api import AsyncKreaClient, NotFoundError, UnknownModelError, 
 from krea_dagster.api.catalog import bundled_catalog, shorten
 from krea_dagster.api.media import media_paths
 from krea_dagster.engine.manifest import ManifestStatus
+from krea_dagster.engine.names import batch_name_problem, dagster_name_problem
 from krea_dagster.engine.pipeline import KreaImagePipeline
 from krea_dagster.engine.prompts import (
     PROMPT_COLUMN,
@@ -74,8 +75,8 @@ from krea_dagster.engine.prompts import (
     PromptValidationError,
 )
 from krea_dagster.engine.references import CheckedReferences
-from krea_dagster.engine.source import BATCH_COLUMN, PromptSource, batch_name_problem
-from krea_dagster.engine.table_rules import RESERVED_COLUMNS
+from krea_dagster.engine.source import BATCH_COLUMN, PromptSource
+from krea_dagster.engine.table_rules import RESERVED_COLUMNS, number_problems
 from krea_dagster.engine.template import (
     TemplateError,
     placeholders,
@@ -139,13 +140,10 @@ class KreaStep:
     price_usd: float | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or (
-            self.name and not self.name.replace("_", "").isalnum()
-        ):
-            raise ValueError(
-                f"step name {self.name!r} must use only letters, digits and '_' "
-                "(it names the step's assets and its ledger scope)"
-            )
+        if not isinstance(self.name, str):
+            raise ValueError(f"step name {self.name!r} must be text")
+        if self.name and (problem := dagster_name_problem(self.name, "step name")) is not None:
+            raise ValueError(problem)
         if not isinstance(self.model, str) or not self.model:
             raise ValueError(
                 f"step {self.name!r}: model must be a Krea model path, got {self.model!r}"
@@ -176,6 +174,10 @@ class KreaStep:
                 f"step {self.name or self.model!r}: defaults must be a mapping of request "
                 f"fields, got {type(self.defaults).__name__}"
             )
+        # The one number rule, at build time: a number no field takes (NaN, an integer of 400
+        # digits) fails `dg check defs`, naming the field, before anything reads it.
+        for path, problem in number_problems(dict(self.defaults)):
+            raise ValueError(f"step {self.name or self.model!r}: defaults: {path}: {problem}")
 
     def _check_previous(self) -> None:
         """``{previous}`` is a file (the previous step's output): a whole input value only."""

@@ -28,6 +28,9 @@ longer has (its asset was deleted)      (``stale_upload``)            uploaded a
 401 / 403                               ``not_created``               stops
 429 beyond the client's budget          ``not_created``               stops (transient)
 never reached Krea (connect errors)     ``not_created``               stops (transient)
+base URL never answered (no server,     ``not_created``               stops (no retry unless
+no such host, a web server's 404)                                     Krea answered the
+                                                                      batch before)
 ======================================  ============================  ======================
 """
 
@@ -46,6 +49,7 @@ from krea_dagster.api import (
     APIStatusError,
     AsyncKreaClient,
     AuthenticationError,
+    BackendUnreachableError,
     BadRequestError,
     InsufficientCreditsError,
     Job,
@@ -312,6 +316,11 @@ class BatchSubmitter:
             await self._not_created(row, ErrorCode.UNAUTHORIZED, error, stop=True)
         except RateLimitError as error:
             await self._not_created(row, ErrorCode.RATE_LIMITED, error, stop=True, transient=True)
+        except BackendUnreachableError as error:
+            # The base URL never answered this client. A setting to fix (the batch stops at
+            # once, no retry), unless Krea answered this batch before: then it is an outage.
+            answered = await asyncio.to_thread(self._answered_before)
+            await self._not_created(row, ErrorCode.NOT_SENT, error, stop=True, transient=answered)
         except APIConnectionError as error:
             await self._not_created(row, ErrorCode.NOT_SENT, error, stop=True, transient=True)
         except APIStatusError as error:
@@ -375,6 +384,13 @@ class BatchSubmitter:
                 for sent in jobs:
                     self._live[sent.job_id] = row
         return None
+
+    def _answered_before(self) -> bool:
+        """Whether Krea answered a POST of this batch generation (in this run or an earlier)."""
+        if self._report.submitted:
+            return True
+        rows = self.ledger.latest(self.scope, self.batch, self.generation)
+        return any(row.job_id for row in rows.values())
 
     async def _post(self, row: Submission, prompt: PlannedPrompt) -> list[Job]:
         """The POST of one row: ``/generate/...`` makes one job, a node app's execute several."""

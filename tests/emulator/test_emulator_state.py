@@ -316,7 +316,21 @@ def test_duplicate_submissions_count_the_same_canonical_request() -> None:
     submit(state, GPT_IMAGE_2, prompt="x", image_urls=["https://a.example/1.png"])
     submit(state, GPT_IMAGE_2, imageUrls=["https://a.example/1.png"], prompt="x")
     submit(state, GPT_IMAGE_2, prompt="y")
-    assert state.counters.duplicate_submissions == 1
+    assert state.stats()["duplicate_submissions"] == 1
+    assert state.counters.repeated_requests == 1
+
+
+def test_a_request_resent_after_its_job_was_cancelled_is_no_duplicate() -> None:
+    """A prompt sent again after its first job was cancelled (unbilled) is a repeat, not a
+    double payment; a third live copy is one."""
+    state = make_state(render_seconds=60, today="2026-06-01")
+    first = submit(state, GPT_IMAGE_2, prompt="x")
+    state.cancel(state.by_token[DEMO_TOKEN], first.id)
+    submit(state, GPT_IMAGE_2, prompt="x")
+    stats = state.stats()
+    assert (stats["repeated_requests"], stats["duplicate_submissions"]) == (1, 0)
+    submit(state, GPT_IMAGE_2, prompt="x")
+    assert state.stats()["duplicate_submissions"] == 1
 
 
 def test_lifecycle_transitions_follow_the_table() -> None:
