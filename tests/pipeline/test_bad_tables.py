@@ -91,23 +91,6 @@ def run_refused(build, emulator, krea, instance, prompts_dir, files, batch, **bu
     return step, message, result
 
 
-def unreachable_object_store(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Point every S3 client at a closed loopback port: unreadable here, never the internet.
-
-    Without this the case would depend on the machine: with the test services' S3 server the
-    bucket is missing ("no such file"); with no endpoint set, s3fs would try AWS itself.
-    """
-    import s3fs
-
-    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.setenv(name, "http://127.0.0.1:9")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
-    # A client cached by an earlier test would keep its endpoint: start from an empty cache.
-    monkeypatch.setattr(s3fs.S3FileSystem, "_cache", {})
-
-
 CASES = [
     # 1. a column named like one the package writes would replace the validated value
     pytest.param(
@@ -387,6 +370,7 @@ CASES = [
         {"model": NANO},
         ["column 'image_urls[0]'", "s3://bucket/cat.png: cannot read it"],
         id="8-unreadable-s3-uri",
+        marks=pytest.mark.unreachable_object_store,
     ),
     pytest.param(
         {"b.csv": csv_text(["prompt", "image_urls"], ["a cat", "images/cat.png"])},
@@ -704,11 +688,9 @@ ISSUE_20_CASES = [
 
 @pytest.mark.parametrize(("files", "batch", "build_kwargs", "expected"), CASES + ISSUE_20_CASES)
 def test_bad_table_is_refused_before_any_post(
-    build, emulator, krea, instance, prompts_dir, files, batch, build_kwargs, expected, monkeypatch
+    build, emulator, krea, instance, prompts_dir, files, batch, build_kwargs, expected
 ):
     """A bad table fails the prompts step with file, line, rule and fix; Krea sees no POST."""
-    if any("s3://" in text for text in files.values()):
-        unreachable_object_store(monkeypatch)
     step, message, _ = run_refused(
         build, emulator, krea, instance, prompts_dir, files, batch, **build_kwargs
     )
