@@ -11,7 +11,8 @@ an integer too large for a float, ``str()`` raises ``ValueError`` past 4300 digi
   never a number);
 - ``number_problem``: the one rule a number must pass to be sent (finite, and an integer of at
   most ``MAX_NUMBER_DIGITS`` digits: no request field takes anything near that);
-- ``show_number``: a short rendering for messages, whatever the size.
+- ``show_number``: a short rendering for messages, whatever the size;
+- ``string_leaves``: every string of a request or template, however it nests.
 
 Every JSON document parsed from outside (a Krea answer, a JSON cell of a prompt table) goes
 through ``load_json``, which bounds its size, its nesting depth and the length of its integers,
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "load_json",
     "number_problem",
     "show_number",
+    "string_leaves",
 ]
 
 #: No request field and no Krea answer takes an integer anywhere near this long.
@@ -128,6 +131,18 @@ def json_depth(value: Any) -> int:
         deepest = max(deepest, depth)
         stack.extend((child, depth) for child in children)
     return deepest
+
+
+def string_leaves(value: Any) -> Iterator[str]:
+    """Every string in ``value``, however its mappings, lists and tuples nest, depth first."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from string_leaves(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from string_leaves(item)
 
 
 def _bounded_int(text: str) -> int:

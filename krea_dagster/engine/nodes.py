@@ -51,7 +51,7 @@ import math
 import numbers
 import os
 from collections import Counter
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,7 @@ import pyarrow as pa
 
 from krea_dagster.api import AsyncKreaClient, NotFoundError, UnknownModelError, catalog
 from krea_dagster.api.catalog import bundled_catalog, shorten
+from krea_dagster.api.json_values import string_leaves
 from krea_dagster.api.media import media_paths
 from krea_dagster.engine.manifest import ManifestStatus
 from krea_dagster.engine.names import batch_name_problem, dagster_name_problem
@@ -189,7 +190,7 @@ class KreaStep:
                 "file instead, e.g. inputs={'image_urls': ['{previous}']}"
             )
         for name, value in self.inputs.items():
-            for leaf in _string_leaves(value):
+            for leaf in string_leaves(value):
                 if PREVIOUS in placeholders(leaf) and leaf != "{" + PREVIOUS + "}":
                     raise ValueError(
                         f"{where}: inputs[{name!r}] is {shorten(leaf, 80)!r}: {{previous}} is "
@@ -247,17 +248,6 @@ def check_price(value: Any, name: str) -> float | None:
     if not (number >= 0) or number == float("inf"):  # NaN fails the first test
         raise ValueError(f"{name} must be a finite number of USD, 0 or more, got {value!r}")
     return number
-
-
-def _string_leaves(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, Mapping):
-        for item in value.values():
-            yield from _string_leaves(item)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            yield from _string_leaves(item)
 
 
 def _template_columns(value: Any) -> set[str]:

@@ -31,7 +31,7 @@ import io
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import (
@@ -49,6 +49,7 @@ from urllib.parse import unquote, urlsplit
 from krea_dagster.api.catalog import shorten
 from krea_dagster.api.client import AsyncKreaClient, KreaClient
 from krea_dagster.api.errors import InvalidUploadError, KreaError, NotFoundError
+from krea_dagster.api.json_values import string_leaves
 from krea_dagster.api.media import MediaValue, find_media, media_paths, replace_media
 from krea_dagster.api.uploads import MAX_UPLOAD_BYTES, check_upload, to_data_uri
 from krea_dagster.engine.crashpoints import crash_point
@@ -734,17 +735,6 @@ async def resolve_upload_tokens(
 # -- an uploaded file Krea no longer has --------------------------------------------------------
 
 
-def _strings(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, Mapping):
-        for item in value.values():
-            yield from _strings(item)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            yield from _strings(item)
-
-
 async def forget_gone_uploads(
     client: AsyncKreaClient, cache: UploadCache, request: Mapping[str, Any]
 ) -> list[CachedUpload]:
@@ -757,7 +747,7 @@ async def forget_gone_uploads(
     there, or Krea could not be asked) forgets nothing, so a refusal for another reason stays
     one.
     """
-    urls = {value for value in _strings(request) if "://" in value}
+    urls = {value for value in string_leaves(request) if "://" in value}
     if not urls:
         return []
     named = await asyncio.to_thread(cache.named, urls)
