@@ -4,20 +4,32 @@ contact sheet (a workflow of chained Krea steps); and an instance defined in YAM
 (demo_defs/banners/defs.yaml).
 
 Backend: with ``KREA_BASE_URL`` and ``KREA_API_KEY`` set, a real Krea account (or an emulator
-you started elsewhere); without them, a local krea-emulator that the first process needing it
-starts in the background (state under ``.demo/emulator``), so no token is needed.
+you started elsewhere); without them, a local krea-emulator (state under ``.demo/emulator``), so
+no token is needed. ``scripts/demo`` starts it and it keeps running for ``dg dev``; if ``dg dev``
+is first, the first process that needs it starts it, and it ends with ``dg dev``.
+``scripts/demo --stop`` stops it, and it stays stopped until the next ``scripts/demo``.
 
 Storage: images under ``.demo/images`` and the ledger in ``.demo/ledger.db``; override with
 ``KREA_DEMO_STORE`` (e.g. ``s3://bucket/images``) and ``KREA_DEMO_LEDGER`` (a SQLAlchemy URL).
+A local store is served on http://127.0.0.1:``KREA_GALLERY_PORT`` (8762) by
+``krea-dagster gallery``, started alongside the emulator, so the gallery links in the UI open.
 
 Try it: ``scripts/demo`` materializes every batch; ``dg dev`` opens the UI.
 """
 
+import contextlib
+import fcntl
+import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import httpx
 import pandas as pd
 from PIL import Image, ImageDraw
 
@@ -29,30 +41,119 @@ from krea_dagster import (
     build_krea_workflow,
 )
 from krea_dagster.emulator import DEMO_TOKEN
-from krea_dagster.emulator.local import LocalEmulator, ensure_local_emulator
+from krea_dagster.emulator.local import (
+    LocalEmulator,
+    dev_server_pid,
+    ensure_local_emulator,
+    stop_local_emulator,
+)
 from krea_dagster.engine.collect import thumbnail_data_uri
 
 ROOT = Path(__file__).resolve().parent
 DEMO_DIR = Path(os.environ.get("KREA_DEMO_DIR", ROOT / ".demo"))
 EMULATOR_PORT = int(os.environ.get("KREA_EMULATOR_PORT", "8760"))
+GALLERY_PORT = int(os.environ.get("KREA_GALLERY_PORT", "8762"))
+GALLERY_URL = f"http://127.0.0.1:{GALLERY_PORT}"
+STORE = os.environ.get("KREA_DEMO_STORE", str(DEMO_DIR / "images"))
+# The address the gallery links point at: the demo's gallery server for a local store.
+STORE_URL = os.environ.get("KREA_DEMO_STORE_URL") or (None if "://" in STORE else GALLERY_URL)
 
 
-def start_local_emulator() -> LocalEmulator:
-    """The demo's shared emulator on KREA_EMULATOR_PORT (+1 for its CDN), started if needed."""
+def start_local_emulator(*, explicit: bool = True) -> LocalEmulator:
+    """The demo's shared emulator on KREA_EMULATOR_PORT (+1 for its CDN), started if needed.
+
+    ``explicit`` (scripts/demo): start it whatever happened before. Otherwise (a Dagster
+    process's first use, under ``dg dev``): never restart one that ``--stop`` stopped, and tie
+    a new one to ``dg dev``, so it does not outlive it.
+    """
     return ensure_local_emulator(
         DEMO_DIR / "emulator",
         port=EMULATOR_PORT,
         cdn_port=EMULATOR_PORT + 1,
         # Flux renders in ~7 s on Krea; a fifth of that keeps the demo snappy but visible.
         extra_args=("--time-scale", "0.2"),
+        unless_stopped=not explicit,
+        exit_with_pid=None if explicit else dev_server_pid(),
     )
 
 
+def start_gallery(*, explicit: bool = True) -> str | None:
+    """The demo's gallery server (`krea-dagster gallery` on this code location), started if
+    needed; its URL, or None when the store is not local or (not ``explicit``) it was stopped."""
+    if STORE_URL != GALLERY_URL:
+        return None
+    folder = DEMO_DIR / "gallery"
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "gallery.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _answers(GALLERY_URL):
+            return GALLERY_URL
+        if not explicit and (folder / "stopped").exists():
+            return None
+        (folder / "stopped").unlink(missing_ok=True)
+        dev = None if explicit else dev_server_pid()
+        watch = [] if dev is None else ["--exit-with-pid", str(dev)]
+        with (folder / "gallery.log").open("ab") as log:
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "krea_dagster",
+                    "gallery",
+                    "-f",
+                    __file__,
+                    "--port",
+                    str(GALLERY_PORT),
+                    *watch,
+                ],
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                start_new_session=True,  # outlives the process that started it
+            )
+        (folder / "gallery.json").write_text(json.dumps({"pid": process.pid, "url": GALLERY_URL}))
+        deadline = time.monotonic() + 60
+        while not _answers(GALLERY_URL):
+            if process.poll() is not None or time.monotonic() > deadline:
+                lines = (folder / "gallery.log").read_text(errors="replace").strip().splitlines()
+                raise RuntimeError(
+                    f"the gallery server did not start: {lines[-1] if lines else '?'}"
+                )
+            time.sleep(0.1)
+        return GALLERY_URL
+
+
+def stop_demo_services() -> list[str]:
+    """Stop the demo's emulator and gallery server, and keep them stopped; what was running."""
+    stopped = ["emulator"] if stop_local_emulator(DEMO_DIR / "emulator") else []
+    folder = DEMO_DIR / "gallery"
+    if folder.is_dir():
+        (folder / "stopped").write_text("stopped by ./scripts/demo --stop\n")
+        info = folder / "gallery.json"
+        if info.exists():
+            pid = int(json.loads(info.read_text())["pid"])
+            info.unlink()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+                stopped.append("gallery server")
+    return stopped
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url + "/", timeout=2.0, trust_env=False).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 class LocalEmulatorKreaResource(KreaResource):
-    """KreaResource that starts (or reuses) the demo's shared local emulator on first use."""
+    """KreaResource that starts (or reuses) the demo's local emulator and gallery on first use."""
 
     def _client_kwargs(self) -> dict[str, Any]:
-        emulator = start_local_emulator()
+        emulator = start_local_emulator(explicit=False)
+        with contextlib.suppress(RuntimeError):
+            start_gallery(explicit=False)  # the links only; Krea calls do not need it
         return {
             **super()._client_kwargs(),
             "base_url": emulator.base_url,
@@ -73,9 +174,10 @@ demo = build_krea_image_assets(
     prompts=ROOT / "data" / "prompts",
     model="bfl/flux-1-dev",
     defaults={"width": 512, "height": 512, "steps": 20},
-    store=os.environ.get("KREA_DEMO_STORE", str(DEMO_DIR / "images")),
+    store=STORE,
     ledger=os.environ.get("KREA_DEMO_LEDGER", f"sqlite:///{DEMO_DIR / 'ledger.db'}"),
     max_usd_per_run=1.00,
+    store_url=STORE_URL,
 )
 TILE = 160
 LEDGER = os.environ.get("KREA_DEMO_LEDGER", f"sqlite:///{DEMO_DIR / 'ledger.db'}")
@@ -115,9 +217,10 @@ catalog = build_krea_workflow(
             price_usd=0.01,
         ),
     ],
-    store=os.environ.get("KREA_DEMO_STORE", str(DEMO_DIR / "images")),
+    store=STORE,
     ledger=LEDGER,
     max_usd_per_run=2.00,
+    store_url=STORE_URL,
 )
 
 

@@ -72,7 +72,6 @@ def figures(params: BenchParams, results: dict[str, Any]) -> dict[str, float]:
     small, large = (results["sensor"][str(p)] for p in params.sensor_pending)
     few, many = (results["images_step"][str(s)] for s in params.memory_sizes)
     capacity = results["emulator_capacity"]
-    crashes = results["crash"]
     marginal_cpu = (many["cpu_seconds"] - few["cpu_seconds"]) / max(
         many["images"] - few["images"], 1
     )
@@ -115,11 +114,6 @@ def figures(params: BenchParams, results: dict[str, Any]) -> dict[str, float]:
         "emulator_ms_per_request_at_10k": capacity["ms_per_get_at_10k"],
         "emulator_post_per_second": capacity["post_generate_rps"],
         "emulator_cdn_png_per_second": capacity["cdn_png_per_second"],
-        "crash_extra_billed_jobs": sum(c["extra_billed_jobs"] for c in crashes),
-        "crash_duplicate_submissions": sum(c["duplicate_submissions"] for c in crashes),
-        "crash_extra_posts": sum(c["extra_posts"] for c in crashes),
-        "crash_extra_requests": sum(c["extra_requests"] for c in crashes),
-        "crash_extra_cdn_downloads": sum(c["extra_cdn_downloads"] for c in crashes),
         **scale_figures(params, results),
     }
 
@@ -130,7 +124,7 @@ def _day_note(values: dict[str, float]) -> str:
 
 
 def scale_figures(params: BenchParams, results: dict[str, Any]) -> dict[str, float]:
-    """The figures of the discovery and launch-to-manifest groups present in ``results``."""
+    """The figures of the groups ``--only`` can run (``ONLY_GROUPS``) present in ``results``."""
     values: dict[str, float] = {}
     if "deferred" in results:
         deferred = results["deferred"]
@@ -145,6 +139,15 @@ def scale_figures(params: BenchParams, results: dict[str, Any]) -> dict[str, flo
         from bench.day import figures as day_figures
 
         values.update(day_figures(results["day"]))
+    if "crash" in results:
+        crashes = results["crash"]
+        values.update(
+            crash_extra_billed_jobs=sum(c["extra_billed_jobs"] for c in crashes),
+            crash_duplicate_submissions=sum(c["duplicate_submissions"] for c in crashes),
+            crash_extra_posts=sum(c["extra_posts"] for c in crashes),
+            crash_extra_requests=sum(c["extra_requests"] for c in crashes),
+            crash_extra_cdn_downloads=sum(c["extra_cdn_downloads"] for c in crashes),
+        )
     if "discovery" in results:
         discovery = results["discovery"]
         values.update(

@@ -29,7 +29,7 @@ from krea_dagster.emulator.testing import spawn_emulator
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # Scenario groups ``--only`` can run on their own (their figures are merged into latest.json).
-ONLY_GROUPS = ("discovery", "end_to_end", "deferred", "day", "big_account")
+ONLY_GROUPS = ("discovery", "end_to_end", "deferred", "day", "big_account", "crash")
 
 
 def _say(message: str) -> None:
@@ -77,10 +77,6 @@ def run_all(params: BenchParams, scratch: Path) -> dict[str, Any]:
         for size in params.memory_sizes:
             _say(f"4./5. images step alone, N = {size} (subprocess)")
             results["images_step"][str(size)] = scenarios.measure_images_step(bench, size)
-        results["crash"] = []
-        for point in params.crash_points:
-            _say(f"7. crash cost: kill -9 at {point} #{params.crash_after}, then re-run")
-            results["crash"].append(scenarios.count_crash_cost(bench, point))
         # (deferred ran with the throughput scenarios above)
         results.update(run_groups(bench, [g for g in ONLY_GROUPS if g != "deferred"]))
     _say("6. emulator capacity (its own emulators)")
@@ -108,6 +104,11 @@ def run_groups(bench: scenarios.Bench, groups: Sequence[str]) -> dict[str, Any]:
             scratch=bench.scratch,
             timeout=3600.0 + 60.0 * params.day_batches,
         )
+    if "crash" in groups:
+        results["crash"] = []
+        for point in params.crash_points:
+            _say(f"7. crash cost: kill -9 at {point} #{params.crash_after}, then re-run")
+            results["crash"].append(scenarios.count_crash_cost(bench, point))
     if "discovery" in groups:
         _say(f"8. discovery tick, one unchanged file of {params.discovery_rows:,} rows")
         results["discovery"] = scenarios_scale.time_discovery_tick(bench, params.discovery_rows)

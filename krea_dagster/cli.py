@@ -16,6 +16,12 @@ of the code location is registered.
 The code location is found like ``dg`` finds it: ``-f FILE`` or ``-m MODULE`` when given;
 else the ``[tool.dg.project]`` of the ``pyproject.toml`` in the current folder (or above);
 else ``definitions.py`` in the current folder. ``python -m krea_dagster`` is the same command.
+
+``krea-dagster gallery [PREFIX ...]`` loads the code location the same way and serves the local
+image store of each instance on http://127.0.0.1 (``--port``, 8765 by default), printing the
+address of every batch's gallery page. Browsers do not open ``file://`` links from the Dagster
+UI; build the instances with ``store_url="http://127.0.0.1:8765"`` and the UI's gallery links
+open on this server.
 """
 
 import argparse
@@ -178,6 +184,79 @@ def sample_products_command(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_GALLERY_PORT = 8765
+
+
+def gallery_command(args: argparse.Namespace) -> int:
+    from krea_dagster.engine.gallery_server import GalleryServer, gallery_pages
+    from krea_dagster.partitions import built_nodes
+
+    kind, target, working_directory = _target(args)
+    load_code_location(kind, target, working_directory)
+    nodes = built_nodes()
+    prefixes = args.prefix or sorted(nodes)
+    unknown = [p for p in prefixes if p not in nodes]
+    if unknown or not prefixes:
+        raise UsageError(
+            f"no krea-dagster node named {', '.join(unknown) or '(any)'} in {target} "
+            f"(nodes there: {', '.join(sorted(nodes)) or 'none'})"
+        )
+    roots: dict[str, str] = {}  # every step's folder: <store root>/<prefix>[.<step>]
+    for prefix in prefixes:
+        for pipeline in nodes[prefix].pipelines.values():
+            store = pipeline.store
+            if "://" in store.root:
+                print(f"krea-dagster: {prefix}: its store {store.root} is not local; not served")
+            else:
+                roots[pipeline.prefix] = store.root
+    if not roots:
+        raise UsageError("none of these nodes has a local store to serve")
+    try:
+        server = GalleryServer(roots, port=args.port)
+    except OSError as error:
+        raise UsageError(
+            f"cannot listen on 127.0.0.1:{args.port} ({error.strerror or error}); pick another "
+            "port with --port (and the same one in store_url)"
+        ) from None
+    print(f"krea-dagster gallery: serving at {server.url}/ (Ctrl-C to stop)", flush=True)
+    for prefix, batches in gallery_pages(server.roots).items():
+        for batch in batches:
+            print(f"  {prefix} / {batch}: {server.page_url(prefix, batch)}")
+    print(
+        f'  store_url="{server.url}" in build_krea_image_assets (store_url: in defs.yaml) '
+        "makes the UI's gallery links open here",
+        flush=True,
+    )
+    if args.exit_with_pid:
+        _stop_when_gone(args.exit_with_pid, server.close)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+    return 0
+
+
+def _stop_when_gone(pid: int, stop: Any) -> None:
+    """Call ``stop`` once process ``pid`` has exited (checked every second)."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                stop()
+                return
+            except PermissionError:
+                pass  # alive, another user's
+            time.sleep(1.0)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="krea-dagster", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -207,6 +286,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch", help="only this batch, as <batch>.csv without a batch column (a prompt folder)"
     )
     sample.set_defaults(handler=sample_products_command)
+    gallery = commands.add_parser(
+        "gallery",
+        help="serve the nodes' local image stores on 127.0.0.1 so gallery links open",
+        description=(
+            "Load the code location and serve each krea-dagster node's local image store on "
+            "http://127.0.0.1, read only, printing every batch's gallery address. Give the "
+            "nodes store_url=http://127.0.0.1:PORT so the Dagster UI links here."
+        ),
+    )
+    gallery.add_argument("prefix", nargs="*", help="name_prefix of the nodes (default: every node)")
+    gallery.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_GALLERY_PORT,
+        help=f"port on 127.0.0.1 (default {DEFAULT_GALLERY_PORT}; 0 picks a free one)",
+    )
+    gallery.add_argument(
+        "--exit-with-pid",
+        type=int,
+        default=None,
+        help="stop when this process exits (for a server started on behalf of dg dev)",
+    )
+    where = gallery.add_mutually_exclusive_group()
+    where.add_argument("-f", "--python-file", dest="file", help="file defining the Definitions")
+    where.add_argument("-m", "--module-name", dest="module", help="module defining them")
+    gallery.set_defaults(handler=gallery_command)
     from krea_dagster.catalog_command import add_catalog_command
 
     add_catalog_command(commands, UsageError)

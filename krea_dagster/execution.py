@@ -35,7 +35,7 @@ from krea_dagster.engine.pipeline import KreaImagePipeline
 from krea_dagster.engine.prompts import PROMPTS_TABLE_COLUMNS, PromptValidationError
 from krea_dagster.engine.references import ImageReferenceError
 from krea_dagster.engine.run import run_coroutine
-from krea_dagster.engine.source import PromptSourceError
+from krea_dagster.engine.source import PromptSourceError, skipped_summary
 from krea_dagster.metadata import (
     images_metadata,
     jobs_metadata,
@@ -203,8 +203,8 @@ def run_prompts(
     skipped_files = []
     if runtime.index == 0 and node.source is not None and table is None:
         skipped_files = node.files.skipped()
-        for entry in skipped_files:
-            context.log.warning(f"prompt source: {entry.file}: {entry.message}")
+        if skipped_files:  # one line, whatever the number of files
+            context.log.warning(f"prompt source: {skipped_summary(skipped_files)}")
     krea = runtime.krea.get(context)
     # Which catalog validates the batch: the backend's live one (cached), else the bundled.
     models = runtime.pipeline.model_catalog(krea)

@@ -8,6 +8,10 @@ Numbers are what Dagster plots; only measures that differ are numbers. Identifie
 generation are text, and per-run diagnostics (polls, downloads) are one JSON entry, so the
 Plots tab shows the batch's prompts, images, failures and cost, not three lines of one count.
 
+Every value that comes from outside (a column name or cell of the user's table, a code or
+message of Krea's answer) is shortened on its way in (``metadata_text``, ``markdown_cell``), as
+error messages are: a 1 MB cell makes a cell of a few hundred characters, not a 1 MB event.
+
 Costs are **estimates**: Krea does not report the charge per job, so a completed job costs the
 catalog price of its request (``krea_dagster/data/krea_models.json``, or ``price_usd``); failed
 and cancelled jobs are not billed. Two numbers, so Dagster's plot of cost per materialization
@@ -59,6 +63,8 @@ __all__ = [
     "failures_table",
     "images_metadata",
     "jobs_metadata",
+    "markdown_cell",
+    "metadata_text",
     "problems_table",
     "prompts_metadata",
     "table_schema",
@@ -66,6 +72,10 @@ __all__ = [
 ]
 
 MAX_FAILURE_ROWS = 100
+#: Longest text of one value from outside (a cell, a column name, Krea's message) in metadata.
+MAX_VALUE_CHARS = 200
+#: Columns a ``dagster/column_schema`` lists; the rest are counted in a last entry.
+MAX_SCHEMA_COLUMNS = 200
 MAX_KEYS_IN_METADATA = 50
 MAX_JOB_IDS_IN_METADATA = 200
 PREVIEW_ROWS = 10
@@ -144,12 +154,41 @@ def _column_type(dtype: Any) -> str:
     return "string"
 
 
+def metadata_text(value: Any, limit: int = MAX_VALUE_CHARS) -> str:
+    """A value from outside as metadata text: ``str`` of it, shortened like error messages."""
+    return shorten(value if isinstance(value, str) else str(value), limit)
+
+
+def markdown_cell(value: Any, limit: int = MAX_VALUE_CHARS) -> str:
+    """A value as the text of one markdown table cell: one line, shortened, markup escaped."""
+    text = " ".join(metadata_text(value, limit).split())
+    text = text.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;")
+    for char in "*_`[]":
+        text = text.replace(char, "\\" + char)
+    return text
+
+
 def table_schema(frame: pd.DataFrame, docs: Mapping[str, tuple[str, str]]) -> dg.TableSchema:
-    """Every column of ``frame`` with its type and description (carried columns say so)."""
+    """The columns of ``frame`` with type and description (carried columns say so).
+
+    Column names come from the user's table, so they are shortened, and at most
+    ``MAX_SCHEMA_COLUMNS`` are listed (a last entry counts the others).
+    """
     columns = []
-    for name, dtype in frame.dtypes.items():
+    dtypes = list(frame.dtypes.items())
+    for name, dtype in dtypes[:MAX_SCHEMA_COLUMNS]:
         kind, description = docs.get(str(name), (_column_type(dtype), CARRIED_DESCRIPTION))
-        columns.append(dg.TableColumn(shorten(str(name), 200), kind, description=description))
+        columns.append(dg.TableColumn(metadata_text(name), kind, description=description))
+    if len(dtypes) > MAX_SCHEMA_COLUMNS:
+        more = len(dtypes) - MAX_SCHEMA_COLUMNS
+        columns.append(
+            dg.TableColumn(
+                f"... {more} more column(s)",
+                "string",
+                description=f"The table has {len(dtypes)} columns; the first "
+                f"{MAX_SCHEMA_COLUMNS} are listed.",
+            )
+        )
     return dg.TableSchema(columns=columns)
 
 
@@ -241,12 +280,9 @@ def thumbnails_markdown(thumbnails: Sequence[Thumbnail], *, total_images: int) -
         return "_no images yet_"
     lines = ["| image | prompt |", "|---|---|"]
     for thumb in thumbnails:
-        caption = " ".join(thumb.caption.split())[:160]
-        alt = caption.replace("[", "(").replace("]", ")").replace('"', "'")
-        shown = caption.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;")
-        for char in "*_`[]":
-            shown = shown.replace(char, "\\" + char)
-        lines.append(f'| ![{alt}]({thumb.data_uri} "{alt}") | {shown} |')
+        caption = " ".join(metadata_text(thumb.caption, 160).split())
+        alt = caption.replace("[", "(").replace("]", ")").replace('"', "'").replace("|", "/")
+        lines.append(f'| ![{alt}]({thumb.data_uri} "{alt}") | {markdown_cell(caption, 160)} |')
     if total_images > len(thumbnails):
         lines.append(f"\n_{len(thumbnails)} of {total_images} images shown; all in the gallery_")
     return "\n".join(lines)
@@ -259,11 +295,11 @@ def failures_table(manifest: pd.DataFrame) -> dg.TableMetadataValue:
         dg.TableRecord(
             {
                 "row": int(row["row"]),
-                "prompt": shorten(str(row["prompt"]), 200),
-                "status": str(row["status"]),
-                "code": shorten(str(row["error_code"] or ""), 120),
-                "message": shorten(str(row["error_message"] or ""), 500),
-                "job_id": str(row["job_id"] or ""),
+                "prompt": metadata_text(row["prompt"]),
+                "status": metadata_text(row["status"]),
+                "code": metadata_text(row["error_code"] or ""),
+                "message": metadata_text(row["error_message"] or "", 500),
+                "job_id": metadata_text(row["job_id"] or ""),
             }
         )
         for row in failed.to_dict(orient="records")
@@ -350,23 +386,19 @@ def markdown_preview(table: pd.DataFrame) -> str:
     """The first rows of a prompts table: row, prompt, variant, estimated USD (or why skipped)."""
     lines = ["| row | prompt | variant | est. USD |", "|---|---|---|---|"]
     for record in table.head(PREVIEW_ROWS).to_dict(orient="records"):
-        prompt = _cell(record["prompt"], 120)
+        prompt = markdown_cell(record["prompt"], 120)
         skip = record.get(SKIP_COLUMN)
         cost = record["estimated_usd"]
         if isinstance(skip, str) and skip:
-            shown = f"skipped: upstream {_cell(skip, 40)}"
+            shown = f"skipped: upstream {markdown_cell(skip, 40)}"
         else:
             shown = "unknown" if cost is None or pd.isna(cost) else f"{cost:.4f}"
-        lines.append(f"| {record['row']} | {prompt} | {_cell(record['variant'], 60)} | {shown} |")
+        lines.append(
+            f"| {record['row']} | {prompt} | {markdown_cell(record['variant'], 60)} | {shown} |"
+        )
     if len(table) > PREVIEW_ROWS:
         lines.append(f"\n_{len(table) - PREVIEW_ROWS} more rows_")
     return "\n".join(lines)
-
-
-def _cell(value: Any, limit: int) -> str:
-    """A value for a markdown table cell: one line, no pipes, shortened."""
-    text = " ".join(str(value).split())
-    return shorten(text, limit).replace("|", "\\|")
 
 
 def problems_table(error: PromptValidationError) -> dg.TableMetadataValue:

@@ -28,6 +28,7 @@ import pandas as pd
 
 from krea_dagster.checks import DEFAULT_MAX_FAILED_FRACTION, check_fraction, check_specs
 from krea_dagster.engine.ledger import Ledger
+from krea_dagster.engine.names import dagster_name_problem
 from krea_dagster.engine.nodes import KreaNode, KreaStep, check_price
 from krea_dagster.engine.paths import (
     DEFAULT_STORE,
@@ -392,11 +393,8 @@ def _check_settings(
     thumbnails: Any,
 ) -> _Settings:
     """Every setting of a node checked when it is built, with what to write instead."""
-    if not isinstance(name_prefix, str) or not name_prefix.replace("_", "").isalnum():
-        raise ValueError(
-            f"name_prefix {name_prefix!r} must use only letters, digits and '_' "
-            "(it names asset keys, partitions and sensors)"
-        )
+    if (problem := dagster_name_problem(name_prefix, "name_prefix")) is not None:
+        raise ValueError(problem)
     if (prompts is None) == (table is None):
         raise ValueError(
             f"{name_prefix}: give the rows' source, either prompts=<folder of prompt files> or "

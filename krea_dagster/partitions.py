@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-import pandas as pd
 
-from krea_dagster.engine.source import batch_name_problem
+from krea_dagster.engine.names import batch_name_problem
+from krea_dagster.engine.nodes import cell_text, table_frame
+from krea_dagster.engine.prompts import PromptValidationError
 
 if TYPE_CHECKING:
     from krea_dagster.node import KreaNodeAssets
@@ -95,28 +96,33 @@ def recorded_source_versions(
 
 def table_batches(node: "KreaNodeAssets", table: Any) -> tuple[dict[str, str], list[str]]:
     """The batches of an unpartitioned table: each value of the batch column with the content
-    hash of its rows, and a problem per value that is not a plain partition key."""
+    hash of its rows, and a problem per value that is not a plain partition key (and one for
+    rows without a batch). The table is read as a step reads it (``nodes.table_frame``)."""
     column = node.node.batch_column
-    if not isinstance(table, pd.DataFrame):
-        raise ValueError(
-            f"{node.prefix}: the table asset {node.table_key.to_user_string() if node.table_key else ''} "
-            f"is a {type(table).__name__}, not a pandas DataFrame"
-        )
-    frame = table
-    if column in [name for name in frame.index.names if name is not None]:
-        frame = frame.reset_index(level=column)
+    where = f"the table asset {node.table_key.to_user_string() if node.table_key else ''}"
+    try:
+        frame = table_frame(table)
+    except PromptValidationError as error:
+        reasons = "; ".join(problem.message for problem in error.problems)
+        raise ValueError(f"{node.prefix}: {where}: {reasons}") from None
     if column not in frame.columns:
         raise ValueError(
             f"{node.prefix}: the table has no {column!r} column naming each row's batch; add it "
             "(or name another with batch_column=...), or partition the table like the node"
         )
-    batches: dict[str, str] = {}
+    names = [cell_text(value) for value in frame[column]]
     problems: list[str] = []
-    for value, part in frame.groupby(frame[column].astype(str).str.strip(), sort=True):
-        name = str(value)
+    if (unnamed := names.count(None)) > 0:
+        problems.append(
+            f"{column}: {unnamed} row(s) have no batch; fill it, or leave those rows out of "
+            "the table asset"
+        )
+    batches: dict[str, str] = {}
+    for name in sorted({name for name in names if name is not None}):
         if (problem := batch_name_problem(name)) is not None:
             problems.append(f"{column}={name!r}: {problem}")
             continue
+        part = frame[[value == name for value in names]]
         records = part.drop(columns=[column]).to_dict(orient="records")
         text = json.dumps(records, sort_keys=True, default=str)
         batches[name] = hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -19,8 +19,9 @@
   cancel of the tick obeys, records every status change, stores the outputs of the jobs it saw
   complete (before the same deadline, so a deferred batch is collected while it renders),
   reports progress per batch as runless observations of each step's jobs asset, and once a
-  step's batch is done (every planned prompt submitted, every job terminal) requests the run
-  that collects it and submits the next step (the last step's run also materializes the
+  step's batch is done (every prompt its jobs run planned taken by Krea, or that run ended
+  successfully; every job terminal) requests the run that collects it and submits the next
+  step, never while the run it requested for the batch before is still going (the last step's run also materializes the
   ``completion_target``). It reads only the batches with work left (an indexed ledger query),
   so its cost follows the work, not the history. It never sleeps; its cursor is a small
   serialized record, and everything else it needs is in the ledger, so a daemon restart loses
@@ -42,7 +43,7 @@ from krea_dagster.api import JobStatus, KreaError
 from krea_dagster.engine.ledger import JobUpdate, Submission, utcnow
 from krea_dagster.engine.pipeline import KreaImagePipeline
 from krea_dagster.engine.run import run_coroutine
-from krea_dagster.engine.source import FileScan
+from krea_dagster.engine.source import FileScan, skipped_summary
 from krea_dagster.node import KreaNodeAssets
 from krea_dagster.partitions import recorded_source_versions, source_materialization, table_batches
 from krea_dagster.resource import KreaResource
@@ -61,6 +62,9 @@ DAGSTER_SENSOR_TIMEOUT_SECONDS = 60.0
 # One poll_many call at most this many ids; the next tick resumes with the rest (rotation).
 POLL_CHUNK = 20_000
 CURSOR_VERSION = 1
+#: Tags every run the completion sensor requests with the step and batch it collects
+#: (``<scope>|<batch>``): no second one is requested while one is unfinished.
+COLLECTS_TAG = "krea/collects"
 
 
 @dataclass
@@ -111,11 +115,13 @@ class DiscoveryCursor(_Cursor):
 
 @dataclass
 class CompletionCursor(_Cursor):
-    """The run last requested per step and batch (``<scope>|<batch>``), and where the next
-    tick starts polling."""
+    """The run last requested per step and batch (``<scope>|<batch>``), the batches whose
+    every job is terminal but whose jobs run is still going (looked at again each tick until
+    it ends), and where the next tick starts polling."""
 
     requested: dict[str, str] = field(default_factory=dict)
     offset: int = 0
+    waiting: list[str] = field(default_factory=list)
 
 
 # -- discovery ----------------------------------------------------------------------------------
@@ -143,7 +149,7 @@ def discovery_tick(
         found, file_problems = source.batches_from(scans)
         skipped = source.skipped()
         hashes = {batch: info.content_hash for batch, info in found.items()}
-        problems = [f"{problem.file}: {problem.message}" for problem in [*file_problems, *skipped]]
+        problems = [f"{problem.file}: {problem.message}" for problem in file_problems]
         next_cursor = DiscoveryCursor(
             hashes=hashes, files={name: scan.to_json() for name, scan in scans.items()}
         )
@@ -190,12 +196,15 @@ def discovery_tick(
             partition_requests.append(
                 dynamic.build_delete_request([b for b in removed if b in existing])
             )
+    # One line each, whatever the number of files: the first few, and counts.
     if problems:
         context.log.warning(_summarized("batches not read", problems))
+    if skipped:
+        context.log.warning(f"prompt source: {skipped_summary(skipped)}")
     if removed:
         verb = "deleting" if delete_removed else "kept (set delete_removed_batches to delete)"
-        context.log.warning(f"batches no longer in the source: {', '.join(removed)}; {verb}")
-    summary = _discovery_summary(new, changed, removed, problems, delete_removed)
+        context.log.warning(f"batches no longer in the source: {_names(removed)}; {verb}")
+    summary = _discovery_summary(new, changed, removed, problems, delete_removed, skipped)
     return dg.SensorResult(
         run_requests=run_requests,
         dynamic_partitions_requests=partition_requests,
@@ -243,18 +252,28 @@ def _summarized(what: str, entries: Sequence[str], limit: int = 10) -> str:
 
 
 def _discovery_summary(
-    new: list[str], changed: list[str], removed: list[str], problems: list[str], delete: bool
+    new: list[str],
+    changed: list[str],
+    removed: list[str],
+    problems: list[str],
+    delete: bool,
+    skipped: Sequence[Any] = (),
 ) -> str:
     parts = []
     if removed:
-        parts.append(
-            f"removed from the source: {', '.join(removed)}" + ("" if delete else " (kept)")
-        )
+        parts.append(f"removed from the source: {_names(removed)}" + ("" if delete else " (kept)"))
     if problems:
         parts.append(_summarized("not read", problems))
+    if skipped:
+        parts.append("not read: " + skipped_summary(skipped))
     if not (new or changed):
         parts.insert(0, "no new or changed batches")
     return ". ".join(parts)
+
+
+def _names(names: Sequence[str], limit: int = 20) -> str:
+    text = ", ".join(names[:limit])
+    return text + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 # -- completion ---------------------------------------------------------------------------------
@@ -328,14 +347,17 @@ def completion_tick(
     observations: list[dg.AssetObservation] = []
     stored = 0
     requested: dict[str, str] = {}
+    waiting: list[str] = []
     for index, step in enumerate(assets.step_assets):
         pipeline = step.pipeline
         scope = pipeline.scope
-        # Only the batches with work left (the ledger's partial index) and those this tick
-        # changed (a last job that failed leaves a batch with nothing open): never the history.
+        # Only the batches with work left (the ledger's partial index), those this tick
+        # changed (a last job that failed leaves a batch with nothing open) and those waiting
+        # for their jobs run to end: never the history.
         work = dict(ledger.open_batches(scope))
         touched = {batch for where, batch in changed if where == scope}
-        work.update(ledger.current_generations(scope, touched - set(work)))
+        waited = {slot.split("|", 1)[1] for slot in cursor.waiting if slot.startswith(scope + "|")}
+        work.update(ledger.current_generations(scope, (touched | waited) - set(work)))
         batch_rows = {
             batch: list(pipeline.latest(batch, generation).values())
             for batch, generation in sorted(work.items())
@@ -367,20 +389,34 @@ def completion_tick(
                 )
             if counts["pending"] or counts["unresolved"]:
                 continue
-            if not any(row.state == JobStatus.COMPLETED and not row.image_uri for row in rows) and (
-                batch not in touched
+            if (
+                not any(row.state == JobStatus.COMPLETED and not row.image_uri for row in rows)
+                and batch not in touched
+                and batch not in waited
             ):
                 continue  # nothing new to collect for this batch
-            if ledger.unsubmitted(scope, batch, generation):
-                # A jobs run is still on its way through the batch (or died part way and its
-                # retry has not sent the rest yet): the batch is not done, whatever its rows say.
-                continue
+            progress = ledger.plan_progress(scope, batch, generation)
+            if progress.unsent:
+                # Krea has not taken every prompt the batch's jobs run planned: that run is
+                # on its way (or between two rounds, or died and its retry has not sent the
+                # rest yet), so the batch is not done, whatever its rows say. Once the run
+                # succeeded, what it left unsent (its rounds ran out) is final for this plan;
+                # while it runs, the batch is looked at again every tick.
+                status = _run_status(context, progress.run_id)
+                if status in _UNFINISHED_RUN_STATUSES:
+                    waiting.append(slot)
+                if status != dg.DagsterRunStatus.SUCCESS:
+                    continue
             watermark = max(row.updated_at for row in rows).strftime("%Y%m%dT%H%M%S%f")
             run_key = f"{scope}:{batch}:g{generation}:{watermark}"
             if requested.get(slot) == run_key:
                 continue
-            if batch not in touched and _still_running(context, requested.get(slot)):
-                continue  # the run requested earlier is storing these very outputs
+            if _collecting(context, slot):
+                # A run this sensor requested is collecting the batch: it stores its outputs
+                # and waits for what it re-sent itself (transient failures). A second run now
+                # would collect the same batch twice; once it has finished, what is left (if
+                # anything) gets a run of its own.
+                continue
             requested[slot] = run_key
             run_requests.append(
                 dg.RunRequest(
@@ -390,6 +426,7 @@ def completion_tick(
                     tags={
                         "krea/batch": batch,
                         "krea/generation": str(generation),
+                        COLLECTS_TAG: slot,
                         **({"krea/step": step.step.name} if step.step.name else {}),
                     },
                 )
@@ -403,7 +440,9 @@ def completion_tick(
         run_requests=run_requests,
         asset_events=observations,
         # Entries of batches with nothing left to do are dropped: the cursor stays small.
-        cursor=CompletionCursor(requested=requested, offset=next_offset).serialize(),
+        cursor=CompletionCursor(
+            requested=requested, offset=next_offset, waiting=waiting
+        ).serialize(),
         skip_reason=None if run_requests else summary,
     )
 
@@ -487,12 +526,19 @@ _UNFINISHED_RUN_STATUSES = [
 ]
 
 
-def _still_running(context: dg.SensorEvaluationContext, run_key: str | None) -> bool:
-    """Whether the run this sensor requested under ``run_key`` has not finished yet."""
-    if not run_key:
-        return False
+def _run_status(context: dg.SensorEvaluationContext, run_id: str | None) -> Any:
+    """The status of run ``run_id`` (None: no run id, or a run this instance does not know)."""
+    if not run_id:
+        return None
+    run = context.instance.get_run_by_id(run_id)
+    return None if run is None else run.status
+
+
+def _collecting(context: dg.SensorEvaluationContext, slot: str) -> bool:
+    """Whether a run this sensor requested for the step's batch ``slot`` has not finished yet
+    (found by its tag in the instance, whatever the cursor remembers)."""
     runs = context.instance.get_runs(
-        filters=dg.RunsFilter(tags={"dagster/run_key": run_key}, statuses=_UNFINISHED_RUN_STATUSES),
+        filters=dg.RunsFilter(tags={COLLECTS_TAG: slot}, statuses=_UNFINISHED_RUN_STATUSES),
         limit=1,
     )
     return bool(runs)

@@ -5,13 +5,15 @@ Runs the demo job of definitions.py once per batch on the Dagster instance in
 .demo/dagster_home, so `dg dev` shows the same runs, images and checks afterwards. Running it
 again pays for nothing: every prompt already has its job in the ledger.
 
-`scripts/demo --stop` stops the background emulator (it outlives the demo so `dg dev` can use it).
+`scripts/demo --stop` stops the background emulator and gallery server (they outlive the demo
+so `dg dev` can use them), and they stay stopped until the next `scripts/demo`.
 """
 
 import os
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,6 +25,10 @@ if not (DAGSTER_HOME / "dagster.yaml").exists():
 sys.path.insert(0, str(ROOT))
 
 import dagster as dg  # noqa: E402
+
+# Dagster's BetaWarning for Output(data_version=...) would land on the progress line.
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
+warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 import definitions  # noqa: E402
 from krea_dagster.engine.manifest import ManifestStatus  # noqa: E402
@@ -47,20 +53,18 @@ def progress(batch: str, stop: threading.Event) -> None:
             shown = line
 
 
-def stop_emulator() -> int:
-    from krea_dagster.emulator.local import stop_local_emulator
-
-    state = DEMO_DIR / "emulator"
-    if stop_local_emulator(state):
-        print(f"stopped the demo's emulator ({state})")
+def stop_services() -> int:
+    stopped = definitions.stop_demo_services()
+    if stopped:
+        print(f"stopped the demo's {' and '.join(stopped)}; ./scripts/demo starts them again")
     else:
-        print(f"the demo's emulator was not running ({state})")
+        print(f"the demo's emulator was not running ({DEMO_DIR / 'emulator'})")
     return 0
 
 
 def main() -> int:
     if sys.argv[1:] == ["--stop"]:
-        return stop_emulator()
+        return stop_services()
     if sys.argv[1:]:
         print("usage: scripts/demo [--stop]", file=sys.stderr)
         return 2
@@ -74,6 +78,11 @@ def main() -> int:
             print(f"krea-dagster demo: {error}", file=sys.stderr)
             return 3
         print(f"  emulator at {emulator.base_url} (stop it with ./scripts/demo --stop)")
+    try:
+        gallery = definitions.start_gallery()
+    except RuntimeError as error:
+        print(f"krea-dagster demo: {error}", file=sys.stderr)
+        return 3
     instance = dg.DagsterInstance.get()
     # The same command users run: krea-dagster register-batches demo
     registration = register_batches(definitions.demo, instance)
@@ -111,15 +120,23 @@ def main() -> int:
             f"\nemulator: {stats['jobs_created']} jobs created, {stats['jobs_billed']} billed, "
             f"{stats['duplicate_submissions']} duplicate submissions"
         )
-    print(f"\nimages:          {definitions.demo.pipeline.store.batch_uri('demo')}")
+    print("\ngalleries (every image with its prompt, status and cost; also linked in the UI):")
+    upscale = definitions.catalog.pipelines["upscale"]
+    catalog_batches = [name.split("/", 1)[1] for name, *_ in summaries if "/" in name]
+    for pipeline, names in ((definitions.demo.pipeline, batches), (upscale, catalog_batches)):
+        store, prefix = pipeline.store, pipeline.prefix
+        for batch in names:
+            page = store.uri(store.batch_folder(prefix, batch) / "index.html")
+            served = f"{gallery}/{prefix}/batches/{batch}/index.html"
+            print(f"  {prefix + ' / ' + batch:<26} {served if gallery else page}")
     print(f"contact sheets:  {DEMO_DIR / 'contact_sheets'}")
     print(f"done in {time.monotonic() - started:.1f} s")
     print(
         "\nOpen the UI (runs, images, checks, lineage):\n"
         f"  DAGSTER_HOME={DAGSTER_HOME} .venv/bin/dg dev\n"
         "then open http://127.0.0.1:3000 (asset group 'demo').\n"
-        "The emulator keeps running in the background for the UI; stop it with "
-        "./scripts/demo --stop"
+        "The emulator and the gallery server keep running in the background for the UI; "
+        "stop them with ./scripts/demo --stop"
     )
     return 1 if failed else 0
 
@@ -127,7 +144,7 @@ def main() -> int:
 def run_catalog(instance: dg.DagsterInstance, summaries: list) -> int:
     """The product table through gpt-image-2 edits and upscales, one run per batch."""
     print("\ncatalog: product photos -> gpt-image-2 edit -> upscale")
-    table = dg.materialize([definitions.products], instance=instance)
+    table = dg.materialize([definitions.products], instance=instance, run_config=QUIET)
     if not table.success:
         print("  the product table failed; see `dg dev`")
         return 1

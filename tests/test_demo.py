@@ -4,9 +4,11 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dagster as dg
+import httpx
 import pytest
 from free_ports import free_port
 
@@ -43,8 +45,104 @@ def demo_env(tmp_path: Path, port: int) -> dict[str, str]:
         "KREA_DEMO_DIR": str(tmp_path / "demo"),
         "DAGSTER_HOME": str(tmp_path / "demo" / "home"),
         "KREA_EMULATOR_PORT": str(port),
+        "KREA_GALLERY_PORT": str(free_port()),
         "PYTHONPATH": str(REPO),
     }
+
+
+def in_demo(env: dict[str, str], code: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    """Run Python code that imports the demo's code location, as its processes do."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2, trust_env=False).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+# What a Dagster process of the demo does on its first Krea call (a sensor tick, a run).
+FIRST_USE = "import definitions; print(definitions.krea_resource()._client_kwargs()['base_url'])"
+
+
+def test_a_stopped_demo_emulator_is_not_restarted_by_the_code_location(tmp_path):
+    """After ./scripts/demo --stop, a sensor or run of the demo (dg dev) gets an error naming
+    how to start the emulator again, instead of silently restarting it."""
+    env = demo_env(tmp_path, free_port(2))
+    started = in_demo(env, FIRST_USE)
+    assert started.returncode == 0, started.stderr[-3000:]
+    url = started.stdout.strip()
+    try:
+        assert answers(f"{url}/openapi.json")
+        assert answers(f"http://127.0.0.1:{env['KREA_GALLERY_PORT']}/")  # the gallery too
+        stop = subprocess.run(
+            [sys.executable, "scripts/demo.py", "--stop"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert "stopped the demo's emulator and gallery server" in stop.stdout
+        again = in_demo(env, FIRST_USE)
+        assert again.returncode != 0
+        assert "was stopped" in again.stderr and "./scripts/demo" in again.stderr
+        assert not answers(f"{url}/openapi.json")
+        assert not answers(f"http://127.0.0.1:{env['KREA_GALLERY_PORT']}/")
+    finally:
+        in_demo(env, "import definitions; definitions.stop_demo_services()")
+
+
+FAKE_DG = """
+import subprocess, sys, time
+# Stands in for `dg dev` (its argv is [python, .../dg, dev]): a child process of it uses the
+# demo's code location the way dg dev's code server does.
+child = subprocess.run([sys.executable, "-c", sys.argv[2]], capture_output=True, text=True)
+print(child.stdout.strip(), flush=True)
+print(child.stderr[-2000:], file=sys.stderr, flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_demo_services_started_under_dg_dev_end_with_it(tmp_path):
+    """The emulator and gallery server that a process under `dg dev` starts stop when dg dev
+    exits, instead of outliving it."""
+    env = demo_env(tmp_path, free_port(2))
+    fake = tmp_path / "bin" / "dg"
+    fake.parent.mkdir()
+    fake.write_text(FAKE_DG)
+    dev = subprocess.Popen(
+        [sys.executable, str(fake), "dev", FIRST_USE],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    gallery = f"http://127.0.0.1:{env['KREA_GALLERY_PORT']}/"
+    try:
+        assert dev.stdout is not None
+        url = dev.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:"), dev.stderr.read() if dev.stderr else ""
+        assert answers(f"{url}/openapi.json") and answers(gallery)
+        dev.kill()
+        dev.wait()
+        deadline = time.monotonic() + 30
+        while answers(f"{url}/openapi.json") or answers(gallery):
+            assert time.monotonic() < deadline, "a demo service outlived dg dev"
+            time.sleep(0.2)
+    finally:
+        if dev.poll() is None:
+            dev.kill()
+        in_demo(env, "import definitions; definitions.stop_demo_services()")
 
 
 def test_yaml_instance_follows_the_demo_port_and_folder(tmp_path):
@@ -95,12 +193,7 @@ def test_demo_on_a_taken_port_stops_with_one_line(tmp_path):
 @pytest.mark.system
 def test_demo_command_generates_every_batch_and_pays_once(tmp_path):
     """scripts/demo.py on a fresh demo folder stores every image; run again, it creates no job."""
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("KREA_")},
-        "KREA_DEMO_DIR": str(tmp_path / "demo"),
-        "DAGSTER_HOME": str(tmp_path / "demo" / "home"),
-        "KREA_EMULATOR_PORT": str(free_port(2)),
-    }
+    env = demo_env(tmp_path, free_port(2))
 
     def run_demo() -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
@@ -117,6 +210,16 @@ def test_demo_command_generates_every_batch_and_pays_once(tmp_path):
     try:
         first = run_demo()
         assert "emulator: 18 jobs created, 18 billed, 0 duplicate submissions" in first.stdout
+        # Nothing but the demo's own lines: no Dagster warning or DEBUG log on the progress.
+        assert "Warning" not in first.stdout + first.stderr
+        assert "DEBUG" not in first.stdout + first.stderr
+        # The gallery of every batch, at an address that opens (the demo serves the store).
+        gallery = f"http://127.0.0.1:{env['KREA_GALLERY_PORT']}"
+        pages = [f"demo/batches/{batch}" for batch in ("city", "ocean", "spring")]
+        pages += [f"catalog.upscale/batches/{batch}" for batch in ("autumn", "spring")]
+        for page in pages:
+            url = f"{gallery}/{page}/index.html"
+            assert url in first.stdout and answers(url), url
         # 10 prompts in 3 batches, then 4 products edited and upscaled in 2 batches (8 jobs).
         assert sorted(p.name for p in (tmp_path / "demo" / "contact_sheets").iterdir()) == [
             "catalog-autumn.png",
@@ -138,7 +241,4 @@ def test_demo_command_generates_every_batch_and_pays_once(tmp_path):
         )
         assert "stopped the demo's emulator" in stopped.stdout
     finally:
-        sys.path.insert(0, str(REPO))
-        from krea_dagster.emulator.local import stop_local_emulator
-
-        stop_local_emulator(tmp_path / "demo" / "emulator")
+        in_demo(env, "import definitions; definitions.stop_demo_services()")

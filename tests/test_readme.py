@@ -3,10 +3,10 @@
 Bash blocks run from the command line with a temporary ``DAGSTER_HOME``: the quickstart, node
 and YAML blocks in a project made by ``create-dagster`` (marker ``system``), the demo's commands
 (``dg check``, ``dg launch``, ...; marker ``system``, about a minute) in a copy of this
-repository. The changes made to blocks: the emulator's well-known port 8760 becomes a free port,
-so a test never talks to (or collides with) an emulator a developer left running; and the new
-project's ``pip install -e .`` becomes its ``src/`` on ``PYTHONPATH``, so the venv under test is
-not changed.
+repository. The changes made to blocks: the emulator's well-known ports (8760, the
+quickstart's 8770) become free ports, so a test never talks to (or collides with) an emulator
+a developer left running; and the new project's ``pip install -e .`` becomes its ``src/`` on
+``PYTHONPATH``, so the venv under test is not changed.
 """
 
 import contextlib
@@ -38,7 +38,7 @@ BLOCKS = {
     "create-dagster project --no-uv-sync my-project && cd my-project": "new-project",
     "# src/my_project/defs/resources.py": "new-project",
     "# src/my_project/defs/posters.py": "new-project",
-    "krea-emulator serve --port 8760 --time-scale 0.05 > emulator.json &": "new-project",
+    "krea-emulator start --port 8770 --time-scale 0.05 > emulator.json": "new-project",
     'export DAGSTER_HOME=$PWD/.dagster && mkdir -p "$DAGSTER_HOME"': "new-project",
     '@dg.asset(ins={"manifest": dg.AssetIn(posters.images.key)}, partitions_def=posters.partitions_def)': (
         "fragments"
@@ -169,6 +169,36 @@ def ledger_paid_once(ledger: Path) -> dict[str, int]:
     return per_scope
 
 
+def test_readme_quickstart_emulator_fails_at_once_on_a_taken_port(tmp_path):
+    """With the demo's emulator on the quickstart's port, the quickstart's emulator block fails
+    in the foreground, one line naming the port, instead of leaving the next commands talking
+    to the demo's emulator."""
+    from krea_dagster.emulator.local import ensure_local_emulator, stop_local_emulator
+
+    require_console_scripts("krea-emulator")
+    (block,) = [code for code in blocks_for("new-project") if code.startswith("krea-emulator")]
+    port = free_port(2)
+    demo = ensure_local_emulator(tmp_path / "demo-emulator", port=port, cdn_port=port + 1)
+    project = tmp_path / "my-project"
+    project.mkdir()
+    try:
+        done = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", block.replace("8770", str(port))],
+            cwd=project,
+            env=command_env(tmp_path / "unused-home", REPO),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        stop_local_emulator(project / ".krea-emulator")
+        stop_local_emulator(tmp_path / "demo-emulator")
+    assert done.returncode == 3, done.stdout + done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert f"port {port}" in line and "already in use" in line
+    assert demo.base_url.endswith(str(port))
+
+
 @pytest.mark.system
 def test_readme_new_project_runs_every_block_as_written(tmp_path):
     """In a project made by create-dagster, the README's quickstart, node and YAML blocks run as
@@ -187,8 +217,17 @@ def test_readme_new_project_runs_every_block_as_written(tmp_path):
     script = [line for line in rest if line.strip() != "pip install -e ."]
     project_files(project)
     port = str(free_port(2))
-    script += [code.replace("8760", port) for code in blocks if not code.startswith("# src/")]
-    output = run_bash("\n".join(script), project, env, timeout=900)
+    script += [
+        code.replace("8770", port).replace("8760", port)
+        for code in blocks
+        if not code.startswith("# src/")
+    ]
+    try:
+        output = run_bash("\n".join(script), project, env, timeout=900)
+    finally:
+        from krea_dagster.emulator.local import stop_local_emulator
+
+        stop_local_emulator(project / ".krea-emulator")  # `krea-emulator start` detaches it
     assert "posters: 1 batch(es) added (hero), 0 already registered" in output
     assert "catalog: 2 batch(es) added (autumn, spring), 0 already registered" in output
     assert "shoes: 1 batch(es) added (spring), 0 already registered" in output
@@ -306,13 +345,15 @@ def test_readme_demo_commands_run_in_a_copy_of_the_repository(tmp_path):
     copy = repo_copy(tmp_path)
     env = command_env(tmp_path / "unused-home", copy)
     env["KREA_EMULATOR_PORT"] = str(free_port(2))
+    env["KREA_GALLERY_PORT"] = str(free_port())
     started = time.monotonic()
     try:
         output = run_bash("\n".join(blocks_for("demo")), copy, env, timeout=540)
     finally:
-        from krea_dagster.emulator.local import stop_local_emulator
-
-        stop_local_emulator(copy / ".demo" / "emulator")
+        # The runs started the demo's emulator and gallery server in the background.
+        subprocess.run(
+            [sys.executable, "scripts/demo.py", "--stop"], cwd=copy, env=env, timeout=120
+        )
     elapsed = time.monotonic() - started
     assert "demo: 3 batch(es) added (city, ocean, spring)" in output
     assert "banners: 1 batch(es) added (launch)" in output

@@ -22,6 +22,7 @@ from krea_dagster.engine.references import (
     MemoryUploadCache,
     ReferenceResolver,
     UploadCache,
+    forget_gone_uploads,
     image_fields,
     load_reference,
     reference_kind,
@@ -256,3 +257,36 @@ def test_async_resolver_uploads_concurrent_copies_once(
     # event loop running on this thread.
     assert run_coroutine(scenario()) == ["cached"] * 5 + ["uploaded"]
     assert emulator.stats()["uploads_by_sha256"] == {sha(RED): 1}
+
+
+@pytest.fixture(params=["memory", "ledger"])
+def upload_cache(request: pytest.FixtureRequest, tmp_path: Path) -> UploadCache:
+    if request.param == "memory":
+        return MemoryUploadCache()
+    from krea_dagster.engine.ledger import Ledger
+
+    return Ledger(f"sqlite:///{tmp_path / 'ledger.db'}").upload_cache("acct")
+
+
+def test_only_a_gone_upload_is_forgotten_and_a_newer_upload_of_the_bytes_is_kept(
+    emulator: EmulatorHandle, client: KreaClient, refs: Path, upload_cache: UploadCache
+) -> None:
+    """``forget_gone_uploads`` drops a cache entry only when Krea answers 404 for its asset, and
+    an entry another worker already replaced (same bytes, new URL) is never dropped."""
+    red = ReferenceResolver(client, upload_cache).resolve(str(refs / "red.png"))
+    request = {"prompt": "p", "image_urls": [red.value]}
+
+    async def gone() -> list[Any]:
+        async with AsyncKreaClient(emulator.token, base_url=emulator.base_url) as aclient:
+            return await forget_gone_uploads(aclient, upload_cache, request)
+
+    assert run_coroutine(gone()) == []  # the asset is there: the refusal is not the cache's
+    assert upload_cache.get(sha(RED)) == red.value
+    assert red.asset_id is not None and client.delete_asset(red.asset_id)
+    assert [upload.url for upload in run_coroutine(gone())] == [red.value]
+    assert upload_cache.get(sha(RED)) is None
+    again = ReferenceResolver(client, upload_cache).resolve(str(refs / "red-copy.png"))
+    assert again.how == "uploaded" and again.value != red.value
+    assert upload_cache.forget(sha(RED), red.value) is False  # a stale forget keeps the new one
+    assert upload_cache.get(sha(RED)) == again.value
+    assert emulator.stats()["uploads"] == 2

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from krea_dagster.api._core import Flow, Offload, RequestCore, Send, Sleep, decode_body
+from krea_dagster.api._core import Flow, Offload, RequestCore, Sleep, decode_body, read_json
 from krea_dagster.api.config import DEFAULT_CLOCK_SKEW
 from krea_dagster.api.errors import (
     AmbiguousUploadError,
@@ -203,7 +203,7 @@ def upload_asset(
         core.stats.record_request("POST", _PATH)
         outcome: httpx.Response | Exception
         try:
-            outcome = yield Send(request)
+            outcome = yield from core.send(request)
         except httpx.TransportError as exc:
             outcome = exc
         decision = decide(RequestKind.CREATE, outcome)
@@ -211,7 +211,7 @@ def upload_asset(
             if not (isinstance(outcome, httpx.Response) and outcome.is_success):
                 raise core.final_error(outcome, "POST", _PATH, attempts, decision.reason)
             try:
-                asset = Asset.from_api(outcome.json())
+                asset = Asset.from_api(read_json(outcome))
             except (ValueError, MalformedPayloadError):
                 # Krea stored something, but its answer cannot be read: look for it.
                 decision = RetryDecision(Verdict.AMBIGUOUS, "the 2xx body is not an asset")

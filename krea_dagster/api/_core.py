@@ -10,7 +10,6 @@ here once; the two clients only perform actions (``run_flow`` / ``run_flow_async
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import uuid
@@ -26,6 +25,10 @@ import httpx
 from krea_dagster.api.catalog import ModelCatalog, ModelSpec, Problem, bundled_catalog
 from krea_dagster.api.clock_offset import ClockOffset
 from krea_dagster.api.config import (
+    BASE_URL_ENV,
+    DEFAULT_BASE_URL,
+    MAX_ANSWER_BYTES,
+    MAX_TEXT_BODY_CHARS,
     RETRY_COUNT_HEADER,
     ZDR_HEADER,
     Clock,
@@ -39,15 +42,18 @@ from krea_dagster.api.errors import (
     APIConnectionError,
     APIStatusError,
     APITimeoutError,
+    BackendUnreachableError,
     ConfigurationError,
     DeadlineExceededError,
+    InvalidIdentifierError,
     KreaError,
     MalformedPayloadError,
     RequestValidationError,
     SendDeadlineError,
     make_status_error,
 )
-from krea_dagster.api.models import Job, JobList, JobStatus, as_aware
+from krea_dagster.api.json_values import load_json
+from krea_dagster.api.models import Job, JobList, JobStatus, as_aware, identifier_problem
 from krea_dagster.api.retries import (
     RequestKind,
     Verdict,
@@ -248,6 +254,10 @@ class Secret:
         raise TypeError("the Krea API token cannot be pickled")
 
 
+# Straight and typographic quotes, and backticks: a shell's or an editor's, never a token's.
+_QUOTES = frozenset("'\"`\u2018\u2019\u201c\u201d")
+
+
 def check_api_key(value: str | None) -> Secret:
     """The token as a Secret; its shape is checked (``id:secret``) without ever echoing it."""
     where = "pass api_key=... or set KREA_API_KEY"
@@ -255,6 +265,11 @@ def check_api_key(value: str | None) -> Secret:
     if value is None or not value.strip():
         raise ConfigurationError(f"no Krea API token: {where} ({origin})")
     token = value.strip()
+    if token[:1] in _QUOTES or token[-1:] in _QUOTES:
+        raise ConfigurationError(
+            "the Krea API token is wrapped in quotes (as pasted from a shell or a .env file); "
+            "remove the quotes: they are not part of the token"
+        )
     if token.lower().startswith("bearer "):
         raise ConfigurationError("the Krea API token starts with 'Bearer '; pass the token alone")
     if not token.isascii() or not token.isprintable() or any(c.isspace() for c in token):
@@ -363,6 +378,8 @@ class ClientConfig:
     submit_rate_limit: SubmitRateLimitPolicy
     download: DownloadSettings
     user_agent: str
+    #: Where ``base_url`` came from, for messages: ``KREA_BASE_URL``, ``base_url`` or default.
+    base_url_source: str = "base_url"
 
     def replace(self, **changes: Any) -> ClientConfig:
         return replace(self, **changes)
@@ -379,6 +396,7 @@ class RequestCore:
         rng: random.Random,
         stats: ClientStats,
         clock_offset: ClockOffset | None = None,
+        api_answered: threading.Event | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -386,12 +404,22 @@ class RequestCore:
         self.stats = stats
         self.clock_offset = clock_offset or ClockOffset()
         self._api_origin = origin_of(config.base_url)
+        #: Set once the API's origin has answered as Krea does (JSON, or a success); shared
+        #: with ``with_options`` copies. Until then a connection failure or a web server's
+        #: 404 page means the base URL is wrong (``BackendUnreachableError``).
+        self.api_answered = api_answered or threading.Event()
 
     def send(self, request: httpx.Request, write_by: float | None = None) -> Flow[httpx.Response]:
-        """One API request (``Send``), its answer's ``Date`` taken into ``clock_offset``."""
+        """One API request (``Send``), its answer's ``Date`` taken into ``clock_offset``.
+
+        Also notes whether the API's origin has answered as Krea does: the evidence
+        ``final_error`` needs to tell a wrong base URL from a lost connection.
+        """
         sent = self.clock.now()
         response: httpx.Response = yield Send(request, write_by)
         self.clock_offset.observe(response.headers.get("date"), sent, self.clock.now())
+        if self.is_api_origin(request.url) and _answers_like_krea(response):
+            self.api_answered.set()
         return response
 
     # -- building -------------------------------------------------------------------------
@@ -431,16 +459,22 @@ class RequestCore:
             headers["Authorization"] = f"Bearer {self.config.api_key.reveal()}"
         headers.update(extra_headers or {})
         query = {key: value for key, value in (params or {}).items() if value is not None}
-        return httpx.Request(
-            method,
-            url,
-            params=query or None,
-            json=json_body,
-            files=files,
-            data=data,
-            headers=headers,
-            extensions={"timeout": timeout.as_dict()},
-        )
+        try:
+            return httpx.Request(
+                method,
+                url,
+                params=query or None,
+                json=json_body,
+                files=files,
+                data=data,
+                headers=headers,
+                extensions={"timeout": timeout.as_dict()},
+            )
+        except httpx.InvalidURL as error:  # a value no URL can carry; nothing was sent
+            raise InvalidIdentifierError(
+                f"{method} {display_url(url)[:200]}: cannot build the request URL "
+                f"({str(error)[:200]}); nothing was sent"
+            ) from None
 
     # -- interpreting ---------------------------------------------------------------------
 
@@ -485,7 +519,7 @@ class RequestCore:
     ) -> T:
         """Decode JSON and build a record; a wrong shape names the call that returned it."""
         try:
-            return build(response.json())
+            return build(read_json(response))
         except (ValueError, MalformedPayloadError) as exc:
             raise MalformedPayloadError(
                 f"{method} {path_template} returned {response.status_code} with an unexpected "
@@ -497,6 +531,72 @@ class RequestCore:
         if value < 0:
             raise ValueError("max_retries must be >= 0")
         return value
+
+    def unreachable_error(
+        self,
+        outcome: httpx.Response | BaseException,
+        method: str,
+        path_template: str,
+        attempts: int,
+    ) -> BackendUnreachableError | None:
+        """``BackendUnreachableError`` when ``outcome`` shows the base URL is not Krea's API.
+
+        Only before the API's origin ever answered: then a connection failure (nothing
+        listening, no such host) or a 404/405 web page (another kind of server) is a wrong
+        ``base_url``, never a passing outage. None otherwise.
+        """
+        if self.api_answered.is_set() or not self._from_api_origin(outcome):
+            return None
+        config = self.config
+        where = f"{config.base_url} (from {config.base_url_source})"
+        fix = _BASE_URL_FIXES.get(config.base_url_source, _BASE_URL_FIXES["base_url"])
+        if isinstance(outcome, httpx.Response):
+            # At Krea's own address a 404 page is a retired path, not another server.
+            if (
+                outcome.status_code not in (404, 405)
+                or _answers_like_krea(outcome)
+                or config.base_url_source == "the default"
+            ):
+                return None
+            kind = outcome.headers.get("content-type", "no content type").split(";")[0]
+            message = (
+                f"the server at {where} is not the Krea API: it answered {method} "
+                f"{path_template} with {outcome.status_code} and {kind[:60]}, where Krea answers "
+                f"JSON. Nothing was sent to Krea. {fix}"
+            )
+            status: int | None = outcome.status_code
+        elif isinstance(outcome, httpx.ConnectError | httpx.ConnectTimeout):
+            detail = (
+                f"{type(outcome).__name__}: {outcome}" if str(outcome) else type(outcome).__name__
+            )
+            message = (
+                f"the Krea API at {where} never answered {method} {path_template} "
+                f"({detail[:300]}, {attempts} attempt(s)). Nothing was sent to Krea. {fix}"
+            )
+            status = None
+        else:
+            return None
+        logger.error("%s", message)
+        error = BackendUnreachableError(
+            message,
+            method=method,
+            path_template=path_template,
+            base_url=config.base_url,
+            base_url_source=config.base_url_source,
+            attempts=attempts,
+            status_code=status,
+        )
+        if isinstance(outcome, BaseException):
+            error.__cause__ = outcome
+        return error
+
+    def _from_api_origin(self, outcome: httpx.Response | BaseException) -> bool:
+        """Whether an answer or a transport error is of a request to the API (not the CDN)."""
+        try:
+            request = outcome.request  # type: ignore[union-attr]
+        except (AttributeError, RuntimeError):  # no request attached: taken to be the API's
+            return True
+        return self.is_api_origin(request.url)
 
     # -- the safe-request loop ------------------------------------------------------------
 
@@ -589,6 +689,9 @@ class RequestCore:
         note: str | None = None,
     ) -> KreaError:
         """The error that ends a call, logged once with its reason."""
+        unreachable = self.unreachable_error(outcome, method, path_template, attempts)
+        if unreachable is not None:
+            return unreachable
         if isinstance(outcome, httpx.Response):
             logger.warning(
                 "%s %s -> %s, not retried: %s",
@@ -904,7 +1007,7 @@ class RequestCore:
         if not (isinstance(outcome, httpx.Response) and outcome.is_success):
             raise self.final_error(outcome, "POST", target.path_template, attempts, reason)
         try:
-            jobs = target.read(outcome.json())
+            jobs = target.read(read_json(outcome))
         except (ValueError, MalformedPayloadError) as exc:
             # A 2xx means Krea created jobs, but we cannot read their ids: that is ambiguous too.
             raise self._ambiguous(
@@ -1005,11 +1108,18 @@ class RequestCore:
 
 
 def path_for(path_template: str, path_params: Mapping[str, str] | None = None) -> str:
-    """The path with its parameters percent-encoded, so an id cannot add segments."""
+    """The path with its parameters percent-encoded, so an id cannot add segments.
+
+    An id that cannot name a Krea object (empty, longer than ``MAX_ID_CHARS``, or holding
+    spaces or control characters) is refused here: nothing is sent.
+    """
     path = path_template
     for name, value in (path_params or {}).items():
-        if not value:
-            raise ValueError(f"{name} must be a non-empty string")
+        if (problem := identifier_problem(value)) is not None:
+            raise InvalidIdentifierError(
+                f"{path_template}: {name} {problem}; nothing was sent (pass the id Krea "
+                "answered, e.g. a job's job_id)"
+            )
         path = path.replace("{" + name + "}", quote(str(value), safe=""))
     return path
 
@@ -1049,8 +1159,21 @@ def clip_timeout(timeout: httpx.Timeout, seconds: float) -> httpx.Timeout:
     )
 
 
+def read_json(response: httpx.Response) -> Any:
+    """An answer's JSON, within ``MAX_ANSWER_BYTES`` and ``MAX_JSON_DEPTH`` (``load_json``).
+
+    A hostile or broken answer (a huge body, deep nesting, an integer of 5,000 digits) raises
+    ``JSONLimitError``, a ``ValueError`` the callers turn into ``MalformedPayloadError``.
+    """
+    return load_json(response.content, max_bytes=MAX_ANSWER_BYTES)
+
+
 def decode_body(response: httpx.Response) -> Any:
-    """The response body as JSON when it is JSON, else text (None when empty)."""
+    """The response body as JSON when it is JSON within bounds, else text (None when empty).
+
+    Text is cut to ``MAX_TEXT_BODY_CHARS``: an error body is evidence and a source of
+    Krea's message, never a document to keep whole.
+    """
     try:
         content = response.content
     except httpx.ResponseNotRead:  # a streamed error response whose body we chose not to read
@@ -1058,9 +1181,79 @@ def decode_body(response: httpx.Response) -> Any:
     if not content:
         return None
     try:
-        return json.loads(content)
+        return read_json(response)
     except ValueError:
-        return content.decode("utf-8", errors="replace")
+        return content[:MAX_TEXT_BODY_CHARS].decode("utf-8", errors="replace")
+
+
+def _answers_like_krea(response: httpx.Response) -> bool:
+    """Whether an answer can be Krea's API: a success, or a JSON body (Krea's errors are JSON)."""
+    return response.is_success or "json" in response.headers.get("content-type", "").lower()
+
+
+#: What a message tells the user to check, by where the base URL came from.
+_BASE_URL_FIXES = {
+    BASE_URL_ENV: (
+        f"Check {BASE_URL_ENV}: unset it to use Krea ({DEFAULT_BASE_URL}), or start the "
+        "emulator it points at (krea-emulator serve --port <port>)"
+    ),
+    "base_url": (
+        "Check the base_url setting (KreaResource base_url, or krea: base_url: in defs.yaml); "
+        f"leave it out to use Krea ({DEFAULT_BASE_URL})"
+    ),
+    "the default": "Check this machine's network connection to Krea",
+}
+
+_STRIPPED_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
+
+
+def _capped_response(response: httpx.Response, chunks: list[bytes]) -> httpx.Response:
+    """The answer with the body read so far (decoded), as a plain, fully read response."""
+    return httpx.Response(
+        response.status_code,
+        headers=[
+            (key, value)
+            for key, value in response.headers.multi_items()
+            if key.lower() not in _STRIPPED_HEADERS
+        ],
+        content=b"".join(chunks),
+        request=response.request,
+        extensions=response.extensions,
+    )
+
+
+def read_capped(response: httpx.Response) -> httpx.Response:
+    """Read a streamed answer up to one byte past ``MAX_ANSWER_BYTES`` and close it.
+
+    A body larger than any Krea answer is never held in memory: what was read is enough for
+    ``read_json`` to refuse it by its size.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        for chunk in response.iter_bytes():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_ANSWER_BYTES:
+                break
+    finally:
+        response.close()
+    return _capped_response(response, chunks)
+
+
+async def aread_capped(response: httpx.Response) -> httpx.Response:
+    """The async twin of ``read_capped``."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in response.aiter_bytes():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_ANSWER_BYTES:
+                break
+    finally:
+        await response.aclose()
+    return _capped_response(response, chunks)
 
 
 def request_id_of(response: httpx.Response) -> str | None:

@@ -83,7 +83,8 @@ class DownloadSink:
             return False
         self.content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
         declared = response.headers.get("content-length")
-        if declared is not None and declared.strip().isdigit():
+        # ASCII digits only: str.isdigit() also admits "²", which int() refuses.
+        if declared is not None and declared.strip().isascii() and declared.strip().isdigit():
             self.declared_length = int(declared)
             if self.declared_length > self.max_bytes:
                 raise DownloadError(

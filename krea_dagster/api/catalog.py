@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -34,6 +33,13 @@ from urllib.parse import urlsplit
 from krea_dagster.api.catalog_source import schema_facts
 from krea_dagster.api.config import DEFAULT_EXTERNAL_WAIT_TIMEOUT, DEFAULT_HOSTED_WAIT_TIMEOUT
 from krea_dagster.api.errors import RequestValidationError, UnknownModelError
+from krea_dagster.api.json_values import (
+    is_finite_number,
+    is_number,
+    is_whole_number,
+    number_problem,
+    show_number,
+)
 
 __all__ = [
     "Alias",
@@ -61,7 +67,7 @@ _CATALOG_FILE = "krea_models.json"
 #: The kind of a Krea node app (``POST /node-apps/{id}/execute``): its key is ``node-app/<id>``.
 NODE_APP_KIND = "node-app"
 _MISSING: Any = object()
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*$")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*")
 
 
 @dataclass(frozen=True)
@@ -599,7 +605,7 @@ def _pricing_facts(spec: ModelSpec, params: Mapping[str, Any]) -> dict[str, str]
     if "character_reference_images" in spec.fields:
         has_reference = bool(params.get("character_reference_images"))
         facts["Character Reference"] = "Yes" if has_reference else "No"
-    if (duration := value("duration")) is not None and _is_number(duration):
+    if (duration := value("duration")) is not None and is_number(duration):
         facts["Duration"] = f"{_number(duration)}s"
     if "generate_audio" in spec.fields:
         facts["Audio"] = "Yes" if value("generate_audio") else "No"
@@ -680,7 +686,7 @@ def _check(value: Any, spec: FieldSpec, path: str) -> list[Problem]:
         fail("enum", f"{_show(value)} is not one of {choices}")
     if spec.any_of and not any(not _check(value, alt, path) for alt in spec.any_of):
         fail("anyOf", f"{_show(value)} is not one of {_describe_any_of(spec.any_of)}")
-    if _is_number(value):
+    if is_number(value):
         _check_number(value, spec, fail)
     elif isinstance(value, str):
         _check_string(value, spec, fail)
@@ -692,6 +698,9 @@ def _check(value: Any, spec: FieldSpec, path: str) -> list[Problem]:
 
 
 def _check_number(value: float, spec: FieldSpec, fail: Any) -> None:
+    if (problem := number_problem(value)) is not None:
+        fail("number", problem)
+        return
     if spec.minimum is not None and value < spec.minimum:
         fail("minimum", f"{_show(value)} is below the minimum {_number(spec.minimum)}")
     if spec.maximum is not None and value > spec.maximum:
@@ -756,16 +765,12 @@ def _check_object(value: Mapping[str, Any], spec: FieldSpec, path: str) -> list[
     return problems
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def _is_type(value: Any, kind: str) -> bool:
     if kind == "number":
         # NaN and infinities are not JSON: they would be sent as invalid tokens.
-        return _is_number(value) and math.isfinite(value)
+        return is_finite_number(value)
     if kind == "integer":
-        return _is_number(value) and math.isfinite(value) and float(value).is_integer()
+        return is_whole_number(value)
     if kind == "string":
         return isinstance(value, str)
     if kind == "boolean":
@@ -788,7 +793,7 @@ def _json_equal(left: Any, right: Any) -> bool:
 
 def _is_uri(value: str) -> bool:
     parts = urlsplit(value)
-    if not parts.scheme or not _SCHEME.match(parts.scheme):
+    if not parts.scheme or not _SCHEME.fullmatch(parts.scheme):
         return False
     if parts.scheme.lower() in ("http", "https"):
         return bool(parts.netloc)
@@ -811,7 +816,7 @@ def _describe_any_of(alternatives: tuple[FieldSpec, ...]) -> str:
 
 
 def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
+    return show_number(value)
 
 
 #: How many characters of an echoed value a message shows.
@@ -836,10 +841,8 @@ def _show(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int) and len(str(abs(value))) > SHOWN_CHARS:
-        return f"an integer of {len(str(abs(value)))} digits"
-    if _is_number(value):
-        return _number(value) if math.isfinite(value) else repr(value)
+    if is_number(value):
+        return show_number(value)
     if isinstance(value, str):
         return json.dumps(shorten(value))
     if isinstance(value, list | tuple):

@@ -27,7 +27,6 @@ naming the cause.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 import statistics
@@ -38,6 +37,8 @@ from datetime import date
 from typing import Any
 
 import httpx
+
+from krea_dagster.api.json_values import JSONLimitError, is_finite_number, load_json
 
 __all__ = [
     "DEFAULT_CATALOG_DEADLINE",
@@ -165,37 +166,18 @@ def read_document(
     max_bytes: int = DEFAULT_MAX_OPENAPI_BYTES,
     max_depth: int = DEFAULT_MAX_OPENAPI_DEPTH,
 ) -> dict[str, Any]:
-    """The parsed document, or CatalogDocumentError when it is too big, too deep or not JSON."""
-    if len(raw) > max_bytes:
-        raise CatalogDocumentError(f"the document has more than {max_bytes} bytes")
+    """The parsed document, or CatalogDocumentError when it is too big, too deep or not JSON.
+
+    The bounds are those every JSON document from outside is held to (``json_values``), so
+    an integer of 5,000 digits is refused here too, before any price is read as a float.
+    """
     try:
-        document = json.loads(raw)
-    except RecursionError:
-        raise CatalogDocumentError(f"the document nests deeper than {max_depth} levels") from None
-    except (ValueError, UnicodeDecodeError) as error:
-        raise CatalogDocumentError(f"the document is not JSON ({_short(error)})") from None
+        document = load_json(raw, max_bytes=max_bytes, max_depth=max_depth)
+    except JSONLimitError as error:
+        raise CatalogDocumentError(f"the document {error}") from None
     if not isinstance(document, dict):
         raise CatalogDocumentError("the document is not a JSON object")
-    depth = _depth(document, max_depth)
-    if depth > max_depth:
-        raise CatalogDocumentError(f"the document nests deeper than {max_depth} levels")
     return document
-
-
-def _depth(value: Any, limit: int) -> int:
-    """Nesting depth of objects and arrays, counted without recursion, stopping past ``limit``."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, level = stack.pop()
-        if not isinstance(item, dict | list):
-            continue
-        deepest = max(deepest, level)
-        if deepest > limit:
-            return deepest
-        children = item.values() if isinstance(item, dict) else item
-        stack.extend((child, level + 1) for child in children)
-    return deepest
 
 
 def fetch_openapi(
@@ -230,7 +212,7 @@ def fetch_openapi(
             if response.status_code != 200:
                 raise CatalogDocumentError(f"GET {url} answered {response.status_code}")
             declared = response.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > max_bytes:
+            if declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
                 raise CatalogDocumentError(f"the document has more than {max_bytes} bytes")
             chunks: list[bytes] = []
             size = 0
@@ -536,7 +518,7 @@ def _amount(value: Any) -> float | None:
         return None
     try:
         amount = float(value)
-    except ValueError:
+    except (ValueError, OverflowError):  # "1e999" is inf; an int past floats is no price
         return None
     return amount if math.isfinite(amount) and amount >= 0 else None
 
@@ -629,7 +611,7 @@ def _check_facts(facts: Any, where: str) -> None:
         raise CatalogDocumentError(f"{where[:80]}: 'enum' is {_shape(facts['enum'])}")
     for name in _NUMBER_FACTS:
         value = facts.get(name)
-        if value is not None and not _is_finite_number(value):
+        if value is not None and not is_finite_number(value):
             raise CatalogDocumentError(f"{where[:80]}: {name!r} is {_shape(value)}")
     for name in _COUNT_FACTS:
         value = facts.get(name)
@@ -655,10 +637,6 @@ def _check_facts(facts: Any, where: str) -> None:
 
 def _is_str_list(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(item, str) for item in value)
-
-
-def _is_finite_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _shape(value: Any) -> str:

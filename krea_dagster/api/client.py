@@ -46,8 +46,10 @@ from krea_dagster.api._core import (
     SendAttempt,
     Sleep,
     Stream,
+    aread_capped,
     check_api_key,
     check_base_url,
+    read_capped,
     run_flow,
     run_flow_async,
     write_guard,
@@ -121,8 +123,15 @@ class _BaseClient:
             raise ValueError("max_retries must be >= 0")
         if timeout is None:
             logger.warning("Krea client created with timeout=None: requests may hang forever")
+        if base_url:
+            source = "base_url"
+        elif os.environ.get(BASE_URL_ENV):
+            source = BASE_URL_ENV
+        else:
+            source = "the default"
         config = ClientConfig(
             base_url=check_base_url(base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL),
+            base_url_source=source,
             api_key=secret,
             timeouts=Timeouts.coerce(timeout),
             max_retries=max_retries,
@@ -192,6 +201,7 @@ class _BaseClient:
             rng=self._core.rng,
             stats=self.stats,
             clock_offset=self._core.clock_offset,
+            api_answered=self._core.api_answered,
         )
         clone._owns_http = False  # the pool belongs to the original client
         return clone
@@ -267,7 +277,11 @@ class KreaClient(_BaseClient):
             if action.write_by is not None:
                 action.request.extensions["trace"] = write_guard(self._core.clock, action.write_by)
             # auth=None: a user-supplied http_client's own auth must never reach other origins.
-            return self._http.send(action.request, auth=None, follow_redirects=False)
+            # Streamed and capped: an answer larger than any of Krea's is never held whole.
+            response = self._http.send(
+                action.request, stream=True, auth=None, follow_redirects=False
+            )
+            return read_capped(response)
         if isinstance(action, Stream):
             response = self._http.send(
                 action.request, stream=True, auth=None, follow_redirects=False
@@ -725,7 +739,10 @@ class AsyncKreaClient(_BaseClient):
                     check(event, info)
 
                 action.request.extensions["trace"] = trace
-            return await self._http.send(action.request, auth=None, follow_redirects=False)
+            response = await self._http.send(
+                action.request, stream=True, auth=None, follow_redirects=False
+            )
+            return await aread_capped(response)
         if isinstance(action, Stream):
             response = await self._http.send(
                 action.request, stream=True, auth=None, follow_redirects=False

@@ -42,6 +42,8 @@ __all__ = [
     "DEFAULT_WRITE_TIMEOUT",
     "EXTERNAL_JOB_LIMIT",
     "KREA_HOSTED_JOB_LIMIT",
+    "MAX_ANSWER_BYTES",
+    "MAX_TEXT_BODY_CHARS",
     "POLL_MANY_DIRECT_THRESHOLD",
     "POLL_MANY_PAGE_SIZE",
     "RETRY_COUNT_HEADER",
@@ -67,6 +69,12 @@ DEFAULT_WRITE_TIMEOUT = 30.0
 DEFAULT_POOL_TIMEOUT = 10.0
 # Downloads: the longest silence tolerated between two chunks of a result file (CDNs can stall).
 DEFAULT_DOWNLOAD_READ_TIMEOUT = 60.0
+
+# Krea's JSON answers are small (a page of 1,000 jobs is about 1 MB): a body larger than this
+# is not one of them, and is not read further. An error body that is not JSON (a gateway's
+# page) is kept to this many characters, as evidence and for its first words.
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
+MAX_TEXT_BODY_CHARS = 64 * 1024
 
 # Safe calls (GET, DELETE): Stainless-style exponential backoff with jitter.
 DEFAULT_MAX_RETRIES = 3

@@ -14,13 +14,15 @@ Every exception derives from one base, ``KreaError``::
     │   │   ├── RateLimitError           429
     │   │   └── InternalServerError      5xx
     │   ├── APIConnectionError           no HTTP answer at all
-    │   │   └── APITimeoutError
-    │   │       └── DeadlineExceededError  the caller's deadline ran out first
-    │   │           └── SendDeadlineError  a create's write deadline passed: nothing was sent
+    │   │   ├── APITimeoutError
+    │   │   │   └── DeadlineExceededError  the caller's deadline ran out first
+    │   │   │       └── SendDeadlineError  a create's write deadline passed: nothing was sent
+    │   │   └── BackendUnreachableError  the base URL never answered as Krea; nothing reached Krea
     │   ├── AmbiguousSubmitError         a generation POST or node-app execute may have created jobs
     │   ├── AmbiguousUploadError         an asset upload may or may not have created an asset
     │   └── MalformedPayloadError        a body that is not the documented shape
     ├── RequestValidationError           the request breaks the model's schema; nothing was sent
+    ├── InvalidIdentifierError           an id that cannot name a Krea object; nothing was sent
     ├── InvalidUploadError               a file Krea would refuse (type, size); nothing was sent
     ├── UnknownModelError                the model is not in the bundled catalog
     ├── JobOutcomeError                  a job did not end as ``completed``
@@ -56,12 +58,14 @@ __all__ = [
     "AmbiguousSubmitError",
     "AmbiguousUploadError",
     "AuthenticationError",
+    "BackendUnreachableError",
     "BadRequestError",
     "ConfigurationError",
     "DeadlineExceededError",
     "DownloadError",
     "InsufficientCreditsError",
     "InternalServerError",
+    "InvalidIdentifierError",
     "InvalidUploadError",
     "JobCancelledError",
     "JobFailedError",
@@ -140,7 +144,7 @@ class APIStatusError(APIError):
             return None
         error = self.body.get("error")
         code = error.get("code") if isinstance(error, Mapping) else self.body.get("code")
-        return str(code) if isinstance(code, str | int) and code != "" else None
+        return _shorten(str(code)) if isinstance(code, str | int) and code != "" else None
 
 
 class BadRequestError(APIStatusError):
@@ -264,7 +268,7 @@ def make_status_error(
     if note:
         parts.append(note)
     if request_id:
-        parts.append(f"request id {request_id}")
+        parts.append(f"request id {_shorten(request_id)}")
     message = "; ".join(parts) + f". What to do: {cls.hint}."
     return cls(
         message,
@@ -308,6 +312,33 @@ class SendDeadlineError(DeadlineExceededError):
     def __init__(self, message: str, *, path_template: str, submission_id: str) -> None:
         super().__init__(message, method="POST", path_template=path_template, attempts=0)
         self.submission_id = submission_id
+
+
+class BackendUnreachableError(APIConnectionError):
+    """The base URL never answered this client as the Krea API: nothing reached Krea."""
+
+    # Raised for the first calls of a client only, before any answer of the API's origin: no
+    # server listening, no such host, or a server that is not Krea's (404 with a web page). A
+    # wrong KREA_BASE_URL is a setting to fix, not an outage to wait out; once the API has
+    # answered, a lost connection is an ordinary (transient) APIConnectionError again.
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        method: str,
+        path_template: str,
+        base_url: str,
+        base_url_source: str,
+        attempts: int = 1,
+        status_code: int | None = None,
+    ) -> None:
+        super().__init__(message, method=method, path_template=path_template, attempts=attempts)
+        self.base_url = base_url
+        #: Where the base URL came from: ``KREA_BASE_URL``, ``base_url`` or the default.
+        self.base_url_source = base_url_source
+        #: The status of a server that answered but is not Krea's, None when none answered.
+        self.status_code = status_code
 
 
 class AmbiguousSubmitError(APIError):
@@ -490,6 +521,10 @@ class DownloadError(KreaError):
         #: The URL without its query string (signed CDN URLs carry credentials there).
         self.url = url
         self.status_code = status_code
+
+
+class InvalidIdentifierError(KreaError, ValueError):
+    """An id cannot name a Krea object (empty, too long, not printable); nothing was sent."""
 
 
 class ConfigurationError(KreaError, ValueError):

@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 # A string leaf named like a media input, for schemas that omit ``format: uri``.
-_MEDIA_NAME = re.compile(r"(^|_)(urls?|uri|images?|videos?|audio|mask)$")
+_MEDIA_NAME = re.compile(r"(^|_)(urls?|uri|images?|videos?|audio|mask)\Z")
 
 Location = tuple[str | int, ...]
 

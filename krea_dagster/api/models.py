@@ -18,9 +18,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from krea_dagster.api.catalog import shorten
 from krea_dagster.api.errors import MalformedPayloadError
 
 __all__ = [
+    "MAX_ERROR_MESSAGE_CHARS",
+    "MAX_ID_CHARS",
+    "MAX_URL_CHARS",
     "TERMINAL_STATUSES",
     "Asset",
     "AssetList",
@@ -31,8 +35,57 @@ __all__ = [
     "JobStatus",
     "NodeApp",
     "as_aware",
+    "identifier_problem",
     "parse_datetime",
 ]
+
+#: Krea's ids are UUIDs (36 characters); an id of more than this is not one of Krea's.
+MAX_ID_CHARS = 256
+#: Result URLs are signed CDN URLs of a few hundred characters.
+MAX_URL_CHARS = 16 * 1024
+#: A job's error message is a sentence or two; the rest of a longer one is cut.
+MAX_ERROR_MESSAGE_CHARS = 2000
+# Statuses and error codes are short words (``intermediate-complete``, ``safety_filter``).
+_MAX_WORD_CHARS = 100
+
+
+def identifier_problem(value: object) -> str | None:
+    """Why ``value`` cannot be the id of a Krea object (a job, asset, node app), or None.
+
+    Ids go into URL paths and the ledger: one that is empty, longer than ``MAX_ID_CHARS``, or
+    holds spaces or control characters is refused, whether a caller or an answer gave it.
+    """
+    if not isinstance(value, str) or not value:
+        return "is empty" if value in ("", None) else f"is a {type(value).__name__}, not text"
+    if len(value) > MAX_ID_CHARS:
+        return f"has {len(value)} characters, more than any Krea id ({MAX_ID_CHARS})"
+    if not value.isprintable() or any(char.isspace() for char in value):
+        return f"{_short(value)!r} holds spaces or control characters"
+    return None
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return shorten(text, limit)
+
+
+def _identifier(value: object, what: str) -> str:
+    """An id read from an answer; MalformedPayloadError when it cannot be one."""
+    text = value if isinstance(value, str) else str(value) if isinstance(value, int) else value
+    if (problem := identifier_problem(text)) is not None:
+        raise MalformedPayloadError(f"{what} {problem}")
+    assert isinstance(text, str)
+    return text
+
+
+def _word(value: object, what: str) -> str:
+    """A status or code from an answer: short text."""
+    text = str(value)
+    if len(text) > _MAX_WORD_CHARS or not text.isprintable():
+        raise MalformedPayloadError(
+            f"{what} {_short(text)!r} is not a status or code (at most {_MAX_WORD_CHARS} "
+            "printable characters)"
+        )
+    return text
 
 
 class JobStatus(StrEnum):
@@ -88,7 +141,9 @@ def parse_datetime(value: object, *, what: str = "timestamp") -> datetime:
         try:
             parsed = datetime.fromisoformat(_FRACTION.sub(r"\1", value.strip()))
         except ValueError:
-            raise MalformedPayloadError(f"{what} {value!r} is not an ISO 8601 date-time") from None
+            raise MalformedPayloadError(
+                f"{what} {_short(value)!r} is not an ISO 8601 date-time"
+            ) from None
     else:
         raise MalformedPayloadError(f"{what} is missing or not a string")
     return as_aware(parsed)
@@ -122,12 +177,15 @@ class JobError:
 
 
 def _error_from(value: object) -> JobError | None:
+    # Krea's words, shortened: they reach the ledger, the manifest, logs and the gallery.
     if isinstance(value, str) and value.strip():
-        return JobError(code=None, message=value.strip())
+        return JobError(code=None, message=_short(value.strip(), MAX_ERROR_MESSAGE_CHARS))
     if isinstance(value, Mapping):
         code, message = value.get("code"), value.get("message")
-        code = str(code) if code not in (None, "") else None
-        message = str(message) if message not in (None, "") else None
+        code = _short(str(code), _MAX_WORD_CHARS) if code not in (None, "") else None
+        message = (
+            _short(str(message), MAX_ERROR_MESSAGE_CHARS) if message not in (None, "") else None
+        )
         if code or message:
             return JobError(code=code, message=message)
     return None
@@ -167,14 +225,18 @@ class Job:
         urls = result.get("urls") or ()
         if not isinstance(urls, list | tuple) or not all(isinstance(u, str) for u in urls):
             raise MalformedPayloadError("job result.urls must be a list of strings")
+        if any(len(url) > MAX_URL_CHARS for url in urls):
+            raise MalformedPayloadError(
+                f"a job result URL has more than {MAX_URL_CHARS} characters; not a result URL"
+            )
         style_id = result.get("style_id")
         return cls(
-            job_id=str(data["job_id"]),
-            status=JobStatus(status),
+            job_id=_identifier(data["job_id"], "job_id"),
+            status=JobStatus(_word(status, "job status")),
             created_at=parse_datetime(data["created_at"], what="created_at"),
             completed_at=_optional_datetime(data.get("completed_at"), what="completed_at"),
             result_urls=tuple(urls),
-            style_id=str(style_id) if style_id else None,
+            style_id=_identifier(style_id, "style_id") if style_id else None,
             error=JobError.from_api(data),
             raw=dict(data),
         )
@@ -225,7 +287,7 @@ class JobList:
         cursor = data.get("next_cursor")
         return cls(
             items=tuple(Job.from_api(item) for item in data["items"]),
-            next_cursor=str(cursor) if cursor else None,
+            next_cursor=_identifier(cursor, "next_cursor") if cursor else None,
         )
 
 
@@ -249,9 +311,14 @@ class Asset:
         if not isinstance(data, Mapping) or not data.get("id") or not data.get("image_url"):
             raise MalformedPayloadError("not a Krea asset: 'id' and 'image_url' are required")
         size = data.get("size_bytes")
+        image_url = str(data["image_url"])
+        if len(image_url) > MAX_URL_CHARS:
+            raise MalformedPayloadError(
+                f"an asset image_url has more than {MAX_URL_CHARS} characters"
+            )
         return cls(
-            id=str(data["id"]),
-            image_url=str(data["image_url"]),
+            id=_identifier(data["id"], "asset id"),
+            image_url=image_url,
             uploaded_at=parse_datetime(data.get("uploaded_at"), what="uploaded_at"),
             width=data.get("width"),
             height=data.get("height"),
@@ -277,7 +344,7 @@ class AssetList:
         cursor = data.get("next_cursor")
         return cls(
             items=tuple(Asset.from_api(item) for item in data["items"]),
-            next_cursor=str(cursor) if cursor else None,
+            next_cursor=_identifier(cursor, "next_cursor") if cursor else None,
         )
 
 
@@ -317,7 +384,7 @@ class NodeApp:
         version = data.get("version")
         last = data.get("last_version_id")
         return cls(
-            id=str(data["id"]),
+            id=_identifier(data["id"], "node app id"),
             name=str(data.get("name") or ""),
             slug=str(data.get("slug") or ""),
             description=str(data.get("description") or ""),

@@ -11,15 +11,16 @@ signature, no secret and possibly more than once. So:
 
 Pass the raw request body (bytes or text), before any framework re-encodes it. A body nested
 deeper than ``MAX_WEBHOOK_DEPTH`` (a job object is a few levels deep) or larger than
-``MAX_WEBHOOK_BYTES`` is refused as malformed before it is parsed.
+``MAX_WEBHOOK_BYTES`` is refused as malformed (``json_values.load_json``, the bound every JSON
+document from outside is held to).
 """
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING
 
 from krea_dagster.api.errors import MalformedPayloadError
+from krea_dagster.api.json_values import JSONLimitError, load_json
 from krea_dagster.api.models import Job
 
 if TYPE_CHECKING:
@@ -33,31 +34,6 @@ MAX_WEBHOOK_DEPTH = 32
 MAX_WEBHOOK_BYTES = 1024 * 1024
 
 
-def _nesting_depth(text: str) -> int:
-    """Deepest ``[``/``{`` nesting of a JSON text, counted without recursion (strings skipped)."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            if depth > deepest:
-                deepest = depth
-                if deepest > MAX_WEBHOOK_DEPTH:
-                    return deepest
-        elif char in "]}":
-            depth -= 1
-    return deepest
-
-
 def parse_webhook(raw_body: bytes | bytearray | str) -> Job:
     """The job a webhook body describes; MalformedPayloadError when it is not a Krea job."""
     if isinstance(raw_body, bytes | bytearray):
@@ -69,18 +45,10 @@ def parse_webhook(raw_body: bytes | bytearray | str) -> Job:
         text = raw_body
     else:
         raise TypeError(f"pass the raw webhook body as bytes or str, not {type(raw_body).__name__}")
-    if len(text) > MAX_WEBHOOK_BYTES:
-        raise MalformedPayloadError(
-            f"webhook body has {len(text)} characters, more than a Krea job ({MAX_WEBHOOK_BYTES})"
-        )
-    if _nesting_depth(text) > MAX_WEBHOOK_DEPTH:
-        raise MalformedPayloadError(
-            f"webhook body is nested deeper than {MAX_WEBHOOK_DEPTH} levels; not a Krea job"
-        )
     try:
-        data = json.loads(text)
-    except (ValueError, RecursionError):
-        raise MalformedPayloadError("webhook body is not JSON") from None
+        data = load_json(text, max_bytes=MAX_WEBHOOK_BYTES, max_depth=MAX_WEBHOOK_DEPTH)
+    except JSONLimitError as error:
+        raise MalformedPayloadError(f"webhook body {error}: not a Krea job") from None
     if not isinstance(data, dict):
         raise MalformedPayloadError(
             f"webhook body is a JSON {type(data).__name__}, not a Krea job object"

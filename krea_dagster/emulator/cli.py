@@ -3,8 +3,12 @@
 ``krea-emulator serve [options]`` (``serve`` may be omitted) binds the API and the CDN, prints
 one JSON line ``{"base_url", "cdn_url", "token", "admin_token"}`` as the first line of standard
 output, then serves until SIGINT or SIGTERM and shuts down cleanly. Logs go to standard error.
-``krea-emulator stop --state-dir DIR`` stops the background emulator that the demo (or
-``krea_dagster.emulator.local.ensure_local_emulator``) started for DIR.
+``krea-emulator start --state-dir DIR [options]`` starts one in the background for DIR (state
+kept in DIR, the ``serve`` options passed on), waits until it answers, prints the same JSON
+line and returns; it fails at once, in the foreground, when the port is taken, so the next
+command never talks to another emulator by mistake. ``krea-emulator stop --state-dir DIR`` stops
+the background emulator started for DIR (by ``start``, the demo, or
+``krea_dagster.emulator.local.ensure_local_emulator``). ``DIR`` defaults to ``.krea-emulator``.
 
 Every knob of ``EmulatorConfig`` is a flag (``error_5xx_rate`` -> ``--error-5xx-rate``; list
 knobs repeat: ``--error-5xx-routes "POST /generate"``; ``--job-failures CODE=MESSAGE``);
@@ -122,7 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="krea-emulator serve",
         description=__doc__.split("\n\n")[0].replace("``", ""),
-        epilog="Also: `krea-emulator stop --state-dir DIR` stops a background emulator.",
+        epilog=(
+            "Also: `krea-emulator start --state-dir DIR [options]` starts one in the background "
+            "and waits until it answers; `krea-emulator stop --state-dir DIR` stops it."
+        ),
         formatter_class=_HelpFormatter,
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind")
@@ -141,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--state-file", help="SQLite file that keeps state across restarts (none = in memory)"
     )
     parser.add_argument("--config", help="JSON file of knobs (flags override it)")
+    parser.add_argument(
+        "--exit-with-pid",
+        type=int,
+        default=None,
+        help="stop serving when this process exits (an emulator started on behalf of dg dev)",
+    )
     parser.add_argument(
         "--log-level",
         default="warning",
@@ -191,17 +204,57 @@ def missing_server_stack() -> list[str]:
     ]
 
 
+DEFAULT_STATE_DIR = ".krea-emulator"
+
+
+def _state_dir_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument(
+        "--state-dir",
+        default=DEFAULT_STATE_DIR,
+        help=f"state directory of the emulator (default: {DEFAULT_STATE_DIR}; the demo's is "
+        ".demo/emulator)",
+    )
+    return parser
+
+
+def _start(argv: list[str]) -> int:
+    from krea_dagster.emulator.local import DEFAULT_PORT, ensure_local_emulator
+
+    parser = _state_dir_parser(
+        "krea-emulator start",
+        "Start an emulator in the background for a state directory (or find the one running), "
+        "wait until it answers and print its JSON line. Other options are those of serve.",
+    )
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="API port")
+    parser.add_argument("--cdn-port", type=int, default=None, help="CDN port (default: port + 1)")
+    args, serve_args = parser.parse_known_args(argv)
+    if "--state-file" in serve_args:
+        parser.error("the state lives in --state-dir; --state-file is not an option of start")
+    build_parser().parse_args(serve_args)  # a wrong option fails here, before anything starts
+    cdn_port = args.cdn_port if args.cdn_port is not None else (args.port + 1 if args.port else 0)
+    try:
+        emulator = ensure_local_emulator(
+            args.state_dir, port=args.port, cdn_port=cdn_port, extra_args=tuple(serve_args)
+        )
+    except RuntimeError as error:
+        print(f"krea-emulator: {error}", file=sys.stderr)
+        return 3
+    info = {
+        "base_url": emulator.base_url,
+        "cdn_url": emulator.cdn_url,
+        "token": emulator.token,
+        "admin_token": emulator.admin_token,
+    }
+    print(json.dumps(info), flush=True)
+    return 0
+
+
 def _stop(argv: list[str]) -> int:
     from krea_dagster.emulator.local import stop_local_emulator
 
-    parser = argparse.ArgumentParser(
-        prog="krea-emulator stop",
-        description="Stop the background emulator started for a state directory.",
-    )
-    parser.add_argument(
-        "--state-dir",
-        default=".demo/emulator",
-        help="state directory of the emulator (default: .demo/emulator, the demo's)",
+    parser = _state_dir_parser(
+        "krea-emulator stop", "Stop the background emulator started for a state directory."
     )
     args = parser.parse_args(argv)
     if stop_local_emulator(args.state_dir):
@@ -216,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "stop":
         return _stop(argv[1:])
+    if argv and argv[0] == "start":
+        return _start(argv[1:])
     if argv and argv[0] == "serve":
         argv = argv[1:]
     args = build_parser().parse_args(argv)
@@ -244,7 +299,11 @@ def _serve_from_args(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, server.stop)
         sys.stdout.write(json.dumps(server.info(token)) + "\n")
         sys.stdout.flush()
+        if args.exit_with_pid:
+            watcher = asyncio.create_task(_stop_when_gone(args.exit_with_pid, server.stop))
         await server.serve()
+        if args.exit_with_pid:
+            watcher.cancel()
 
     try:
         config = config_from_args(args)
@@ -278,6 +337,22 @@ def _serve_from_args(args: argparse.Namespace) -> int:
         return 3
     run(lambda: serve(server, tokens[0]))
     return 0
+
+
+async def _stop_when_gone(pid: int, stop: Any) -> None:
+    """Call ``stop`` once process ``pid`` has exited (checked every second)."""
+    import asyncio
+    import os
+
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            stop()
+            return
+        except PermissionError:
+            pass  # alive, and another user's
+        await asyncio.sleep(1.0)
 
 
 def _taken_ports(host: str, ports: tuple[int, ...]) -> list[int]:

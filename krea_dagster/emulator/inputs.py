@@ -13,9 +13,11 @@ how a chained step shows where its input came from), ``data`` (a ``data:`` URI, 
 of its decoded bytes) or ``url`` (any other URL, by the hash of the URL string: the emulator
 does not fetch the internet). CDN URLs need no token, so any account may use them; one that
 names nothing the CDN would serve (a deleted asset, a job not completed, a wrong key) is
-refused with 422 "Input file rejected", as Krea refuses inputs it cannot fetch; with ``X-Api-Zero-Data-Retention: 1`` any
-media input that is not a ``data:`` URI is a 422 (Krea's ZDR rule, krea-api.md section 3). Results are rendered from the prompt *and*
-these hashes, so a test can tell which inputs reached the job.
+refused with 422 "Input file rejected", as Krea refuses inputs it cannot fetch, and a job
+accepted while its asset existed fails when it starts processing if the asset was deleted
+meanwhile (``fetch_refusal``). With ``X-Api-Zero-Data-Retention: 1`` any media input that is
+not a ``data:`` URI is a 422 (Krea's ZDR rule, krea-api.md section 3). Results are rendered
+from the prompt *and* these hashes, so a test can tell which inputs reached the job.
 """
 
 from __future__ import annotations
@@ -28,14 +30,15 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from krea_dagster.emulator import views
+from krea_dagster.emulator import lifecycle, views
 from krea_dagster.emulator.errors import EmulatorError
 from krea_dagster.emulator.lifecycle import JobStatus
 
 if TYPE_CHECKING:
+    from krea_dagster.emulator.records import Job
     from krea_dagster.emulator.state import EmulatorState
 
-_MEDIA_NAME = re.compile(r"(^|_)(urls?|uri|images?|videos?|audio|mask)$")
+_MEDIA_NAME = re.compile(r"(^|_)(urls?|uri|images?|videos?|audio|mask)\Z")
 
 
 class InputRejected(EmulatorError):
@@ -139,6 +142,28 @@ def describe(
             record.update(kind="url", sha256=hashlib.sha256(value.encode()).hexdigest(), url=value)
         records.append(record)
     return records
+
+
+#: ``error.code`` of a job whose input file was gone when it started processing: Krea documents
+#: none (its 422 for the same cause says "Input file rejected"), so a permanent code is used.
+INPUT_REJECTED_CODE = "invalid_request"
+
+
+def fetch_refusal(state: EmulatorState, job: Job, phase: int) -> tuple[str, str] | None:
+    """The ``(code, message)`` a job fails with on entering ``phase``, where it fetches its
+    inputs (``lifecycle.FETCH``), when an uploaded asset it names was deleted; else None."""
+    if phase >= len(lifecycle.PHASES) or lifecycle.PHASES[phase] is not lifecycle.FETCH:
+        return None
+    gone = [
+        record
+        for record in job.inputs
+        if record.get("kind") == "asset" and record.get("asset_id") not in state.assets
+    ]
+    if not gone:
+        return None
+    names = ", ".join(f"{record['field']} (asset {record['asset_id']})" for record in gone)
+    message = f"Input file rejected: {names}: the asset was deleted before the job fetched it"
+    return INPUT_REJECTED_CODE, message
 
 
 def render_key(inputs: list[dict[str, Any]]) -> str:

@@ -51,6 +51,9 @@ def _phase_starts() -> tuple[float, ...]:
 # (1.0) is the end of the render, when the job turns terminal.
 PHASE_STARTS: tuple[float, ...] = _phase_starts()
 
+# The phase in which a job fetches its input files (a deleted asset fails it there).
+FETCH = JobStatus.PROCESSING
+
 # The phase a stuck job never leaves (until the automatic timeout fails it).
 STUCK_PHASE = PHASES.index(JobStatus.SAMPLING)
 

@@ -5,10 +5,17 @@ per run), and they must all talk to the same "Krea", or a job submitted by a run
 unknown to the sensor that polls it. ``ensure_local_emulator`` starts ``krea-emulator`` once as
 a detached background process on fixed ports, with its state in a SQLite file, and every later
 caller (any process) finds it running and reuses it. ``stop_local_emulator`` ends it.
+
+A stop is kept: it leaves a marker in the state directory, and a caller that only wants the
+emulator *if nobody stopped it* (the demo's code location, loaded by ``dg dev``'s sensors) gets
+``EmulatorStopped`` instead of a silent restart; an explicit start (``scripts/demo``,
+``krea-emulator start``) clears the marker. ``exit_with_pid`` ties an emulator to a process
+(``dg dev``): it stops serving when that process exits, instead of outliving it.
 """
 
 import contextlib
 import fcntl
+import itertools
 import json
 import os
 import signal
@@ -23,7 +30,9 @@ import httpx
 __all__ = [
     "DEFAULT_CDN_PORT",
     "DEFAULT_PORT",
+    "EmulatorStopped",
     "LocalEmulator",
+    "dev_server_pid",
     "ensure_local_emulator",
     "stop_local_emulator",
 ]
@@ -44,8 +53,42 @@ class LocalEmulator:
     pid: int
 
 
+class EmulatorStopped(RuntimeError):
+    """The emulator of a state directory was stopped on purpose and is not restarted."""
+
+
+def dev_server_pid() -> int | None:
+    """The pid of the ``dg dev`` (or ``dagster dev``) process this process runs under, if any.
+
+    Its code servers, daemon and run workers are its descendants; an emulator that one of them
+    starts should end with it. Read from ``/proc`` (Linux); None elsewhere, or outside dev.
+    """
+    pid = os.getpid()
+    for _ in range(64):  # ancestors, nearest first
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return None
+        names = [os.path.basename(arg.decode(errors="replace")) for arg in argv]
+        if any(
+            name in ("dg", "dagster") and following == "dev"
+            for name, following in itertools.pairwise(names)
+        ):
+            return pid
+        parent = int(stat.rsplit(")", 1)[1].split()[1])  # field 4, after "(comm)"
+        if parent <= 1:
+            return None
+        pid = parent
+    return None
+
+
 def _info_file(state_dir: Path) -> Path:
     return state_dir / "emulator.json"
+
+
+def _stopped_marker(state_dir: Path) -> Path:
+    return state_dir / "stopped"
 
 
 def _running(info: dict[str, object]) -> bool:
@@ -62,8 +105,15 @@ def ensure_local_emulator(
     port: int = DEFAULT_PORT,
     cdn_port: int = DEFAULT_CDN_PORT,
     extra_args: tuple[str, ...] = (),
+    unless_stopped: bool = False,
+    exit_with_pid: int | None = None,
 ) -> LocalEmulator:
-    """The emulator serving ``state_dir``, started in the background if it is not running."""
+    """The emulator serving ``state_dir``, started in the background if it is not running.
+
+    ``unless_stopped``: raise ``EmulatorStopped`` instead of starting one when the last
+    emulator of ``state_dir`` was stopped with ``stop_local_emulator`` (else a start clears
+    that mark). ``exit_with_pid``: a started emulator stops when that process exits.
+    """
     directory = Path(state_dir).resolve()
     directory.mkdir(parents=True, exist_ok=True)
     with (directory / "emulator.lock").open("w") as lock:
@@ -73,6 +123,16 @@ def ensure_local_emulator(
             info = json.loads(info_path.read_text(encoding="utf-8"))
             if _running(info):
                 return LocalEmulator(**info)
+        marker = _stopped_marker(directory)
+        if unless_stopped and marker.exists():
+            raise EmulatorStopped(
+                f"the emulator of {directory} was stopped ({marker.read_text().strip()}) and "
+                "is not restarted behind your back; start it again (./scripts/demo, or "
+                f"krea-emulator start --state-dir {directory})"
+            )
+        marker.unlink(missing_ok=True)
+        if exit_with_pid is not None:
+            extra_args = (*extra_args, "--exit-with-pid", str(exit_with_pid))
         command = [
             sys.executable,
             "-m",
@@ -141,8 +201,12 @@ def _last_line(log: Path) -> str:
 
 
 def stop_local_emulator(state_dir: str | Path) -> bool:
-    """Stop the emulator of ``state_dir``; False when none was running."""
-    info_path = _info_file(Path(state_dir))
+    """Stop the emulator of ``state_dir`` and mark it stopped; False when none was running."""
+    directory = Path(state_dir)
+    if directory.is_dir():
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        _stopped_marker(directory).write_text(f"stopped at {stamp}\n", encoding="utf-8")
+    info_path = _info_file(directory)
     if not info_path.exists():
         return False
     info = json.loads(info_path.read_text(encoding="utf-8"))

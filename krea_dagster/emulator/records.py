@@ -36,7 +36,7 @@ class Account:
     job_ids: list[str] = field(default_factory=list)  # creation order
     job_created: list[int] = field(default_factory=list)  # parallel to job_ids, for bisect
     asset_ids: list[str] = field(default_factory=list)
-    seen_requests: set[str] = field(default_factory=set)  # duplicate-submission detector
+    seen_requests: set[str] = field(default_factory=set)  # repeated-request detector
 
     _PERSISTED = (
         "id",

@@ -131,7 +131,7 @@ class EmulatorState:
         account.job_ids.append(job.id)
         account.job_created.append(job.created_us)
         if job.request_hash in account.seen_requests:
-            counters.duplicate_submissions += 1
+            counters.repeated_requests += 1
         account.seen_requests.add(job.request_hash)
         counters.jobs_created += 1
         counters.jobs_by_status[job.status.value] += 1
@@ -251,14 +251,14 @@ class EmulatorState:
         self._push(job)
 
     def _step(self, job: Job, at: float) -> None:
-        if job.next_kind == "timeout":
-            limit = round(job.timeout_seconds, 3)
-            self._finish(
-                job, JobStatus.FAILED, at, ("timeout", f"The job timed out after {limit} seconds.")
-            )
-            return
         following = job.phase + 1
-        if following < len(lifecycle.PHASES):
+        # Entering a phase, a job may fetch its inputs: a deleted asset fails it there.
+        error = inputs.fetch_refusal(self, job, following)
+        if job.next_kind == "timeout":
+            error = ("timeout", f"The job timed out after {round(job.timeout_seconds, 3)} seconds.")
+        if error is not None:
+            self._finish(job, JobStatus.FAILED, at, error)
+        elif following < len(lifecycle.PHASES):
             self._set_status(job, lifecycle.PHASES[following])
             job.phase = following
             self._schedule(job)
@@ -515,7 +515,7 @@ class EmulatorState:
     def stats(self) -> dict[str, Any]:
         """The counters plus live figures (``GET /_emulator/stats``)."""
         self.advance()
-        stats = self.counters.to_record()
+        stats = self.counters.to_record(jobs=self.jobs.values())
         stats["billed_usd"] = micros_to_usd(stats.pop("billed_micros"))
         stats["running"] = self.running_total
         stats["backlogged"] = sum(a.backlogged for a in self.accounts.values())

@@ -30,14 +30,14 @@ from krea_dagster.emulator.catalog import DeprecatedAlias, ModelSpec
 from krea_dagster.emulator.errors import BadRequest
 
 MAX_CLAUSE_CHARS = 300
-_ABSOLUTE_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:[^\s]*$")
+_ABSOLUTE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:[^\s]*")
 
 FORMAT_CHECKER = FormatChecker()
 
 
 @FORMAT_CHECKER.checks("uri")
 def _is_uri(value: object) -> bool:
-    return not isinstance(value, str) or bool(_ABSOLUTE_URI.match(value))
+    return not isinstance(value, str) or bool(_ABSOLUTE_URI.fullmatch(value))
 
 
 # Validators by spec (a document served by the ``openapi`` knob has specs of its own); the

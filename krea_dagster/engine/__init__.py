@@ -6,6 +6,7 @@ flat at the package root and calls into this package; this package never imports
 sensor daemon, in scripts and in tests.
 
 - ``source``: prompt files of a folder, one batch per file (or per ``batch`` value).
+- ``names``: the full-match rules of names users give (batches, prefixes, steps).
 - ``table_rules``: what a prompt table may hold (reserved names, exact numbers, references).
 - ``prompts``: validation against the model catalog, ``prompt_key``, cost estimates.
 - ``catalogs``: which model catalog validates a batch (the backend's live one, cached in the
@@ -25,6 +26,7 @@ sensor daemon, in scripts and in tests.
 - ``continuity``: the warning when a new ledger sits next to stored images.
 - ``store``: the content-addressed image store (local or ``s3://``).
 - ``gallery``: the HTML page of a batch's images, beside them in the store.
+- ``gallery_server``: local stores served on loopback, so gallery links open from the UI.
 - ``manifest``: the manifest DataFrame of a batch generation.
 - ``pipeline``: one instance's steps, composed from the above.
 - ``crashpoints``: named places where the crash tests kill a worker.

@@ -41,6 +41,9 @@ class ErrorCode(StrEnum):
     AMBIGUOUS_SUBMIT = "ambiguous_submit"
     #: Reconciliation proved no job was created; the prompt may be sent again.
     RECONCILED_NOT_CREATED = "reconciled_not_created"
+    #: Krea refused the request because an uploaded file it names is gone (the asset was
+    #: deleted): nothing was created; the file is uploaded again and the prompt re-sent.
+    STALE_UPLOAD = "stale_upload"
     #: Reconciliation could not decide; reported, never re-sent on a guess.
     UNDECIDABLE = "undecidable"
     #: No submission for the prompt in this generation.

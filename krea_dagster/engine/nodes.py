@@ -14,44 +14,70 @@ How a step's request is made from a row:
 - its ``prompt`` template (``"Studio photo of {name}"``) and ``inputs`` templates render request
   fields from the row's columns (``krea_dagster.engine.template``); a column a template names is
   data, never a request field of its own;
+- a column any step's template names is data for the first step too (step 2's ``{quality}`` is
+  not step 1's quality); a step that renders a field the table also has as a column, without
+  reading that column, is refused (which value is meant?);
+- ``{previous}`` is a file: only a whole input value, never prompt text, and only in an input
+  that takes a file; an input the step's model does not have is refused (never carried as data
+  in silence);
 - a **later** step sees the source's columns as data only (a ``width`` meant for the first
   step is never sent again), the row's ``prompt`` when it has no prompt template, and
   ``{previous}``: the previous step's verified output of the row (the store's URI, uploaded
   once by content hash like any local file);
 - ``defaults`` are constant request fields (a rendered input or a row's own column wins).
 
+An upstream table is read as a DataFrame whose named index levels are columns (a batch or key
+column may live there), whose column names are unique text, whose ``pathlib.Path`` cells are
+their text, and whose every row names its batch (``table_frame``, ``table_batch``); the batch's
+name follows the rule of prompt files, and a template may name the batch column (``{batch}``:
+the batch's name). A column carried into the manifest must be one Parquet can store (one type):
+found before anything is paid (``unstorable_problems``).
+
 Rows are identified by ``row_key`` (the key column's value, else a hash of the row) from step
-to step. A row whose previous step has no verified output is kept in the step's prompts table
-as a recorded skip (``skip`` names why), never a paid call; a changed upstream row renders
-another request (another prompt, another reference), so only the rows downstream of it are paid
-for again.
+to step: a key given by the table is never empty and never repeats in a batch. A row whose
+previous step has no verified output is kept in the step's prompts table as a recorded skip
+(``skip`` names why), never a paid call; a changed upstream row renders another request
+(another prompt, another reference), so only the rows downstream of it are paid for again.
 
 A step may run a Krea node app (``model="node-app/<version id>"``): its inputs are validated
 against the schema Krea serves for the app (``load_node_app``), and each row's execution makes
 several jobs, all collected and verified.
 """
 
+import difflib
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+import math
+import numbers
+import os
+from collections import Counter
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from krea_dagster.api import AsyncKreaClient, NotFoundError, UnknownModelError, catalog
+from krea_dagster.api.catalog import bundled_catalog, shorten
+from krea_dagster.api.json_values import string_leaves
+from krea_dagster.api.media import media_paths
 from krea_dagster.engine.manifest import ManifestStatus
+from krea_dagster.engine.names import batch_name_problem, dagster_name_problem
 from krea_dagster.engine.pipeline import KreaImagePipeline
 from krea_dagster.engine.prompts import (
     PROMPT_COLUMN,
     ROW_KEY,
+    VARIANT_COLUMN,
     PreparedBatch,
     PromptProblem,
     PromptValidationError,
 )
 from krea_dagster.engine.references import CheckedReferences
 from krea_dagster.engine.source import BATCH_COLUMN, PromptSource
+from krea_dagster.engine.table_rules import RESERVED_COLUMNS, number_problems
 from krea_dagster.engine.template import (
     TemplateError,
     placeholders,
@@ -67,13 +93,21 @@ __all__ = [
     "SourceRows",
     "StepFrame",
     "add_row_keys",
+    "cell_text",
     "check_price",
+    "input_problems",
     "load_node_app",
     "step_frame",
+    "table_frame",
+    "unstorable_problems",
 ]
 
 #: The placeholder that names the previous step's verified output of the row.
 PREVIOUS = "previous"
+#: How problems of an upstream table name where they are.
+TABLE_ORIGIN = "the table"
+#: At most this many rows or values are named in one problem.
+MAX_NAMED = 10
 
 
 @dataclass(frozen=True)
@@ -107,13 +141,10 @@ class KreaStep:
     price_usd: float | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or (
-            self.name and not self.name.replace("_", "").isalnum()
-        ):
-            raise ValueError(
-                f"step name {self.name!r} must use only letters, digits and '_' "
-                "(it names the step's assets and its ledger scope)"
-            )
+        if not isinstance(self.name, str):
+            raise ValueError(f"step name {self.name!r} must be text")
+        if self.name and (problem := dagster_name_problem(self.name, "step name")) is not None:
+            raise ValueError(problem)
         if not isinstance(self.model, str) or not self.model:
             raise ValueError(
                 f"step {self.name!r}: model must be a Krea model path, got {self.model!r}"
@@ -132,11 +163,50 @@ class KreaStep:
                 _template_columns(value)
             except TemplateError as error:
                 raise ValueError(f"step {self.name or self.model!r}: {where}: {error}") from None
+        self._check_previous()
+        if ROW_KEY in self.inputs:
+            raise ValueError(
+                f"step {self.name or self.model!r}: inputs cannot set {ROW_KEY!r}: it is the "
+                "row's identity from step to step, not a request field (give key_column=... "
+                "to the node to choose it)"
+            )
         if not isinstance(self.defaults, Mapping):
             raise ValueError(
                 f"step {self.name or self.model!r}: defaults must be a mapping of request "
                 f"fields, got {type(self.defaults).__name__}"
             )
+        # The one number rule, at build time: a number no field takes (NaN, an integer of 400
+        # digits) fails `dg check defs`, naming the field, before anything reads it.
+        for path, problem in number_problems(dict(self.defaults)):
+            raise ValueError(f"step {self.name or self.model!r}: defaults: {path}: {problem}")
+
+    def _check_previous(self) -> None:
+        """``{previous}`` is a file (the previous step's output): a whole input value only."""
+        where = f"step {self.name or self.model!r}"
+        if PREVIOUS in _template_columns(self.prompt):
+            raise ValueError(
+                f"{where}: the prompt names {{previous}}, the previous step's output file, which "
+                "would put a file path in the prompt text; give it to an input that takes a "
+                "file instead, e.g. inputs={'image_urls': ['{previous}']}"
+            )
+        for name, value in self.inputs.items():
+            for leaf in string_leaves(value):
+                if PREVIOUS in placeholders(leaf) and leaf != "{" + PREVIOUS + "}":
+                    raise ValueError(
+                        f"{where}: inputs[{name!r}] is {shorten(leaf, 80)!r}: {{previous}} is "
+                        "the previous step's output file and must be a whole value "
+                        "('{previous}'), not part of a text"
+                    )
+
+    @property
+    def rendered_fields(self) -> set[str]:
+        """The request fields the step's templates render (``prompt`` and its inputs)."""
+        return set(self.inputs) | ({PROMPT_COLUMN} if self.prompt else set())
+
+    @property
+    def previous_inputs(self) -> list[str]:
+        """The inputs whose value names ``{previous}``."""
+        return [name for name, value in self.inputs.items() if PREVIOUS in _template_columns(value)]
 
     @property
     def is_node_app(self) -> bool:
@@ -160,10 +230,14 @@ class KreaStep:
 
 
 def check_price(value: Any, name: str) -> float | None:
-    """A USD amount: None, or a finite number 0 or more (``ValueError`` naming ``name``)."""
+    """A USD amount: None, or a finite number 0 or more (``ValueError`` naming ``name``).
+
+    Any real number counts (a NumPy scalar read from a table or a config is one); a bool or a
+    text does not.
+    """
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
         raise ValueError(f"{name} must be a number of USD, 0 or more, got {value!r}")
     try:
         number = float(value)
@@ -221,53 +295,217 @@ async def load_node_app(
     return catalog.register_model(spec)
 
 
+def cell_text(value: Any) -> str | None:
+    """A batch or key cell as text: None when empty; a whole float as its integer (a column of
+    integers with a gap is read as floats, and 7.0 is batch ``7``)."""
+    if value is None:
+        return None
+    if isinstance(value, float | np.floating):
+        if math.isnan(value):
+            return None
+        if float(value).is_integer():
+            return str(int(value))
+    try:
+        if bool(pd.isna(value)):
+            return None
+    except (TypeError, ValueError):
+        pass  # a list or an array: not empty, its text is its value
+    return str(value).strip() or None
+
+
+def _rows_text(rows: Sequence[int]) -> str:
+    shown = ", ".join(map(str, rows[:MAX_NAMED]))
+    return shown + (f" and {len(rows) - MAX_NAMED} more" if len(rows) > MAX_NAMED else "")
+
+
 def add_row_keys(table: pd.DataFrame, key_column: str | None) -> pd.DataFrame:
     """The table with a ``row_key``: the key column's value, or a hash of the whole row.
 
-    A ``row_key`` column the table already has is the key. A key column's values must be
-    unique in a batch.
+    A ``row_key`` column the table already has is the key (then no ``key_column`` may be
+    given). A key the table gives is never empty and unique in a batch: the next step finds
+    each row's output by it, so a repeated key would give one row another row's output.
     """
     frame = table.reset_index(drop=True).copy()
-    if ROW_KEY not in frame.columns:
-        if key_column is not None:
-            if key_column not in frame.columns:
-                raise PromptValidationError(
-                    "",
-                    [
-                        PromptProblem(
-                            None,
-                            key_column,
-                            "required",
-                            f"the key column {key_column!r} is not in the table (columns: "
-                            f"{', '.join(map(str, frame.columns))[:300]})",
-                        )
-                    ],
-                )
-            frame[ROW_KEY] = frame[key_column].astype(str)
-        else:
-            frame[ROW_KEY] = [
-                hashlib.sha256(json.dumps(row, sort_keys=True, default=str).encode()).hexdigest()[
-                    :16
-                ]
-                for row in frame.to_dict(orient="records")
-            ]
-    frame[ROW_KEY] = frame[ROW_KEY].astype(str)
-    # Hashed keys repeat only for identical rows, which validation refuses as duplicates (and
-    # says which line repeats which); a key column's repeats are this rule's to name.
-    duplicated = frame[frame[ROW_KEY].duplicated()][ROW_KEY].tolist() if key_column else []
-    if duplicated:
+    if ROW_KEY in frame.columns and key_column not in (None, ROW_KEY):
         raise PromptValidationError(
             "",
             [
                 PromptProblem(
                     None,
-                    key_column or ROW_KEY,
-                    "uniqueItems",
-                    f"row keys must be unique in a batch; repeated: "
-                    f"{', '.join(map(str, duplicated[:10]))[:300]}",
+                    ROW_KEY,
+                    "ambiguous",
+                    f"the table has a {ROW_KEY!r} column and the node's key_column is "
+                    f"{key_column!r}: a row has one key; drop the {ROW_KEY!r} column or the "
+                    "key_column setting",
                 )
             ],
         )
+    given = ROW_KEY if ROW_KEY in frame.columns else key_column
+    if given is None:
+        frame[ROW_KEY] = [
+            hashlib.sha256(json.dumps(row, sort_keys=True, default=str).encode()).hexdigest()[:16]
+            for row in frame.to_dict(orient="records")
+        ]
+        # Hashed keys repeat only for identical rows, which validation refuses as duplicates
+        # (and says which line repeats which).
+        return frame
+    if given not in frame.columns:
+        raise PromptValidationError(
+            "",
+            [
+                PromptProblem(
+                    None,
+                    given,
+                    "required",
+                    f"the key column {given!r} is not in the table (columns: "
+                    f"{shorten(', '.join(map(str, frame.columns)), 300)})",
+                )
+            ],
+        )
+    keys = [cell_text(value) for value in frame[given]]
+    problems: list[PromptProblem] = []
+    first_row: dict[str, int] = {}
+    for number, key in enumerate(keys, start=1):
+        if key is None:
+            problems.append(
+                PromptProblem(
+                    number,
+                    given,
+                    "required",
+                    "the row's key is empty: every row needs one (the next step finds the "
+                    "row's output by it); fill it, or leave key_column unset to key rows by "
+                    "their content",
+                )
+            )
+        elif key in first_row:
+            problems.append(
+                PromptProblem(
+                    number,
+                    given,
+                    "uniqueItems",
+                    f"the key {shorten(key, 80)!r} repeats row {first_row[key]}: row keys must "
+                    "be unique in a batch (the next step would give one row the other's output)",
+                )
+            )
+        else:
+            first_row[key] = number
+    if problems:
+        raise PromptValidationError("", problems)
+    frame[ROW_KEY] = keys
+    return frame
+
+
+def _is_path(value: Any) -> bool:
+    return isinstance(value, os.PathLike)
+
+
+def _path_text(value: Any) -> Any:
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+def unstorable_problems(table: pd.DataFrame, columns: Sequence[str]) -> list[PromptProblem]:
+    """A problem per carried column the manifest could not be stored with: its copy in the
+    store is Parquet, which takes one type per column (not ``42`` beside ``"XL"``, nor
+    arbitrary objects). Found here, before anything is paid, not when the outputs are."""
+    problems = []
+    for column in columns:
+        if column not in table.columns:
+            continue
+        try:
+            pa.array(table[column], from_pandas=True)
+        except (pa.ArrowException, ArithmeticError, ValueError, TypeError) as error:
+            problems.append(
+                PromptProblem(
+                    None,
+                    column,
+                    "type",
+                    f"the column's values cannot be stored in the manifest (Parquet: "
+                    f"{shorten(str(error), 200)}); give the column one type, e.g. "
+                    f"table[{shorten(column, 40)!r}].astype(str)",
+                )
+            )
+    return problems
+
+
+def table_frame(table: Any, batch: str = "") -> pd.DataFrame:
+    """An upstream table as the frame a node reads: its named index levels as columns (a batch
+    or key column may live there), its column names unique text, a plain row index.
+
+    Raises ``PromptValidationError`` for a table that is not a DataFrame, an index level also
+    named as a column, or two columns of one name (a row would silently keep one value).
+    """
+
+    def refused(*problems: PromptProblem) -> PromptValidationError:
+        return PromptValidationError(batch, list(problems), TABLE_ORIGIN)
+
+    if not isinstance(table, pd.DataFrame):
+        raise refused(
+            PromptProblem(
+                None,
+                None,
+                "type",
+                f"the upstream table is a {type(table).__name__}, not a pandas DataFrame; "
+                "return a DataFrame from the table asset",
+            )
+        )
+    if isinstance(table.columns, pd.MultiIndex):
+        raise refused(
+            PromptProblem(
+                None,
+                None,
+                "header",
+                f"the table's columns have {table.columns.nlevels} levels; give it one level of "
+                "column names (e.g. join the levels: table.columns = ['_'.join(c) for c in "
+                "table.columns])",
+            )
+        )
+    levels = [name for name in table.index.names if name is not None]
+    both = [name for name in levels if name in table.columns]
+    if both:
+        raise refused(
+            *(
+                PromptProblem(
+                    None,
+                    str(name),
+                    "ambiguous",
+                    f"{shorten(str(name), 80)!r} is both an index level and a column of the "
+                    "table: drop one (reset_index(drop=True) drops the index)",
+                )
+                for name in both
+            )
+        )
+    try:
+        frame = table.reset_index(level=levels) if levels else table
+    except ValueError as error:  # two index levels of one name, ...
+        raise refused(
+            PromptProblem(None, None, "header", f"the table's index cannot be read: {error}")
+        ) from None
+    frame = frame.reset_index(drop=True)
+    names = [str(name) for name in frame.columns]
+    repeated = [name for name, count in Counter(names).items() if count > 1]
+    if repeated:
+        raise refused(
+            *(
+                PromptProblem(
+                    None,
+                    name,
+                    "header",
+                    f"the table has {names.count(name)} columns named {shorten(name, 80)!r} "
+                    f"(positions {', '.join(str(i) for i, n in enumerate(names, 1) if n == name)})"
+                    ": a row would keep one of their values; rename or remove all but one",
+                )
+                for name in repeated
+            )
+        )
+    if names != list(frame.columns):
+        frame = frame.set_axis(names, axis=1)
+    paths = [
+        column
+        for column in names
+        if frame[column].dtype == object and frame[column].map(_is_path).any()
+    ]
+    if paths:  # pathlib.Path photos: their text, in requests and in the manifest alike
+        frame = frame.assign(**{column: frame[column].map(_path_text) for column in paths})
     return frame
 
 
@@ -300,12 +538,16 @@ def step_frame(
     previous: pd.DataFrame | None,
     batch: str,
     origin: str,
+    data_columns: Collection[str] = (),
+    batch_column: str | None = None,
 ) -> StepFrame:
     """Render a step's rows from the source rows (with ``row_key``; see the module docstring).
 
     ``previous`` is the previous step's manifest: a row whose output there is not
-    ``completed`` is skipped (the reason: that status), never sent. Raises
-    ``PromptValidationError`` for every template problem at once.
+    ``completed`` is skipped (the reason: that status), never sent. ``data_columns`` are the
+    columns the node's other steps name: data for a first step, never its request fields.
+    A template naming ``batch_column`` gets the batch's name. Raises ``PromptValidationError``
+    for every template problem at once.
     """
     outputs: dict[str, str] = {}
     statuses: dict[str, str] = {}
@@ -315,33 +557,67 @@ def step_frame(
             statuses[key] = str(done["status"])
             if done["status"] == ManifestStatus.COMPLETED and done.get("uri"):
                 outputs[key] = str(done["uri"])
-    rendered_fields = set(step.inputs) | ({PROMPT_COLUMN} if step.prompt else set())
+    rendered_fields = step.rendered_fields
     source_columns = [str(c) for c in rows.columns if c != ROW_KEY]
     named = step.columns
+    batch_name = {batch_column: batch} if batch_column else {}
+    missing = sorted(named - set(source_columns) - {ROW_KEY} - set(batch_name))
+    if missing:
+        known = shorten(", ".join(source_columns), 300) or "none"
+        raise PromptValidationError(
+            batch,
+            [
+                PromptProblem(
+                    None,
+                    column,
+                    "template",
+                    f"the step's templates name {{{column}}} but the table has no column "
+                    f"{column!r} (its columns: {known}); add the column or fix the template",
+                )
+                for column in missing
+            ],
+            origin,
+        )
+    # A field the step renders, and a column of that name its templates do not read: two values
+    # for one request field (a first step), or a data column and a field of one name (a later
+    # step, whose prompt template replaces the table's prompt on purpose).
+    clashes = sorted(
+        (rendered_fields - (set() if first else {PROMPT_COLUMN})) & (set(source_columns) - named)
+    )
+    if clashes:
+        raise PromptValidationError(
+            batch,
+            [
+                PromptProblem(
+                    None,
+                    column,
+                    "ambiguous",
+                    f"the table has a column {column!r} and the step renders {column!r} from "
+                    "its templates without reading that column: rename the column (it is then "
+                    "carried as data), read it in the template ('{" + column + "}') or drop the "
+                    "template",
+                )
+                for column in clashes
+            ],
+            origin,
+        )
     if first:
-        # Read like a prompt file: request-field columns are sent, templates' columns are data.
-        clashes = sorted(rendered_fields & (set(source_columns) - named))
-        if clashes:
-            raise PromptValidationError(
-                batch,
-                [
-                    PromptProblem(
-                        None,
-                        column,
-                        "ambiguous",
-                        f"the table has a column {column!r} and the step renders {column!r} from "
-                        "its templates: rename the column (it is then carried as data) or "
-                        "drop the template",
-                    )
-                    for column in clashes
-                ],
-                origin,
-            )
-        carried = sorted(named & set(source_columns))
-        passthrough = [c for c in source_columns if c not in named]
+        # Read like a prompt file: request-field columns are sent; the columns templates name
+        # (this step's or a later one's) are data, and a rendered field is sent as rendered.
+        # (A later step's column named like one the package writes is neither sent nor carried
+        # here: the later step reads it from the table; this step's manifest has its own.)
+        data = named | set(data_columns)
+        kept = named | (set(data_columns) - RESERVED_COLUMNS)
+        carried = sorted((kept & set(source_columns)) - rendered_fields)
+        passthrough = [c for c in source_columns if c not in data]
     else:
         # A later step: the source's columns are data (its prompt too, unless no template).
-        carried = [c for c in source_columns if c != PROMPT_COLUMN or step.prompt]
+        carried = [
+            c
+            for c in source_columns
+            if (c == PROMPT_COLUMN and step.prompt)
+            or (c != PROMPT_COLUMN and c not in rendered_fields)
+        ]
         passthrough = [PROMPT_COLUMN] if PROMPT_COLUMN in source_columns and not step.prompt else []
     records: list[dict[str, Any]] = []
     keys: list[str] = []
@@ -356,7 +632,7 @@ def step_frame(
             keys.append(key)
             skips.append(statuses.get(key, "missing"))
             continue
-        context: dict[str, Any] = {**row, PREVIOUS: outputs.get(key)}
+        context: dict[str, Any] = {**row, **batch_name, PREVIOUS: outputs.get(key)}
         try:
             if step.prompt:
                 record[PROMPT_COLUMN] = render(step.prompt, context)
@@ -373,6 +649,46 @@ def step_frame(
     columns = [*carried, *passthrough, *sorted(rendered_fields)]
     frame = pd.DataFrame.from_records(records, columns=list(dict.fromkeys(columns)))
     return StepFrame(frame, carried, keys, skips)
+
+
+def input_problems(
+    step: KreaStep, models: catalog.ModelCatalog | None = None
+) -> list[PromptProblem]:
+    """A problem per input of ``step`` its model cannot take: a field the model does not have
+    (it would otherwise be carried as data and silently left out of the request), or
+    ``{previous}`` (a file) in a field that takes no file (its path would be sent as text).
+    Inputs named like a column the package writes are left to that rule (``reserved``)."""
+    if not step.inputs:
+        return []
+    spec = (models or bundled_catalog()).get(step.model)
+    if not spec.validated:
+        return []  # a model no catalog knows: its fields are unknown
+    problems = []
+    for name in sorted(set(step.inputs) - set(spec.fields) - RESERVED_COLUMNS - {VARIANT_COLUMN}):
+        close = difflib.get_close_matches(name, sorted(spec.fields), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        problems.append(
+            PromptProblem(
+                None,
+                name,
+                "additionalProperties",
+                f"the step's inputs set {name!r}, which is not a request field of {step.model}; "
+                f"{hint}(its fields: {shorten(', '.join(sorted(spec.fields)), 300)})",
+            )
+        )
+    takes_files = sorted({path.split(".")[0].split("[")[0] for path in media_paths(spec)})
+    problems.extend(
+        PromptProblem(
+            None,
+            name,
+            "previous",
+            f"inputs[{name!r}] is {{previous}}, the previous step's output file, but {name!r} "
+            f"takes no file in {step.model} (its file inputs: {', '.join(takes_files) or 'none'})",
+        )
+        for name in step.previous_inputs
+        if name in spec.fields and name not in takes_files
+    )
+    return problems
 
 
 @dataclass
@@ -432,50 +748,58 @@ class KreaNode:
             origin = ", ".join(dict.fromkeys(rows.files))
         else:
             frame, locations = self.table_batch(table, batch, partitioned=partitioned), None
-            origin = "the table"
+            origin = TABLE_ORIGIN
         return SourceRows(add_row_keys(frame, self.key_column), locations, origin)
 
     def table_batch(self, table: Any, batch: str, *, partitioned: bool) -> pd.DataFrame:
-        """The rows of ``batch`` in an upstream table: those whose batch column (or index level
-        of that name) says ``batch``; the whole table when it is partitioned like the node (it
-        then holds this batch only) and has no batch column."""
-        if not isinstance(table, pd.DataFrame):
-            raise PromptValidationError(
-                batch,
-                [
-                    PromptProblem(
-                        None,
-                        None,
-                        "type",
-                        f"the upstream table is a {type(table).__name__}, not a pandas "
-                        "DataFrame; return a DataFrame from the table asset",
-                    )
-                ],
+        """The rows of ``batch`` in an upstream table (``table_frame``): those whose batch
+        column (or index level of that name) says ``batch``; the whole table when it is
+        partitioned like the node (it then holds this batch only) and has no batch column.
+
+        The batch's name follows the prompt files' rule (it names folders of the store), and
+        every row must name its batch: a row without one would never be generated.
+        """
+        column = self.batch_column
+
+        def refused(problem: str, rule: str = "required") -> PromptValidationError:
+            return PromptValidationError(
+                batch, [PromptProblem(None, column, rule, problem)], TABLE_ORIGIN
             )
-        frame = table
-        if self.batch_column in [name for name in frame.index.names if name is not None]:
-            frame = frame.reset_index(level=self.batch_column)
-        if self.batch_column not in frame.columns:
+
+        if (problem := batch_name_problem(batch)) is not None:
+            raise refused(
+                f"{problem}; rename the batch in the table and add that partition instead",
+                "batchName",
+            )
+        frame = table_frame(table, batch)
+        if column not in frame.columns:
             if partitioned:
-                return frame.reset_index(drop=True)
-            raise PromptValidationError(
-                batch,
-                [
-                    PromptProblem(
-                        None,
-                        self.batch_column,
-                        "required",
-                        f"the table is not partitioned like the node and has no "
-                        f"{self.batch_column!r} column (nor an index level of that name), so "
-                        "no row says which batch it belongs to: add that column, name another "
-                        "with batch_column=..., or partition the table asset with the node's "
-                        "partitions",
-                    )
-                ],
-                "the table",
+                return frame
+            raise refused(
+                f"the table is not partitioned like the node and has no {column!r} column (nor "
+                "an index level of that name), so no row says which batch it belongs to: add "
+                "that column, name another with batch_column=..., or partition the table asset "
+                "with the node's partitions"
             )
-        selected = frame[frame[self.batch_column].astype(str).str.strip() == batch]
-        return selected.drop(columns=[self.batch_column]).reset_index(drop=True)
+        names = [cell_text(value) for value in frame[column]]
+        unnamed = [number for number, name in enumerate(names, start=1) if name is None]
+        if unnamed:
+            raise refused(
+                f"{len(unnamed)} row(s) of the table have no batch in {column!r} (table rows "
+                f"{_rows_text(unnamed)}, counted from 1): such a row would never be generated; "
+                "fill its batch, or leave the row out of the table asset"
+            )
+        selected = frame[[name == batch for name in names]]
+        if selected.empty:
+            found = sorted(set(filter(None, names)))
+            shown = shorten(", ".join(found[:MAX_NAMED]), 300) or "none"
+            raise refused(
+                f"no row of the table has {column}={batch!r} (its batches: {shown}"
+                f"{', ...' if len(found) > MAX_NAMED else ''}); add rows for {batch!r}, or "
+                "register only the batches the table has",
+                "minItems",
+            )
+        return selected.drop(columns=[column]).reset_index(drop=True)
 
     def references(self) -> CheckedReferences:
         """A checker of the files a batch's requests name (local, ``s3://``), relative ones read
@@ -504,29 +828,47 @@ class KreaNode:
         step, pipeline = self.steps[step_index], self.pipelines[step_index]
         if step_index and previous is None:
             raise ValueError(f"step {step.name!r} needs the previous step's manifest")
+        step_label = f"step {step.name}" if step.name else ""
+
+        def where(origin: str) -> str:
+            return ", ".join(part for part in (step_label, origin) if part)
+
         try:
             source = self.batch_rows(batch, table, partitioned=partitioned)
         except PromptValidationError as error:
-            raise PromptValidationError(batch, error.problems, error.origin) from None
-        rendered = step_frame(
-            step,
-            source.frame,
-            first=step_index == 0,
-            previous=previous if step_index else None,
-            batch=batch,
-            origin=source.origin,
-        )
+            origin = error.origin or (TABLE_ORIGIN if table is not None else "")
+            raise PromptValidationError(batch, error.problems, where(origin)) from None
+        try:
+            rendered = step_frame(
+                step,
+                source.frame,
+                first=step_index == 0,
+                previous=previous if step_index else None,
+                batch=batch,
+                origin=source.origin,
+                data_columns=set().union(*(other.columns for other in self.steps[1:])),
+                batch_column=self.batch_column,
+            )
+        except PromptValidationError as error:
+            raise PromptValidationError(batch, error.problems, where(source.origin)) from None
+        if problems := input_problems(step, models):
+            raise PromptValidationError(batch, problems, where(source.origin))
         extra = [*rendered.carried, *(self.carry_columns if step_index == 0 else ())]
         if self.key_column is not None:
             extra.append(self.key_column)
-        return pipeline.validate(
+        # What a template renders is sent: a carry_columns entry of that name keeps no data.
+        extra = [column for column in extra if column not in step.rendered_fields]
+        prepared = pipeline.validate(
             rendered.frame,
             batch=batch,
             carry_columns=list(dict.fromkeys(extra)),
-            origin=f"step {step.name}, {source.origin}" if step.name else source.origin,
+            origin=where(source.origin),
             locations=source.locations,
             references=self.references(),
             row_keys=rendered.row_keys,
             skips=rendered.skips,
             models=models,
         )
+        if problems := unstorable_problems(prepared.table, prepared.carried_columns):
+            raise PromptValidationError(batch, problems, where(source.origin))
+        return prepared

@@ -48,6 +48,8 @@ from krea_dagster.engine.reconcile import Outcome, reconcile
 from krea_dagster.engine.references import (
     AsyncReferenceResolver,
     CheckedReferences,
+    check_unchanged,
+    forget_gone_uploads,
     resolve_upload_tokens,
 )
 from krea_dagster.engine.run import run_coroutine
@@ -61,6 +63,9 @@ SEED_MODULUS = 2**31 - 1
 # Rounds of one run: the first submits, later ones re-send only what reconciliation proved
 # was never created (a 5xx before the job existed, a dropped connection before the request).
 MAX_SUBMIT_ROUNDS = 5
+#: The codes of a row a jobs run sends again by itself, in its next round: Krea created
+#: nothing, and nothing about the prompt is wrong.
+RESENT_IN_THE_RUN = frozenset({ErrorCode.RECONCILED_NOT_CREATED, ErrorCode.STALE_UPLOAD})
 # Seconds before resubmitting jobs that failed transiently (doubling each round).
 TRANSIENT_RETRY_BACKOFF = 2.0
 
@@ -312,10 +317,11 @@ class KreaImagePipeline:
         run_id: str | None,
         log: logging.Logger | Any,
         models: ModelCatalog,
-        retry_codes: frozenset[str] = frozenset({ErrorCode.RECONCILED_NOT_CREATED}),
+        retry_codes: frozenset[str] = RESENT_IN_THE_RUN,
     ) -> list[SubmitReport]:
         """Submit ``todo``; then, up to ``MAX_SUBMIT_ROUNDS``, re-send the prompts whose latest
-        row ended with one of ``retry_codes`` (never created, or failed transiently)."""
+        row ended with one of ``retry_codes`` (proven never created, or refused for an upload
+        Krea no longer has: uploaded again first)."""
         rounds: list[SubmitReport] = []
         resolver = AsyncReferenceResolver(client, self.ledger.upload_cache(krea.account_id))
         for _ in range(MAX_SUBMIT_ROUNDS):
@@ -364,8 +370,13 @@ class KreaImagePipeline:
         """The prompts about to be sent, each file they name uploaded (once per content hash
         and account) and its asset URL in place of the validated request's upload token.
 
-        Only what is sent now is uploaded: a re-run that sends nothing uploads nothing.
+        Only what is sent now is uploaded: a re-run that sends nothing uploads nothing. Every
+        file is checked to still be what was validated before the first upload, so a changed
+        file stops the batch with nothing uploaded.
         """
+        files = {token: source for prompt in todo for token, source in prompt.files.items()}
+        if files:
+            await asyncio.to_thread(check_unchanged, files)
         ready = []
         before = resolver.uploads
         for prompt in todo:
@@ -440,6 +451,7 @@ class KreaImagePipeline:
         deadline = time.monotonic() + poll_timeout
         report = CollectReport()
         backoff = TRANSIENT_RETRY_BACKOFF
+        checked: set[str] = set()  # failed rows whose uploads were checked at Krea
         async with krea.async_client() as client:
             waiting = await asyncio.to_thread(self.rows_of, batch, generation, keys)
             while waiting:
@@ -448,11 +460,14 @@ class KreaImagePipeline:
                     break
                 collector = self._collector(client, krea, batch, remaining, log)
                 report.merge(await collector.run(waiting, captions), self.thumbnails)
-                retry = await asyncio.to_thread(self._transient_failures, batch, generation, keys)
+                retry = await self._failures_to_resend(
+                    client, krea, batch, generation, keys, checked
+                )
                 if retry:
                     log.warning(
-                        f"{batch}: {len(retry)} job(s) failed transiently; submitting them "
-                        f"again in {backoff:.0f} s (failed jobs are not billed)"
+                        f"{batch}: {len(retry)} job(s) failed transiently or for an uploaded "
+                        f"file Krea no longer has; submitting them again in {backoff:.0f} s "
+                        "(failed jobs are not billed)"
                     )
                     await asyncio.sleep(min(backoff, max(remaining, 0)))
                     backoff *= 2
@@ -533,19 +548,39 @@ class KreaImagePipeline:
             )
             return await collector.store_rows(rows, deadline=deadline)
 
-    def _transient_failures(self, batch: str, generation: int, keys: set[str]) -> set[str]:
-        """Prompts whose latest job failed transiently and that may be sent again
-        (``may_submit``: attempts left, and for a node app no job of its execution live or
-        completed: executing it again would pay again for those)."""
-        attempts, outputs = attempts_by_prompt(self.ledger.rows(self.scope, batch, generation))
-        return {
-            key
-            for key, rows in attempts.items()
-            if key in keys
-            and rows[-1].state == JobStatus.FAILED
-            and is_transient_job_error(rows[-1].error_code)
-            and may_submit(rows, self.max_attempts, outputs)
-        }
+    async def _failures_to_resend(
+        self,
+        client: AsyncKreaClient,
+        krea: KreaAccount,
+        batch: str,
+        generation: int,
+        keys: set[str],
+        checked: set[str],
+    ) -> set[str]:
+        """Prompts whose latest job failed and that may be sent again (``may_submit``: attempts
+        left, and for a node app no job of its execution live or completed: executing it again
+        would pay again for those): failed transiently, or failed because an uploaded file its
+        request names is gone at Krea (``forget_gone_uploads``: uploaded again before the
+        re-send). ``checked`` keeps each failed row's uploads from being asked about twice."""
+        rows = await asyncio.to_thread(self.ledger.rows, self.scope, batch, generation)
+        attempts, outputs = attempts_by_prompt(rows)
+        cache = self.ledger.upload_cache(krea.account_id)
+        resend: set[str] = set()
+        for key, tried in attempts.items():
+            latest = tried[-1]
+            if (
+                key not in keys
+                or latest.state != JobStatus.FAILED
+                or not may_submit(tried, self.max_attempts, outputs)
+            ):
+                continue
+            if is_transient_job_error(latest.error_code):
+                resend.add(key)
+            elif latest.submission_id not in checked:
+                checked.add(latest.submission_id)
+                if await forget_gone_uploads(client, cache, latest.request):
+                    resend.add(key)
+        return resend
 
     def _in_progress(
         self, batch: str, generation: int, keys: set[str], account: str

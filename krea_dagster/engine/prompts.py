@@ -46,17 +46,20 @@ import numpy as np
 import pandas as pd
 
 from krea_dagster.api.catalog import ModelCatalog, bundled_catalog, shorten
+from krea_dagster.api.json_values import JSONLimitError, is_number, load_json
 
 if TYPE_CHECKING:
     from krea_dagster.engine.references import CheckedReferences
 from krea_dagster.engine.table_rules import (
     RESERVED_COLUMNS,
-    exact_float,
+    exact_number,
+    image_object_problems,
     image_reference_problems,
     implied_bound_problems,
-    parse_number_text,
+    number_problems,
     prompt_text_problem,
     quoted,
+    size_conflict,
 )
 
 __all__ = [
@@ -290,6 +293,11 @@ def prepare_batch(
     problems.extend(column_problems)
 
     base = dict(defaults or {})
+    # A number no field can take (an integer of 400 digits, NaN) is reported once and left
+    # out, so the schema's rules do not report it again, differently.
+    for path, message in list(number_problems(base)):
+        problems.append(PromptProblem(None, path, "number", f"in the defaults: {message}"))
+        base.pop(_top_field(path), None)
     checked = dict(base)
     default_files: set[str] = set()  # paths of the defaults' file references (checked once)
     if references is not None:
@@ -319,6 +327,12 @@ def prepare_batch(
         problems.append(PromptProblem(None, name, rule, f"in the defaults: {message}"))
     for path, message in default_references.items():
         problems.append(PromptProblem(None, path, "imageReference", f"in the defaults: {message}"))
+    for path, rule, message in image_object_problems(base, fields):
+        problems.append(PromptProblem(None, path, rule, f"in the defaults: {message}"))
+    if (conflict := size_conflict(base, fields)) is not None:
+        problems.append(
+            PromptProblem(None, "aspect_ratio", "sizeConflict", f"in the defaults: {conflict}")
+        )
 
     records: list[dict[str, Any]] = []
     first_row_of_key: dict[str, int] = {}
@@ -382,6 +396,17 @@ def prepare_batch(
                     row_problems.append(PromptProblem(index, name, rule, message))
             for path, message in urls.items():
                 row_problems.append(PromptProblem(index, path, "imageReference", message))
+            for path, rule, message in image_object_problems(params, fields):
+                if _top_field(path) in own:
+                    row_problems.append(PromptProblem(index, path, rule, message))
+            conflict = size_conflict(params, fields)
+            sizing = {"aspect_ratio", "width", "height"} & set(params)
+            if conflict is not None and own & sizing:
+                inherited = ", ".join(sorted(sizing - own))
+                note = f" ({inherited} from the defaults)" if inherited else ""
+                row_problems.append(
+                    PromptProblem(index, "aspect_ratio", "sizeConflict", conflict + note)
+                )
         variant = _variant_cell(row.get(VARIANT_COLUMN))
         problems.extend(
             PromptProblem(p.row, p.column, p.rule, p.message, location) for p in row_problems
@@ -435,8 +460,8 @@ def prepare_batch(
                 "price",
                 f"no price is known for {model} ({unpriced} prompt(s) unpriced), so "
                 f"max_usd_per_run (${max_usd_per_run:g}) cannot be enforced: give price_usd=<USD "
-                "per request> to build_krea_image_assets (price_usd: in defs.yaml), or remove "
-                "max_usd_per_run",
+                "per request> (to build_krea_image_assets, to the step: KreaStep(price_usd=...), "
+                "or price_usd: in defs.yaml), or remove max_usd_per_run",
                 where(first_unpriced),
             )
         )
@@ -525,7 +550,9 @@ def _classify_columns(
                 )
             )
             continue
-        if column in RESERVED_COLUMNS and column not in model_fields:
+        # A model field named like a manifest column (width) is a parameter; as data it would
+        # collide with the column the package writes.
+        if column in RESERVED_COLUMNS and (column not in model_fields or column in carry):
             problems.append(
                 PromptProblem(
                     None,
@@ -631,39 +658,43 @@ def _variant_cell(value: Any) -> str:
 
 
 def _coerce(value: Any, spec: Any, row: int, column: str, problems: list[PromptProblem]) -> Any:
-    """A table cell as the JSON value the field takes; text from CSV gets parsed by type."""
+    """A table cell as the JSON value the field takes; text from CSV gets parsed by type.
+
+    Every number, wherever it sits (the cell itself, JSON inside it, a Parquet list), meets
+    the one number rule of ``table_rules`` before it can be sent.
+    """
     if _is_missing(value):
         return _UNSET
     types = set(spec.types)
-    if isinstance(value, Decimal):
-        value = str(value)  # a Parquet decimal column: read as exactly as its text
-    if isinstance(value, str):
+    if isinstance(value, str) and types & {"array", "object"}:
         text = value.strip()
-        if "array" in types or "object" in types:
-            try:
-                return json.loads(text)
-            except (json.JSONDecodeError, RecursionError):
-                if "array" in types and "string" in _item_types(spec):
-                    return [item.strip() for item in text.split(",") if item.strip()]
-                problems.append(
-                    PromptProblem(
-                        row, column, "type", f"{quoted(text)} is not valid JSON for a list"
-                    )
-                )
-                return _UNSET
-        if types & {"number", "integer"}:
-            number, problem = parse_number_text(text)
-            if problem is not None:
-                problems.append(PromptProblem(row, column, "type", problem))
-                return _UNSET
-            if number is None:
-                if "string" in types:
-                    return text
-                problems.append(
-                    PromptProblem(row, column, "type", f"{quoted(text)} is not a number")
-                )
-                return _UNSET
-            return _whole_if_needed(number, types, row, column, problems)
+        try:
+            value = load_json(text)
+        except JSONLimitError as error:
+            if "array" in types and "string" in _item_types(spec):
+                if text[:5].lower() == "data:":  # its own comma is not a list separator
+                    return [text]
+                return [item.strip() for item in text.split(",") if item.strip()]
+            problems.append(PromptProblem(row, column, "type", f"{quoted(text)} {error}"))
+            return _UNSET
+    if isinstance(value, list | tuple | dict):
+        found = list(number_problems(value, column))
+        problems.extend(PromptProblem(row, path, "number", message) for path, message in found)
+        return _UNSET if found else value
+    if types & {"number", "integer"} and (isinstance(value, str | Decimal) or is_number(value)):
+        number, problem = exact_number(value)
+        if problem is not None:
+            problems.append(PromptProblem(row, column, "type", problem))
+            return _UNSET
+        if number is None:
+            text = str(value).strip()
+            if "string" in types:
+                return text
+            problems.append(PromptProblem(row, column, "type", f"{quoted(text)} is not a number"))
+            return _UNSET
+        return _whole_if_needed(number, types, row, column, problems)
+    if isinstance(value, str | Decimal):
+        text = str(value).strip()  # a Parquet decimal in a text field: its exact text
         if "boolean" in types:
             lowered = text.lower()
             if lowered in ("true", "1", "yes"):
@@ -675,15 +706,8 @@ def _coerce(value: Any, spec: Any, row: int, column: str, problems: list[PromptP
             )
             return _UNSET
         return text
-    if isinstance(value, float | int) and not isinstance(value, bool):
-        if types & {"number", "integer"}:
-            number, problem = exact_float(value) if isinstance(value, float) else (value, None)
-            if problem is not None or number is None:
-                problems.append(PromptProblem(row, column, "type", problem or "not a number"))
-                return _UNSET
-            return _whole_if_needed(number, types, row, column, problems)
-        if "string" in types:
-            return _variant_cell(value)
+    if is_number(value) and "string" in types:
+        return _variant_cell(value)
     return value
 
 

@@ -40,7 +40,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from krea_dagster.api import AsyncKreaClient, KreaError, catalog
+from krea_dagster.api import AsyncKreaClient, BackendUnreachableError, KreaError, catalog
 from krea_dagster.api.reconcile import Reconciliation, SubmissionWindow
 from krea_dagster.engine.errors import ErrorCode
 from krea_dagster.engine.ledger import JobUpdate, Ledger, Submission, utcnow
@@ -102,7 +102,9 @@ class WindowUnplaceable(Exception):
 async def measured_offset(client: AsyncKreaClient) -> ClockBounds | None:
     """Krea's clock minus this host's, from the ``Date`` of Krea's recent answers.
 
-    Asks Krea once (``GET /jobs?limit=1``) when no answer is recent; None when it cannot.
+    Asks Krea once (``GET /jobs?limit=1``) when no answer is recent; None when it cannot,
+    and ``BackendUnreachableError`` when the base URL never answered as Krea: the POST this
+    measurement precedes is then never sent.
     """
 
     def recent() -> ClockBounds | None:
@@ -112,6 +114,8 @@ async def measured_offset(client: AsyncKreaClient) -> ClockBounds | None:
     if recent() is None:
         try:
             await client.list_jobs(limit=1)
+        except BackendUnreachableError:
+            raise  # no Krea at the base URL: what would be sent next cannot reach it either
         except KreaError:
             return None
     return recent()

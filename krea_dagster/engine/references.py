@@ -9,11 +9,14 @@ from the catalog by ``krea_dagster.api.media``) may be given as
 - an ``s3://`` URI (or another fsspec protocol), read through universal-pathlib.
 
 Files are read, hashed (SHA-256), checked (a type Krea accepts, recognised by its first bytes,
-images opened by Pillow; at most 75 MB) and uploaded once through ``POST /assets``: the
+images opened by Pillow; at most 75 MB; the kind its input takes: an image for ``image_urls``,
+a video for ``start_video``) and uploaded once through ``POST /assets``: the
 ``UploadCache`` maps a content hash to the asset URL, so the same bytes, under any name or
-from any source, are uploaded one time. ``MemoryUploadCache`` is the in-process cache; a
-ledger-backed one implements the same two methods. With zero data retention on, files become
-``data:`` URIs instead and nothing is uploaded (Krea requires it).
+from any source, are uploaded one time, until Krea no longer has the asset (deleted): then
+``forget_gone_uploads`` drops the entry and the next request that needs the file uploads it
+again. ``MemoryUploadCache`` is the in-process cache; a ledger-backed one implements the same
+methods. With zero data retention on, files become ``data:`` URIs instead and nothing is
+uploaded (Krea requires it).
 
 No Dagster import: this module is engine-level.
 """
@@ -28,27 +31,42 @@ import io
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Generic,
+    Literal,
+    NamedTuple,
+    Protocol,
+    TypeVar,
+    runtime_checkable,
+)
 from urllib.parse import unquote, urlsplit
 
+from krea_dagster.api.catalog import shorten
 from krea_dagster.api.client import AsyncKreaClient, KreaClient
-from krea_dagster.api.errors import InvalidUploadError
+from krea_dagster.api.errors import InvalidUploadError, KreaError, NotFoundError
+from krea_dagster.api.json_values import string_leaves
 from krea_dagster.api.media import MediaValue, find_media, media_paths, replace_media
 from krea_dagster.api.uploads import MAX_UPLOAD_BYTES, check_upload, to_data_uri
 from krea_dagster.engine.crashpoints import crash_point
 
 __all__ = [
+    "CachedUpload",
     "ImageReferenceError",
     "LoadedReference",
     "MemoryUploadCache",
     "ReferenceResolver",
     "ResolvedReference",
     "UploadCache",
+    "check_unchanged",
+    "forget_gone_uploads",
     "image_fields",
     "load_reference",
+    "media_kind_problem",
     "reference_kind",
 ]
 
@@ -63,6 +81,14 @@ _PILLOW_TYPES = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}
 
 class ImageReferenceError(InvalidUploadError):
     """A reference cannot be resolved (missing file, unknown scheme, refused type or size)."""
+
+
+class CachedUpload(NamedTuple):
+    """One file the cache holds as uploaded: its content hash, asset URL and asset id."""
+
+    sha256: str
+    url: str
+    asset_id: str | None
 
 
 @runtime_checkable
@@ -82,6 +108,14 @@ class UploadCache(Protocol):
         worker died, or its answer was lost): the asset may exist, so look for it in
         ``GET /assets`` before uploading again.
         """
+
+    def named(self, urls: Iterable[str]) -> list[CachedUpload]:
+        """The cached uploads whose asset URL is one of ``urls``."""
+
+    def forget(self, sha256: str, url: str) -> bool:
+        """Drop the entry of these bytes if it still names ``url`` (its asset is gone at Krea),
+        so the next resolve uploads them again. False when the entry names another URL (a
+        worker uploaded them again meanwhile) or there is none."""
 
 
 class MemoryUploadCache:
@@ -107,6 +141,24 @@ class MemoryUploadCache:
             interrupted = sha256 in self._started
             self._started.add(sha256)
         return interrupted
+
+    def named(self, urls: Iterable[str]) -> list[CachedUpload]:
+        wanted = set(urls)
+        with self._lock:
+            return [
+                CachedUpload(sha256, url, asset_id)
+                for sha256, (url, asset_id, _) in self.entries.items()
+                if url in wanted
+            ]
+
+    def forget(self, sha256: str, url: str) -> bool:
+        with self._lock:
+            entry = self.entries.get(sha256)
+            if entry is None or entry[0] != url:
+                return False
+            del self.entries[sha256]
+            self._started.discard(sha256)
+        return True
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -220,8 +272,6 @@ def _read_path(path: Any, source: str) -> bytes:
 
 
 def _short(text: str) -> str:
-    from krea_dagster.api.catalog import shorten
-
     return shorten(text, 300)
 
 
@@ -512,8 +562,10 @@ class CheckedReferences:
     ``s3://`` or another object store) by its ``upload_token``, so the request's identity (its
     prompt key) follows the file's content, not its name, and validation sees the request as
     it will be sent. ``data:`` URIs are checked and kept (Krea reads them inline); http(s)
-    URLs are left to the URL rule. ``sources`` maps each token to the file it came from, for
-    the upload just before the request is sent (``resolve_upload_tokens``).
+    URLs are left to the URL rule. A file of another kind than its input takes (a video in
+    ``image_urls``) is a problem. ``sources`` maps each token to the file it came from, for
+    the upload just before the request is sent (``check_unchanged``, then
+    ``resolve_upload_tokens``).
     """
 
     def __init__(
@@ -524,7 +576,7 @@ class CheckedReferences:
     ) -> None:
         self.base_dir = base_dir
         self.storage_options = dict(storage_options or {})
-        self._seen: dict[str, tuple[str, str] | ImageReferenceError] = {}
+        self._seen: dict[str, tuple[str, str, str] | ImageReferenceError] = {}
 
     def tokenize(
         self, model: str | None, params: Mapping[str, Any]
@@ -545,13 +597,16 @@ class CheckedReferences:
             if isinstance(outcome, ImageReferenceError):
                 problems.append((item.path, _reason(outcome, self.base_dir)))
                 continue
-            token, source = outcome
+            token, source, mime_type = outcome
+            if (wrong := media_kind_problem(item.path, mime_type)) is not None:
+                problems.append((item.path, f"{shorten(_display(source), 120)}: {wrong}"))
+                continue
             if token != item.value:
                 replacements[item.location] = token
                 sources[token] = source
         return replace_media(params, replacements, media), sources, problems
 
-    def _check(self, reference: str) -> tuple[str, str] | ImageReferenceError:
+    def _check(self, reference: str) -> tuple[str, str, str] | ImageReferenceError:
         if reference not in self._seen:
             try:
                 self._seen[reference] = self._load(reference)
@@ -559,13 +614,34 @@ class CheckedReferences:
                 self._seen[reference] = error
         return self._seen[reference]
 
-    def _load(self, reference: str) -> tuple[str, str]:
+    def _load(self, reference: str) -> tuple[str, str, str]:
         loaded = load_reference(
             reference.strip(), base_dir=self.base_dir, storage_options=self.storage_options
         )
         if reference_kind(reference) == "data":
-            return reference, reference  # checked; sent inline as it is
-        return upload_token(loaded.sha256), loaded.source
+            return reference, reference, loaded.mime_type  # checked; sent inline as it is
+        return upload_token(loaded.sha256), loaded.source, loaded.mime_type
+
+
+#: Words of an input's name that say which kind of file it takes, most specific first.
+_INPUT_KINDS = (("video", "video"), ("audio", "audio"), ("image", "image"), ("mask", "image"))
+
+
+def media_kind_problem(path: str, mime_type: str) -> str | None:
+    """Why a file of ``mime_type`` cannot go to the input at ``path`` (``image_urls[0]`` takes
+    an image, ``start_video`` a video, ``audio_url`` audio), or None. An input whose name says
+    no kind (``references[0].uri``) takes any file Krea accepts."""
+    name = path.lower()
+    for word, family in _INPUT_KINDS:
+        if word in name:
+            if mime_type.split("/", 1)[0] == family:
+                return None
+            article = "an" if family[0] in "aeiou" else "a"
+            return (
+                f"the file is {mime_type}, but {path} takes {article} {family} file; give "
+                f"{article} {family} here"
+            )
+    return None
 
 
 def reference_kind_or_none(reference: str) -> ReferenceKind | None:
@@ -583,14 +659,39 @@ _REFERENCE_KINDS = (
 
 
 def _reason(error: ImageReferenceError, base_dir: Any = None) -> str:
-    from krea_dagster.api.catalog import shorten
-
     source = f"{shorten(error.source, 120)}: " if error.source else ""
     reason = error.reason
     if reason == "no such file":
         where = str(base_dir) if base_dir is not None else "the project root"
         reason += "; " + _REFERENCE_KINDS.format(base=where)
     return f"{source}{reason}"
+
+
+def check_unchanged(files: Mapping[str, str]) -> None:
+    """Refuse, before anything is uploaded, files whose content is no longer what was validated.
+
+    ``files`` maps upload tokens to the files they came from (a batch's about to be sent). Each
+    file is read and hashed again, one at a time; a changed or missing file raises
+    ``ImageReferenceError`` naming every one of them.
+    """
+    problems: list[str] = []
+    for token, source in files.items():
+        try:
+            loaded = load_reference(source)
+        except ImageReferenceError as error:
+            problems.append(f"{_reason(error)} (validated, gone since)")
+            continue
+        if loaded.sha256 != token_sha256(token):
+            problems.append(
+                f"{shorten(_display(source), 120)}: the file changed after the batch was "
+                "validated (its content hash moved)"
+            )
+    if problems:
+        shown = "; ".join(problems[:10])
+        more = f"; and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise ImageReferenceError(
+            f"{shown}{more}. Materialize the step's prompts again to validate the new content"
+        )
 
 
 async def resolve_upload_tokens(
@@ -629,3 +730,44 @@ async def resolve_upload_tokens(
         return resolved.value
 
     return {key: await value(item) for key, item in request.items()}
+
+
+# -- an uploaded file Krea no longer has --------------------------------------------------------
+
+
+async def forget_gone_uploads(
+    client: AsyncKreaClient, cache: UploadCache, request: Mapping[str, Any]
+) -> list[CachedUpload]:
+    """The uploaded files ``request`` names whose asset Krea no longer has, each forgotten by
+    the cache, so resolving the file again uploads it once more.
+
+    Krea refuses a request naming a deleted asset ("Input file rejected"), and fails a job
+    whose asset was deleted before it ran; the cache would hand out the dead URL forever. The
+    evidence is Krea's own: ``GET /assets/{id}`` answering 404. Any other answer (the asset is
+    there, or Krea could not be asked) forgets nothing, so a refusal for another reason stays
+    one.
+    """
+    urls = {value for value in string_leaves(request) if "://" in value}
+    if not urls:
+        return []
+    named = await asyncio.to_thread(cache.named, urls)
+    gone: list[CachedUpload] = []
+    for upload in named:
+        if upload.asset_id is None:
+            continue
+        try:
+            await client.get_asset(upload.asset_id)
+        except NotFoundError:
+            gone.append(upload)
+            if await asyncio.to_thread(cache.forget, upload.sha256, upload.url):
+                logger.warning(
+                    "asset %s (file %s...) is gone at Krea: the file is uploaded again before "
+                    "its next use",
+                    upload.asset_id,
+                    upload.sha256[:12],
+                )
+        except KreaError as error:
+            logger.warning(
+                "could not check asset %s at Krea (%s); its upload is kept", upload.asset_id, error
+            )
+    return gone

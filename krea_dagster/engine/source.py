@@ -19,9 +19,9 @@ import csv
 import hashlib
 import io
 import os
-import re
+import stat
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +31,7 @@ import pandas as pd
 from upath import UPath
 
 from krea_dagster.api.catalog import shorten
+from krea_dagster.engine.names import batch_name_problem
 
 __all__ = [
     "BATCH_COLUMN",
@@ -39,13 +40,12 @@ __all__ = [
     "FileScan",
     "PromptSource",
     "PromptSourceError",
-    "batch_name_problem",
     "remote_fingerprint",
+    "skipped_summary",
 ]
 
 BATCH_COLUMN = "batch"
 SUPPORTED_SUFFIXES = (".csv", ".parquet", ".pq")
-BATCH_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 SPREADSHEET_SUFFIXES = (".xlsx", ".xls", ".xlsm", ".ods", ".numbers")
 #: Most badly shaped lines one error lists (it counts the rest).
 MAX_LISTED_LINES = 10
@@ -54,17 +54,6 @@ MAX_LISTED_LINES = 10
 RACY_SECONDS = 2.0
 #: Largest CSV cell read (the csv module's default limit is 128 KiB).
 MAX_CELL_CHARS = 16 * 1024 * 1024
-
-
-def batch_name_problem(name: str) -> str | None:
-    """Why ``name`` cannot be a batch (a dynamic partition key), or None when it can."""
-    if BATCH_KEY_RE.match(name):
-        return None
-    return (
-        f"batch name {shorten(name)!r} is not a valid partition key: use letters, digits, "
-        "'_', '-' or '.' (at most 128 characters, not starting with a symbol) in the file name "
-        "or batch column"
-    )
 
 
 class PromptSourceError(ValueError):
@@ -83,10 +72,15 @@ class BatchInfo:
 
 @dataclass(frozen=True)
 class BatchProblem:
-    """A file that could not become a batch (or was not read at all), and why."""
+    """A file that could not become a batch (or was not read at all), and why.
+
+    ``reason`` is a short category (``"not a prompt table"``, ``"a folder"``...) by which many
+    skipped files are counted in one line instead of listed one by one.
+    """
 
     file: str
     message: str
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -151,47 +145,30 @@ class PromptSource:
         return UPath(self.directory)
 
     def files(self) -> list[UPath]:
-        root = self.path
-        if not root.exists():
-            return []
-        return sorted(
-            (
-                entry
-                for entry in root.iterdir()
-                if entry.is_file()
-                and entry.suffix.lower() in SUPPORTED_SUFFIXES
-                and not entry.name.startswith(".")
-            ),
-            key=lambda entry: entry.name,
-        )
+        """The prompt files that are read, by name (see ``skipped`` for the others)."""
+        return self._entries()[0]
 
     def skipped(self) -> list[BatchProblem]:
         """Entries of the directory that are not read as prompt tables, each with the reason."""
+        return self._entries()[1]
+
+    def _entries(self) -> tuple[list[UPath], list[BatchProblem]]:
+        """One listing of the directory: the readable prompt files, and every other entry with
+        why it is not read. A named pipe or a device is never opened (reading one blocks)."""
         root = self.path
         if not root.exists():
-            return []
-        skipped = []
+            return [], []
+        files: list[UPath] = []
+        skipped: list[BatchProblem] = []
         for entry in sorted(root.iterdir(), key=lambda entry: entry.name):
             name = entry.name
-            suffix = entry.suffix.lower()
-            if entry.is_dir():
-                reason = "a folder: sub-folders are not read; move its files up to use them"
-            elif name.startswith("."):
-                reason = "a hidden file (its name starts with '.'): not read"
-            elif suffix in SUPPORTED_SUFFIXES:
-                continue
-            elif suffix in SPREADSHEET_SUFFIXES:
-                reason = (
-                    "a spreadsheet: not read; save it as 'CSV UTF-8' (or Parquet) in this folder "
-                    "to use it"
-                )
+            reason = _skip_reason(entry) if _is_local(entry) else _remote_skip_reason(entry)
+            if reason is None:
+                files.append(entry)
             else:
-                reason = (
-                    f"not a prompt table: only {', '.join(SUPPORTED_SUFFIXES)} files are read; "
-                    "rename it if it is a CSV table, or move it out of the folder"
-                )
-            skipped.append(BatchProblem(shorten(name, 120), f"skipped, {reason}"))
-        return skipped
+                kind, text = reason
+                skipped.append(BatchProblem(shorten(name, 120), f"skipped, {text}", kind))
+        return files, skipped
 
     def _listing(self) -> list[tuple[UPath, str | None]]:
         """The prompt files (as ``files()``) with their cheap fingerprints, one listing call."""
@@ -264,7 +241,7 @@ class PromptSource:
         problems: list[BatchProblem] = []
         for name in sorted(scans):
             scan = scans[name]
-            problems.extend(BatchProblem(name, message) for message in scan.problems)
+            problems.extend(BatchProblem(shorten(name, 120), message) for message in scan.problems)
             for batch, digest, count in scan.parts:
                 files, digests, rows = batches.setdefault(batch, ([], [], 0))
                 files.append(name)
@@ -309,6 +286,9 @@ class PromptSource:
                     origins.append(file.name)
                     locations.extend(f"{file.name} {unit} {number}" for number in part.index)
         if not parts:
+            for entry in self.skipped():
+                if Path(entry.file).stem == batch and entry.reason not in ("", "hidden"):
+                    raise PromptSourceError(f"batch {batch!r}: {entry.file}: {entry.message}")
             raise PromptSourceError(
                 f"batch {batch!r} is not in {self.directory}: add {batch}.csv (or rows with "
                 f"{self.batch_column}={batch}) or remove the partition"
@@ -323,6 +303,109 @@ class PromptSource:
         for value, part in frame.groupby(self.batch_column, sort=True, dropna=False):
             name = "" if _is_missing(value) else str(value).strip()
             yield name or file.stem, part
+
+
+_NOT_A_TABLE = (
+    f"not a prompt table: only {', '.join(SUPPORTED_SUFFIXES)} files are read; rename it if it "
+    "is a CSV table, or move it out of the folder"
+)
+_SPREADSHEET = (
+    "a spreadsheet: not read; save it as 'CSV UTF-8' (or Parquet) in this folder to use it"
+)
+_FOLDER = "a folder: sub-folders are not read; move its files up to use them"
+_HIDDEN = "a hidden file (its name starts with '.'): not read"
+
+
+def _by_name(name: str) -> tuple[str, str] | None:
+    """Why a regular file is not read, judging by its name alone (None: it is a prompt file)."""
+    suffix = Path(name).suffix.lower()
+    if name.startswith("."):
+        return "hidden", _HIDDEN
+    if suffix in SUPPORTED_SUFFIXES:
+        return None
+    if suffix in SPREADSHEET_SUFFIXES:
+        return "a spreadsheet", _SPREADSHEET
+    return "not a prompt table", _NOT_A_TABLE
+
+
+def _skip_reason(entry: UPath | Path) -> tuple[str, str] | None:
+    """Why a local directory entry is not read, as ``(category, text)``; None to read it.
+
+    Only ``lstat``/``stat`` look at the entry: a FIFO or a device is never opened, and a
+    prompt file is opened only to prove it can be read.
+    """
+    path = str(entry)
+    try:
+        link = os.lstat(path)
+    except OSError as error:
+        return "cannot be read", f"cannot be read ({error.strerror or error}); check the entry"
+    try:
+        info = os.stat(path)
+    except OSError as error:
+        if stat.S_ISLNK(link.st_mode):
+            target = shorten(os.readlink(path), 120)
+            return (
+                "a broken symbolic link",
+                f"a broken symbolic link (its target {target!r} "
+                f"{'does not exist' if isinstance(error, FileNotFoundError) else 'cannot be reached'}); "
+                "fix or remove the link",
+            )
+        return "cannot be read", f"cannot be read ({error.strerror or error}); check the entry"
+    if stat.S_ISDIR(info.st_mode):
+        return "a folder", _FOLDER
+    if not stat.S_ISREG(info.st_mode):
+        kind = (
+            "a named pipe (FIFO)"
+            if stat.S_ISFIFO(info.st_mode)
+            else "a socket"
+            if stat.S_ISSOCK(info.st_mode)
+            else "a device"
+        )
+        return (
+            "not a regular file",
+            f"{kind}, not a regular file: never opened (reading it could block the sensor); "
+            "write the prompt table as an ordinary file",
+        )
+    if (by_name := _by_name(entry.name)) is not None:
+        return by_name
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as error:
+        return (
+            "cannot be read",
+            f"cannot be read ({error.strerror or type(error).__name__}); give the user that "
+            "runs Dagster read access to it, or move it out of the folder",
+        )
+    return None
+
+
+def _remote_skip_reason(entry: UPath) -> tuple[str, str] | None:
+    """Why an object-store entry is not read (a prefix is a folder); None to read it."""
+    if entry.is_dir():
+        return "a folder", _FOLDER
+    return _by_name(entry.name)
+
+
+def skipped_summary(skipped: Sequence[BatchProblem], *, listed: int = 10, examples: int = 3) -> str:
+    """One line for any number of skipped entries.
+
+    Up to ``listed`` entries are named each with its reason; beyond that they are counted by
+    reason with the first few names, so 3,000 photos dropped in the prompt folder make one
+    short line, not 3,000 warnings.
+    """
+    if len(skipped) <= listed:
+        return "; ".join(f"{entry.file}: {entry.message}" for entry in skipped)
+    groups: dict[str, list[BatchProblem]] = {}
+    for entry in skipped:
+        groups.setdefault(entry.reason or entry.message, []).append(entry)
+    parts = []
+    for entries in groups.values():
+        names = ", ".join(repr(entry.file) for entry in entries[:examples])
+        more = f" and {len(entries) - examples} more" if len(entries) > examples else ""
+        message = entries[0].message.removeprefix("skipped, ")
+        parts.append(f"{len(entries)} x {message} ({names}{more})")
+    return f"{len(skipped)} entries skipped: " + "; ".join(parts)
 
 
 def _is_missing(value: Any) -> bool:
@@ -356,13 +439,32 @@ def read_table(file: UPath | Path) -> pd.DataFrame:
             return _read_csv_text(text, file.name)
         with file.open("rb") as handle:
             frame = pd.read_parquet(handle)
-        frame.index = pd.RangeIndex(1, len(frame) + 1)
-        return frame
+        return _index_as_columns(frame, file.name)
     except PromptSourceError:
         raise
     except (OSError, ValueError) as error:
         detail = shorten(f"{type(error).__name__}: {error}", 300)
         raise PromptSourceError(f"{file.name}: cannot be read ({detail})") from None
+
+
+def _index_as_columns(frame: pd.DataFrame, name: str) -> pd.DataFrame:
+    """A Parquet table with its named index levels as ordinary columns, indexed by row.
+
+    pandas writes a named index (``df.set_index("batch").to_parquet(...)``) as index metadata,
+    not as a column: dropping it would lose the ``batch`` split, or any other column, silently.
+    An unnamed index is row numbering and is dropped.
+    """
+    named = [level for level in frame.index.names if level is not None]
+    if named:
+        clash = [str(level) for level in named if level in frame.columns]
+        if clash:
+            raise PromptSourceError(
+                f"{name}: {shorten(clash[0])!r} is both an index level and a column; save the "
+                "table with df.reset_index() (or index=False) so each column appears once"
+            )
+        frame = frame.reset_index(level=named)
+    frame.index = pd.RangeIndex(1, len(frame) + 1)
+    return frame
 
 
 @contextmanager
@@ -381,6 +483,7 @@ def _read_csv_text(text: str, name: str) -> pd.DataFrame:
     header: list[str] | None = None
     bad: list[str] = []
     bad_count = 0
+    repeated: list[int] = []
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     with _csv_cell_limit(MAX_CELL_CHARS):
         try:
@@ -404,6 +507,9 @@ def _read_csv_text(text: str, name: str) -> pd.DataFrame:
                             f"(line {header_line}) has {len(header)}"
                         )
                     continue
+                if _repeats_header(fields, header):
+                    repeated.append(start)
+                    continue
                 records.append(fields)
                 lines.append(start)
         except csv.Error as error:
@@ -424,6 +530,18 @@ def _read_csv_text(text: str, name: str) -> pd.DataFrame:
             + more
             + '. Nothing of the file is used: quote cells that contain commas ("a, b"), and '
             "give every row one field per column (an empty cell is fine: a,,c)"
+        )
+    if repeated:
+        shown = ", ".join(str(line) for line in repeated[:MAX_LISTED_LINES])
+        more = (
+            f" and {len(repeated) - MAX_LISTED_LINES} more"
+            if len(repeated) > MAX_LISTED_LINES
+            else ""
+        )
+        raise PromptSourceError(
+            f"{name}: line(s) {shown}{more} repeat the header (line {header_line}): two CSV "
+            "files pasted together? Nothing of the file is used: delete the repeated header "
+            "line(s), and check that the rows after them have the same columns"
         )
     seen: dict[str, int] = {}
     for position, column in enumerate(header, start=1):
@@ -449,6 +567,19 @@ def _read_csv_text(text: str, name: str) -> pd.DataFrame:
     frame = frame[keep]
     frame.columns = [header[position] for position in keep]
     return frame
+
+
+def _repeats_header(fields: list[str], header: list[str]) -> bool:
+    """Whether a data row is a header line: the header's names again (case and spaces aside),
+    or a prompt cell holding the word ``prompt`` under a ``prompt`` column (a second file's
+    header, pasted below the first one's rows, whatever its other columns)."""
+    cells = [field.strip().lower() for field in fields]
+    names = [column.strip().lower() for column in header]
+    if cells == names:
+        return True
+    return any(
+        name == "prompt" and cell == "prompt" for name, cell in zip(names, cells, strict=True)
+    )
 
 
 def _is_local(path: UPath) -> bool:

@@ -22,10 +22,16 @@ what happened                           ledger row                    the batch
 connection lost after send, 5xx, read   ``unknown``, then reconciled  goes on once the window
 timeout                                 at once (lease still held)    has closed
 400 / 422 (Krea refused the body)       ``not_created`` (rejected)    goes on
+400 / 422 naming an upload Krea no      ``not_created``               goes on; the file is
+longer has (its asset was deleted)      (``stale_upload``)            uploaded again and the
+                                                                      prompt re-sent
 402 (balance exhausted)                 ``not_created``               stops
 401 / 403                               ``not_created``               stops
 429 beyond the client's budget          ``not_created``               stops (transient)
 never reached Krea (connect errors)     ``not_created``               stops (transient)
+base URL never answered (no server,     ``not_created``               stops (no retry unless
+no such host, a web server's 404)                                     Krea answered the
+                                                                      batch before)
 ======================================  ============================  ======================
 """
 
@@ -44,6 +50,7 @@ from krea_dagster.api import (
     APIStatusError,
     AsyncKreaClient,
     AuthenticationError,
+    BackendUnreachableError,
     BadRequestError,
     InsufficientCreditsError,
     Job,
@@ -67,6 +74,7 @@ from krea_dagster.engine.reconcile import (
     reconcile,
     window_seconds,
 )
+from krea_dagster.engine.references import forget_gone_uploads
 
 __all__ = ["BatchSubmitter", "PlannedPrompt", "SubmitReport"]
 
@@ -304,7 +312,17 @@ class BatchSubmitter:
                 await asyncio.to_thread(self.ledger.get, row.submission_id)
             )
             report.reconciled.append(outcome)
-        except (BadRequestError, UnprocessableEntityError, RequestValidationError) as error:
+        except (BadRequestError, UnprocessableEntityError) as error:
+            # Krea refuses a request naming a deleted asset ("Input file rejected"). When an
+            # upload this request names is gone, the refusal is the cache's, not the prompt's:
+            # the entry is forgotten and the prompt re-sent (nothing was created, nothing owed).
+            gone = await forget_gone_uploads(
+                self.client, self.ledger.upload_cache(self.account), prompt.request
+            )
+            await self._not_created(
+                row, ErrorCode.STALE_UPLOAD if gone else ErrorCode.REJECTED, error
+            )
+        except RequestValidationError as error:
             await self._not_created(row, ErrorCode.REJECTED, error)
         except InsufficientCreditsError as error:
             await self._not_created(row, ErrorCode.INSUFFICIENT_CREDITS, error, stop=True)
@@ -312,6 +330,11 @@ class BatchSubmitter:
             await self._not_created(row, ErrorCode.UNAUTHORIZED, error, stop=True)
         except RateLimitError as error:
             await self._not_created(row, ErrorCode.RATE_LIMITED, error, stop=True, transient=True)
+        except BackendUnreachableError as error:
+            # The base URL never answered this client. A setting to fix (the batch stops at
+            # once, no retry), unless Krea answered this batch before: then it is an outage.
+            answered = await asyncio.to_thread(self._answered_before)
+            await self._not_created(row, ErrorCode.NOT_SENT, error, stop=True, transient=answered)
         except APIConnectionError as error:
             await self._not_created(row, ErrorCode.NOT_SENT, error, stop=True, transient=True)
         except APIStatusError as error:
@@ -375,6 +398,13 @@ class BatchSubmitter:
                 for sent in jobs:
                     self._live[sent.job_id] = row
         return None
+
+    def _answered_before(self) -> bool:
+        """Whether Krea answered a POST of this batch generation (in this run or an earlier)."""
+        if self._report.submitted:
+            return True
+        rows = self.ledger.latest(self.scope, self.batch, self.generation)
+        return any(row.job_id for row in rows.values())
 
     async def _post(self, row: Submission, prompt: PlannedPrompt) -> list[Job]:
         """The POST of one row: ``/generate/...`` makes one job, a node app's execute several."""

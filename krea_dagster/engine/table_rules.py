@@ -19,7 +19,8 @@ batch (and to the builder's defaults):
 Nothing here imports Dagster.
 """
 
-import math
+import difflib
+import ipaddress
 import re
 import unicodedata
 from collections.abc import Iterator, Mapping
@@ -29,6 +30,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from krea_dagster.api.catalog import FieldSpec, shorten
+from krea_dagster.api.json_values import (
+    is_number,
+    is_whole_number,
+    number_problem,
+    show_number,
+)
 
 __all__ = [
     "IMPLIED_BOUNDS",
@@ -36,11 +43,15 @@ __all__ = [
     "ImpliedBound",
     "check_image_reference",
     "exact_float",
+    "exact_number",
+    "image_object_problems",
     "image_reference_problems",
     "implied_bound_problems",
+    "number_problems",
     "parse_number_text",
     "prompt_text_problem",
     "quoted",
+    "size_conflict",
 ]
 
 #: Columns the prompts table and the manifest write themselves. A prompt table column with one
@@ -80,8 +91,8 @@ MAX_NUMBER_CHARS = 40
 MAX_EXACT_FLOAT_INTEGER = 2**53
 SEED_MAX = 2**32 - 1
 
-_INTEGER_TEXT = re.compile(r"^[+-]?[0-9]+$")
-_DECIMAL_TEXT = re.compile(r"^[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$")
+_INTEGER_TEXT = re.compile(r"[+-]?[0-9]+")
+_DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _NON_FINITE_TEXT = frozenset(
     sign + word for sign in ("", "+", "-") for word in ("nan", "inf", "infinity")
 )
@@ -105,15 +116,15 @@ def parse_number_text(text: str) -> tuple[int | float | None, str | None]:
     if text.lower() in _NON_FINITE_TEXT:
         return None, f"{quoted(text)} is not a finite number"
     if len(text) > MAX_NUMBER_CHARS:
-        if _INTEGER_TEXT.match(text) or _DECIMAL_TEXT.match(text):
+        if _INTEGER_TEXT.fullmatch(text) or _DECIMAL_TEXT.fullmatch(text):
             return None, (
                 f"a number of {len(text)} characters is outside every field's range "
                 f"(at most {MAX_NUMBER_CHARS} characters are read)"
             )
         return None, None
-    if _INTEGER_TEXT.match(text):
+    if _INTEGER_TEXT.fullmatch(text):
         return int(text), None
-    if not _DECIMAL_TEXT.match(text):
+    if not _DECIMAL_TEXT.fullmatch(text):
         return None, None
     try:
         number = Decimal(text)
@@ -134,8 +145,8 @@ def parse_number_text(text: str) -> tuple[int | float | None, str | None]:
 
 def exact_float(value: float) -> tuple[int | float | None, str | None]:
     """A float cell (Parquet, or a float-typed column) as an exact number, or a problem."""
-    if not math.isfinite(value):
-        return None, f"{value!r} is not a finite number"
+    if (problem := number_problem(value)) is not None:
+        return None, problem
     if value.is_integer():
         if abs(value) > MAX_EXACT_FLOAT_INTEGER:
             return None, (
@@ -144,6 +155,38 @@ def exact_float(value: float) -> tuple[int | float | None, str | None]:
             )
         return int(value), None
     return value, None
+
+
+def exact_number(value: Any) -> tuple[Any, str | None]:
+    """A cell's number as the exact value to send, or a problem: one rule for every carrier.
+
+    Text is parsed exactly (``parse_number_text``; not a number: ``(None, None)``), a Parquet
+    decimal as its text, a float by ``exact_float``, an int of any size by ``number_problem``.
+    """
+    if isinstance(value, Decimal):
+        value = str(value)
+    if isinstance(value, str):
+        return parse_number_text(value.strip())
+    if isinstance(value, float):
+        return exact_float(value)
+    if is_number(value):
+        problem = number_problem(value)
+        return (None, problem) if problem is not None else (value, None)
+    return None, None
+
+
+def number_problems(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """``(path, message)`` for every number inside ``value`` (lists, objects) that cannot be
+    sent: the rule of ``number_problem`` applied to JSON cells, Parquet lists and defaults."""
+    if is_number(value):
+        if (problem := number_problem(value)) is not None:
+            yield path, problem
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from number_problems(item, f"{path}[{index}]")
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from number_problems(item, f"{path}.{key}" if path else str(key))
 
 
 # -- bounds the schema leaves out -----------------------------------------------------------
@@ -160,10 +203,35 @@ class ImpliedBound:
     reason: str
 
 
-_POSITIVE_SIZE = ImpliedBound(1, None, True, False, "a size in pixels is a positive whole number")
-_POSITIVE_COUNT = ImpliedBound(1, None, True, False, "a count is a positive whole number")
+#: The largest side any Krea model's schema accepts for an image it renders (Flux 1.1 Pro
+#: Ultra, Imagen, Ideogram, Luma: 8192 px); enhance models declare their own, larger bounds.
+MAX_IMAGE_SIDE = 8192
+#: The most steps any Krea model's schema accepts (Flux: 100).
+MAX_STEPS = 100
+#: The most frames any Krea video schema accepts (481).
+MAX_FRAMES = 481
+#: The longest video any Krea schema accepts is 15 s; four times that leaves room.
+MAX_DURATION_SECONDS = 60
 
-#: Applied only where the model's schema has no minimum (or, for the seed, no maximum).
+_SIZE = ImpliedBound(
+    1,
+    MAX_IMAGE_SIDE,
+    True,
+    False,
+    f"a size in pixels is a whole number from 1 to {MAX_IMAGE_SIDE}, the largest any Krea "
+    "model renders",
+)
+_STEPS = ImpliedBound(
+    1,
+    MAX_STEPS,
+    True,
+    False,
+    f"a step count is a whole number from 1 to {MAX_STEPS}, the most any Krea model takes",
+)
+
+#: Applied only where the model's schema has no bound of its own on that side: the documented
+#: ranges of what Krea's models accept, so a number far outside anything a model renders is
+#: refused before it is paid for.
 IMPLIED_BOUNDS: Mapping[str, ImpliedBound] = {
     "seed": ImpliedBound(
         0,
@@ -172,12 +240,24 @@ IMPLIED_BOUNDS: Mapping[str, ImpliedBound] = {
         False,
         f"Krea's seeds are whole numbers from 0 to {SEED_MAX}",
     ),
-    "width": _POSITIVE_SIZE,
-    "height": _POSITIVE_SIZE,
-    "steps": _POSITIVE_COUNT,
-    "num_inference_steps": _POSITIVE_COUNT,
-    "frame_num": _POSITIVE_COUNT,
-    "duration": ImpliedBound(0, None, False, True, "a duration is a positive number of seconds"),
+    "width": _SIZE,
+    "height": _SIZE,
+    "steps": _STEPS,
+    "num_inference_steps": _STEPS,
+    "frame_num": ImpliedBound(
+        1,
+        MAX_FRAMES,
+        True,
+        False,
+        f"a frame count is a whole number from 1 to {MAX_FRAMES}, the most any Krea model takes",
+    ),
+    "duration": ImpliedBound(
+        0,
+        MAX_DURATION_SECONDS,
+        False,
+        True,
+        f"a duration is a positive number of seconds, at most {MAX_DURATION_SECONDS}",
+    ),
 }
 
 
@@ -194,7 +274,7 @@ def implied_bound_problems(
         has_maximum = spec.maximum is not None or spec.exclusive_maximum is not None
         hint = f"{bound.reason}; fix the value"
         shown = _shown_number(value)
-        if bound.whole and not (has_minimum and has_maximum) and not float(value).is_integer():
+        if bound.whole and not (has_minimum and has_maximum) and not is_whole_number(value):
             yield name, "type", f"{shown} is not a whole number ({hint})"
             continue
         if not has_minimum:
@@ -212,8 +292,23 @@ def implied_bound_problems(
 
 
 def _shown_number(value: float) -> str:
-    text = str(int(value)) if isinstance(value, int) else repr(value)
-    return shorten(text)
+    return show_number(value)
+
+
+def size_conflict(params: Mapping[str, Any], fields: Mapping[str, FieldSpec]) -> str | None:
+    """Why a request sizes its image two ways (``aspect_ratio`` and ``width``/``height``).
+
+    Models that take both (Nano Banana, ChatGPT 2) size the image from one or the other;
+    with both, which one wins is Krea's guess, and the image may not be the one asked for.
+    """
+    sides = [name for name in ("width", "height") if name in params and name in fields]
+    if "aspect_ratio" not in params or "aspect_ratio" not in fields or not sides:
+        return None
+    return (
+        f"aspect_ratio {quoted(params['aspect_ratio'])} and {' and '.join(sides)} are both set; "
+        "size the image one way: aspect_ratio (with resolution) or width and height, and "
+        "leave the other empty"
+    )
 
 
 # -- prompt text ----------------------------------------------------------------------------
@@ -239,28 +334,42 @@ _UPLOAD_LATER = (
 )
 _OBJECT_STORE_SCHEMES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "file", "hf"}
 _WINDOWS_PATH = re.compile(r"^[A-Za-z]:[\\/]")
-_IMAGE_SUFFIX = re.compile(r"\.(png|jpe?g|webp|gif|heic|heif|avif|bmp|tiff?)$", re.IGNORECASE)
+_IMAGE_SUFFIX = re.compile(r"\.(png|jpe?g|webp|gif|heic|heif|avif|bmp|tiff?)\Z", re.IGNORECASE)
 
 
 def check_image_reference(value: str) -> str | None:
     """Why Krea cannot fetch this image reference, or None when it can.
 
-    The one place that decides what an image cell may hold: an ``http(s)`` URL with a host, or
-    a ``data:image/...`` URI. Local paths and object-store URIs are refused here with a message
-    that points at workflow nodes, which upload them (``krea_dagster.engine.references``).
+    The one place that decides what an image cell may hold: an ``http(s)`` URL of a host on
+    the internet, or a ``data:image/...`` URI. Local paths
+    and object-store URIs are refused here with a message that points at workflow nodes,
+    which upload them (``krea_dagster.engine.references``). A loopback or private-network host
+    is refused too: Krea fetches images from the internet. (A node's own files reach this rule
+    as upload tokens, https URLs of a reserved ``.invalid`` host, uploaded just before sending.)
     """
     shown = quoted(value)
     if value != value.strip() or any(char.isspace() for char in value):
         return f"{shown} contains spaces; an image URL has none (encode them as %20)"
     if _WINDOWS_PATH.match(value) or value.startswith(("/", "./", "../", "~", "\\")):
         return f"{shown} is a local path; {_UPLOAD_LATER}"
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+    except ValueError:  # an unbalanced IPv6 bracket, a bad port
+        return f"{shown} is not a well-formed URL; use an https:// URL (or a data:image/... URI)"
     scheme = parts.scheme.lower()
     if scheme in ("http", "https"):
-        if not parts.hostname:
+        if not host:
             return f"{shown} has no host name; write the whole URL (https://host/path)"
+        if (where := _private_host(host)) is not None:
+            return (
+                f"{shown} points at {where}, which Krea's servers cannot reach (they fetch "
+                "images from the internet); use a public https:// URL, or build the step with "
+                "build_krea_workflow, which uploads local files"
+            )
         return None
     if scheme == "data":
+        # Its bytes are decoded and checked with the node's files (engine.references).
         if not value[5:].lower().startswith("image/"):
             return f"{shown} is a data URI but not an image; use data:image/png;base64,..."
         return None
@@ -269,6 +378,78 @@ def check_image_reference(value: str) -> str | None:
     if not scheme and ("/" in value or "\\" in value or _IMAGE_SUFFIX.search(value)):
         return f"{shown} is a local path; {_UPLOAD_LATER}"
     return f"{shown} is not an image URL; use an https:// URL (or a data:image/... URI)"
+
+
+#: Names that never resolve on the internet (RFC 6761, 6762, 8375 and common private zones).
+_PRIVATE_SUFFIXES = (".localhost", ".local", ".internal", ".lan", ".home.arpa", ".intranet")
+
+
+def _private_host(host: str) -> str | None:
+    """What kind of non-public host ``host`` is (``a loopback address``...), or None."""
+    host = host.lower().rstrip(".")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        if host == "localhost" or host.endswith(_PRIVATE_SUFFIXES):
+            return f"a host of this machine or network ({host})"
+        if "." not in host:
+            return f"a host name without a domain ({host}), known only on a local network"
+        return None
+    if address.is_loopback:
+        return f"a loopback address ({host})"
+    if address.is_unspecified or address.is_link_local or address.is_multicast:
+        return f"a non-routable address ({host})"
+    if address.is_private or address.is_reserved or not address.is_global:
+        return f"a private-network address ({host})"
+    return None
+
+
+def image_object_problems(
+    params: Mapping[str, Any], fields: Mapping[str, FieldSpec]
+) -> Iterator[tuple[str, str, str]]:
+    """``(path, rule, message)`` for objects of a list field that Krea would misread.
+
+    Where the schema declares an object's fields but leaves the object open (a style image
+    ``{url, strength}``, a style ``{id, strength}``), a key it does not declare (``URL``,
+    ``Strength``) is a typo Krea ignores, and an image object without its ``url`` names no
+    image: both are refused, as the schema's closed top level is.
+    """
+    for name, value in params.items():
+        spec = fields.get(name)
+        if spec is not None:
+            yield from _walk_objects(value, spec, name)
+
+
+def _walk_objects(value: Any, spec: FieldSpec, path: str) -> Iterator[tuple[str, str, str]]:
+    if isinstance(value, list | tuple) and spec.items is not None:
+        for index, item in enumerate(value):
+            yield from _walk_objects(item, spec.items, f"{path}[{index}]")
+        return
+    if not isinstance(value, Mapping) or not spec.properties:
+        return
+    declared = spec.properties
+    for key, item in value.items():
+        sub = declared.get(str(key))
+        if sub is None:
+            close = [
+                n for n in declared if n.lower() == str(key).lower()
+            ] or difflib.get_close_matches(str(key), list(declared), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            yield (
+                f"{path}.{key}",
+                "additionalProperties",
+                f"{quoted(key)} is not a field of these objects (fields: "
+                f"{', '.join(sorted(declared))}){hint}",
+            )
+        else:
+            yield from _walk_objects(item, sub, f"{path}.{key}")
+    url = declared.get("url")
+    if url is not None and url.format == "uri" and "url" not in value:
+        yield (
+            f"{path}.url",
+            "required",
+            "the object has no 'url', so it names no image; add the image's https:// URL",
+        )
 
 
 def _is_image_field(name: str) -> bool:

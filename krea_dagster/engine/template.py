@@ -9,10 +9,12 @@ is exactly one placeholder keeps the cell's own type (a list cell stays a list).
 
 import hashlib
 import json
+import os
 import string
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 __all__ = ["TemplateError", "placeholders", "render", "render_value", "template_version"]
@@ -59,6 +61,8 @@ def _cell(row: Mapping[str, Any], column: str) -> Any:
         known = ", ".join(sorted(map(str, row))[:20])
         raise TemplateError(column, f"the table has no such column (it has: {known})")
     value = row[column]
+    if isinstance(value, np.ndarray):
+        value = value.tolist()  # a Parquet list cell: a list, like any other
     if value is None or (not isinstance(value, list | tuple | dict) and pd.isna(value)):
         raise TemplateError(column, "the cell is empty; fill it or change the template")
     if isinstance(value, str) and not value.strip():
@@ -67,9 +71,24 @@ def _cell(row: Mapping[str, Any], column: str) -> Any:
 
 
 def render(template: str, row: Mapping[str, Any]) -> str:
-    """The template with every placeholder replaced by the row's cell (strictly)."""
-    values = {name: _cell(row, name) for name in placeholders(template)}
-    return template.format_map({k: v if isinstance(v, str) else str(v) for k, v in values.items()})
+    """The template with every placeholder replaced by the row's cell (strictly).
+
+    A placeholder is a column's whole name: ``{a.b}`` is the column ``a.b`` and ``{0}`` the
+    column ``0``, never an attribute or a position, as ``str.format`` would read them.
+    """
+    placeholders(template)  # refuses a malformed template, naming it
+    parts: list[str] = []
+    for literal, field, _spec, _conversion in _FORMATTER.parse(template):
+        parts.append(literal)
+        if field is not None:
+            cell = _cell(row, field)
+            parts.append(cell if isinstance(cell, str) else str(_plain_path(cell)))
+    return "".join(parts)
+
+
+def _plain_path(value: Any) -> Any:
+    """A path object as its text (a table may hold ``pathlib.Path`` cells)."""
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
 def render_value(value: Any, row: Mapping[str, Any]) -> Any:
@@ -77,7 +96,7 @@ def render_value(value: Any, row: Mapping[str, Any]) -> Any:
     if isinstance(value, str):
         names = placeholders(value)
         if len(names) == 1 and value == "{" + names[0] + "}":
-            cell = _cell(row, names[0])  # the cell itself: a list stays a list
+            cell = _plain_path(_cell(row, names[0]))  # the cell itself: a list stays a list
             return list(cell) if isinstance(cell, tuple) else cell
         return render(value, row)
     if isinstance(value, list | tuple):

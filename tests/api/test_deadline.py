@@ -9,9 +9,16 @@ from datetime import datetime
 import httpx
 import pytest
 
-from krea_dagster.api import DeadlineExceededError
+from krea_dagster.api import DeadlineExceededError, SendAttempt, SendDeadlineError
 
-from .support import FakeClock, FakeKrea, make_async_client, make_client
+from .support import (
+    SAMPLE_JOB_CREATED,
+    TEST_MODEL,
+    FakeClock,
+    FakeKrea,
+    make_async_client,
+    make_client,
+)
 from .test_poll_many import seed_jobs
 
 
@@ -127,3 +134,31 @@ def test_created_before_starts_the_pages_above_the_newest_wanted_job(
     assert [job.job_id for job in jobs] == wanted
     assert fake.count("GET", "/jobs") == 2 and len(fake.requests) == 2
     assert "cursor" in fake.requests[0].url.params
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_post_whose_write_deadline_passed_is_never_handed_to_the_transport(
+    fake: FakeKrea, clock: FakeClock, flavour: str
+) -> None:
+    """When ``on_send``'s write deadline has passed by the time the request is built (the
+    caller was paused after recording its send), the client raises SendDeadlineError before
+    the transport sees anything, whatever transport it was given (httpcore's write hook is
+    not every transport's)."""
+    fake.on("POST", f"/generate/image/{TEST_MODEL}", httpx.Response(200, json=SAMPLE_JOB_CREATED))
+
+    def on_send(attempt: SendAttempt) -> float:
+        clock.advance(30.0)  # the sender froze right after recording the send
+        return clock.monotonic() - 29.0
+
+    if flavour == "sync":
+        with make_client(fake, clock) as krea, pytest.raises(SendDeadlineError, match="handed"):
+            krea.submit(TEST_MODEL, {"prompt": "a lamp"}, on_send=on_send)
+    else:
+
+        async def send() -> None:
+            async with make_async_client(fake, clock) as krea:
+                await krea.submit(TEST_MODEL, {"prompt": "a lamp"}, on_send=on_send)
+
+        with pytest.raises(SendDeadlineError, match="handed"):
+            asyncio.run(send())
+    assert fake.requests == []

@@ -19,6 +19,7 @@ PUBLIC_MODULES = [
     "client",
     "config",
     "errors",
+    "json_values",
     "media",
     "models",
     "reconcile",

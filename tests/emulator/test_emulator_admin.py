@@ -18,6 +18,7 @@ STATS_KEYS = {
     "cdn_downloads",
     "max_running_seen",
     "duplicate_submissions",
+    "repeated_requests",
     "faults_injected",
     "webhooks_sent",
     "webhook_attempts",

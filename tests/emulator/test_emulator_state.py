@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 from typing import Any
 
 import pytest
+from PIL import Image
 
-from krea_dagster.emulator import views
+from krea_dagster.emulator import assets, views
 from krea_dagster.emulator.clock import ManualClock, format_micros
 from krea_dagster.emulator.config import EmulatorConfig
 from krea_dagster.emulator.errors import BadRequest, PaymentRequired, TooManyRequests
@@ -92,6 +94,29 @@ def test_jobs_beyond_concurrency_are_backlogged_and_start_fifo() -> None:
     status_at(state, clock, jobs[0], 20)
     assert [j.status.value for j in jobs] == ["completed"] * 4 + ["queued"]
     assert state.counters.max_running_seen == 2
+
+
+def test_a_job_whose_asset_was_deleted_before_it_started_processing_fails_unbilled() -> None:
+    """A job accepted while its uploaded input existed fetches it when it starts processing: a
+    deleted asset fails it then ("Input file rejected"), with nothing charged."""
+    clock = ManualClock()
+    state = make_state(clock, render_seconds=10, concurrency=1)
+    account = state.by_token[DEMO_TOKEN]
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 0, 0)).save(buffer, "PNG")
+    asset = assets.upload(state, account, buffer.getvalue(), "red.png", None)
+    url = assets.asset_json(state, asset)["image_url"]
+    body = {"prompt": "the product", "image_urls": [url]}
+    first = state.submit(account, state.models[GPT_IMAGE_2], body)
+    second = state.submit(account, state.models[GPT_IMAGE_2], {**body, "prompt": "again"})
+    assert second.status is JobStatus.BACKLOGGED
+    assert status_at(state, clock, first, 3) == "processing"
+    assets.delete(state, account, asset.id)
+    status_at(state, clock, first, 60)
+    assert first.status is JobStatus.COMPLETED  # it had fetched its input already
+    assert second.status is JobStatus.FAILED
+    assert second.error is not None and second.error[1].startswith("Input file rejected")
+    assert state.counters.jobs_billed == 1
 
 
 def test_backlogged_job_starts_when_the_slot_freed_however_late_time_advances() -> None:
@@ -291,7 +316,21 @@ def test_duplicate_submissions_count_the_same_canonical_request() -> None:
     submit(state, GPT_IMAGE_2, prompt="x", image_urls=["https://a.example/1.png"])
     submit(state, GPT_IMAGE_2, imageUrls=["https://a.example/1.png"], prompt="x")
     submit(state, GPT_IMAGE_2, prompt="y")
-    assert state.counters.duplicate_submissions == 1
+    assert state.stats()["duplicate_submissions"] == 1
+    assert state.counters.repeated_requests == 1
+
+
+def test_a_request_resent_after_its_job_was_cancelled_is_no_duplicate() -> None:
+    """A prompt sent again after its first job was cancelled (unbilled) is a repeat, not a
+    double payment; a third live copy is one."""
+    state = make_state(render_seconds=60, today="2026-06-01")
+    first = submit(state, GPT_IMAGE_2, prompt="x")
+    state.cancel(state.by_token[DEMO_TOKEN], first.id)
+    submit(state, GPT_IMAGE_2, prompt="x")
+    stats = state.stats()
+    assert (stats["repeated_requests"], stats["duplicate_submissions"]) == (1, 0)
+    submit(state, GPT_IMAGE_2, prompt="x")
+    assert state.stats()["duplicate_submissions"] == 1
 
 
 def test_lifecycle_transitions_follow_the_table() -> None:

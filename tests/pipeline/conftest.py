@@ -172,3 +172,26 @@ def record_pending_rows(
     ledger.ensure_generation(assets.prefix, batch)
     with ledger.transaction() as conn:
         conn.execute(submissions_table.insert(), rows)
+
+
+@pytest.fixture(autouse=True)
+def unreachable_object_store(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """For a test marked ``unreachable_object_store``: every S3 client points at a closed
+    loopback port, so an ``s3://`` reference is unreadable here and never reaches the internet.
+
+    Without this the case would depend on the machine: with the test services' S3 server the
+    bucket is missing ("no such file"); with no endpoint set, s3fs would try AWS itself.
+    """
+    if request.node.get_closest_marker("unreachable_object_store") is None:
+        return
+    import s3fs
+
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    # A client cached by an earlier test would keep its endpoint: start from an empty cache.
+    monkeypatch.setattr(s3fs.S3FileSystem, "_cache", {})

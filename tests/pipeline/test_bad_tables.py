@@ -9,6 +9,7 @@ override) are checked to be sent exactly as validated.
 
 import csv
 import io
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import pandas as pd
 import pytest
 from dagster._serdes import serialize_value
 
-from krea_dagster import KreaResource, build_krea_sensors
+from krea_dagster import KreaResource, KreaStep, build_krea_sensors
 from krea_dagster.engine.manifest import MANIFEST_COLUMNS
 from krea_dagster.engine.prompts import (
     PROMPTS_TABLE_COLUMNS,
@@ -259,7 +260,7 @@ CASES = [
         {"b.csv": csv_text(["prompt", "style_images"], ["a cat", "[" * HUGE])},
         "b",
         {},
-        ["b.csv line 2, column 'style_images'", "not valid JSON"],
+        ["b.csv line 2, column 'style_images'", "nests deeper than 64 levels"],
         id="5-deeply-nested-json-cell",
     ),
     # 6. integers are exact and within what Krea accepts
@@ -346,7 +347,7 @@ CASES = [
         {"b.csv": csv_text(["prompt", "width", "height"], ["a cat", "0", "512"])},
         "b",
         {"model": NANO},
-        ["b.csv line 2, column 'width'", "0 is below 1", "positive whole number"],
+        ["b.csv line 2, column 'width'", "0 is below 1", "whole number from 1 to 8192"],
         id="8-zero-width-without-a-schema-bound",
     ),
     pytest.param(
@@ -369,6 +370,7 @@ CASES = [
         {"model": NANO},
         ["column 'image_urls[0]'", "s3://bucket/cat.png: cannot read it"],
         id="8-unreadable-s3-uri",
+        marks=pytest.mark.unreachable_object_store,
     ),
     pytest.param(
         {"b.csv": csv_text(["prompt", "image_urls"], ["a cat", "images/cat.png"])},
@@ -419,7 +421,272 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("files", "batch", "build_kwargs", "expected"), CASES)
+# Issue 20, one class at a time. Each case fails on the code before it: a crash, a silent
+# drop, or a paid request.
+BIG = "9" * 400  # an integer far too large for a float
+PNG_BASE64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+ISSUE_20_CASES = [
+    # 2. one number rule for ints, floats and big ints, wherever they sit
+    pytest.param(
+        {
+            "b.csv": csv_text(
+                ["prompt", "style_images"],
+                ["a cat", f'[{{"url": "https://example.com/s.png", "strength": {BIG}}}]'],
+            )
+        },
+        "b",
+        {},
+        ["b.csv line 2, column 'style_images'", "integer of 400 digits"],
+        id="20.2-big-int-in-a-style-image",
+    ),
+    pytest.param(
+        {
+            "b.csv": csv_text(
+                ["prompt", "styles"], ["a cat", f'[{{"id": "s1", "strength": {BIG}}}]']
+            )
+        },
+        "b",
+        {},
+        ["column 'styles'", "integer of 400 digits"],
+        id="20.2-big-int-in-styles",
+    ),
+    pytest.param(
+        {"b.csv": csv_text(["prompt", "styles"], ["a cat", "[" + "7" * 5_000 + "]"])},
+        "b",
+        {},
+        ["column 'styles'", "integer of 5000 digits"],
+        id="20.2-int-past-python-s-4300-digit-limit",
+    ),
+    pytest.param(
+        {"b.csv": csv_text(["prompt", "styles"], ["a cat", '[{"id": "s1", "strength": 1e999}]'])},
+        "b",
+        {},
+        ["column 'styles[0].strength'", "inf is not a finite number"],
+        id="20.2-infinite-float-in-json",
+    ),
+    pytest.param(
+        {"b.csv": csv_text(["prompt", "styles"], ["a cat", '[{"id": "s1", "strength": NaN}]'])},
+        "b",
+        {},
+        ["column 'styles[0].strength'", "nan is not a finite number"],
+        id="20.2-nan-in-json",
+    ),
+    pytest.param(
+        {
+            "b.parquet": pd.DataFrame(
+                {"prompt": ["a cat"], "styles": [[{"id": "s1", "strength": float("inf")}]]}
+            )
+        },
+        "b",
+        {},
+        ["b.parquet row 1, column 'styles[0].strength'", "inf is not a finite number"],
+        id="20.2-infinite-float-in-a-parquet-list",
+    ),
+    # 7. what a careful validator catches
+    pytest.param(
+        {"b.csv": "prompt,seed\na cat,1\nprompt,seed\na dog,2\n"},
+        "b",
+        {},
+        ["b.csv: line(s) 3 repeat the header (line 1)", "pasted together"],
+        id="20.7-two-csv-files-glued",
+    ),
+    pytest.param(
+        {"b.csv": "prompt,seed\na cat,1\nPrompt , width\na dog,512\n"},
+        "b",
+        {},
+        ["b.csv: line(s) 3 repeat the header"],
+        id="20.7-glued-files-with-different-headers",
+    ),
+    pytest.param(
+        {
+            "b.parquet": pd.DataFrame({"prompt": ["a", "b"], "batch": ["b", "c"]}).set_index(
+                pd.Index(["x", "y"], name="batch")
+            )
+        },
+        "b",
+        {},
+        ["b.parquet", "'batch' is both an index level and a column", "reset_index"],
+        id="20.7-parquet-index-clashes-with-a-column",
+    ),
+    pytest.param(
+        {
+            "b.csv": csv_text(
+                ["prompt", "aspect_ratio", "width", "height"], ["a", "16:9", "1024", "576"]
+            )
+        },
+        "b",
+        {"model": NANO},
+        ["column 'aspect_ratio'", "are both set", "size the image one way"],
+        id="20.7-aspect-ratio-with-width-and-height",
+    ),
+    pytest.param(
+        {"b.csv": csv_text(["prompt", "aspect_ratio"], ["a cat", "16:9"])},
+        "b",
+        {"model": NANO, "defaults": {"width": 1024, "height": 1024}},
+        ["column 'aspect_ratio'", "are both set", "(height, width from the defaults)"],
+        id="20.7-aspect-ratio-against-default-sizes",
+    ),
+    pytest.param(
+        {"b.csv": csv_text(["prompt"], ["a cat"])},
+        "b",
+        {"model": "openai/gpt-image-2", "defaults": {"aspect_ratio": "1:1", "height": 512}},
+        ["in the defaults", "aspect_ratio '1:1' and height are both set"],
+        id="20.7-size-conflict-in-the-defaults",
+    ),
+    pytest.param(
+        {
+            "b.csv": csv_text(
+                ["prompt", "image_urls"], ["a cat", "data:image/png;base64,not*base64!"]
+            )
+        },
+        "b",
+        {"model": NANO},
+        ["column 'image_urls[0]'", "base64 payload is invalid"],
+        id="20.7-data-uri-bad-base64",
+    ),
+    pytest.param(
+        {
+            "b.csv": csv_text(
+                ["prompt", "image_url"], ["a cat", "data:image/png;base64,aGVsbG8gd29ybGQ="]
+            )
+        },
+        "b",
+        {},
+        ["column 'image_url'", "not a type Krea accepts", "convert it"],
+        id="20.7-data-uri-that-is-not-an-image",
+    ),
+    pytest.param(
+        {"b.csv": csv_text(["prompt", "image_url"], ["a cat", "data:image/png,%89PNG"])},
+        "b",
+        {},
+        ["column 'image_url'", "not a type Krea accepts"],
+        id="20.7-data-uri-without-base64",
+    ),
+    pytest.param(
+        {"b.csv": csv_text(["prompt", "style_images"], ["a cat", '[{"strength": 0.5}]'])},
+        "b",
+        {},
+        ["column 'style_images[0].url'", "names no image"],
+        id="20.7-style-image-without-url",
+    ),
+    pytest.param(
+        {
+            "b.csv": csv_text(
+                ["prompt", "style_images"],
+                ["a cat", '[{"URL": "https://example.com/s.png", "strength": 0.5}]'],
+            )
+        },
+        "b",
+        {},
+        ["column 'style_images[0].URL'", "did you mean 'url'?"],
+        id="20.7-style-image-with-URL",
+    ),
+    pytest.param(
+        {"b.csv": csv_text(["prompt", "styles"], ["a cat", '[{"id": "s1", "strenght": 1}]'])},
+        "b",
+        {},
+        ["column 'styles[0].strenght'", "did you mean 'strength'?"],
+        id="20.7-style-with-a-misspelt-key",
+    ),
+    pytest.param(
+        {"b.csv": csv_text(["prompt", "image_url"], ["a cat", "http://127.0.0.1:8080/cat.png"])},
+        "b",
+        {},
+        ["column 'image_url'", "a loopback address (127.0.0.1)", "cannot reach"],
+        id="20.7-loopback-url",
+    ),
+    pytest.param(
+        {"b.csv": csv_text(["prompt", "image_url"], ["a cat", "https://localhost/cat.png"])},
+        "b",
+        {},
+        ["column 'image_url'", "(localhost)", "cannot reach"],
+        id="20.7-localhost-url",
+    ),
+    pytest.param(
+        {
+            "b.csv": csv_text(
+                ["prompt", "image_urls"],
+                ["a cat", '["https://10.1.2.3/a.png", "http://[::1]/b.png"]'],
+            )
+        },
+        "b",
+        {"model": NANO},
+        [
+            "image_urls[0]",
+            "private-network address (10.1.2.3)",
+            "image_urls[1]",
+            "loopback address (::1)",
+        ],
+        id="20.7-private-and-ipv6-loopback-urls",
+    ),
+    pytest.param(
+        {"b.csv": csv_text(["prompt", "image_url"], ["a cat", "http://169.254.169.254/latest"])},
+        "b",
+        {},
+        ["column 'image_url'", "non-routable address (169.254.169.254)"],
+        id="20.7-link-local-metadata-url",
+    ),
+    pytest.param(
+        {"b.csv": csv_text(["prompt", "image_url"], ["a cat", "http://fileserver/cat.png"])},
+        "b",
+        {},
+        ["column 'image_url'", "without a domain (fileserver)"],
+        id="20.7-single-label-host",
+    ),
+    pytest.param(
+        {"b.csv": csv_text(["prompt", "image_url"], ["a cat", "https://nas.local/cat.png"])},
+        "b",
+        {},
+        ["column 'image_url'", "(nas.local)"],
+        id="20.7-mdns-host",
+    ),
+    pytest.param(
+        {"b.csv": csv_text(["prompt", "width", "height"], ["a cat", "100000", "512"])},
+        "b",
+        {"model": NANO},
+        ["column 'width'", "100000 is above 8192", "the largest any Krea model renders"],
+        id="20.7-width-far-beyond-any-model",
+    ),
+    pytest.param(
+        {"b.csv": csv_text(["prompt", "height"], ["a cat", "9000"])},
+        "b",
+        {"model": "openai/gpt-image-2"},
+        ["column 'height'", "9000 is above 8192"],
+        id="20.7-height-far-beyond-any-model",
+    ),
+    pytest.param(
+        {"b.csv": csv_text(["prompt", "num_inference_steps"], ["a cat", "5000"])},
+        "b",
+        {"model": "qwen/2512"},
+        ["column 'num_inference_steps'", "5000 is above 100"],
+        id="20.7-steps-far-beyond-any-model",
+    ),
+    pytest.param(
+        {"b.csv": csv_text(["prompt"], ["a cat"])},
+        "b",
+        {"model": NANO, "defaults": {"height": 20_000}},
+        ["column 'height'", "in the defaults", "20000 is above 8192"],
+        id="20.7-size-in-the-defaults",
+    ),
+    # 4. full-match semantics in every name check
+    pytest.param(
+        {"nl\n.csv": csv_text(["prompt"], ["a cat"])},
+        "nl\n",
+        {},
+        ["is not a valid partition key", "no spaces or line breaks"],
+        id="20.4-batch-name-with-a-trailing-newline",
+    ),
+    pytest.param(
+        {"many.csv": csv_text(["prompt", "batch"], ["a cat", "ok"])},
+        "ok\n",
+        {},
+        ["is not a valid partition key"],
+        id="20.4-hand-added-partition-with-a-newline",
+    ),
+]
+
+
+@pytest.mark.parametrize(("files", "batch", "build_kwargs", "expected"), CASES + ISSUE_20_CASES)
 def test_bad_table_is_refused_before_any_post(
     build, emulator, krea, instance, prompts_dir, files, batch, build_kwargs, expected
 ):
@@ -491,9 +758,15 @@ def test_price_override_lets_an_unpriced_model_run_under_its_cap(
     assert emulator.stats()["jobs_created"] == 1
 
 
-@pytest.mark.parametrize(
-    "price", [-1.0, float("nan"), float("inf")], ids=["negative", "nan", "inf"]
-)
+#: Prices and caps that are not an amount of USD (shared with the workflow tests).
+BAD_PRICES = [
+    pytest.param(-1.0, id="negative"),
+    pytest.param(float("nan"), id="nan"),
+    pytest.param(float("inf"), id="inf"),
+]
+
+
+@pytest.mark.parametrize("price", BAD_PRICES)
 def test_price_override_must_be_a_usd_amount(build, price):
     """price_usd is refused at build time unless it is a finite amount of 0 or more."""
     with pytest.raises(ValueError, match="price_usd must be a"):
@@ -590,10 +863,17 @@ def test_skipped_files_are_reported_in_the_prompts_step(
 # -- 10. a partition added by hand follows the batch-name rule -------------------------------
 
 
+#: Partition keys that break the batch-name rule (shared with the workflow tests).
+BAD_BATCH_NAMES = [
+    pytest.param("has space", id="space"),
+    pytest.param("-dash", id="leading-symbol"),
+    pytest.param("n" * 140, id="too-long"),
+]
+
+
 @pytest.mark.parametrize(
     ("file", "partition"),
-    [("has space.csv", "has space"), ("-dash.csv", "-dash"), (f"{'n' * 140}.csv", "n" * 140)],
-    ids=["space", "leading-symbol", "too-long"],
+    [pytest.param(f"{p.values[0]}.csv", p.values[0], id=p.id) for p in BAD_BATCH_NAMES],
 )
 def test_hand_added_partition_follows_the_batch_name_rule(
     build, emulator, krea, instance, prompts_dir, file, partition
@@ -820,3 +1100,324 @@ def test_discovery_tick_stays_short_and_names_bad_rows(build, krea, instance, pr
     assert len(message) < MAX_MESSAGE_CHARS, len(message)
     assert "broken000.csv: 1 row(s) do not have as many fields as the header" in message
     assert "and 192 more" in message
+
+
+# -- issue 20: files that are not read are named, and many of them make one line -------------
+
+
+def _discovery(build, krea, instance):
+    assets = build()
+    sensor = next(s for s in build_krea_sensors(assets) if s.name.endswith("batch_discovery"))
+    defs = dg.Definitions(assets=assets.assets, sensors=[sensor], resources={"krea": krea})
+    with dg.build_sensor_context(
+        instance_ref=instance.get_ref(), definitions=defs, resources=defs.resources
+    ) as context:
+        return sensor.evaluate_tick(context)
+
+
+def _special_entries(prompts_dir: Path) -> None:
+    """A broken symlink, a FIFO and a folder, each named like a prompt file."""
+    (prompts_dir / "broken.csv").symlink_to(prompts_dir / "gone.csv")
+    os.mkfifo(prompts_dir / "pipe.csv")
+    (prompts_dir / "folder.csv").mkdir()
+
+
+@pytest.mark.timeout(120)  # a FIFO opened for reading would block forever
+def test_special_entries_are_named_in_the_discovery_tick(build, krea, instance, prompts_dir):
+    """A broken symlink, a FIFO and a folder named *.csv are named with why, never opened."""
+    _special_entries(prompts_dir)
+    result = _discovery(build, krea, instance)
+    assert result.run_requests == [] and result.dynamic_partitions_requests == []
+    text = result.skip_message or ""
+    assert "broken.csv: skipped, a broken symbolic link" in text and "gone.csv" in text
+    assert "pipe.csv: skipped, a named pipe (FIFO)" in text
+    assert "folder.csv: skipped, a folder" in text
+
+
+@pytest.mark.timeout(120)
+def test_special_entries_are_named_in_the_prompts_step(
+    build, emulator, krea, instance, prompts_dir
+):
+    """The prompts step reads its batch, lists the special entries in krea/skipped_files, and
+    names each reason in one warning."""
+    write_files(prompts_dir, {"b.csv": csv_text(["prompt"], ["a cat"])})
+    _special_entries(prompts_dir)
+    assets = build()
+    result = materialize(assets, "b", instance=instance, krea=krea, roles=("prompts",))
+    assert result.success
+    metadata = result.asset_materializations_for_node(assets.prompts.node_def.name)[0].metadata
+    skipped = metadata["krea/skipped_files"].value
+    assert sorted(skipped) == ["broken.csv", "folder.csv", "pipe.csv"]
+    assert "broken symbolic link" in skipped["broken.csv"]
+    assert "named pipe" in skipped["pipe.csv"] and "a folder" in skipped["folder.csv"]
+    warnings = [
+        entry.user_message
+        for entry in instance.all_logs(result.run_id)
+        if "prompt source" in entry.user_message
+    ]
+    assert len(warnings) == 1 and "pipe.csv" in warnings[0]
+
+
+@pytest.mark.timeout(120)
+def test_a_batch_whose_file_is_a_fifo_fails_naming_it(build, emulator, krea, instance, prompts_dir):
+    """A partition whose own file is a FIFO fails with that reason, not 'not in the folder'."""
+    os.mkfifo(prompts_dir / "pipe.csv")
+    step, message, _ = run_refused(build, emulator, krea, instance, prompts_dir, {}, "pipe")
+    assert step.endswith("prompts")
+    assert "pipe.csv: skipped, a named pipe (FIFO)" in message
+
+
+def test_thousands_of_skipped_files_make_one_short_warning(
+    build, emulator, krea, instance, prompts_dir
+):
+    """3,000 photos in the prompt folder: one warning line by reason, in the tick and the step."""
+    for index in range(3_000):
+        (prompts_dir / f"IMG_{index:04}.jpg").write_bytes(b"\xff\xd8\xff")
+    tick = _discovery(build, krea, instance)
+    write_files(prompts_dir, {"b.csv": csv_text(["prompt"], ["a cat"])})
+    assets = build()
+    result = materialize(assets, "b", instance=instance, krea=krea, roles=("prompts",))
+    assert result.success
+    lines = [
+        entry.user_message
+        for entry in instance.all_logs(result.run_id)
+        if "prompt source" in entry.user_message
+    ]
+    assert len(lines) == 1 and len(lines[0]) < 1_000, lines
+    assert "3000 entries skipped" in lines[0] and "'IMG_0000.jpg'" in lines[0]
+    assert "and 2997 more" in lines[0]
+    message = tick.skip_message or ""
+    assert len(message) < 2_000 and "3000 entries skipped" in message
+
+
+# A file that nobody may read, root included: Linux's write-only sysctl files. As another
+# user, an ordinary file with mode 000 is one too.
+WRITE_ONLY = Path("/proc/sys/vm/drop_caches")
+
+
+def _unreadable_file(path: Path, kind: str) -> None:
+    if kind == "write-only":
+        if not WRITE_ONLY.exists():
+            pytest.skip(f"{WRITE_ONLY} is Linux's")
+        path.symlink_to(WRITE_ONLY)
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root reads a file of mode 000")
+        path.write_text("prompt\na secret dog\n")
+        path.chmod(0o000)
+
+
+@pytest.mark.parametrize("kind", ["write-only", "mode-000"])
+def test_an_unreadable_file_is_named_in_the_tick_and_the_step(
+    build, emulator, krea, instance, prompts_dir, kind
+):
+    """A prompt file that cannot be read is named with the reason in the discovery tick and the
+    prompts step; other batches go on, and its own batch fails naming it."""
+    _unreadable_file(prompts_dir / "locked.csv", kind)
+    tick = _discovery(build, krea, instance)
+    assert "locked.csv: skipped, cannot be read (Permission denied)" in (tick.skip_message or "")
+    write_files(prompts_dir, {"other.csv": csv_text(["prompt"], ["a cat"])})
+    assets = build()
+    result = materialize(assets, "other", instance=instance, krea=krea, roles=("prompts",))
+    assert result.success
+    skipped = (
+        result.asset_materializations_for_node(assets.prompts.node_def.name)[0]
+        .metadata["krea/skipped_files"]
+        .value
+    )
+    assert "cannot be read (Permission denied)" in skipped["locked.csv"]
+    step, message, _ = run_refused(build, emulator, krea, instance, prompts_dir, {}, "locked")
+    assert step.endswith("prompts")
+    assert "locked.csv: skipped, cannot be read (Permission denied)" in message
+
+
+def test_a_parquet_batch_index_splits_the_file(build, emulator, krea, instance, prompts_dir):
+    """A Parquet file saved with its batch as the index is split by it, not read as one batch."""
+    frame = pd.DataFrame({"prompt": ["a cat", "a dog", "a fox"], "batch": ["b1", "b2", "b1"]})
+    write_files(prompts_dir, {"many.parquet": frame.set_index("batch")})
+    assets = build()
+    result = materialize(assets, "b1", instance=instance, krea=krea, roles=("prompts",))
+    assert result.success
+    prompts = result.output_for_node(assets.prompts.node_def.name)
+    assert prompts["prompt"].tolist() == ["a cat", "a fox"]
+    assert set(PromptSource(prompts_dir).scan()[0]) == {"b1", "b2"}
+
+
+def test_a_valid_data_uri_image_is_sent_as_given(build, emulator, krea, instance, prompts_dir):
+    """A data:image/png;base64 URI of a real PNG passes every rule and reaches Krea unchanged."""
+    uri = f"data:image/png;base64,{PNG_BASE64}"
+    write_files(prompts_dir, {"b.csv": csv_text(["prompt", "image_url"], ["a cat", uri])})
+    assets = build()
+    result = materialize(assets, "b", instance=instance, krea=krea, roles=("prompts", "jobs"))
+    assert result.success
+    job_id = (
+        result.asset_materializations_for_node(assets.jobs.node_def.name)[0]
+        .metadata["krea/job_ids"]
+        .value[0]
+    )
+    assert emulator.job(job_id)["request"]["image_url"] == uri
+
+
+# -- issue 20: names are checked whole --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    ["posters\n", "pöster", "poster²", "a b"],
+    ids=["newline", "umlaut", "superscript", "space"],
+)
+def test_name_prefix_is_checked_whole_and_ascii(build, prefix):
+    """A prefix with a trailing newline or a non-ASCII letter is refused when the assets are built."""
+    with pytest.raises(ValueError, match="ASCII letters, digits and '_'"):
+        build(prefix)
+
+
+@pytest.mark.parametrize(
+    "name", ["edit\n", "édit", "two words"], ids=["newline", "accent", "space"]
+)
+def test_workflow_step_name_is_checked_whole_and_ascii(name):
+    """A workflow step name is held to the same full-match rule as a prefix."""
+    with pytest.raises(ValueError, match="ASCII letters, digits and '_'"):
+        KreaStep(name, model="bfl/flux-1-dev", prompt="{text}")
+
+
+def test_a_newline_batch_file_never_becomes_a_partition(build, krea, instance, prompts_dir):
+    """Discovery reports nl\\n.csv as unusable instead of adding a partition for it."""
+    write_files(prompts_dir, {"nl\n.csv": csv_text(["prompt"], ["a cat"])})
+    result = _discovery(build, krea, instance)
+    assert result.run_requests == [] and result.dynamic_partitions_requests == []
+    assert "is not a valid partition key" in (result.skip_message or "")
+
+
+@pytest.mark.parametrize(
+    ("defaults", "fragment"),
+    [
+        ({"width": int(BIG)}, "width: an integer of 400 digits"),
+        ({"seed": 10**5000}, "seed: an integer of 5001 digits"),
+        ({"styles": [{"id": "s1", "strength": 10**60}]}, "styles[0].strength: an integer of 61"),
+        ({"steps": float("inf")}, "steps: inf is not a finite number"),
+        ({"style_images": [{"url": "https://example.com/s.png", "strength": float("nan")}]}, "nan"),
+    ],
+    ids=["big-width", "past-the-str-limit", "nested", "inf", "nested-nan"],
+)
+def test_a_number_no_field_takes_in_the_defaults_fails_when_the_node_is_built(
+    build, defaults, fragment
+):
+    """defaults holding NaN, inf or an integer of hundreds of digits fail the build (dg check
+    defs) naming the field, instead of OverflowError or int-to-str errors later."""
+    with pytest.raises(ValueError, match="defaults: ") as raised:
+        build(defaults=defaults)
+    assert fragment in str(raised.value) and len(str(raised.value)) < 500
+
+
+# -- issue 20: a quoted API key -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        f"'abc:{SECRET}'",
+        f'"abc:{SECRET}"',
+        f' "abc:{SECRET}"\n',
+        f"'abc:{SECRET}'\n",
+        f"\u201cabc:{SECRET}\u201d",
+        f"`abc:{SECRET}`",
+        f"abc:{SECRET}'",
+    ],
+    ids=[
+        "single",
+        "double",
+        "double-in-whitespace",
+        "single-newline",
+        "smart",
+        "backtick",
+        "one-end",
+    ],
+)
+def test_a_quoted_api_key_fails_when_the_resource_is_built(key):
+    """A token pasted with its shell quotes is refused at construction, saying to remove them."""
+    with pytest.raises(ValueError) as raised:
+        KreaResource(api_key=key)
+    text = str(raised.value)
+    assert "remove the quotes" in text and SECRET not in text and SECRET[:8] not in text
+
+
+def test_a_quoted_api_key_from_the_environment_fails_before_any_request(
+    build, emulator, instance, prompts_dir, monkeypatch
+):
+    """export KREA_API_KEY="'id:secret'" fails the run at resource init: no request, no echo."""
+    monkeypatch.setenv("KREA_QUOTED_KEY", f"'{emulator.token}'")
+    write_files(prompts_dir, {"b.csv": csv_text(["prompt"], ["a cat"])})
+    krea = KreaResource(api_key=dg.EnvVar("KREA_QUOTED_KEY"), base_url=emulator.base_url)
+    result = materialize(build(), "b", instance=instance, krea=krea)
+    assert not result.success
+    records = instance.get_records_for_run(result.run_id).records
+    dumped = "".join(serialize_value(record.event_log_entry) for record in records)
+    secret = emulator.token.split(":", 1)[1]
+    assert "remove the quotes" in dumped and secret not in dumped
+    assert emulator.stats()["requests_by_route"] == {}
+
+
+# -- issue 20: what reaches metadata is shortened ----------------------------------------------
+
+
+def _event_log_size(instance: dg.DagsterInstance, run_id: str) -> int:
+    records = instance.get_records_for_run(run_id, limit=10_000).records
+    return max(len(serialize_value(record.event_log_entry)) for record in records)
+
+
+def test_a_huge_column_name_and_variant_stay_out_of_the_event_log(
+    build, emulator, krea, instance, prompts_dir
+):
+    """A 1 MB carried column name and a 1 MB variant cell make no event of more than 64 KB."""
+    name, variant = "c" * 1_000_000, "v" * 1_000_000
+    write_files(
+        prompts_dir, {"b.csv": csv_text(["prompt", "variant", name], ["a cat", variant, "x"])}
+    )
+    assets = build()
+    result = materialize(assets, "b", instance=instance, krea=krea)
+    assert result.success
+    assert _event_log_size(instance, result.run_id) < 64_000
+    prompts_meta = result.asset_materializations_for_node(assets.prompts.node_def.name)[0].metadata
+    columns = prompts_meta["dagster/column_schema"].value.columns
+    assert max(len(column.name) for column in columns) <= 200
+    assert "(1000000 characters)" in prompts_meta["krea/preview"].value
+
+
+def test_a_table_of_thousands_of_columns_lists_a_bounded_schema(
+    build, emulator, krea, instance, prompts_dir
+):
+    """5,000 carried columns: the schema lists 200 of them and counts the rest."""
+    header = ["prompt", *(f"extra_{index}" for index in range(5_000))]
+    write_files(prompts_dir, {"b.csv": csv_text(header, ["a cat", *(["x"] * 5_000)])})
+    assets = build()
+    result = materialize(assets, "b", instance=instance, krea=krea, roles=("prompts",))
+    assert result.success
+    columns = (
+        result.asset_materializations_for_node(assets.prompts.node_def.name)[0]
+        .metadata["dagster/column_schema"]
+        .value.columns
+    )
+    table = result.output_for_node(assets.prompts.node_def.name)
+    assert len(table.columns) > 5_000  # every carried column is in the table
+    assert len(columns) == 201
+    assert columns[-1].name == f"... {len(table.columns) - 200} more column(s)"
+
+
+def test_a_huge_krea_failure_is_shortened_everywhere(build, emulator, krea, instance, prompts_dir):
+    """A job failure with a 1 MB code and message: the failures table, logs and manifest stay small."""
+    emulator.configure(job_failure_rate=1.0, job_failures=[["E" * 100_000, "m" * 1_000_000]])
+    write_files(prompts_dir, {"b.csv": csv_text(["prompt"], ["a cat"])})
+    assets = build(max_failed_fraction=1.0)
+    result = materialize(assets, "b", instance=instance, krea=krea)
+    assert result.success
+    assert _event_log_size(instance, result.run_id) < 64_000
+    manifest = manifest_of(result, assets)
+    assert len(manifest["error_code"].iloc[0]) <= 100
+    assert len(manifest["error_message"].iloc[0]) <= 2_000
+    failures = (
+        result.asset_materializations_for_node(assets.images.node_def.name)[0]
+        .metadata["krea/failures"]
+        .value.records
+    )
+    assert all(len(str(value)) <= 500 for value in failures[0].data.values())

@@ -214,7 +214,7 @@ def test_old_completion_cursors_still_parse_and_round_trip():
     text = '{"offset": 3, "requested": {"b1": "b1:g1:20261124T101010000000"}, "version": 1}'
     cursor = CompletionCursor.parse(text)
     assert cursor == CompletionCursor(requested={"b1": "b1:g1:20261124T101010000000"}, offset=3)
-    assert json.loads(cursor.serialize()) == json.loads(text)
+    assert json.loads(cursor.serialize()) == {**json.loads(text), "waiting": []}
 
 
 def _images_downloaded(result: dg.ExecuteInProcessResult, assets) -> int:

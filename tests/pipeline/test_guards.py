@@ -231,6 +231,112 @@ def test_a_lone_job_in_the_window_is_reported_when_unknown_jobs_stand_around_it(
     assert ledger.foreign_jobs_seen(emulator.account) == 1
 
 
+def test_a_row_whose_window_cannot_be_placed_is_reported_never_not_created(emulator, ledger):
+    """A row sent from another host that recorded no measurement of Krea's clock, with no
+    answered row to bound it: nothing places its window, so it is reported (a person decides),
+    never concluded "not created" and re-sent, even though Krea lists no job around it."""
+    row = sent_row(ledger, emulator.account, utcnow() - timedelta(minutes=10))
+    with ledger.transaction() as conn:
+        conn.execute(
+            sa.text("UPDATE krea_submissions SET owner_host = 'another-host'"),
+        )
+    assert reconciled(emulator, ledger, row) == Outcome.REPORTED
+    reported = ledger.get(row.submission_id)
+    assert reported.state == SubmissionState.REPORTED
+    assert "cannot be placed" in (reported.error_message or "")
+    assert ledger.claim(
+        scope="s",
+        batch="b1",
+        generation=1,
+        prompt_key="k1",
+        model=TEST_MODEL,
+        request={"prompt": "k1"},
+        request_hash="h",
+        submission_id=str(uuid.uuid4()),
+        estimated_usd=0.007,
+        run_id="rerun",
+        max_attempts=3,
+        account=emulator.account,
+        lease_seconds=120.0,
+    ).covered  # never re-sent
+
+
+def test_a_late_answer_whose_job_reconciliation_already_matched_is_not_recorded_again(ledger):
+    """A paused sender wakes to Krea's answer after reconciliation matched that very job to its
+    row: the job is on record once, with no late-answer row and no second paid row."""
+    row = intent(ledger, "acct")
+    assert ledger.mark_unknown(row.submission_id, message="the sender froze")
+    answer = JobUpdate(
+        "j-matched", "completed", result_url="https://cdn/x.png", created_at=utcnow()
+    )
+    assert ledger.attribute(row.submission_id, **answer.answer())  # reconciliation's match
+    assert ledger.record_late_job(row, answer) is None  # the sender's late write
+    rows = ledger.rows("s", "b1")
+    assert [(r.submission_id, r.job_id) for r in rows] == [(row.submission_id, "j-matched")]
+    assert ledger.paid_duplicates("s", "b1", 1) == {}
+
+
+class NeighbourMatchesMidListing(Ledger):
+    """Once, right after a reconciler has read which jobs the ledger knows (before it lists
+    Krea), a neighbouring worker runs ``neighbour``: its listing is then stale."""
+
+    neighbour: Callable[[], None] | None = None
+
+    def known_job_ids(self, start: datetime, end: datetime) -> set[str]:
+        known = super().known_job_ids(start, end)
+        neighbour, self.neighbour = self.neighbour, None
+        if neighbour is not None:
+            neighbour()
+        return known
+
+
+def test_a_reconciler_whose_listing_went_stale_while_a_neighbour_matched_the_row_concludes_and_logs_nothing(
+    emulator, tmp_path, caplog
+):
+    """A dead worker's row is reconciled by two workers at once. The neighbour matches the row
+    to its job and sends three more prompts while the other lists Krea with what the ledger
+    knew before: the other sees four unknown jobs in the window, and neither reports the row
+    nor logs anything wrong (no ERROR, no foreign jobs counted); the row keeps its match."""
+    ledger = NeighbourMatchesMidListing(f"sqlite:///{tmp_path / 'ledger.db'}")
+    account = Account(emulator.token, emulator.base_url)
+    row = intent(ledger, account.account_id, request={"prompt": "a lighthouse at dawn"})
+    assert ledger.note_send(row.submission_id, sent_at=utcnow(), lease_seconds=0.0)
+    job = create_job(emulator, "a lighthouse at dawn")  # the POST left; its worker died
+
+    def neighbour() -> None:
+        """Another jobs run: it reconciles the expired lease's row first, then sends."""
+        prompts = [PlannedPrompt(f"k{n}", {"prompt": f"prompt {n}"}, "h", 0.007) for n in (2, 3, 4)]
+
+        async def work() -> SubmitReport:
+            async with account.async_client() as client:
+                submitter = BatchSubmitter(
+                    client,
+                    ledger,
+                    scope="s",
+                    batch="b1",
+                    generation=1,
+                    model=TEST_MODEL,
+                    run_id="neighbour",
+                    account=account.account_id,
+                    request_window=REQUEST_WINDOW,
+                    log=LOG,
+                )
+                return await submitter.run(prompts)
+
+        assert run_coroutine(work()).submitted == 3
+
+    ledger.neighbour = neighbour
+    with caplog.at_level(logging.INFO, logger=LOG.name):
+        assert reconciled(emulator, ledger, row) == Outcome.ALREADY_RESOLVED
+    matched = ledger.get(row.submission_id)
+    assert matched.job_id == job.job_id and not matched.is_unresolved
+    assert not matched.is_reported
+    assert ledger.neighbour is None  # the neighbour ran between the two reads
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert ledger.foreign_jobs_seen(account.account_id) == 0
+    assert emulator.stats()["jobs_created"] == 4
+
+
 # -- the send: lease and slack ---------------------------------------------------------------
 
 

@@ -5,13 +5,14 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pandas as pd
 import pytest
 from PIL import Image
 
-from krea_dagster import KreaStep, build_krea_workflow
+from krea_dagster import KreaResource, KreaStep, build_krea_workflow
 from krea_dagster.api import catalog
 from krea_dagster.emulator import DEMO_NODE_APP_ID
 from krea_dagster.engine.crashpoints import CRASH_ENV
@@ -19,7 +20,7 @@ from krea_dagster.engine.ledger import Ledger
 from krea_dagster.engine.nodes import ROW_KEY
 
 from . import workflow_driver
-from .conftest import make_resource
+from .conftest import TEST_TIME_SCALE, make_resource
 
 APP = f"node-app/{DEMO_NODE_APP_ID}"
 
@@ -267,3 +268,106 @@ def test_table_columns_named_like_the_steps_own_are_refused_before_anything_is_p
     assert "'step' is a column krea-dagster writes itself" in message
     assert emulator.stats()["jobs_created"] == 0
     assert emulator.stats()["uploads_by_sha256"] == {}
+
+
+#: Where ``retry_definitions`` finds its workflow (the test sets them): Dagster loads a
+#: reconstructable job again from this module, so it cannot close over the test's values.
+RETRY_ENV = ("KREA_TEST_TABLE", "KREA_TEST_STORE", "KREA_TEST_LEDGER", "KREA_TEST_URL")
+
+
+def retry_definitions() -> dg.Definitions:
+    """The photo -> node app workflow, as one code location."""
+    table, store, ledger, base_url = (os.environ[name] for name in RETRY_ENV)
+
+    @dg.asset
+    def products() -> pd.DataFrame:
+        return pd.read_csv(table, dtype=str)
+
+    workflow = build_krea_workflow(
+        "catalog",
+        table=products,
+        key_column="sku",
+        steps=[workflow_driver.ANGLES_FROM_PHOTO],
+        store=store,
+        ledger=ledger,
+    )
+    return dg.Definitions(
+        assets=[products, *workflow.assets],
+        jobs=[dg.define_asset_job("catalog_job", partitions_def=workflow.partitions_def)],
+        resources={"krea": KreaResource(base_url=base_url, poll_interval=0.05, poll_timeout=60)},
+        executor=dg.in_process_executor,
+    )
+
+
+def retry_target() -> dg.JobDefinition:
+    """The workflow as one job (Dagster re-executes a failed run of it)."""
+    return retry_definitions().resolve_job_def("catalog_job")
+
+
+def test_an_execution_whose_first_job_failed_transiently_is_never_executed_again(
+    tmp_path, emulator, monkeypatch
+):
+    """A node-app execution whose first job failed with ``timeout`` and whose second completed
+    (billed) is never executed again: not by the run that collects it, a retry of that run
+    (Dagster's re-execution from failure), a plain re-run, or a second Materialize; the
+    manifest's cost_usd counts the execution."""
+    table_csv = tmp_path / "products.csv"
+    product_table(tmp_path).iloc[:1].to_csv(table_csv, index=False)  # one row: A1
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    values = (table_csv, tmp_path / "store", ledger_url, emulator.base_url)
+    for name, value in zip(RETRY_ENV, values, strict=True):
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.setenv("KREA_API_KEY", emulator.token)
+    job = dg.reconstructable(retry_target)
+    defs = retry_definitions()
+    keys = {key.path[-1]: key for key in defs.resolve_asset_graph().get_all_asset_keys()}
+    executes = "POST /node-apps/{id}/execute"
+    accept = {"ops": {"catalog__angles": {"config": {"max_failed_fraction": 1.0}}}}
+    # The execution's jobs wait at Krea (for hours) until the test ends them.
+    emulator.configure(time_scale=1.0, render_seconds=3600)
+    (tmp_path / "home").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
+        instance.add_dynamic_partitions("catalog_batches", ["b1"])
+
+        def run(*names: str, **options: Any) -> tuple[bool, str]:
+            selection = [keys[name] for name in names] if names else None
+            with dg.execute_job(
+                job,
+                instance,
+                tags={"dagster/partition": "b1"},
+                asset_selection=selection,
+                **options,
+            ) as result:
+                return result.success, result.run_id
+
+        assert run("products", "angles_prompts", "angles_jobs")[0]
+        (row, second) = Ledger(ledger_url).rows("catalog.angles", "b1")
+        assert second.parent_id == row.submission_id  # the execution's second job
+        emulator.fail_job(row.job_id, "timeout", "The job timed out.")
+        emulator.complete_job(second.job_id)
+        emulator.configure(time_scale=TEST_TIME_SCALE, render_seconds=None)
+
+        collected, collect_run = run("angles")  # 1 of 1 rows failed: above the threshold
+        assert not collected
+        assert emulator.stats()["requests_by_route"][executes] == 1
+        retried, retry_run = run(
+            reexecution_options=dg.ReexecutionOptions.from_failure(collect_run, instance)
+        )
+        assert not retried
+        assert instance.get_run_by_id(retry_run).parent_run_id == collect_run
+        assert emulator.stats()["requests_by_route"][executes] == 1
+        assert run(run_config=accept)[0]  # a plain re-run of the whole workflow
+        materialized = dg.materialize(  # a second Materialize (the UI's ephemeral asset job)
+            [asset for asset in defs.assets or () if isinstance(asset, dg.AssetsDefinition)],
+            partition_key="b1",
+            instance=instance,
+            resources=defs.resources,
+            run_config=accept,
+        )
+        manifest = materialized.output_for_node("catalog__angles")
+    assert list(manifest["status"]) == ["failed"]
+    assert list(manifest["error_code"]) == ["timeout"]
+    assert list(manifest["cost_usd"]) == [pytest.approx(0.25)]  # the execution Krea billed
+    stats = emulator.stats()
+    assert stats["requests_by_route"][executes] == 1
+    assert stats["jobs_created"] == 2 and stats["jobs_billed"] == 1

@@ -20,7 +20,7 @@ import httpx
 import psutil
 import pytest
 
-from krea_dagster.api import AsyncKreaClient, SendAttempt, SendDeadlineError
+from krea_dagster.api import AsyncKreaClient, KreaClient, SendAttempt, SendDeadlineError
 from krea_dagster.api.config import SystemClock
 from krea_dagster.engine.crashpoints import PAUSE_ENV
 from krea_dagster.engine.errors import LeaseUnavailableError
@@ -120,38 +120,54 @@ def test_a_holder_paused_after_krea_answered_wakes_to_its_matched_job_and_goes_o
     assert set(manifest_of(takeover, assets)["status"]) == {"completed"}
 
 
-def test_the_write_deadline_is_checked_when_the_request_bytes_go_out(emulator):
+class PausableClock(SystemClock):
+    """Real time, plus 60 s once the process "was paused"."""
+
+    paused = False
+
+    def monotonic(self) -> float:
+        return time.monotonic() + (60.0 if self.paused else 0.0)
+
+
+@pytest.mark.parametrize("flavour", ["async", "sync"])
+def test_the_write_deadline_is_checked_when_the_request_bytes_go_out(emulator, flavour):
     """A POST whose write deadline passes after the client's last check before the transport
     (a pause inside the connection pool) is stopped at the write itself: Krea receives nothing."""
-
-    class PausableClock(SystemClock):
-        """Real time, plus 60 s once the process "was paused"."""
-
-        paused = False
-
-        def monotonic(self) -> float:
-            return time.monotonic() + (60.0 if self.paused else 0.0)
-
     clock = PausableClock()
 
-    async def pause(request: httpx.Request) -> None:
+    def pause(request: httpx.Request) -> None:
         # httpx calls request hooks after the client's own last check, before the transport:
         # the process is frozen here for a minute.
         clock.paused = True
+
+    async def pause_async(request: httpx.Request) -> None:
+        pause(request)
 
     def on_send(attempt: SendAttempt) -> float:
         return clock.monotonic() + 5.0
 
     async def send() -> None:
-        http = httpx.AsyncClient(event_hooks={"request": [pause]})
+        http = httpx.AsyncClient(event_hooks={"request": [pause_async]})
         async with AsyncKreaClient(
             emulator.token, base_url=emulator.base_url, clock=clock, http_client=http
         ) as client:
             await client.submit("bfl/flux-1-dev", {"prompt": "a lamp"}, on_send=on_send)
         await http.aclose()
 
+    def send_sync() -> None:
+        with (
+            httpx.Client(event_hooks={"request": [pause]}) as http,
+            KreaClient(
+                emulator.token, base_url=emulator.base_url, clock=clock, http_client=http
+            ) as client,
+        ):
+            client.submit("bfl/flux-1-dev", {"prompt": "a lamp"}, on_send=on_send)
+
     with pytest.raises(SendDeadlineError, match="send_request"):
-        asyncio.run(send())
+        if flavour == "async":
+            asyncio.run(send())
+        else:
+            send_sync()
     assert clock.paused
     stats = emulator.stats()
     assert stats["jobs_created"] == 0

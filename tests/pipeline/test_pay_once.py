@@ -237,8 +237,10 @@ def test_transient_job_failures_are_resubmitted_within_the_run_and_permanent_one
     assert set(manifest["status"]) == {"completed"}
     stats = emulator.stats()
     assert stats["jobs_created"] > 8 and stats["jobs_billed"] == 8
-    # Every repeated request is the resubmission of a failed (unbilled) job, nothing else.
-    assert stats["duplicate_submissions"] == stats["jobs_by_status"]["failed"]
+    # Every repeated request is the resubmission of a failed (unbilled) job, nothing else:
+    # repeats, none of them a double payment.
+    assert stats["repeated_requests"] == stats["jobs_by_status"]["failed"]
+    assert stats["duplicate_submissions"] == 0
 
     write_batch(prompts_dir, "b2", prompt_rows(6, text="other"))
     emulator.configure(job_failure_rate=1.0, job_failures=[["safety_filter", "blocked"]])

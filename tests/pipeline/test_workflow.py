@@ -168,7 +168,7 @@ def test_a_changed_row_pays_only_downstream_of_it_and_a_failed_row_is_skipped(
 
 
 def test_a_missing_column_in_a_template_fails_before_anything_is_paid(tmp_path, emulator, instance):
-    """A placeholder naming no column stops the step with the row and column; 0 POSTs."""
+    """A placeholder naming no column stops the step, naming it and the table's columns; 0 POSTs."""
 
     @dg.asset
     def items() -> pd.DataFrame:
@@ -192,7 +192,7 @@ def test_a_missing_column_in_a_template_fails_before_anything_is_paid(tmp_path, 
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     message = failure.step_failure_data.error.message
-    assert "row 1" in message and "'name'" in message and "title" in message
+    assert "no column 'name'" in message and "(its columns: title)" in message
     assert emulator.stats()["jobs_created"] == 0
 
 

@@ -484,6 +484,8 @@ class Deployment:
                     f"{sorted('/'.join(k.path) for k in (run.asset_selection or []))} "
                     f"retry={run.tags.get('dagster/retry_number', '0')}"
                 )
+                if run.status == DagsterRunStatus.FAILURE:
+                    lines.extend(self._why_not_retried(run))
         with contextlib.suppress(Exception):
             lines.append(f"emulator: {self.emulator.stats()}")
         for process in self.processes:
@@ -491,6 +493,18 @@ class Deployment:
                 lines.append(f"--- {process.name} log (tail) ---")
                 lines.append(process.log_text()[-3000:])
         return "\n".join(lines)
+
+    def _why_not_retried(self, run: Any) -> list[str]:
+        """What Dagster decided about retrying a failed run: its retry tags and engine events."""
+        tags = {
+            name: run.tags[name]
+            for name in ("dagster/will_retry", "dagster/failure_reason", "dagster/auto_retry_run_id")
+            if name in run.tags
+        }
+        lines = [f"    tags {tags}"]
+        for record in self.instance.all_logs(run.run_id)[-8:]:
+            lines.append(f"    {record.dagster_event_type}: {(record.message or '')[:200]}")
+        return lines
 
     def sensor_ticks(self, name: str, limit: int = 20) -> list[Any]:
         """The latest ticks of the sensor ``name``, newest first, as the daemon recorded them."""

@@ -3,27 +3,31 @@
 Two batches of six prompts run against an in-process emulator whose seeded fault stream fails
 five jobs of the first batch and one of the second. With ``max_failed_fraction=0.5`` the first
 batch fails (check ERROR, run failed, partition Failed) and the second materializes with a
-WARN. A ``dagster-webserver`` on the same SQLite instance then serves the UI, and the store
-directory is served over HTTP (``store_url``), so the gallery link in the asset's metadata
-opens the batch's page in the browser. Screenshots land in ``test-artifacts/system/ui-*.png``.
+WARN. A ``dagster-webserver`` on the same SQLite instance then serves the UI, and
+``krea-dagster gallery`` serves the store on loopback (the instance's ``store_url``), so the
+gallery link in the asset's metadata opens the batch's page in the browser: a ``file://`` link
+would be refused ("Not allowed to load local resource"). Screenshots land in
+``test-artifacts/system/ui-*.png``.
 """
 
-import functools
-import http.server
+import os
 import random
-import threading
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import httpx
 import pytest
 
 from krea_dagster import KreaResource
 from krea_dagster.emulator.testing import run_emulator
 from krea_dagster.metadata import KreaImagesMetadata
 
-from .harness import location_webserver, write_prompts
+from .harness import REPO_ROOT, free_port, location_webserver, wait_for, write_prompts
 from .test_production_topology import dismiss_first_visit_dialogs
 from .ui_location import PREFIX, build
 
@@ -93,15 +97,40 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
         write_prompts(prompts_dir, batch, prompts)
     store = root / "store"
     store.mkdir()
-    handler = functools.partial(QuietHandler, directory=str(store))
-    files = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=files.serve_forever, daemon=True).start()
+    gallery_port = free_port()
     env = {
         "KREA_UI_PROMPTS": str(prompts_dir),
         "KREA_UI_STORE": str(store),
         "KREA_UI_LEDGER": f"sqlite:///{root / 'ledger.db'}",
-        "KREA_UI_STORE_URL": f"http://127.0.0.1:{files.server_address[1]}",
+        "KREA_UI_STORE_URL": f"http://127.0.0.1:{gallery_port}",
     }
+    # The store served the way a user serves it: `krea-dagster gallery` on the code location.
+    files = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "krea_dagster",
+            "gallery",
+            "-f",
+            str(LOCATION),
+            "--port",
+            str(gallery_port),
+        ],
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("KREA_")},
+            **env,
+            "PYTHONPATH": str(REPO_ROOT),
+        },
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=(root / "gallery.log").open("wb"),
+        start_new_session=True,
+    )
+    wait_for(
+        lambda: _answers(f"{env['KREA_UI_STORE_URL']}/", files, root / "gallery.log"),
+        timeout=120,
+        what="krea-dagster gallery answers",
+    )
     assets = build(
         env["KREA_UI_PROMPTS"],
         env["KREA_UI_STORE"],
@@ -132,15 +161,17 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
             yield {"url": url, "assets": assets, "results": results, "instance": instance}
     finally:
         instance.dispose()
-        files.shutdown()
-        files.server_close()
+        os.killpg(files.pid, signal.SIGTERM)
+        files.wait(timeout=20)
 
 
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves the store directory without a log line per request."""
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+def _answers(url: str, process: subprocess.Popen[bytes], log: Path) -> bool:
+    if process.poll() is not None:
+        raise RuntimeError(log.read_text(errors="replace")[-4000:])
+    try:
+        return httpx.get(url, timeout=5, trust_env=False).is_success
+    except httpx.HTTPError:
+        return False
 
 
 def gallery_links(deployed: dict[str, Any], batch: str) -> KreaImagesMetadata:

@@ -11,6 +11,7 @@ from sqlalchemy.engine import Connection
 from krea_dagster.engine.ledger.records import (
     TERMINAL_STATES,
     UNRESOLVED_STATES,
+    PlanProgress,
     Submission,
     SubmissionState,
 )
@@ -169,27 +170,26 @@ class LedgerQueries(LedgerDatabase):
             rows = conn.execute(query.order_by(submissions_table.c.id)).mappings()
             return [Submission.from_row(row) for row in rows]
 
-    def unsubmitted(self, scope: str, batch: str, generation: int) -> int:
-        """How many prompts of the batch generation's plan have no submission row yet.
+    def plan_progress(self, scope: str, batch: str, generation: int) -> PlanProgress:
+        """The run that planned the batch generation, and how many of its planned prompts Krea
+        has taken nothing for yet (``PlanProgress``).
 
-        Above 0, a jobs step is still on its way (or died part way): the batch is not done,
-        even when every row already written is terminal.
+        Above 0, a jobs run is still on its way (or died part way, or will re-send what Krea
+        never took): the batch is not done, even when every row already written is terminal.
         """
-        column = submissions_table.c
-        submitted = sa.select(column.prompt_key).where(
-            column.scope == scope,
-            column.batch == batch,
-            column.generation == generation,
-            column.parent_id.is_(None),
-        )
-        query = sa.select(sa.func.count()).where(
-            plans_table.c.scope == scope,
-            plans_table.c.batch == batch,
-            plans_table.c.generation == generation,
-            plans_table.c.prompt_key.not_in(submitted),
-        )
         with self.engine.connect() as conn:
-            return int(conn.execute(query).scalar_one())
+            planned = conn.execute(
+                sa.select(plans_table.c.prompt_key, plans_table.c.run_id).where(
+                    plans_table.c.scope == scope,
+                    plans_table.c.batch == batch,
+                    plans_table.c.generation == generation,
+                )
+            ).all()
+        if not planned:
+            return PlanProgress(run_id=None, unsent=0)
+        latest = self.latest(scope, batch, generation)
+        unsent = sum(1 for key, _ in planned if key not in latest or latest[key].awaits_sending)
+        return PlanProgress(run_id=planned[0].run_id, unsent=unsent)
 
     def paid_duplicates(self, scope: str, batch: str, generation: int) -> dict[str, list[str]]:
         """Prompt keys with more than one paid job in a generation, with their job ids."""

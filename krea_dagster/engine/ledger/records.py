@@ -174,12 +174,32 @@ class Submission:
         return self.job_id is not None and not self.is_terminal and not self.is_unresolved
 
     @property
+    def awaits_sending(self) -> bool:
+        """Krea took nothing for this attempt, for a reason that is not the prompt's (never
+        sent, proven never created, refused for the rate, the balance, the token or an upload
+        it no longer has): the prompt is sent again by its run or the next, and the attempt
+        does not count against ``max_attempts``."""
+        return self.state == SubmissionState.NOT_CREATED and self.error_code != ErrorCode.REJECTED
+
+    @property
     def has_image(self) -> bool:
         return self.image_uri is not None
 
     @property
     def request(self) -> dict[str, Any]:
         return dict(json.loads(self.request_json))
+
+
+@dataclass(frozen=True)
+class PlanProgress:
+    """How far the jobs run that last planned a batch generation got (``Ledger.plan_progress``)."""
+
+    #: The run that recorded the plan (None: no plan, or a run outside Dagster).
+    run_id: str | None
+    #: Planned prompts Krea has taken nothing for yet: no submission row, or a latest row
+    #: that ``awaits_sending``. Above 0 the batch is not done while that run, or a retry of it,
+    #: may still send them.
+    unsent: int
 
 
 def output_key(prompt_key: str, position: int) -> str:
@@ -206,7 +226,7 @@ def may_submit(
         jobs = [row, *(outputs or {}).get(row.submission_id, ())]
         if row.is_reported or any(job.is_live or job.is_paid for job in jobs):
             return False
-        if row.state != SubmissionState.NOT_CREATED or row.error_code == ErrorCode.REJECTED:
+        if not row.awaits_sending:
             counted += 1
     return counted < max_attempts
 

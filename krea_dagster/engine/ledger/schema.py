@@ -181,10 +181,11 @@ uploads_table = sa.Table(
 )
 
 # The prompts a batch generation is meant to cover, as the jobs step that last started on it
-# planned them (before its first POST): until each has a submission row, the batch is not done,
-# whatever the rows already there say (a submitter killed mid-batch, or not yet past its first
-# reconciliation, has sent only some of them). A table of its own: created by create_all on
-# any ledger, no upgrade needed.
+# planned them (before its first POST), and which run that was: until Krea has taken each (a
+# submission row that is not waiting to be sent again), the batch is not done, whatever the rows
+# already there say (a submitter killed mid-batch, or not yet past its first reconciliation, has
+# sent only some of them; one between two rounds has rows it will re-send). A table of its own:
+# created by create_all on any ledger, no upgrade needed.
 plans_table = sa.Table(
     "krea_plans",
     metadata,
