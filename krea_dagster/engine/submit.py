@@ -221,7 +221,13 @@ class BatchSubmitter:
 
     async def _submit_one(self, prompt: PlannedPrompt) -> None:
         for unsent in range(MAX_UNSENT_RETRIES + 1):
-            claimed = await self._claim(prompt)
+            try:
+                claimed = await self._claim(prompt)
+            except BackendUnreachableError as error:
+                # Krea's clock is measured before the claim, which records the send: a base
+                # URL that never answered stops the batch before any intent is written.
+                await self._unreachable(error)
+                return
             if claimed is None:
                 self._report.skipped += 1
                 return
@@ -331,10 +337,7 @@ class BatchSubmitter:
         except RateLimitError as error:
             await self._not_created(row, ErrorCode.RATE_LIMITED, error, stop=True, transient=True)
         except BackendUnreachableError as error:
-            # The base URL never answered this client. A setting to fix (the batch stops at
-            # once, no retry), unless Krea answered this batch before: then it is an outage.
-            answered = await asyncio.to_thread(self._answered_before)
-            await self._not_created(row, ErrorCode.NOT_SENT, error, stop=True, transient=answered)
+            await self._unreachable(error, row)
         except APIConnectionError as error:
             await self._not_created(row, ErrorCode.NOT_SENT, error, stop=True, transient=True)
         except APIStatusError as error:
@@ -492,7 +495,24 @@ class BatchSubmitter:
             self.ledger.mark_not_created, row.submission_id, code=code, message=str(error)
         )
         self._report.not_created += 1
-        if stop and self._report.stopped_by is None:
+        if stop:
+            self._stop(code, error, transient=transient)
+
+    async def _unreachable(
+        self, error: BackendUnreachableError, row: Submission | None = None
+    ) -> None:
+        """The base URL never answered this client (measuring Krea's clock before a claim, or
+        the POST of ``row``): a setting to fix, so the batch stops at once with no retry, unless
+        Krea answered this batch before: then it is an outage (transient)."""
+        answered = await asyncio.to_thread(self._answered_before)
+        if row is None:
+            self._stop(ErrorCode.NOT_SENT, error, transient=answered)
+        else:
+            await self._not_created(row, ErrorCode.NOT_SENT, error, stop=True, transient=answered)
+
+    def _stop(self, code: str, error: BaseException, *, transient: bool) -> None:
+        """Stop the batch for ``error`` (the first reason wins)."""
+        if self._report.stopped_by is None:
             self._report.stopped_by = BatchStoppedError(
                 f"stopping the batch: {error}", code=code, transient=transient
             )
