@@ -498,7 +498,11 @@ class Deployment:
         """What Dagster decided about retrying a failed run: its retry tags and engine events."""
         tags = {
             name: run.tags[name]
-            for name in ("dagster/will_retry", "dagster/failure_reason", "dagster/auto_retry_run_id")
+            for name in (
+                "dagster/will_retry",
+                "dagster/failure_reason",
+                "dagster/auto_retry_run_id",
+            )
             if name in run.tags
         }
         lines = [f"    tags {tags}"]
