@@ -251,13 +251,8 @@ def check_price(value: Any, name: str) -> float | None:
 
 
 def _template_columns(value: Any) -> set[str]:
-    if isinstance(value, str):
-        return set(placeholders(value))
-    if isinstance(value, Mapping):
-        return set().union(*(_template_columns(item) for item in value.values()))
-    if isinstance(value, list | tuple):
-        return set().union(*(_template_columns(item) for item in value))
-    return set()
+    """The columns every template in ``value`` (a text, or texts nested in a request) names."""
+    return {name for leaf in string_leaves(value) for name in placeholders(leaf)}
 
 
 async def load_node_app(

@@ -289,8 +289,7 @@ class LedgerWrites(LedgerDatabase):
                     "estimated_usd": estimated_usd,
                     "intent_at": now,
                     "sent_at": sent_at,
-                    "krea_offset_low": None if krea_offset is None else krea_offset[0],
-                    "krea_offset_high": None if krea_offset is None else krea_offset[1],
+                    **_offset_columns(krea_offset),
                     "updated_at": now,
                 }
                 conn.execute(submissions_table.insert().values(**values))
@@ -360,8 +359,7 @@ class LedgerWrites(LedgerDatabase):
                     )
                     .values(
                         sent_at=sent_at,
-                        krea_offset_low=None if krea_offset is None else krea_offset[0],
-                        krea_offset_high=None if krea_offset is None else krea_offset[1],
+                        **_offset_columns(krea_offset),
                         updated_at=now,
                     )
                 )
@@ -721,3 +719,9 @@ class _Refused(Exception):
 def _late_id(submission_id: str) -> str:
     """A submission id for the late answer of ``submission_id`` (same length, distinct)."""
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"krea-late:{submission_id}"))
+
+
+def _offset_columns(krea_offset: tuple[float, float] | None) -> dict[str, float | None]:
+    """The bounds of Krea's clock minus ours measured at a send, as the row's two columns."""
+    low, high = krea_offset if krea_offset is not None else (None, None)
+    return {"krea_offset_low": low, "krea_offset_high": high}
