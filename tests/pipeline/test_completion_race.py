@@ -17,6 +17,7 @@ import pytest
 
 from krea_dagster import build_krea_sensors
 from krea_dagster.engine.errors import ErrorCode
+from krea_dagster.engine.ledger import Submission
 from krea_dagster.engine.reconcile import reconcile
 from krea_dagster.engine.run import run_coroutine
 from krea_dagster.engine.submit import BatchSubmitter, PlannedPrompt
@@ -85,6 +86,26 @@ class Batch:
 
         run_coroutine(work())
 
+    def claim(self, prompt: PlannedPrompt, run_id: str, *, lease_seconds: float) -> Submission:
+        """The intent of ``prompt`` as the jobs run ``run_id`` writes it, nothing sent yet."""
+        claim = self.ledger.claim(
+            scope="krea_test",
+            batch="b1",
+            generation=self.generation,
+            prompt_key=prompt.prompt_key,
+            model=self.pipeline.model,
+            request=prompt.request,
+            request_hash=prompt.request_hash,
+            submission_id=str(uuid.uuid4()),
+            estimated_usd=prompt.estimated_usd,
+            run_id=run_id,
+            max_attempts=3,
+            account=self.krea.account_id,
+            lease_seconds=lease_seconds,
+        )
+        assert claim.row is not None
+        return claim.row
+
     def rendered(self) -> None:
         """Every job Krea has for the batch is terminal (the emulator renders in milliseconds)."""
         for row in self.ledger.rows("krea_test", "b1", self.generation):
@@ -152,35 +173,20 @@ def test_a_crashed_jobs_run_whose_row_is_reconciled_leaves_the_batch_to_its_retr
     record_run(batch.instance, crashed, dg.DagsterRunStatus.STARTED)
     batch.plan(crashed)
     first = batch.planned[0]
-    claim = batch.ledger.claim(
-        scope="krea_test",
-        batch="b1",
-        generation=batch.generation,
-        prompt_key=first.prompt_key,
-        model=batch.pipeline.model,
-        request=first.request,
-        request_hash=first.request_hash,
-        submission_id=str(uuid.uuid4()),
-        estimated_usd=first.estimated_usd,
-        run_id=crashed,
-        max_attempts=3,
-        account=batch.krea.account_id,
-        lease_seconds=0.0,  # the worker is gone: its lease is expired at once
-    )
-    assert claim.row is not None
+    row = batch.claim(
+        first, crashed, lease_seconds=0.0
+    )  # the worker is gone: its lease is expired at once
     assert batch.tick() == []  # unresolved
     record_run(batch.instance, crashed, dg.DagsterRunStatus.FAILURE)  # run monitoring
 
     async def settle() -> Any:
         async with batch.krea.async_client() as client:
             return await reconcile(
-                client, batch.ledger, claim.row, request_window=batch.krea.request_window, log=LOG
+                client, batch.ledger, row, request_window=batch.krea.request_window, log=LOG
             )
 
     run_coroutine(settle())  # the retry's first step: never sent, so not created
-    assert batch.ledger.get(claim.row.submission_id).error_code == (
-        ErrorCode.RECONCILED_NOT_CREATED
-    )
+    assert batch.ledger.get(row.submission_id).error_code == ErrorCode.RECONCILED_NOT_CREATED
     assert batch.tick() == []  # reconciled, and 4 prompts Krea has not taken
     record_run(batch.instance, retry, dg.DagsterRunStatus.STARTED)
     batch.plan(retry)
@@ -205,24 +211,9 @@ def test_a_prompt_a_jobs_run_will_send_again_keeps_the_batch_undone_until_that_r
     batch.plan(run_id)
     batch.send(batch.planned[1:], run_id)
     last = batch.planned[0]
-    claim = batch.ledger.claim(
-        scope="krea_test",
-        batch="b1",
-        generation=batch.generation,
-        prompt_key=last.prompt_key,
-        model=batch.pipeline.model,
-        request=last.request,
-        request_hash=last.request_hash,
-        submission_id=str(uuid.uuid4()),
-        estimated_usd=last.estimated_usd,
-        run_id=run_id,
-        max_attempts=3,
-        account=batch.krea.account_id,
-        lease_seconds=60.0,
-    )
-    assert claim.row is not None
+    row = batch.claim(last, run_id, lease_seconds=60.0)
     batch.ledger.mark_not_created(
-        claim.row.submission_id,
+        row.submission_id,
         code=ErrorCode.RECONCILED_NOT_CREATED,
         message="no job was created in the request's window",
     )
