@@ -52,6 +52,10 @@ from krea_dagster.engine.catalogs import DEFAULT_CATALOG_MAX_AGE, CatalogSetting
 __all__ = ["KreaResource"]
 
 
+#: The most POSTs of one account ``submit_lanes`` keeps in flight.
+MAX_SUBMIT_LANES = 16
+
+
 class KreaResource(dg.ConfigurableResource):
     """A Krea API account and how krea-dagster uses it.
 
@@ -93,6 +97,16 @@ class KreaResource(dg.ConfigurableResource):
             "Most jobs of one batch kept live (submitted, not finished) at Krea at once; "
             "0 submits everything and lets Krea backlog the excess. Set it below your "
             "account's backlog size to avoid 429s."
+        ),
+    )
+    submit_lanes: int = Field(
+        default=1,
+        description=(
+            "POSTs of this account in flight at once, across every worker sharing the ledger. "
+            "1 suits most accounts (one POST takes a round trip; a batch waits on renders). "
+            "On a big account over a slow network (concurrency / render seconds above about "
+            "8 POSTs per second per 100 ms of latency) 4 keeps up; a worker killed with several "
+            "POSTs in flight may then leave a prompt reported."
         ),
     )
     poll_interval: float = Field(
@@ -163,6 +177,7 @@ class KreaResource(dg.ConfigurableResource):
     def _check_ranges(self) -> "KreaResource":
         minimums = {
             "max_concurrent_submits": 0,
+            "submit_lanes": 1,
             "max_concurrent_downloads": 1,
             "max_retries": 0,
             "poll_timeout": 0,
@@ -171,6 +186,12 @@ class KreaResource(dg.ConfigurableResource):
         for name, minimum in minimums.items():
             if getattr(self, name) < minimum:
                 raise ValueError(f"{name} must be at least {minimum}, got {getattr(self, name)}")
+        if self.submit_lanes > MAX_SUBMIT_LANES:
+            raise ValueError(
+                f"submit_lanes must be at most {MAX_SUBMIT_LANES}, got {self.submit_lanes}: "
+                "more POSTs in flight do not make Krea render faster, and each is one more a "
+                "killed worker may leave undecidable"
+            )
         for name in ("poll_interval", "connect_timeout", "read_timeout", "write_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(

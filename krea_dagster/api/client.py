@@ -446,9 +446,19 @@ class KreaClient(_BaseClient):
         types: Sequence[str] | str | None = None,
         created_after: datetime | None = None,
         max_retries: int | None = None,
+        created_before: datetime | None = None,
     ) -> Iterator[Job]:
-        """Every job, newest first, page by page; stops at jobs older than ``created_after``."""
-        pager = _jobs.JobPager(limit=limit, status=status, types=types, created_after=created_after)
+        """Every job, newest first, page by page; stops at jobs older than ``created_after``.
+
+        ``created_before``: start at the jobs created before it instead of the newest.
+        """
+        pager = _jobs.JobPager(
+            limit=limit,
+            status=status,
+            types=types,
+            created_after=created_after,
+            cursor=created_before,
+        )
         while not pager.done:
             page = self._run(pager.next_page(self._core, max_retries))
             yield from pager.accept(page)
@@ -891,9 +901,19 @@ class AsyncKreaClient(_BaseClient):
         types: Sequence[str] | str | None = None,
         created_after: datetime | None = None,
         max_retries: int | None = None,
+        created_before: datetime | None = None,
     ) -> AsyncIterator[Job]:
-        """Every job, newest first; stops at jobs older than ``created_after``."""
-        pager = _jobs.JobPager(limit=limit, status=status, types=types, created_after=created_after)
+        """Every job, newest first; stops at jobs older than ``created_after``.
+
+        ``created_before``: start at the jobs created before it instead of the newest.
+        """
+        pager = _jobs.JobPager(
+            limit=limit,
+            status=status,
+            types=types,
+            created_after=created_after,
+            cursor=created_before,
+        )
         while not pager.done:
             page = await self._run(pager.next_page(self._core, max_retries))
             for job in pager.accept(page):

@@ -8,13 +8,19 @@ holds the window, the outcome, and the pure decision; the clients do the listing
 A node app's execution creates several jobs at once (``SubmissionWindow.jobs``): they are
 attributed together, only once the window has closed (so none is still to appear), and only
 when their number is the app's (when known).
+
+Several submissions of one account may be in flight at once (submit lanes), so their windows can
+overlap: ``decide_cluster`` decides the unresolved submissions whose windows overlap (a
+*cluster*) together, from the jobs created in them before a *horizon* (every job created before
+it is listed, and none can be a submission still being sent). It attributes only what the
+windows force, and a cluster of one is ``decide_reconciliation`` exactly.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -22,9 +28,11 @@ from krea_dagster.api.errors import AmbiguousSubmitError
 from krea_dagster.api.models import Job
 
 __all__ = [
+    "ClusterDecision",
     "Reconciliation",
     "ReconciliationOutcome",
     "SubmissionWindow",
+    "decide_cluster",
     "decide_reconciliation",
 ]
 
@@ -266,3 +274,193 @@ def _decide_several(
     return Reconciliation.found_all(
         found, f"{len(found)} unknown job(s) were created in {span}: the execution's", window
     )
+
+
+@dataclass(frozen=True)
+class ClusterDecision:
+    """What the evidence decides for the submissions of one cluster of overlapping windows.
+
+    ``decided``: by submission id, ``FOUND`` (its jobs: attribute them), ``NOT_CREATED`` (send
+    it again) or ``UNDECIDABLE`` (report it, never re-send it on a guess), each with its reason.
+    ``waiting``: the submissions nothing can be concluded for yet, and why (list again later).
+    """
+
+    decided: Mapping[str, Reconciliation] = field(default_factory=dict)
+    waiting: Mapping[str, str] = field(default_factory=dict)
+
+
+def decide_cluster(
+    windows: Sequence[SubmissionWindow],
+    jobs: Iterable[Job],
+    *,
+    horizon: datetime,
+    neighbours: Iterable[Job] = (),
+    complete: bool = True,
+) -> ClusterDecision:
+    """Decide a cluster of unresolved submissions whose windows overlap, together.
+
+    ``jobs``: the unknown jobs (the caller's own left out) created in the cluster's windows;
+    ``neighbours``: unknown jobs created in the guard band around them and in no unresolved
+    window. Only jobs created before ``horizon`` count: every job created before it is listed
+    (``complete``) and none is the job of a submission still being sent, so each is the job of
+    a submission of the cluster, or another submitter's. A window has closed once the horizon is
+    past its end.
+
+    - a cluster of one is ``decide_reconciliation`` (today's single window);
+    - an unknown job in the guard band: another client or ledger submits on the account, so any
+      job in the windows may be theirs: every submission is reported;
+    - a job only one submission could have made is that submission's (each ``/generate``
+      submission makes at most one job), and taking it out may leave another job with only one
+      possible submission: pairs are attributed while the windows force them, never guessed;
+    - a job that no submission left can have made, or more jobs than submissions that make one
+      each, contradict the evidence: every submission is reported;
+    - once every window has closed, no job left means none of the rest was created; jobs left
+      that several submissions could each have made mean they are reported;
+    - a node app's submission (several jobs) is attributed its jobs once its window has closed
+      when no other submission could have made them, as ``decide_reconciliation`` does.
+    """
+    cluster = list(windows)
+    found = [job for job in jobs if job.created_at < horizon]
+    others = [job for job in neighbours if job.created_at < horizon]
+    if len(cluster) == 1:
+        return _decide_alone(cluster[0], found, others, horizon=horizon, complete=complete)
+    rows = {_row_id(window): window for window in cluster}
+    span = _span(cluster)
+    if not complete:
+        reason = f"the job list could not be read back over {span}"
+        return ClusterDecision(waiting=dict.fromkeys(rows, reason))
+    if others:
+        ids = ", ".join(job.job_id for job in others[:5])
+        return _report_all(
+            rows,
+            f"{len(others)} job(s) this ledger does not know were created around the "
+            f"overlapping windows {span} ({ids}): another client or ledger submits on this "
+            "Krea account, so the jobs in the windows may be theirs",
+            (*found, *others),
+        )
+    possible = {
+        job.job_id: {row for row, window in rows.items() if window.contains(job.created_at)}
+        for job in found
+    }
+    single = {row for row, window in rows.items() if window.jobs == 1}
+    left = set(rows)
+    unassigned = {job.job_id: job for job in found if possible[job.job_id]}
+    attributed: dict[str, Reconciliation] = {}
+    forcing = True
+    while forcing:
+        forcing = False
+        for job_id, job in sorted(unassigned.items(), key=lambda item: item[1].created_at):
+            owners = possible[job_id] & left
+            if not owners:
+                return _report_all(
+                    rows,
+                    f"job {job_id} was created in the overlapping windows {span}, but each "
+                    "submission that could have made it is matched to another job: one of "
+                    "them is another submitter's, or a submission made two",
+                    found,
+                )
+            if len(owners) == 1 and owners <= single:
+                (owner,) = owners
+                attributed[owner] = Reconciliation.found(
+                    job,
+                    f"job {job_id} was created in {span} where only this submission's "
+                    "window, of those still unresolved, could hold it",
+                    rows[owner],
+                )
+                left.discard(owner)
+                del unassigned[job_id]
+                forcing = True
+                break
+    residual = list(unassigned.values())
+    if left <= single and len(residual) > len(left):
+        return _report_all(
+            rows,
+            f"{len(residual)} unknown job(s) were created in the overlapping windows {span} "
+            f"for {len(left)} submission(s) that make one job each: one is another "
+            "submitter's",
+            found,
+        )
+    decided: dict[str, Reconciliation] = dict(attributed)
+    waiting: dict[str, str] = {}
+    for row in sorted(left - single):
+        # A node app's execution whose jobs no other submission could have made: as alone.
+        own = [job for job in residual if possible[job.job_id] == {row}]
+        if len(own) == len([job for job in residual if row in possible[job.job_id]]):
+            alone = _decide_alone(rows[row], own, (), horizon=horizon, complete=True)
+            decided.update(alone.decided)
+            waiting.update(alone.waiting)
+            residual = [job for job in residual if job not in own]
+            left.discard(row)
+    if not left:
+        return ClusterDecision(decided, waiting)
+    closed = all(rows[row].is_closed(horizon) for row in left)
+    ids = ", ".join(job.job_id for job in residual[:8])
+    if not closed:
+        reason = (
+            f"{len(residual)} unknown job(s) ({ids}) could each be one of several of these "
+            "submissions, and their windows are still open"
+            if residual
+            else f"no unknown job in the overlapping windows {span} yet, but they are still open"
+        )
+        waiting.update(dict.fromkeys(left, reason))
+        return ClusterDecision(decided, waiting)
+    if not residual:
+        reason = f"no unknown job was created in the overlapping windows {span}, all closed"
+        decided.update({row: Reconciliation.not_created(reason, rows[row]) for row in left})
+        return ClusterDecision(decided, waiting)
+    reason = (
+        f"{len(residual)} unknown job(s) were created in the overlapping windows {span} "
+        f"({ids}) and each could be the job of several of these submissions"
+    )
+    decided.update(
+        {row: Reconciliation.undecidable(residual, reason, rows[row]) for row in sorted(left)}
+    )
+    return ClusterDecision(decided, waiting)
+
+
+def _decide_alone(
+    window: SubmissionWindow,
+    found: Sequence[Job],
+    others: Sequence[Job],
+    *,
+    horizon: datetime,
+    complete: bool,
+) -> ClusterDecision:
+    """A cluster of one: ``decide_reconciliation`` at the horizon. Nothing found in an open
+    window (or an unread list) waits; any other undecidable result is a report."""
+    row = _row_id(window)
+    inside = [job for job in found if window.contains(job.created_at)]
+    result = decide_reconciliation(
+        window, inside, now=horizon, complete=complete, neighbours=others
+    )
+    if (
+        result.is_undecidable
+        and not result.candidates
+        and (not complete or not window.is_closed(horizon))
+    ):
+        return ClusterDecision(waiting={row: result.reason})
+    return ClusterDecision(decided={row: result})
+
+
+def _report_all(
+    rows: Mapping[str, SubmissionWindow], reason: str, candidates: Sequence[Job]
+) -> ClusterDecision:
+    return ClusterDecision(
+        decided={
+            row: Reconciliation.undecidable(candidates, reason, window)
+            for row, window in rows.items()
+        }
+    )
+
+
+def _row_id(window: SubmissionWindow) -> str:
+    if window.submission_id is None:
+        raise ValueError("decide_cluster needs every window's submission_id")
+    return window.submission_id
+
+
+def _span(windows: Sequence[SubmissionWindow]) -> str:
+    start = min(window.start for window in windows)
+    ends = [window.end for window in windows]
+    end = "now" if any(e is None for e in ends) else max(e for e in ends if e).isoformat()
+    return f"{start.isoformat()} .. {end}"

@@ -33,7 +33,6 @@ from krea_dagster.engine.ledger import (
     Submission,
     attempts_by_prompt,
     may_submit,
-    utcnow,
 )
 from krea_dagster.engine.manifest import build_manifest
 from krea_dagster.engine.prompts import (
@@ -44,7 +43,7 @@ from krea_dagster.engine.prompts import (
     prepare_batch,
     request_hash,
 )
-from krea_dagster.engine.reconcile import Outcome, reconcile
+from krea_dagster.engine.reconcile import Outcome, settle
 from krea_dagster.engine.references import (
     AsyncReferenceResolver,
     CheckedReferences,
@@ -339,6 +338,7 @@ class KreaImagePipeline:
                 account=krea.account_id,
                 request_window=krea.request_window,
                 max_live=krea.max_concurrent_submits,
+                lanes=krea.submit_lanes,
                 max_attempts=self.max_attempts,
                 poll_interval=krea.poll_interval,
                 log=log,
@@ -396,34 +396,11 @@ class KreaImagePipeline:
     async def settle(
         self, client: AsyncKreaClient, krea: KreaAccount, *, log: logging.Logger | Any
     ) -> list[Outcome]:
-        """Reconcile this account's unresolved rows that no live worker is sending.
-
-        With the submit lease that is at most the one row of an expired lease (plus rows a
-        version 1 ledger left behind), each decided from its own window.
-        """
-        outcomes: list[Outcome] = []
-        # The rows first, the lease after: a row claimed in between is not in the list, and
-        # a listed row still unresolved holds the lease, so a live sender's row is seen as
-        # live. (Read the other way round, a worker that claimed and sent between the two
-        # reads had its row decided "never sent" from a stale copy.)
-        unresolved = await asyncio.to_thread(self.ledger.unresolved)
-        live = await asyncio.to_thread(self._live_sender, krea.account_id)
-        for row in unresolved:
-            if row.submission_id == live or row.account not in (None, krea.account_id):
-                continue
-            outcomes.append(
-                await reconcile(
-                    client, self.ledger, row, request_window=krea.request_window, log=log
-                )
-            )
-        return outcomes
-
-    def _live_sender(self, account: str) -> str | None:
-        """The submission a live worker is sending on this account right now, if any."""
-        lease = self.ledger.lease(account)
-        if lease is None or lease.is_expired(utcnow()):
-            return None
-        return lease.holder.submission_id
+        """Reconcile this account's unresolved rows that no live worker holds (a dead
+        worker's), each with the rows its window overlaps (``engine.reconcile.settle``)."""
+        return await settle(
+            client, self.ledger, krea.account_id, request_window=krea.request_window, log=log
+        )
 
     # -- collect ---------------------------------------------------------------------------
 
@@ -588,12 +565,12 @@ class KreaImagePipeline:
         """Rows still moving: being sent by a live worker, rendering at Krea, or completed
         with the image not stored yet."""
         moving = []
-        live = self._live_sender(account)  # one lease read per pass, not one per row
+        live = self.ledger.live_holders(account)  # one lease read per pass, not one per row
         for row in self.rows_of(batch, generation, keys):
             if (
                 row.is_pending_at_krea
                 or (row.is_paid and row.image_uri is None and row.error_code is None)
-                or (row.is_unresolved and row.submission_id == live)
+                or (row.is_unresolved and row.submission_id in live)
             ):
                 moving.append(row)
         return moving

@@ -1,32 +1,41 @@
-"""Resolve a submission whose outcome is unknown: the only reconciliation there is.
+"""Resolve submissions whose outcome is unknown: the only reconciliation there is.
 
 A POST that timed out, lost its connection, got a 5xx, or whose worker was killed between the
 POST and the ledger write, may or may not have created a (billable) job at Krea. Krea has no
 idempotency key and its jobs do not echo the request, so the only evidence is *time*: the job,
 if it exists, was created while the last attempt of the request was in flight.
 
-The submit lease (``krea_dagster.engine.ledger``) makes this simple: at most one submission per
-account is unresolved at any moment, so one window decides it.
-
 - no ``sent_at``: the worker stopped before sending (the time of every attempt is written
   before it goes out): **not created**, at once;
-- the window is ``[sent_at, sent_at + 2 request windows]`` (later still after a late
+- a row's window is ``[sent_at, sent_at + 2 request windows]`` (later still after a late
   ``ambiguous_at``: see ``window_seconds``), in Krea's clock through offset bounds *measured*
   from Krea itself (``clock_bounds``): the ``Date`` headers of Krea's answers, recorded with
   the send (``krea_offset_*``), tightened by the rows of the same host Krea answered. Nothing
   is assumed: with no measurement, or with measurements that contradict each other (a clock
   was stepped), the window cannot be placed and the row is **reported**, never "not created";
-- once the window has closed, ``GET /jobs`` is read from the window's end back to its start
-  (never further: the look-back is bounded by the window), excluding every job the ledger
-  knows: none means **not created** (the prompt may be sent again); exactly one means **it is
-  ours** (attributed, with its cost when completed); more means **reported**;
-- jobs the ledger does not know in a guard band around the window mean somebody else submits
-  on this account (another ledger, a script): a lone job in the window may be theirs, so it is
-  **reported** too, and the account's foreign-job count is raised. Unknown jobs are never
+- the unresolved rows of an account whose windows overlap form a **cluster**, decided together
+  (``api.reconcile.decide_cluster``) from ``GET /jobs`` read over the cluster's windows and a
+  guard band around them, never further back, minus every job the ledger knows;
+- only jobs created before the **settled horizon** count: the earliest send of a row a live
+  worker is sending right now (its job may be listed before its answer is recorded), and never
+  later than Krea's clock now minus ``LISTING_LAG`` (a newer job may not be listed yet). Every
+  job created before it belongs to a row of a cluster, to a row the ledger knows, or to another
+  submitter. A window has closed once the horizon has passed its end;
+- a job only one row of its cluster could have made is that row's (attributed, with its cost
+  when completed), and so on while the windows force pairs; once the horizon has passed every
+  window of a cluster, no unknown job left means **not created** (the prompt may be sent
+  again), and jobs several rows could each have made mean those rows are **reported**;
+- jobs the ledger does not know in the guard band around a cluster mean somebody else submits
+  on this account (another ledger, a script): any job in the windows may be theirs, so the
+  cluster is **reported** and the account's foreign-job count is raised. Unknown jobs are never
   cancelled;
-- a node app's execution creates several jobs at once: once the window has closed, the unknown
-  jobs in it are **all its own** when there are as many as its latest answered execution made
-  (any number when none was answered yet), and the row gets an output row per further job.
+- a node app's execution creates several jobs at once: once its window has closed, the unknown
+  jobs in it (that no other row could have made) are **all its own** when there are as many as
+  its latest answered execution made (any number when none was answered yet), and the row gets
+  an output row per further job.
+
+A cluster of one row is the single window of one submission: a lone unknown job in it is
+attributed as soon as it is listed; nothing in it is "not created" once it has closed.
 
 A reported row is terminal and unpaid, is never re-sent, and fails the batch's check with the
 candidate job ids in its message; a person decides.
@@ -35,15 +44,16 @@ candidate job ids in its message; a person decides.
 import asyncio
 import logging
 import socket
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from krea_dagster.api import AsyncKreaClient, BackendUnreachableError, KreaError, catalog
-from krea_dagster.api.reconcile import Reconciliation, SubmissionWindow
+from krea_dagster.api import AsyncKreaClient, BackendUnreachableError, Job, KreaError, catalog
+from krea_dagster.api.reconcile import ClusterDecision, SubmissionWindow, decide_cluster
 from krea_dagster.engine.errors import ErrorCode
-from krea_dagster.engine.ledger import JobUpdate, Ledger, Submission, utcnow
+from krea_dagster.engine.ledger import JobUpdate, Ledger, Submission, SubmissionState, utcnow
 
 __all__ = [
     "GUARD_BAND",
@@ -56,6 +66,7 @@ __all__ = [
     "clock_bounds",
     "measured_offset",
     "reconcile",
+    "settle",
     "window_for",
     "window_seconds",
 ]
@@ -198,23 +209,146 @@ async def reconcile(
     request_window: float,
     log: logging.Logger | Any,
     guard: timedelta = GUARD_BAND,
-    now: Any = utcnow,
 ) -> Outcome:
     """Decide whether an unresolved row's POST created a job, and write the answer.
 
-    A job found in the window is attributed at once (the lease means no other submission of
-    the account was in flight); "not created" waits for the window to close (at most
+    The row is decided with every unresolved row of its account whose window overlaps its own
+    (its cluster). A job only it could have made is attributed as soon as it is listed; "not
+    created" waits until the settled horizon has passed every window of the cluster (at least
     ``window_seconds`` after the send), listing again every ``RELIST_SECONDS``.
     """
-    if row.sent_at is None:
-        return _written(
-            ledger.mark_not_created(
-                row.submission_id,
-                code=ErrorCode.RECONCILED_NOT_CREATED,
-                message="the worker stopped before sending the POST: no job was created",
-            ),
-            Outcome.NOT_CREATED,
+    while True:
+        outcomes = await reconcile_pass(
+            client,
+            ledger,
+            row.account,
+            request_window=request_window,
+            log=log,
+            guard=guard,
+            focus={row.submission_id},
         )
+        if row.submission_id in outcomes:
+            return outcomes[row.submission_id]
+        current = await asyncio.to_thread(ledger.get, row.submission_id)
+        if not current.is_unresolved:
+            return Outcome.ALREADY_RESOLVED
+        await asyncio.sleep(RELIST_SECONDS)
+
+
+async def settle(
+    client: AsyncKreaClient,
+    ledger: Ledger,
+    account: str,
+    *,
+    request_window: float,
+    log: logging.Logger | Any,
+    guard: timedelta = GUARD_BAND,
+) -> list[Outcome]:
+    """Reconcile the account's unresolved rows that no live worker holds (a dead worker's), each
+    with its cluster, until every one of them is decided."""
+    unresolved = await asyncio.to_thread(ledger.unresolved)
+    held = await asyncio.to_thread(ledger.live_holders, account)
+    targets = {
+        row.submission_id
+        for row in unresolved
+        if row.account in (None, account) and row.submission_id not in held
+    }
+    outcomes: list[Outcome] = []
+    while targets:
+        decided = await reconcile_pass(
+            client,
+            ledger,
+            account,
+            request_window=request_window,
+            log=log,
+            guard=guard,
+            focus=targets,
+        )
+        outcomes.extend(decided[sid] for sid in targets & decided.keys())
+        left = await asyncio.to_thread(ledger.get_many, sorted(targets - decided.keys()))
+        targets = {row.submission_id for row in left if row.is_unresolved}
+        if targets:
+            await asyncio.sleep(RELIST_SECONDS)
+    return outcomes
+
+
+@dataclass(frozen=True)
+class _Placed:
+    """An unresolved row and its window in Krea's clock."""
+
+    row: Submission
+    window: SubmissionWindow
+
+
+async def reconcile_pass(
+    client: AsyncKreaClient,
+    ledger: Ledger,
+    account: str | None,
+    *,
+    request_window: float,
+    log: logging.Logger | Any,
+    guard: timedelta = GUARD_BAND,
+    focus: Collection[str],
+) -> dict[str, Outcome]:
+    """One look at Krea for the clusters of the account that hold a ``focus`` row: every row
+    the evidence decides now is written; the outcomes by submission id."""
+    started = client.clock.now()
+    offset = await measured_offset(client)
+    unresolved = [
+        row for row in await asyncio.to_thread(ledger.unresolved) if row.account in (None, account)
+    ]
+    # Read after the rows: a row claimed in between is not in the list, and is sent (so its
+    # job created) after ``started``, past the horizon.
+    sending = await asyncio.to_thread(_sending, ledger, account)
+    outcomes: dict[str, Outcome] = {}
+    placed: list[_Placed] = []
+    sending_starts: list[datetime] = []
+    answered: dict[str | None, list[Submission]] = {}
+    for row in unresolved:
+        if row.submission_id in sending:
+            if row.sent_at is None:
+                continue
+            try:
+                window = await _place(client, ledger, row, request_window, guard, answered)
+            except WindowUnplaceable:
+                return outcomes  # a live send that cannot be placed: nothing is settled yet
+            sending_starts.append(window.start)
+            continue
+        if row.sent_at is None:
+            outcomes[row.submission_id] = await asyncio.to_thread(_never_sent, ledger, row)
+            continue
+        try:
+            window = await _place(client, ledger, row, request_window, guard, answered)
+        except WindowUnplaceable as unplaced:
+            outcomes[row.submission_id] = await asyncio.to_thread(
+                _unplaceable, ledger, row, unplaced, log
+            )
+            continue
+        placed.append(_Placed(row, window))
+    if offset is None:
+        return outcomes  # Krea's clock could not be read: nothing is settled yet
+    horizon = min([started + offset.low - LISTING_LAG, *sending_starts])
+    for cluster in _clusters(placed):
+        if not any(item.row.submission_id in focus for item in cluster):
+            continue
+        others = [item.window for item in placed if item not in cluster]
+        outcomes.update(
+            await _reconcile_cluster(
+                client, ledger, cluster, others, horizon=horizon, guard=guard, log=log
+            )
+        )
+    return outcomes
+
+
+async def _place(
+    client: AsyncKreaClient,
+    ledger: Ledger,
+    row: Submission,
+    request_window: float,
+    guard: timedelta,
+    answered: dict[str | None, list[Submission]],
+) -> SubmissionWindow:
+    """The row's window in Krea's clock (``WindowUnplaceable`` when the evidence cannot say)."""
     measured = None
     if row.krea_offset_low is not None and row.krea_offset_high is not None:
         measured = ClockBounds(
@@ -222,103 +356,169 @@ async def reconcile(
         )
     elif row.owner_host == socket.gethostname():
         measured = await measured_offset(client)  # the sender's clock is this host's
-    try:
-        bounds = clock_bounds(await asyncio.to_thread(ledger.answered, row.owner_host), measured)
-    except WindowUnplaceable as unplaced:
-        message = (
-            f"{unplaced}, so the POST's window cannot be placed in Krea's clock and an unknown "
-            f"job could be this row's: check GET /jobs around {row.sent_at.isoformat()} (the "
-            f"clock of host {row.owner_host}) for a job with this request, then resolve the row"
-        )
-        outcome = _written(
-            ledger.mark_reported(row.submission_id, message=message), Outcome.REPORTED
-        )
-        if outcome is Outcome.REPORTED:
-            log.error(f"submission {row.submission_id}: {message}")
-        return outcome
+    if row.owner_host not in answered:
+        answered[row.owner_host] = await asyncio.to_thread(ledger.answered, row.owner_host)
+    bounds = clock_bounds(answered[row.owner_host], measured)
     jobs: int | None = 1
     if catalog.node_app_id(row.model) is not None:
         jobs = await asyncio.to_thread(ledger.jobs_per_submission, row.model)
-    window = window_for(row, bounds, request_window=request_window, guard=guard, jobs=jobs)
-    assert window.end is not None
-    while True:
-        closed = _now(now) > window.end + LISTING_LAG
-        known = await asyncio.to_thread(
-            ledger.known_job_ids, window.start - guard, window.end + guard
-        )
-        result = await client.reconcile_submission(window, known_job_ids=known)
-        if closed or result.is_found or result.candidates:
-            return await asyncio.to_thread(_apply, ledger, row, window, result, log)
-        # Nothing yet and the window still open: the job may still appear.
-        left = (window.end + LISTING_LAG - _now(now)).total_seconds()
-        await asyncio.sleep(max(0.0, min(RELIST_SECONDS, left)) + 0.01)
+    return window_for(row, bounds, request_window=request_window, guard=guard, jobs=jobs)
 
 
-def _apply(
+def _clusters(placed: Sequence[_Placed]) -> list[list[_Placed]]:
+    """The rows whose windows overlap, transitively: each cluster's windows cover one span."""
+    clusters: list[list[_Placed]] = []
+    end: datetime | None = None
+    for item in sorted(placed, key=lambda item: item.window.start):
+        assert item.window.end is not None
+        if clusters and end is not None and item.window.start <= end:
+            clusters[-1].append(item)
+            end = max(end, item.window.end)
+        else:
+            clusters.append([item])
+            end = item.window.end
+    return clusters
+
+
+async def _reconcile_cluster(
+    client: AsyncKreaClient,
     ledger: Ledger,
-    row: Submission,
-    window: SubmissionWindow,
-    result: Reconciliation,
+    cluster: list[_Placed],
+    others: Sequence[SubmissionWindow],
+    *,
+    horizon: datetime,
+    guard: timedelta,
     log: logging.Logger | Any,
-) -> Outcome:
-    if not ledger.get(row.submission_id).is_unresolved:
-        # A neighbour resolved the row while this listing ran: what this one saw is stale
-        # (the jobs it matched look unknown here), so it concludes and logs nothing.
-        return Outcome.ALREADY_RESOLVED
-    # Jobs the ledger learnt of since the listing (a neighbour matched or sent them) are not
-    # another submitter's.
-    assert window.end is not None
-    known = ledger.known_job_ids(window.start - window.guard, window.end + window.guard)
-    foreign = [
-        job.job_id
-        for job in result.candidates
-        if not window.contains(job.created_at) and job.job_id not in known
+) -> dict[str, Outcome]:
+    """List the jobs around one cluster, decide it, and write what is decided."""
+    windows = [item.window for item in cluster]
+    start = min(window.start for window in windows) - guard
+    end = max(window.end for window in windows if window.end is not None) + guard
+    listed = [
+        job
+        async for job in client.iter_jobs(
+            created_after=start,
+            created_before=min(end, horizon) + timedelta(milliseconds=1),
+        )
+        if job.created_at < horizon
     ]
-    if foreign and row.account:
-        ledger.note_foreign_jobs(row.account, foreign)
+    # Jobs the ledger learnt of since (a neighbour answered them) are known too; a row resolved
+    # meanwhile makes the listing stale for its cluster: look again next time.
+    known = await asyncio.to_thread(ledger.known_job_ids, start, end)
+    rows = await asyncio.to_thread(ledger.get_many, [item.row.submission_id for item in cluster])
+    now = {row.submission_id: _evidence(row) for row in rows}
+    if any(now.get(item.row.submission_id) != _evidence(item.row) for item in cluster):
+        return {}  # a row was answered, lost its answer or sent again since it was placed
+    inside: list[Job] = []
+    around: list[Job] = []
+    for job in listed:
+        if job.job_id in known:
+            continue
+        if any(window.contains(job.created_at) for window in windows):
+            inside.append(job)
+        elif not any(window.contains(job.created_at) for window in others):
+            around.append(job)
+    account = cluster[0].row.account
+    if around and account:
+        foreign = [job.job_id for job in around]
+        await asyncio.to_thread(ledger.note_foreign_jobs, account, foreign)
         log.error(
-            f"{len(foreign)} job(s) on Krea account {row.account} were not made through this "
+            f"{len(foreign)} job(s) on Krea account {account} were not made through this "
             f"ledger ({', '.join(foreign[:5])}): another ledger or tool submits on this account. "
             "Point every krea-dagster instance of one account at one ledger database."
         )
-    if result.is_found and result.job is not None:
-        job, more = result.job, result.jobs[1:]
-        outcome = _written(
-            ledger.attribute(
-                row.submission_id,
-                more_jobs=[JobUpdate.from_job(other) for other in more],
-                **JobUpdate.from_job(job).answer(),
-            ),
-            Outcome.ATTRIBUTED,
-        )
-        if outcome is Outcome.ATTRIBUTED:
-            made = ", ".join(found.job_id for found in result.jobs)
-            log.info(f"reconciled submission {row.submission_id}: it created job(s) {made}")
-        return outcome
-    if result.is_not_created:
-        return _written(
-            ledger.mark_not_created(
-                row.submission_id,
-                code=ErrorCode.RECONCILED_NOT_CREATED,
-                message=f"no job was created in the request's window: {result.reason}",
-            ),
-            Outcome.NOT_CREATED,
-        )
-    outcome = _written(
-        ledger.mark_reported(row.submission_id, message=result.reason), Outcome.REPORTED
+    decision = decide_cluster(windows, inside, horizon=horizon, neighbours=around)
+    return await asyncio.to_thread(_apply, ledger, cluster, decision, log)
+
+
+def _apply(
+    ledger: Ledger, cluster: list[_Placed], decision: ClusterDecision, log: logging.Logger | Any
+) -> dict[str, Outcome]:
+    """Write each decided row (every write is guarded: a row resolved meanwhile is left)."""
+    rows = {item.row.submission_id: item.row for item in cluster}
+    outcomes: dict[str, Outcome] = {}
+    for submission_id, result in decision.decided.items():
+        row = rows[submission_id]
+        if result.is_found and result.job is not None:
+            job, more = result.job, result.jobs[1:]
+            outcome = _written(
+                ledger.attribute(
+                    submission_id,
+                    more_jobs=[JobUpdate.from_job(other) for other in more],
+                    **JobUpdate.from_job(job).answer(),
+                ),
+                Outcome.ATTRIBUTED,
+            )
+            if outcome is Outcome.ATTRIBUTED:
+                made = ", ".join(found.job_id for found in result.jobs)
+                log.info(f"reconciled submission {submission_id}: it created job(s) {made}")
+        elif result.is_not_created:
+            outcome = _written(
+                ledger.mark_not_created(
+                    submission_id,
+                    code=ErrorCode.RECONCILED_NOT_CREATED,
+                    message=f"no job was created in the request's window: {result.reason}",
+                ),
+                Outcome.NOT_CREATED,
+            )
+        else:
+            outcome = _written(
+                ledger.mark_reported(submission_id, message=result.reason), Outcome.REPORTED
+            )
+            if outcome is Outcome.REPORTED:
+                log.error(
+                    f"submission {submission_id} (prompt {row.prompt_key}) is reported, not "
+                    f"re-sent: {result.reason}"
+                )
+        outcomes[submission_id] = outcome
+    return outcomes
+
+
+def _never_sent(ledger: Ledger, row: Submission) -> Outcome:
+    return _written(
+        ledger.mark_not_created(
+            row.submission_id,
+            code=ErrorCode.RECONCILED_NOT_CREATED,
+            message="the worker stopped before sending the POST: no job was created",
+        ),
+        Outcome.NOT_CREATED,
     )
+
+
+def _unplaceable(
+    ledger: Ledger, row: Submission, unplaced: WindowUnplaceable, log: logging.Logger | Any
+) -> Outcome:
+    assert row.sent_at is not None
+    message = (
+        f"{unplaced}, so the POST's window cannot be placed in Krea's clock and an unknown "
+        f"job could be this row's: check GET /jobs around {row.sent_at.isoformat()} (the "
+        f"clock of host {row.owner_host}) for a job with this request, then resolve the row"
+    )
+    outcome = _written(ledger.mark_reported(row.submission_id, message=message), Outcome.REPORTED)
     if outcome is Outcome.REPORTED:
-        log.error(
-            f"submission {row.submission_id} (prompt {row.prompt_key}) is reported, not "
-            f"re-sent: {result.reason}"
-        )
+        log.error(f"submission {row.submission_id}: {message}")
     return outcome
+
+
+def _sending(ledger: Ledger, account: str | None) -> set[str]:
+    """The rows a live worker is sending right now on the account (intents on a submit lane,
+    their lease live): their jobs may be listed before their answers are recorded."""
+    if account is None:
+        return set()
+    now = utcnow()
+    return {
+        lease.holder.submission_id
+        for lease in ledger.leases(account)
+        if lease.lane is not None
+        and not lease.is_expired(now)
+        and lease.holder.state == SubmissionState.INTENT
+    }
+
+
+def _evidence(row: Submission) -> tuple[Any, ...]:
+    """What a row's window is placed from: when it changed, the window placed is stale."""
+    return (row.submission_id, row.state, row.sent_at, row.ambiguous_at)
 
 
 def _written(written: bool, outcome: Outcome) -> Outcome:
     return outcome if written else Outcome.ALREADY_RESOLVED
-
-
-def _now(now: Any) -> datetime:
-    value: datetime = now()
-    return value

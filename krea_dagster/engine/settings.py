@@ -17,6 +17,7 @@ class KreaAccount(Protocol):
     """A Krea account's clients and the settings the engine's steps read."""
 
     max_concurrent_submits: int
+    submit_lanes: int
     max_concurrent_downloads: int
     poll_interval: float
     poll_timeout: float

@@ -39,7 +39,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -160,6 +160,7 @@ class BatchSubmitter:
         request_window: float,
         lease_wait: float = DEFAULT_LEASE_WAIT,
         max_live: int = 0,
+        lanes: int = 1,
         max_attempts: int = 3,
         poll_interval: float = 2.0,
         log: logging.Logger | Any = None,
@@ -179,6 +180,7 @@ class BatchSubmitter:
         self.request_window = request_window
         self.lease_wait = lease_wait
         self.max_live = max_live
+        self.lanes = lanes
         self.max_attempts = max_attempts
         self.poll_interval = poll_interval
         self.log = log or logging.getLogger("krea_dagster")
@@ -191,6 +193,12 @@ class BatchSubmitter:
         #: When each claimed row's first send was recorded (the client's monotonic clock, read
         #: before ``sent_at``), until its first attempt goes out.
         self._first_send: dict[str, float] = {}
+        #: Rows being reconciled beside the lanes (lost answers, dead workers' rows taken over).
+        self._reconciling: list[asyncio.Task[None]] = []
+        #: One lane at a time polls the batch's live jobs while ``max_live`` is reached, and
+        #: the POSTs in flight count as live.
+        self._slot = asyncio.Lock()
+        self._sending = 0
 
     @property
     def lease_seconds(self) -> float:
@@ -198,6 +206,8 @@ class BatchSubmitter:
         return window_seconds(self.request_window) + LEASE_MARGIN_SECONDS
 
     async def run(self, prompts: Sequence[PlannedPrompt]) -> SubmitReport:
+        """Send every prompt over ``lanes`` concurrent lanes; return once each is answered,
+        refused, covered or reconciled (a lost answer is reconciled beside the lanes)."""
         report = self._report = SubmitReport(planned=len(prompts))
         started = self.clock()
         progress = asyncio.create_task(self._log_progress(started))
@@ -207,17 +217,45 @@ class BatchSubmitter:
                 for row in await asyncio.to_thread(self.ledger.pending, self.scope, self.batch)
                 if row.job_id
             }
+        queue = iter(prompts)
+        lanes = [asyncio.create_task(self._lane(queue)) for _ in range(max(1, self.lanes))]
         try:
-            for prompt in prompts:
-                if report.stopped:
-                    break
-                if self.max_live:
-                    await self._wait_for_live_slot()
-                await self._submit_one(prompt)
+            await asyncio.wait(lanes, return_when=asyncio.FIRST_EXCEPTION)
+            _raise_first(lanes)  # a lane failed: the others are cancelled below
+            while not all(task.done() for task in self._reconciling):
+                await asyncio.wait([task for task in self._reconciling if not task.done()])
+            _raise_first(self._reconciling)
         finally:
             progress.cancel()
+            for task in (*lanes, *self._reconciling):
+                task.cancel()
+            await asyncio.gather(*lanes, *self._reconciling, return_exceptions=True)
             report.elapsed = self.clock() - started
         return report
+
+    async def _lane(self, queue: Iterator[PlannedPrompt]) -> None:
+        """One lane: take the next prompt, send it, and so on (lanes share ``queue``)."""
+        for prompt in queue:
+            if self._report.stopped:
+                return
+            if not self.max_live:
+                await self._submit_one(prompt)
+                continue
+            async with self._slot:
+                await self._wait_for_live_slot()
+                self._sending += 1
+            try:
+                await self._submit_one(prompt)
+            finally:
+                self._sending -= 1
+
+    def _reconcile_beside(self, row: Submission) -> None:
+        """Reconcile ``row`` without holding a lane: only its own prompt waits for it."""
+
+        async def work() -> None:
+            self._report.reconciled.append(await self._reconcile(row))
+
+        self._reconciling.append(asyncio.create_task(work()))
 
     async def _submit_one(self, prompt: PlannedPrompt) -> None:
         for unsent in range(MAX_UNSENT_RETRIES + 1):
@@ -271,22 +309,20 @@ class BatchSubmitter:
                 lease_seconds=self.lease_seconds,
                 sent_at=utcnow(),
                 krea_offset=_seconds(offset),
+                lanes=self.lanes,
             )
+            for gone in claim.taken_over:
+                self.log.warning(
+                    f"submission {gone.submission_id} (prompt {gone.prompt_key} of "
+                    f"{gone.scope}/{gone.batch}) held an expired submit lane: its worker is "
+                    "gone; its lane is taken over and the row reconciled"
+                )
+                self._reconcile_beside(gone)
             if claim.row is not None or claim.covered:
                 self._waiting_for = None
                 if claim.row is not None:
                     self._first_send[claim.row.submission_id] = started
                 return claim.row
-            if claim.lease is not None and claim.lease.is_expired(utcnow()):
-                self._waiting_for = None
-                holder = claim.lease.holder
-                self.log.warning(
-                    f"submission {holder.submission_id} (prompt {holder.prompt_key} of "
-                    f"{holder.scope}/{holder.batch}) holds an expired submit lease: its worker "
-                    "is gone; reconciling it before sending anything else"
-                )
-                await self._reconcile(holder)
-                continue
             if claim.lease is not None and self._waiting_for is None:
                 self.log.info(f"{self.batch}: waiting for the submit lease: {_held(claim.lease)}")
             self._waiting_for = claim.lease
@@ -312,12 +348,9 @@ class BatchSubmitter:
             self.log.warning(
                 f"submission {row.submission_id} for prompt {prompt.prompt_key}: outcome "
                 "unknown; reconciling it through GET /jobs once its window closes (never "
-                "re-sent blindly)"
+                "re-sent blindly) while the batch's other prompts go on"
             )
-            outcome = await self._reconcile(
-                await asyncio.to_thread(self.ledger.get, row.submission_id)
-            )
-            report.reconciled.append(outcome)
+            self._reconcile_beside(await asyncio.to_thread(self.ledger.get, row.submission_id))
         except (BadRequestError, UnprocessableEntityError) as error:
             # Krea refuses a request naming a deleted asset ("Input file rejected"). When an
             # upload this request names is gone, the refusal is the cache's, not the prompt's:
@@ -519,15 +552,19 @@ class BatchSubmitter:
             self.log.error(f"stopping the batch: {error}")
 
     async def _wait_for_live_slot(self) -> None:
-        """Poll this batch's live jobs until fewer than ``max_live`` remain."""
-        while len(self._live) >= self.max_live:
+        """Poll this batch's live jobs until they and the POSTs in flight are fewer than
+        ``max_live``."""
+        while len(self._live) + self._sending >= self.max_live:
+            if not self._live:
+                await asyncio.sleep(0.01)  # only POSTs in flight: their answers come first
+                continue
             jobs = await self.client.poll_many(list(self._live))
             updates = [JobUpdate.from_job(job) for job in jobs]
             await asyncio.to_thread(self.ledger.update_jobs, updates)
             for job in jobs:
                 if job.is_terminal:
                     self._live.pop(job.job_id, None)
-            if len(self._live) >= self.max_live:
+            if len(self._live) + self._sending >= self.max_live:
                 await asyncio.sleep(self.poll_interval)
 
     async def _log_progress(self, started: float) -> None:
@@ -546,6 +583,13 @@ class BatchSubmitter:
                 f"({report.skipped} already covered), est. ${report.submitted_usd:.4f}, "
                 f"{done / elapsed:.1f} prompts/s"
             )
+
+
+def _raise_first(tasks: Sequence[asyncio.Task[None]]) -> None:
+    """Raise the error of the first of ``tasks`` that failed, if any did."""
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
 
 
 def _seconds(offset: ClockBounds | None) -> tuple[float, float] | None:

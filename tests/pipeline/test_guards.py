@@ -74,6 +74,7 @@ class Account:
     token: str
     base_url: str
     max_concurrent_submits: int = 0
+    submit_lanes: int = 1
     max_concurrent_downloads: int = 4
     poll_interval: float = 0.05
     poll_timeout: float = 30.0

@@ -16,15 +16,17 @@ States of a row::
       ├──refused / never sent──▶ not_created
       └──outcome unknown───────▶ unknown ──reconciled──▶ <Krea status> | not_created | reported
 
-**The submit lease.** ``intent`` and ``unknown`` rows are the only rows whose outcome at Krea is
-not known. A row becomes one only while it holds its account's lease (one row of
-``krea_submit_leases`` per Krea account), taken in the same transaction that writes the intent
-and given back in the same transaction that records the answer. So across every worker,
-instance and prefix that shares this database there is at most one unresolved submission per
-account at any moment, and ``krea_dagster.engine.reconcile`` decides it from one window. A
-lease expires (``expires_at``, pushed forward before every send and every wait): a worker that
-died, on this host or any other, holds nothing once it has expired, whatever Dagster says of
-its run.
+**Leases and submit lanes.** ``intent`` and ``unknown`` rows are the only rows whose outcome
+at Krea is not known. A row becomes one only together with its lease (a row of
+``krea_submit_leases``: its worker's process and ``expires_at``, pushed forward before every send
+and every wait), written in the same transaction as the intent and deleted in the same
+transaction as the answer. While its POST is in flight the lease also holds one of the account's
+submit *lanes*: at most ``submit_lanes`` POSTs of an account are in flight at once, across every
+worker, instance and prefix that shares this database. A row whose answer was lost gives its
+lane back and keeps its lease while its worker reconciles it, so the account's other
+submissions go on; ``krea_dagster.engine.reconcile`` decides the unresolved rows whose windows
+overlap together. A lease expires: a worker that died, on this host or any other, holds nothing
+once it has, whatever Dagster says of its run; its lane is taken over and its row reconciled.
 
 **Guarded writes.** Every state change is one SQL statement whose ``WHERE`` holds its guard
 (compare-and-set): a status never moves backwards and an answered row is never overwritten by a

@@ -1,7 +1,7 @@
 """The write protocol: every state change of the ledger, each one guarded SQL statement.
 
-Intent before the POST (``claim``, which takes the account's submit lease and records the
-first attempt's send time in the same transaction), the send time before each later attempt
+Intent before the POST (``claim``, which takes a submit lane of the account and the row's
+lease, and records the first attempt's send time, in the same transaction), the send time before each later attempt
 (``note_send``), the answer after it
 (``mark_submitted`` / ``mark_unknown`` / ``mark_not_created``, which give the lease back), then
 every later fact about the job (``update_jobs``, ``record_image``). Each ``WHERE`` holds its
@@ -29,6 +29,7 @@ from krea_dagster.engine.ledger.records import (
     UNRESOLVED_STATES,
     Claim,
     JobUpdate,
+    Lease,
     Submission,
     SubmissionState,
     may_submit,
@@ -249,13 +250,18 @@ class LedgerWrites(LedgerDatabase):
         lease_seconds: float,
         sent_at: datetime | None = None,
         krea_offset: tuple[float, float] | None = None,
+        lanes: int = 1,
     ) -> Claim:
-        """Write the intent to submit a prompt and take the account's submit lease, or say why not.
+        """Write the intent to submit a prompt and take a free submit lane of the account (one
+        of ``lanes``), or say why not.
 
-        Both happen in one transaction, so an unresolved row always holds the lease. With
-        ``sent_at`` (and ``krea_offset``, as ``note_send`` takes them) the same transaction
-        records the first attempt's send, so a POST costs two transactions: this one and its
-        answer's. The row comes back as written, without reading it again.
+        Both happen in one transaction, so an unresolved row always holds a lease. A lane whose
+        lease expired (its worker is gone) is taken over when no lane is free: its row is
+        parked (it keeps its lease, never sends again) and handed back in ``taken_over`` for
+        the caller to reconcile. With ``sent_at`` (and ``krea_offset``, as ``note_send`` takes
+        them) the same transaction records the first attempt's send, so a POST costs two
+        transactions: this one and its answer's. The row comes back as written, without
+        reading it again.
         """
         now = utcnow()
         try:
@@ -263,15 +269,9 @@ class LedgerWrites(LedgerDatabase):
                 previous = self._attempts(conn, scope, batch, prompt_key, generation)
                 if not may_submit(previous, max_attempts, self._outputs(conn, previous)):
                     return Claim(covered=True)
-                lease = conn.execute(
-                    sa.select(leases_table)
-                    .where(leases_table.c.account == account)
-                    .with_for_update()
-                ).first()
-                if lease is not None and lease.submission_id is not None:
-                    held = self._lease(conn, lease)
-                    if held is not None:
-                        return Claim(lease=held)
+                lane, taken_over, busy = self._free_lane(conn, account, lanes, now)
+                if lane is None:
+                    return Claim(lease=busy)
                 values: dict[str, Any] = {
                     "submission_id": submission_id,
                     "scope": scope,
@@ -293,26 +293,57 @@ class LedgerWrites(LedgerDatabase):
                     "updated_at": now,
                 }
                 conn.execute(submissions_table.insert().values(**values))
-                lease_values = {
-                    "submission_id": submission_id,
-                    "expires_at": now + timedelta(seconds=lease_seconds),
-                    "owner_host": socket.gethostname(),
-                    "owner_pid": os.getpid(),
-                    "updated_at": now,
-                }
-                if lease is None:
-                    conn.execute(leases_table.insert().values(account=account, **lease_values))
-                else:
-                    conn.execute(
-                        leases_table.update()
-                        .where(leases_table.c.account == account)
-                        .values(**lease_values)
+                conn.execute(
+                    leases_table.insert().values(
+                        submission_id=submission_id,
+                        account=account,
+                        lane=lane,
+                        expires_at=now + timedelta(seconds=lease_seconds),
+                        owner_host=socket.gethostname(),
+                        owner_pid=os.getpid(),
+                        updated_at=now,
                     )
+                )
         except sa.exc.IntegrityError:
-            # A concurrent worker claimed the same attempt, or created the lease row first.
+            # A concurrent worker claimed the same attempt, or took the same lane first.
             covered = self._covered(scope, batch, prompt_key, generation, max_attempts)
             return Claim(covered=covered)
-        return Claim(row=Submission.written(values))
+        return Claim(row=Submission.written(values), taken_over=taken_over)
+
+    def _free_lane(
+        self, conn: Connection, account: str, lanes: int, now: datetime
+    ) -> tuple[int | None, tuple[Submission, ...], Lease | None]:
+        """A submit lane of the account for a new claim: the lowest free one, else one whose
+        lease expired (its row parked and returned), else None and the live lease that expires
+        first."""
+        rows = conn.execute(
+            sa.select(leases_table)
+            .where(leases_table.c.account == account, leases_table.c.lane.is_not(None))
+            .with_for_update()
+        ).all()
+        held: dict[int, Lease] = {}
+        for row in rows:
+            lease = self._lease(conn, row)
+            if lease is None:  # its row was answered by a writer older than this one
+                conn.execute(
+                    leases_table.delete().where(leases_table.c.submission_id == row.submission_id)
+                )
+            else:
+                held[row.lane] = lease
+        free = [lane for lane in range(lanes) if lane not in held]
+        if free:
+            return free[0], (), None
+        in_use = [held[lane] for lane in range(lanes)]
+        expired = [lease for lease in in_use if lease.is_expired(now)]
+        if not expired:
+            return None, (), min(in_use, key=lambda lease: lease.expires_at or now)
+        gone = expired[0]
+        conn.execute(
+            leases_table.update()
+            .where(leases_table.c.submission_id == gone.holder.submission_id)
+            .values(lane=None, updated_at=now)
+        )
+        return gone.lane, (gone.holder,), None
 
     def _covered(
         self, scope: str, batch: str, prompt_key: str, generation: int, max_attempts: int
@@ -345,6 +376,7 @@ class LedgerWrites(LedgerDatabase):
                     leases_table.update()
                     .where(
                         leases_table.c.submission_id == submission_id,
+                        leases_table.c.lane.is_not(None),
                         leases_table.c.expires_at > now,
                     )
                     .values(expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
@@ -410,10 +442,16 @@ class LedgerWrites(LedgerDatabase):
     def mark_unknown(self, submission_id: str, *, message: str) -> bool:
         """The POST may have created a job (connection lost after sending, 5xx, timeout).
 
-        The row keeps the lease: nothing else is sent on the account until it is reconciled.
+        The row gives its submit lane back and keeps its lease while its worker reconciles it:
+        the account's other submissions go on, and nobody takes it for a dead worker's.
         """
         now = utcnow()
         with self.transaction() as conn:
+            conn.execute(
+                leases_table.update()
+                .where(leases_table.c.submission_id == submission_id)
+                .values(lane=None, updated_at=now)
+            )
             result = conn.execute(
                 submissions_table.update()
                 .where(
@@ -472,11 +510,7 @@ class LedgerWrites(LedgerDatabase):
                 )
                 .values(**values)
             )
-            conn.execute(
-                leases_table.update()
-                .where(leases_table.c.submission_id == submission_id)
-                .values(submission_id=None, expires_at=None, updated_at=now)
-            )
+            conn.execute(leases_table.delete().where(leases_table.c.submission_id == submission_id))
             if result.rowcount == 1:
                 if more_jobs:
                     row = self._get(conn, submission_id)

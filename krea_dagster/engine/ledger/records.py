@@ -287,12 +287,14 @@ class JobUpdate:
 
 @dataclass(frozen=True)
 class Lease:
-    """The account's submit lease as held by one submission."""
+    """An unresolved submission's lease: its worker is alive until ``expires_at``. ``lane``:
+    the account's submit lane its POST is in flight on (None once its answer was lost)."""
 
     holder: Submission
     expires_at: datetime | None
     owner_host: str | None
     owner_pid: int | None
+    lane: int | None = 0
 
     def is_expired(self, now: datetime) -> bool:
         """Expired at ``expires_at``, or at once when its owner was a process of this host that
@@ -321,11 +323,13 @@ class Claim:
     """What ``Ledger.claim`` did: wrote an intent (``row``), or why it did not.
 
     ``covered``: the prompt must not be submitted (live, paid, reported or out of attempts).
-    ``lease``: another submission holds the account's lease; once it has expired, that row
-    must be reconciled before anything else is sent on the account. None of the three: a
-    concurrent claim raced this one; claim again.
+    ``lease``: every submit lane of the account is held by a live worker (this one's, the
+    earliest to expire); wait and claim again. None of the three: a concurrent claim raced this
+    one; claim again. ``taken_over``: the rows whose expired lanes this claim took (their
+    workers are gone): still unresolved, for the caller to reconcile.
     """
 
     row: Submission | None = None
     covered: bool = False
     lease: Lease | None = None
+    taken_over: tuple[Submission, ...] = ()

@@ -21,6 +21,7 @@ from krea_dagster.engine.ledger.records import (
     Lease,
     Submission,
     aware,
+    utcnow,
 )
 
 __all__ = [
@@ -40,7 +41,7 @@ __all__ = [
     "uploads_table",
 ]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # PostgreSQL advisory lock key that serializes schema creation (any constant 64-bit integer).
 _SCHEMA_LOCK = 0x6B726561_6C656467  # "krealedg"
 
@@ -148,15 +149,22 @@ submissions_table = sa.Table(
     ),
 )
 
+# One row per unresolved submission: its worker's lease (``expires_at``, the process that
+# holds it) and, while its POST is in flight, the account's submit lane it uses. At most
+# ``submit_lanes`` rows of an account have a lane (the unique index: NULLs are distinct, so
+# rows whose answer was lost, which give their lane back, keep their lease). Version 5 keyed it by
+# submission; before, one row per account held the account's only lane.
 leases_table = sa.Table(
     "krea_submit_leases",
     metadata,
-    sa.Column("account", sa.String(128), primary_key=True),
-    sa.Column("submission_id", sa.String(36)),
+    sa.Column("submission_id", sa.String(36), primary_key=True),
+    sa.Column("account", sa.String(128), nullable=False),
+    sa.Column("lane", sa.Integer),
     sa.Column("expires_at", sa.DateTime(timezone=True)),
     sa.Column("owner_host", sa.String(255)),
     sa.Column("owner_pid", sa.Integer),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ux_krea_submit_lanes", "account", "lane", unique=True),
 )
 
 accounts_table = sa.Table(
@@ -222,6 +230,7 @@ _ADDED_IN: dict[int, dict[str, tuple[str, ...]]] = {
     2: {"krea_submissions": ("account", "sent_at"), "krea_generations": ("request_id",)},
     3: {"krea_submissions": ("parent_id",)},
     4: {"krea_submissions": ("late_answer_of", "krea_offset_low", "krea_offset_high")},
+    5: {},  # the leases table is rebuilt (``_lease_per_submission``)
 }
 
 
@@ -308,7 +317,7 @@ class LedgerDatabase:
     def _upgrade(conn: Connection, version: int) -> None:
         """Add the columns of every later version (1: no submit lease, no send times, no
         regeneration request ids; 2: no output rows; 3: late answers marked by error code and
-        no measured clock offsets)."""
+        no measured clock offsets; 4: one submit lease per account)."""
         inspector = sa.inspect(conn)
         for added in range(version + 1, SCHEMA_VERSION + 1):
             for table_name, columns in _ADDED_IN[added].items():
@@ -323,6 +332,8 @@ class LedgerDatabase:
                     conn.execute(
                         sa.text(f"ALTER TABLE {table_name} ADD COLUMN {name} {column_type}")
                     )
+        if version < 5 and inspector.has_table(leases_table.name):
+            _lease_per_submission(conn)
         # A version 1 row still unresolved was sent at the latest when its intent was written
         # plus the waits it may have done; its window starts at the intent.
         if version == 1 and inspector.has_table(submissions_table.name):
@@ -398,21 +409,32 @@ class LedgerDatabase:
         with self.engine.connect() as conn:
             return self._current_generation(conn, scope, batch)
 
-    def lease(self, account: str) -> Lease | None:
-        """The account's submit lease, when a submission holds it."""
+    def leases(self, account: str) -> list[Lease]:
+        """The leases of the account's unresolved rows (live or expired), by lane."""
         with self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(leases_table).where(leases_table.c.account == account)
-            ).first()
-            return None if row is None else self._lease(conn, row)
+            rows = conn.execute(
+                sa.select(leases_table)
+                .where(leases_table.c.account == account)
+                .order_by(leases_table.c.lane, leases_table.c.submission_id)
+            ).all()
+            found = (self._lease(conn, row) for row in rows)
+            return [lease for lease in found if lease is not None]
+
+    def live_holders(self, account: str) -> set[str]:
+        """The unresolved rows of the account a live worker holds (sending, or reconciling its
+        lost answer)."""
+        now = utcnow()
+        return {
+            lease.holder.submission_id
+            for lease in self.leases(account)
+            if not lease.is_expired(now)
+        }
 
     def _lease(self, conn: Connection, row: Any) -> Lease | None:
-        if row.submission_id is None:
-            return None
         holder = self._get(conn, row.submission_id)
         if holder is None or not holder.is_unresolved:
             return None  # answered: the lease is free
-        return Lease(holder, aware(row.expires_at), row.owner_host, row.owner_pid)
+        return Lease(holder, aware(row.expires_at), row.owner_host, row.owner_pid, row.lane)
 
     def get(self, submission_id: str) -> Submission:
         found = self.get_many([submission_id])
@@ -440,6 +462,20 @@ class LedgerDatabase:
             )
         ).scalar_one()
         return int(value or 0)
+
+
+def _lease_per_submission(conn: Connection) -> None:
+    """Rebuild a version 4 leases table (one row per account) keyed by submission: a lease
+    still held becomes its row's lease on lane 0."""
+    old = sa.Table(leases_table.name, sa.MetaData(), autoload_with=conn)
+    columns = ("account", "submission_id", "expires_at", "owner_host", "owner_pid", "updated_at")
+    held = conn.execute(
+        sa.select(*(old.c[name] for name in columns)).where(old.c.submission_id.is_not(None))
+    ).all()
+    conn.execute(sa.text(f"DROP TABLE {leases_table.name}"))
+    leases_table.create(conn)
+    for row in held:
+        conn.execute(leases_table.insert().values(lane=0, **row._mapping))
 
 
 def chunks(items: list[str], size: int) -> Iterator[list[str]]:

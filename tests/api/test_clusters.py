@@ -1,0 +1,158 @@
+"""decide_cluster(): unresolved submissions whose windows overlap are decided together.
+
+Pure decisions over windows and listed jobs (times in seconds after ``TEST_NOW``): what the
+windows force is attributed, nothing is guessed, "not created" only once the horizon has
+passed every window, and another submitter's job around the cluster reports all of it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+
+from krea_dagster.api import Job
+from krea_dagster.api.reconcile import (
+    ClusterDecision,
+    ReconciliationOutcome,
+    SubmissionWindow,
+    decide_cluster,
+)
+
+from .support import TEST_NOW, make_job
+
+FOUND = ReconciliationOutcome.FOUND
+NOT_CREATED = ReconciliationOutcome.NOT_CREATED
+REPORTED = ReconciliationOutcome.UNDECIDABLE
+
+
+def at(seconds: float) -> datetime:
+    return TEST_NOW + timedelta(seconds=seconds)
+
+
+def window(name: str, start: float, end: float, *, jobs: int | None = 1) -> SubmissionWindow:
+    """Submission ``name``'s window from ``start`` to ``end`` seconds, 30 s guard band."""
+    return SubmissionWindow(
+        submitted_at=at(start),
+        start=at(start),
+        end=at(end),
+        model="bfl/flux-1-dev",
+        submission_id=name,
+        guard=timedelta(seconds=30),
+        jobs=jobs,
+    )
+
+
+def job(name: str, created: float, status: str = "queued") -> Job:
+    return Job.from_api(make_job(name, status=status, created_at=at(created)))
+
+
+def verdicts(decision: ClusterDecision) -> dict[str, object]:
+    """Each submission's verdict: the job id(s) found, "not_created", "reported" or "waiting"."""
+    found: dict[str, object] = {name: "waiting" for name in decision.waiting}
+    for name, result in decision.decided.items():
+        if result.outcome is FOUND:
+            ids = [each.job_id for each in result.jobs]
+            found[name] = ids[0] if len(ids) == 1 else ids
+        else:
+            found[name] = "not_created" if result.outcome is NOT_CREATED else "reported"
+    return found
+
+
+#: Two overlapping windows: a from 0 to 10 s, b from 5 to 15 s.
+PAIR = [window("a", 0, 10), window("b", 5, 15)]
+
+
+@pytest.mark.parametrize(
+    ("jobs", "horizon", "expected"),
+    [
+        # A job only a's window holds is a's; the one both hold is then b's.
+        ([job("j1", 3), job("j2", 7)], 20, {"a": "j1", "b": "j2"}),
+        # Only a's job is listed and the windows are open: a's is forced, b waits.
+        ([job("j1", 3)], 12, {"a": "j1", "b": "waiting"}),
+        # The same once the horizon has passed b's window: b created nothing.
+        ([job("j1", 3)], 20, {"a": "j1", "b": "not_created"}),
+        # A job both windows hold could be either's: nothing is guessed while they are open...
+        ([job("j2", 7)], 12, {"a": "waiting", "b": "waiting"}),
+        # ... and both are reported once they have closed.
+        ([job("j2", 7)], 20, {"a": "reported", "b": "reported"}),
+        # Nothing in closed windows: neither created a job.
+        ([], 20, {"a": "not_created", "b": "not_created"}),
+        # A job created after the horizon may be a live send's: it does not count yet.
+        ([job("j1", 3), job("late", 13)], 12, {"a": "j1", "b": "waiting"}),
+    ],
+    ids=[
+        "forced-then-eliminated",
+        "forced-one-waiting",
+        "forced-one-not-created",
+        "shared-job-waits",
+        "shared-job-reported-once-closed",
+        "nothing-not-created",
+        "job-past-the-horizon-ignored",
+    ],
+)
+def test_a_pair_of_overlapping_windows_attributes_only_what_they_force(
+    jobs: list[Job], horizon: float, expected: dict[str, object]
+) -> None:
+    """Two overlapping windows: a job only one of them holds is that one's (and then so is the
+    job left to the other), a shared job is never guessed, and "not created" waits for the
+    horizon to pass every window."""
+    assert verdicts(decide_cluster(PAIR, jobs, horizon=at(horizon))) == expected
+
+
+def test_not_created_waits_for_the_horizon_to_pass_every_window_of_the_cluster() -> None:
+    """A cluster with no job is not created only once the horizon is past its last window:
+    a window closed on its own is still waited for while another of its cluster is open."""
+    cluster = [window("a", 0, 10), window("b", 5, 15), window("c", 14, 30)]
+    assert set(verdicts(decide_cluster(cluster, [], horizon=at(20))).values()) == {"waiting"}
+    assert set(verdicts(decide_cluster(cluster, [], horizon=at(31))).values()) == {"not_created"}
+
+
+def test_a_foreign_job_in_the_guard_band_reports_the_whole_cluster() -> None:
+    """An unknown job around the cluster means another submitter: even a job only one window
+    holds may be theirs, so every submission of the cluster is reported, none attributed."""
+    decision = decide_cluster(
+        PAIR, [job("j1", 3), job("j2", 7)], horizon=at(60), neighbours=[job("x", 40)]
+    )
+    assert verdicts(decision) == {"a": "reported", "b": "reported"}
+    assert "another client or ledger" in decision.decided["a"].reason
+    assert "x" in {each.job_id for each in decision.decided["a"].candidates}
+
+
+def test_more_jobs_than_submissions_report_the_cluster() -> None:
+    """Three unknown jobs for two submissions that make one job each: one is not theirs, so
+    nothing is attributed, even the job only one window holds."""
+    jobs = [job("j1", 3), job("j2", 7), job("j3", 8)]
+    assert verdicts(decide_cluster(PAIR, jobs, horizon=at(60))) == {
+        "a": "reported",
+        "b": "reported",
+    }
+
+
+def test_two_jobs_only_one_window_holds_report_the_cluster() -> None:
+    """Two jobs that only a's window holds: a made at most one, so the evidence contradicts
+    itself and both submissions are reported."""
+    jobs = [job("j1", 1), job("j2", 2), job("j3", 12)]
+    assert set(verdicts(decide_cluster(PAIR, jobs, horizon=at(60))).values()) == {"reported"}
+
+
+def test_a_cluster_of_one_is_the_single_window_rule() -> None:
+    """One window alone: a lone job is attributed at once, nothing in it is not created only
+    once it has closed, two jobs are reported."""
+    alone = [window("a", 0, 10)]
+    assert verdicts(decide_cluster(alone, [job("j1", 3)], horizon=at(5))) == {"a": "j1"}
+    assert verdicts(decide_cluster(alone, [], horizon=at(5))) == {"a": "waiting"}
+    assert verdicts(decide_cluster(alone, [], horizon=at(11))) == {"a": "not_created"}
+    both = [job("j1", 3), job("j2", 4)]
+    assert verdicts(decide_cluster(alone, both, horizon=at(5))) == {"a": "reported"}
+
+
+def test_a_node_app_row_takes_the_jobs_only_its_window_holds_once_closed() -> None:
+    """A node app's execution beside a /generate row: the jobs no other window holds are all
+    the execution's once its window has closed; a job both could have made is never guessed."""
+    cluster = [window("app", 0, 10, jobs=2), window("b", 9, 20)]
+    mine = [job("n1", 1), job("n2", 1.5)]
+    decision = decide_cluster(cluster, [*mine, job("jb", 15)], horizon=at(25))
+    assert verdicts(decision) == {"app": ["n1", "n2"], "b": "jb"}
+    shared = decide_cluster(cluster, [*mine, job("s", 9.5)], horizon=at(25))
+    assert verdicts(shared) == {"app": "reported", "b": "reported"}
