@@ -298,8 +298,9 @@ async def reconcile_pass(
         row for row in await asyncio.to_thread(ledger.unresolved) if row.account in (None, account)
     ]
     # Read after the rows: a row claimed in between is not in the list, and is sent (so its
-    # job created) after ``started``, past the horizon.
-    sending = await asyncio.to_thread(_sending, ledger, account)
+    # job created) after ``started``, past the horizon. A ``focus`` row is not being sent,
+    # whatever its lease says: its caller knows (its own lost answer, a dead worker's row).
+    sending = await asyncio.to_thread(_sending, ledger, account) - set(focus)
     outcomes: dict[str, Outcome] = {}
     placed: list[_Placed] = []
     sending_starts: list[datetime] = []
@@ -418,8 +419,9 @@ async def _reconcile_cluster(
             inside.append(job)
         elif not any(window.contains(job.created_at) for window in others):
             around.append(job)
+    decision = decide_cluster(windows, inside, horizon=horizon, neighbours=around)
     account = cluster[0].row.account
-    if around and account:
+    if around and account and decision.decided:  # counted once, with the decision
         foreign = [job.job_id for job in around]
         await asyncio.to_thread(ledger.note_foreign_jobs, account, foreign)
         log.error(
@@ -427,7 +429,6 @@ async def _reconcile_cluster(
             f"ledger ({', '.join(foreign[:5])}): another ledger or tool submits on this account. "
             "Point every krea-dagster instance of one account at one ledger database."
         )
-    decision = decide_cluster(windows, inside, horizon=horizon, neighbours=around)
     return await asyncio.to_thread(_apply, ledger, cluster, decision, log)
 
 
