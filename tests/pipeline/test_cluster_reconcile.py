@@ -8,16 +8,19 @@ again; jobs that already completed (billed) leave their rows reported, never re-
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from datetime import timedelta
 from typing import Any
 
+import sqlalchemy as sa
+
 from krea_dagster.api import JobStatus
 from krea_dagster.emulator.testing import run_emulator
 from krea_dagster.engine.errors import ErrorCode
-from krea_dagster.engine.ledger import Ledger, SubmissionState, may_submit
-from krea_dagster.engine.reconcile import Outcome, settle
+from krea_dagster.engine.ledger import Ledger, SubmissionState, may_submit, utcnow
+from krea_dagster.engine.reconcile import LISTING_LAG, Outcome, reconcile, settle
 from krea_dagster.engine.run import run_coroutine
 
 from .conftest import TEST_MODEL
@@ -106,5 +109,64 @@ def test_billed_jobs_a_killed_worker_left_unattributable_report_their_rows(tmp_p
     found = ledger.get_many(rows)
     assert all(row.state == SubmissionState.REPORTED for row in found)
     assert all(first.job_id in (row.error_message or "") for row in found)
+    assert all(second.job_id in (row.error_message or "") for row in found)
     assert not any(may_submit([row], max_attempts=3) for row in found)
+    ledger.dispose()
+
+
+def test_a_live_senders_job_listed_before_its_answer_is_never_a_dead_rows(tmp_path):
+    """A worker still sending on another lane has its job listed before its answer is written:
+    a dead row whose window holds that job does not take it (the horizon stops at the live
+    send), and is decided not created once the live answer names the job and its window closes."""
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+
+    async def scenario(emulator: Any) -> Outcome:
+        account = Account(emulator.token, emulator.base_url)
+        dead = dead_row(ledger, emulator.account, "k1", utcnow() - timedelta(seconds=0.5))
+        live = ledger.claim(
+            scope="s",
+            batch="b1",
+            generation=1,
+            prompt_key="k2",
+            model=TEST_MODEL,
+            request={"prompt": "k2"},
+            request_hash="k2",
+            submission_id=str(uuid.uuid4()),
+            estimated_usd=0.007,
+            run_id="live",
+            max_attempts=3,
+            account=emulator.account,
+            lease_seconds=600.0,
+            sent_at=utcnow(),
+            krea_offset=(-0.1, 0.1),
+            lanes=4,
+        ).row
+        assert live is not None
+        job = create_job(emulator, "k2")  # the live POST's job, its answer still on the way
+        async with account.async_client() as client:
+            deciding = asyncio.create_task(
+                reconcile(
+                    client,
+                    ledger,
+                    ledger.get(dead),
+                    request_window=REQUEST_WINDOW,
+                    log=LOG,
+                )
+            )
+            # Long enough for passes to list the job past the listing lag.
+            await asyncio.sleep(LISTING_LAG.total_seconds() + 1.5)
+            assert not deciding.done()
+            assert ledger.mark_submitted(
+                live.submission_id, job_id=job.job_id, status=job.status, created_at=job.created_at
+            )
+            return await deciding
+
+    with run_emulator(render_seconds=600.0, seed=5) as emulator:
+        outcome = run_coroutine(scenario(emulator))
+    assert outcome == Outcome.NOT_CREATED
+    with ledger.transaction() as conn:
+        owners = conn.execute(
+            sa.text("SELECT prompt_key FROM krea_submissions WHERE job_id IS NOT NULL")
+        ).all()
+    assert [owner for (owner,) in owners] == ["k2"]  # the job is the live sender's alone
     ledger.dispose()
