@@ -8,8 +8,10 @@ back: two transactions per POST. ``lanes`` (the resource's ``submit_lanes``) POS
 account are in flight at once, across workers, instances and prefixes sharing the ledger
 database: one lane sends a POST per round trip, enough for most accounts, since Krea renders
 for seconds to minutes and starts backlogged jobs in order; a big account over a slow network
-needs a few. A POST whose answer is lost gives its lane back and is reconciled beside the
-lanes, so only its own prompt waits for its window to close.
+needs a few. A POST whose answer is lost keeps its lane for a few seconds, while its job (if
+it made one) is listed and attributed; undecided by then, it gives the lane back and is
+reconciled beside the lanes, so only its own prompt waits for its window to close. (A node
+app's execution keeps its lane until it is decided.)
 
 ``max_concurrent_submits`` (0 = no limit) caps the jobs this batch keeps live at Krea; when it
 is reached the submitter polls its own live jobs (one ``GET /jobs`` page for up to 1000 jobs)
@@ -89,6 +91,9 @@ LEASE_MARGIN_SECONDS = 10.0
 MAX_SEND_RECORDS = 5
 #: How long a submitter waits for a live lease held by another worker before giving up.
 DEFAULT_LEASE_WAIT = 600.0
+#: How long a row whose answer was lost keeps its lane while its job may still be listed
+#: (``reconcile.LISTING_LAG`` and a few listings).
+LOST_ANSWER_PATIENCE = 6.0
 #: How many times one prompt is claimed again after its send was stopped unsent (the lease
 #: expired during a pause) before the batch stops.
 MAX_UNSENT_RETRIES = 1
@@ -365,10 +370,9 @@ class BatchSubmitter:
             await asyncio.to_thread(self.ledger.mark_unknown, row.submission_id, message=str(error))
             self.log.warning(
                 f"submission {row.submission_id} for prompt {prompt.prompt_key}: outcome "
-                "unknown; reconciling it through GET /jobs once its window closes (never "
-                "re-sent blindly) while the batch's other prompts go on"
+                "unknown; reconciling it through GET /jobs (never re-sent blindly)"
             )
-            self._reconcile_beside(await asyncio.to_thread(self.ledger.get, row.submission_id))
+            await self._reconcile_lost(await asyncio.to_thread(self.ledger.get, row.submission_id))
         except (BadRequestError, UnprocessableEntityError) as error:
             # Krea refuses a request naming a deleted asset ("Input file rejected"). When an
             # upload this request names is gone, the refusal is the cache's, not the prompt's:
@@ -529,9 +533,42 @@ class BatchSubmitter:
         )
 
     async def _reconcile(self, row: Submission) -> Outcome:
-        return await reconcile(
+        outcome = await reconcile(
             self.client, self.ledger, row, request_window=self.request_window, log=self.log
         )
+        assert outcome is not None  # no patience: decided
+        return outcome
+
+    async def _reconcile_lost(self, row: Submission) -> None:
+        """Reconcile a row whose answer was lost, on its lane while its job may still show.
+
+        A job the POST made is listed within seconds and attributed while the row keeps its
+        lane, so no other unresolved row's window overlaps it. When it is not decided by then
+        (no job yet: the window must close, two request windows after the send) it gives the
+        lane back and is reconciled beside the lanes: only its own prompt waits. A node app's
+        execution keeps its lane until it is decided: its jobs are attributed only once its
+        window has closed, and another row's overlapping window would make them doubtful.
+        """
+        if catalog.node_app_id(row.model) is None:
+            outcome = await reconcile(
+                self.client,
+                self.ledger,
+                row,
+                request_window=self.request_window,
+                log=self.log,
+                patience=LOST_ANSWER_PATIENCE,
+            )
+            if outcome is None:
+                await asyncio.to_thread(self.ledger.release_lane, row.submission_id)
+                self.log.info(
+                    f"submission {row.submission_id}: no job in its window yet; the batch goes "
+                    "on while its window closes"
+                )
+                self._reconcile_beside(row)
+                return
+        else:
+            outcome = await self._reconcile(row)
+        self._report.reconciled.append(outcome)
 
     async def _not_created(
         self,
