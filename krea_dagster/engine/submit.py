@@ -10,8 +10,8 @@ database: one lane sends a POST per round trip, enough for most accounts, since 
 for seconds to minutes and starts backlogged jobs in order; a big account over a slow network
 needs a few. A POST whose answer is lost keeps its lane for a few seconds, while its job (if
 it made one) is listed and attributed; undecided by then, it gives the lane back and is
-reconciled beside the lanes, so only its own prompt waits for its window to close. (A node
-app's execution keeps its lane until it is decided.)
+reconciled beside the lanes, so only its own prompt waits for its window to close. (The first
+execution of a node app, whose job count is not known yet, keeps its lane until it is decided.)
 
 ``max_concurrent_submits`` (0 = no limit) caps the jobs this batch keeps live at Krea; when it
 is reached the submitter polls its own live jobs (one ``GET /jobs`` page for up to 1000 jobs)
@@ -545,11 +545,18 @@ class BatchSubmitter:
         A job the POST made is listed within seconds and attributed while the row keeps its
         lane, so no other unresolved row's window overlaps it. When it is not decided by then
         (no job yet: the window must close, two request windows after the send) it gives the
-        lane back and is reconciled beside the lanes: only its own prompt waits. A node app's
-        execution keeps its lane until it is decided: its jobs are attributed only once its
-        window has closed, and another row's overlapping window would make them doubtful.
+        lane back and is reconciled beside the lanes: only its own prompt waits. The first
+        execution of a node app keeps its lane until it is decided: with no execution of the
+        app answered yet, how many jobs it makes is unknown, so its jobs cannot be told from
+        those of a row sent after it (a known count tells them apart once its window closes).
         """
-        if catalog.node_app_id(row.model) is None:
+        app = catalog.node_app_id(row.model)
+        count = (
+            None
+            if app is None
+            else await asyncio.to_thread(self.ledger.jobs_per_submission, row.model)
+        )
+        if app is None or count is not None:
             outcome = await reconcile(
                 self.client,
                 self.ledger,
