@@ -8,10 +8,11 @@ back: two transactions per POST. ``lanes`` (the resource's ``submit_lanes``) POS
 account are in flight at once, across workers, instances and prefixes sharing the ledger
 database: one lane sends a POST per round trip, enough for most accounts, since Krea renders
 for seconds to minutes and starts backlogged jobs in order; a big account over a slow network
-needs a few. A POST whose answer is lost keeps its lane for a few seconds, while its job (if
-it made one) is listed and attributed; undecided by then, it gives the lane back and is
-reconciled beside the lanes, so only its own prompt waits for its window to close. (The first
-execution of a node app, whose job count is not known yet, keeps its lane until it is decided.)
+needs a few. A POST whose answer is lost keeps its lane while it is reconciled (its job, if
+it made one, is listed and attributed within seconds; otherwise its window must close). With
+one lane the account waits meanwhile: no job is ever doubtful. With several, an undecided row
+gives its lane back after a few seconds and is reconciled beside the lanes, so only its own
+prompt waits (the first execution of a node app, whose job count is not known yet, keeps it).
 
 ``max_concurrent_submits`` (0 = no limit) caps the jobs this batch keeps live at Krea; when it
 is reached the submitter polls its own live jobs (one ``GET /jobs`` page for up to 1000 jobs)
@@ -543,12 +544,15 @@ class BatchSubmitter:
         """Reconcile a row whose answer was lost, on its lane while its job may still show.
 
         A job the POST made is listed within seconds and attributed while the row keeps its
-        lane, so no other unresolved row's window overlaps it. When it is not decided by then
-        (no job yet: the window must close, two request windows after the send) it gives the
-        lane back and is reconciled beside the lanes: only its own prompt waits. The first
-        execution of a node app keeps its lane until it is decided: with no execution of the
-        app answered yet, how many jobs it makes is unknown, so its jobs cannot be told from
-        those of a row sent after it (a known count tells them apart once its window closes).
+        lane. Undecided by then (no job yet: its window must close, two request windows after
+        the send), the row keeps its lane until it is decided when it is the account's only
+        lane: nothing else is sent while a job could still be its, so no job is ever doubtful
+        (the account waits). With several lanes it gives its lane back and is reconciled beside
+        them (only its own prompt waits; the others are sent meanwhile, so a job of another
+        lost answer may turn out doubtful: cancelled if Krea has not completed it, else
+        reported). The first execution of a node app always keeps its lane: until an
+        execution of the app was answered, how many jobs it makes is unknown, and its jobs
+        could not be told from those of a row sent after it.
         """
         app = catalog.node_app_id(row.model)
         count = (
@@ -556,7 +560,7 @@ class BatchSubmitter:
             if app is None
             else await asyncio.to_thread(self.ledger.jobs_per_submission, row.model)
         )
-        if app is None or count is not None:
+        if self.lanes > 1 and (app is None or count is not None):
             outcome = await reconcile(
                 self.client,
                 self.ledger,
@@ -568,8 +572,8 @@ class BatchSubmitter:
             if outcome is None:
                 await asyncio.to_thread(self.ledger.release_lane, row.submission_id)
                 self.log.info(
-                    f"submission {row.submission_id}: no job in its window yet; the batch goes "
-                    "on while its window closes"
+                    f"submission {row.submission_id}: no job in its window yet; its lane goes "
+                    "on with the batch while its window closes"
                 )
                 self._reconcile_beside(row)
                 return
