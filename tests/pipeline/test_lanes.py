@@ -199,6 +199,7 @@ def test_racing_claimers_never_share_a_lane_nor_hold_more_than_the_lanes(ledger_
     def racer(index: int) -> None:
         mine = Ledger(ledger_url)
         try:
+            assert mine.engine is not None  # connected and migrated before the race
             for round_ in range(ROUNDS):
                 barrier.wait()
                 row = None
@@ -240,6 +241,51 @@ def test_racing_claimers_never_share_a_lane_nor_hold_more_than_the_lanes(ledger_
         assert len({lease.holder.submission_id for lease in leases}) == RACE_LANES
     assert waited == [RACERS - RACE_LANES] * ROUNDS
     assert len(Ledger(ledger_url).rows("s")) == ROUNDS * RACE_LANES
+
+
+def test_racing_claimers_take_each_expired_lane_over_exactly_once(ledger_url):
+    """Every lane of the account is held by a dead worker; six workers released together by a
+    barrier claim with lanes=3: three new rows hold lanes 0, 1 and 2, each dead row is parked and
+    handed to exactly one claimer for reconciliation, and the other three are told to wait."""
+    ledger = Ledger(ledger_url)
+    dead = [claim_result(ledger, f"dead{n}", lanes=RACE_LANES).row for n in range(RACE_LANES)]
+    for row in dead:
+        assert row is not None
+        set_lease(ledger, row, expires_at=datetime.now(UTC) - timedelta(seconds=1))
+    barrier = threading.Barrier(RACERS, timeout=120)
+    claims: list[Claim] = []
+    failures: list[BaseException] = []
+
+    def racer(index: int) -> None:
+        mine = Ledger(ledger_url)
+        try:
+            assert mine.engine is not None  # connected and migrated before the race
+            barrier.wait()
+            for _ in range(200):
+                result = claim_result(mine, f"p{index}", lanes=RACE_LANES)
+                if result.row is not None or result.lease is not None:
+                    claims.append(result)
+                    return
+            raise AssertionError("a claim neither got a lane nor saw them all held")
+        except BaseException as error:
+            failures.append(error)
+        finally:
+            mine.dispose()
+
+    threads = [threading.Thread(target=racer, args=(index,)) for index in range(RACERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures
+    winners = [claim.row.submission_id for claim in claims if claim.row is not None]
+    assert len(winners) == RACE_LANES
+    assert sum(claim.lease is not None for claim in claims) == RACERS - RACE_LANES
+    handed = sorted(row.submission_id for claim in claims for row in claim.taken_over)
+    assert handed == sorted(row.submission_id for row in dead if row is not None)
+    lanes = lanes_by_holder(ledger)
+    assert {lanes[winner] for winner in winners} == set(range(RACE_LANES))
+    assert all(lanes[row.submission_id] is None for row in dead if row is not None)
 
 
 # -- upgrading a version 4 ledger ------------------------------------------------------------------
