@@ -472,7 +472,8 @@ def test_lanes_put_several_posts_in_flight_and_submit_each_prompt_once(emulator,
 
 class LosesAnswers(Ledger):
     """The emulator loses the answer to the POST of each of ``lost_keys`` (``fault`` is on only
-    while that POST is in flight).
+    while that POST is in flight, and it is the only POST in flight then: its claim waits for
+    every other claimed row to be answered, and other claims wait for its answer to be lost).
 
     Each lost row's resolution waits (at most ``hold`` seconds) until every other prompt of
     the batch is answered, so a submitter that keeps the lost row's prompt from the others
@@ -497,15 +498,28 @@ class LosesAnswers(Ledger):
         self.hold = hold
         self.lost: set[str] = set()
         self.others_first = True
+        self._alone = threading.Lock()
+        self._faulty = False
 
     def claim(self, **facts: Any) -> Claim:
-        result = super().claim(**facts)
-        if result.row is not None and facts["prompt_key"] in self.lost_keys:
-            self.emulator.configure(**self.fault)
-        return result
+        losing = facts["prompt_key"] in self.lost_keys
+        while True:
+            with self._alone:
+                if not self._faulty and (not losing or self._quiet()):
+                    result = super().claim(**facts)
+                    if result.row is not None and losing:
+                        self.emulator.configure(**self.fault)
+                        self._faulty = True
+                    return result
+            time.sleep(0.01)
+
+    def _quiet(self) -> bool:
+        """No claimed row is waiting for its answer."""
+        return not any(row.state == SubmissionState.INTENT for row in self.rows("s"))
 
     def mark_unknown(self, submission_id: str, *, message: str) -> bool:
         self.emulator.configure(**dict.fromkeys(self.fault, 0.0))
+        self._faulty = False
         self.lost.add(submission_id)
         return super().mark_unknown(submission_id, message=message)
 
