@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from krea_dagster.api.errors import AmbiguousSubmitError
-from krea_dagster.api.models import Job
+from krea_dagster.api.models import Job, JobStatus
 
 __all__ = [
     "ClusterDecision",
@@ -283,10 +283,19 @@ class ClusterDecision:
     ``decided``: by submission id, ``FOUND`` (its jobs: attribute them), ``NOT_CREATED`` (send
     it again) or ``UNDECIDABLE`` (report it, never re-send it on a guess), each with its reason.
     ``waiting``: the submissions nothing can be concluded for yet, and why (list again later).
+    ``doubtful``: unknown jobs several of the submissions could each have made, with no other
+    submitter's job around: the cluster's own, but whose is unknown. Cancelled before they
+    complete, they cost nothing, and once the windows have closed the submissions they could
+    belong to are sent again (``unbilled``) instead of reported.
+    ``unbilled``: submissions decided ``FOUND`` with a cancelled job that several of them could
+    each have made: the pairing is one the windows allow, not a proven one, and nothing was
+    billed for it, so the prompt is sent again.
     """
 
     decided: Mapping[str, Reconciliation] = field(default_factory=dict)
     waiting: Mapping[str, str] = field(default_factory=dict)
+    doubtful: tuple[Job, ...] = ()
+    unbilled: frozenset[str] = frozenset()
 
 
 def decide_cluster(
@@ -403,11 +412,16 @@ def decide_cluster(
             else f"no unknown job in the overlapping windows {span} yet, but they are still open"
         )
         waiting.update(dict.fromkeys(left, reason))
-        return ClusterDecision(decided, waiting)
+        return ClusterDecision(decided, waiting, doubtful=tuple(residual))
     if not residual:
         reason = f"no unknown job was created in the overlapping windows {span}, all closed"
         decided.update({row: Reconciliation.not_created(reason, rows[row]) for row in left})
         return ClusterDecision(decided, waiting)
+    if left <= single and all(job.status == JobStatus.CANCELLED for job in residual):
+        paired = _pair_unbilled(rows, left, residual, span)
+        decided.update(paired)
+        unbilled = frozenset(row for row, result in paired.items() if result.is_found)
+        return ClusterDecision(decided, waiting, unbilled=unbilled)
     reason = (
         f"{len(residual)} unknown job(s) were created in the overlapping windows {span} "
         f"({ids}) and each could be the job of several of these submissions"
@@ -415,7 +429,34 @@ def decide_cluster(
     decided.update(
         {row: Reconciliation.undecidable(residual, reason, rows[row]) for row in sorted(left)}
     )
-    return ClusterDecision(decided, waiting)
+    return ClusterDecision(decided, waiting, doubtful=tuple(residual))
+
+
+def _pair_unbilled(
+    rows: Mapping[str, SubmissionWindow], left: set[str], residual: Sequence[Job], span: str
+) -> dict[str, Reconciliation]:
+    """Closed windows whose only doubtful jobs were cancelled (nothing billed): each job is
+    recorded on a submission whose window holds it (so the ledger knows it), the others made
+    none; which made which no longer matters, since every one of them is sent again."""
+    free = sorted(left, key=lambda row: (rows[row].start, row))
+    decided: dict[str, Reconciliation] = {}
+    for job in sorted(residual, key=lambda job: (job.created_at, job.job_id)):
+        holders = [row for row in free if rows[row].contains(job.created_at)] or free
+        row = holders[0]
+        free.remove(row)
+        decided[row] = Reconciliation.found(
+            job,
+            f"job {job.job_id}, created in the overlapping windows {span}, could be the job of "
+            "several of these submissions and was cancelled before it completed: nothing was "
+            "billed, so each of them is sent again",
+            rows[row],
+        )
+    reason = (
+        f"no unknown job is left for it in the overlapping windows {span} (all closed): the "
+        "cancelled ones are recorded on the other submissions"
+    )
+    decided.update({row: Reconciliation.not_created(reason, rows[row]) for row in free})
+    return decided
 
 
 def _decide_alone(

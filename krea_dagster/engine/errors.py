@@ -44,6 +44,9 @@ class ErrorCode(StrEnum):
     #: Krea refused the request because an uploaded file it names is gone (the asset was
     #: deleted): nothing was created; the file is uploaded again and the prompt re-sent.
     STALE_UPLOAD = "stale_upload"
+    #: The job of a lost answer, which several unresolved rows could each have made, was
+    #: cancelled before it completed: nothing billed; the prompt is sent again.
+    RECONCILED_CANCELLED = "reconciled_cancelled"
     #: Reconciliation could not decide; reported, never re-sent on a guess.
     UNDECIDABLE = "undecidable"
     #: No submission for the prompt in this generation.

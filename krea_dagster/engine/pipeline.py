@@ -64,7 +64,9 @@ SEED_MODULUS = 2**31 - 1
 MAX_SUBMIT_ROUNDS = 5
 #: The codes of a row a jobs run sends again by itself, in its next round: Krea created
 #: nothing, and nothing about the prompt is wrong.
-RESENT_IN_THE_RUN = frozenset({ErrorCode.RECONCILED_NOT_CREATED, ErrorCode.STALE_UPLOAD})
+RESENT_IN_THE_RUN = frozenset(
+    {ErrorCode.RECONCILED_NOT_CREATED, ErrorCode.RECONCILED_CANCELLED, ErrorCode.STALE_UPLOAD}
+)
 # Seconds before resubmitting jobs that failed transiently (doubling each round).
 TRANSIENT_RETRY_BACKOFF = 2.0
 

@@ -50,7 +50,14 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from krea_dagster.api import AsyncKreaClient, BackendUnreachableError, Job, KreaError, catalog
+from krea_dagster.api import (
+    AsyncKreaClient,
+    BackendUnreachableError,
+    Job,
+    JobStatus,
+    KreaError,
+    catalog,
+)
 from krea_dagster.api.reconcile import ClusterDecision, SubmissionWindow, decide_cluster
 from krea_dagster.engine.errors import ErrorCode
 from krea_dagster.engine.ledger import JobUpdate, Ledger, Submission, SubmissionState, utcnow
@@ -420,6 +427,12 @@ async def _reconcile_cluster(
         elif not any(window.contains(job.created_at) for window in others):
             around.append(job)
     decision = decide_cluster(windows, inside, horizon=horizon, neighbours=around)
+    if decision.doubtful:
+        # Ours, but whose is unknown: cancelled before they complete they cost nothing, and the
+        # rows they could belong to are sent again instead of reported once the windows close.
+        now_known = await _cancel(client, decision.doubtful, log)
+        inside = [now_known.get(job.job_id, job) for job in inside]
+        decision = decide_cluster(windows, inside, horizon=horizon, neighbours=around)
     account = cluster[0].row.account
     if around and account and decision.decided:  # counted once, with the decision
         foreign = [job.job_id for job in around]
@@ -442,11 +455,18 @@ def _apply(
         row = rows[submission_id]
         if result.is_found and result.job is not None:
             job, more = result.job, result.jobs[1:]
+            answer = JobUpdate.from_job(job).answer()
+            if job.status == JobStatus.CANCELLED:
+                # Found only once it ended unbilled: the prompt has nothing, and owes nothing.
+                answer["error_code"] = ErrorCode.RECONCILED_CANCELLED.value
+                answer["error_message"] = (
+                    f"{result.reason}; Krea: {answer['error_message'] or 'cancelled'}"
+                )
             outcome = _written(
                 ledger.attribute(
                     submission_id,
                     more_jobs=[JobUpdate.from_job(other) for other in more],
-                    **JobUpdate.from_job(job).answer(),
+                    **answer,
                 ),
                 Outcome.ATTRIBUTED,
             )
@@ -473,6 +493,27 @@ def _apply(
                 )
         outcomes[submission_id] = outcome
     return outcomes
+
+
+async def _cancel(
+    client: AsyncKreaClient, jobs: Sequence[Job], log: logging.Logger | Any
+) -> dict[str, Job]:
+    """Cancel the jobs not finished yet and read each back: what Krea says of them now."""
+    now_known: dict[str, Job] = {}
+    for job in jobs:
+        if job.is_terminal:
+            continue
+        try:
+            await client.cancel_job(job.job_id)
+        except KreaError as error:  # it finished meanwhile, most likely: read what it is now
+            log.info(f"cancelling job {job.job_id} was refused: {error}")
+        now_known[job.job_id] = await client.get_job(job.job_id)
+        log.warning(
+            f"job {job.job_id} could be the job of several unresolved submissions: cancelled "
+            f"before it completed (now {now_known[job.job_id].status}), so it costs nothing and "
+            "the prompts it could belong to are sent again instead of reported"
+        )
+    return now_known
 
 
 def _never_sent(ledger: Ledger, row: Submission) -> Outcome:

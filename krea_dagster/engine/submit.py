@@ -1,13 +1,15 @@
 """Submit a batch of prompts to Krea: each prompt at most once, as fast as the account allows.
 
-For every planned prompt the submitter writes the intent to the ledger, takes the account's
-submit lease and records the time of the first attempt (one transaction), records the time of
-every later attempt right before it is sent (the client's ``on_send``: 429 waits and connect
-retries), and records the job id (or what went wrong) right after, giving the lease back: two
-transactions per POST. So at most one submission per account is ever
-unresolved, across workers, instances and prefixes sharing the ledger database. One POST takes
-milliseconds while a job renders for seconds to minutes, and Krea starts backlogged jobs in
-order, so one lane of POSTs is not what limits a batch: the account's concurrency is.
+For every planned prompt the submitter writes the intent to the ledger, takes one of the
+account's submit lanes and records the time of the first attempt (one transaction), records the
+time of every later attempt right before it is sent (the client's ``on_send``: 429 waits and
+connect retries), and records the job id (or what went wrong) right after, giving the lane
+back: two transactions per POST. ``lanes`` (the resource's ``submit_lanes``) POSTs of an
+account are in flight at once, across workers, instances and prefixes sharing the ledger
+database: one lane sends a POST per round trip, enough for most accounts, since Krea renders
+for seconds to minutes and starts backlogged jobs in order; a big account over a slow network
+needs a few. A POST whose answer is lost gives its lane back and is reconciled beside the
+lanes, so only its own prompt waits for its window to close.
 
 ``max_concurrent_submits`` (0 = no limit) caps the jobs this batch keeps live at Krea; when it
 is reached the submitter polls its own live jobs (one ``GET /jobs`` page for up to 1000 jobs)
@@ -19,8 +21,8 @@ Outcomes per POST:
 what happened                           ledger row                    the batch
 ======================================  ============================  ======================
 200                                     Krea's status + job id        goes on
-connection lost after send, 5xx, read   ``unknown``, then reconciled  goes on once the window
-timeout                                 at once (lease still held)    has closed
+connection lost after send, 5xx, read   ``unknown``, reconciled       goes on; the prompt is
+timeout                                 beside the lanes              re-sent if not created
 400 / 422 (Krea refused the body)       ``not_created`` (rejected)    goes on
 400 / 422 naming an upload Krea no      ``not_created``               goes on; the file is
 longer has (its asset was deleted)      (``stale_upload``)            uploaded again and the
@@ -37,6 +39,7 @@ no such host, a web server's 404)                                     Krea answe
 
 import asyncio
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -65,7 +68,7 @@ from krea_dagster.api import (
 from krea_dagster.api.catalog import ModelCatalog
 from krea_dagster.engine.crashpoints import crash_point
 from krea_dagster.engine.errors import BatchStoppedError, ErrorCode, LeaseUnavailableError
-from krea_dagster.engine.ledger import JobUpdate, Lease, Ledger, Submission, utcnow
+from krea_dagster.engine.ledger import Claim, JobUpdate, Lease, Ledger, Submission, utcnow
 from krea_dagster.engine.reconcile import (
     SEND_SLACK,
     ClockBounds,
@@ -199,6 +202,8 @@ class BatchSubmitter:
         #: the POSTs in flight count as live.
         self._slot = asyncio.Lock()
         self._sending = 0
+        #: A lane raised: the others stop before their next prompt.
+        self._lane_failed = False
 
     @property
     def lease_seconds(self) -> float:
@@ -218,36 +223,43 @@ class BatchSubmitter:
                 if row.job_id
             }
         queue = iter(prompts)
-        lanes = [asyncio.create_task(self._lane(queue)) for _ in range(max(1, self.lanes))]
         try:
-            await asyncio.wait(lanes, return_when=asyncio.FIRST_EXCEPTION)
-            _raise_first(lanes)  # a lane failed: the others are cancelled below
+            # A lane that fails stops the others before their next prompt, never mid-POST.
+            ended = await asyncio.gather(
+                *(self._lane(queue) for _ in range(max(1, self.lanes))), return_exceptions=True
+            )
             while not all(task.done() for task in self._reconciling):
                 await asyncio.wait([task for task in self._reconciling if not task.done()])
-            _raise_first(self._reconciling)
+            for error in (*ended, *(task.exception() for task in self._reconciling)):
+                if isinstance(error, BaseException):
+                    raise error
         finally:
             progress.cancel()
-            for task in (*lanes, *self._reconciling):
+            for task in self._reconciling:
                 task.cancel()
-            await asyncio.gather(*lanes, *self._reconciling, return_exceptions=True)
+            await asyncio.gather(*self._reconciling, return_exceptions=True)
             report.elapsed = self.clock() - started
         return report
 
     async def _lane(self, queue: Iterator[PlannedPrompt]) -> None:
         """One lane: take the next prompt, send it, and so on (lanes share ``queue``)."""
-        for prompt in queue:
-            if self._report.stopped:
-                return
-            if not self.max_live:
-                await self._submit_one(prompt)
-                continue
-            async with self._slot:
-                await self._wait_for_live_slot()
-                self._sending += 1
-            try:
-                await self._submit_one(prompt)
-            finally:
-                self._sending -= 1
+        try:
+            for prompt in queue:
+                if self._report.stopped or self._lane_failed:
+                    return
+                if not self.max_live:
+                    await self._submit_one(prompt)
+                    continue
+                async with self._slot:
+                    await self._wait_for_live_slot()
+                    self._sending += 1
+                try:
+                    await self._submit_one(prompt)
+                finally:
+                    self._sending -= 1
+        except Exception:
+            self._lane_failed = True
+            raise
 
     def _reconcile_beside(self, row: Submission) -> None:
         """Reconcile ``row`` without holding a lane: only its own prompt waits for it."""
@@ -279,10 +291,11 @@ class BatchSubmitter:
                 self.log.error(f"stopping the batch: {stopped}")
 
     async def _claim(self, prompt: PlannedPrompt) -> Submission | None:
-        """The intent row for ``prompt`` holding the lease, or None when it is covered.
+        """The intent row for ``prompt`` on a submit lane, or None when it is covered.
 
-        While another submission holds the account's lease this waits for it (a POST takes
-        milliseconds); a lease that expired is a dead worker's, whose row is reconciled first.
+        While live workers hold every lane of the account this waits for one (a POST takes a
+        round trip); a lane whose lease expired is a dead worker's: it is taken over, and that
+        worker's row reconciled beside the lanes.
         """
         deadline = self.clock() + self.lease_wait
         pause = 0.005
@@ -323,18 +336,23 @@ class BatchSubmitter:
                 if claim.row is not None:
                     self._first_send[claim.row.submission_id] = started
                 return claim.row
-            if claim.lease is not None and self._waiting_for is None:
-                self.log.info(f"{self.batch}: waiting for the submit lease: {_held(claim.lease)}")
-            self._waiting_for = claim.lease
+            if claim.lease is not None and self._waiting_for is None and not self._own(claim):
+                self.log.info(f"{self.batch}: waiting for a submit lane: {_held(claim.lease)}")
+            self._waiting_for = None if self._own(claim) else claim.lease
             if self.clock() > deadline:
                 self._waiting_for = None
                 held = "" if claim.lease is None else f": {_held(claim.lease)}"
                 raise LeaseUnavailableError(
-                    f"another submission has held the submit lease of Krea account "
-                    f"{self.account} for over {self.lease_wait:.0f} s{held}; retry the run later"
+                    f"other submissions have held every submit lane ({self.lanes}) of Krea "
+                    f"account {self.account} for over {self.lease_wait:.0f} s{held}; retry the "
+                    "run later"
                 )
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.25)
+
+    def _own(self, claim: Claim) -> bool:
+        """Whether the lane ``claim`` waits for is held by this process (another of its lanes)."""
+        return claim.lease is not None and claim.lease.owner_pid == os.getpid()
 
     async def _send(self, row: Submission, prompt: PlannedPrompt) -> Exception | None:
         """POST one claimed row and record the answer; the reason when nothing was sent
@@ -572,7 +590,7 @@ class BatchSubmitter:
             await asyncio.sleep(PROGRESS_EVERY_SECONDS)
             if self._waiting_for is not None:
                 self.log.info(
-                    f"{self.batch}: waiting for the submit lease: {_held(self._waiting_for)}"
+                    f"{self.batch}: waiting for a submit lane: {_held(self._waiting_for)}"
                 )
                 continue
             report = self._report
@@ -583,13 +601,6 @@ class BatchSubmitter:
                 f"({report.skipped} already covered), est. ${report.submitted_usd:.4f}, "
                 f"{done / elapsed:.1f} prompts/s"
             )
-
-
-def _raise_first(tasks: Sequence[asyncio.Task[None]]) -> None:
-    """Raise the error of the first of ``tasks`` that failed, if any did."""
-    for task in tasks:
-        if task.done() and not task.cancelled() and task.exception() is not None:
-            raise task.exception()  # type: ignore[misc]
 
 
 def _seconds(offset: ClockBounds | None) -> tuple[float, float] | None:

@@ -156,3 +156,49 @@ def test_a_node_app_row_takes_the_jobs_only_its_window_holds_once_closed() -> No
     assert verdicts(decision) == {"app": ["n1", "n2"], "b": "jb"}
     shared = decide_cluster(cluster, [*mine, job("s", 9.5)], horizon=at(25))
     assert verdicts(shared) == {"app": "reported", "b": "reported"}
+
+
+def test_jobs_several_submissions_could_each_have_made_are_doubtful_never_guessed() -> None:
+    """A job both windows hold, with no other submitter around, is the cluster's own but
+    nobody's in particular: doubtful while the windows are open and once they have closed (so
+    it can be cancelled), and never doubtful when the evidence points at another submitter."""
+    shared = [job("j1", 7), job("j2", 8)]
+    open_ = decide_cluster(PAIR, shared, horizon=at(12))
+    assert verdicts(open_) == {"a": "waiting", "b": "waiting"}
+    assert [each.job_id for each in open_.doubtful] == ["j1", "j2"]
+    closed = decide_cluster(PAIR, shared, horizon=at(20))
+    assert verdicts(closed) == {"a": "reported", "b": "reported"}
+    assert [each.job_id for each in closed.doubtful] == ["j1", "j2"]
+    foreign = decide_cluster(PAIR, shared, horizon=at(20), neighbours=[job("x", 18)])
+    assert foreign.doubtful == () and set(verdicts(foreign).values()) == {"reported"}
+    too_many = decide_cluster(PAIR, [*shared, job("j3", 9)], horizon=at(20))
+    assert too_many.doubtful == () and set(verdicts(too_many).values()) == {"reported"}
+    forced = decide_cluster(PAIR, [job("j1", 3), job("j2", 7)], horizon=at(20))
+    assert forced.doubtful == ()
+
+
+@pytest.mark.parametrize(
+    ("jobs", "expected"),
+    [
+        # Two cancelled jobs both windows hold: one on each row, both sent again.
+        ([job("j1", 7, "cancelled"), job("j2", 8, "cancelled")], {"a": "j1", "b": "j2"}),
+        # One cancelled job both hold: recorded on the earlier window, the other made none.
+        ([job("j1", 7, "cancelled")], {"a": "j1", "b": "not_created"}),
+        # One cancelled, one completed: the completed one is billed and nobody's for sure.
+        (
+            [job("j1", 7, "cancelled"), job("j2", 8, "completed")],
+            {"a": "reported", "b": "reported"},
+        ),
+    ],
+    ids=["two-cancelled", "one-cancelled", "one-billed"],
+)
+def test_closed_windows_whose_doubtful_jobs_were_all_cancelled_send_their_rows_again(
+    jobs: list[Job], expected: dict[str, object]
+) -> None:
+    """Once the windows have closed, doubtful jobs that were all cancelled cost nothing: each is
+    recorded on a row whose window holds it (``unbilled``), the others made none, and every
+    one of them is sent again; a billed one among them still reports the rows."""
+    decision = decide_cluster(PAIR, jobs, horizon=at(20))
+    assert verdicts(decision) == expected
+    found = {name for name, value in expected.items() if value not in ("not_created", "reported")}
+    assert decision.unbilled == frozenset(found)
