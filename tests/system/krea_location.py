@@ -17,9 +17,9 @@ download is then left to the images run), for tests about the images run itself.
 
 Test hook: with ``KREA_SYSTEM_CRASH_ONCE=<crash point>`` and ``KREA_SYSTEM_CRASH_MARKER=<path>``,
 the first run worker that sets up the Krea resource for a batch named in
-``KREA_SYSTEM_CRASH_BATCH`` creates the marker file and arms that crash point in its own
-process (``KREA_DAGSTER_CRASH_AT``), so exactly one run worker is SIGKILLed there and its
-retry runs normally. ``KREA_SYSTEM_PAUSE_ONCE=<crash point>`` does the same with
+``KREA_SYSTEM_CRASH_BATCH`` (comma-separated names) creates the marker file ``<path>.<batch>``
+and arms that crash point in its own process (``KREA_DAGSTER_CRASH_AT``), so exactly one run
+worker per batch is SIGKILLed there and its retry runs normally. ``KREA_SYSTEM_PAUSE_ONCE=<crash point>`` does the same with
 ``KREA_DAGSTER_PAUSE_AT``: that run worker stops itself (SIGSTOP) there, for the test to look at
 and kill.
 """
@@ -59,10 +59,11 @@ class SystemKreaResource(KreaResource):
         run = context.dagster_run
         if not (armed and marker and run is not None):
             return
-        if run.tags.get("krea/batch") != os.environ.get("KREA_SYSTEM_CRASH_BATCH"):
+        batch = run.tags.get("krea/batch")
+        if batch not in os.environ.get("KREA_SYSTEM_CRASH_BATCH", "").split(","):
             return
         try:
-            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            os.close(os.open(f"{marker}.{batch}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
         except FileExistsError:
             return  # an earlier run worker already crashed; this one (the retry) must not
         os.environ.update(armed)
