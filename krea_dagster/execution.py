@@ -7,14 +7,14 @@ same three bodies, whatever built it:
   every reference read and hashed locally, the price and the budget; nothing is uploaded or
   sent;
 - ``run_jobs``: submit what is missing (``KreaImagePipeline.submit``): the budget on what will
-  be sent, then the referenced files uploaded once, then each POST under the account's lease;
+  be sent, then the referenced files uploaded once, then each POST on an account submit lane;
 - ``run_images``: collect (poll inline what is still rendering, store and verify every output)
   and write the manifest, the per-batch checks and the step's metadata; above
   ``max_failed_fraction`` the step fails, so the run and the partition show it.
 
 ``raise_failure`` is the one place engine errors become Dagster's: bad input, an exceeded
 budget or an unknown model is a ``Failure`` that no retry can fix; a transient stop (Krea rate
-limiting or unreachable after it answered, another worker's lease) is ``RetryRequested``, so a
+limiting or unreachable after it answered, other workers' lanes) is ``RetryRequested``, so a
 retry policy resumes where the run stopped. A terminated run cancels the Krea jobs it submitted
 (``cancel_on_termination``).
 """

@@ -13,7 +13,7 @@ sensor daemon, in scripts and in tests.
   ledger database, else the bundled one).
 - ``settings``: what the engine reads of a Krea account (``KreaAccount``).
 - ``ledger``: the durable record of every submission (schema, records, queries).
-- ``submit``: claim, POST, record; each POST under the account's submit lease.
+- ``submit``: claim, POST, record; each POST on one of the account's submit lanes.
 - ``reconcile``: the only reconciliation of submissions whose outcome is unknown.
 - ``cancel``: the only place that cancels jobs (termination, poll timeout).
 - ``errors``: the engine's exception tree and its error codes.

@@ -6,7 +6,7 @@ Exceptions (the client's own, ``krea_dagster.api.errors``, sit beside this tree)
     ├── BudgetExceededError        the batch's estimate is above max_usd_per_run (nothing sent)
     ├── BatchStoppedError          Krea refused to go on (balance, token, rate, unreachable)
     │                              .transient: a retry later may succeed (rate, unreachable)
-    └── LeaseUnavailableError      another submission holds the account's submit lease too long
+    └── LeaseUnavailableError      other submissions hold every submit lane of the account too long
 
 ``ErrorCode`` values are what the ledger's ``error_code`` column and the manifest's
 ``error_code`` column hold for the engine's own outcomes; a failed Krea job keeps Krea's code
@@ -107,6 +107,6 @@ class BatchStoppedError(EngineError):
 
 
 class LeaseUnavailableError(EngineError):
-    """Another submission holds the account's submit lease for longer than this step waits."""
+    """Other submissions hold every submit lane of the account longer than this step waits."""
 
     transient = True

@@ -78,7 +78,7 @@ def caller_root() -> Path | None:
 def default_ledger() -> str:
     """``$KREA_LEDGER_URL`` when set, else ``sqlite:///krea-output/ledger.db`` (relative to the
     project root): the ledger of every instance that names none, so that every instance using
-    one token shares one ledger, which is what makes the submit lease account-wide."""
+    one token shares one ledger, which is what makes the submit lanes account-wide."""
     return os.environ.get(LEDGER_ENV) or DEFAULT_LEDGER
 
 
