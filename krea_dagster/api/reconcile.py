@@ -380,6 +380,28 @@ def decide_cluster(
                 del unassigned[job_id]
                 forcing = True
                 break
+        if forcing:
+            continue
+        for row in sorted(left - single):
+            # A node app's execution makes as many jobs as its last answered one: once its
+            # window has closed, exactly that many only it could have made are its own, and
+            # the others in its window are somebody else's.
+            window = rows[row]
+            if window.jobs is None or not window.is_closed(horizon):
+                continue
+            own = [job for job in unassigned.values() if possible[job.job_id] & left == {row}]
+            if len(own) == window.jobs:
+                attributed[row] = Reconciliation.found_all(
+                    own,
+                    f"{len(own)} job(s) were created in {span} where only this execution's "
+                    "window, of those still unresolved, could hold them: as many as it makes",
+                    window,
+                )
+                left.discard(row)
+                for job in own:
+                    del unassigned[job.job_id]
+                forcing = True
+                break
     residual = list(unassigned.values())
     if left <= single and len(residual) > len(left):
         return _report_all(

@@ -216,14 +216,17 @@ async def reconcile(
     request_window: float,
     log: logging.Logger | Any,
     guard: timedelta = GUARD_BAND,
-) -> Outcome:
+    patience: float | None = None,
+) -> Outcome | None:
     """Decide whether an unresolved row's POST created a job, and write the answer.
 
     The row is decided with every unresolved row of its account whose window overlaps its own
     (its cluster). A job only it could have made is attributed as soon as it is listed; "not
     created" waits until the settled horizon has passed every window of the cluster (at least
-    ``window_seconds`` after the send), listing again every ``RELIST_SECONDS``.
+    ``window_seconds`` after the send), listing again every ``RELIST_SECONDS``. With
+    ``patience`` (seconds), None once that has passed undecided.
     """
+    give_up = None if patience is None else client.clock.monotonic() + patience
     while True:
         outcomes = await reconcile_pass(
             client,
@@ -239,6 +242,8 @@ async def reconcile(
         current = await asyncio.to_thread(ledger.get, row.submission_id)
         if not current.is_unresolved:
             return Outcome.ALREADY_RESOLVED
+        if give_up is not None and client.clock.monotonic() > give_up:
+            return None
         await asyncio.sleep(RELIST_SECONDS)
 
 

@@ -8,8 +8,11 @@ back: two transactions per POST. ``lanes`` (the resource's ``submit_lanes``) POS
 account are in flight at once, across workers, instances and prefixes sharing the ledger
 database: one lane sends a POST per round trip, enough for most accounts, since Krea renders
 for seconds to minutes and starts backlogged jobs in order; a big account over a slow network
-needs a few. A POST whose answer is lost gives its lane back and is reconciled beside the
-lanes, so only its own prompt waits for its window to close.
+needs a few. A POST whose answer is lost keeps its lane while it is reconciled (its job, if
+it made one, is listed and attributed within seconds; otherwise its window must close). With
+one lane the account waits meanwhile: no job is ever doubtful. With several, an undecided row
+gives its lane back after a few seconds and is reconciled beside the lanes, so only its own
+prompt waits (the first execution of a node app, whose job count is not known yet, keeps it).
 
 ``max_concurrent_submits`` (0 = no limit) caps the jobs this batch keeps live at Krea; when it
 is reached the submitter polls its own live jobs (one ``GET /jobs`` page for up to 1000 jobs)
@@ -89,6 +92,9 @@ LEASE_MARGIN_SECONDS = 10.0
 MAX_SEND_RECORDS = 5
 #: How long a submitter waits for a live lease held by another worker before giving up.
 DEFAULT_LEASE_WAIT = 600.0
+#: How long a row whose answer was lost keeps its lane while its job may still be listed
+#: (``reconcile.LISTING_LAG`` and a few listings).
+LOST_ANSWER_PATIENCE = 6.0
 #: How many times one prompt is claimed again after its send was stopped unsent (the lease
 #: expired during a pause) before the batch stops.
 MAX_UNSENT_RETRIES = 1
@@ -365,10 +371,9 @@ class BatchSubmitter:
             await asyncio.to_thread(self.ledger.mark_unknown, row.submission_id, message=str(error))
             self.log.warning(
                 f"submission {row.submission_id} for prompt {prompt.prompt_key}: outcome "
-                "unknown; reconciling it through GET /jobs once its window closes (never "
-                "re-sent blindly) while the batch's other prompts go on"
+                "unknown; reconciling it through GET /jobs (never re-sent blindly)"
             )
-            self._reconcile_beside(await asyncio.to_thread(self.ledger.get, row.submission_id))
+            await self._reconcile_lost(await asyncio.to_thread(self.ledger.get, row.submission_id))
         except (BadRequestError, UnprocessableEntityError) as error:
             # Krea refuses a request naming a deleted asset ("Input file rejected"). When an
             # upload this request names is gone, the refusal is the cache's, not the prompt's:
@@ -529,9 +534,52 @@ class BatchSubmitter:
         )
 
     async def _reconcile(self, row: Submission) -> Outcome:
-        return await reconcile(
+        outcome = await reconcile(
             self.client, self.ledger, row, request_window=self.request_window, log=self.log
         )
+        assert outcome is not None  # no patience: decided
+        return outcome
+
+    async def _reconcile_lost(self, row: Submission) -> None:
+        """Reconcile a row whose answer was lost, on its lane while its job may still show.
+
+        A job the POST made is listed within seconds and attributed while the row keeps its
+        lane. Undecided by then (no job yet: its window must close, two request windows after
+        the send), the row keeps its lane until it is decided when it is the account's only
+        lane: nothing else is sent while a job could still be its, so no job is ever doubtful
+        (the account waits). With several lanes it gives its lane back and is reconciled beside
+        them (only its own prompt waits; the others are sent meanwhile, so a job of another
+        lost answer may turn out doubtful: cancelled if Krea has not completed it, else
+        reported). The first execution of a node app always keeps its lane: until an
+        execution of the app was answered, how many jobs it makes is unknown, and its jobs
+        could not be told from those of a row sent after it.
+        """
+        app = catalog.node_app_id(row.model)
+        count = (
+            None
+            if app is None
+            else await asyncio.to_thread(self.ledger.jobs_per_submission, row.model)
+        )
+        if self.lanes > 1 and (app is None or count is not None):
+            outcome = await reconcile(
+                self.client,
+                self.ledger,
+                row,
+                request_window=self.request_window,
+                log=self.log,
+                patience=LOST_ANSWER_PATIENCE,
+            )
+            if outcome is None:
+                await asyncio.to_thread(self.ledger.release_lane, row.submission_id)
+                self.log.info(
+                    f"submission {row.submission_id}: no job in its window yet; its lane goes "
+                    "on with the batch while its window closes"
+                )
+                self._reconcile_beside(row)
+                return
+        else:
+            outcome = await self._reconcile(row)
+        self._report.reconciled.append(outcome)
 
     async def _not_created(
         self,

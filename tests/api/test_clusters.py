@@ -149,13 +149,18 @@ def test_a_cluster_of_one_is_the_single_window_rule() -> None:
 
 def test_a_node_app_row_takes_the_jobs_only_its_window_holds_once_closed() -> None:
     """A node app's execution beside a /generate row: the jobs no other window holds are all
-    the execution's once its window has closed; a job both could have made is never guessed."""
+    the execution's once its window has closed; a job both could have made is the other row's
+    only when the app's job count says so, never guessed."""
     cluster = [window("app", 0, 10, jobs=2), window("b", 9, 20)]
     mine = [job("n1", 1), job("n2", 1.5)]
     decision = decide_cluster(cluster, [*mine, job("jb", 15)], horizon=at(25))
     assert verdicts(decision) == {"app": ["n1", "n2"], "b": "jb"}
     shared = decide_cluster(cluster, [*mine, job("s", 9.5)], horizon=at(25))
-    assert verdicts(shared) == {"app": "reported", "b": "reported"}
+    # The app makes 2 jobs and 2 only its window holds: the shared one is b's.
+    assert verdicts(shared) == {"app": ["n1", "n2"], "b": "s"}
+    unknown = [window("app", 0, 10, jobs=None), window("b", 9, 20)]
+    guessed = decide_cluster(unknown, [*mine, job("s", 9.5)], horizon=at(25))
+    assert verdicts(guessed) == {"app": "reported", "b": "reported"}
 
 
 def test_jobs_several_submissions_could_each_have_made_are_doubtful_never_guessed() -> None:
@@ -202,3 +207,20 @@ def test_closed_windows_whose_doubtful_jobs_were_all_cancelled_send_their_rows_a
     assert verdicts(decision) == expected
     found = {name for name, value in expected.items() if value not in ("not_created", "reported")}
     assert decision.unbilled == frozenset(found)
+
+
+def test_a_closed_node_app_window_takes_as_many_jobs_as_it_makes_only_it_could_have_made() -> None:
+    """Two lost executions of an app that makes 2 jobs: once the first window has closed, the
+    2 jobs only it could have made are its own, which leaves the later jobs to the second."""
+    cluster = [window("app1", 0, 10, jobs=2), window("app2", 5, 20, jobs=2)]
+    jobs = [job("a1", 1), job("a2", 1.5), job("b1", 6), job("b2", 6.5)]
+    early = decide_cluster(cluster, jobs, horizon=at(8))
+    assert verdicts(early) == {"app1": "waiting", "app2": "waiting"}
+    first_closed = decide_cluster(cluster, jobs, horizon=at(12))
+    assert verdicts(first_closed) == {"app1": ["a1", "a2"], "app2": "waiting"}
+    both_closed = decide_cluster(cluster, jobs, horizon=at(25))
+    assert verdicts(both_closed) == {"app1": ["a1", "a2"], "app2": ["b1", "b2"]}
+    unknown_count = [window("app1", 0, 10, jobs=None), window("app2", 5, 20, jobs=None)]
+    assert set(verdicts(decide_cluster(unknown_count, jobs, horizon=at(25))).values()) == {
+        "reported"
+    }

@@ -246,7 +246,8 @@ def test_repr_hides_passwords():
 
 
 def test_an_unresolved_row_holds_the_account_lease_until_answered(ledger):
-    """While one prompt's POST is unresolved, no other prompt of the account can be claimed."""
+    """With one lane, while one prompt's POST is unresolved no other prompt of the account
+    can be claimed."""
     first = claim(ledger, "k1")
     busy = claim_result(ledger, "k2")
     assert busy.row is None and busy.lease is not None
@@ -262,13 +263,22 @@ def test_the_lease_is_per_account(ledger):
     assert claim(ledger, "k2", account="b") is not None
 
 
-def test_an_ambiguous_row_keeps_the_lease_and_a_resolution_frees_it(ledger):
-    """mark_unknown keeps the lease; not_created, reported or attributed give it back."""
+def test_an_ambiguous_row_gives_its_lane_back_keeps_its_lease_and_a_resolution_frees_it(ledger):
+    """mark_unknown frees the row's lane for the next POST but keeps its lease (a live worker
+    reconciles it); reporting it deletes the lease."""
     row = claim(ledger, "k1")
     ledger.mark_unknown(row.submission_id, message="dropped")
-    assert claim_result(ledger, "k2").lease is not None
+    (parked,) = ledger.leases(ACCOUNT)
+    assert parked.holder.submission_id == row.submission_id and parked.lane is None
+    assert ledger.live_holders(ACCOUNT) == {row.submission_id}
+    second = claim(ledger, "k2")
+    assert second is not None
+    assert ledger.live_holders(ACCOUNT) == {row.submission_id, second.submission_id}
     assert ledger.mark_reported(row.submission_id, message="two candidates")
-    assert claim(ledger, "k2") is not None
+    assert [lease.holder.submission_id for lease in ledger.leases(ACCOUNT)] == [
+        second.submission_id
+    ]
+    assert ledger.live_holders(ACCOUNT) == {second.submission_id}
 
 
 def test_a_lease_of_another_host_expires_by_time_whatever_its_run_says(ledger):
@@ -276,8 +286,8 @@ def test_a_lease_of_another_host_expires_by_time_whatever_its_run_says(ledger):
     row = claim(ledger, "k1", lease_seconds=60)
     with ledger.transaction() as conn:
         conn.execute(sa.text("UPDATE krea_submit_leases SET owner_host='elsewhere'"))
-    lease = ledger.lease(ACCOUNT)
-    assert lease is not None and lease.holder.submission_id == row.submission_id
+    (lease,) = ledger.leases(ACCOUNT)
+    assert lease.holder.submission_id == row.submission_id
     assert not lease.is_expired(datetime.now(UTC))
     assert lease.is_expired(datetime.now(UTC) + timedelta(seconds=61))
 
@@ -287,8 +297,9 @@ def test_a_lease_of_a_dead_local_process_expires_at_once(ledger):
     claim(ledger, "k1", lease_seconds=600)
     with ledger.transaction() as conn:
         conn.execute(sa.text(f"UPDATE krea_submit_leases SET owner_pid={2**22 + 12345}"))
-    lease = ledger.lease(ACCOUNT)
-    assert lease is not None and lease.is_expired(datetime.now(UTC))
+    (lease,) = ledger.leases(ACCOUNT)
+    assert lease.is_expired(datetime.now(UTC))
+    assert ledger.live_holders(ACCOUNT) == set()
 
 
 def test_note_send_refuses_once_the_lease_has_expired(ledger):
@@ -308,12 +319,26 @@ def test_note_send_refuses_a_row_that_is_no_longer_an_intent(ledger):
     """A row whose outcome went unknown keeps its lease, but no later attempt of it may be
     sent: note_send changes nothing (the lease is not extended) and says so."""
     row = claim(ledger, "k1", lease_seconds=60)
-    before = ledger.lease(ACCOUNT)
+    (before,) = ledger.leases(ACCOUNT)
     assert ledger.mark_unknown(row.submission_id, message="dropped")
     assert not ledger.note_send(row.submission_id, sent_at=datetime.now(UTC), lease_seconds=600)
     after = ledger.get(row.submission_id)
     assert after.sent_at is None and after.state == SubmissionState.UNKNOWN
-    assert ledger.lease(ACCOUNT).expires_at == before.expires_at
+    (kept,) = ledger.leases(ACCOUNT)
+    assert kept.expires_at == before.expires_at
+
+
+def test_note_send_refuses_an_unknown_row_that_still_holds_a_lane(ledger):
+    """The state guard alone refuses a send for an unknown row on a lane (as a version 4
+    ledger's upgraded lease is), and rolls back the lease extension it made first."""
+    row = claim(ledger, "k1", lease_seconds=60)
+    (before,) = ledger.leases(ACCOUNT)
+    with ledger.transaction() as conn:
+        conn.execute(sa.text("UPDATE krea_submissions SET state='unknown'"))
+    assert not ledger.note_send(row.submission_id, sent_at=datetime.now(UTC), lease_seconds=600)
+    (kept,) = ledger.leases(ACCOUNT)
+    assert kept.lane == 0 and kept.expires_at == before.expires_at
+    assert ledger.get(row.submission_id).sent_at is None
 
 
 def test_a_claim_records_the_first_send_and_returns_the_row_as_written(ledger):
@@ -465,7 +490,7 @@ def test_a_node_app_answer_records_one_output_row_per_further_job(ledger):
     assert {out.parent_id for out in outputs} == {row.submission_id}
     assert len({out.prompt_key for out in outputs} | {row.prompt_key}) == 3
     assert all(out.estimated_usd == 0.0 and out.account == ACCOUNT for out in outputs)
-    assert ledger.lease(ACCOUNT) is None  # the answer gave the lease back
+    assert ledger.leases(ACCOUNT) == []  # the answer deleted the row's lease
     assert ledger.jobs_per_submission("node-app/app-1") == 3
     # Every job is polled like any other; the prompt stays covered by its submission row.
     assert {r.job_id for r in ledger.pending("s", "b1")} == {"j1", "j2", "j3"}
@@ -604,3 +629,49 @@ def test_a_poll_keeps_the_late_marker_and_krea_code_both(ledger):
     assert polled.late_answer_of == row.submission_id
     assert (polled.error_code, polled.error_message) == ("internal_error", "provider failed")
     assert ledger.record_late_job(row, JobUpdate("j-late", "failed")) is None
+
+
+class MigratesAfterAnotherThreadLooked(Ledger):
+    """A fresh ledger whose first use stops between making its engine and creating its schema
+    until another thread has used the ledger (at most 5 s): the overlap of the lanes' first
+    claims, forced."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.engine_made = threading.Event()
+        self.other_used_it = threading.Event()
+        self._first = True
+
+    def _migrate(self, engine: sa.Engine) -> None:
+        if self._first:
+            self._first = False
+            self.engine_made.set()
+            self.other_used_it.wait(timeout=5)
+        super()._migrate(engine)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="engine bug: LedgerDatabase.engine publishes the engine before its schema exists; "
+    "remove this mark with the fix",
+)
+def test_threads_whose_first_ledger_calls_overlap_all_find_the_schema(tmp_path):
+    """Two threads use a fresh ledger at once (the first claims of several submit lanes): the
+    second never reads an engine whose tables are not created yet."""
+    ledger = MigratesAfterAnotherThreadLooked(f"sqlite:///{tmp_path / 'ledger.db'}")
+    failures: list[BaseException] = []
+
+    def second() -> None:
+        assert ledger.engine_made.wait(timeout=30)
+        try:
+            ledger.rows("s")
+        except BaseException as error:
+            failures.append(error)
+        finally:
+            ledger.other_used_it.set()
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    assert ledger.rows("s") == []
+    thread.join()
+    assert failures == []

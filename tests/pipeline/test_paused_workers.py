@@ -226,8 +226,8 @@ def test_a_worker_waiting_for_another_hosts_lease_names_the_holder_and_its_expir
         pytest.raises(LeaseUnavailableError) as raised,
     ):
         asyncio.run(submit())
-    lease = ledger.lease(emulator.account)
-    assert lease is not None and lease.expires_at is not None
+    (lease,) = ledger.leases(emulator.account)
+    assert lease.holder.submission_id == holder.submission_id and lease.expires_at is not None
     for text in (caplog.text, str(raised.value)):
         assert holder.submission_id in text
         assert "other/b9" in text and "k-held" in text

@@ -24,7 +24,12 @@ def test_repr_and_str_leave_the_token_out():
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("poll_interval", 0.0), ("max_concurrent_submits", -1)],
+    [
+        ("poll_interval", 0.0),
+        ("max_concurrent_submits", -1),
+        ("submit_lanes", 0),
+        ("submit_lanes", 17),
+    ],
 )
 def test_settings_out_of_range_are_rejected_with_the_field_name(field, value):
     """A setting out of its range fails at definition time, naming the field."""

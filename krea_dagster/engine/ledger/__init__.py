@@ -22,9 +22,9 @@ at Krea is not known. A row becomes one only together with its lease (a row of
 and every wait), written in the same transaction as the intent and deleted in the same
 transaction as the answer. While its POST is in flight the lease also holds one of the account's
 submit *lanes*: at most ``submit_lanes`` POSTs of an account are in flight at once, across every
-worker, instance and prefix that shares this database. A row whose answer was lost gives its
-lane back and keeps its lease while its worker reconciles it, so the account's other
-submissions go on; ``krea_dagster.engine.reconcile`` decides the unresolved rows whose windows
+worker, instance and prefix that shares this database. A row whose answer was lost keeps its
+lane while its worker reconciles it, or (with several lanes) gives it back after a few seconds
+(``release_lane``) and keeps its lease, so the account's other submissions go on; ``krea_dagster.engine.reconcile`` decides the unresolved rows whose windows
 overlap together. A lease expires: a worker that died, on this host or any other, holds nothing
 once it has, whatever Dagster says of its run; its lane is taken over and its row reconciled.
 

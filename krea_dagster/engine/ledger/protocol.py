@@ -442,16 +442,11 @@ class LedgerWrites(LedgerDatabase):
     def mark_unknown(self, submission_id: str, *, message: str) -> bool:
         """The POST may have created a job (connection lost after sending, 5xx, timeout).
 
-        The row gives its submit lane back and keeps its lease while its worker reconciles it:
-        the account's other submissions go on, and nobody takes it for a dead worker's.
+        The row keeps its lease and its submit lane while its worker reconciles it
+        (``release_lane`` gives the lane back when that takes longer).
         """
         now = utcnow()
         with self.transaction() as conn:
-            conn.execute(
-                leases_table.update()
-                .where(leases_table.c.submission_id == submission_id)
-                .values(lane=None, updated_at=now)
-            )
             result = conn.execute(
                 submissions_table.update()
                 .where(
@@ -467,6 +462,17 @@ class LedgerWrites(LedgerDatabase):
                 )
             )
             return result.rowcount == 1
+
+    def release_lane(self, submission_id: str) -> None:
+        """An unknown row gives its submit lane back and keeps its lease while its worker
+        reconciles it: the account's next POST need not wait for its window to close, and
+        nobody takes the row for a dead worker's."""
+        with self.transaction() as conn:
+            conn.execute(
+                leases_table.update()
+                .where(leases_table.c.submission_id == submission_id)
+                .values(lane=None, updated_at=utcnow())
+            )
 
     def mark_not_created(self, submission_id: str, *, code: str, message: str) -> bool:
         """Krea refused the POST or never received it: nothing was created, nothing is owed."""

@@ -294,7 +294,7 @@ class Lease:
     expires_at: datetime | None
     owner_host: str | None
     owner_pid: int | None
-    lane: int | None = 0
+    lane: int | None
 
     def is_expired(self, now: datetime) -> bool:
         """Expired at ``expires_at``, or at once when its owner was a process of this host that

@@ -5,6 +5,7 @@ PostgreSQL), creates and upgrades the schema on first use, and gives the write p
 queries their transaction and the few row reads both need.
 """
 
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -240,6 +241,7 @@ class LedgerDatabase:
     def __init__(self, url: str) -> None:
         self.url = url
         self._engine: Engine | None = None
+        self._engine_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Ledger({sa.make_url(self.url).render_as_string(hide_password=True)!r})"
@@ -248,9 +250,14 @@ class LedgerDatabase:
 
     @property
     def engine(self) -> Engine:
+        """The engine, its schema created or upgraded first: the submit lanes' threads use a
+        fresh ledger at once, and none may see an engine whose tables do not exist yet."""
         if self._engine is None:
-            self._engine = self._create_engine()
-            self._migrate(self._engine)
+            with self._engine_lock:
+                if self._engine is None:
+                    engine = self._create_engine()
+                    self._migrate(engine)
+                    self._engine = engine
         return self._engine
 
     def _create_engine(self) -> Engine:
