@@ -178,8 +178,11 @@ def count_kill_mid_submission(
     ``reported`` (prompts left for a person: the goal is 0), ``billed_twice`` (jobs billed
     beyond one per prompt, and the emulator's duplicate submissions: the goal is 0),
     ``rerun_seconds`` and what reconciliation cost in requests. Every job of the scenario
-    completes (no fault is injected), so jobs billed beyond one per prompt are prompts billed
-    twice.
+    completes unless reconciliation cancels it (no fault is injected), so jobs billed beyond one
+    per prompt are prompts billed twice. A reported prompt whose POST created nothing is billed
+    for nothing, so fewer jobs than prompts may be billed: that is 0 billed twice, not a
+    negative count (a prompt billed twice beside it shows in ``duplicate_submissions``: Krea
+    billed the same request twice).
     """
     if contender not in KREA_CONFIGS:
         raise ValueError(f"contender must be one of {tuple(KREA_CONFIGS)}, got {contender!r}")
@@ -249,7 +252,7 @@ def count_kill_mid_submission(
         "reported": len(reported),
         "reported_prompts": sorted({row.prompt_key for row in reported}),
         "jobs_billed": stats["jobs_billed"],
-        "billed_twice": stats["jobs_billed"] - case.size,
+        "billed_twice": max(stats["jobs_billed"] - case.size, 0),
         "duplicate_submissions": stats["duplicate_submissions"],
         "ledger_paid_duplicates": len(ledger.paid_duplicates(assets.prefix, BATCH, generation)),
     }
