@@ -263,11 +263,18 @@ def test_the_lease_is_per_account(ledger):
     assert claim(ledger, "k2", account="b") is not None
 
 
-def test_an_ambiguous_row_gives_its_lane_back_keeps_its_lease_and_a_resolution_frees_it(ledger):
-    """mark_unknown frees the row's lane for the next POST but keeps its lease (a live worker
-    reconciles it); reporting it deletes the lease."""
+def test_an_ambiguous_row_keeps_its_lease_its_released_lane_goes_on_and_a_resolution_frees_it(
+    ledger,
+):
+    """mark_unknown keeps the row's lane and lease (a live worker reconciles it); release_lane
+    frees the lane for the next POST and keeps the lease; reporting it deletes the lease."""
     row = claim(ledger, "k1")
     ledger.mark_unknown(row.submission_id, message="dropped")
+    (held,) = ledger.leases(ACCOUNT)
+    assert held.holder.submission_id == row.submission_id and held.lane == 0
+    busy = claim_result(ledger, "k2")  # the only lane is still the lost row's
+    assert busy.row is None and busy.lease is not None
+    ledger.release_lane(row.submission_id)
     (parked,) = ledger.leases(ACCOUNT)
     assert parked.holder.submission_id == row.submission_id and parked.lane is None
     assert ledger.live_holders(ACCOUNT) == {row.submission_id}
@@ -650,11 +657,6 @@ class MigratesAfterAnotherThreadLooked(Ledger):
         super()._migrate(engine)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: LedgerDatabase.engine publishes the engine before its schema exists; "
-    "remove this mark with the fix",
-)
 def test_threads_whose_first_ledger_calls_overlap_all_find_the_schema(tmp_path):
     """Two threads use a fresh ledger at once (the first claims of several submit lanes): the
     second never reads an engine whose tables are not created yet."""
