@@ -20,6 +20,11 @@ REFERENCE_POLL_SECONDS = 3.0  # Krea: "poll every few seconds"
 REFERENCE_SENSOR_SECONDS = 10.0  # build_krea_sensors(completion_interval_seconds=10)
 
 
+#: README's setting for a big account (``KreaResource.submit_lanes``): the second krea-dagster
+#: contender of scenario 11.
+BIG_ACCOUNT_SUBMIT_LANES = 4
+
+
 @dataclass(frozen=True)
 class AccountCase:
     """One big account over a real network: Krea's concurrency, the latency every API request

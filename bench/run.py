@@ -129,7 +129,8 @@ def run_groups(bench: scenarios.Bench, groups: Sequence[str]) -> dict[str, Any]:
 
 
 def run_big_account(bench: scenarios.Bench) -> dict[str, Any]:
-    """11. Every account case with both contenders, then the kill -9 mid-submission."""
+    """11. Every account case with every contender, then the kill -9 mid-submission of each
+    krea-dagster configuration."""
     params = bench.params
     cases: dict[str, Any] = {}
     for case in params.account_cases:
@@ -142,17 +143,20 @@ def run_big_account(bench: scenarios.Bench) -> dict[str, Any]:
             result = scenarios_account.time_account_case(bench, case, contender)
             cases.setdefault(case.label, {})[contender] = result
     kill = params.account_kill_case
-    _say(
-        f"11. big account: kill -9 after {params.account_kill_after_jobs} jobs of "
-        f"{kill.size} ({kill.label}), then re-run"
-    )
-    killed = scenarios_account.count_kill_mid_submission(
-        bench,
-        kill,
-        kill_after_jobs=params.account_kill_after_jobs,
-        timeouts=params.account_kill_timeouts,
-    )
-    return {"cases": cases, "headline": params.account_cases[0].label, "kill": killed}
+    kills: dict[str, Any] = {}
+    for contender in scenarios_account.KREA_CONFIGS:
+        _say(
+            f"11. big account: kill -9 after {params.account_kill_after_jobs} jobs of "
+            f"{kill.size} ({kill.label}), then re-run: {contender}"
+        )
+        kills[contender] = scenarios_account.count_kill_mid_submission(
+            bench,
+            kill,
+            kill_after_jobs=params.account_kill_after_jobs,
+            timeouts=params.account_kill_timeouts,
+            contender=contender,
+        )
+    return {"cases": cases, "headline": params.account_cases[0].label, "kill": kills}
 
 
 def run_only(params: BenchParams, scratch: Path, groups: Sequence[str]) -> dict[str, Any]:

@@ -6,13 +6,14 @@ delayed), the account's concurrency is the case's, and each job renders for the 
 
 - ``time_account_case``: one contender, launched as a user launches it (``dagster asset
   materialize`` in a fresh process, in-process executor), timed from launch to the command's
-  exit: krea-dagster with its default configuration (``bench/e2e_defs.py``), or the obvious
-  Dagster asset a user writes without it (``naive.naive_images_asset`` through
+  exit: krea-dagster (``bench/e2e_defs.py``) in each of its configurations ``KREA_CONFIGS``
+  (the default one, and the documented setting for big accounts: ``submit_lanes``), or the
+  obvious Dagster asset a user writes without it (``naive.naive_images_asset`` through
   ``bench/naive_defs.py``: a thread pool of ``concurrency`` threads, each POSTing one job,
   polling ``GET /jobs/{id}`` until it is terminal and downloading the image).
-- ``count_kill_mid_submission``: the krea-dagster command SIGKILLed while it submits, then the
-  batch re-run: how many prompts were left to a person (``reported``) and how many jobs were
-  billed twice.
+- ``count_kill_mid_submission``: the krea-dagster command (one of ``KREA_CONFIGS``) SIGKILLed
+  while it submits, then the batch re-run: how many prompts were left to a person
+  (``reported``) and how many jobs were billed twice.
 """
 
 import json
@@ -20,7 +21,7 @@ import math
 import time
 from typing import Any
 
-from bench.params import MODEL_PATH, AccountCase
+from bench.params import BIG_ACCOUNT_SUBMIT_LANES, MODEL_PATH, AccountCase
 from bench.scenarios import Bench, dagster_instance
 from bench.scenarios_scale import (
     e2e_env,
@@ -41,7 +42,13 @@ from bench.workload import (
     write_prompts,
 )
 
-CONTENDERS = ("krea_dagster", "naive")
+#: krea-dagster's configurations, each a contender: the resource fields set beyond the bench's
+#: defaults. ``krea_dagster_lanes`` is README's setting for a big account: several submit lanes.
+KREA_CONFIGS: dict[str, dict[str, Any]] = {
+    "krea_dagster": {},
+    "krea_dagster_lanes": {"submit_lanes": BIG_ACCOUNT_SUBMIT_LANES},
+}
+CONTENDERS = (*KREA_CONFIGS, "naive")
 POST_ROUTE = "POST /generate/image/{provider}/{model}"
 
 
@@ -65,7 +72,7 @@ def time_account_case(bench: Bench, case: AccountCase, contender: str) -> dict[s
     """``contender`` over ``case``: launch to exit, requests per image, POSTs per second.
 
     ``seconds`` is the command's whole life, launch to exit: the interpreter, Dagster and the
-    code location, the run, every request, every download, the exit. Both contenders pay the
+    code location, the run, every request, every download, the exit. Every contender pays the
     same Dagster start-up. ``posts_per_second`` is the rate the account received the POSTs
     (``post_rate``).
     """
@@ -78,14 +85,16 @@ def time_account_case(bench: Bench, case: AccountCase, contender: str) -> dict[s
         workdir / "prompts", BATCH, prompt_texts(case.size, f"account {contender} {case.label}")
     )
     with dagster_instance(workdir) as instance:
-        if contender == "krea_dagster":
+        if contender in KREA_CONFIGS:
             assets = build_assets(workdir, params)
             instance.add_dynamic_partitions(assets.partitions_def.name or "", [BATCH])
             run = launch_materialize(
                 instance,
                 module="bench.e2e_defs",
                 selection=krea_selection(assets),
-                env=e2e_env(bench, workdir, poll_interval=case.poll_interval),
+                env=e2e_env(
+                    bench, workdir, poll_interval=case.poll_interval, **KREA_CONFIGS[contender]
+                ),
                 partition=BATCH,
                 timeout=600 + 5 * case.ideal_seconds,
             )
@@ -128,6 +137,7 @@ def time_account_case(bench: Bench, case: AccountCase, contender: str) -> dict[s
         **detail,
         "case": case.label,
         "contender": contender,
+        "resource": KREA_CONFIGS.get(contender, {}),
         "size": case.size,
         "concurrency": case.concurrency,
         "latency_ms": case.latency_ms,
@@ -153,8 +163,10 @@ def count_kill_mid_submission(
     *,
     kill_after_jobs: int,
     timeouts: tuple[float, float, float],
+    contender: str = "krea_dagster",
 ) -> dict[str, Any]:
-    """kill -9 of a krea-dagster run worker while it submits, then the batch re-run.
+    """kill -9 of a krea-dagster run worker (configuration ``contender`` of ``KREA_CONFIGS``)
+    while it submits, then the batch re-run (same configuration).
 
     The worker is the launched command (in-process executor: the run worker is the command's
     process), with the request timeouts ``timeouts`` (connect, write, read) so a window the
@@ -166,12 +178,17 @@ def count_kill_mid_submission(
     ``reported`` (prompts left for a person: the goal is 0), ``billed_twice`` (jobs billed
     beyond one per prompt, and the emulator's duplicate submissions: the goal is 0),
     ``rerun_seconds`` and what reconciliation cost in requests. Every job of the scenario
-    completes (no fault is injected), so jobs billed beyond one per prompt are prompts billed
-    twice.
+    completes unless reconciliation cancels it (no fault is injected), so jobs billed beyond one
+    per prompt are prompts billed twice. A reported prompt whose POST created nothing is billed
+    for nothing, so fewer jobs than prompts may be billed: that is 0 billed twice, not a
+    negative count (a prompt billed twice beside it shows in ``duplicate_submissions``: Krea
+    billed the same request twice).
     """
+    if contender not in KREA_CONFIGS:
+        raise ValueError(f"contender must be one of {tuple(KREA_CONFIGS)}, got {contender!r}")
     account_emulator(bench, case)
     params = bench.params
-    workdir = bench.workdir(f"account-kill-{case.label}")
+    workdir = bench.workdir(f"account-kill-{contender}-{case.label}")
     write_prompts(workdir / "prompts", BATCH, prompt_texts(case.size, f"account kill {case.label}"))
     assets = build_assets(workdir, params)
     connect, write, read = timeouts
@@ -180,6 +197,7 @@ def count_kill_mid_submission(
         "connect_timeout": connect,
         "write_timeout": write,
         "read_timeout": read,
+        **KREA_CONFIGS[contender],
     }
     emulator = bench.emulator
 
@@ -215,12 +233,17 @@ def count_kill_mid_submission(
     rerun_jobs = diff_requests(after_jobs["requests_by_route"], at_kill["requests_by_route"])
     return {
         "case": case.label,
+        "contender": contender,
+        "resource": KREA_CONFIGS[contender],
         "size": case.size,
         "kill_after_jobs": kill_after_jobs,
         "timeouts": list(timeouts),
         "jobs_created_at_kill": at_kill["jobs_created"],
         "rows_at_kill": len(rows),
         "in_flight_at_kill": len(in_flight),
+        # Jobs Krea created whose answer the ledger never recorded: what reconciliation has to
+        # attribute (the in-flight POSTs still in the emulator's latency were abandoned).
+        "jobs_unanswered_at_kill": at_kill["jobs_created"] - sum(1 for row in rows if row.job_id),
         "intents_at_kill": len(unresolved) - len(in_flight),
         "rerun_seconds": rerun_seconds,
         "rerun_jobs_requests": rerun_jobs,
@@ -229,7 +252,7 @@ def count_kill_mid_submission(
         "reported": len(reported),
         "reported_prompts": sorted({row.prompt_key for row in reported}),
         "jobs_billed": stats["jobs_billed"],
-        "billed_twice": stats["jobs_billed"] - case.size,
+        "billed_twice": max(stats["jobs_billed"] - case.size, 0),
         "duplicate_submissions": stats["duplicate_submissions"],
         "ledger_paid_duplicates": len(ledger.paid_duplicates(assets.prefix, BATCH, generation)),
     }

@@ -40,6 +40,17 @@ ACCOUNT_FIGURES = [
     "big_account_kill9_in_flight",
     "big_account_kill9_reported",
     "big_account_kill9_billed_twice",
+    # The same figures of the documented big-account setting (submit_lanes).
+    "big_account_lanes_wall_over_ideal",
+    "big_account_lanes_over_naive",
+    "big_account_lanes_requests_per_image",
+    "big_account_lanes_posts_per_second",
+    "big_account_lanes_worst_wall_over_ideal",
+    "big_account_lanes_worst_over_naive",
+    "big_account_lanes_worst_requests_per_image",
+    "big_account_lanes_kill9_in_flight",
+    "big_account_lanes_kill9_reported",
+    "big_account_lanes_kill9_billed_twice",
 ]
 
 REQUIRED_FIGURES = [
@@ -102,12 +113,13 @@ def test_smoke_run_writes_every_figure_table_and_plot(tmp_path: Path) -> None:
 
 
 def assert_big_account_scenario(record: dict) -> None:
-    """The big-account group ran both contenders on every case, each storing every image, and
-    the kill -9 re-run paid nothing twice."""
+    """The big-account group ran every contender (krea-dagster's default configuration, its
+    big-account setting, the naive asset) on every case, each storing every image, and each
+    krea-dagster configuration's kill -9 re-run paid nothing twice."""
     fields = ("concurrency", "latency_ms", "render_seconds", "size")
     asked = sorted(tuple(case[f] for f in fields) for case in record["params"]["account_cases"])
     account = record["scenarios"]["big_account"]
-    for contender in ("krea_dagster", "naive"):
+    for contender in ("krea_dagster", "krea_dagster_lanes", "naive"):
         runs = [runs[contender] for runs in account["cases"].values()]
         assert sorted(tuple(run[f] for f in fields) for run in runs) == asked, contender
         assert all(run["images"] == run["size"] for run in runs), contender
@@ -119,8 +131,25 @@ def assert_big_account_scenario(record: dict) -> None:
     assert (
         "ceil(N / concurrency) x render" in record["goals"]["big_account_wall_over_ideal"]["goal"]
     )
-    assert account["kill"]["images"] == record["params"]["account_kill_case"]["size"]
+    lanes = {"submit_lanes": 4}
+    assert [runs["krea_dagster"]["resource"] for runs in account["cases"].values()] == [{}] * len(
+        asked
+    )
+    assert [runs["krea_dagster_lanes"]["resource"] for runs in account["cases"].values()] == [
+        lanes
+    ] * len(asked)
+    kills = account["kill"]
+    assert sorted(kills) == ["krea_dagster", "krea_dagster_lanes"]
+    assert kills["krea_dagster_lanes"]["resource"] == lanes
+    for contender, kill in kills.items():
+        assert kill["images"] + kill["reported"] == kill["size"], contender
+        assert kill["size"] == record["params"]["account_kill_case"]["size"], contender
+        assert kill["duplicate_submissions"] == 0, contender
     assert record["big_account_kill9_billed_twice"] == 0
+    assert record["big_account_lanes_kill9_billed_twice"] == 0
+    # With one lane at most one submission is ever in flight, and it is always decided.
+    assert record["big_account_kill9_in_flight"] <= 1
+    assert kills["krea_dagster"]["images"] == kills["krea_dagster"]["size"]
 
 
 def test_only_runs_the_scale_groups_and_keeps_the_previous_figures(tmp_path: Path) -> None:

@@ -13,12 +13,15 @@ Everything that differs between deployments comes from the environment of the co
 
 ``KREA_SYSTEM_COLLECT_IN_TICK=0`` turns off storing images in the completion tick (every
 download is then left to the images run), for tests about the images run itself.
+``KREA_SYSTEM_SUBMIT_LANES=<k>`` sets the resource's ``submit_lanes`` (default 1).
 
 Test hook: with ``KREA_SYSTEM_CRASH_ONCE=<crash point>`` and ``KREA_SYSTEM_CRASH_MARKER=<path>``,
 the first run worker that sets up the Krea resource for a batch named in
-``KREA_SYSTEM_CRASH_BATCH`` creates the marker file and arms that crash point in its own
-process (``KREA_DAGSTER_CRASH_AT``), so exactly one run worker is SIGKILLed there and its
-retry runs normally.
+``KREA_SYSTEM_CRASH_BATCH`` (comma-separated names) creates the marker file ``<path>.<batch>``
+and arms that crash point in its own process (``KREA_DAGSTER_CRASH_AT``), so exactly one run
+worker per batch is SIGKILLed there and its retry runs normally. ``KREA_SYSTEM_PAUSE_ONCE=<crash point>`` does the same with
+``KREA_DAGSTER_PAUSE_AT``: that run worker stops itself (SIGSTOP) there, for the test to look at
+and kill.
 """
 
 import os
@@ -27,7 +30,7 @@ import dagster as dg
 import pandas as pd
 
 from krea_dagster import KreaResource, build_krea_image_assets, build_krea_sensors
-from krea_dagster.engine.crashpoints import CRASH_ENV
+from krea_dagster.engine.crashpoints import CRASH_ENV, PAUSE_ENV
 
 PREFIX = "system"
 SENSOR_INTERVAL_SECONDS = 2  # the daemon's sensor loop runs every 5 s; this never holds a tick back
@@ -44,18 +47,26 @@ class SystemKreaResource(KreaResource):
     """KreaResource with the crash-once hook described in the module docstring."""
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        point = os.environ.get("KREA_SYSTEM_CRASH_ONCE")
+        armed = {
+            env: os.environ.get(hook)
+            for env, hook in (
+                (CRASH_ENV, "KREA_SYSTEM_CRASH_ONCE"),
+                (PAUSE_ENV, "KREA_SYSTEM_PAUSE_ONCE"),
+            )
+            if os.environ.get(hook)
+        }
         marker = os.environ.get("KREA_SYSTEM_CRASH_MARKER")
         run = context.dagster_run
-        if not (point and marker and run is not None):
+        if not (armed and marker and run is not None):
             return
-        if run.tags.get("krea/batch") != os.environ.get("KREA_SYSTEM_CRASH_BATCH"):
+        batch = run.tags.get("krea/batch")
+        if batch not in os.environ.get("KREA_SYSTEM_CRASH_BATCH", "").split(","):
             return
         try:
-            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            os.close(os.open(f"{marker}.{batch}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
         except FileExistsError:
             return  # an earlier run worker already crashed; this one (the retry) must not
-        os.environ[CRASH_ENV] = point
+        os.environ.update(armed)
 
 
 krea = build_krea_image_assets(
@@ -108,6 +119,7 @@ defs = dg.Definitions(
             api_key=dg.EnvVar("KREA_API_KEY"),
             base_url=dg.EnvVar("KREA_BASE_URL"),
             poll_interval=0.2,
+            submit_lanes=int(os.environ.get("KREA_SYSTEM_SUBMIT_LANES", "1")),
             # Short timeouts bound how long reconciliation waits for a dead worker's request
             # window (connect + write + read) before it may call the request "never created".
             connect_timeout=1.0,
