@@ -271,7 +271,9 @@ class BatchSubmitter:
         """Reconcile ``row`` without holding a lane: only its own prompt waits for it."""
 
         async def work() -> None:
-            self._report.reconciled.append(await self._reconcile(row))
+            outcome = await self._reconcile(row)
+            assert outcome is not None  # no patience: decided
+            self._report.reconciled.append(outcome)
 
         self._reconciling.append(asyncio.create_task(work()))
 
@@ -533,12 +535,16 @@ class BatchSubmitter:
             f"of submission {attempt.submission_id}; nothing was sent"
         )
 
-    async def _reconcile(self, row: Submission) -> Outcome:
-        outcome = await reconcile(
-            self.client, self.ledger, row, request_window=self.request_window, log=self.log
+    async def _reconcile(self, row: Submission, patience: float | None = None) -> Outcome | None:
+        """``reconcile`` of ``row``: its outcome, or None when ``patience`` ran out first."""
+        return await reconcile(
+            self.client,
+            self.ledger,
+            row,
+            request_window=self.request_window,
+            log=self.log,
+            patience=patience,
         )
-        assert outcome is not None  # no patience: decided
-        return outcome
 
     async def _reconcile_lost(self, row: Submission) -> None:
         """Reconcile a row whose answer was lost, on its lane while its job may still show.
@@ -560,25 +566,16 @@ class BatchSubmitter:
             if app is None
             else await asyncio.to_thread(self.ledger.jobs_per_submission, row.model)
         )
-        if self.lanes > 1 and (app is None or count is not None):
-            outcome = await reconcile(
-                self.client,
-                self.ledger,
-                row,
-                request_window=self.request_window,
-                log=self.log,
-                patience=LOST_ANSWER_PATIENCE,
+        gives_lane_back = self.lanes > 1 and (app is None or count is not None)
+        outcome = await self._reconcile(row, LOST_ANSWER_PATIENCE if gives_lane_back else None)
+        if outcome is None:
+            await asyncio.to_thread(self.ledger.release_lane, row.submission_id)
+            self.log.info(
+                f"submission {row.submission_id}: no job in its window yet; its lane goes "
+                "on with the batch while its window closes"
             )
-            if outcome is None:
-                await asyncio.to_thread(self.ledger.release_lane, row.submission_id)
-                self.log.info(
-                    f"submission {row.submission_id}: no job in its window yet; its lane goes "
-                    "on with the batch while its window closes"
-                )
-                self._reconcile_beside(row)
-                return
-        else:
-            outcome = await self._reconcile(row)
+            self._reconcile_beside(row)
+            return
         self._report.reconciled.append(outcome)
 
     async def _not_created(

@@ -16,7 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from krea_dagster.api import JobStatus
+from krea_dagster.api import Job, JobStatus
 from krea_dagster.emulator.testing import run_emulator
 from krea_dagster.engine.errors import ErrorCode
 from krea_dagster.engine.ledger import Ledger, SubmissionState, may_submit, utcnow
@@ -55,6 +55,18 @@ def dead_row(ledger: Ledger, account: str, key: str, sent_at: Any) -> str:
     return claim.row.submission_id
 
 
+def killed_with_two_posts_in_flight(emulator: Any, ledger: Ledger) -> tuple[Job, Job, list[str]]:
+    """Two jobs Krea made for two POSTs a killed worker sent 0.1 s apart (both windows hold
+    both jobs), and the two rows it left unresolved."""
+    first = create_job(emulator, "a lighthouse at dawn")
+    second = create_job(emulator, "a lighthouse at dusk")
+    rows = [
+        dead_row(ledger, emulator.account, "k1", first.created_at - timedelta(seconds=0.3)),
+        dead_row(ledger, emulator.account, "k2", first.created_at - timedelta(seconds=0.2)),
+    ]
+    return first, second, rows
+
+
 def settled(emulator: Any, ledger: Ledger) -> list[Outcome]:
     async def work() -> list[Outcome]:
         async with Account(emulator.token, emulator.base_url).async_client() as client:
@@ -72,12 +84,7 @@ def test_jobs_a_killed_worker_left_unattributable_are_cancelled_and_their_prompt
     are cancelled (nothing billed), and both prompts may be sent again instead of reported."""
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
     with run_emulator(render_seconds=600.0, seed=3) as emulator:
-        first = create_job(emulator, "a lighthouse at dawn")
-        second = create_job(emulator, "a lighthouse at dusk")
-        rows = [
-            dead_row(ledger, emulator.account, "k1", first.created_at - timedelta(seconds=0.3)),
-            dead_row(ledger, emulator.account, "k2", first.created_at - timedelta(seconds=0.2)),
-        ]
+        first, second, rows = killed_with_two_posts_in_flight(emulator, ledger)
         outcomes = settled(emulator, ledger)
         with Account(emulator.token, emulator.base_url).client() as client:
             statuses = {job: client.get_job(job).status for job in (first.job_id, second.job_id)}
@@ -98,12 +105,7 @@ def test_billed_jobs_a_killed_worker_left_unattributable_report_their_rows(tmp_p
     whose, so both rows are reported (never re-sent) and nothing is cancelled."""
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
     with run_emulator(render_seconds=0.05, seed=3) as emulator:
-        first = create_job(emulator, "a lighthouse at dawn")
-        second = create_job(emulator, "a lighthouse at dusk")
-        rows = [
-            dead_row(ledger, emulator.account, "k1", first.created_at - timedelta(seconds=0.3)),
-            dead_row(ledger, emulator.account, "k2", first.created_at - timedelta(seconds=0.2)),
-        ]
+        first, second, rows = killed_with_two_posts_in_flight(emulator, ledger)
         outcomes = settled(emulator, ledger)
     assert outcomes == [Outcome.REPORTED, Outcome.REPORTED]
     found = ledger.get_many(rows)
